@@ -1,0 +1,194 @@
+"""bncheck's performance targets, measured as ratios in one run.
+
+    python benchmarks/run.py [--repeat N] [--only NAME ...]
+
+Prints each target's ratio next to its threshold plus the absolute medians, and exits 1 if a
+ratio misses. Models are generated in a temporary directory (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@dataclass
+class Target:
+    name: str
+    description: str
+    ratio: float
+    threshold: float
+    higher_is_better: bool
+    medians: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def met(self) -> bool:
+        return (
+            self.ratio >= self.threshold if self.higher_is_better else self.ratio <= self.threshold
+        )
+
+
+def run_python(code: str, *args: str) -> tuple[float, str]:
+    """Wall time of a fresh interpreter running ``code``, and its stdout."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False
+    )
+    elapsed = time.perf_counter() - start
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"benchmark command failed ({done.returncode}): {done.stderr[-2000:]}")
+    return elapsed, done.stdout
+
+
+# `bncheck inspect` in a fresh interpreter, reporting its own peak resident memory.
+INSPECT = textwrap.dedent(
+    """
+    import resource, sys
+    from bncheck.cli import main
+    try:
+        main(["inspect", sys.argv[1], "--format", "json", "--output", "/dev/null",
+              "--fail-on", "never"])
+    except SystemExit:
+        pass
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    """
+)
+
+# What a user would do without bncheck: load the model with Keras and walk its BN layers.
+KERAS_LOAD = textwrap.dedent(
+    """
+    import sys
+    import keras
+    model = keras.models.load_model(sys.argv[1], compile=False)
+    stack, stats = [model], []
+    while stack:
+        layer = stack.pop()
+        stack.extend(getattr(layer, "_layers", []))
+        if isinstance(layer, keras.layers.BatchNormalization):
+            stats.append([w.numpy() for w in layer.weights])
+    print(len(stats))
+    """
+)
+
+
+def timed(code: str, path: Path, repeat: int) -> tuple[float, list[str]]:
+    runs = [run_python(code, str(path)) for _ in range(repeat)]
+    return statistics.median(t for t, _ in runs), [out for _, out in runs]
+
+
+def make_model(kind: str, path: Path) -> None:
+    """Build a benchmark model in a separate process (keeps Keras out of this one)."""
+    code = textwrap.dedent(
+        f"""
+        import numpy as np, keras
+        from keras import layers
+        kind, path = {kind!r}, {str(path)!r}
+        if kind == "resnet50":
+            model = keras.applications.ResNet50(weights=None)
+        else:
+            width = 8192 if kind == "dense-big" else 8
+            inputs = keras.Input((width,))
+            x = inputs
+            for i in range(2):
+                x = layers.Dense(width)(x)
+                x = layers.BatchNormalization()(x)
+            x = layers.Dense(16)(x)
+            x = layers.BatchNormalization()(x)
+            model = keras.Model(inputs, x)
+        model.save(path)
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def static_vs_keras(workdir: Path, repeat: int) -> list[Target]:
+    resnet = workdir / "resnet50.keras"
+    make_model("resnet50", resnet)
+    ours, _ = timed(INSPECT, resnet, repeat)
+    theirs, _ = timed(KERAS_LOAD, resnet, repeat)
+    return [
+        Target(
+            "static-vs-keras",
+            "ResNet50 .keras: import keras + load_model + walk BN layers, over bncheck inspect",
+            ratio=theirs / ours,
+            threshold=10.0,
+            higher_is_better=True,
+            medians={
+                "bncheck inspect": f"{ours:.2f} s",
+                "keras load_model": f"{theirs:.2f} s",
+                "file": f"{resnet.stat().st_size / 2**20:.0f} MiB",
+            },
+        )
+    ]
+
+
+def size_independence(workdir: Path, repeat: int) -> list[Target]:
+    big, tiny = workdir / "dense-big.keras", workdir / "dense-tiny.keras"
+    make_model("dense-big", big)
+    make_model("dense-tiny", tiny)
+    big_time, big_out = timed(INSPECT, big, repeat)
+    tiny_time, _ = timed(INSPECT, tiny, repeat)
+    peak_mib = max(int(out.split()[-1]) for out in big_out) / 1024  # ru_maxrss is in KiB
+    big_mib = big.stat().st_size / 2**20
+    return [
+        Target(
+            "size-independence",
+            f"inspect time, {big_mib:.0f} MiB Dense model over a tiny one (same BN layers)",
+            ratio=big_time / tiny_time,
+            threshold=1.5,
+            higher_is_better=False,
+            medians={"big": f"{big_time:.2f} s", "tiny": f"{tiny_time:.2f} s"},
+        ),
+        Target(
+            "memory-vs-file-size",
+            f"peak RSS of inspect over the size of the {big_mib:.0f} MiB file",
+            ratio=peak_mib / big_mib,
+            threshold=0.25,
+            higher_is_better=False,
+            medians={"peak RSS": f"{peak_mib:.0f} MiB"},
+        ),
+    ]
+
+
+BENCHMARKS: dict[str, Callable[[Path, int], list[Target]]] = {
+    "static": static_vs_keras,
+    "size": size_independence,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these")
+    args = parser.parse_args()
+    targets: list[Target] = []
+    with tempfile.TemporaryDirectory(prefix="bncheck-bench-") as tmp:
+        for name in args.only or BENCHMARKS:
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            targets += BENCHMARKS[name](Path(tmp), args.repeat)
+    print(f"{'target':<22} {'ratio':>8} {'threshold':>10}  result  medians")
+    for target in targets:
+        sign = ">=" if target.higher_is_better else "<="
+        medians = ", ".join(f"{k} {v}" for k, v in target.medians.items())
+        print(
+            f"{target.name:<22} {target.ratio:>8.2f} {sign + format(target.threshold, 'g'):>10}  "
+            f"{'ok' if target.met else 'MISS':<6}  {medians}"
+        )
+        print(f"{'':<22} {target.description}")
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, {sys.platform}")
+    return 0 if all(t.met for t in targets) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Command line: parse options into plain objects, then hand them to one function per command."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from bncheck import __version__
+from bncheck.engine import inspect_paths
+from bncheck.errors import UsageError
+from bncheck.findings import ExitCode, FailOn
+from bncheck.reporters import REPORTERS
+from bncheck.settings import Settings
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where and how to write a report."""
+
+    format: str
+    output: str | None
+    """File to write the report to; ``None`` for standard output."""
+
+
+@dataclass(frozen=True)
+class InspectOptions:
+    paths: tuple[str, ...]
+    settings: Settings
+    output: OutputOptions
+
+
+def run_inspect(options: InspectOptions) -> int:
+    report = inspect_paths(options.paths, options.settings)
+    for model in report.models:
+        if model.error is not None:
+            click.echo(f"bncheck: error: {model.path}: {model.error}", err=True)
+    write_report(REPORTERS[options.output.format](report), options.output)
+    return int(report.exit_code)
+
+
+def write_report(text: str, output: OutputOptions) -> None:
+    if output.output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(output.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write --output {output.output}: {exc.strerror or exc}") from None
+
+
+_format_option = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(sorted(REPORTERS)),
+    default="table",
+    show_default=True,
+    help="Report format.",
+)
+_output_option = click.option(
+    "--output", "-o", "output", metavar="FILE", help="Write the report to FILE instead of stdout."
+)
+_fail_on_option = click.option(
+    "--fail-on",
+    type=click.Choice([level.value for level in FailOn]),
+    default=FailOn.ERROR.value,
+    show_default=True,
+    help="Exit with 1 when a finding is at least this severe.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bncheck")
+def cli() -> None:
+    """Check the BatchNormalization layers of saved TensorFlow/Keras models.
+
+    Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 usage error,
+    3 an input could not be read.
+    """
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@_format_option
+@_output_option
+@_fail_on_option
+def inspect(paths: tuple[str, ...], output_format: str, output: str | None, fail_on: str) -> int:
+    """Report the health of every BatchNorm layer in .keras, .h5 and weights files.
+
+    Reads the files directly, without TensorFlow, and never runs code from them.
+    """
+    return run_inspect(
+        InspectOptions(
+            paths=paths,
+            settings=Settings(fail_on=FailOn(fail_on)),
+            output=OutputOptions(format=output_format, output=output),
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every user error is one line on stderr and an exit code, never a traceback."""
+    try:
+        code: Any = cli.main(args=argv, prog_name="bncheck", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        code = ExitCode.USAGE
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "bncheck"
+        click.echo(f"bncheck: error: {exc.format_message()} (see '{command} --help')", err=True)
+        code = ExitCode.USAGE
+    except UsageError as exc:
+        click.echo(f"bncheck: error: {exc}", err=True)
+        code = ExitCode.USAGE
+    except click.exceptions.Abort:
+        click.echo("bncheck: interrupted", err=True)
+        code = 130
+    sys.exit(int(code or 0))

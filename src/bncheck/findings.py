@@ -1,0 +1,142 @@
+"""Findings, per-model results, the report, and the exit code they imply."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bncheck.model import ModelDescription
+
+
+class Severity(enum.IntEnum):
+    """How bad a finding is; higher is worse."""
+
+    INFO = 1
+    WARNING = 2
+    ERROR = 3
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> Severity:
+        try:
+            return cls[text.upper()]
+        except KeyError:
+            choices = ", ".join(str(s) for s in cls)
+            raise ValueError(f"unknown severity {text!r} (choose from {choices})") from None
+
+
+class Escalation(enum.Enum):
+    """A rule's statement that this occurrence is worse or milder than the rule's usual case.
+
+    The rule only says *that*; configuration decides the resulting severity (see
+    ``Settings.severity_for``).
+    """
+
+    SEVERE = "severe"
+    """One level above the configured severity."""
+    MITIGATED = "mitigated"
+    """Information only: something else in the model neutralises the problem."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What a rule yields: a fact about a layer or model, without rule ID or severity."""
+
+    message: str
+    """One sentence a user can act on."""
+    layer: str | None = None
+    """Path of the layer concerned; ``None`` for model-level problems."""
+    details: Mapping[str, Any] = field(default_factory=dict)
+    """Measured values behind the message, JSON-serialisable."""
+    escalation: Escalation | None = None
+    """Whether this occurrence is worse or milder than the rule's usual case."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A problem stamped by the runner with its rule and configured severity."""
+
+    rule: str
+    """Stable rule ID, e.g. ``BN001``."""
+    name: str
+    """Stable rule name, e.g. ``untouched-moving-stats``."""
+    severity: Severity
+    layer: str | None
+    message: str
+    details: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """The outcome for one input path: a description and findings, or a read error."""
+
+    path: str
+    format: str | None
+    """Detected format; ``None`` when the file could not be identified."""
+    description: ModelDescription | None = None
+    findings: tuple[Finding, ...] = ()
+    error: str | None = None
+    """One-line reason the input could not be read; ``None`` on success."""
+
+
+class FailOn(enum.Enum):
+    """The lowest severity that fails the run (``--fail-on``)."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+    NEVER = "never"
+
+    @property
+    def threshold(self) -> Severity | None:
+        return None if self is FailOn.NEVER else Severity[self.name]
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    """Nothing at or above ``--fail-on``."""
+    FINDINGS = 1
+    """Findings at or above ``--fail-on``."""
+    USAGE = 2
+    """Bad command line or configuration."""
+    UNREADABLE = 3
+    """An input could not be read."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything one run found, ready to render."""
+
+    models: tuple[ModelResult, ...]
+    fail_on: FailOn
+
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        return tuple(f for model in self.models for f in model.findings)
+
+    def count(self, severity: Severity) -> int:
+        return sum(1 for f in self.findings if f.severity == severity)
+
+    @property
+    def layer_count(self) -> int:
+        return sum(len(m.description.layers) for m in self.models if m.description is not None)
+
+    def failing(self) -> tuple[Finding, ...]:
+        """Findings at or above ``fail_on``."""
+        threshold = self.fail_on.threshold
+        if threshold is None:
+            return ()
+        return tuple(f for f in self.findings if f.severity >= threshold)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """The worst outcome over all inputs: unreadable, then failing findings, then OK."""
+        if any(m.error is not None for m in self.models):
+            return ExitCode.UNREADABLE
+        if self.failing():
+            return ExitCode.FINDINGS
+        return ExitCode.OK

@@ -1,0 +1,150 @@
+"""A TensorFlow-free description of a model's BatchNormalization layers.
+
+Readers build these objects from files; rules judge them; reporters render them. Nothing here
+imports TensorFlow or Keras.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+#: The four arrays of a BatchNormalization layer, in the order Keras creates them.
+ARRAY_NAMES = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
+@dataclass(frozen=True)
+class InitialValues:
+    """The constant each array starts from, from the layer's configured initializers.
+
+    ``None`` means the initializer is not a constant (e.g. ``RandomNormal``), so bncheck cannot
+    tell whether the array moved away from it.
+    """
+
+    gamma: float | None = 1.0
+    """``gamma_initializer``; Keras default ``Ones``."""
+    beta: float | None = 0.0
+    """``beta_initializer``; Keras default ``Zeros``."""
+    moving_mean: float | None = 0.0
+    """``moving_mean_initializer``; Keras default ``Zeros``."""
+    moving_variance: float | None = 1.0
+    """``moving_variance_initializer``; Keras default ``Ones``."""
+    assumed: bool = False
+    """True when the file has no configuration and the Keras defaults were assumed."""
+
+    def of(self, array_name: str) -> float | None:
+        value: float | None = getattr(self, array_name)
+        return value
+
+
+@dataclass(frozen=True)
+class ArraySummary:
+    """Summary statistics of one array, over its finite values."""
+
+    min: float | None
+    """Smallest finite value; ``None`` when no value is finite."""
+    max: float | None
+    """Largest finite value; ``None`` when no value is finite."""
+    mean: float | None
+    """Mean of the finite values; ``None`` when no value is finite."""
+    nonfinite: int
+    """How many values are NaN or infinite."""
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> ArraySummary:
+        values = np.asarray(array, dtype=np.float64).ravel()
+        finite = values[np.isfinite(values)]
+        nonfinite = int(values.size - finite.size)
+        if finite.size == 0:
+            return cls(None, None, None, nonfinite)
+        return cls(float(finite.min()), float(finite.max()), float(finite.mean()), nonfinite)
+
+
+@dataclass(frozen=True)
+class BNLayer:
+    """One BatchNormalization layer as saved in a model file.
+
+    Configuration fields are ``None`` when the file does not record them (weights-only files
+    and checkpoints carry arrays but no configuration).
+    """
+
+    path: str
+    """Nested path from the outermost model, '/'-separated, e.g.
+    ``sequential/mobilenetv2_1.00_96/bn_Conv1``."""
+    name: str
+    """The layer's own name (last element of ``path``)."""
+    class_name: str
+    """Keras class name, e.g. ``BatchNormalization`` or ``SyncBatchNormalization``; for layers
+    found by their variables only, a description of how they were recognised."""
+    moving_mean: np.ndarray
+    """Per-channel moving mean used at inference."""
+    moving_variance: np.ndarray
+    """Per-channel moving variance used at inference."""
+    gamma: np.ndarray | None = None
+    """Scale; ``None`` when the layer has ``scale=False`` (or it is unknown)."""
+    beta: np.ndarray | None = None
+    """Offset; ``None`` when the layer has ``center=False`` (or it is unknown)."""
+    axis: tuple[int, ...] | None = None
+    """Normalised axis or axes."""
+    momentum: float | None = None
+    """Keras momentum: the weight kept by the old moving statistics at each update."""
+    epsilon: float | None = None
+    """Added to the variance before taking its square root."""
+    center: bool | None = None
+    """Whether the layer has ``beta``."""
+    scale: bool | None = None
+    """Whether the layer has ``gamma``."""
+    trainable: bool | None = None
+    """Effective trainable flag: the layer's own and every enclosing model's."""
+    synchronized: bool = False
+    """Cross-replica statistics (``synchronized=True`` or ``SyncBatchNormalization``)."""
+    initial: InitialValues = field(default_factory=InitialValues)
+    """The configured initial value of each array."""
+    call_kwargs: tuple[Mapping[str, Any], ...] = ()
+    """Keyword arguments of each recorded call of the layer in the saved graph."""
+    source: str = ""
+    """Where the arrays were found in the file (group or variable names)."""
+
+    @property
+    def channels(self) -> int:
+        return int(np.asarray(self.moving_mean).size)
+
+    def array(self, array_name: str) -> np.ndarray | None:
+        value: np.ndarray | None = getattr(self, array_name)
+        return value
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays the layer has, by name, in Keras creation order."""
+        present = {}
+        for array_name in ARRAY_NAMES:
+            value = self.array(array_name)
+            if value is not None:
+                present[array_name] = value
+        return present
+
+    @cached_property
+    def summaries(self) -> Mapping[str, ArraySummary | None]:
+        """Summary of each of the four arrays; ``None`` for an array the layer does not have."""
+        out: dict[str, ArraySummary | None] = {}
+        for array_name in ARRAY_NAMES:
+            value = self.array(array_name)
+            out[array_name] = None if value is None else ArraySummary.of(value)
+        return out
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """Everything bncheck knows about a model file without running it."""
+
+    path: str
+    """The file or directory as given by the user."""
+    format: str
+    """One of ``keras``, ``h5``, ``weights-h5``, ``savedmodel``, ``checkpoint``."""
+    layers: tuple[BNLayer, ...]
+    """Every BatchNormalization layer found, in model order."""
+    notes: tuple[str, ...] = ()
+    """Facts about the reading a user should know, e.g. that defaults were assumed."""

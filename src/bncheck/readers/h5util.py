@@ -1,0 +1,134 @@
+"""Safe access to HDF5 content: bounded, validated reads of small arrays and attributes."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import h5py
+import numpy as np
+
+from bncheck.errors import ModelReadError
+
+#: A BatchNormalization array has one value per channel; anything larger is not one, and reading
+#: it would only waste memory (or be a decompression bomb).
+MAX_BN_VALUES = 1 << 24
+
+#: Largest JSON configuration bncheck will parse.
+MAX_CONFIG_BYTES = 256 << 20
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def read_bn_array(node: object, what: str) -> np.ndarray:
+    """Read a small numeric dataset (one BN array) into memory as a float array."""
+    if not isinstance(node, h5py.Dataset):
+        raise ModelReadError(f"{what} is not a dataset")
+    if node.shape is None or node.size == 0:
+        raise ModelReadError(f"{what} is empty")
+    if node.size > MAX_BN_VALUES:
+        raise ModelReadError(f"{what} claims {node.size} values, too many for a BatchNorm array")
+    dtype = node.dtype
+    if node.attrs.get("dtype") == "bfloat16" and dtype.itemsize == 2:
+        # Keras 3 stores bfloat16 as raw 16-bit words; they are the top half of a float32.
+        raw = np.frombuffer(node[()].tobytes(), dtype="<u2")
+        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(node.shape)
+    if dtype.kind not in "fiu":
+        raise ModelReadError(f"{what} has non-numeric type {dtype}")
+    array = np.asarray(node[()])
+    if dtype.kind != "f":
+        array = array.astype(np.float32)
+    return array
+
+
+def text_attr(obj: h5py.HLObject, key: str) -> str | None:
+    """A string attribute, decoded; ``None`` when absent."""
+    if key not in obj.attrs:
+        return None
+    value = obj.attrs[key]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        return value
+    raise ModelReadError(f"attribute {key!r} is not text")
+
+
+def text_list_attr(obj: h5py.HLObject, key: str) -> list[str] | None:
+    """A list-of-strings attribute (``layer_names``, ``weight_names``); ``None`` when absent."""
+    if key not in obj.attrs:
+        return None
+    values = obj.attrs[key]
+    out = []
+    for value in np.asarray(values).ravel():
+        if isinstance(value, bytes):
+            out.append(value.decode("utf-8", errors="replace"))
+        elif isinstance(value, str):
+            out.append(value)
+        else:
+            raise ModelReadError(f"attribute {key!r} holds {type(value).__name__}, not names")
+    return out
+
+
+def parse_json_config(text: str | bytes, what: str) -> dict[str, Any]:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ModelReadError(f"{what} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+    try:
+        config = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ModelReadError(f"{what} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ModelReadError(f"{what} is not a JSON object")
+    return config
+
+
+class FileWindow(io.RawIOBase):
+    """A read-only, seekable view of ``size`` bytes of an open file starting at ``start``.
+
+    Lets h5py read an HDF5 file stored uncompressed inside a zip archive in place, so that only
+    the bytes it asks for are read.
+    """
+
+    def __init__(self, raw: io.BufferedReader, start: int, size: int) -> None:
+        super().__init__()
+        self._raw = raw
+        self._start = start
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if pos < 0:
+            raise OSError("seek before the start of the file")
+        self._pos = pos
+        return pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        count = max(0, min(len(view), self._size - self._pos))
+        if count == 0:
+            return 0
+        self._raw.seek(self._start + self._pos)
+        got = self._raw.readinto(view[:count])
+        self._pos += got
+        return got
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()

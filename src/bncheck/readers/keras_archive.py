@@ -1,0 +1,153 @@
+"""Keras 3 ``.keras`` archives: ``config.json`` plus ``model.weights.h5`` in a zip file.
+
+The weights file is read in place inside the archive (Keras stores it uncompressed), touching only
+the BatchNorm datasets, so inspection time does not grow with the size of the other weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import zipfile
+from collections.abc import Iterator
+from typing import IO
+
+import h5py
+
+from bncheck.errors import ModelReadError
+from bncheck.model import BNLayer, ModelDescription
+from bncheck.readers import keras3_layout
+from bncheck.readers.h5util import MAX_CONFIG_BYTES, FileWindow, parse_json_config
+from bncheck.readers.keras3_layout import KnownLayer
+from bncheck.readers.keras_config import BN_CLASSES, LayerConfig, bn_settings, renorm, walk_layers
+
+CONFIG_MEMBER = "config.json"
+WEIGHTS_MEMBER = "model.weights.h5"
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+
+
+def read(path: str) -> ModelDescription:
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise ModelReadError(f"not a valid zip archive ({exc})") from None
+    with archive:
+        members = {info.filename: info for info in archive.infolist()}
+        if CONFIG_MEMBER not in members:
+            raise ModelReadError("zip archive has no config.json, so it is not a .keras model")
+        if WEIGHTS_MEMBER not in members:
+            raise ModelReadError(f"the .keras archive has no {WEIGHTS_MEMBER}")
+        config_info = members[CONFIG_MEMBER]
+        if config_info.file_size > MAX_CONFIG_BYTES:
+            raise ModelReadError(f"config.json is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+        config = parse_json_config(archive.read(config_info), CONFIG_MEMBER)
+        notes: list[str] = []
+        weights_info = members[WEIGHTS_MEMBER]
+        if weights_info.compress_type != zipfile.ZIP_STORED:
+            notes.append(f"{WEIGHTS_MEMBER} is compressed inside the archive, so reading is slower")
+        with _open_member(path, archive, weights_info) as fileobj, h5py.File(fileobj, "r") as h5:
+            layers = describe(h5, config, notes)
+    return ModelDescription(path=path, format="keras", layers=tuple(layers), notes=tuple(notes))
+
+
+def describe(h5: h5py.File, config: dict[str, object], notes: list[str]) -> list[BNLayer]:
+    """Map a Keras 3 configuration onto its weights file and read every BN layer's arrays."""
+    layers: list[BNLayer] = []
+    claimed: set[tuple[str, ...]] = set()
+    known: dict[tuple[str, ...], KnownLayer] = {}
+    relocated = []
+    for layer in walk_layers(config):
+        known[layer.saving_path] = KnownLayer(layer.path, layer.trainable)
+        if layer.class_name not in BN_CLASSES:
+            continue
+        found = _layer_group(h5, layer)
+        if found is None:
+            notes.append(
+                f"{'/'.join(layer.path)} has no saved variables (the layer was never built)"
+            )
+            continue
+        segments, group = found
+        if segments != layer.saving_path:
+            relocated.append("/".join(layer.path))
+        claimed.add(segments)
+        layers.append(_bn_layer(layer, segments, group))
+    if relocated:
+        notes.append(
+            f"{len(relocated)} layer(s) found by their saved name, not where Keras's group naming "
+            f"puts them: {', '.join(relocated[:3])}"
+        )
+    extra = list(keras3_layout.scan_for_batchnorm(h5, frozenset(claimed), known))
+    if extra:
+        notes.append(
+            f"{len(extra)} BatchNorm layer(s) found by their variables inside layers the "
+            "configuration does not describe; their settings are unknown"
+        )
+    return layers + extra
+
+
+def _layer_group(h5: h5py.File, layer: LayerConfig) -> tuple[tuple[str, ...], h5py.Group] | None:
+    """The weights group of ``layer``: Keras's naming scheme, checked against the saved name."""
+    segments = layer.saving_path
+    group = h5.get("/".join(segments))
+    if isinstance(group, h5py.Group):
+        recorded = keras3_layout.saved_name(group)
+        if recorded is None or recorded == layer.name:
+            return (segments, group) if "vars" in group else None
+    # The recorded name disagrees (or the group is missing): look for the sibling that Keras
+    # 3.15+ labelled with this layer's name.
+    parent = h5.get("/".join(segments[:-1])) if len(segments) > 1 else h5
+    if isinstance(parent, h5py.Group):
+        for key in parent:
+            sibling = parent.get(key)
+            if isinstance(sibling, h5py.Group) and keras3_layout.saved_name(sibling) == layer.name:
+                return (*segments[:-1], key), sibling
+    raise ModelReadError(
+        f"cannot find the weights of {'/'.join(layer.path)} (expected group {'/'.join(segments)})"
+    )
+
+
+def _bn_layer(layer: LayerConfig, segments: tuple[str, ...], group: h5py.Group) -> BNLayer:
+    where = "/".join(segments)
+    settings = bn_settings(layer)
+    datasets = keras3_layout.saved_variables(group, where)
+    assert datasets is not None  # _layer_group only returns groups with vars
+    roles = keras3_layout.bn_roles(settings["center"], settings["scale"], renorm(layer))
+    arrays = keras3_layout.read_roles(datasets, roles, where)
+    return BNLayer(
+        path="/".join(layer.path),
+        name=layer.name,
+        class_name=layer.class_name,
+        moving_mean=arrays["moving_mean"],
+        moving_variance=arrays["moving_variance"],
+        gamma=arrays.get("gamma"),
+        beta=arrays.get("beta"),
+        source=f"{where}/vars",
+        **settings,
+    )
+
+
+@contextlib.contextmanager
+def _open_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[IO[bytes]]:
+    """A seekable file object over one archive member; in place when it is stored uncompressed."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        with archive.open(info) as member:
+            yield member
+        return
+    raw = open(path, "rb")  # noqa: SIM115 - closed by FileWindow.close
+    with FileWindow(raw, _data_offset(raw, info), info.file_size) as window:
+        yield window  # type: ignore[misc]
+
+
+def _data_offset(raw: IO[bytes], info: zipfile.ZipInfo) -> int:
+    """Where a member's bytes start: after its local file header, name and extra field."""
+    raw.seek(info.header_offset)
+    header = raw.read(_LOCAL_HEADER.size)
+    if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise ModelReadError(f"corrupt zip archive: bad local header for {info.filename}")
+    fields = _LOCAL_HEADER.unpack(header)
+    name_length, extra_length = fields[-2], fields[-1]
+    start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+    raw.seek(0, 2)
+    if start + info.file_size > raw.tell():
+        raise ModelReadError(f"truncated zip archive: {info.filename} extends past the end of file")
+    return start

@@ -1,0 +1,75 @@
+"""Recognise BatchNorm variables by name: ``scope/gamma:0``, ``conv1/BatchNorm/moving_mean``.
+
+Keras 2 ``.h5`` files, weights-only files and TensorFlow checkpoints all name each variable by a
+scope and a leaf. A scope holding a moving mean and a moving variance is a BatchNorm layer, whatever
+the layer is called (``BN0``, ``conv1-BN``, ``bn_Conv1``) and whichever framework wrote it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+#: Leaf names of BatchNorm variables, mapped to the array they hold. ``moving_var`` is the
+#: spelling of hand-written TF1 layers.
+LEAF_ROLES = {
+    "gamma": "gamma",
+    "beta": "beta",
+    "moving_mean": "moving_mean",
+    "moving_variance": "moving_variance",
+    "moving_var": "moving_variance",
+}
+
+_OUTPUT_SUFFIX = re.compile(r":\d+$")
+
+
+def split_name(name: str) -> tuple[tuple[str, ...], str]:
+    """``"a/b/gamma:0"`` -> ``(("a", "b"), "gamma")``."""
+    parts = [p for p in _OUTPUT_SUFFIX.sub("", name).split("/") if p]
+    if not parts:
+        return (), ""
+    return tuple(parts[:-1]), parts[-1]
+
+
+@dataclass
+class VariableScope:
+    """The BatchNorm variables found under one scope, by role, with the key to read each."""
+
+    scope: tuple[str, ...]
+    keys: dict[str, str] = field(default_factory=dict)
+    """Role (``gamma``, ``beta``, ``moving_mean``, ``moving_variance``) -> the variable's key."""
+
+    @property
+    def has_moving_stats(self) -> bool:
+        return "moving_mean" in self.keys and "moving_variance" in self.keys
+
+    @property
+    def is_batchnorm(self) -> bool:
+        """A moving mean or variance marks BatchNorm; gamma/beta alone could be LayerNorm."""
+        return "moving_mean" in self.keys or "moving_variance" in self.keys
+
+
+def group_by_scope(entries: Iterable[tuple[tuple[str, ...], str, str]]) -> list[VariableScope]:
+    """Group ``(scope, leaf, key)`` entries into scopes holding BatchNorm-named variables.
+
+    Scopes keep the order in which they first appear. The first spelling of a role wins.
+    """
+    scopes: dict[tuple[str, ...], VariableScope] = {}
+    for scope, leaf, key in entries:
+        role = LEAF_ROLES.get(leaf)
+        if role is None or not scope:
+            continue
+        found = scopes.setdefault(scope, VariableScope(scope))
+        found.keys.setdefault(role, key)
+    return list(scopes.values())
+
+
+def collapse_repeats(parts: Iterable[str]) -> tuple[str, ...]:
+    """Drop an element equal to the one before it: legacy ``.h5`` files repeat the layer name
+    as group and weight scope (``bn_a/bn_a/gamma:0``)."""
+    out: list[str] = []
+    for part in parts:
+        if not out or out[-1] != part:
+            out.append(part)
+    return tuple(out)

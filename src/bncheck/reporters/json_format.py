@@ -1,0 +1,97 @@
+"""The JSON report. Field names and meanings are a stable contract; fields may be added."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from bncheck import __version__
+from bncheck.findings import Finding, ModelResult, Report, Severity
+from bncheck.model import ARRAY_NAMES, ArraySummary, BNLayer
+
+
+def render(report: Report) -> str:
+    return json.dumps(_finite(as_dict(report)), indent=2, allow_nan=False) + "\n"
+
+
+def as_dict(report: Report) -> dict[str, Any]:
+    return {
+        "bncheck_version": __version__,
+        "models": [_model(model) for model in report.models],
+        "summary": {
+            "models": len(report.models),
+            "layers": report.layer_count,
+            "errors": report.count(Severity.ERROR),
+            "warnings": report.count(Severity.WARNING),
+            "infos": report.count(Severity.INFO),
+            "unreadable": sum(1 for model in report.models if model.error is not None),
+        },
+        "fail_on": report.fail_on.value,
+        "exit_code": int(report.exit_code),
+    }
+
+
+def _model(model: ModelResult) -> dict[str, Any]:
+    description = model.description
+    return {
+        "path": model.path,
+        "format": model.format,
+        "error": model.error,
+        "notes": list(description.notes) if description else [],
+        "layers": [_layer(layer) for layer in description.layers] if description else [],
+        "findings": [finding_dict(finding) for finding in model.findings],
+    }
+
+
+def _layer(layer: BNLayer) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "path": layer.path,
+        "name": layer.name,
+        "class": layer.class_name,
+        "channels": layer.channels,
+        "axis": list(layer.axis) if layer.axis is not None else None,
+        "momentum": layer.momentum,
+        "epsilon": layer.epsilon,
+        "center": layer.center,
+        "scale": layer.scale,
+        "trainable": layer.trainable,
+        "synchronized": layer.synchronized,
+    }
+    for name in ARRAY_NAMES:
+        entry[name] = _summary(layer.summaries[name])
+    entry["source"] = layer.source
+    return entry
+
+
+def _summary(summary: ArraySummary | None) -> dict[str, Any] | None:
+    if summary is None:
+        return None
+    return {
+        "min": summary.min,
+        "max": summary.max,
+        "mean": summary.mean,
+        "nonfinite": summary.nonfinite,
+    }
+
+
+def finding_dict(finding: Finding) -> dict[str, Any]:
+    return {
+        "rule": finding.rule,
+        "name": finding.name,
+        "severity": str(finding.severity),
+        "layer": finding.layer,
+        "message": finding.message,
+        "details": dict(finding.details),
+    }
+
+
+def _finite(value: Any) -> Any:
+    """Strict JSON has no NaN or Infinity: such measurements become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value

@@ -1,0 +1,105 @@
+"""The human-readable report: a table of BN layers per model, the findings, a verdict."""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from bncheck.findings import ModelResult, Report, Severity
+from bncheck.model import ArraySummary, BNLayer
+
+_HEADERS = [
+    "layer",
+    "class",
+    "ch",
+    "momentum",
+    "epsilon",
+    "trainable",
+    "moving_mean",
+    "moving_variance",
+    "gamma",
+    "beta",
+]
+
+
+def render(report: Report) -> str:
+    blocks = [_model_block(model) for model in report.models]
+    return "\n\n".join(blocks + [verdict(report)]) + "\n"
+
+
+def _model_block(model: ModelResult) -> str:
+    if model.error is not None:
+        return f"{model.path}: error: {model.error}"
+    description = model.description
+    assert description is not None  # a result without error has a description
+    lines = [
+        f"{model.path} ({description.format}): {_count(len(description.layers), 'BatchNorm layer')}"
+    ]
+    lines += [f"  note: {note}" for note in description.notes]
+    if description.layers:
+        rows = [_row(layer) for layer in description.layers]
+        lines.append(tabulate(rows, headers=_HEADERS, tablefmt="simple", disable_numparse=True))
+    if model.findings:
+        ordered = sorted(model.findings, key=lambda f: -f.severity)
+        lines.append("")
+        lines += [
+            f"{str(f.severity):<8} {f.rule} {f.name}  {f.layer or '(model)'}: {f.message}"
+            for f in ordered
+        ]
+    return "\n".join(lines)
+
+
+def _row(layer: BNLayer) -> list[str]:
+    return [
+        layer.path,
+        _class_label(layer),
+        str(layer.channels),
+        _number(layer.momentum),
+        _number(layer.epsilon),
+        {True: "yes", False: "no", None: "?"}[layer.trainable],
+        *(
+            _stats(layer.summaries[name])
+            for name in ("moving_mean", "moving_variance", "gamma", "beta")
+        ),
+    ]
+
+
+def _class_label(layer: BNLayer) -> str:
+    label = layer.class_name.replace("BatchNormalization", "BN")
+    if layer.synchronized and "Sync" not in label:
+        label += " sync"
+    return label
+
+
+def _number(value: float | None) -> str:
+    return "?" if value is None else f"{value:g}"
+
+
+def _stats(summary: ArraySummary | None) -> str:
+    if summary is None:
+        return "-"
+    bad = f" ({summary.nonfinite} nan/inf)" if summary.nonfinite else ""
+    if summary.mean is None:
+        return f"all nan/inf{bad}"
+    return f"{summary.mean:.3g} [{summary.min:.3g}, {summary.max:.3g}]{bad}"
+
+
+def verdict(report: Report) -> str:
+    unreadable = sum(1 for model in report.models if model.error is not None)
+    counts = ", ".join(
+        _count(report.count(severity), str(severity))
+        for severity in (Severity.ERROR, Severity.WARNING, Severity.INFO)
+    )
+    scope = (
+        f"{_count(len(report.models), 'model')}, {_count(report.layer_count, 'BatchNorm layer')}"
+    )
+    if unreadable:
+        status = f"ERROR: {_count(unreadable, 'input')} could not be read"
+    elif report.failing():
+        status = "FAIL"
+    else:
+        status = "OK"
+    return f"{status}: {counts} in {scope} (fail-on: {report.fail_on.value})"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"

@@ -1,0 +1,63 @@
+"""The rule registry.
+
+A rule is a module with ``ID``, ``NAME``, ``DEFAULT_SEVERITY``, ``NEEDS`` (what it judges:
+``static`` rules a ``BNLayer``), ``OPTIONS`` (thresholds and their defaults), a docstring that is
+its documentation, and ``check(subject, options)`` yielding ``Problem``s. Rules never decide their
+own severity or whether they run: configuration does, and the runner stamps each problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from types import ModuleType
+from typing import Any, Protocol, cast
+
+from bncheck.findings import Problem, Severity
+from bncheck.rules import (
+    bn001_untouched_moving_stats,
+    bn002_untrained_layer,
+    bn003_non_finite_stats,
+    bn004_negative_variance,
+    bn005_dead_channels,
+    bn006_unstable_gain,
+    bn007_frozen_layer,
+    bn008_momentum_never_updates,
+    bn009_suspicious_momentum,
+    bn010_hardcoded_training_call,
+)
+
+
+class Rule(Protocol):
+    ID: str
+    NAME: str
+    DEFAULT_SEVERITY: Severity
+    NEEDS: str
+    OPTIONS: Mapping[str, float]
+    __doc__: str | None
+
+    def check(self, subject: Any, options: Mapping[str, float]) -> Iterator[Problem]: ...
+
+
+def _registry(*modules: ModuleType) -> dict[str, Rule]:
+    return {module.ID: cast(Rule, module) for module in modules}
+
+
+RULES: dict[str, Rule] = _registry(
+    bn001_untouched_moving_stats,
+    bn002_untrained_layer,
+    bn003_non_finite_stats,
+    bn004_negative_variance,
+    bn005_dead_channels,
+    bn006_unstable_gain,
+    bn007_frozen_layer,
+    bn008_momentum_never_updates,
+    bn009_suspicious_momentum,
+    bn010_hardcoded_training_call,
+)
+
+
+def by_name_or_id(key: str) -> Rule | None:
+    """Look a rule up by ID (``BN001``, any case) or name (``untouched-moving-stats``)."""
+    if key.upper() in RULES:
+        return RULES[key.upper()]
+    return next((rule for rule in RULES.values() if key == rule.NAME), None)

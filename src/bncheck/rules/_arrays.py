@@ -1,0 +1,30 @@
+"""Array predicates shared by the static rules."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bncheck.model import BNLayer
+
+
+def at_initial(layer: BNLayer, array_name: str, tolerance: float) -> bool | None:
+    """Whether every value of the array still equals its configured initial constant.
+
+    ``None`` when the layer has no such array or its initializer is not a constant.
+    """
+    array = layer.array(array_name)
+    initial = layer.initial.of(array_name)
+    if array is None or initial is None:
+        return None
+    # Compare with the constant as the array's own precision stores it (0.1 is inexact in float32).
+    reference = float(np.asarray(initial, dtype=np.asarray(array).dtype))
+    values = np.asarray(array, dtype=np.float64)
+    return bool(np.all(np.abs(values - reference) <= tolerance))
+
+
+def describe_values(array: np.ndarray) -> str:
+    values = np.asarray(array, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return "no finite values"
+    return f"mean {finite.mean():.4g}, range [{finite.min():.4g}, {finite.max():.4g}]"

@@ -1,0 +1,39 @@
+"""momentum is 1.0 or more, so the moving statistics can never change.
+
+Keras updates ``moving = momentum * moving + (1 - momentum) * batch``. With momentum 1.0 every
+update keeps all of the old value: the statistics stay at their initial 0 and 1 forever (or at
+whatever they were when momentum was raised). Above 1.0 the update diverges.
+
+Why it happens: an attempt to "freeze" the statistics by raising momentum; a value written
+for another framework or a typo.
+
+How to fix: use a momentum in [0.9, 0.999] while training; to freeze statistics use
+``trainable=False`` instead; to repair statistics that never moved use ``bncheck recalibrate``.
+
+Passing: momentum 0.99.
+Failing: momentum 1.0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from bncheck.findings import Problem, Severity
+from bncheck.model import BNLayer
+
+ID = "BN008"
+NAME = "momentum-never-updates"
+DEFAULT_SEVERITY = Severity.ERROR
+NEEDS = "static"
+OPTIONS: Mapping[str, float] = {}
+
+
+def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
+    if layer.momentum is None or layer.momentum < 1.0:
+        return
+    effect = "never change" if layer.momentum == 1.0 else "diverge"
+    yield Problem(
+        message=f"momentum={layer.momentum:g}: the moving statistics {effect} during training",
+        layer=layer.path,
+        details={"momentum": layer.momentum},
+    )

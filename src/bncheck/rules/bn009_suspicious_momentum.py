@@ -1,0 +1,45 @@
+"""momentum is low, usually PyTorch's convention copied into Keras.
+
+Keras's momentum is the weight of the *old* statistics: ``moving = momentum * moving + (1 -
+momentum) * batch``. PyTorch's ``momentum=0.1`` is the weight of the *new* batch, so it means
+Keras ``momentum=0.9``. Copied as-is, Keras keeps only 10% of the history at each step: the
+moving statistics describe roughly the last batch only and jump from batch to batch, so
+inference depends on which batch happened to come last.
+
+How to fix: use ``momentum = 1 - pytorch_momentum`` (0.9 for PyTorch's default 0.1); Keras's own
+default is 0.99.
+
+Options:
+  min_momentum: momentum below this is reported.
+
+Passing: momentum 0.9, 0.99.
+Failing: momentum 0.1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from bncheck.findings import Problem, Severity
+from bncheck.model import BNLayer
+
+ID = "BN009"
+NAME = "suspicious-momentum"
+DEFAULT_SEVERITY = Severity.WARNING
+NEEDS = "static"
+OPTIONS: Mapping[str, float] = {"min_momentum": 0.5}
+
+
+def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
+    if layer.momentum is None or layer.momentum >= options["min_momentum"]:
+        return
+    kept = layer.momentum
+    yield Problem(
+        message=(
+            f"momentum={kept:g} keeps only {kept:.0%} of the old statistics at each step; "
+            f"in Keras momentum weighs the history (PyTorch's momentum={kept:g} is Keras's "
+            f"{1 - kept:g})"
+        ),
+        layer=layer.path,
+        details={"momentum": kept, "min_momentum": options["min_momentum"]},
+    )

@@ -1,0 +1,42 @@
+"""Every committed fixture yields exactly the findings its generator declared, and the exit code
+they imply. Adding a case is adding a fixture to a generator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import FIXTURES, CliResult, fixture_manifest
+
+MANIFEST = fixture_manifest()
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def test_every_model_fixture_is_declared() -> None:
+    on_disk = {
+        path.relative_to(FIXTURES).as_posix()
+        for path in FIXTURES.rglob("*")
+        if path.is_file() and path.name.endswith(MODEL_SUFFIXES)
+    }
+    assert on_disk, "no fixtures found"
+    assert on_disk <= set(MANIFEST), (
+        f"fixtures without expectations: {sorted(on_disk - set(MANIFEST))}"
+    )
+
+
+@pytest.mark.parametrize("fixture", sorted(MANIFEST))
+def test_fixture_findings(fixture: str, run_cli: Callable[..., CliResult]) -> None:
+    expected = MANIFEST[fixture]
+    result = run_cli("inspect", FIXTURES / fixture, "--format", "json", "--fail-on", "error")
+    report = result.json()
+    model = report["models"][0]
+    assert model["error"] is None
+    assert len(model["layers"]) == expected["layers"]
+    assert sorted([f["rule"], f["layer"]] for f in model["findings"]) == expected["expect"]
+    expected_rules = {rule for rule, _ in expected["expect"]}
+    fails = any(f["severity"] == "error" for f in model["findings"])
+    assert result.code == (1 if fails else 0)
+    assert report["exit_code"] == result.code
+    if not expected_rules:
+        assert model["findings"] == []

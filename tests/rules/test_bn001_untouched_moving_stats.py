@@ -1,0 +1,53 @@
+from bncheck.model import InitialValues
+from bncheck.rules import bn001_untouched_moving_stats as rule
+from tests.rules.conftest import layer, problems
+
+UNTOUCHED = {"moving_mean": [0, 0, 0, 0], "moving_variance": [1, 1, 1, 1]}
+
+
+def test_trained_weights_with_initial_statistics_are_flagged() -> None:
+    [problem] = problems(rule, layer(**UNTOUCHED))
+    assert problem.layer == "model/bn"
+    assert problem.details["trained"] == ["gamma", "beta"]
+    assert problem.details["channels"] == 4
+    assert "never updated" in problem.message
+
+
+def test_only_beta_trained_is_enough() -> None:
+    [problem] = problems(rule, layer(gamma=[1, 1, 1, 1], **UNTOUCHED))
+    assert problem.details["trained"] == ["beta"]
+
+
+def test_updated_statistics_pass() -> None:
+    assert problems(rule, layer()) == []
+
+
+def test_one_channel_moved_passes() -> None:
+    assert problems(rule, layer(moving_mean=[0, 0, 0.2, 0], moving_variance=[1, 1, 1, 1])) == []
+
+
+def test_untrained_layer_is_left_to_bn002() -> None:
+    assert problems(rule, layer(gamma=[1, 1, 1, 1], beta=[0, 0, 0, 0], **UNTOUCHED)) == []
+
+
+def test_configured_initializers_are_respected() -> None:
+    custom = InitialValues(moving_mean=0.5, moving_variance=2.0)
+    stats = {"moving_mean": [0.5] * 4, "moving_variance": [2.0] * 4}
+    assert len(problems(rule, layer(initial=custom, **stats))) == 1
+    # The same values with default initializers did move away from 0 and 1.
+    assert problems(rule, layer(**stats)) == []
+
+
+def test_non_constant_initializer_cannot_be_judged() -> None:
+    assert problems(rule, layer(initial=InitialValues(moving_mean=None), **UNTOUCHED)) == []
+
+
+def test_tolerance_option() -> None:
+    nearly = {"moving_mean": [1e-4, 0, 0, 0], "moving_variance": [1, 1, 1, 1]}
+    assert problems(rule, layer(**nearly)) == []
+    assert len(problems(rule, layer(**nearly), tolerance=1e-3)) == 1
+
+
+def test_layer_without_gamma_and_beta_cannot_show_training() -> None:
+    bare = layer(gamma=None, beta=None, center=False, scale=False, **UNTOUCHED)
+    assert problems(rule, bare) == []

@@ -1,0 +1,18 @@
+from bncheck.rules import bn008_momentum_never_updates as rule
+from tests.rules.conftest import layer, problems
+
+
+def test_momentum_one() -> None:
+    [problem] = problems(rule, layer(momentum=1.0))
+    assert "never change" in problem.message
+    assert problem.details == {"momentum": 1.0}
+
+
+def test_momentum_above_one_diverges() -> None:
+    [problem] = problems(rule, layer(momentum=1.5))
+    assert "diverge" in problem.message
+
+
+def test_usual_momentum_and_unknown_pass() -> None:
+    assert problems(rule, layer(momentum=0.999)) == []
+    assert problems(rule, layer(momentum=None)) == []

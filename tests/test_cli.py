@@ -1,0 +1,183 @@
+"""What a user meets on the command line: exit codes, output choices, one-line errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES, CliResult
+
+Run = Callable[..., CliResult]
+HEALTHY = FIXTURES / "keras3/healthy_cnn.keras"
+UNTOUCHED = FIXTURES / "keras3/untouched_stats.keras"  # two BN001 errors
+MOMENTUM = FIXTURES / "keras3/pytorch_momentum.keras"  # two BN009 warnings
+FROZEN = FIXTURES / "keras3/frozen_base.keras"  # two BN007 infos
+
+
+def test_healthy_model_exits_zero(run_cli: Run) -> None:
+    result = run_cli("inspect", HEALTHY)
+    assert result.code == 0
+    assert "cnn/bn1" in result.out and "cnn/bn2" in result.out
+    assert result.out.rstrip().splitlines()[-1].startswith("OK: 0 errors, 0 warnings, 0 infos")
+    assert result.err == ""
+
+
+def test_error_findings_exit_one(run_cli: Run) -> None:
+    result = run_cli("inspect", UNTOUCHED)
+    assert result.code == 1
+    assert "BN001 untouched-moving-stats" in result.out
+    assert result.out.rstrip().splitlines()[-1].startswith("FAIL: 2 errors")
+
+
+@pytest.mark.parametrize(
+    ("path", "fail_on", "code"),
+    [
+        (MOMENTUM, "error", 0),
+        (MOMENTUM, "warning", 1),
+        (FROZEN, "warning", 0),
+        (FROZEN, "info", 1),
+        (UNTOUCHED, "never", 0),
+    ],
+)
+def test_fail_on_threshold(run_cli: Run, path: Path, fail_on: str, code: int) -> None:
+    assert run_cli("inspect", path, "--fail-on", fail_on).code == code
+
+
+def test_several_paths_report_together_and_take_the_worst_code(run_cli: Run) -> None:
+    result = run_cli("inspect", HEALTHY, UNTOUCHED, "--format", "json")
+    report = result.json()
+    assert result.code == 1
+    assert [m["path"] for m in report["models"]] == [str(HEALTHY), str(UNTOUCHED)]
+    assert report["summary"] == {
+        "models": 2,
+        "layers": 4,
+        "errors": 2,
+        "warnings": 0,
+        "infos": 0,
+        "unreadable": 0,
+    }
+
+
+def test_unreadable_input_wins_but_readable_ones_are_still_reported(
+    run_cli: Run, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.keras"
+    result = run_cli("inspect", UNTOUCHED, missing, "--format", "json")
+    assert result.code == 3
+    report = result.json()
+    assert report["models"][0]["findings"]
+    assert report["models"][1]["error"] == "no such file or directory"
+    assert result.err == f"bncheck: error: {missing}: no such file or directory\n"
+
+
+def test_output_file(run_cli: Run, tmp_path: Path) -> None:
+    target = tmp_path / "report.json"
+    result = run_cli("inspect", UNTOUCHED, "--format", "json", "--output", target)
+    assert result.code == 1
+    assert result.out == ""
+    assert '"BN001"' in target.read_text()
+
+
+def test_unwritable_output_is_a_usage_error(run_cli: Run, tmp_path: Path) -> None:
+    result = run_cli("inspect", HEALTHY, "--output", tmp_path / "no-such-dir" / "r.txt")
+    assert result.code == 2
+    assert result.err.startswith("bncheck: error: cannot write --output")
+    assert len(result.err.strip().splitlines()) == 1
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def truncated(source: Path, target: Path, keep: float) -> Path:
+    data = source.read_bytes()
+    return write(target, data[: int(len(data) * keep)])
+
+
+UNREADABLE_CASES: dict[str, Callable[[Path], Path]] = {
+    "missing file": lambda tmp: tmp / "nope.keras",
+    "empty file": lambda tmp: write(tmp / "empty.keras", b""),
+    "text file": lambda tmp: write(tmp / "notes.h5", b"hello, this is not a model\n"),
+    "truncated .keras": lambda tmp: truncated(HEALTHY, tmp / "cut.keras", 0.5),
+    "truncated .h5": lambda tmp: truncated(FIXTURES / "keras3/healthy_cnn.h5", tmp / "cut.h5", 0.5),
+    "zip without config": lambda tmp: _zip(tmp / "other.keras", {"readme.txt": b"hi"}),
+    "zip without weights": lambda tmp: _zip(tmp / "noweights.keras", {"config.json": b"{}"}),
+    "config not json": lambda tmp: _rezip(HEALTHY, tmp / "badcfg.keras", {"config.json": b"{nope"}),
+    "plain directory": lambda tmp: tmp,
+}
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _rezip(source: Path, target: Path, replace: dict[str, bytes]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    return _zip(target, {**members, **replace})
+
+
+@pytest.mark.parametrize("case", sorted(UNREADABLE_CASES))
+def test_unreadable_inputs_exit_three_with_one_line(
+    run_cli: Run, tmp_path: Path, case: str
+) -> None:
+    path = UNREADABLE_CASES[case](tmp_path)
+    result = run_cli("inspect", path)
+    assert result.code == 3
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith(f"bncheck: error: {path}: ")
+    assert "Traceback" not in result.err + result.out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["inspect", str(HEALTHY), "--fail-on", "sometimes"],
+        ["inspect", str(HEALTHY), "--format", "xml"],
+        ["inspect"],
+        ["inspect", str(HEALTHY), "--no-such-option"],
+        ["no-such-command"],
+    ],
+)
+def test_usage_errors_exit_two_with_one_line(run_cli: Run, args: list[str]) -> None:
+    result = run_cli(*args)
+    assert result.code == 2
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert result.err.startswith("bncheck: error: ")
+
+
+def test_model_is_recognised_by_content_not_extension(run_cli: Run, tmp_path: Path) -> None:
+    disguised = tmp_path / "model.bin"
+    shutil.copy(UNTOUCHED, disguised)
+    report = run_cli("inspect", disguised, "--format", "json").json()
+    assert report["models"][0]["format"] == "keras"
+
+
+def test_python_dash_m_and_console_script() -> None:
+    script = Path(sys.executable).parent / "bncheck"  # installed beside the interpreter
+    for command in ([sys.executable, "-m", "bncheck"], [str(script)]):
+        done = subprocess.run([*command, "inspect", str(UNTOUCHED)], capture_output=True, text=True)
+        assert done.returncode == 1, done.stderr
+        assert "BN001" in done.stdout
+
+
+def test_version(run_cli: Run) -> None:
+    from bncheck import __version__
+
+    result = run_cli("--version")
+    assert result.code == 0
+    assert __version__ in result.out

@@ -1,0 +1,155 @@
+"""Reader behaviour beyond the fixtures: layouts seen in the wild and malformed content."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from bncheck.errors import ModelReadError
+from bncheck.readers import read_model
+from bncheck.readers.h5util import FileWindow
+from tests.conftest import FIXTURES
+
+NESTED = FIXTURES / "keras3/nested.keras"
+
+
+def arrays_of(path: Path) -> list[tuple[str, bytes]]:
+    return [
+        (layer.path, np.asarray(layer.moving_variance).tobytes())
+        for layer in read_model(str(path)).layers
+    ]
+
+
+def test_file_window_reads_exactly_its_slice(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 4
+    (tmp_path / "blob").write_bytes(data)
+    with FileWindow(open(tmp_path / "blob", "rb"), start=100, size=300) as window:  # noqa: SIM115
+        assert window.read(10) == data[100:110]
+        window.seek(-5, io.SEEK_END)
+        assert window.read() == data[395:400]
+        window.seek(290)
+        assert window.read(50) == data[390:400]  # never past the end of the window
+        assert window.tell() == 300
+
+
+def test_compressed_archive_is_read_with_a_note(tmp_path: Path) -> None:
+    deflated = tmp_path / "deflated.keras"
+    with (
+        zipfile.ZipFile(NESTED) as source,
+        zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as target,
+    ):
+        for name in source.namelist():
+            target.writestr(name, source.read(name))
+    assert arrays_of(deflated) == arrays_of(NESTED)
+    assert any("compressed" in note for note in read_model(str(deflated)).notes)
+
+
+def test_hdf5_user_block_is_recognised(tmp_path: Path) -> None:
+    source = FIXTURES / "keras3/healthy_cnn.h5"
+    shifted = tmp_path / "userblock.h5"
+    with h5py.File(source, "r") as src, h5py.File(shifted, "w", userblock_size=512) as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        for name in src:
+            src.copy(src[name], dst, name=name)
+    assert shifted.read_bytes()[:8] != b"\x89HDF\r\n\x1a\n"
+    assert arrays_of(shifted) == arrays_of(source)
+
+
+def test_hdf5_without_keras_content_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "data.h5"
+    with h5py.File(path, "w") as h5:
+        h5["images"] = np.zeros((4, 4))
+    with pytest.raises(ModelReadError, match="not a Keras model or weights file"):
+        read_model(str(path))
+
+
+def test_plain_hdf5_with_batchnorm_variable_names(tmp_path: Path) -> None:
+    """A hand-written HDF5 (no Keras attributes): variables are still found by their names."""
+    path = tmp_path / "tf1_export.h5"
+    with h5py.File(path, "w") as h5:
+        h5["net/conv1/BatchNorm/beta"] = np.zeros(3, "float32")
+        h5["net/conv1/BatchNorm/moving_mean"] = np.array([0.1, 0.2, 0.3], "float32")
+        h5["net/conv1/BatchNorm/moving_var"] = np.array([1.5, 0.5, 0.25], "float32")
+        h5["net/conv1/weights"] = np.zeros((3, 3), "float32")
+    [layer] = read_model(str(path)).layers
+    assert layer.path == "net/conv1/BatchNorm"
+    assert layer.gamma is None and layer.scale is False and layer.center is True
+    np.testing.assert_array_equal(layer.moving_variance, [1.5, 0.5, 0.25])
+
+
+def test_moving_statistics_of_different_lengths_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "mismatch.h5"
+    with h5py.File(path, "w") as h5:
+        h5["bn/gamma:0"] = np.ones(4, "float32")
+        h5["bn/moving_mean:0"] = np.zeros(4, "float32")
+        h5["bn/moving_variance:0"] = np.ones(5, "float32")
+    with pytest.raises(ModelReadError, match="disagree in shape"):
+        read_model(str(path))
+
+
+def test_moving_mean_without_variance_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "half.h5"
+    with h5py.File(path, "w") as h5:
+        h5["bn/moving_mean:0"] = np.zeros(4, "float32")
+    with pytest.raises(ModelReadError, match="bn has BatchNorm variables but no moving_variance"):
+        read_model(str(path))
+
+
+def test_legacy_model_missing_bn_weights(tmp_path: Path) -> None:
+    source = FIXTURES / "keras3/healthy_cnn.h5"
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(source.read_bytes())
+    with h5py.File(broken, "r+") as h5:
+        del h5["model_weights/bn2"]
+    with pytest.raises(ModelReadError, match="no weights found for BatchNorm layer cnn/bn2"):
+        read_model(str(broken))
+
+
+def test_archive_whose_weights_do_not_match_the_config(tmp_path: Path) -> None:
+    with zipfile.ZipFile(NESTED) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    config["config"]["layers"][1]["config"]["name"] = "renamed"  # the Sequential model
+    config["config"]["layers"][1]["class_name"] = "Functional"  # now its group is "functional"
+    members["config.json"] = json.dumps(config).encode()
+    target = tmp_path / "mismatch.keras"
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(ModelReadError, match="cannot find the weights of nested/renamed/feat_bn1"):
+        read_model(str(target))
+
+
+def test_batchnorm_inside_a_custom_layer_is_found_by_its_variables(tmp_path: Path) -> None:
+    keras = pytest.importorskip("keras")
+
+    @keras.saving.register_keras_serializable(package="bncheck_tests")
+    class ConvBlock(keras.layers.Layer):
+        def __init__(self, **kwargs: object) -> None:
+            super().__init__(**kwargs)
+            self.conv = keras.layers.Dense(3)
+            self.norm = keras.layers.BatchNormalization(name="inner_bn")
+
+        def call(self, x: object) -> object:
+            return self.norm(self.conv(x))
+
+    inputs = keras.Input((5,))
+    model = keras.Model(inputs, ConvBlock(name="block")(inputs), name="custom")
+    model(np.zeros((1, 5), "float32"))
+    model.get_layer("block").norm.moving_variance.assign([0.5, 0.25, 2.0])
+    path = tmp_path / "custom.keras"
+    model.save(path)
+    description = read_model(str(path))
+    [layer] = description.layers
+    # Named after the known enclosing layer, then the BN's own saved name.
+    assert layer.path == "custom/block/inner_bn"
+    assert layer.source == "layers/conv_block/norm/vars"
+    np.testing.assert_array_equal(layer.moving_variance, [0.5, 0.25, 2.0])
+    assert any("configuration does not describe" in note for note in description.notes)
