@@ -153,3 +153,42 @@ def test_batchnorm_inside_a_custom_layer_is_found_by_its_variables(tmp_path: Pat
     assert layer.source == "layers/conv_block/norm/vars"
     np.testing.assert_array_equal(layer.moving_variance, [0.5, 0.25, 2.0])
     assert any("configuration does not describe" in note for note in description.notes)
+
+
+def _weights_file_with(tmp_path: Path, make_variance: object) -> Path:
+    path = tmp_path / "linked.h5"
+    with h5py.File(path, "w") as h5:
+        h5["bn/gamma:0"] = np.ones(4, "float32")
+        h5["bn/moving_mean:0"] = np.zeros(4, "float32")
+        make_variance(h5["bn"], "moving_variance:0")  # type: ignore[operator]
+    return path
+
+
+def test_links_to_other_files_are_not_followed(tmp_path: Path) -> None:
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as h5:
+        h5["data"] = np.ones(4, "float32")
+    path = _weights_file_with(
+        tmp_path, lambda g, k: g.__setitem__(k, h5py.ExternalLink(str(other), "/data"))
+    )
+    with pytest.raises(ModelReadError, match="bn/moving_variance:0 links to another file"):
+        read_model(str(path))
+
+
+def test_values_stored_outside_the_file_are_not_read(tmp_path: Path) -> None:
+    outside = tmp_path / "raw.bin"
+    outside.write_bytes(np.ones(4, "float32").tobytes())
+    path = _weights_file_with(
+        tmp_path,
+        lambda g, k: g.create_dataset(k, shape=(4,), dtype="f4", external=[(str(outside), 0, 16)]),
+    )
+    with pytest.raises(ModelReadError, match="stores its values in another file"):
+        read_model(str(path))
+
+
+def test_links_inside_the_file_are_followed(tmp_path: Path) -> None:
+    path = _weights_file_with(tmp_path, lambda g, k: g.__setitem__(k, h5py.SoftLink("/shared")))
+    with h5py.File(path, "r+") as h5:
+        h5["shared"] = np.full(4, 2.0, "float32")
+    [layer] = read_model(str(path)).layers
+    np.testing.assert_array_equal(layer.moving_variance, [2.0] * 4)

@@ -21,6 +21,37 @@ MAX_CONFIG_BYTES = 256 << 20
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
+def lookup(group: h5py.Group, path: str, _links_followed: int = 0) -> object | None:
+    """The object at ``path`` below ``group``; ``None`` when there is none.
+
+    Links inside the file are followed; a link to another file is refused, so that reading a
+    model never makes HDF5 open some other file on disk.
+    """
+    if _links_followed > 16:
+        raise ModelReadError(f"{path}: too many nested links")
+    current: object = group.file if path.startswith("/") else group
+    parts = [part for part in path.split("/") if part]
+    for part in parts:
+        if not isinstance(current, h5py.Group):
+            return None
+        link = current.get(part, getlink=True)
+        if link is None:
+            return None
+        where = f"{current.name.rstrip('/')}/{part}".lstrip("/")
+        if isinstance(link, h5py.ExternalLink):
+            raise ModelReadError(
+                f"{where} links to another file ({link.filename}); only the given file is read"
+            )
+        if isinstance(link, h5py.SoftLink):
+            target = lookup(current, link.path, _links_followed + 1)
+            if target is None:
+                raise ModelReadError(f"{where} is a link to {link.path}, which does not exist")
+            current = target
+        else:
+            current = current[part]
+    return current
+
+
 def read_bn_array(node: object, what: str) -> np.ndarray:
     """Read a small numeric dataset (one BN array) into memory as a float array."""
     if not isinstance(node, h5py.Dataset):
@@ -29,6 +60,10 @@ def read_bn_array(node: object, what: str) -> np.ndarray:
         raise ModelReadError(f"{what} is empty")
     if node.size > MAX_BN_VALUES:
         raise ModelReadError(f"{what} claims {node.size} values, too many for a BatchNorm array")
+    if node.external or node.is_virtual:
+        raise ModelReadError(
+            f"{what} stores its values in another file; only the given file is read"
+        )
     dtype = node.dtype
     if node.attrs.get("dtype") == "bfloat16" and dtype.itemsize == 2:
         # Keras 3 stores bfloat16 as raw 16-bit words; they are the top half of a float32.

@@ -18,7 +18,7 @@ import numpy as np
 
 from bncheck.errors import ModelReadError
 from bncheck.model import BNLayer, InitialValues
-from bncheck.readers.h5util import read_bn_array, text_attr
+from bncheck.readers.h5util import lookup, read_bn_array, text_attr
 
 #: Group names Keras 3 derives from the BatchNorm classes (``batch_normalization_3``).
 _BN_GROUP = re.compile(r"^(sync_)?batch_normalization(_v[12])?(_\d+)?$")
@@ -44,7 +44,7 @@ def bn_roles(center: bool, scale: bool, renorm: bool) -> list[str | None]:
 
 def saved_variables(group: h5py.Group, where: str) -> list[h5py.Dataset] | None:
     """The datasets of ``group/vars`` in index order; ``None`` when there is no ``vars`` group."""
-    vars_group = group.get("vars")
+    vars_group = lookup(group, "vars")
     if vars_group is None:
         return None
     if not isinstance(vars_group, h5py.Group):
@@ -52,7 +52,7 @@ def saved_variables(group: h5py.Group, where: str) -> list[h5py.Dataset] | None:
     keys = list(vars_group.keys())
     if not all(key.isdigit() for key in keys) or sorted(map(int, keys)) != list(range(len(keys))):
         raise ModelReadError(f"{where}/vars has unexpected variable names {sorted(keys)[:8]}")
-    datasets = [vars_group[str(i)] for i in range(len(keys))]
+    datasets = [lookup(vars_group, str(i)) for i in range(len(keys))]
     for index, dataset in enumerate(datasets):
         if not isinstance(dataset, h5py.Dataset):
             raise ModelReadError(f"{where}/vars/{index} is not a dataset")
@@ -61,7 +61,7 @@ def saved_variables(group: h5py.Group, where: str) -> list[h5py.Dataset] | None:
 
 def saved_name(group: h5py.Group) -> str | None:
     """The layer name Keras 3.15+ records on ``vars``; ``None`` in older files."""
-    vars_group = group.get("vars")
+    vars_group = lookup(group, "vars")
     if isinstance(vars_group, h5py.Group):
         return text_attr(vars_group, "name")
     return None
@@ -157,7 +157,7 @@ def _layer_groups(
     for key in sorted(group.keys(), key=_natural_key):
         if key == "vars":
             continue
-        child = group.get(key)
+        child = lookup(group, key)
         if isinstance(child, h5py.Group):
             yield from _layer_groups(child, (*segments, key))
 
@@ -227,7 +227,7 @@ def _layer_path(
         segment = segments[end - 1]
         if _is_container(segment):
             continue
-        group = root.get("/".join(segments[:end]))
+        group = lookup(root, "/".join(segments[:end]))
         name = saved_name(group) if isinstance(group, h5py.Group) else None
         path.append(name or segment)
     return tuple(path)

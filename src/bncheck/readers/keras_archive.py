@@ -17,7 +17,7 @@ import h5py
 from bncheck.errors import ModelReadError
 from bncheck.model import BNLayer, ModelDescription
 from bncheck.readers import keras3_layout
-from bncheck.readers.h5util import MAX_CONFIG_BYTES, FileWindow, parse_json_config
+from bncheck.readers.h5util import MAX_CONFIG_BYTES, FileWindow, lookup, parse_json_config
 from bncheck.readers.keras3_layout import KnownLayer
 from bncheck.readers.keras_config import BN_CLASSES, LayerConfig, bn_settings, renorm, walk_layers
 
@@ -88,17 +88,17 @@ def describe(h5: h5py.File, config: dict[str, object], notes: list[str]) -> list
 def _layer_group(h5: h5py.File, layer: LayerConfig) -> tuple[tuple[str, ...], h5py.Group] | None:
     """The weights group of ``layer``: Keras's naming scheme, checked against the saved name."""
     segments = layer.saving_path
-    group = h5.get("/".join(segments))
+    group = lookup(h5, "/".join(segments))
     if isinstance(group, h5py.Group):
         recorded = keras3_layout.saved_name(group)
         if recorded is None or recorded == layer.name:
             return (segments, group) if "vars" in group else None
     # The recorded name disagrees (or the group is missing): look for the sibling that Keras
     # 3.15+ labelled with this layer's name.
-    parent = h5.get("/".join(segments[:-1])) if len(segments) > 1 else h5
+    parent = lookup(h5, "/".join(segments[:-1])) if len(segments) > 1 else h5
     if isinstance(parent, h5py.Group):
         for key in parent:
-            sibling = parent.get(key)
+            sibling = lookup(parent, key)
             if isinstance(sibling, h5py.Group) and keras3_layout.saved_name(sibling) == layer.name:
                 return (*segments[:-1], key), sibling
     raise ModelReadError(

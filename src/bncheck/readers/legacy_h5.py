@@ -14,7 +14,13 @@ import h5py
 
 from bncheck.errors import ModelReadError
 from bncheck.model import BNLayer, ModelDescription
-from bncheck.readers.h5util import parse_json_config, read_bn_array, text_attr, text_list_attr
+from bncheck.readers.h5util import (
+    lookup,
+    parse_json_config,
+    read_bn_array,
+    text_attr,
+    text_list_attr,
+)
 from bncheck.readers.keras3_layout import check_shapes
 from bncheck.readers.keras_config import BN_CLASSES, LayerConfig, bn_settings, walk_layers
 from bncheck.readers.varnames import VariableScope, collapse_repeats, group_by_scope, split_name
@@ -29,7 +35,7 @@ def read(path: str, h5: h5py.File) -> ModelDescription:
     if not config_text:
         raise ModelReadError("the model_config attribute is empty")
     config = parse_json_config(config_text, "the model_config attribute")
-    weights_root = h5.get("model_weights")
+    weights_root = lookup(h5, "model_weights")
     if not isinstance(weights_root, h5py.Group):
         raise ModelReadError("HDF5 model has a model_config but no model_weights group")
     scopes = ScopeIndex(weights_root)
@@ -64,7 +70,7 @@ class ScopeIndex:
         return chosen
 
     def read(self, scope: VariableScope, role: str) -> object:
-        return self._root[scope.keys[role]]
+        return lookup(self._root, scope.keys[role])
 
     def _group_scopes(self, group_name: str) -> list[VariableScope]:
         if group_name not in self._scopes:
@@ -72,7 +78,7 @@ class ScopeIndex:
         return self._scopes[group_name]
 
     def _entries(self, group_name: str) -> Iterator[tuple[tuple[str, ...], str, str]]:
-        group = self._root.get(group_name)
+        group = lookup(self._root, group_name)
         if not isinstance(group, h5py.Group):
             return
         for weight_name in text_list_attr(group, "weight_names") or []:

@@ -15,7 +15,7 @@ import h5py
 from bncheck.errors import ModelReadError
 from bncheck.model import BNLayer, InitialValues, ModelDescription
 from bncheck.readers import keras3_layout
-from bncheck.readers.h5util import read_bn_array, text_list_attr
+from bncheck.readers.h5util import lookup, read_bn_array, text_list_attr
 from bncheck.readers.keras3_layout import KnownLayer, check_shapes
 from bncheck.readers.varnames import VariableScope, collapse_repeats, group_by_scope, split_name
 
@@ -63,16 +63,16 @@ def _named_entries(h5: h5py.File) -> Iterator[tuple[tuple[str, ...], str, str]]:
     """``(scope, leaf, dataset path)`` for every variable, in model order when it is recorded."""
     layer_names = text_list_attr(h5, "layer_names")
     if layer_names is None:
-        datasets: list[str] = []
-        h5.visititems(
-            lambda name, node: datasets.append(name) if isinstance(node, h5py.Dataset) else None
-        )
-        for name in datasets:
+        # Every link, soft and external ones included: reading goes through `lookup`, which
+        # follows links inside the file and refuses links out of it.
+        names: list[str] = []
+        h5.visit_links(names.append)
+        for name in names:
             scope, leaf = split_name(name)
             yield collapse_repeats(scope), leaf, name
         return
     for layer_name in layer_names:
-        group = h5.get(layer_name)
+        group = lookup(h5, layer_name)
         if not isinstance(group, h5py.Group):
             raise ModelReadError(f"layer_names lists {layer_name!r} but the file has no such group")
         for weight_name in text_list_attr(group, "weight_names") or []:
@@ -85,7 +85,7 @@ def _layer_from_scope(h5: h5py.File, scope: VariableScope) -> BNLayer:
     if not scope.has_moving_stats:
         missing = "moving_variance" if "moving_mean" in scope.keys else "moving_mean"
         raise ModelReadError(f"{where} has BatchNorm variables but no {missing}")
-    arrays = {role: read_bn_array(h5[key], key) for role, key in scope.keys.items()}
+    arrays = {role: read_bn_array(lookup(h5, key), key) for role, key in scope.keys.items()}
     check_shapes(arrays, where)
     return BNLayer(
         path=where,

@@ -1,0 +1,357 @@
+"""A deterministic corpus of corrupted model files, made from the committed fixtures.
+
+Every case is a file (or directory) bncheck must survive: a valid report, or exit code 3 with one
+clear line. ``build_corpus(directory, extra)`` writes the cases and returns them; ``extra`` adds
+that many more random truncations and byte flips (the large run).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from tests.conftest import FIXTURES
+
+KERAS = FIXTURES / "keras3/nested.keras"
+SOURCES = [
+    KERAS,
+    FIXTURES / "keras3/nested.h5",
+    FIXTURES / "keras2/nested.h5",
+    FIXTURES / "weights/nested.weights.h5",
+    FIXTURES / "weights/keras2_nested_weights.h5",
+]
+LEGACY_H5 = FIXTURES / "keras3/nested.h5"
+KERAS2_H5 = FIXTURES / "keras2/nested.h5"
+WEIGHTS_H5 = FIXTURES / "weights/nested.weights.h5"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    """What was done to which fixture."""
+    path: Path
+    """The corrupted input to inspect."""
+
+
+class Corpus:
+    def __init__(self, directory: Path, seed: int) -> None:
+        self.directory = directory
+        self.rng = random.Random(seed)
+        self.cases: list[Case] = []
+
+    def add(self, name: str, data: bytes, suffix: str) -> None:
+        path = self.directory / f"{len(self.cases):04d}{suffix}"
+        path.write_bytes(data)
+        self.cases.append(Case(name, path))
+
+    def add_path(self, name: str, path: Path) -> None:
+        self.cases.append(Case(name, path))
+
+    def new_path(self, suffix: str) -> Path:
+        return self.directory / f"{len(self.cases):04d}{suffix}"
+
+
+def build_corpus(directory: Path, extra: int = 0, seed: int = 20261123) -> list[Case]:
+    corpus = Corpus(directory, seed)
+    for source in SOURCES:
+        _truncations(corpus, source, extra)
+        _byte_flips(corpus, source, extra)
+    _zip_member_cases(corpus)
+    for name, edit in CONFIG_EDITS.items():
+        _keras_config_case(corpus, name, edit)
+        _legacy_config_case(corpus, name, edit)
+    for name, text in RAW_CONFIGS.items():
+        _keras_config_text_case(corpus, name, text)
+    for name, mutate in DATASET_EDITS.items():
+        for source in (LEGACY_H5, KERAS2_H5, WEIGHTS_H5):
+            _h5_case(corpus, f"{name} in {source.name}", source, mutate)
+        _keras_weights_case(corpus, name, mutate)
+    _odd_inputs(corpus)
+    return corpus.cases
+
+
+def _truncations(corpus: Corpus, source: Path, extra: int) -> None:
+    data = source.read_bytes()
+    offsets = {0, 1, 4, 8, 64, 512, 2048, len(data) - 1, len(data) - 16, len(data) - 512}
+    offsets |= {len(data) * k // 16 for k in range(1, 16)}
+    offsets |= {corpus.rng.randrange(len(data)) for _ in range(extra // 2)}
+    for offset in sorted(o for o in offsets if 0 <= o < len(data)):
+        corpus.add(f"{source.name} truncated at {offset}", data[:offset], source.suffix)
+
+
+def _byte_flips(corpus: Corpus, source: Path, extra: int) -> None:
+    data = source.read_bytes()
+    regions = [("header", 0, min(4096, len(data)))] * 8 + [("data", 4096, len(data))] * 6
+    regions += [("anywhere", 0, len(data))] * (extra // 2)
+    for region, start, end in regions:
+        mutated = bytearray(data)
+        positions = [corpus.rng.randrange(start, end) for _ in range(corpus.rng.randint(1, 8))]
+        for position in positions:
+            mutated[position] ^= corpus.rng.randrange(1, 256)
+        corpus.add(
+            f"{source.name} flipped in {region} at {positions}", bytes(mutated), source.suffix
+        )
+
+
+def _members(path: Path) -> list[tuple[str, bytes]]:
+    with zipfile.ZipFile(path) as archive:
+        return [(info.filename, archive.read(info)) for info in archive.infolist()]
+
+
+def _zip(members: list[tuple[str, bytes]]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate member names are part of the corpus
+        for name, data in members:
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _zip_member_cases(corpus: Corpus) -> None:
+    members = _members(KERAS)
+    names = [name for name, _ in members]
+    for removed in names:
+        corpus.add(
+            f"zip without {removed}", _zip([m for m in members if m[0] != removed]), ".keras"
+        )
+    for renamed in names:
+        moved = [(f"{n}.old" if n == renamed else n, d) for n, d in members]
+        corpus.add(f"zip with {renamed} renamed", _zip(moved), ".keras")
+    for duplicated in names:
+        corpus.add(
+            f"zip with {duplicated} twice", _zip(members + [(duplicated, b"garbage")]), ".keras"
+        )
+    corpus.add("zip with weights first", _zip(list(reversed(members))), ".keras")
+    corpus.add("empty zip", _zip([]), ".keras")
+    corpus.add("zip of a zip", _zip([("config.json", KERAS.read_bytes())]), ".keras")
+    weights = dict(members)["model.weights.h5"]
+    for cut in (0, 8, len(weights) // 2):
+        cut_members = [(n, weights[:cut] if n == "model.weights.h5" else d) for n, d in members]
+        corpus.add(f"zip with weights cut at {cut}", _zip(cut_members), ".keras")
+
+
+ConfigEdit = Callable[[dict[str, Any]], Any]
+
+
+def _first_bn(config: dict[str, Any]) -> dict[str, Any]:
+    def walk(node: Any) -> Iterator[dict[str, Any]]:
+        if isinstance(node, dict):
+            if node.get("class_name") == "BatchNormalization":
+                yield node
+            for value in node.values():
+                yield from walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from walk(value)
+
+    return next(walk(config))
+
+
+def _set_bn(key: str, value: Any) -> ConfigEdit:
+    def edit(config: dict[str, Any]) -> dict[str, Any]:
+        _first_bn(config)["config"][key] = value
+        return config
+
+    return edit
+
+
+def _set_top(path: list[str], value: Any) -> ConfigEdit:
+    def edit(config: dict[str, Any]) -> dict[str, Any]:
+        node = config
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        return config
+
+    return edit
+
+
+def _drop_top(path: list[str]) -> ConfigEdit:
+    def edit(config: dict[str, Any]) -> dict[str, Any]:
+        node = config
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+        return config
+
+    return edit
+
+
+def _rename_bn(config: dict[str, Any]) -> dict[str, Any]:
+    _first_bn(config)["config"]["name"] = "no_such_layer/../../x"
+    return config
+
+
+CONFIG_EDITS: dict[str, ConfigEdit] = {
+    "config is a list": lambda config: [config],
+    "config is a string": lambda config: "model",
+    "class_name is a number": _set_top(["class_name"], 7),
+    "config is a number": _set_top(["config"], 3),
+    "layers is an object": _set_top(["config", "layers"], {"a": 1}),
+    "layers holds a string": _set_top(["config", "layers"], ["dense"]),
+    "layers holds null": _set_top(["config", "layers"], [None]),
+    "no layers": _drop_top(["config", "layers"]),
+    "no config": _drop_top(["config"]),
+    "no class_name": _drop_top(["class_name"]),
+    "BN momentum is text": _set_bn("momentum", "high"),
+    "BN momentum is null": _set_bn("momentum", None),
+    "BN momentum is true": _set_bn("momentum", True),
+    "BN epsilon is a list": _set_bn("epsilon", [1, 2]),
+    "BN axis is text": _set_bn("axis", "channels"),
+    "BN center is text": _set_bn("center", "no"),
+    "BN scale is false without weights change": _set_bn("scale", False),
+    "BN center is false without weights change": _set_bn("center", False),
+    "BN renorm is true": _set_bn("renorm", True),
+    "BN initializer is a number": _set_bn("gamma_initializer", 5),
+    "BN initializer constant without value": _set_bn(
+        "moving_mean_initializer", {"class_name": "Constant", "config": {}}
+    ),
+    "BN name is null": _set_bn("name", None),
+    "BN name points elsewhere": _rename_bn,
+    "BN config is a list": lambda config: (_first_bn(config).__setitem__("config", [1]), config)[1],
+    "BN inbound nodes are text": lambda c: (_first_bn(c).__setitem__("inbound_nodes", "x"), c)[1],
+    "BN inbound nodes are odd": lambda c: (
+        _first_bn(c).__setitem__("inbound_nodes", [[1, [2]], {"args": 5, "kwargs": []}]),
+        c,
+    )[1],
+}
+
+RAW_CONFIGS = {
+    "config is empty": b"",
+    "config is invalid JSON": b'{"class_name": "Functional", "config": {',
+    "config is not UTF-8": b'{"class_name": "\xff\xfe"}',
+    "config is NaN": b"NaN",
+    "config has huge numbers": b'{"class_name": "Functional", "config": {"layers": [1e999999]}}',
+    "config is deeply nested arrays": b"[" * 100000 + b"]" * 100000,
+    "deeply nested models": (b'{"class_name": "Sequential", "config": {"layers": [' * 3000)
+    + b"]}}" * 3000,
+}
+
+
+def _keras_config_case(corpus: Corpus, name: str, edit: ConfigEdit) -> None:
+    members = _members(KERAS)
+    config = json.loads(dict(members)["config.json"])
+    text = json.dumps(edit(config)).encode()
+    _keras_config_text_case(corpus, name, text)
+
+
+def _keras_config_text_case(corpus: Corpus, name: str, text: bytes) -> None:
+    members = [(n, text if n == "config.json" else d) for n, d in _members(KERAS)]
+    corpus.add(f".keras {name}", _zip(members), ".keras")
+
+
+def _legacy_config_case(corpus: Corpus, name: str, edit: ConfigEdit) -> None:
+    path = corpus.new_path(".h5")
+    path.write_bytes(LEGACY_H5.read_bytes())
+    with h5py.File(path, "r+") as h5:
+        config = json.loads(h5.attrs["model_config"])
+        h5.attrs["model_config"] = json.dumps(edit(config))
+    corpus.add_path(f"legacy .h5 {name}", path)
+
+
+DatasetEdit = Callable[[h5py.Group, str], None]
+
+
+def _replace(make: Callable[[h5py.Group, str], None]) -> DatasetEdit:
+    def edit(parent: h5py.Group, key: str) -> None:
+        del parent[key]
+        make(parent, key)
+
+    return edit
+
+
+DATASET_EDITS: dict[str, DatasetEdit] = {
+    "2-D moving variance": _replace(lambda g, k: g.create_dataset(k, data=np.ones((2, 3), "f4"))),
+    "longer moving variance": _replace(lambda g, k: g.create_dataset(k, data=np.ones(9, "f4"))),
+    "scalar moving variance": _replace(lambda g, k: g.create_dataset(k, data=np.float32(1))),
+    "empty moving variance": _replace(lambda g, k: g.create_dataset(k, shape=(0,), dtype="f4")),
+    "text moving variance": _replace(lambda g, k: g.create_dataset(k, data=np.array([b"a", b"b"]))),
+    "integer moving variance": _replace(lambda g, k: g.create_dataset(k, data=np.arange(8))),
+    "compound moving variance": _replace(
+        lambda g, k: g.create_dataset(k, data=np.zeros(8, dtype=[("a", "f4"), ("b", "i4")]))
+    ),
+    "absurd claimed shape": _replace(
+        lambda g, k: g.create_dataset(k, shape=(2**36,), dtype="f4", chunks=(1024,))
+    ),
+    "group instead of dataset": _replace(lambda g, k: g.create_group(k)),
+    "dangling soft link": _replace(lambda g, k: g.__setitem__(k, h5py.SoftLink("/nowhere"))),
+    "external link": _replace(
+        lambda g, k: g.__setitem__(k, h5py.ExternalLink("/nonexistent.h5", "/data"))
+    ),
+    "removed moving variance": lambda g, k: g.__delitem__(k),
+    "values stored in an outside file": _replace(
+        lambda g, k: g.create_dataset(
+            k, shape=(8,), dtype="f4", external=[("/etc/hostname", 0, 32)]
+        )
+    ),
+    "virtual dataset over an outside file": _replace(
+        lambda g, k: g.create_virtual_dataset(k, _outside_layout())
+    ),
+}
+
+
+def _outside_layout() -> h5py.VirtualLayout:
+    layout = h5py.VirtualLayout(shape=(8,), dtype="f4")
+    layout[:] = h5py.VirtualSource("/nonexistent/outside.h5", "data", shape=(8,))
+    return layout
+
+
+def _moving_variance_keys(h5: h5py.File) -> list[tuple[str, str]]:
+    """(parent group, key) of moving-variance datasets, by name or Keras 3 index layout."""
+    found: list[tuple[str, str]] = []
+
+    def visit(name: str, node: object) -> None:
+        leaf = name.rsplit("/", 1)[-1]
+        if isinstance(node, h5py.Dataset) and leaf.startswith("moving_variance"):
+            found.append((name.rsplit("/", 1)[0], leaf))
+        if isinstance(node, h5py.Group) and leaf == "vars" and len(node) == 4:
+            found.append((name, "3"))
+
+    h5.visititems(visit)
+    return found
+
+
+def _h5_case(corpus: Corpus, name: str, source: Path, edit: DatasetEdit) -> None:
+    path = corpus.new_path(".h5")
+    path.write_bytes(source.read_bytes())
+    with h5py.File(path, "r+") as h5:
+        parent, key = _moving_variance_keys(h5)[0]
+        edit(h5[parent], key)
+    corpus.add_path(name, path)
+
+
+def _keras_weights_case(corpus: Corpus, name: str, edit: DatasetEdit) -> None:
+    members = _members(KERAS)
+    weights = corpus.directory / "scratch.weights.h5"
+    weights.write_bytes(dict(members)["model.weights.h5"])
+    with h5py.File(weights, "r+") as h5:
+        parent, key = _moving_variance_keys(h5)[0]
+        edit(h5[parent], key)
+    replaced = [(n, weights.read_bytes() if n == "model.weights.h5" else d) for n, d in members]
+    weights.unlink()
+    corpus.add(f".keras weights: {name}", _zip(replaced), ".keras")
+
+
+def _odd_inputs(corpus: Corpus) -> None:
+    corpus.add("empty file", b"", ".keras")
+    corpus.add("zip magic then noise", b"PK\x03\x04" + bytes(range(256)) * 8, ".keras")
+    corpus.add("HDF5 signature then noise", b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 8, ".h5")
+    corpus.add("random bytes", random.Random(1).randbytes(5000), ".h5")
+    folder = corpus.new_path(".keras")
+    folder.mkdir()
+    corpus.add_path("directory where a .keras file is expected", folder)
+    h5_folder = corpus.new_path(".h5")
+    h5_folder.mkdir()
+    (h5_folder / "saved_model.pb").mkdir()
+    corpus.add_path("directory with a directory named saved_model.pb", h5_folder)

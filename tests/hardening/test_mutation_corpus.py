@@ -1,0 +1,98 @@
+"""Corrupted and hostile model files: a valid report or one clear error line, never a traceback,
+never a hang, bounded memory.
+
+The default corpus (several hundred cases) runs in CI; ``BNCHECK_MUTATIONS=N`` adds N more
+random truncations and byte flips per fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.hardening.mutations import Case, build_corpus
+
+CHILD = Path(__file__).with_name("_child.py")
+REPO = Path(__file__).resolve().parents[2]
+SECONDS_PER_CASE = 5.0
+MAX_RSS_MIB = 400.0
+
+
+def inspect_case(case: Case) -> dict[str, Any]:
+    command = [sys.executable, str(CHILD), "inspect", str(case.path), "--format", "json"]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=30, cwd=REPO, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"problem": "hung for 30 s"}
+    if done.returncode != 0:
+        return {"problem": f"process died ({done.returncode}): {done.stderr[-500:]}"}
+    outcome: dict[str, Any] = json.loads(done.stdout)
+    outcome["problem"] = judge(case, outcome)
+    return outcome
+
+
+def judge(case: Case, outcome: dict[str, Any]) -> str | None:
+    code, out, err = outcome["code"], outcome["out"], outcome["err"]
+    if "Traceback" in out + err:
+        return "traceback"
+    if outcome["seconds"] > SECONDS_PER_CASE:
+        return f"took {outcome['seconds']:.1f} s"
+    if outcome["max_rss_mib"] > MAX_RSS_MIB:
+        return f"used {outcome['max_rss_mib']:.0f} MiB"
+    if "MemoryError" in err:
+        return "ran out of memory"
+    if code in (0, 1):
+        report = json.loads(out)
+        return None if report["models"][0]["error"] is None else "error in report but exit 0/1"
+    if code == 3:
+        lines = err.strip().splitlines()
+        if len(lines) != 1 or not lines[0].startswith(f"bncheck: error: {case.path}: "):
+            return f"not one clear error line: {err!r}"
+        if len(lines[0]) > 400:
+            return "error line too long"
+        return None
+    return f"exit code {code}"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
+    extra = int(os.environ.get("BNCHECK_MUTATIONS", "0"))
+    return build_corpus(tmp_path_factory.mktemp("corpus"), extra=extra)
+
+
+def test_corpus_is_large_and_deterministic(corpus: list[Case], tmp_path: Path) -> None:
+    assert len(corpus) >= 300
+    again = build_corpus(tmp_path)
+    assert [case.name for case in again][: len(corpus)] == [case.name for case in corpus][
+        : len(again)
+    ]
+    assert all(
+        a.path.read_bytes() == b.path.read_bytes()
+        for a, b in zip(corpus[:50], again[:50], strict=True)
+        if a.path.is_file()
+    )
+
+
+def test_every_corrupted_input_is_handled(corpus: list[Case]) -> None:
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        outcomes = list(pool.map(inspect_case, corpus))
+    failures = [
+        f"{case.name}: {outcome['problem']}"
+        for case, outcome in zip(corpus, outcomes, strict=True)
+        if outcome["problem"]
+    ]
+    assert not failures, f"{len(failures)} of {len(corpus)} cases failed:\n" + "\n".join(
+        failures[:40]
+    )
+    # The corpus must exercise both outcomes, or it tests less than it claims.
+    codes = {outcome["code"] for outcome in outcomes}
+    assert 3 in codes and codes & {0, 1}
