@@ -88,9 +88,10 @@ def cli() -> None:
 @_output_option
 @_fail_on_option
 def inspect(paths: tuple[str, ...], output_format: str, output: str | None, fail_on: str) -> int:
-    """Report the health of every BatchNorm layer in .keras, .h5 and weights files.
+    """Report the health of every BatchNorm layer in models, checkpoints and SavedModels.
 
-    Reads the files directly, without TensorFlow, and never runs code from them.
+    Reads .keras, .h5 and weights files directly, without TensorFlow; checkpoints and SavedModels
+    with TensorFlow's checkpoint reader. Never runs code from them.
     """
     return run_inspect(
         InspectOptions(

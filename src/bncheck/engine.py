@@ -24,11 +24,13 @@ def inspect_path(path: str, settings: Settings) -> ModelResult:
         description = read_model(path)
     except ModelReadError as exc:
         return ModelResult(path=path, format=None, error=str(exc))
+    return judged(path, description, settings)
+
+
+def judged(path: str, description: ModelDescription, settings: Settings) -> ModelResult:
+    findings = static_findings(description, settings) + checkpoint_findings(description, settings)
     return ModelResult(
-        path=path,
-        format=description.format,
-        description=description,
-        findings=tuple(static_findings(description, settings)),
+        path=path, format=description.format, description=description, findings=tuple(findings)
     )
 
 
@@ -43,6 +45,20 @@ def static_findings(description: ModelDescription, settings: Settings) -> list[F
             findings += [
                 stamp(rule_id, problem, settings) for problem in rule.check(layer, options)
             ]
+    return findings
+
+
+def checkpoint_findings(description: ModelDescription, settings: Settings) -> list[Finding]:
+    """Run every enabled checkpoint rule over a checkpoint's or SavedModel's variable groups."""
+    contents = description.checkpoint
+    if contents is None:
+        return []
+    findings = []
+    for rule_id, rule in RULES.items():
+        if rule.NEEDS != "checkpoint" or not settings.enabled(rule_id):
+            continue
+        options = settings.rules[rule_id].options
+        findings += [stamp(rule_id, problem, settings) for problem in rule.check(contents, options)]
     return findings
 
 
