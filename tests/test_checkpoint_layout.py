@@ -1,4 +1,4 @@
-"""Finding BatchNorm layers among checkpoint variables.
+"""Finding BatchNorm layers among checkpoint variables and matching them to a model's layers.
 
 Pure name logic: no TensorFlow, no files.
 """
@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
+from bncheck.matching import match_layers, position_note
+from bncheck.model import BNLayer, CheckpointContents
 from bncheck.readers.checkpoint_layout import (
     GraphVariable,
     depth_first,
@@ -16,6 +19,7 @@ from bncheck.readers.checkpoint_layout import (
     name_scope_groups,
     object_graph_groups,
 )
+from tests.rules.conftest import checkpoint_group
 
 VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
 
@@ -152,3 +156,56 @@ def test_depth_first_follows_tracking_order_and_rejects_dangling_children() -> N
     assert list(depth_first(graph)) == [0, 1, 2, 3]
     with pytest.raises(Exception, match="refers to a missing node"):
         list(depth_first(SimpleNamespace(nodes=[node(5)])))
+
+
+def bn_layer(path: str, channels: int = 4) -> BNLayer:
+    zeros = np.zeros(channels, "float32")
+    return BNLayer(path, path.rsplit("/", 1)[-1], "BatchNormalization", zeros, zeros + 1)
+
+
+def test_matching_by_path_then_name_then_position() -> None:
+    contents = CheckpointContents(
+        "ckpt-1",
+        (
+            checkpoint_group("model/layer_with_weights-5", "moving_mean", "moving_variance"),
+            checkpoint_group("block/bn", "moving_mean", "moving_variance"),
+            checkpoint_group("head_bn", "moving_mean", "moving_variance"),
+        ),
+    )
+    layers = (bn_layer("cnn/stem_bn"), bn_layer("cnn/block/bn"), bn_layer("cnn/x/head_bn"))
+    matched = match_layers(contents, "model.keras", layers)
+    assert [
+        (m.layer, m.group.path if m.group else None, m.matched_by) for m in matched.matches
+    ] == [
+        ("cnn/stem_bn", "model/layer_with_weights-5", "position"),
+        ("cnn/block/bn", "block/bn", "layer path"),
+        ("cnn/x/head_bn", "head_bn", "layer name"),
+    ]
+    assert matched.model == "model.keras"
+    assert matched.coverage.bn_layers == 3 and matched.coverage.with_moving_stats == 3
+    assert "1 of the model's BatchNorm layers matched" in (position_note(matched) or "")
+
+
+def test_no_position_guess_when_counts_differ() -> None:
+    contents = CheckpointContents(
+        "ckpt-1", (checkpoint_group("a", "moving_mean", "moving_variance"),)
+    )
+    matched = match_layers(contents, "m.keras", (bn_layer("m/x_bn"), bn_layer("m/y_bn")))
+    assert [m.group for m in matched.matches] == [None, None]
+    assert matched.coverage.with_moving_stats == 0
+    assert position_note(matched) is None
+
+
+def test_ambiguous_names_are_not_matched_by_name() -> None:
+    groups = tuple(
+        checkpoint_group(path, "moving_mean", "moving_variance") for path in ("a/bn", "b/bn", "c")
+    )
+    matched = match_layers(CheckpointContents("p", groups), "m", (bn_layer("m/bn"),))
+    assert matched.matches[0].group is None
+
+
+def test_coverage_counts_shape_mismatches_as_not_restored() -> None:
+    group = checkpoint_group("bn", "gamma", "moving_mean", "moving_variance", channels=16)
+    matched = match_layers(CheckpointContents("p", (group,)), "m", (bn_layer("m/bn", 24),))
+    assert matched.matches[0].matched_by == "layer path"
+    assert matched.coverage.with_moving_stats == 0

@@ -1,9 +1,12 @@
-"""Checkpoints and SavedModels: how they are found and read."""
+"""Checkpoints and SavedModels: how they are found and read, and the `checkpoint` command."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +47,11 @@ def copy_checkpoint(source: Path, target: Path, rename: Callable[[str], str]) ->
         if path.name != "checkpoint":
             shutil.copy(path, target / rename(path.name))
     return target
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """Table lines by their first word."""
+    return {words[0]: words[1:] for words in map(str.split, text.splitlines()) if words}
 
 
 # --- Reading ----------------------------------------------------------------------------------
@@ -305,13 +313,14 @@ UNREADABLE: dict[str, tuple[Callable[[Path], Path], str]] = {
 }
 
 
+@pytest.mark.parametrize("command", ["inspect", "checkpoint"])
 @pytest.mark.parametrize("case", sorted(UNREADABLE))
 def test_unreadable_checkpoints_exit_three_with_one_line(
-    run_cli: Run, tmp_path: Path, case: str
+    run_cli: Run, tmp_path: Path, case: str, command: str
 ) -> None:
     make, reason = UNREADABLE[case]
     path = make(tmp_path)
-    result = run_cli("inspect", path)
+    result = run_cli(command, path)
     assert result.code == 3
     [line] = result.err.strip().splitlines()
     assert line.startswith(f"bncheck: error: {path}: ")
@@ -322,3 +331,106 @@ def test_unreadable_checkpoints_exit_three_with_one_line(
 def test_reader_error_is_a_model_read_error(tmp_path: Path) -> None:
     with pytest.raises(ModelReadError, match="missing checkpoint data shard"):
         read_model(str(without_data(tmp_path)))
+
+
+# --- The checkpoint command -------------------------------------------------------------------
+
+
+def test_trainable_only_checkpoint(run_cli: Run) -> None:
+    result = run_cli("checkpoint", TF1_TRAINABLE)
+    assert result.code == 1
+    assert "0/3 BN layers have moving statistics in the checkpoint" in result.out
+    findings = [line for line in result.out.splitlines() if line.startswith("error ")]
+    assert [line.split()[1:4] for line in findings] == [
+        ["BN011", "checkpoint-missing-moving-stats", f"{path}:"] for path in TF1_PATHS
+    ]
+
+
+def test_json_coverage_and_groups(run_cli: Run) -> None:
+    model = run_cli("checkpoint", TF1_TRAINABLE, "--format", "json").json()["models"][0]
+    assert model["format"] == "checkpoint"
+    assert model["coverage"] == {"bn_layers": 3, "with_moving_stats": 0}
+    checkpoint = model["checkpoint"]
+    assert checkpoint["prefix"].endswith("tf1_trainable_only/model.ckpt-300")
+    assert checkpoint["model"] is None and checkpoint["matches"] == []
+    assert checkpoint["groups"][0] == {
+        "path": "conv1/BatchNorm",
+        "aliases": [],
+        "found_by": "name scope",
+        "keys": {"beta": "conv1/BatchNorm/beta"},
+        "shapes": {"beta": [8]},
+        "missing": ["moving_mean", "moving_variance"],
+    }
+
+
+def test_complete_checkpoint_matches_its_model(run_cli: Run) -> None:
+    result = run_cli("checkpoint", KERAS3_OBJECT, "--model", KERAS3_MODEL)
+    assert result.code == 0, result.out
+    assert "2/2 BN layers of the model have moving statistics in the checkpoint" in result.out
+    rows = table_rows(result.out)
+    assert rows["cnn/conv1_bn"] == ["8", "conv1_bn", "layer", "path", "ok"]
+    assert rows["cnn/block/conv2_bn"] == ["16", "block/conv2_bn", "layer", "path", "ok"]
+
+
+def test_changed_model_no_longer_fits_the_checkpoint(run_cli: Run) -> None:
+    result = run_cli("checkpoint", KERAS3_OBJECT, "--model", KERAS3_REVISED, "--format", "json")
+    assert result.code == 1
+    model = result.json()["models"][0]
+    assert model["coverage"] == {"bn_layers": 3, "with_moving_stats": 1}
+    assert model["checkpoint"]["matches"] == [
+        {"layer": "cnn/conv1_bn", "channels": 8, "group": "conv1_bn", "matched_by": "layer path"},
+        {
+            "layer": "cnn/block/conv2_bn",
+            "channels": 24,
+            "group": "block/conv2_bn",
+            "matched_by": "layer path",
+        },
+        {"layer": "cnn/head_bn", "channels": 16, "group": None, "matched_by": None},
+    ]
+    assert sorted((f["rule"], f["layer"]) for f in model["findings"]) == [
+        ("BN012", "cnn/block/conv2_bn"),
+        ("BN012", "cnn/head_bn"),
+    ]
+
+
+def test_savedmodel_variables_against_a_model(run_cli: Run) -> None:
+    result = run_cli("checkpoint", KERAS3_EXPORT, "--model", KERAS3_MODEL)
+    assert result.code == 0
+    assert "2/2 BN layers of the model have moving statistics in the SavedModel" in result.out
+
+
+def test_position_matches_are_flagged(run_cli: Run) -> None:
+    result = run_cli("checkpoint", TFKERAS_SAVEDMODEL, "--model", KERAS3_MODEL)
+    assert result.code == 0
+    assert "matched checkpoint variables by position only" in result.out
+    rows = table_rows(result.out)
+    assert rows["cnn/conv1_bn"][:3] == ["8", "cnn/bn1", "position"]
+
+
+def test_checkpoint_command_refuses_other_models(run_cli: Run) -> None:
+    result = run_cli("checkpoint", KERAS3_MODEL)
+    assert result.code == 3
+    assert result.err == (
+        f"bncheck: error: {KERAS3_MODEL}: not a checkpoint or SavedModel but a .keras archive; "
+        "'bncheck inspect' reads it\n"
+    )
+
+
+def test_unreadable_model_is_named(run_cli: Run, tmp_path: Path) -> None:
+    missing = tmp_path / "model.keras"
+    result = run_cli("checkpoint", KERAS3_OBJECT, "--model", missing)
+    assert result.code == 3
+    assert result.err == f"bncheck: error: {missing}: no such file or directory\n"
+
+
+def test_tensorflow_start_up_messages_stay_off_the_terminal() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "bncheck", "checkpoint", str(TF1_ALL)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "3/3 BN layers have moving statistics in the checkpoint" in done.stdout

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from bncheck.errors import ModelReadError
 from bncheck.findings import Finding, ModelResult, Problem, Report
+from bncheck.matching import match_layers, position_note
 from bncheck.model import ModelDescription
-from bncheck.readers import read_model
+from bncheck.readers import read_checkpoint, read_model
 from bncheck.rules import RULES
 from bncheck.settings import Settings
 
@@ -25,6 +27,28 @@ def inspect_path(path: str, settings: Settings) -> ModelResult:
     except ModelReadError as exc:
         return ModelResult(path=path, format=None, error=str(exc))
     return judged(path, description, settings)
+
+
+def check_checkpoint(path: str, model_path: str | None, settings: Settings) -> Report:
+    """Check a checkpoint's BatchNorm variables, against the BatchNorm layers of ``model_path``
+    when given. An unreadable checkpoint or model becomes the report's only result."""
+    try:
+        description = read_checkpoint(path)
+        contents = description.checkpoint
+        if model_path is not None and contents is not None:
+            try:
+                model = read_model(model_path)
+            except ModelReadError as exc:
+                failed = ModelResult(path=model_path, format=None, error=str(exc))
+                return Report(models=(failed,), fail_on=settings.fail_on)
+            matched = match_layers(contents, model_path, model.layers)
+            note = position_note(matched)
+            notes = description.notes if note is None else (*description.notes, note)
+            description = replace(description, checkpoint=matched, notes=notes)
+    except ModelReadError as exc:
+        failed = ModelResult(path=path, format=None, error=str(exc))
+        return Report(models=(failed,), fail_on=settings.fail_on)
+    return Report(models=(judged(path, description, settings),), fail_on=settings.fail_on)
 
 
 def judged(path: str, description: ModelDescription, settings: Settings) -> ModelResult:
