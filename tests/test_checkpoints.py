@@ -101,7 +101,8 @@ def test_keras_metadata_kept_inside_saved_model_pb(tmp_path: Path) -> None:
     saved_model = saved_model_pb2.SavedModel()
     saved_model.ParseFromString((legacy / "saved_model.pb").read_bytes())
     graph = saved_model.meta_graphs[0].object_graph_def
-    for node in keras_nodes(legacy):
+    nodes, _ = keras_nodes(legacy)
+    for node in nodes:
         node_id = 0
         for local_name in node.path:
             node_id = next(
@@ -145,6 +146,28 @@ def test_plain_tf_module_savedmodel_is_read_by_object_graph(tmp_path: Path) -> N
         ("bn", "object graph", ()),
         ("head_bn", "object graph", ("moving_mean", "moving_variance")),
     ]
+
+
+def test_text_format_savedmodel(tmp_path: Path) -> None:
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    shutil.copytree(KERAS3_EXPORT, tmp_path / "text")
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((tmp_path / "text" / "saved_model.pb").read_bytes())
+    (tmp_path / "text" / "saved_model.pbtxt").write_text(text_format.MessageToString(saved_model))
+    (tmp_path / "text" / "saved_model.pb").unlink()
+    description = read_model(str(tmp_path / "text"))
+    assert arrays(description) == arrays(read_model(str(KERAS3_EXPORT)))
+
+
+def test_huge_graph_is_not_searched_for_keras_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bncheck.readers import savedmodel
+
+    monkeypatch.setattr(savedmodel, "MAX_CONFIG_BYTES", 1024)
+    description = read_model(str(KERAS3_EXPORT))
+    assert [layer.path for layer in description.layers] == ["conv1_bn", "block/conv2_bn"]
+    assert any("not searched for Keras metadata" in note for note in description.notes)
 
 
 def test_savedmodel_without_variables(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ class KerasNode:
 
 def read(path: str) -> ModelDescription:
     root = Path(path)
-    nodes = keras_nodes(root)
+    nodes, notes = keras_nodes(root)
     prefix = root.joinpath(*VARIABLES_PREFIX)
     if not Path(f"{prefix}{INDEX_SUFFIX}").is_file():
         if any(prefix.parent.glob(f"{prefix.name}.data-*")):
@@ -70,7 +70,7 @@ def read(path: str) -> ModelDescription:
             path=path,
             format="savedmodel",
             layers=(),
-            notes=(NO_VARIABLES_NOTE,),
+            notes=(*notes, NO_VARIABLES_NOTE),
             checkpoint=CheckpointContents(prefix=str(prefix), groups=()),
         )
     checkpoint = CheckpointFile(str(prefix))
@@ -88,15 +88,24 @@ def read(path: str) -> ModelDescription:
         for group in variable_groups(checkpoint)
         if not claimed.intersection(group.keys.values())
     ]
-    return describe(path, "savedmodel", checkpoint, groups, configured, ())
+    return describe(path, "savedmodel", checkpoint, groups, configured, notes)
 
 
-def keras_nodes(root: Path) -> list[KerasNode]:
-    """The Keras objects of a tf.keras SavedModel; empty for other SavedModels."""
+def keras_nodes(root: Path) -> tuple[list[KerasNode], list[str]]:
+    """The Keras objects of a tf.keras SavedModel (none for other SavedModels), and notes."""
     metadata_file = root / KERAS_METADATA
     if metadata_file.is_file():
-        return list(_nodes_from_metadata_file(metadata_file))
-    return list(_nodes_from_object_graph(_saved_model(root)))
+        return list(_nodes_from_metadata_file(metadata_file)), []
+    graph_file = root / "saved_model.pb"
+    if not graph_file.is_file():
+        graph_file = root / "saved_model.pbtxt"
+    if graph_file.stat().st_size > MAX_CONFIG_BYTES:
+        # Large graphs are frozen constants, not tf.keras SavedModels of TensorFlow <= 2.4.
+        return [], [
+            f"{graph_file.name} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not searched "
+            "for Keras metadata"
+        ]
+    return list(_nodes_from_object_graph(_saved_model(graph_file))), []
 
 
 def _nodes_from_metadata_file(metadata_file: Path) -> Iterator[KerasNode]:
@@ -146,22 +155,21 @@ def _first_paths(graph: Any) -> dict[int, tuple[str, ...]]:
     return paths
 
 
-def _saved_model(root: Path) -> Any:
+def _saved_model(graph_file: Path) -> Any:
     import_tensorflow()
     from google.protobuf import text_format
     from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved_model = saved_model_pb2.SavedModel()
-    binary, text = root / "saved_model.pb", root / "saved_model.pbtxt"
     try:
-        if binary.is_file():
-            saved_model.ParseFromString(_read_bytes(binary))
+        if graph_file.suffix == ".pb":
+            saved_model.ParseFromString(graph_file.read_bytes())
         else:
-            text_format.Parse(_read_bytes(text).decode("utf-8"), saved_model)
+            text_format.Parse(graph_file.read_text(encoding="utf-8"), saved_model)
     except (DecodeError, text_format.ParseError, UnicodeDecodeError) as exc:
-        name = binary.name if binary.is_file() else text.name
-        raise ModelReadError(f"{name} is corrupt ({' '.join(str(exc).split())})") from None
+        reason = " ".join(str(exc).split())
+        raise ModelReadError(f"{graph_file.name} is corrupt ({reason})") from None
     return saved_model
 
 
