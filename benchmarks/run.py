@@ -87,13 +87,14 @@ def timed(code: str, path: Path, repeat: int) -> tuple[float, list[str]]:
     return statistics.median(t for t, _ in runs), [out for _, out in runs]
 
 
-def make_model(kind: str, path: Path) -> None:
-    """Build a benchmark model in a separate process (keeps Keras out of this one)."""
+def make_model(kind: str, path: Path, checkpoint: bool = False) -> None:
+    """Build a benchmark model in a separate process (keeps Keras out of this one); with
+    ``checkpoint``, save it as a ``tf.train.Checkpoint`` in the directory ``path``."""
     code = textwrap.dedent(
         f"""
-        import numpy as np, keras
+        import numpy as np, keras, tensorflow as tf
         from keras import layers
-        kind, path = {kind!r}, {str(path)!r}
+        kind, path, checkpoint = {kind!r}, {str(path)!r}, {checkpoint!r}
         if kind == "resnet50":
             model = keras.applications.ResNet50(weights=None)
         else:
@@ -106,7 +107,10 @@ def make_model(kind: str, path: Path) -> None:
             x = layers.Dense(16)(x)
             x = layers.BatchNormalization()(x)
             model = keras.Model(inputs, x)
-        model.save(path)
+        if checkpoint:
+            tf.train.Checkpoint(model=model).save(path + "/ckpt")
+        else:
+            model.save(path)
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
@@ -174,10 +178,45 @@ def large_file_memory(workdir: Path, repeat: int) -> list[Target]:
     ]
 
 
+def checkpoint_size_independence(workdir: Path, repeat: int) -> list[Target]:
+    """Checkpoints are read through TensorFlow, whose import dominates; what must not grow with
+    the data file is the rest: only the index and the BN variables are read."""
+    big, tiny = workdir / "dense-big-ckpt", workdir / "dense-tiny-ckpt"
+    make_model("dense-big", big, checkpoint=True)
+    make_model("dense-tiny", tiny, checkpoint=True)
+    big_time, big_out = timed(INSPECT, big, repeat)
+    tiny_time, tiny_out = timed(INSPECT, tiny, repeat)
+    big_mib = sum(f.stat().st_size for f in big.iterdir()) / 2**20
+    # ru_maxrss is in KiB
+    extra_mib = (
+        max(int(out.split()[-1]) for out in big_out) - max(int(out.split()[-1]) for out in tiny_out)
+    ) / 1024
+    return [
+        Target(
+            "checkpoint-size",
+            f"inspect time, {big_mib:.0f} MiB Dense checkpoint over a tiny one (same BN layers)",
+            ratio=big_time / tiny_time,
+            threshold=1.5,
+            higher_is_better=False,
+            medians={"big": f"{big_time:.2f} s", "tiny": f"{tiny_time:.2f} s"},
+        ),
+        Target(
+            "checkpoint-memory",
+            f"extra peak RSS inspecting the {big_mib:.0f} MiB checkpoint (over the tiny one), "
+            "over its size",
+            ratio=max(extra_mib, 0.0) / big_mib,
+            threshold=0.1,
+            higher_is_better=False,
+            medians={"extra peak RSS": f"{extra_mib:.0f} MiB"},
+        ),
+    ]
+
+
 BENCHMARKS: dict[str, Callable[[Path, int], list[Target]]] = {
     "static": static_vs_keras,
     "size": size_independence,
     "memory": large_file_memory,
+    "checkpoint": checkpoint_size_independence,
 }
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from bncheck import __version__
-from bncheck.engine import inspect_paths
+from bncheck.engine import check_checkpoint, inspect_paths
 from bncheck.errors import UsageError
-from bncheck.findings import ExitCode, FailOn
+from bncheck.findings import ExitCode, FailOn, Report
 from bncheck.reporters import REPORTERS
 from bncheck.settings import Settings
 
@@ -32,12 +32,30 @@ class InspectOptions:
     output: OutputOptions
 
 
+@dataclass(frozen=True)
+class CheckpointOptions:
+    path: str
+    model: str | None
+    """The model whose BatchNorm layers the checkpoint must restore (``--model``)."""
+    settings: Settings
+    output: OutputOptions
+
+
 def run_inspect(options: InspectOptions) -> int:
-    report = inspect_paths(options.paths, options.settings)
+    return finish(inspect_paths(options.paths, options.settings), options.output)
+
+
+def run_checkpoint(options: CheckpointOptions) -> int:
+    report = check_checkpoint(options.path, options.model, options.settings)
+    return finish(report, options.output)
+
+
+def finish(report: Report, output: OutputOptions) -> int:
+    """Name each unreadable input on stderr, write the report, return the exit code."""
     for model in report.models:
         if model.error is not None:
             click.echo(f"bncheck: error: {model.path}: {model.error}", err=True)
-    write_report(REPORTERS[options.output.format](report), options.output)
+    write_report(REPORTERS[output.format](report), output)
     return int(report.exit_code)
 
 
@@ -88,13 +106,42 @@ def cli() -> None:
 @_output_option
 @_fail_on_option
 def inspect(paths: tuple[str, ...], output_format: str, output: str | None, fail_on: str) -> int:
-    """Report the health of every BatchNorm layer in .keras, .h5 and weights files.
+    """Report the health of every BatchNorm layer in models, checkpoints and SavedModels.
 
-    Reads the files directly, without TensorFlow, and never runs code from them.
+    Reads .keras, .h5 and weights files directly, without TensorFlow; checkpoints and SavedModels
+    with TensorFlow's checkpoint reader. Never runs code from them.
     """
     return run_inspect(
         InspectOptions(
             paths=paths,
+            settings=Settings(fail_on=FailOn(fail_on)),
+            output=OutputOptions(format=output_format, output=output),
+        )
+    )
+
+
+@cli.command()
+@click.argument("path", metavar="CKPT")
+@click.option(
+    "--model",
+    metavar="MODEL",
+    help="Also check that every BatchNorm layer of MODEL (any format) finds its variables.",
+)
+@_format_option
+@_output_option
+@_fail_on_option
+def checkpoint(
+    path: str, model: str | None, output_format: str, output: str | None, fail_on: str
+) -> int:
+    """Verify that a checkpoint keeps every BatchNorm layer's moving statistics.
+
+    CKPT is a checkpoint prefix (model.ckpt-5), its .index file, a directory holding a
+    `checkpoint` file or .index files, or a SavedModel directory.
+    """
+    return run_checkpoint(
+        CheckpointOptions(
+            path=path,
+            model=model,
             settings=Settings(fail_on=FailOn(fail_on)),
             output=OutputOptions(format=output_format, output=output),
         )

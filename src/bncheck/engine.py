@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from bncheck.errors import ModelReadError
 from bncheck.findings import Finding, ModelResult, Problem, Report
+from bncheck.matching import match_layers, position_note
 from bncheck.model import ModelDescription
-from bncheck.readers import read_model
+from bncheck.readers import read_checkpoint, read_model
 from bncheck.rules import RULES
 from bncheck.settings import Settings
 
@@ -24,11 +26,35 @@ def inspect_path(path: str, settings: Settings) -> ModelResult:
         description = read_model(path)
     except ModelReadError as exc:
         return ModelResult(path=path, format=None, error=str(exc))
+    return judged(path, description, settings)
+
+
+def check_checkpoint(path: str, model_path: str | None, settings: Settings) -> Report:
+    """Check a checkpoint's BatchNorm variables, against the BatchNorm layers of ``model_path``
+    when given. An unreadable checkpoint or model becomes the report's only result."""
+    try:
+        description = read_checkpoint(path)
+        contents = description.checkpoint
+        if model_path is not None and contents is not None:
+            try:
+                model = read_model(model_path)
+            except ModelReadError as exc:
+                failed = ModelResult(path=model_path, format=None, error=str(exc))
+                return Report(models=(failed,), fail_on=settings.fail_on)
+            matched = match_layers(contents, model_path, model.layers)
+            note = position_note(matched)
+            notes = description.notes if note is None else (*description.notes, note)
+            description = replace(description, checkpoint=matched, notes=notes)
+    except ModelReadError as exc:
+        failed = ModelResult(path=path, format=None, error=str(exc))
+        return Report(models=(failed,), fail_on=settings.fail_on)
+    return Report(models=(judged(path, description, settings),), fail_on=settings.fail_on)
+
+
+def judged(path: str, description: ModelDescription, settings: Settings) -> ModelResult:
+    findings = static_findings(description, settings) + checkpoint_findings(description, settings)
     return ModelResult(
-        path=path,
-        format=description.format,
-        description=description,
-        findings=tuple(static_findings(description, settings)),
+        path=path, format=description.format, description=description, findings=tuple(findings)
     )
 
 
@@ -43,6 +69,20 @@ def static_findings(description: ModelDescription, settings: Settings) -> list[F
             findings += [
                 stamp(rule_id, problem, settings) for problem in rule.check(layer, options)
             ]
+    return findings
+
+
+def checkpoint_findings(description: ModelDescription, settings: Settings) -> list[Finding]:
+    """Run every enabled checkpoint rule over a checkpoint's or SavedModel's variable groups."""
+    contents = description.checkpoint
+    if contents is None:
+        return []
+    findings = []
+    for rule_id, rule in RULES.items():
+        if rule.NEEDS != "checkpoint" or not settings.enabled(rule_id):
+            continue
+        options = settings.rules[rule_id].options
+        findings += [stamp(rule_id, problem, settings) for problem in rule.check(contents, options)]
     return findings
 
 

@@ -148,3 +148,110 @@ class ModelDescription:
     """Every BatchNormalization layer found, in model order."""
     notes: tuple[str, ...] = ()
     """Facts about the reading a user should know, e.g. that defaults were assumed."""
+    checkpoint: CheckpointContents | None = None
+    """For checkpoints and SavedModels: every BatchNorm variable group found, complete or not
+    (``layers`` holds only those whose moving statistics could be read); ``None`` otherwise."""
+
+
+#: The arrays without which a restored BatchNorm layer normalises with its initial statistics.
+MOVING_STATS = ("moving_mean", "moving_variance")
+
+
+@dataclass(frozen=True)
+class CheckpointGroup:
+    """The BatchNorm variables one layer left in a checkpoint, found by their names or owner."""
+
+    path: str
+    """The layer's path (``cnn/inner/bn``) or variable scope (``conv1/BatchNorm``)."""
+    keys: Mapping[str, str]
+    """Array name (``gamma``, ``beta``, ``moving_mean``, ``moving_variance``) -> checkpoint key,
+    for the arrays present."""
+    shapes: Mapping[str, tuple[int, ...]]
+    """Array name -> the shape the checkpoint records, for the arrays present."""
+    found_by: str
+    """How the group was recognised: ``keras metadata``, ``variable names``, ``object graph`` or
+    ``name scope``."""
+    aliases: tuple[str, ...] = ()
+    """Other scopes the same variables go by (e.g. the object-graph path
+    ``model/layer_with_weights-1`` of the layer named ``bn1``)."""
+
+    @property
+    def missing_moving_stats(self) -> tuple[str, ...]:
+        return tuple(name for name in MOVING_STATS if name not in self.keys)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """``path`` and then every alias."""
+        return (self.path, *self.aliases)
+
+
+@dataclass(frozen=True)
+class LayerMatch:
+    """Where a model's BatchNorm layer finds its variables in a checkpoint."""
+
+    layer: str
+    """Path of the model's layer."""
+    channels: int
+    """The layer's channel count in the model."""
+    group: CheckpointGroup | None
+    """The checkpoint's variables for the layer; ``None`` when nothing matches."""
+    matched_by: str | None
+    """``layer path``, ``layer name`` or ``position`` (the n-th unmatched layer takes the n-th
+    unmatched group); ``None`` when nothing matches."""
+
+    @property
+    def shape_mismatches(self) -> dict[str, tuple[int, ...]]:
+        """Arrays whose checkpoint shape does not hold one value per channel of the layer."""
+        if self.group is None:
+            return {}
+        return {
+            name: shape
+            for name, shape in self.group.shapes.items()
+            if int(np.prod(shape)) != self.channels
+        }
+
+    @property
+    def restores_moving_stats(self) -> bool:
+        return (
+            self.group is not None
+            and not self.group.missing_moving_stats
+            and not any(name in MOVING_STATS for name in self.shape_mismatches)
+        )
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How many BatchNorm layers a checkpoint restores completely."""
+
+    bn_layers: int
+    """BatchNorm layers considered: the model's (with ``--model``) or the checkpoint's groups."""
+    with_moving_stats: int
+    """Of those, how many have both moving statistics (of the right shape) in the checkpoint."""
+
+
+@dataclass(frozen=True)
+class CheckpointContents:
+    """The BatchNorm side of a checkpoint (or a SavedModel's variables): the subject of the
+    ``checkpoint`` rules."""
+
+    prefix: str
+    """The checkpoint prefix read, e.g. ``run7/model.ckpt-300``."""
+    groups: tuple[CheckpointGroup, ...]
+    """Every group of BatchNorm variables, complete or not, in checkpoint order."""
+    model: str | None = None
+    """The model given with ``--model``; ``None`` without one."""
+    matches: tuple[LayerMatch, ...] = ()
+    """With ``--model``: one entry per BatchNorm layer of the model, in model order."""
+
+    @property
+    def coverage(self) -> Coverage:
+        if self.model is not None:
+            restored = sum(1 for match in self.matches if match.restores_moving_stats)
+            return Coverage(len(self.matches), restored)
+        complete = sum(1 for group in self.groups if not group.missing_moving_stats)
+        return Coverage(len(self.groups), complete)
+
+    @property
+    def matched_groups(self) -> frozenset[str]:
+        """Paths of the groups some model layer was matched to."""
+        return frozenset(m.group.path for m in self.matches if m.group is not None)

@@ -19,6 +19,12 @@ def test_every_model_fixture_is_declared() -> None:
         for path in FIXTURES.rglob("*")
         if path.is_file() and path.name.endswith(MODEL_SUFFIXES)
     }
+    # Checkpoints and SavedModels are directories.
+    on_disk |= {
+        path.relative_to(FIXTURES).as_posix()
+        for path in (FIXTURES / "checkpoints").iterdir()
+        if path.is_dir()
+    }
     assert on_disk, "no fixtures found"
     assert on_disk <= set(MANIFEST), (
         f"fixtures without expectations: {sorted(on_disk - set(MANIFEST))}"
@@ -34,6 +40,11 @@ def test_fixture_findings(fixture: str, run_cli: Callable[..., CliResult]) -> No
     assert model["error"] is None
     assert len(model["layers"]) == expected["layers"]
     assert sorted([f["rule"], f["layer"]] for f in model["findings"]) == expected["expect"]
+    if "coverage" in expected:
+        bn_layers, with_moving_stats = expected["coverage"]
+        assert model["coverage"] == {"bn_layers": bn_layers, "with_moving_stats": with_moving_stats}
+    else:
+        assert model["coverage"] is None
     expected_rules = {rule for rule, _ in expected["expect"]}
     fails = any(f["severity"] == "error" for f in model["findings"])
     assert result.code == (1 if fails else 0)

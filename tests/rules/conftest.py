@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from bncheck.findings import Problem
-from bncheck.model import BNLayer, InitialValues
+from bncheck.model import BNLayer, CheckpointGroup, InitialValues
 
 
 def layer(**overrides: Any) -> BNLayer:
@@ -32,5 +32,15 @@ def layer(**overrides: Any) -> BNLayer:
     return BNLayer(**fields)
 
 
-def problems(rule: ModuleType, subject: BNLayer, **options: float) -> list[Problem]:
+def checkpoint_group(path: str, *arrays: str, channels: int = 4) -> CheckpointGroup:
+    """A group of BatchNorm variables named ``path/<array>`` holding ``channels`` values each."""
+    return CheckpointGroup(
+        path=path,
+        keys={name: f"{path}/{name}" for name in arrays},
+        shapes={name: (channels,) for name in arrays},
+        found_by="name scope",
+    )
+
+
+def problems(rule: ModuleType, subject: object, **options: float) -> list[Problem]:
     return list(rule.check(subject, {**rule.OPTIONS, **options}))

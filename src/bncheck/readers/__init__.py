@@ -5,19 +5,32 @@ Only the SavedModel and checkpoint readers import TensorFlow, and only inside th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import h5py
 
 from bncheck.errors import ModelReadError
 from bncheck.model import ModelDescription
-from bncheck.readers import detect, keras_archive, legacy_h5, weights_h5
+from bncheck.readers import checkpoint, detect, keras_archive, legacy_h5, savedmodel, weights_h5
 
 _MAX_REASON = 300
+CHECKPOINT_KINDS = ("checkpoint", "savedmodel")
+_KIND_NAMES = {"zip": "a .keras archive", "hdf5": "an HDF5 file"}
 
 
 def read_model(path: str) -> ModelDescription:
     """Describe the model at ``path``; any failure becomes a one-line ``ModelReadError``."""
+    return _guarded(_read, path)
+
+
+def read_checkpoint(path: str) -> ModelDescription:
+    """Describe a checkpoint or SavedModel; other models are refused with a ``ModelReadError``."""
+    return _guarded(_read_checkpoint, path)
+
+
+def _guarded(reader: Callable[[str], ModelDescription], path: str) -> ModelDescription:
     try:
-        return _read(path)
+        return reader(path)
     except ModelReadError:
         raise
     except RecursionError:
@@ -27,7 +40,20 @@ def read_model(path: str) -> ModelDescription:
 
 
 def _read(path: str) -> ModelDescription:
+    return _read_kind(path, detect.sniff(path))
+
+
+def _read_checkpoint(path: str) -> ModelDescription:
     kind = detect.sniff(path)
+    if kind not in CHECKPOINT_KINDS:
+        raise ModelReadError(
+            f"not a checkpoint or SavedModel but {_KIND_NAMES.get(kind, kind)}; "
+            "'bncheck inspect' reads it"
+        )
+    return _read_kind(path, kind)
+
+
+def _read_kind(path: str, kind: str) -> ModelDescription:
     if kind == "zip":
         return keras_archive.read(path)
     if kind == "hdf5":
@@ -35,7 +61,9 @@ def _read(path: str) -> ModelDescription:
             if legacy_h5.is_full_model(h5):
                 return legacy_h5.read(path, h5)
             return weights_h5.read(path, h5)
-    raise ModelReadError(f"{kind} inputs are not supported yet")
+    if kind == "savedmodel":
+        return savedmodel.read(path)
+    return checkpoint.read(path)
 
 
 def one_line(exc: BaseException) -> str:

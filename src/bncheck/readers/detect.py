@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from bncheck.errors import ModelReadError
@@ -11,6 +12,8 @@ ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 #: HDF5 allows a user block before the superblock: the signature sits at 0, 512, 1024, 2048, ...
 _HDF5_OFFSETS = (0, *(512 << k for k in range(12)))
+#: A checkpoint's data shard, ``<prefix>.data-00000-of-00001``; the prefix may be empty.
+_DATA_SHARD = re.compile(r"\.data-\d{5}-of-\d{5}$")
 
 
 def sniff(path: str) -> str:
@@ -31,7 +34,9 @@ def sniff(path: str) -> str:
         raise ModelReadError("no such file or directory")
     if not target.is_file():
         raise ModelReadError("not a regular file")
-    if target.name == "checkpoint" or target.suffix == ".index":
+    if target.name == "checkpoint" or target.name.endswith(".index"):
+        return "checkpoint"
+    if _DATA_SHARD.search(target.name) and Path(_DATA_SHARD.sub(".index", path)).is_file():
         return "checkpoint"
     with open(target, "rb") as handle:
         head = handle.read(8)

@@ -8,7 +8,14 @@ from typing import Any
 
 from bncheck import __version__
 from bncheck.findings import Finding, ModelResult, Report, Severity
-from bncheck.model import ARRAY_NAMES, ArraySummary, BNLayer
+from bncheck.model import (
+    ARRAY_NAMES,
+    ArraySummary,
+    BNLayer,
+    CheckpointContents,
+    CheckpointGroup,
+    Coverage,
+)
 
 
 def render(report: Report) -> str:
@@ -34,6 +41,7 @@ def as_dict(report: Report) -> dict[str, Any]:
 
 def _model(model: ModelResult) -> dict[str, Any]:
     description = model.description
+    contents = description.checkpoint if description else None
     return {
         "path": model.path,
         "format": model.format,
@@ -41,6 +49,40 @@ def _model(model: ModelResult) -> dict[str, Any]:
         "notes": list(description.notes) if description else [],
         "layers": [_layer(layer) for layer in description.layers] if description else [],
         "findings": [finding_dict(finding) for finding in model.findings],
+        "coverage": _coverage(contents.coverage) if contents else None,
+        "checkpoint": _checkpoint(contents) if contents else None,
+    }
+
+
+def _coverage(coverage: Coverage) -> dict[str, int]:
+    return {"bn_layers": coverage.bn_layers, "with_moving_stats": coverage.with_moving_stats}
+
+
+def _checkpoint(contents: CheckpointContents) -> dict[str, Any]:
+    return {
+        "prefix": contents.prefix,
+        "model": contents.model,
+        "groups": [_group(group) for group in contents.groups],
+        "matches": [
+            {
+                "layer": match.layer,
+                "channels": match.channels,
+                "group": match.group.path if match.group else None,
+                "matched_by": match.matched_by,
+            }
+            for match in contents.matches
+        ],
+    }
+
+
+def _group(group: CheckpointGroup) -> dict[str, Any]:
+    return {
+        "path": group.path,
+        "aliases": list(group.aliases),
+        "found_by": group.found_by,
+        "keys": dict(group.keys),
+        "shapes": {name: list(shape) for name, shape in group.shapes.items()},
+        "missing": list(group.missing_moving_stats),
     }
 
 

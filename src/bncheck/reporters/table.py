@@ -5,7 +5,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from bncheck.findings import ModelResult, Report, Severity
-from bncheck.model import ArraySummary, BNLayer
+from bncheck.model import ArraySummary, BNLayer, CheckpointContents
 
 _HEADERS = [
     "layer",
@@ -38,6 +38,11 @@ def _model_block(model: ModelResult) -> str:
     if description.layers:
         rows = [_row(layer) for layer in description.layers]
         lines.append(tabulate(rows, headers=_HEADERS, tablefmt="simple", disable_numparse=True))
+    contents = description.checkpoint
+    if contents is not None:
+        if contents.matches:
+            lines.append(_matches_table(contents))
+        lines.append(coverage_line(contents, description.format))
     if model.findings:
         ordered = sorted(model.findings, key=lambda f: -f.severity)
         lines.append("")
@@ -46,6 +51,36 @@ def _model_block(model: ModelResult) -> str:
             for f in ordered
         ]
     return "\n".join(lines)
+
+
+def coverage_line(contents: CheckpointContents, format_name: str) -> str:
+    coverage = contents.coverage
+    where = "the SavedModel" if format_name == "savedmodel" else "the checkpoint"
+    layers = "BN layer" if coverage.bn_layers == 1 else "BN layers"
+    of_model = " of the model" if contents.model is not None else ""
+    verb = "has" if coverage.bn_layers == 1 else "have"
+    return (
+        f"{coverage.with_moving_stats}/{coverage.bn_layers} {layers}{of_model} {verb} "
+        f"moving statistics in {where}"
+    )
+
+
+def _matches_table(contents: CheckpointContents) -> str:
+    rows = []
+    for match in contents.matches:
+        group = match.group
+        if group is None:
+            rows.append([match.layer, str(match.channels), "-", "no match", "-"])
+            continue
+        problems = [f"no {name}" for name in group.missing_moving_stats]
+        mismatched = match.shape_mismatches
+        if mismatched:
+            shapes = ", ".join(f"{name} {list(shape)}" for name, shape in mismatched.items())
+            problems.append(f"shape mismatch: {shapes}")
+        status = ", ".join(problems) or "ok"
+        rows.append([match.layer, str(match.channels), group.path, match.matched_by or "", status])
+    headers = ["model layer", "ch", "checkpoint variables", "matched by", "restores"]
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
 
 
 def _row(layer: BNLayer) -> list[str]:

@@ -1,7 +1,8 @@
 """The rule registry.
 
 A rule is a module with ``ID``, ``NAME``, ``DEFAULT_SEVERITY``, ``NEEDS`` (what it judges:
-``static`` rules a ``BNLayer``), ``OPTIONS`` (thresholds and their defaults), a docstring that is
+``static`` rules a ``BNLayer``, ``checkpoint`` rules the ``CheckpointContents`` of a checkpoint or
+SavedModel), ``OPTIONS`` (thresholds and their defaults), a docstring that is
 its documentation, and ``check(subject, options)`` yielding ``Problem``s. Rules never decide their
 own severity or whether they run: configuration does, and the runner stamps each problem.
 """
@@ -24,6 +25,8 @@ from bncheck.rules import (
     bn008_momentum_never_updates,
     bn009_suspicious_momentum,
     bn010_hardcoded_training_call,
+    bn011_checkpoint_missing_moving_stats,
+    bn012_checkpoint_model_mismatch,
 )
 
 
@@ -53,6 +56,8 @@ RULES: dict[str, Rule] = _registry(
     bn008_momentum_never_updates,
     bn009_suspicious_momentum,
     bn010_hardcoded_training_call,
+    bn011_checkpoint_missing_moving_stats,
+    bn012_checkpoint_model_mismatch,
 )
 
 

@@ -1,0 +1,277 @@
+"""TensorFlow checkpoints: TF1 ``Saver`` checkpoints, TF2 ``tf.train.Checkpoint`` and tf.keras
+``save_weights`` in TF format.
+
+A checkpoint is a prefix ``P`` with an index ``P.index`` and data shards
+``P.data-00000-of-00001``. The user may name the prefix, the index, a data shard, the directory, or
+its ``checkpoint`` state file (whose recorded path may be relative, stale, or absolute from the
+machine that trained). Only the index and the BatchNorm variables are read, never the rest of the
+data. TensorFlow is imported only when a checkpoint is actually read.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bncheck.errors import ModelReadError
+from bncheck.model import (
+    BNLayer,
+    CheckpointContents,
+    CheckpointGroup,
+    InitialValues,
+    ModelDescription,
+)
+from bncheck.readers.checkpoint_layout import (
+    OBJECT_GRAPH_KEY,
+    graph_variables,
+    name_scope_groups,
+    natural_key,
+    object_graph_groups,
+)
+from bncheck.readers.h5util import MAX_BN_VALUES
+from bncheck.readers.keras3_layout import check_shapes
+from bncheck.readers.weights_h5 import INFERRED_BY_NAMES
+from bncheck.tensorflow_import import import_tensorflow
+
+STATE_FILE = "checkpoint"
+INDEX_SUFFIX = ".index"
+_DATA_SHARD = re.compile(r"^(.*)\.data-(\d{5})-of-(\d{5})$")
+_RECORDED_PATH = re.compile(
+    r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"\s*$', re.MULTILINE
+)
+_ESCAPE = re.compile(r"\\(.)")
+NO_CONFIG_NOTE = (
+    "the checkpoint records no layer configuration: momentum, epsilon, trainable flags and "
+    "initializers are unknown; Keras's default initial values (gamma 1, beta 0, moving_mean 0, "
+    "moving_variance 1) are assumed"
+)
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """What a layer's configuration says about it, where something records it."""
+
+    class_name: str
+    """Keras class name, e.g. ``BatchNormalization``."""
+    settings: Mapping[str, Any]
+    """Configuration fields of ``BNLayer`` (``keras_config.bn_settings``)."""
+
+
+def read(path: str) -> ModelDescription:
+    resolved, notes = resolve_prefix(path)
+    checkpoint = CheckpointFile(resolved)
+    return describe(path, "checkpoint", checkpoint, variable_groups(checkpoint), {}, notes)
+
+
+def resolve_prefix(path: str) -> tuple[str, list[str]]:
+    """The checkpoint prefix the user means, and notes on any choice made to find it."""
+    target = Path(path)
+    if target.is_dir():
+        return _prefix_in_directory(target)
+    if target.name == STATE_FILE and target.is_file():
+        return _prefix_in_directory(target.parent)
+    if target.name.endswith(INDEX_SUFFIX) and target.is_file():
+        return path[: -len(INDEX_SUFFIX)], []
+    shard = _DATA_SHARD.match(path)
+    if shard and Path(shard.group(1) + INDEX_SUFFIX).is_file():
+        return shard.group(1), []
+    if Path(path + INDEX_SUFFIX).is_file():
+        return path, []
+    raise ModelReadError(f"no checkpoint index {target.name}{INDEX_SUFFIX}")
+
+
+def _prefix_in_directory(directory: Path) -> tuple[str, list[str]]:
+    state = directory / STATE_FILE
+    recorded = _recorded_path(state) if state.is_file() else None
+    if recorded is not None:
+        # The state file lies beside its checkpoint, so its own directory comes first: a recorded
+        # absolute path may be from the machine that trained, or name a copy that is gone.
+        name = re.split(r"[\\/]", recorded)[-1]
+        recorded_here = directory / recorded
+        for candidate in (directory / name, recorded_here):
+            if Path(f"{candidate}{INDEX_SUFFIX}").is_file():
+                moved = candidate.resolve() != recorded_here.resolve()
+                note = f"the checkpoint file records {recorded}; read {name} beside it instead"
+                return str(candidate), [note] if moved else []
+    prefixes = sorted(
+        (str(index)[: -len(INDEX_SUFFIX)] for index in directory.glob("*" + INDEX_SUFFIX)),
+        key=natural_key,
+    )
+    if not prefixes:
+        if recorded is not None:
+            raise ModelReadError(
+                f"the checkpoint file records {recorded}, which is not in {directory} either"
+            )
+        raise ModelReadError(f"no checkpoint index (*{INDEX_SUFFIX}) in {directory}")
+    latest = prefixes[-1]
+    notes = []
+    if recorded is not None:
+        notes.append(
+            f"the checkpoint file records {recorded}, which does not exist; "
+            f"read {_name(latest)}, the latest checkpoint in the directory"
+        )
+    elif len(prefixes) > 1:
+        notes.append(
+            f"{len(prefixes)} checkpoints in the directory; read the latest, {_name(latest)} "
+            "(name a prefix to choose another)"
+        )
+    return latest, notes
+
+
+def _recorded_path(state: Path) -> str | None:
+    """``model_checkpoint_path`` of a ``checkpoint`` state file (protobuf text format)."""
+    try:
+        text = state.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ModelReadError(f"cannot read {state} ({exc.strerror or exc})") from None
+    found = _RECORDED_PATH.search(text)
+    return _ESCAPE.sub(r"\1", found.group(1)) if found else None
+
+
+class CheckpointFile:
+    """An open checkpoint: variable shapes and types from the index, arrays read on demand."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        _check_data_shards(prefix)
+        tf = import_tensorflow()
+        try:
+            # Not tf.train.load_checkpoint: it takes a prefix ending in "/" (files named
+            # ".index") for a directory and looks for a state file there.
+            self._reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+            self.shapes: dict[str, list[int]] = self._reader.get_variable_to_shape_map()
+            self._dtypes: dict[str, Any] = self._reader.get_variable_to_dtype_map()
+        except tf.errors.OpError as exc:
+            raise ModelReadError(
+                f"corrupt checkpoint index {_name(prefix)}{INDEX_SUFFIX} ({_reason(exc)})"
+            ) from None
+
+    def object_graph(self) -> Any | None:
+        """The ``TrackableObjectGraph`` of an object-based checkpoint; ``None`` for name-based."""
+        if OBJECT_GRAPH_KEY not in self.shapes:
+            return None
+        from google.protobuf.message import DecodeError
+        from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+        graph = trackable_object_graph_pb2.TrackableObjectGraph()
+        try:
+            graph.ParseFromString(self._tensor(OBJECT_GRAPH_KEY))
+        except DecodeError as exc:
+            raise ModelReadError(f"the checkpoint's object graph is corrupt ({exc})") from None
+        return graph
+
+    def read_array(self, key: str) -> np.ndarray:
+        """One BatchNorm array, as floats."""
+        dtype = self._dtypes[key]
+        if not (dtype.is_floating or dtype.is_integer):
+            raise ModelReadError(f"{key} has non-numeric type {dtype.name}")
+        size = int(np.prod(self.shapes[key]))
+        if size == 0:
+            raise ModelReadError(f"{key} is empty")
+        if size > MAX_BN_VALUES:
+            raise ModelReadError(f"{key} claims {size} values, too many for a BatchNorm array")
+        array = np.asarray(self._tensor(key))
+        return array if array.dtype.kind == "f" and array.itemsize >= 4 else array.astype("float32")
+
+    def _tensor(self, key: str) -> Any:
+        tf = import_tensorflow()
+        try:
+            return self._reader.get_tensor(key)
+        except (tf.errors.OpError, IndexError, ValueError) as exc:
+            reason = _reason(exc)
+            if "No such file" in reason:
+                raise ModelReadError(f"missing checkpoint data shard ({reason})") from None
+            raise ModelReadError(
+                f"cannot read {key} from the checkpoint data of {_name(self.prefix)} ({reason})"
+            ) from None
+
+
+def _check_data_shards(prefix: str) -> None:
+    """Every data shard must be there: the index alone reads fine until a value is needed."""
+    found: dict[int, int] = {}
+    for data in glob.glob(glob.escape(prefix) + ".data-*-of-*"):
+        shard = _DATA_SHARD.match(data)
+        if shard and shard.group(1) == prefix:
+            found[int(shard.group(2))] = int(shard.group(3))
+    total = max(found.values(), default=1)
+    for number in range(total):
+        if number not in found:
+            raise ModelReadError(
+                f"missing checkpoint data shard {_name(prefix)}.data-{number:05d}-of-{total:05d}"
+            )
+
+
+def variable_groups(checkpoint: CheckpointFile) -> list[CheckpointGroup]:
+    """BatchNorm groups found by the variables' names or owners."""
+    graph = checkpoint.object_graph()
+    if graph is None:
+        return name_scope_groups(checkpoint.shapes)
+    return object_graph_groups(graph_variables(graph, checkpoint.shapes), checkpoint.shapes)
+
+
+def describe(
+    path: str,
+    format_name: str,
+    checkpoint: CheckpointFile,
+    groups: Sequence[CheckpointGroup],
+    configured: Mapping[str, LayerSettings],
+    notes: Sequence[str],
+) -> ModelDescription:
+    """A description whose layers are the groups with both moving statistics; ``configured``
+    gives the recorded configuration of some groups, by path."""
+    layers = [
+        _layer(checkpoint, group, configured.get(group.path))
+        for group in groups
+        if not group.missing_moving_stats
+    ]
+    all_notes = list(notes)
+    if any(group.path not in configured for group in groups):
+        all_notes.append(NO_CONFIG_NOTE)
+    return ModelDescription(
+        path=path,
+        format=format_name,
+        layers=tuple(layers),
+        notes=tuple(all_notes),
+        checkpoint=CheckpointContents(prefix=checkpoint.prefix, groups=tuple(groups)),
+    )
+
+
+def _layer(
+    checkpoint: CheckpointFile, group: CheckpointGroup, configured: LayerSettings | None
+) -> BNLayer:
+    arrays = {name: checkpoint.read_array(key) for name, key in group.keys.items()}
+    check_shapes(arrays, group.path)
+    common: dict[str, Any] = {
+        "path": group.path,
+        "name": group.path.rsplit("/", 1)[-1],
+        "moving_mean": arrays["moving_mean"],
+        "moving_variance": arrays["moving_variance"],
+        "gamma": arrays.get("gamma"),
+        "beta": arrays.get("beta"),
+        "source": ", ".join(group.keys.values()),
+    }
+    if configured is not None:
+        return BNLayer(class_name=configured.class_name, **common, **configured.settings)
+    return BNLayer(
+        class_name=INFERRED_BY_NAMES,
+        center="beta" in arrays,
+        scale="gamma" in arrays,
+        initial=InitialValues(assumed=True),
+        **common,
+    )
+
+
+def _name(prefix: str) -> str:
+    """The prefix without its directory; empty for files named ``.index``."""
+    return "" if prefix.endswith(("/", "\\")) else Path(prefix).name
+
+
+def _reason(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return " ".join(str(message).split())

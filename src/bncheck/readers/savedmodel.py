@@ -1,0 +1,273 @@
+"""SavedModel directories: tf.keras ``model.save("dir")``, Keras 3 ``model.export("dir")``,
+``tf.saved_model.save`` of any ``tf.Module``.
+
+The variables are an object-based checkpoint in ``variables/variables.*``. BatchNorm layers are
+found, in order of preference, from the Keras metadata of tf.keras SavedModels (class, nested path
+and configuration of each layer; kept in ``keras_metadata.pb``, or by TensorFlow 2.4 and older
+inside ``saved_model.pb``), then like in any checkpoint: by the variables' own names (Keras 3
+export: ``conv1_bn/moving_mean``), by object-graph paths, or by TF1 name scopes. Only protocol
+buffers and the BatchNorm variables are read: the graph is never loaded or run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from bncheck.errors import ModelReadError
+from bncheck.model import CheckpointContents, CheckpointGroup, ModelDescription
+from bncheck.readers.checkpoint import (
+    INDEX_SUFFIX,
+    CheckpointFile,
+    LayerSettings,
+    describe,
+    variable_groups,
+)
+from bncheck.readers.checkpoint_layout import (
+    BY_KERAS_METADATA,
+    depth_first,
+    group_from_keys,
+    resolve_node,
+    variable_children,
+)
+from bncheck.readers.h5util import MAX_CONFIG_BYTES, parse_json_config
+from bncheck.readers.keras_config import (
+    BN_CLASSES,
+    MODEL_CLASSES,
+    LayerConfig,
+    bn_settings,
+    walk_layers,
+)
+from bncheck.tensorflow_import import import_tensorflow
+
+KERAS_METADATA = "keras_metadata.pb"
+VARIABLES_PREFIX = ("variables", "variables")
+_KERAS_IDENTIFIER = "_tf_keras"
+NO_VARIABLES_NOTE = "the SavedModel has no variables, so no BatchNorm statistics to check"
+
+
+@dataclass(frozen=True)
+class KerasNode:
+    """One Keras object of a tf.keras SavedModel, as its metadata describes it."""
+
+    path: tuple[str, ...]
+    """Local names from the root object, e.g. ``("layer_with_weights-2", "layer-0")``."""
+    metadata: Mapping[str, Any]
+    """The object's metadata: ``class_name``, ``name``, ``trainable``, ``config``, ..."""
+
+
+def read(path: str) -> ModelDescription:
+    root = Path(path)
+    nodes, notes = keras_nodes(root)
+    prefix = root.joinpath(*VARIABLES_PREFIX)
+    if not Path(f"{prefix}{INDEX_SUFFIX}").is_file():
+        if any(prefix.parent.glob(f"{prefix.name}.data-*")):
+            raise ModelReadError(f"the SavedModel's variables have no index ({prefix.name}.index)")
+        return ModelDescription(
+            path=path,
+            format="savedmodel",
+            layers=(),
+            notes=(*notes, NO_VARIABLES_NOTE),
+            checkpoint=CheckpointContents(prefix=str(prefix), groups=()),
+        )
+    checkpoint = CheckpointFile(str(prefix))
+    graph = checkpoint.object_graph()
+    groups: list[CheckpointGroup] = []
+    configured: dict[str, LayerSettings] = {}
+    if nodes and graph is not None:
+        for group, settings in _metadata_groups(nodes, graph, checkpoint.shapes):
+            groups.append(group)
+            configured[group.path] = settings
+    # BatchNorm written by hand inside custom layers has no Keras class: find it by its variables.
+    claimed = {key for group in groups for key in group.keys.values()}
+    groups += [
+        group
+        for group in variable_groups(checkpoint)
+        if not claimed.intersection(group.keys.values())
+    ]
+    return describe(path, "savedmodel", checkpoint, groups, configured, notes)
+
+
+def keras_nodes(root: Path) -> tuple[list[KerasNode], list[str]]:
+    """The Keras objects of a tf.keras SavedModel (none for other SavedModels), and notes."""
+    metadata_file = root / KERAS_METADATA
+    if metadata_file.is_file():
+        return list(_nodes_from_metadata_file(metadata_file)), []
+    graph_file = root / "saved_model.pb"
+    if not graph_file.is_file():
+        graph_file = root / "saved_model.pbtxt"
+    if graph_file.stat().st_size > MAX_CONFIG_BYTES:
+        # Large graphs are frozen constants, not tf.keras SavedModels of TensorFlow <= 2.4.
+        return [], [
+            f"{graph_file.name} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not searched "
+            "for Keras metadata"
+        ]
+    return list(_nodes_from_object_graph(_saved_model(graph_file))), []
+
+
+def _nodes_from_metadata_file(metadata_file: Path) -> Iterator[KerasNode]:
+    from google.protobuf.message import DecodeError
+
+    saved = _saved_metadata_class()()
+    try:
+        saved.ParseFromString(_read_bytes(metadata_file))
+    except DecodeError as exc:
+        raise ModelReadError(f"{KERAS_METADATA} is corrupt ({exc})") from None
+    for node in saved.nodes:
+        path = node.node_path.split(".")
+        if path[0] != "root":
+            raise ModelReadError(f"{KERAS_METADATA} has a node path {node.node_path!r}")
+        yield KerasNode(
+            tuple(path[1:]),
+            parse_json_config(node.metadata, f"the Keras metadata of {node.node_path}"),
+        )
+
+
+def _nodes_from_object_graph(saved_model: Any) -> Iterator[KerasNode]:
+    if not saved_model.meta_graphs:
+        return
+    graph = saved_model.meta_graphs[0].object_graph_def
+    paths = _first_paths(graph)
+    for node_id, node in enumerate(graph.nodes):
+        user_object = node.user_object if node.WhichOneof("kind") == "user_object" else None
+        if user_object is None or not user_object.identifier.startswith(_KERAS_IDENTIFIER):
+            continue
+        if user_object.metadata and node_id in paths:
+            yield KerasNode(
+                paths[node_id],
+                parse_json_config(user_object.metadata, f"the Keras metadata of node {node_id}"),
+            )
+
+
+def _first_paths(graph: Any) -> dict[int, tuple[str, ...]]:
+    """Breadth-first: the shortest path of local names to each node, the one its variables'
+    checkpoint keys follow."""
+    paths: dict[int, tuple[str, ...]] = {0: ()} if graph.nodes else {}
+    queue = [0] if graph.nodes else []
+    for node_id in queue:
+        for child in graph.nodes[node_id].children:
+            if child.node_id not in paths and 0 <= child.node_id < len(graph.nodes):
+                paths[child.node_id] = (*paths[node_id], child.local_name)
+                queue.append(child.node_id)
+    return paths
+
+
+def _saved_model(graph_file: Path) -> Any:
+    import_tensorflow()
+    from google.protobuf import text_format
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    try:
+        if graph_file.suffix == ".pb":
+            saved_model.ParseFromString(graph_file.read_bytes())
+        else:
+            text_format.Parse(graph_file.read_text(encoding="utf-8"), saved_model)
+    except (DecodeError, text_format.ParseError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())
+        raise ModelReadError(f"{graph_file.name} is corrupt ({reason})") from None
+    return saved_model
+
+
+def _metadata_groups(
+    nodes: Sequence[KerasNode], graph: Any, shapes: Mapping[str, Sequence[int]]
+) -> list[tuple[CheckpointGroup, LayerSettings]]:
+    """The BatchNorm layers the metadata names, in model order (depth first through the object
+    graph, as the layers are tracked), each with its variables and configuration."""
+    order = {node_id: position for position, node_id in enumerate(depth_first(graph))}
+    found = sorted(
+        _metadata_layers(nodes, graph, shapes),
+        key=lambda item: len(order) if item[0] is None else order.get(item[0], len(order)),
+    )
+    return [(group, settings) for _, group, settings in found]
+
+
+def _metadata_layers(
+    nodes: Sequence[KerasNode], graph: Any, shapes: Mapping[str, Sequence[int]]
+) -> Iterator[tuple[int | None, CheckpointGroup, LayerSettings]]:
+    by_path = {node.path: node for node in nodes}
+    call_kwargs = _call_kwargs_by_layer(by_path.get(()))
+    for node in nodes:
+        class_name = node.metadata.get("class_name")
+        if class_name not in BN_CLASSES:
+            continue
+        chain = [
+            by_path[node.path[:i]] for i in range(len(node.path) + 1) if node.path[:i] in by_path
+        ]
+        names = tuple(_name(ancestor) for ancestor in chain)
+        config = node.metadata.get("config")
+        layer = LayerConfig(
+            name=names[-1],
+            class_name=str(class_name),
+            config=config if isinstance(config, Mapping) else {},
+            path=names,
+            saving_path=(),
+            trainable=all(
+                ancestor.metadata.get("trainable", True) is not False for ancestor in chain
+            ),
+            call_kwargs=call_kwargs.get(names, ()),
+        )
+        node_id = resolve_node(graph, node.path)
+        keys = variable_children(graph, node_id) if node_id is not None else {}
+        group = group_from_keys("/".join(names), keys, shapes, BY_KERAS_METADATA)
+        yield node_id, group, LayerSettings(str(class_name), bn_settings(layer))
+
+
+def _call_kwargs_by_layer(root: KerasNode | None) -> dict[tuple[str, ...], Any]:
+    """Each layer's recorded calls, from the root model's configuration when it is a graph of
+    layers (functional or sequential); subclassed models record none."""
+    if root is None:
+        return {}
+    class_name, config = root.metadata.get("class_name"), root.metadata.get("config")
+    if class_name not in MODEL_CLASSES or not isinstance(config, Mapping) or "layers" not in config:
+        return {}
+    return {
+        layer.path: layer.call_kwargs
+        for layer in walk_layers({"class_name": class_name, "config": config})
+    }
+
+
+def _name(node: KerasNode) -> str:
+    name = node.metadata.get("name")
+    return name if isinstance(name, str) and name else (node.path[-1] if node.path else "model")
+
+
+def _read_bytes(path: Path) -> bytes:
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ModelReadError(f"{path.name} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+    return path.read_bytes()
+
+
+@cache
+def _saved_metadata_class() -> Any:
+    """tf.keras's ``SavedMetadata`` message (``tf_keras/protobuf/saved_metadata.proto``), defined
+    here so that reading it needs neither tf.keras nor TensorFlow's deprecated Keras package."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="bncheck/keras_saved_metadata.proto", package="bncheck", syntax="proto3"
+    )
+    saved_object = proto.message_type.add(name="SavedObject")
+    for number, name, kind in (
+        (2, "node_id", field.TYPE_INT32),
+        (3, "node_path", field.TYPE_STRING),
+        (4, "identifier", field.TYPE_STRING),
+        (5, "metadata", field.TYPE_STRING),
+    ):
+        saved_object.field.add(name=name, number=number, type=kind, label=field.LABEL_OPTIONAL)
+    saved_metadata = proto.message_type.add(name="SavedMetadata")
+    saved_metadata.field.add(
+        name="nodes",
+        number=1,
+        type=field.TYPE_MESSAGE,
+        label=field.LABEL_REPEATED,
+        type_name=".bncheck.SavedObject",
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("bncheck.SavedMetadata"))
