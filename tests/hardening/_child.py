@@ -1,6 +1,11 @@
-"""Run ``bncheck ARGS...`` in this process under a memory cap and print what happened as JSON.
+"""Run bncheck in this process and print what happened as JSON.
 
-Used by the hardening tests so that a crash, a hang or a memory blow-up in one input is caught
+    python _child.py ARGS...             one run under a memory cap; one JSON object
+    python _child.py --batch CASES.json  TensorFlow imported first, then each argument list of
+                                         the file in turn; one JSON line per run, flushed, so a
+                                         crash names the case it hit
+
+Used by the hardening tests so that a crash, a hang or a memory blow-up on one input is caught
 and named instead of taking the test run down.
 """
 
@@ -12,12 +17,12 @@ import json
 import resource
 import sys
 import time
+from typing import Any
 
-MEMORY_CAP = 2 << 30  # bytes of address space
+MEMORY_CAP = 2 << 30  # bytes of address space for single runs (TensorFlow needs more)
 
 
-def main() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+def run(argv: list[str]) -> dict[str, Any]:
     from bncheck.cli import main as bncheck
 
     out, err = io.StringIO(), io.StringIO()
@@ -25,17 +30,30 @@ def main() -> None:
     code: object = None
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            bncheck(sys.argv[1:])
+            bncheck(argv)
         except SystemExit as done:
             code = done.code
-    outcome = {
+    return {
         "code": code,
         "out": out.getvalue(),
         "err": err.getvalue(),
         "seconds": time.perf_counter() - start,
         "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    sys.__stdout__.write(json.dumps(outcome))
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--batch"]:
+        from bncheck.tensorflow_import import import_tensorflow
+
+        import_tensorflow()  # once, before any case is timed
+        with open(sys.argv[2]) as handle:
+            for argv in json.load(handle):
+                sys.__stdout__.write(json.dumps(run(argv)) + "\n")
+                sys.__stdout__.flush()
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+    sys.__stdout__.write(json.dumps(run(sys.argv[1:])))
 
 
 if __name__ == "__main__":

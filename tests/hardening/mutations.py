@@ -355,3 +355,51 @@ def _odd_inputs(corpus: Corpus) -> None:
     h5_folder.mkdir()
     (h5_folder / "saved_model.pb").mkdir()
     corpus.add_path("directory with a directory named saved_model.pb", h5_folder)
+
+
+CHECKPOINTS = FIXTURES / "checkpoints"
+
+
+def build_tensorflow_corpus(directory: Path) -> list[Case]:
+    """Corrupted checkpoints and SavedModels: index, data shards, state file and protos."""
+    import shutil
+
+    corpus = Corpus(directory, seed=7)
+
+    def case(name: str, source: str, member: str, mutate: Callable[[Path], None]) -> None:
+        target = corpus.new_path("")
+        shutil.copytree(CHECKPOINTS / source, target)
+        mutate(target / member)
+        corpus.add_path(f"{source}: {name}", target)
+
+    def truncate(fraction: float) -> Callable[[Path], None]:
+        return lambda path: path.write_bytes(
+            path.read_bytes()[: int(path.stat().st_size * fraction)]
+        )
+
+    def flip(path: Path) -> None:
+        data = bytearray(path.read_bytes())
+        for _ in range(4):
+            data[corpus.rng.randrange(len(data))] ^= 0x5A
+        path.write_bytes(bytes(data))
+
+    garbage = lambda path: path.write_bytes(corpus.rng.randbytes(300))  # noqa: E731
+    for source, prefix in (("tf1_saver_all", "model.ckpt-300"), ("keras3_object", "ckpt-1")):
+        index, shard = f"{prefix}.index", f"{prefix}.data-00000-of-00001"
+        case("index emptied", source, index, truncate(0))
+        case("index cut in half", source, index, truncate(0.5))
+        case("index bytes flipped", source, index, flip)
+        case("data shard cut in half", source, shard, truncate(0.5))
+        case("data shard bytes flipped", source, shard, flip)
+        case("data shard removed", source, shard, Path.unlink)
+        case("state file is garbage", source, "checkpoint", garbage)
+    for source in ("tfkeras_savedmodel", "keras3_export"):
+        case("saved_model.pb cut in half", source, "saved_model.pb", truncate(0.5))
+        case("saved_model.pb bytes flipped", source, "saved_model.pb", flip)
+        case("variables index is garbage", source, "variables/variables.index", garbage)
+        case(
+            "variables data removed", source, "variables/variables.data-00000-of-00001", Path.unlink
+        )
+    case("keras_metadata.pb is garbage", "tfkeras_savedmodel", "keras_metadata.pb", garbage)
+    case("keras_metadata.pb cut in half", "tfkeras_savedmodel", "keras_metadata.pb", truncate(0.5))
+    return corpus.cases
