@@ -7,13 +7,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
+from tabulate import tabulate
 
 from bncheck import __version__
 from bncheck.engine import inspect_paths
 from bncheck.errors import UsageError
 from bncheck.findings import ExitCode, FailOn
 from bncheck.reporters import REPORTERS
-from bncheck.settings import Settings
+from bncheck.rules import RULES
+from bncheck.rules.docs import explain as explain_rule
+from bncheck.rules.docs import rule_doc
+from bncheck.settings import Settings, resolve_rule
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,21 @@ def run_inspect(options: InspectOptions) -> int:
             click.echo(f"bncheck: error: {model.path}: {model.error}", err=True)
     write_report(REPORTERS[options.output.format](report), options.output)
     return int(report.exit_code)
+
+
+def run_rules() -> int:
+    rows = [
+        [rule.ID, rule.NAME, str(rule.DEFAULT_SEVERITY), rule.NEEDS, rule_doc(rule).summary]
+        for rule in RULES.values()
+    ]
+    headers = ["rule", "name", "default", "needs", "summary"]
+    click.echo(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
+    return ExitCode.OK
+
+
+def run_explain(rule_key: str) -> int:
+    click.echo(explain_rule(RULES[resolve_rule(rule_key)]), nl=False)
+    return ExitCode.OK
 
 
 def write_report(text: str, output: OutputOptions) -> None:
@@ -99,6 +118,19 @@ def inspect(paths: tuple[str, ...], output_format: str, output: str | None, fail
             output=OutputOptions(format=output_format, output=output),
         )
     )
+
+
+@cli.command()
+def rules() -> int:
+    """List every rule: ID, name, default severity, and what it needs."""
+    return run_rules()
+
+
+@cli.command()
+@click.argument("rule")
+def explain(rule: str) -> int:
+    """Explain a rule (by ID or name): what it means, why it matters, how to fix it."""
+    return run_explain(rule)
 
 
 def main(argv: list[str] | None = None) -> None:
