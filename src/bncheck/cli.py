@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import click
 from tabulate import tabulate
@@ -14,6 +16,7 @@ from bncheck.engine import inspect_paths
 from bncheck.errors import UsageError
 from bncheck.findings import ExitCode, FailOn
 from bncheck.reporters import REPORTERS
+from bncheck.reporters.options import RenderOptions
 from bncheck.rules import RULES
 from bncheck.rules.docs import explain as explain_rule
 from bncheck.rules.docs import rule_doc
@@ -27,6 +30,7 @@ class OutputOptions:
     format: str
     output: str | None
     """File to write the report to; ``None`` for standard output."""
+    render: RenderOptions = RenderOptions()
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,8 @@ def run_inspect(options: InspectOptions) -> int:
     for model in report.models:
         if model.error is not None:
             click.echo(f"bncheck: error: {model.path}: {model.error}", err=True)
-    write_report(REPORTERS[options.output.format](report), options.output)
+    text = REPORTERS[options.output.format](report, options.output.render)
+    write_report(text, options.output)
     return int(report.exit_code)
 
 
@@ -69,6 +74,12 @@ def write_report(text: str, output: OutputOptions) -> None:
             handle.write(text)
     except OSError as exc:
         raise UsageError(f"cannot write --output {output.output}: {exc.strerror or exc}") from None
+
+
+def use_color(output: str | None, stream: IO[str], environ: Mapping[str, str]) -> bool:
+    """Colour only on a terminal, never into a file, and not when ``NO_COLOR`` is set to
+    anything (https://no-color.org)."""
+    return output is None and not environ.get("NO_COLOR") and stream.isatty()
 
 
 _format_option = click.option(
@@ -115,7 +126,11 @@ def inspect(paths: tuple[str, ...], output_format: str, output: str | None, fail
         InspectOptions(
             paths=paths,
             settings=Settings(fail_on=FailOn(fail_on)),
-            output=OutputOptions(format=output_format, output=output),
+            output=OutputOptions(
+                format=output_format,
+                output=output,
+                render=RenderOptions(color=use_color(output, sys.stdout, os.environ)),
+            ),
         )
     )
 
