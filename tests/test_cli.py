@@ -208,3 +208,25 @@ def test_colour_only_on_a_terminal_without_no_color(
 
 def test_piped_table_has_no_colour(run_cli: Run) -> None:
     assert "\x1b[" not in run_cli("inspect", UNTOUCHED).out
+
+
+@pytest.mark.parametrize(
+    ("args", "rules"),
+    [
+        ((), {"BN001", "BN008"}),
+        (("--select", "BN008"), {"BN008"}),
+        (("--select", "BN001,momentum-never-updates"), {"BN001", "BN008"}),
+        (("--select", "BN001", "--select", "BN008"), {"BN001", "BN008"}),
+        (("--ignore", "BN001"), {"BN008"}),
+        (("--select", "BN001,BN008", "--ignore", "untouched-moving-stats"), {"BN008"}),
+    ],
+)
+def test_select_and_ignore_flags(run_cli: Run, args: tuple[str, ...], rules: set[str]) -> None:
+    result = run_cli("inspect", FIXTURES / "keras3/momentum_one.keras", "--format", "json", *args)
+    assert {f["rule"] for f in result.json()["models"][0]["findings"]} == rules
+
+
+def test_unknown_rule_in_a_flag_is_a_usage_error(run_cli: Run) -> None:
+    result = run_cli("inspect", HEALTHY, "--ignore", "BN999")
+    assert result.code == 2
+    assert result.err == "bncheck: error: unknown rule 'BN999' (see 'bncheck rules')\n"

@@ -6,12 +6,14 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import click
 from tabulate import tabulate
 
 from bncheck import __version__
+from bncheck.config import ConfigOptions, resolve_settings
 from bncheck.engine import inspect_paths
 from bncheck.errors import UsageError
 from bncheck.findings import ExitCode, FailOn
@@ -20,7 +22,7 @@ from bncheck.reporters.options import RenderOptions
 from bncheck.rules import RULES
 from bncheck.rules.docs import explain as explain_rule
 from bncheck.rules.docs import rule_doc
-from bncheck.settings import Settings, resolve_rule
+from bncheck.settings import resolve_rule
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,13 @@ class OutputOptions:
 @dataclass(frozen=True)
 class InspectOptions:
     paths: tuple[str, ...]
-    settings: Settings
+    config: ConfigOptions
     output: OutputOptions
 
 
 def run_inspect(options: InspectOptions) -> int:
-    report = inspect_paths(options.paths, options.settings)
+    settings = resolve_settings(options.config, Path.cwd())
+    report = inspect_paths(options.paths, settings)
     for model in report.models:
         if model.error is not None:
             click.echo(f"bncheck: error: {model.path}: {model.error}", err=True)
@@ -82,6 +85,13 @@ def use_color(output: str | None, stream: IO[str], environ: Mapping[str, str]) -
     return output is None and not environ.get("NO_COLOR") and stream.isatty()
 
 
+def _rule_list(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """``--select BN001,BN002 --select BN009``: commas and repetition both work."""
+    return tuple(key.strip() for value in values for key in value.split(",") if key.strip())
+
+
 _format_option = click.option(
     "--format",
     "output_format",
@@ -96,9 +106,28 @@ _output_option = click.option(
 _fail_on_option = click.option(
     "--fail-on",
     type=click.Choice([level.value for level in FailOn]),
-    default=FailOn.ERROR.value,
-    show_default=True,
-    help="Exit with 1 when a finding is at least this severe.",
+    help="Exit with 1 when a finding is at least this severe (default: the configuration's "
+    "fail-on, else error).",
+)
+_config_option = click.option(
+    "--config",
+    metavar="FILE",
+    help="Configuration file (bncheck.toml or pyproject.toml) instead of the one found from "
+    "the working directory upward.",
+)
+_select_option = click.option(
+    "--select",
+    multiple=True,
+    callback=_rule_list,
+    metavar="RULES",
+    help="Run only these rules (IDs or names, comma-separated), whatever the configuration says.",
+)
+_ignore_option = click.option(
+    "--ignore",
+    multiple=True,
+    callback=_rule_list,
+    metavar="RULES",
+    help="Turn these rules off as well (IDs or names, comma-separated).",
 )
 
 
@@ -117,7 +146,18 @@ def cli() -> None:
 @_format_option
 @_output_option
 @_fail_on_option
-def inspect(paths: tuple[str, ...], output_format: str, output: str | None, fail_on: str) -> int:
+@_config_option
+@_select_option
+@_ignore_option
+def inspect(
+    paths: tuple[str, ...],
+    output_format: str,
+    output: str | None,
+    fail_on: str | None,
+    config: str | None,
+    select: tuple[str, ...],
+    ignore: tuple[str, ...],
+) -> int:
     """Report the health of every BatchNorm layer in .keras, .h5 and weights files.
 
     Reads the files directly, without TensorFlow, and never runs code from them.
@@ -125,7 +165,12 @@ def inspect(paths: tuple[str, ...], output_format: str, output: str | None, fail
     return run_inspect(
         InspectOptions(
             paths=paths,
-            settings=Settings(fail_on=FailOn(fail_on)),
+            config=ConfigOptions(
+                config=config,
+                select=select,
+                ignore=ignore,
+                fail_on=FailOn(fail_on) if fail_on is not None else None,
+            ),
             output=OutputOptions(
                 format=output_format,
                 output=output,

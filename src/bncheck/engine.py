@@ -40,10 +40,17 @@ def static_findings(description: ModelDescription, settings: Settings) -> list[F
             continue
         options = settings.rules[rule_id].options
         for layer in description.layers:
-            findings += [
-                stamp(rule_id, problem, settings) for problem in rule.check(layer, options)
-            ]
+            findings += stamp_all(rule_id, rule.check(layer, options), settings)
     return findings
+
+
+def stamp_all(rule_id: str, problems: Iterable[Problem], settings: Settings) -> list[Finding]:
+    """Stamp a rule's problems, leaving out those on layers configured to ignore the rule."""
+    return [
+        stamp(rule_id, problem, settings)
+        for problem in problems
+        if not settings.ignored_at(rule_id, problem.layer)
+    ]
 
 
 def stamp(rule_id: str, problem: Problem, settings: Settings) -> Finding:
