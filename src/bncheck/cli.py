@@ -40,11 +40,13 @@ class InspectOptions:
     paths: tuple[str, ...]
     config: ConfigOptions
     output: OutputOptions
+    jobs: int = 1
+    """How many models to read at once, each in its own process."""
 
 
 def run_inspect(options: InspectOptions) -> int:
     settings = resolve_settings(options.config, Path.cwd())
-    report = inspect_paths(options.paths, settings)
+    report = inspect_paths(options.paths, settings, jobs=options.jobs)
     for model in report.models:
         if model.error is not None:
             click.echo(f"bncheck: error: {model.path}: {model.error}", err=True)
@@ -149,6 +151,14 @@ def cli() -> None:
 @_config_option
 @_select_option
 @_ignore_option
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Read this many models at once, each in its own process.",
+)
 def inspect(
     paths: tuple[str, ...],
     output_format: str,
@@ -157,10 +167,12 @@ def inspect(
     config: str | None,
     select: tuple[str, ...],
     ignore: tuple[str, ...],
+    jobs: int,
 ) -> int:
     """Report the health of every BatchNorm layer in .keras, .h5 and weights files.
 
-    Reads the files directly, without TensorFlow, and never runs code from them.
+    A folder is searched recursively for models, recognised by their content. Reads the files
+    directly, without TensorFlow, and never runs code from them.
     """
     return run_inspect(
         InspectOptions(
@@ -176,6 +188,7 @@ def inspect(
                 output=output,
                 render=RenderOptions(color=use_color(output, sys.stdout, os.environ)),
             ),
+            jobs=jobs,
         )
     )
 
