@@ -14,7 +14,7 @@ from tabulate import tabulate
 
 from bncheck import __version__
 from bncheck.config import ConfigOptions, resolve_settings
-from bncheck.engine import inspect_paths
+from bncheck.engine import inspect_path, inspect_paths
 from bncheck.errors import UsageError
 from bncheck.findings import ExitCode, FailOn
 from bncheck.reporters import REPORTERS
@@ -44,6 +44,17 @@ class InspectOptions:
     """How many models to read at once, each in its own process."""
 
 
+@dataclass(frozen=True)
+class PlotOptions:
+    model: str
+    output: str
+    """Image file to write; its suffix (.png or .svg) picks the format."""
+    config: ConfigOptions
+
+
+PLOT_SUFFIXES = (".png", ".svg")
+
+
 def run_inspect(options: InspectOptions) -> int:
     settings = resolve_settings(options.config, Path.cwd())
     report = inspect_paths(options.paths, settings, jobs=options.jobs)
@@ -67,6 +78,25 @@ def run_rules() -> int:
 
 def run_explain(rule_key: str) -> int:
     click.echo(explain_rule(RULES[resolve_rule(rule_key)]), nl=False)
+    return ExitCode.OK
+
+
+def run_plot(options: PlotOptions) -> int:
+    if not options.output.lower().endswith(PLOT_SUFFIXES):
+        raise UsageError(f"--output must end in {' or '.join(PLOT_SUFFIXES)}: {options.output}")
+    settings = resolve_settings(options.config, Path.cwd())
+    result = inspect_path(options.model, settings)
+    if result.error is not None:
+        click.echo(f"bncheck: error: {result.path}: {result.error}", err=True)
+        return ExitCode.UNREADABLE
+    from bncheck.plot import plot_model  # matplotlib costs a second to import
+
+    try:
+        plot_model(
+            result, options.output, dead_variance=settings.rules["BN005"].options["max_variance"]
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot write --output {options.output}: {exc.strerror or exc}") from None
     return ExitCode.OK
 
 
@@ -204,6 +234,23 @@ def rules() -> int:
 def explain(rule: str) -> int:
     """Explain a rule (by ID or name): what it means, why it matters, how to fix it."""
     return run_explain(rule)
+
+
+@cli.command()
+@click.argument("model", metavar="MODEL")
+@click.option(
+    "--output",
+    "-o",
+    "output",
+    required=True,
+    metavar="FILE",
+    help="Image to write: .png or .svg.",
+)
+@_config_option
+def plot(model: str, output: str, config: str | None) -> int:
+    """Draw the BatchNorm layers of MODEL in depth order: the spread of the moving statistics,
+    dead channels, and the layers with findings."""
+    return run_plot(PlotOptions(model=model, output=output, config=ConfigOptions(config=config)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,9 +31,16 @@ NEEDS = "static"
 OPTIONS: Mapping[str, float] = {"max_variance": 1e-12}
 
 
+def dead_channels(layer: BNLayer, max_variance: float) -> np.ndarray:
+    """Indices of the channels whose moving_variance is below ``max_variance`` and not
+    negative."""
+    variance = np.asarray(layer.moving_variance, dtype=np.float64).ravel()
+    return np.flatnonzero((variance >= 0) & (variance < max_variance))
+
+
 def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
     variance = np.asarray(layer.moving_variance, dtype=np.float64).ravel()
-    dead = np.flatnonzero((variance >= 0) & (variance < options["max_variance"]))
+    dead = dead_channels(layer, options["max_variance"])
     if dead.size == 0:
         return
     fraction = dead.size / variance.size
