@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,13 +52,13 @@ def run_python(code: str, *args: str) -> tuple[float, str]:
     return elapsed, done.stdout
 
 
-# `bncheck inspect` in a fresh interpreter, reporting its own peak resident memory.
+# `bncheck inspect PATH [OPTION...]` in a fresh interpreter, reporting its own peak resident memory.
 INSPECT = textwrap.dedent(
     """
     import resource, sys
     from bncheck.cli import main
     try:
-        main(["inspect", sys.argv[1], "--format", "json", "--output", "/dev/null",
+        main(["inspect", *sys.argv[1:], "--format", "json", "--output", "/dev/null",
               "--fail-on", "never"])
     except SystemExit:
         pass
@@ -97,6 +98,8 @@ def make_model(kind: str, path: Path, checkpoint: bool = False) -> None:
         kind, path, checkpoint = {kind!r}, {str(path)!r}, {checkpoint!r}
         if kind == "resnet50":
             model = keras.applications.ResNet50(weights=None)
+        elif kind == "mobilenetv2":
+            model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), weights=None)
         else:
             width = {{"dense-huge": 11600, "dense-big": 8192, "dense-tiny": 8}}[kind]
             inputs = keras.Input((width,))
@@ -212,11 +215,50 @@ def checkpoint_size_independence(workdir: Path, repeat: int) -> list[Target]:
     ]
 
 
+#: Models in the folder of the folder benchmark.
+FOLDER_MODELS = 16
+
+
+def folder_scan(workdir: Path, repeat: int) -> list[Target]:
+    """One `bncheck inspect FOLDER` against one `bncheck inspect FILE` per model, as a shell
+    loop (or a CI step per file) would run it."""
+    model = workdir / "mobilenetv2.keras"
+    make_model("mobilenetv2", model)
+    folder = workdir / "folder"
+    folder.mkdir()
+    files = [folder / f"model_{i:02}.keras" for i in range(FOLDER_MODELS)]
+    for file in files:
+        shutil.copy(model, file)
+    one_run, _ = timed(INSPECT, folder, repeat)
+    jobs_run = statistics.median(
+        run_python(INSPECT, str(folder), "--jobs", "2")[0] for _ in range(repeat)
+    )
+    per_file = statistics.median(
+        sum(run_python(INSPECT, str(file))[0] for file in files) for _ in range(repeat)
+    )
+    return [
+        Target(
+            "folder-scan",
+            f"{FOLDER_MODELS} MobileNetV2 .keras files: one process per file, over one "
+            "`bncheck inspect FOLDER`",
+            ratio=per_file / one_run,
+            threshold=3.0,
+            higher_is_better=True,
+            medians={
+                "inspect FOLDER": f"{one_run:.2f} s",
+                "inspect FOLDER --jobs 2": f"{jobs_run:.2f} s",
+                "one process per file": f"{per_file:.2f} s",
+            },
+        )
+    ]
+
+
 BENCHMARKS: dict[str, Callable[[Path, int], list[Target]]] = {
     "static": static_vs_keras,
     "size": size_independence,
     "memory": large_file_memory,
     "checkpoint": checkpoint_size_independence,
+    "folder": folder_scan,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bncheck.cli import use_color
 from tests.conftest import FIXTURES, CliResult
 
 Run = Callable[..., CliResult]
@@ -181,3 +183,50 @@ def test_version(run_cli: Run) -> None:
     result = run_cli("--version")
     assert result.code == 0
     assert __version__ in result.out
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("output", "stream", "environ", "colour"),
+    [
+        (None, Terminal(), {}, True),
+        (None, Terminal(), {"NO_COLOR": "1"}, False),
+        (None, Terminal(), {"NO_COLOR": ""}, True),  # https://no-color.org: set and non-empty
+        (None, io.StringIO(), {}, False),  # a pipe or a file
+        ("report.txt", Terminal(), {}, False),
+    ],
+)
+def test_colour_only_on_a_terminal_without_no_color(
+    output: str | None, stream: io.StringIO, environ: dict[str, str], colour: bool
+) -> None:
+    assert use_color(output, stream, environ) is colour
+
+
+def test_piped_table_has_no_colour(run_cli: Run) -> None:
+    assert "\x1b[" not in run_cli("inspect", UNTOUCHED).out
+
+
+@pytest.mark.parametrize(
+    ("args", "rules"),
+    [
+        ((), {"BN001", "BN008"}),
+        (("--select", "BN008"), {"BN008"}),
+        (("--select", "BN001,momentum-never-updates"), {"BN001", "BN008"}),
+        (("--select", "BN001", "--select", "BN008"), {"BN001", "BN008"}),
+        (("--ignore", "BN001"), {"BN008"}),
+        (("--select", "BN001,BN008", "--ignore", "untouched-moving-stats"), {"BN008"}),
+    ],
+)
+def test_select_and_ignore_flags(run_cli: Run, args: tuple[str, ...], rules: set[str]) -> None:
+    result = run_cli("inspect", FIXTURES / "keras3/momentum_one.keras", "--format", "json", *args)
+    assert {f["rule"] for f in result.json()["models"][0]["findings"]} == rules
+
+
+def test_unknown_rule_in_a_flag_is_a_usage_error(run_cli: Run) -> None:
+    result = run_cli("inspect", HEALTHY, "--ignore", "BN999")
+    assert result.code == 2
+    assert result.err == "bncheck: error: unknown rule 'BN999' (see 'bncheck rules')\n"

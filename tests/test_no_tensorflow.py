@@ -1,4 +1,5 @@
-"""Static inspection never imports TensorFlow or Keras: importing them costs seconds."""
+"""Static inspection never imports TensorFlow, Keras or matplotlib: importing them costs
+seconds."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ try:
     main(["inspect", sys.argv[1], "--format", "json"])
 except SystemExit as done:
     code = done.code
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
+heavy = sorted(
+    m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "matplotlib")
+)
 print("EXIT", code, file=sys.stderr)
 print("HEAVY", heavy, file=sys.stderr)
 """

@@ -56,3 +56,21 @@ def test_select_ignore_and_options_change_findings() -> None:
 def test_bad_overrides_are_usage_errors(overrides: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         Settings().with_overrides(**overrides)
+
+
+def test_per_layer_ignores_match_layer_paths_by_glob() -> None:
+    settings = Settings().with_overrides(
+        layer_ignores={"*/base/bn1": ["frozen-layer"], "other/*": ["BN001"]}
+    )
+    path = str(FIXTURES / "keras3/frozen_base.keras")
+    assert [(f.rule, f.layer) for f in inspect_path(path, settings).findings] == [
+        ("BN007", "frozen/base/bn2")
+    ]
+    assert settings.ignored_at("BN007", "frozen/base/bn1")
+    assert not settings.ignored_at("BN001", "frozen/base/bn1")
+    assert not settings.ignored_at("BN007", None)  # model-level problems have no layer
+
+
+def test_per_layer_ignores_name_known_rules() -> None:
+    with pytest.raises(UsageError, match="unknown rule 'BN777'"):
+        Settings().with_overrides(layer_ignores={"*": ["BN777"]})

@@ -2,23 +2,50 @@
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
+import os
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
 from bncheck.errors import ModelReadError
 from bncheck.findings import Finding, ModelResult, Problem, Report
 from bncheck.matching import match_layers, position_note
 from bncheck.model import ModelDescription
-from bncheck.readers import read_checkpoint, read_model
+from bncheck.readers import detect, read_checkpoint, read_model
 from bncheck.rules import RULES
 from bncheck.settings import Settings
 
+NO_MODELS = (
+    "directory is neither a SavedModel (no saved_model.pb) nor a checkpoint (no checkpoint or "
+    ".index file), and holds no model files (.keras archives, HDF5 files)"
+)
 
-def inspect_paths(paths: Iterable[str], settings: Settings) -> Report:
-    """Statically inspect every path; an unreadable one becomes a result with an error."""
-    return Report(
-        models=tuple(inspect_path(path, settings) for path in paths), fail_on=settings.fail_on
-    )
+
+def inspect_paths(paths: Iterable[str], settings: Settings, jobs: int = 1) -> Report:
+    """Statically inspect every path, searching folders for models; an unreadable input becomes
+    a result with an error. With ``jobs`` > 1, models are read in that many processes; the
+    report's order is the same either way: inputs as given, each folder's models sorted."""
+    inputs: list[str | ModelResult] = []
+    for path in paths:
+        if not os.path.isdir(path) or detect.is_model_directory(path):
+            inputs.append(path)
+        else:
+            inputs += detect.find_models(path) or [ModelResult(path, None, error=NO_MODELS)]
+    results = iter(_inspect_all([i for i in inputs if isinstance(i, str)], settings, jobs))
+    models = tuple(i if isinstance(i, ModelResult) else next(results) for i in inputs)
+    return Report(models=models, fail_on=settings.fail_on)
+
+
+def _inspect_all(paths: list[str], settings: Settings, jobs: int) -> list[ModelResult]:
+    if jobs <= 1 or len(paths) <= 1:
+        return [inspect_path(path, settings) for path in paths]
+    # Processes, not threads: h5py serialises all HDF5 calls behind one global lock. "spawn"
+    # starts clean workers even when the parent has imported TensorFlow (and its threads).
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(jobs, len(paths)), mp_context=context) as pool:
+        return list(pool.map(inspect_path, paths, itertools.repeat(settings)))
 
 
 def inspect_path(path: str, settings: Settings) -> ModelResult:
@@ -66,9 +93,7 @@ def static_findings(description: ModelDescription, settings: Settings) -> list[F
             continue
         options = settings.rules[rule_id].options
         for layer in description.layers:
-            findings += [
-                stamp(rule_id, problem, settings) for problem in rule.check(layer, options)
-            ]
+            findings += stamp_all(rule_id, rule.check(layer, options), settings)
     return findings
 
 
@@ -82,8 +107,17 @@ def checkpoint_findings(description: ModelDescription, settings: Settings) -> li
         if rule.NEEDS != "checkpoint" or not settings.enabled(rule_id):
             continue
         options = settings.rules[rule_id].options
-        findings += [stamp(rule_id, problem, settings) for problem in rule.check(contents, options)]
+        findings += stamp_all(rule_id, rule.check(contents, options), settings)
     return findings
+
+
+def stamp_all(rule_id: str, problems: Iterable[Problem], settings: Settings) -> list[Finding]:
+    """Stamp a rule's problems, leaving out those on layers configured to ignore the rule."""
+    return [
+        stamp(rule_id, problem, settings)
+        for problem in problems
+        if not settings.ignored_at(rule_id, problem.layer)
+    ]
 
 
 def stamp(rule_id: str, problem: Problem, settings: Settings) -> Finding:

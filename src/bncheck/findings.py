@@ -95,6 +95,11 @@ class FailOn(enum.Enum):
     def threshold(self) -> Severity | None:
         return None if self is FailOn.NEVER else Severity[self.name]
 
+    def fails(self, severity: Severity) -> bool:
+        """Whether a finding of this severity fails the run."""
+        threshold = self.threshold
+        return threshold is not None and severity >= threshold
+
 
 class ExitCode(enum.IntEnum):
     OK = 0
@@ -127,10 +132,7 @@ class Report:
 
     def failing(self) -> tuple[Finding, ...]:
         """Findings at or above ``fail_on``."""
-        threshold = self.fail_on.threshold
-        if threshold is None:
-            return ()
-        return tuple(f for f in self.findings if f.severity >= threshold)
+        return tuple(f for f in self.findings if self.fail_on.fails(f.severity))
 
     @property
     def exit_code(self) -> ExitCode:

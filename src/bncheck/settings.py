@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
 
 from bncheck.errors import UsageError
 from bncheck.findings import Escalation, FailOn, Severity
@@ -21,6 +22,16 @@ class RuleSettings:
     """Every option of the rule, defaults filled in."""
 
 
+@dataclass(frozen=True)
+class LayerIgnore:
+    """Rules turned off for the layers whose path matches a glob."""
+
+    pattern: str
+    """Glob over the layer path (``*`` also matches ``/``), e.g. ``*/backbone/*``."""
+    rules: frozenset[str]
+    """IDs of the rules ignored on those layers."""
+
+
 def _rule_defaults() -> dict[str, RuleSettings]:
     return {
         rule_id: RuleSettings(True, rule.DEFAULT_SEVERITY, dict(rule.OPTIONS))
@@ -36,6 +47,8 @@ class Settings:
     """The lowest severity that makes the exit code 1."""
     rules: Mapping[str, RuleSettings] = field(default_factory=_rule_defaults)
     """Per-rule settings by rule ID; every registered rule is present."""
+    layer_ignores: tuple[LayerIgnore, ...] = ()
+    """Rules turned off on some layers only."""
 
     def severity_for(self, rule_id: str, escalation: Escalation | None) -> Severity:
         base = self.rules[rule_id].severity
@@ -48,6 +61,13 @@ class Settings:
     def enabled(self, rule_id: str) -> bool:
         return self.rules[rule_id].enabled
 
+    def ignored_at(self, rule_id: str, layer: str | None) -> bool:
+        """Whether the rule is turned off on this layer (never for model-level problems)."""
+        return layer is not None and any(
+            rule_id in ignore.rules and fnmatchcase(layer, ignore.pattern)
+            for ignore in self.layer_ignores
+        )
+
     def with_overrides(
         self,
         *,
@@ -55,10 +75,12 @@ class Settings:
         ignore: Iterable[str] = (),
         severities: Mapping[str, str] | None = None,
         options: Mapping[str, Mapping[str, object]] | None = None,
+        layer_ignores: Mapping[str, Iterable[str]] | None = None,
     ) -> Settings:
         """A copy with rules selected, ignored, re-graded or re-tuned. ``select`` (when given)
-        enables only the listed rules; ``ignore`` then disables rules. Rules are named by ID or
-        name; unknown rules, options or values raise ``UsageError``."""
+        enables only the listed rules; ``ignore`` then disables rules; ``layer_ignores`` maps a
+        layer glob to the rules ignored there. Rules are named by ID or name; unknown rules,
+        options or values raise ``UsageError``."""
         rules = dict(self.rules)
         selected = {resolve_rule(key) for key in select}
         if selected:
@@ -83,7 +105,11 @@ class Settings:
                     raise UsageError(f"{rid} option {option!r} must be a number, not {value!r}")
                 merged[option] = float(value)
             rules[rid] = replace(rules[rid], options=merged)
-        return replace(self, rules=rules)
+        ignores = self.layer_ignores + tuple(
+            LayerIgnore(pattern, frozenset(resolve_rule(key) for key in keys))
+            for pattern, keys in (layer_ignores or {}).items()
+        )
+        return replace(self, rules=rules, layer_ignores=ignores)
 
 
 def resolve_rule(key: str) -> str:

@@ -1,9 +1,12 @@
-"""Recognise a model by its content, not its extension."""
+"""Recognise a model by its content, not its extension, alone or in a folder of files."""
 
 from __future__ import annotations
 
+import os
 import re
+import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 from bncheck.errors import ModelReadError
 from bncheck.readers.h5util import HDF5_SIGNATURE
@@ -14,6 +17,9 @@ EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 _HDF5_OFFSETS = (0, *(512 << k for k in range(12)))
 #: A checkpoint's data shard, ``<prefix>.data-00000-of-00001``; the prefix may be empty.
 _DATA_SHARD = re.compile(r"\.data-\d{5}-of-\d{5}$")
+#: Files named like this are models whatever their content, so a broken one is reported, not
+#: skipped, when a folder is scanned.
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
 def sniff(path: str) -> str:
@@ -39,16 +45,82 @@ def sniff(path: str) -> str:
     if _DATA_SHARD.search(target.name) and Path(_DATA_SHARD.sub(".index", path)).is_file():
         return "checkpoint"
     with open(target, "rb") as handle:
-        head = handle.read(8)
-        if not head:
-            raise ModelReadError("the file is empty")
-        if head[:4] in (ZIP_MAGIC, EMPTY_ZIP_MAGIC):
-            return "zip"
-        for offset in _HDF5_OFFSETS:
-            handle.seek(offset)
-            if handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
-                return "hdf5"
+        kind = _content_kind(handle)
+    if kind == "empty":
+        raise ModelReadError("the file is empty")
+    if kind is not None:
+        return kind
     raise ModelReadError(
         "not a model file bncheck can read (expected a .keras archive, an HDF5 file, "
         "a SavedModel directory or a checkpoint)"
     )
+
+
+def _content_kind(handle: BinaryIO) -> str | None:
+    """``zip``, ``hdf5`` or ``empty`` from a file's first bytes; ``None`` for anything else."""
+    head = handle.read(8)
+    if not head:
+        return "empty"
+    if head[:4] in (ZIP_MAGIC, EMPTY_ZIP_MAGIC):
+        return "zip"
+    for offset in _HDF5_OFFSETS:
+        handle.seek(offset)
+        if handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+            return "hdf5"
+    return None
+
+
+def is_model_directory(path: str) -> bool:
+    """A SavedModel or checkpoint directory: one model, not a folder to search."""
+    try:
+        return os.path.isdir(path) and sniff(path) in ("savedmodel", "checkpoint")
+    except ModelReadError:
+        return False
+
+
+def find_models(folder: str) -> list[str]:
+    """Every model under ``folder``, recursively, in sorted order.
+
+    A file is a model when its content says so (a zip archive holding ``config.json``, an HDF5
+    file) or its name ends in a model suffix; a SavedModel or checkpoint directory is one model.
+    Hidden files and directories (``.git``) are skipped, and each real directory is searched once.
+    """
+    found: list[str] = []
+    seen: set[str] = set()
+
+    def search(directory: str) -> None:
+        real = os.path.realpath(directory)
+        if real in seen:
+            return
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                if is_model_directory(entry.path):
+                    found.append(entry.path)
+                else:
+                    search(entry.path)
+            elif entry.is_file() and _is_model_file(entry.path):
+                found.append(entry.path)
+
+    search(folder)
+    return found
+
+
+def _is_model_file(path: str) -> bool:
+    if path.lower().endswith(MODEL_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            kind = _content_kind(handle)
+        if kind == "zip":
+            with zipfile.ZipFile(path) as archive:
+                return "config.json" in archive.namelist()
+        return kind == "hdf5"
+    except Exception:  # a corrupt archive may fail anywhere in zipfile: then it is no model
+        return False

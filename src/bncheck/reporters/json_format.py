@@ -16,10 +16,11 @@ from bncheck.model import (
     CheckpointGroup,
     Coverage,
 )
+from bncheck.reporters.options import PLAIN, RenderOptions
 
 
-def render(report: Report) -> str:
-    return json.dumps(_finite(as_dict(report)), indent=2, allow_nan=False) + "\n"
+def render(report: Report, options: RenderOptions = PLAIN) -> str:
+    return json.dumps(strict(as_dict(report)), indent=2, allow_nan=False) + "\n"
 
 
 def as_dict(report: Report) -> dict[str, Any]:
@@ -128,12 +129,12 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
     }
 
 
-def _finite(value: Any) -> Any:
+def strict(value: Any) -> Any:
     """Strict JSON has no NaN or Infinity: such measurements become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: strict(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
+        return [strict(item) for item in value]
     return value

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import click
 from tabulate import tabulate
 
 from bncheck.findings import ModelResult, Report, Severity
 from bncheck.model import ArraySummary, BNLayer, CheckpointContents
+from bncheck.reporters.options import PLAIN, RenderOptions
 
 _HEADERS = [
     "layer",
@@ -21,14 +23,25 @@ _HEADERS = [
 ]
 
 
-def render(report: Report) -> str:
-    blocks = [_model_block(model) for model in report.models]
-    return "\n\n".join(blocks + [verdict(report)]) + "\n"
+#: Terminal colour and boldness of each severity and verdict, when colour is on.
+_STYLE: dict[str, tuple[str, bool]] = {
+    "error": ("red", True),
+    "warning": ("yellow", False),
+    "info": ("cyan", False),
+    "OK": ("green", True),
+    "FAIL": ("red", True),
+    "ERROR": ("red", True),
+}
 
 
-def _model_block(model: ModelResult) -> str:
+def render(report: Report, options: RenderOptions = PLAIN) -> str:
+    blocks = [_model_block(model, options) for model in report.models]
+    return "\n\n".join(blocks + [verdict(report, options)]) + "\n"
+
+
+def _model_block(model: ModelResult, options: RenderOptions) -> str:
     if model.error is not None:
-        return f"{model.path}: error: {model.error}"
+        return f"{model.path}: {_paint('error', options)}: {model.error}"
     description = model.description
     assert description is not None  # a result without error has a description
     lines = [
@@ -47,7 +60,8 @@ def _model_block(model: ModelResult) -> str:
         ordered = sorted(model.findings, key=lambda f: -f.severity)
         lines.append("")
         lines += [
-            f"{str(f.severity):<8} {f.rule} {f.name}  {f.layer or '(model)'}: {f.message}"
+            f"{_severity(f.severity, options)} {f.rule} {f.name}  {f.layer or '(model)'}: "
+            f"{f.message}"
             for f in ordered
         ]
     return "\n".join(lines)
@@ -118,7 +132,20 @@ def _stats(summary: ArraySummary | None) -> str:
     return f"{summary.mean:.3g} [{summary.min:.3g}, {summary.max:.3g}]{bad}"
 
 
-def verdict(report: Report) -> str:
+def _severity(severity: Severity, options: RenderOptions) -> str:
+    """The severity word padded to a column; the padding stays outside the colour."""
+    word = str(severity)
+    return _paint(word, options) + " " * (8 - len(word))
+
+
+def _paint(word: str, options: RenderOptions) -> str:
+    if not options.color:
+        return word
+    color, bold = _STYLE[word]
+    return click.style(word, fg=color, bold=bold or None)
+
+
+def verdict(report: Report, options: RenderOptions = PLAIN) -> str:
     unreadable = sum(1 for model in report.models if model.error is not None)
     counts = ", ".join(
         _count(report.count(severity), str(severity))
@@ -128,11 +155,11 @@ def verdict(report: Report) -> str:
         f"{_count(len(report.models), 'model')}, {_count(report.layer_count, 'BatchNorm layer')}"
     )
     if unreadable:
-        status = f"ERROR: {_count(unreadable, 'input')} could not be read"
+        status = f"{_paint('ERROR', options)}: {_count(unreadable, 'input')} could not be read"
     elif report.failing():
-        status = "FAIL"
+        status = _paint("FAIL", options)
     else:
-        status = "OK"
+        status = _paint("OK", options)
     return f"{status}: {counts} in {scope} (fail-on: {report.fail_on.value})"
 
 

@@ -2,9 +2,10 @@
 
 A rule is a module with ``ID``, ``NAME``, ``DEFAULT_SEVERITY``, ``NEEDS`` (what it judges:
 ``static`` rules a ``BNLayer``, ``checkpoint`` rules the ``CheckpointContents`` of a checkpoint or
-SavedModel), ``OPTIONS`` (thresholds and their defaults), a docstring that is
-its documentation, and ``check(subject, options)`` yielding ``Problem``s. Rules never decide their
-own severity or whether they run: configuration does, and the runner stamps each problem.
+SavedModel), ``OPTIONS`` (thresholds and their defaults), a docstring that is its documentation
+(structured as ``rules/docs.py`` describes, so that ``bncheck explain`` and the reports can use its
+parts), and ``check(subject, options)`` yielding ``Problem``s. Rules never decide their own
+severity or whether they run: configuration does, and the runner stamps each problem.
 """
 
 from __future__ import annotations

@@ -6,12 +6,12 @@ moving statistics and never updates them. That is what you want when fine-tuning
 base, and a surprise when you froze the layer for another reason and expected its statistics to
 adapt to new data.
 
-How to act: nothing, if the layer belongs to a pretrained base you are fine-tuning on top of. If
-the statistics should adapt, set ``trainable=True`` on the layer, or re-estimate them on the new
-data with ``bncheck recalibrate MODEL --data DATA --include-frozen -o FIXED``.
+How to fix: nothing to fix if the layer belongs to a pretrained base you are fine-tuning on top
+of. If the statistics should adapt, set ``trainable=True`` on the layer, or re-estimate them on
+the new data with ``bncheck recalibrate MODEL --data DATA --include-frozen -o FIXED``.
 
 Passing: a layer with ``trainable=True``.
-Reported: ``base_model.trainable = False`` for transfer learning.
+Failing: ``base_model.trainable = False`` for transfer learning (reported as info).
 """
 
 from __future__ import annotations

@@ -1,0 +1,92 @@
+"""GitHub-flavoured Markdown for a pull-request comment: the verdict, a table of models, a table
+of findings, and the inputs that could not be read."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+
+from bncheck.findings import ModelResult, Report, Severity
+from bncheck.reporters.options import PLAIN, RenderOptions
+from bncheck.reporters.table import verdict
+
+_SEVERITIES = (Severity.ERROR, Severity.WARNING, Severity.INFO)
+
+
+def render(report: Report, options: RenderOptions = PLAIN) -> str:
+    status, _, summary = verdict(report).partition(": ")
+    parts = [f"## bncheck: {status}", summary]
+    parts.append(
+        _table(
+            ["status", "model", "format", "BN layers", "errors", "warnings", "infos"],
+            [_model_row(model, report) for model in report.models],
+            numeric=(3, 4, 5, 6),
+        )
+    )
+    findings = [
+        (model, finding)
+        for model in report.models
+        for finding in sorted(model.findings, key=lambda f: -f.severity)
+    ]
+    if findings:
+        parts.append("### Findings")
+        parts.append(
+            _table(
+                ["severity", "rule", "model", "layer", "message"],
+                [
+                    [
+                        str(f.severity),
+                        f"{f.rule} {_code(f.name)}",
+                        _code(model.path),
+                        _code(f.layer) if f.layer else "(model)",
+                        _text(f.message),
+                    ]
+                    for model, f in findings
+                ],
+            )
+        )
+    unreadable = [model for model in report.models if model.error is not None]
+    if unreadable:
+        parts.append("### Could not be read")
+        parts.append("\n".join(f"- {_code(m.path)}: {_text(m.error or '')}" for m in unreadable))
+    return "\n\n".join(parts) + "\n"
+
+
+def _model_row(model: ModelResult, report: Report) -> list[str]:
+    if model.error is not None:
+        return ["unreadable", _code(model.path), "", "", "", "", ""]
+    layers = len(model.description.layers) if model.description else 0
+    counts = [sum(1 for f in model.findings if f.severity == s) for s in _SEVERITIES]
+    failing = any(report.fail_on.fails(f.severity) for f in model.findings)
+    return [
+        "FAIL" if failing else "ok",
+        _code(model.path),
+        model.format or "",
+        str(layers),
+        *map(str, counts),
+    ]
+
+
+def _table(headers: list[str], rows: list[list[str]], numeric: Sequence[int] = ()) -> str:
+    align = ["---:" if i in numeric else "---" for i in range(len(headers))]
+    lines = [headers, align, *rows]
+    return "\n".join("| " + " | ".join(_cell(c) for c in line) + " |" for line in lines)
+
+
+def _cell(text: str) -> str:
+    """A table cell is one line, and a pipe would end it (even inside a code span)."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _code(text: str) -> str:
+    """A code span that survives backticks in the text."""
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    padded = f" {text} " if text.startswith("`") or text.endswith("`") else text
+    return f"{fence}{padded}{fence}"
+
+
+def _text(text: str) -> str:
+    """Plain text: no HTML from names read out of a file."""
+    return html.escape(text, quote=False)

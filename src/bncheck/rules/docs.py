@@ -1,0 +1,142 @@
+"""A rule's documentation, read from its module docstring.
+
+The docstring is written for people and keeps a light structure so that ``bncheck rules``,
+``bncheck explain`` and the SARIF report can use its parts::
+
+    One-line summary.
+
+    What it means and why it matters (one or more paragraphs).
+
+    Why it happens: ...          (optional)
+
+    How to fix: ...
+
+    Options:                     (when the rule has options)
+      name: what it means.
+
+    Passing: an example that passes.
+    Failing: an example that is reported.
+
+A section starts with its label at the beginning of a line and runs to the next label.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bncheck.rules import Rule
+
+SECTIONS = ("Why it happens", "How to fix", "Options", "Passing", "Failing")
+"""Section labels, in the order they appear."""
+
+REQUIRED_SECTIONS = ("How to fix", "Passing", "Failing")
+
+NEEDS_MEANING: Mapping[str, str] = {
+    "static": "the saved file alone",
+    "probe": "running the model on a batch, with inspect --probe or --data",
+    "checkpoint": "the variables of a checkpoint or SavedModel",
+}
+"""What each kind of rule input means, for people."""
+
+_LABEL = re.compile(rf"^({'|'.join(map(re.escape, SECTIONS))}):\s*(.*)$")
+_OPTION = re.compile(r"^\s+([A-Za-z_][A-Za-z0-9_]*):\s*(.*)$")
+
+
+@dataclass(frozen=True)
+class RuleDoc:
+    """The parts of a rule's docstring."""
+
+    summary: str
+    """The first line: what the rule reports, in one sentence."""
+    description: str
+    """The paragraphs between the summary and the first section: what it means, why it matters."""
+    sections: Mapping[str, str]
+    """Text of each section present, by label, in docstring order; continuation lines dedented."""
+    options: Mapping[str, str]
+    """Each documented option's description, from the ``Options`` section."""
+
+    @property
+    def text(self) -> str:
+        """The whole documentation as plain text."""
+        parts = [self.summary]
+        if self.description:
+            parts.append(self.description)
+        parts += [_section_text(label, body) for label, body in self.sections.items()]
+        return "\n\n".join(parts)
+
+
+def rule_doc(rule: Rule) -> RuleDoc:
+    lines = inspect.cleandoc(rule.__doc__ or "").splitlines()
+    summary = lines[0].strip() if lines else ""
+    description: list[str] = []
+    sections: dict[str, list[str]] = {}
+    current = description
+    for line in lines[1:]:
+        match = _LABEL.match(line)
+        if match:
+            current = sections.setdefault(match.group(1), [])
+            line = match.group(2)
+        current.append(line)
+    options: dict[str, str] = {}
+    for line in sections.get("Options", []):
+        option = _OPTION.match(line)
+        if option:
+            options[option.group(1)] = option.group(2).strip()
+        elif line.strip() and options:
+            last = next(reversed(options))
+            options[last] = f"{options[last]} {line.strip()}"
+    return RuleDoc(
+        summary=summary,
+        description=_paragraphs(description),
+        sections={label: _paragraphs(body) for label, body in sections.items()},
+        options=options,
+    )
+
+
+def explain(rule: Rule) -> str:
+    """The text ``bncheck explain`` prints: identity, defaults, the documentation, and where to
+    configure the rule."""
+    doc = rule_doc(rule)
+    needs = NEEDS_MEANING.get(rule.NEEDS, rule.NEEDS)
+    lines = [
+        f"{rule.ID} {rule.NAME}",
+        f"default severity: {rule.DEFAULT_SEVERITY}; needs: {rule.NEEDS} ({needs})",
+        "",
+        doc.summary,
+    ]
+    if doc.description:
+        lines += ["", doc.description]
+    for label, body in doc.sections.items():
+        if label == "Options":
+            body = "\n".join(
+                f"{name}{default_note(rule, name)}: {text}" for name, text in doc.options.items()
+            )
+        lines += ["", _section_text(label, body)]
+    settable = ", ".join(["severity", *rule.OPTIONS])
+    lines += [
+        "",
+        f"Configure: [tool.bncheck.rules.{rule.ID}] ({settable}); "
+        f'turn off: --ignore {rule.ID} or ignore = ["{rule.ID}"].',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def default_note(rule: Rule, option: str) -> str:
+    """`` (default X)`` for an option the rule has, empty otherwise."""
+    return f" (default {rule.OPTIONS[option]:g})" if option in rule.OPTIONS else ""
+
+
+def _section_text(label: str, body: str) -> str:
+    """A section as the docstring writes it: options one per indented line, prose after the
+    label."""
+    if label == "Options":
+        return f"{label}:\n" + "\n".join(f"  {line}" for line in body.splitlines())
+    return f"{label}: {body}"
+
+
+def _paragraphs(lines: list[str]) -> str:
+    """Join the lines of a block, dedented, without leading or trailing blank lines."""
+    return inspect.cleandoc("\n".join(lines)).strip("\n")

@@ -1,0 +1,113 @@
+"""``bncheck plot`` draws a model's BN layers; these check the image is there and shows what the
+report says."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bncheck.engine import inspect_path
+from bncheck.findings import ModelResult, Severity
+from bncheck.model import ModelDescription
+from bncheck.plot import SEVERITY_COLORS, ProbeOverlay, plot_model
+from bncheck.settings import Settings
+from tests.conftest import FIXTURES, CliResult
+
+Run = Callable[..., CliResult]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def shaded_pixels(png: Path, severity: Severity) -> int:
+    """Pixels of the light shade that marks a layer with a finding of this severity."""
+    from matplotlib.colors import to_rgb
+    from matplotlib.image import imread
+
+    image = imread(png)[..., :3]
+    shade = 1 - 0.16 + 0.16 * np.array(to_rgb(SEVERITY_COLORS[severity]))
+    return int(np.all(np.abs(image - shade) < 0.02, axis=-1).sum())
+
+
+def test_plot_writes_a_png_with_the_flagged_layers_marked(run_cli: Run, tmp_path: Path) -> None:
+    flagged, healthy = tmp_path / "untouched.png", tmp_path / "healthy.png"
+    result = run_cli("plot", FIXTURES / "keras3/untouched_stats.keras", "-o", flagged)
+    assert (result.code, result.out, result.err) == (0, "", "")
+    assert run_cli("plot", FIXTURES / "keras3/healthy_cnn.keras", "--output", healthy).code == 0
+    for png in (flagged, healthy):
+        data = png.read_bytes()
+        assert data.startswith(PNG_MAGIC)
+        assert len(data) > 20_000
+    assert shaded_pixels(flagged, Severity.ERROR) > 50_000  # both layers shaded in every panel
+    assert shaded_pixels(healthy, Severity.ERROR) == 0
+
+
+def test_svg_names_layers_rules_and_the_model(run_cli: Run, tmp_path: Path) -> None:
+    target = tmp_path / "plot.svg"
+    assert run_cli("plot", FIXTURES / "keras3/dead_channels.keras", "-o", target).code == 0
+    svg = target.read_text()
+    assert svg.lstrip().startswith("<?xml")
+    assert (
+        "keras3/dead_channels.keras (keras): 2 BatchNorm layers; 0 errors, 0 warnings, 1 info"
+        in svg
+    )
+    assert "bn1  BN005" in svg  # the flagged layer, with its rule
+    assert "paths below cnn/" in svg
+    assert "dead channels (%)" in svg
+
+
+def test_probe_measurements_add_a_staleness_panel_and_the_collapse_point(tmp_path: Path) -> None:
+    result = inspect_path(str(FIXTURES / "keras3/nested.keras"), Settings())
+    assert result.description is not None
+    paths = [layer.path for layer in result.description.layers]
+    overlay = ProbeOverlay(
+        staleness={path: float(i) for i, path in enumerate(paths)},
+        staleness_label="max |mean shift| / std",
+        collapse_layer=paths[3],
+    )
+    with_probe, without = tmp_path / "probe.svg", tmp_path / "static.svg"
+    plot_model(result, str(with_probe), dead_variance=1e-12, overlay=overlay)
+    plot_model(result, str(without), dead_variance=1e-12)
+    svg = with_probe.read_text()
+    assert "max |mean shift| / std" in svg
+    assert "inference collapses from here" in svg
+    assert "max |mean shift| / std" not in without.read_text()
+
+
+def test_a_model_without_batchnorm_layers_says_so(tmp_path: Path) -> None:
+    empty = ModelResult("m.keras", "keras", ModelDescription("m.keras", "keras", ()))
+    target = tmp_path / "empty.svg"
+    plot_model(empty, str(target), dead_variance=1e-12)
+    assert "no BatchNorm layers" in target.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (
+            ["plot", "missing.keras", "-o", "{tmp}/x.png"],
+            3,
+            "missing.keras: no such file or directory",
+        ),
+        (
+            ["plot", str(FIXTURES / "keras3/nested.keras"), "-o", "{tmp}/x.jpg"],
+            2,
+            "must end in .png or .svg",
+        ),
+        (
+            ["plot", str(FIXTURES / "keras3/nested.keras"), "-o", "{tmp}/no/dir/x.png"],
+            2,
+            "cannot write --output",
+        ),
+        (["plot", str(FIXTURES / "keras3/nested.keras")], 2, "Missing option '--output'"),
+    ],
+)
+def test_plot_errors_are_one_line(
+    run_cli: Run, tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    result = run_cli(*(arg.replace("{tmp}", str(tmp_path)) for arg in args))
+    assert result.code == code
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert result.err.startswith("bncheck: error: ") and message in result.err
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,79 @@
+"""Every rule documents itself; `bncheck rules` and `bncheck explain` show that documentation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from bncheck.rules import RULES
+from bncheck.rules.docs import REQUIRED_SECTIONS, SECTIONS, rule_doc
+from tests.conftest import CliResult
+
+Run = Callable[..., CliResult]
+
+
+@pytest.mark.parametrize("rule_id", sorted(RULES))
+def test_every_rule_docstring_has_the_structure(rule_id: str) -> None:
+    rule = RULES[rule_id]
+    doc = rule_doc(rule)
+    assert doc.summary.endswith("."), doc.summary
+    assert doc.description, "what the finding means and why it matters"
+    assert set(REQUIRED_SECTIONS) <= set(doc.sections), sorted(doc.sections)
+    assert list(doc.sections) == [label for label in SECTIONS if label in doc.sections]
+    assert set(doc.options) == set(rule.OPTIONS), "every option documented, and only those"
+    assert ("Options" in doc.sections) == bool(rule.OPTIONS)
+
+
+def test_doc_parts_of_one_rule() -> None:
+    doc = rule_doc(RULES["BN006"])
+    assert doc.summary == "The layer multiplies some channel by a huge factor at inference."
+    assert doc.sections["How to fix"].startswith("use a larger epsilon (Keras's default 1e-3)")
+    assert doc.sections["Failing"] == (
+        "gamma 0.8, moving_variance 1e-9, epsilon 1e-9 -> gain 17889."
+    )
+    assert doc.options == {"max_gain": "a channel whose gain exceeds this is reported."}
+
+
+def test_rules_lists_every_rule(run_cli: Run) -> None:
+    result = run_cli("rules")
+    assert result.code == 0
+    lines = result.out.splitlines()
+    assert lines[0].split() == ["rule", "name", "default", "needs", "summary"]
+    rows = [line.split(maxsplit=4) for line in lines[2:]]
+    assert [row[:4] for row in rows] == [
+        [rule.ID, rule.NAME, str(rule.DEFAULT_SEVERITY), rule.NEEDS] for rule in RULES.values()
+    ]
+    assert rows[0][4] == rule_doc(RULES["BN001"]).summary
+
+
+@pytest.mark.parametrize("key", ["BN009", "bn009", "suspicious-momentum"])
+def test_explain_by_id_or_name(run_cli: Run, key: str) -> None:
+    result = run_cli("explain", key)
+    assert result.code == 0
+    lines = result.out.splitlines()
+    assert lines[:4] == [
+        "BN009 suspicious-momentum",
+        "default severity: warning; needs: static (the saved file alone)",
+        "",
+        "momentum is low, usually PyTorch's convention copied into Keras.",
+    ]
+    assert "How to fix: use ``momentum = 1 - pytorch_momentum``" in result.out
+    assert "  min_momentum (default 0.5): momentum below this is reported." in lines
+    assert "Failing: momentum 0.1." in lines
+    assert lines[-1].startswith("Configure: [tool.bncheck.rules.BN009] (severity, min_momentum)")
+
+
+def test_explain_tells_how_to_fix_untouched_statistics(run_cli: Run) -> None:
+    out = run_cli("explain", "BN001").out
+    assert "model(x, training=True)" in out
+    assert "bncheck recalibrate MODEL --data DATA -o FIXED" in out
+
+
+@pytest.mark.parametrize("args", [["explain", "BN999"], ["explain", "dead"], ["explain"]])
+def test_explain_unknown_rule_is_a_usage_error(run_cli: Run, args: list[str]) -> None:
+    result = run_cli(*args)
+    assert result.code == 2
+    assert result.out == ""
+    assert len(result.err.strip().splitlines()) == 1
+    assert result.err.startswith("bncheck: error: ")
