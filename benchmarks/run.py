@@ -52,17 +52,20 @@ def run_python(code: str, *args: str) -> tuple[float, str]:
     return elapsed, done.stdout
 
 
-# `bncheck inspect PATH [OPTION...]` in a fresh interpreter, reporting its own peak resident memory.
+# `bncheck inspect PATH [OPTION...]` in a fresh interpreter, reporting its own peak resident memory
+# in KiB: VmHWM belongs to this process's memory map, whereas ru_maxrss would also count the
+# benchmark's own peak, which Linux carries across exec.
 INSPECT = textwrap.dedent(
     """
-    import resource, sys
+    import sys
     from bncheck.cli import main
     try:
         main(["inspect", *sys.argv[1:], "--format", "json", "--output", "/dev/null",
               "--fail-on", "never"])
     except SystemExit:
         pass
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    with open("/proc/self/status") as status:
+        print(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
     """
 )
 
@@ -166,7 +169,7 @@ def large_file_memory(workdir: Path, repeat: int) -> list[Target]:
     huge = workdir / "dense-huge.keras"
     make_model("dense-huge", huge)
     _, outputs = timed(INSPECT, huge, repeat)
-    peak_mib = max(int(out.split()[-1]) for out in outputs) / 1024  # ru_maxrss is in KiB
+    peak_mib = max(int(out.split()[-1]) for out in outputs) / 1024
     huge_mib = huge.stat().st_size / 2**20
     huge.unlink()
     return [
@@ -190,7 +193,6 @@ def checkpoint_size_independence(workdir: Path, repeat: int) -> list[Target]:
     big_time, big_out = timed(INSPECT, big, repeat)
     tiny_time, tiny_out = timed(INSPECT, tiny, repeat)
     big_mib = sum(f.stat().st_size for f in big.iterdir()) / 2**20
-    # ru_maxrss is in KiB
     extra_mib = (
         max(int(out.split()[-1]) for out in big_out) - max(int(out.split()[-1]) for out in tiny_out)
     ) / 1024
