@@ -457,3 +457,15 @@ def test_tensorflow_start_up_messages_stay_off_the_terminal() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert "3/3 BN layers have moving statistics in the checkpoint" in done.stdout
+
+
+def test_checkpoint_command_takes_the_configuration(run_cli: Run, tmp_path: Path) -> None:
+    """Rules and per-layer ignores apply to checkpoint findings as to any other."""
+    assert run_cli("checkpoint", TF1_TRAINABLE, "--ignore", "BN011").code == 0
+    config = tmp_path / "bncheck.toml"
+    config.write_text('[per-layer-ignores]\n"conv*" = ["BN011"]\n')
+    report = run_cli("checkpoint", TF1_TRAINABLE, "--config", config, "--format", "json").json()
+    assert [f["layer"] for f in report["models"][0]["findings"]] == ["fc/bn"]
+    config.write_text("[rules.BN011]\nseverity = 'warning'\n")
+    result = run_cli("checkpoint", TF1_TRAINABLE, "--config", config)
+    assert result.code == 0 and "warning  BN011" in result.out
