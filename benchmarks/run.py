@@ -9,6 +9,7 @@ ratio misses. Models are generated in a temporary directory (nothing is download
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -96,6 +97,8 @@ def make_model(kind: str, path: Path) -> None:
         kind, path = {kind!r}, {str(path)!r}
         if kind == "resnet50":
             model = keras.applications.ResNet50(weights=None)
+        elif kind == "mobilenetv2":
+            model = keras.applications.MobileNetV2((96, 96, 3), weights=None, classes=2)
         else:
             width = 8192 if kind == "dense-big" else 8
             inputs = keras.Input((width,))
@@ -161,9 +164,77 @@ def size_independence(workdir: Path, repeat: int) -> list[Target]:
     ]
 
 
+# The probe (after loading: safety scan, both modes, the rules) against what a user would run
+# instead: two `model.predict` calls on the same batch. Each repeat loads fresh models, so both
+# sides pay their one-off costs (tracing `predict`, first eager calls) every time.
+PROBE_VS_PREDICT = textwrap.dedent(
+    """
+    import json, statistics, sys, time
+    import numpy as np
+    from bncheck.probe.backend import import_keras
+    import_keras()
+    import keras
+    from bncheck.engine import probe_findings
+    from bncheck.probe import keras_model, measure, safety
+    from bncheck.probe.results import ProbeResult
+    from bncheck.settings import Settings
+
+    path, repeat = sys.argv[1], int(sys.argv[2])
+    batch = np.random.default_rng(0).standard_normal((32, 96, 96, 3)).astype("float32")
+
+    def predict_twice():
+        model = keras.models.load_model(path, compile=False)
+        start = time.perf_counter()
+        model.predict(batch, verbose=0)
+        model.predict(batch, verbose=0)
+        return time.perf_counter() - start
+
+    def probe():
+        model = keras_model.load_model(path, unsafe=False, custom_objects={})
+        start = time.perf_counter()
+        content = safety.scan_config(
+            safety.model_config(path), (), keras_model.builtin_layer_names()
+        )
+        measured = measure.measure_keras(model, [batch])
+        result = ProbeResult(path, "keras", content, False, modes=measured.modes,
+                             outputs=measured.outputs, layers=measured.layers)
+        probe_findings(result, Settings())
+        return time.perf_counter() - start
+
+    predict_twice(), probe()  # process-wide warm-up (kernel registration, thread pools)
+    times = {"predict": [], "probe": []}
+    for _ in range(repeat):
+        times["predict"].append(predict_twice())
+        times["probe"].append(probe())
+    print(json.dumps({name: statistics.median(values) for name, values in times.items()}))
+    """
+)
+
+
+def probe_vs_predict(workdir: Path, repeat: int) -> list[Target]:
+    mobilenet = workdir / "mobilenetv2.keras"
+    make_model("mobilenetv2", mobilenet)
+    _, out = run_python(PROBE_VS_PREDICT, str(mobilenet), str(repeat))
+    medians = json.loads(out.strip().splitlines()[-1])
+    return [
+        Target(
+            "probe-vs-predict",
+            "MobileNetV2 96x96, batch 32, after loading: probe over two model.predict calls",
+            ratio=medians["probe"] / medians["predict"],
+            threshold=2.0,
+            higher_is_better=False,
+            medians={
+                "probe": f"{medians['probe']:.2f} s",
+                "2x predict": f"{medians['predict']:.2f} s",
+            },
+        )
+    ]
+
+
 BENCHMARKS: dict[str, Callable[[Path, int], list[Target]]] = {
     "static": static_vs_keras,
     "size": size_independence,
+    "probe": probe_vs_predict,
 }
 
 

@@ -12,6 +12,9 @@ from bncheck import __version__
 from bncheck.engine import inspect_paths
 from bncheck.errors import UsageError
 from bncheck.findings import ExitCode, FailOn
+from bncheck.probe.data import parse_input_shape
+from bncheck.probe.runner import ProbeOptions
+from bncheck.progress import Progress
 from bncheck.reporters import REPORTERS
 from bncheck.settings import Settings
 
@@ -30,10 +33,16 @@ class InspectOptions:
     paths: tuple[str, ...]
     settings: Settings
     output: OutputOptions
+    probe: ProbeOptions | None = None
+    """How to run the models; ``None`` for static inspection only."""
 
 
 def run_inspect(options: InspectOptions) -> int:
-    report = inspect_paths(options.paths, options.settings)
+    progress = Progress()
+    try:
+        report = inspect_paths(options.paths, options.settings, options.probe, progress.step)
+    finally:
+        progress.done()
     for model in report.models:
         if model.error is not None:
             click.echo(f"bncheck: error: {model.path}: {model.error}", err=True)
@@ -82,23 +91,111 @@ def cli() -> None:
     """
 
 
+_batch_size_option = click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Samples per batch.",
+)
+_seed_option = click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed for picking and shuffling samples (and for synthetic data).",
+)
+_unsafe_option = click.option(
+    "--unsafe",
+    is_flag=True,
+    help="Load and run models that hold code (Lambda layers, foreign functions). Only for "
+    "files you trust.",
+)
+_custom_objects_option = click.option(
+    "--custom-objects",
+    metavar="FILE.py",
+    help="Python file defining your own custom layers (it is run; the model file never is).",
+)
+_PROBE_ONLY = ("--batch-size", "--seed", "--input-shape", "--unsafe", "--custom-objects")
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @_format_option
 @_output_option
 @_fail_on_option
-def inspect(paths: tuple[str, ...], output_format: str, output: str | None, fail_on: str) -> int:
+@click.option(
+    "--probe",
+    is_flag=True,
+    help="Also run each model with Keras/TensorFlow in inference and training mode.",
+)
+@click.option(
+    "--data",
+    metavar="FILE",
+    help="Real probe data: .npy (one input) or .npz (one array per input name). Implies --probe.",
+)
+@_batch_size_option
+@_seed_option
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="[NAME=]D1,D2,...",
+    help="Shape of an input without the batch dimension, for synthetic data where the model "
+    "leaves dimensions unknown. Repeatable.",
+)
+@_unsafe_option
+@_custom_objects_option
+@click.pass_context
+def inspect(
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    output_format: str,
+    output: str | None,
+    fail_on: str,
+    probe: bool,
+    data: str | None,
+    batch_size: int,
+    seed: int,
+    input_shapes: tuple[str, ...],
+    unsafe: bool,
+    custom_objects: str | None,
+) -> int:
     """Report the health of every BatchNorm layer in .keras, .h5 and weights files.
 
-    Reads the files directly, without TensorFlow, and never runs code from them.
+    Reads the files directly, without TensorFlow, and never runs code from them. With --probe
+    (or --data) each model is also loaded and run; see the README for what that judges.
     """
+    probe_options = None
+    if probe or data is not None:
+        probe_options = ProbeOptions(
+            data=data,
+            batch_size=batch_size,
+            seed=seed,
+            input_shapes=dict(parse_input_shape(text) for text in input_shapes),
+            unsafe=unsafe,
+            custom_objects=custom_objects,
+        )
+    else:
+        _reject_probe_only_options(ctx)
     return run_inspect(
         InspectOptions(
             paths=paths,
             settings=Settings(fail_on=FailOn(fail_on)),
             output=OutputOptions(format=output_format, output=output),
+            probe=probe_options,
         )
     )
+
+
+def _reject_probe_only_options(ctx: click.Context) -> None:
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name is None:
+            continue
+        source = ctx.get_parameter_source(param.name)
+        flag = param.opts[0]
+        if flag in _PROBE_ONLY and source is click.core.ParameterSource.COMMANDLINE:
+            raise UsageError(f"{flag} only applies with --probe or --data")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,9 +1,10 @@
 """The rule registry.
 
 A rule is a module with ``ID``, ``NAME``, ``DEFAULT_SEVERITY``, ``NEEDS`` (what it judges:
-``static`` rules a ``BNLayer``), ``OPTIONS`` (thresholds and their defaults), a docstring that is
-its documentation, and ``check(subject, options)`` yielding ``Problem``s. Rules never decide their
-own severity or whether they run: configuration does, and the runner stamps each problem.
+``static`` rules a ``BNLayer``, ``probe`` rules a model's ``ProbeResult``), ``OPTIONS``
+(thresholds and their defaults), a docstring that is its documentation, and
+``check(subject, options)`` yielding ``Problem``s. Rules never decide their own severity or
+whether they run: configuration does, and the runner stamps each problem.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ from bncheck.rules import (
     bn008_momentum_never_updates,
     bn009_suspicious_momentum,
     bn010_hardcoded_training_call,
+    bn013_inference_collapse,
+    bn014_stale_moving_stats,
+    bn015_mode_divergence,
+    bn016_batch_dependent_inference,
+    bn017_unsafe_model_content,
 )
 
 
@@ -53,6 +59,11 @@ RULES: dict[str, Rule] = _registry(
     bn008_momentum_never_updates,
     bn009_suspicious_momentum,
     bn010_hardcoded_training_call,
+    bn013_inference_collapse,
+    bn014_stale_moving_stats,
+    bn015_mode_divergence,
+    bn016_batch_dependent_inference,
+    bn017_unsafe_model_content,
 )
 
 
