@@ -213,7 +213,8 @@ PROBE_VS_PREDICT = textwrap.dedent(
 
 def probe_vs_predict(workdir: Path, repeat: int) -> list[Target]:
     mobilenet = workdir / "mobilenetv2.keras"
-    make_model("mobilenetv2", mobilenet)
+    if not mobilenet.exists():
+        make_model("mobilenetv2", mobilenet)
     _, out = run_python(PROBE_VS_PREDICT, str(mobilenet), str(repeat))
     medians = json.loads(out.strip().splitlines()[-1])
     return [
@@ -231,10 +232,75 @@ def probe_vs_predict(workdir: Path, repeat: int) -> list[Target]:
     ]
 
 
+# Recalibration's estimation pass against a plain compiled training-mode forward pass over the
+# same in-memory batches, each from a freshly loaded model (both trace their function once).
+RECALIBRATE_VS_FORWARD = textwrap.dedent(
+    """
+    import json, statistics, sys, time
+    import numpy as np
+    from bncheck.probe.backend import import_keras
+    import_keras()
+    import keras
+    import tensorflow as tf
+    from bncheck.probe import keras_model
+    from bncheck.recalibrate.estimate import estimate
+
+    path, repeat = sys.argv[1], int(sys.argv[2])
+    rng = np.random.default_rng(0)
+    batches = [[rng.standard_normal((32, 96, 96, 3)).astype("float32")] for _ in range(30)]
+
+    def forward():
+        model = keras.models.load_model(path, compile=False)
+        start = time.perf_counter()
+        step = tf.function(lambda x: model(x, training=True))
+        for (batch,) in batches:
+            step(tf.constant(batch)).numpy()
+        return time.perf_counter() - start
+
+    def recalibrate():
+        model = keras_model.load_model(path, unsafe=False, custom_objects={})
+        targets = keras_model.batchnorm_layers(model)
+        start = time.perf_counter()
+        estimate(model, targets, batches, lambda done: None)
+        return time.perf_counter() - start
+
+    forward(), recalibrate()  # process-wide warm-up
+    times = {"forward": [], "recalibrate": []}
+    for _ in range(repeat):
+        times["forward"].append(forward())
+        times["recalibrate"].append(recalibrate())
+    print(json.dumps({name: statistics.median(values) for name, values in times.items()}))
+    """
+)
+
+
+def recalibrate_vs_forward(workdir: Path, repeat: int) -> list[Target]:
+    mobilenet = workdir / "mobilenetv2.keras"
+    if not mobilenet.exists():
+        make_model("mobilenetv2", mobilenet)
+    _, out = run_python(RECALIBRATE_VS_FORWARD, str(mobilenet), str(repeat))
+    medians = json.loads(out.strip().splitlines()[-1])
+    return [
+        Target(
+            "recalibrate-throughput",
+            "MobileNetV2 96x96, 30 batches of 32: recalibration throughput over a plain "
+            "compiled training-mode forward pass",
+            ratio=medians["forward"] / medians["recalibrate"],
+            threshold=0.8,
+            higher_is_better=True,
+            medians={
+                "recalibrate": f"{medians['recalibrate']:.2f} s",
+                "forward": f"{medians['forward']:.2f} s",
+            },
+        )
+    ]
+
+
 BENCHMARKS: dict[str, Callable[[Path, int], list[Target]]] = {
     "static": static_vs_keras,
     "size": size_independence,
     "probe": probe_vs_predict,
+    "recalibrate": recalibrate_vs_forward,
 }
 
 

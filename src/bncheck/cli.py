@@ -10,7 +10,7 @@ import click
 
 from bncheck import __version__
 from bncheck.engine import inspect_paths
-from bncheck.errors import UsageError
+from bncheck.errors import ModelReadError, UsageError
 from bncheck.findings import ExitCode, FailOn
 from bncheck.probe.data import parse_input_shape
 from bncheck.probe.runner import ProbeOptions
@@ -186,6 +186,111 @@ def inspect(
             probe=probe_options,
         )
     )
+
+
+class _Fraction(click.ParamType):
+    """A positive number, written as a decimal or a fraction such as ``1/255``."""
+
+    name = "number"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        numerator, _, denominator = str(value).partition("/")
+        try:
+            number = float(numerator) / float(denominator or 1)
+        except (ValueError, ZeroDivisionError):
+            self.fail(f"{value!r} is not a number or a fraction like 1/255", param, ctx)
+        if not number > 0:
+            self.fail(f"{value!r} is not positive", param, ctx)
+        return number
+
+
+@cli.command()
+@click.argument("model", metavar="MODEL")
+@click.option(
+    "--data",
+    required=True,
+    metavar="FILE_OR_DIR",
+    help=".npy (one input), .npz (one array per input name) or a folder of images.",
+)
+@click.option("--output", "-o", metavar="OUT", help="Where to write the repaired model.")
+@click.option("--in-place", is_flag=True, help="Allow OUT to be MODEL itself (or omit -o).")
+@click.option(
+    "--batches", type=click.IntRange(min=1), help="Use at most N batches (default: all the data)."
+)
+@_batch_size_option
+@click.option(
+    "--include-frozen",
+    is_flag=True,
+    help="Also recalibrate trainable=False layers (they keep their statistics by default).",
+)
+@click.option(
+    "--image-size",
+    nargs=2,
+    type=click.IntRange(min=1),
+    metavar="H W",
+    help="Resize images to H x W (image folders).",
+)
+@click.option(
+    "--rescale", type=_Fraction(), help="Multiply pixel values, e.g. 1/255 (image folders)."
+)
+@_seed_option
+@_unsafe_option
+@_custom_objects_option
+@_fail_on_option
+def recalibrate(
+    model: str,
+    data: str,
+    output: str | None,
+    in_place: bool,
+    batches: int | None,
+    batch_size: int,
+    include_frozen: bool,
+    image_size: tuple[int, int] | None,
+    rescale: float | None,
+    seed: int,
+    unsafe: bool,
+    custom_objects: str | None,
+    fail_on: str,
+) -> int:
+    """Re-estimate the moving statistics of every BatchNorm layer exactly from data.
+
+    Writes OUT in MODEL's format (.keras or .h5) with only moving_mean and moving_variance
+    changed, prints how far each statistic moved and the probe's verdict before and after, and
+    exits like inspect on the repaired model.
+    """
+    from bncheck.recalibrate.command import RecalibrateOptions
+    from bncheck.recalibrate.command import recalibrate as run
+    from bncheck.reporters import recalibration
+
+    options = RecalibrateOptions(
+        model=model,
+        data=data,
+        output=output,
+        in_place=in_place,
+        batches=batches,
+        batch_size=batch_size,
+        include_frozen=include_frozen,
+        image_size=image_size or None,
+        rescale=rescale,
+        seed=seed,
+        unsafe=unsafe,
+        custom_objects=custom_objects,
+        settings=Settings(fail_on=FailOn(fail_on)),
+    )
+    progress = Progress()
+    try:
+        result = run(options, progress)
+    except ModelReadError as exc:
+        click.echo(f"bncheck: error: {model}: {exc}", err=True)
+        return int(ExitCode.UNREADABLE)
+    finally:
+        progress.done()
+    click.echo(recalibration.render(result), nl=False)
+    return int(result.report.exit_code)
 
 
 def _reject_probe_only_options(ctx: click.Context) -> None:

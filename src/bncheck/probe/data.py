@@ -142,6 +142,65 @@ def shuffled_batches(
         yield [np.asarray(array[rows]) for array in arrays]
 
 
+class ImageFolder:
+    """A directory of images, streamed in shuffled batches by Keras's
+    ``image_dataset_from_directory``: only the file list and a few batches are in memory."""
+
+    def __init__(
+        self,
+        path: str,
+        spec: InputSpec,
+        image_size: tuple[int, int],
+        rescale: float | None,
+        batch_size: int,
+        seed: int,
+    ) -> None:
+        import keras
+
+        channels = spec.shape[-1] if len(spec.shape) == 4 else None
+        modes = {1: "grayscale", 3: "rgb", 4: "rgba"}
+        if channels not in modes:
+            raise UsageError(
+                f"--data {path}: image folders feed models whose one input is (height, width, "
+                f"1, 3 or 4 channels); this model's input is {spec.describe()}"
+            )
+        declared = spec.shape[1:3]
+        if any(
+            want is not None and want != got for want, got in zip(declared, image_size, strict=True)
+        ):
+            raise UsageError(
+                f"--image-size {image_size[0]} {image_size[1]} does not fit input {spec.describe()}"
+            )
+        try:
+            self.dataset = keras.utils.image_dataset_from_directory(
+                path,
+                labels=None,
+                color_mode=modes[channels],
+                batch_size=batch_size,
+                image_size=image_size,
+                shuffle=True,
+                seed=seed,
+                verbose=False,
+            )
+        except ValueError as exc:
+            raise UsageError(f"--data {path}: {' '.join(str(exc).split())}") from None
+        self.rescale = rescale
+        self.dtype = spec.dtype
+
+    @property
+    def batch_count(self) -> int:
+        return int(self.dataset.cardinality())
+
+    def batches(self, limit: int | None) -> Iterator[list[np.ndarray]]:
+        for number, images in enumerate(self.dataset):
+            if limit is not None and number >= limit:
+                return
+            values = images.numpy()
+            if self.rescale is not None:
+                values = values * self.rescale
+            yield [values.astype(self.dtype)]
+
+
 def cast_to_inputs(batch: Sequence[np.ndarray], specs: Sequence[InputSpec]) -> list[np.ndarray]:
     return [np.asarray(array, dtype=spec.dtype) for array, spec in zip(batch, specs, strict=True)]
 

@@ -51,7 +51,7 @@ def run_probe(path: str, options: ProbeOptions, step: StepReporter) -> ProbeResu
 
 
 def _probe_keras(path: str, options: ProbeOptions, step: StepReporter) -> ProbeResult:
-    from bncheck.probe import keras_model, measure
+    from bncheck.probe import keras_model
 
     config = safety.model_config(path)
     if config is None:
@@ -63,27 +63,61 @@ def _probe_keras(path: str, options: ProbeOptions, step: StepReporter) -> ProbeR
             skipped="a weights-only file holds no architecture to run",
         )
     step("checking the model for code")
-    custom = _custom_objects(options.custom_objects) if options.custom_objects else {}
-    content = safety.scan_config(config, set(custom), keras_model.builtin_layer_names())
-    refused = _refusal(content, options)
-    if refused is not None:
-        return ProbeResult(path, None, content, options.unsafe, skipped=refused)
+    scan = scan_keras_config(config, options.unsafe, options.custom_objects)
+    if scan.refusal is not None:
+        return ProbeResult(path, None, scan.content, options.unsafe, skipped=scan.refusal)
     step("loading with Keras")
-    model = keras_model.load_model(path, options.unsafe, custom)
+    model = keras_model.load_model(path, options.unsafe, scan.custom_objects)
     specs = keras_model.input_specs(model) or _undeclared_inputs(options)
     batch, described = _batch(specs, options)
     step(f"running {described.samples} samples in inference and training mode")
+    return probe_keras_model(path, model, batch, described, scan.content, options.unsafe)
+
+
+@dataclass(frozen=True)
+class ContentScan:
+    """The safety check's outcome for one Keras model file."""
+
+    content: tuple[CodeReference, ...]
+    """Code found, not counting classes the user's ``--custom-objects`` provide."""
+    custom_objects: dict[str, Any]
+    """The user's custom objects, to hand to Keras."""
+    refusal: str | None
+    """Why the model must not be loaded; ``None`` when it may."""
+
+
+def scan_keras_config(
+    config: Mapping[str, Any], unsafe: bool, custom_objects: str | None
+) -> ContentScan:
+    from bncheck.probe import keras_model
+
+    custom = _custom_objects(custom_objects) if custom_objects else {}
+    content = safety.scan_config(config, set(custom), keras_model.builtin_layer_names())
+    return ContentScan(content, custom, None if unsafe else _refusal(content))
+
+
+def probe_keras_model(
+    path: str,
+    model: Any,
+    batch: Sequence[np.ndarray],
+    data: ProbeData,
+    content: tuple[CodeReference, ...],
+    unsafe: bool,
+) -> ProbeResult:
+    """Measure a loaded Keras model on ``batch`` (see ``measure``)."""
+    from bncheck.probe import measure
+
     measured = measure.measure_keras(model, batch)
     return ProbeResult(
         path=path,
         loader="keras",
         content=content,
-        unsafe=options.unsafe,
-        data=described,
+        unsafe=unsafe,
+        data=data,
         modes=measured.modes,
         outputs=measured.outputs,
         layers=measured.layers,
-        notes=_data_notes(described.real) + measured.notes,
+        notes=_data_notes(data.real) + measured.notes,
     )
 
 
@@ -92,7 +126,7 @@ def _probe_savedmodel(path: str, options: ProbeOptions, step: StepReporter) -> P
 
     step("checking the SavedModel graph")
     content = savedmodel.scan_graph(path)
-    refused = _refusal(content, options)
+    refused = None if options.unsafe else _refusal(content)
     if refused is not None:
         return ProbeResult(path, None, content, options.unsafe, skipped=refused)
     step("loading with TensorFlow")
@@ -123,9 +157,9 @@ def _probe_savedmodel(path: str, options: ProbeOptions, step: StepReporter) -> P
     )
 
 
-def _refusal(content: Sequence[CodeReference], options: ProbeOptions) -> str | None:
-    """Why the probe must not load the model, or ``None`` when it may."""
-    if not content or options.unsafe:
+def _refusal(content: Sequence[CodeReference]) -> str | None:
+    """Why a model holding ``content`` must not be loaded without ``--unsafe``."""
+    if not content:
         return None
     custom = sorted({ref.detail for ref in content if ref.kind == "custom-class"})
     code = [ref for ref in content if ref.kind != "custom-class"]
