@@ -339,3 +339,11 @@ def test_subclassed_model_takes_its_input_shape_from_the_data(run_cli: Run, tmp_
     _, ran = report(run_cli, path, "--data", DIGITS, "--custom-objects", source)
     assert ran["probe"]["data"]["inputs"] == [{"name": "input", "shape": [32, 8, 8, 1]}]
     assert len(ran["probe"]["layers"]) == 1
+
+
+def test_checkpoint_cannot_be_probed(tmp_path: Path) -> None:
+    from bncheck.probe.runner import ProbeOptions, run_probe
+
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    result = run_probe(str(tmp_path), ProbeOptions(), lambda _: None)
+    assert result.skipped == "a checkpoint holds no architecture to run"

@@ -45,8 +45,13 @@ def run_probe(path: str, options: ProbeOptions, step: StepReporter) -> ProbeResu
     from bncheck.readers import detect
 
     import_keras()
-    if detect.sniff(path) == "savedmodel":
+    kind = detect.sniff(path)
+    if kind == "savedmodel":
         return _probe_savedmodel(path, options, step)
+    if kind == "checkpoint":
+        return ProbeResult(
+            path, None, (), options.unsafe, skipped="a checkpoint holds no architecture to run"
+        )
     return _probe_keras(path, options, step)
 
 
