@@ -9,6 +9,7 @@ ratio misses. Models are generated in a temporary directory (nothing is download
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -102,7 +103,7 @@ def make_model(kind: str, path: Path, checkpoint: bool = False) -> None:
         if kind == "resnet50":
             model = keras.applications.ResNet50(weights=None)
         elif kind == "mobilenetv2":
-            model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), weights=None)
+            model = keras.applications.MobileNetV2((96, 96, 3), weights=None, classes=2)
         else:
             width = {{"dense-huge": 11600, "dense-big": 8192, "dense-tiny": 8}}[kind]
             inputs = keras.Input((width,))
@@ -255,12 +256,146 @@ def folder_scan(workdir: Path, repeat: int) -> list[Target]:
     ]
 
 
+# The probe (after loading: safety scan, both modes, the rules) against what a user would run
+# instead: two `model.predict` calls on the same batch. Each repeat loads fresh models, so both
+# sides pay their one-off costs (tracing `predict`, first eager calls) every time.
+PROBE_VS_PREDICT = textwrap.dedent(
+    """
+    import json, statistics, sys, time
+    import numpy as np
+    from bncheck.probe.backend import import_keras
+    import_keras()
+    import keras
+    from bncheck.engine import probe_findings
+    from bncheck.probe import keras_model, measure, safety
+    from bncheck.probe.results import ProbeResult
+    from bncheck.settings import Settings
+
+    path, repeat = sys.argv[1], int(sys.argv[2])
+    batch = np.random.default_rng(0).standard_normal((32, 96, 96, 3)).astype("float32")
+
+    def predict_twice():
+        model = keras.models.load_model(path, compile=False)
+        start = time.perf_counter()
+        model.predict(batch, verbose=0)
+        model.predict(batch, verbose=0)
+        return time.perf_counter() - start
+
+    def probe():
+        model = keras_model.load_model(path, unsafe=False, custom_objects={})
+        start = time.perf_counter()
+        content = safety.scan_config(
+            safety.model_config(path), (), keras_model.builtin_layer_names()
+        )
+        measured = measure.measure_keras(model, [batch])
+        result = ProbeResult(path, "keras", content, False, modes=measured.modes,
+                             outputs=measured.outputs, layers=measured.layers)
+        probe_findings(result, Settings())
+        return time.perf_counter() - start
+
+    predict_twice(), probe()  # process-wide warm-up (kernel registration, thread pools)
+    times = {"predict": [], "probe": []}
+    for _ in range(repeat):
+        times["predict"].append(predict_twice())
+        times["probe"].append(probe())
+    print(json.dumps({name: statistics.median(values) for name, values in times.items()}))
+    """
+)
+
+
+def probe_vs_predict(workdir: Path, repeat: int) -> list[Target]:
+    mobilenet = workdir / "mobilenetv2.keras"
+    if not mobilenet.exists():
+        make_model("mobilenetv2", mobilenet)
+    _, out = run_python(PROBE_VS_PREDICT, str(mobilenet), str(repeat))
+    medians = json.loads(out.strip().splitlines()[-1])
+    return [
+        Target(
+            "probe-vs-predict",
+            "MobileNetV2 96x96, batch 32, after loading: probe over two model.predict calls",
+            ratio=medians["probe"] / medians["predict"],
+            threshold=2.0,
+            higher_is_better=False,
+            medians={
+                "probe": f"{medians['probe']:.2f} s",
+                "2x predict": f"{medians['predict']:.2f} s",
+            },
+        )
+    ]
+
+
+# Recalibration's estimation pass against a plain compiled training-mode forward pass over the
+# same in-memory batches, each from a freshly loaded model (both trace their function once).
+RECALIBRATE_VS_FORWARD = textwrap.dedent(
+    """
+    import json, statistics, sys, time
+    import numpy as np
+    from bncheck.probe.backend import import_keras
+    import_keras()
+    import keras
+    import tensorflow as tf
+    from bncheck.probe import keras_model
+    from bncheck.recalibrate.estimate import estimate
+
+    path, repeat = sys.argv[1], int(sys.argv[2])
+    rng = np.random.default_rng(0)
+    batches = [[rng.standard_normal((32, 96, 96, 3)).astype("float32")] for _ in range(30)]
+
+    def forward():
+        model = keras.models.load_model(path, compile=False)
+        start = time.perf_counter()
+        step = tf.function(lambda x: model(x, training=True))
+        for (batch,) in batches:
+            step(tf.constant(batch)).numpy()
+        return time.perf_counter() - start
+
+    def recalibrate():
+        model = keras_model.load_model(path, unsafe=False, custom_objects={})
+        targets = keras_model.batchnorm_layers(model)
+        start = time.perf_counter()
+        estimate(model, targets, batches, lambda done: None)
+        return time.perf_counter() - start
+
+    forward(), recalibrate()  # process-wide warm-up
+    times = {"forward": [], "recalibrate": []}
+    for _ in range(repeat):
+        times["forward"].append(forward())
+        times["recalibrate"].append(recalibrate())
+    print(json.dumps({name: statistics.median(values) for name, values in times.items()}))
+    """
+)
+
+
+def recalibrate_vs_forward(workdir: Path, repeat: int) -> list[Target]:
+    mobilenet = workdir / "mobilenetv2.keras"
+    if not mobilenet.exists():
+        make_model("mobilenetv2", mobilenet)
+    _, out = run_python(RECALIBRATE_VS_FORWARD, str(mobilenet), str(repeat))
+    medians = json.loads(out.strip().splitlines()[-1])
+    return [
+        Target(
+            "recalibrate-throughput",
+            "MobileNetV2 96x96, 30 batches of 32: recalibration throughput over a plain "
+            "compiled training-mode forward pass",
+            ratio=medians["forward"] / medians["recalibrate"],
+            threshold=0.8,
+            higher_is_better=True,
+            medians={
+                "recalibrate": f"{medians['recalibrate']:.2f} s",
+                "forward": f"{medians['forward']:.2f} s",
+            },
+        )
+    ]
+
+
 BENCHMARKS: dict[str, Callable[[Path, int], list[Target]]] = {
     "static": static_vs_keras,
     "size": size_independence,
     "memory": large_file_memory,
     "checkpoint": checkpoint_size_independence,
     "folder": folder_scan,
+    "probe": probe_vs_predict,
+    "recalibrate": recalibrate_vs_forward,
 }
 
 

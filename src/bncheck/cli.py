@@ -15,8 +15,11 @@ from tabulate import tabulate
 from bncheck import __version__
 from bncheck.config import ConfigOptions, resolve_settings
 from bncheck.engine import check_checkpoint, inspect_path, inspect_paths
-from bncheck.errors import UsageError
+from bncheck.errors import ModelReadError, UsageError
 from bncheck.findings import ExitCode, FailOn, Report
+from bncheck.probe.data import parse_input_shape
+from bncheck.probe.runner import ProbeOptions
+from bncheck.progress import Progress
 from bncheck.reporters import REPORTERS
 from bncheck.reporters.options import RenderOptions
 from bncheck.rules import RULES
@@ -42,6 +45,8 @@ class InspectOptions:
     output: OutputOptions
     jobs: int = 1
     """How many models to read at once, each in its own process."""
+    probe: ProbeOptions | None = None
+    """How to run the models; ``None`` for static inspection only."""
 
 
 @dataclass(frozen=True)
@@ -62,11 +67,18 @@ class CheckpointOptions:
     """The model whose BatchNorm layers the checkpoint must restore (``--model``)."""
     config: ConfigOptions
     output: OutputOptions
+    probe: ProbeOptions | None = None
+    """How to run the models; ``None`` for static inspection only."""
 
 
 def run_inspect(options: InspectOptions) -> int:
     settings = resolve_settings(options.config, Path.cwd())
-    return finish(inspect_paths(options.paths, settings, jobs=options.jobs), options.output)
+    progress = Progress()
+    try:
+        report = inspect_paths(options.paths, settings, options.jobs, options.probe, progress.step)
+    finally:
+        progress.done()
+    return finish(report, options.output)
 
 
 def run_checkpoint(options: CheckpointOptions) -> int:
@@ -190,6 +202,62 @@ def cli() -> None:
     """
 
 
+_batch_size_option = click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Samples per batch.",
+)
+_seed_option = click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed for picking and shuffling samples (and for synthetic data).",
+)
+_unsafe_option = click.option(
+    "--unsafe",
+    is_flag=True,
+    help="Load and run models that hold code (Lambda layers, foreign functions). Only for "
+    "files you trust.",
+)
+_custom_objects_option = click.option(
+    "--custom-objects",
+    metavar="FILE.py",
+    help="Python file defining your own custom layers (it is run; the model file never is).",
+)
+_PROBE_ONLY = ("--batch-size", "--seed", "--input-shape", "--unsafe", "--custom-objects")
+
+
+_batch_size_option = click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Samples per batch.",
+)
+_seed_option = click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed for picking and shuffling samples (and for synthetic data).",
+)
+_unsafe_option = click.option(
+    "--unsafe",
+    is_flag=True,
+    help="Load and run models that hold code (Lambda layers, foreign functions). Only for "
+    "files you trust.",
+)
+_custom_objects_option = click.option(
+    "--custom-objects",
+    metavar="FILE.py",
+    help="Python file defining your own custom layers (it is run; the model file never is).",
+)
+_PROBE_ONLY = ("--batch-size", "--seed", "--input-shape", "--unsafe", "--custom-objects")
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @_format_option
@@ -204,9 +272,33 @@ def cli() -> None:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Read this many models at once, each in its own process.",
+    help="Read this many models at once, each in its own process (static inspection only).",
 )
+@click.option(
+    "--probe",
+    is_flag=True,
+    help="Also run each model with Keras/TensorFlow in inference and training mode.",
+)
+@click.option(
+    "--data",
+    metavar="FILE",
+    help="Real probe data: .npy (one input) or .npz (one array per input name). Implies --probe.",
+)
+@_batch_size_option
+@_seed_option
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="[NAME=]D1,D2,...",
+    help="Shape of an input without the batch dimension, for synthetic data where the model "
+    "leaves dimensions unknown. Repeatable.",
+)
+@_unsafe_option
+@_custom_objects_option
+@click.pass_context
 def inspect(
+    ctx: click.Context,
     paths: tuple[str, ...],
     output_format: str,
     output: str | None,
@@ -215,19 +307,40 @@ def inspect(
     select: tuple[str, ...],
     ignore: tuple[str, ...],
     jobs: int,
+    probe: bool,
+    data: str | None,
+    batch_size: int,
+    seed: int,
+    input_shapes: tuple[str, ...],
+    unsafe: bool,
+    custom_objects: str | None,
 ) -> int:
     """Report the health of every BatchNorm layer in models, checkpoints and SavedModels.
 
     A folder is searched recursively for models, recognised by their content. Reads .keras, .h5
     and weights files directly, without TensorFlow; checkpoints and SavedModels with TensorFlow's
-    checkpoint reader. Never runs code from them.
+    checkpoint reader. Never runs code from them. With --probe (or --data) each model is also
+    loaded and run; see the README for what that judges.
     """
+    probe_options = None
+    if probe or data is not None:
+        probe_options = ProbeOptions(
+            data=data,
+            batch_size=batch_size,
+            seed=seed,
+            input_shapes=dict(parse_input_shape(text) for text in input_shapes),
+            unsafe=unsafe,
+            custom_objects=custom_objects,
+        )
+    else:
+        _reject_probe_only_options(ctx)
     return run_inspect(
         InspectOptions(
             paths=paths,
             config=_config(config, select, ignore, fail_on),
             output=_output(output_format, output),
             jobs=jobs,
+            probe=probe_options,
         )
     )
 
@@ -317,6 +430,123 @@ def plot(model: str, output: str, config: str | None) -> int:
     """Draw the BatchNorm layers of MODEL in depth order: the spread of the moving statistics,
     dead channels, and the layers with findings."""
     return run_plot(PlotOptions(model=model, output=output, config=ConfigOptions(config=config)))
+
+
+class _Fraction(click.ParamType):
+    """A positive number, written as a decimal or a fraction such as ``1/255``."""
+
+    name = "number"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        numerator, _, denominator = str(value).partition("/")
+        try:
+            number = float(numerator) / float(denominator or 1)
+        except (ValueError, ZeroDivisionError):
+            self.fail(f"{value!r} is not a number or a fraction like 1/255", param, ctx)
+        if not number > 0:
+            self.fail(f"{value!r} is not positive", param, ctx)
+        return number
+
+
+@cli.command()
+@click.argument("model", metavar="MODEL")
+@click.option(
+    "--data",
+    required=True,
+    metavar="FILE_OR_DIR",
+    help=".npy (one input), .npz (one array per input name) or a folder of images.",
+)
+@click.option("--output", "-o", metavar="OUT", help="Where to write the repaired model.")
+@click.option("--in-place", is_flag=True, help="Allow OUT to be MODEL itself (or omit -o).")
+@click.option(
+    "--batches", type=click.IntRange(min=1), help="Use at most N batches (default: all the data)."
+)
+@_batch_size_option
+@click.option(
+    "--include-frozen",
+    is_flag=True,
+    help="Also recalibrate trainable=False layers (they keep their statistics by default).",
+)
+@click.option(
+    "--image-size",
+    nargs=2,
+    type=click.IntRange(min=1),
+    metavar="H W",
+    help="Resize images to H x W (image folders).",
+)
+@click.option(
+    "--rescale", type=_Fraction(), help="Multiply pixel values, e.g. 1/255 (image folders)."
+)
+@_seed_option
+@_unsafe_option
+@_custom_objects_option
+@_fail_on_option
+@_config_option
+def recalibrate(
+    model: str,
+    data: str,
+    output: str | None,
+    in_place: bool,
+    batches: int | None,
+    batch_size: int,
+    include_frozen: bool,
+    image_size: tuple[int, int] | None,
+    rescale: float | None,
+    seed: int,
+    unsafe: bool,
+    custom_objects: str | None,
+    fail_on: str | None,
+    config: str | None,
+) -> int:
+    """Re-estimate the moving statistics of every BatchNorm layer exactly from data.
+
+    Writes OUT in MODEL's format (.keras or .h5) with only moving_mean and moving_variance
+    changed, prints how far each statistic moved and the probe's verdict before and after, and
+    exits like inspect on the repaired model.
+    """
+    from bncheck.recalibrate.command import RecalibrateOptions
+    from bncheck.recalibrate.command import recalibrate as run
+    from bncheck.reporters import recalibration
+
+    options = RecalibrateOptions(
+        model=model,
+        data=data,
+        output=output,
+        in_place=in_place,
+        batches=batches,
+        batch_size=batch_size,
+        include_frozen=include_frozen,
+        image_size=image_size or None,
+        rescale=rescale,
+        seed=seed,
+        unsafe=unsafe,
+        custom_objects=custom_objects,
+        settings=resolve_settings(_config(config, (), (), fail_on), Path.cwd()),
+    )
+    progress = Progress()
+    try:
+        result = run(options, progress)
+    except ModelReadError as exc:
+        click.echo(f"bncheck: error: {model}: {exc}", err=True)
+        return int(ExitCode.UNREADABLE)
+    finally:
+        progress.done()
+    click.echo(recalibration.render(result), nl=False)
+    return int(result.report.exit_code)
+
+
+def _reject_probe_only_options(ctx: click.Context) -> None:
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name is None:
+            continue
+        source = ctx.get_parameter_source(param.name)
+        flag = param.opts[0]
+        if flag in _PROBE_ONLY and source is click.core.ParameterSource.COMMANDLINE:
+            raise UsageError(f"{flag} only applies with --probe or --data")
 
 
 def main(argv: list[str] | None = None) -> None:

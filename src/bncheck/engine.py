@@ -1,4 +1,9 @@
-"""The runner: read each input, apply the enabled rules, stamp their problems into findings."""
+"""The runner: read each input, apply the enabled rules, stamp their problems into findings.
+
+Static rules judge each layer of the description, checkpoint rules a checkpoint's variable
+groups. When a probe is asked for, the model is also run (``bncheck.probe``) and the probe rules
+judge what it measured.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from bncheck.errors import ModelReadError
 from bncheck.findings import Finding, ModelResult, Problem, Report
 from bncheck.matching import match_layers, position_note
 from bncheck.model import ModelDescription
+from bncheck.probe.results import ProbeResult
+from bncheck.probe.runner import ProbeOptions, StepReporter, run_probe
 from bncheck.readers import detect, read_checkpoint, read_model
 from bncheck.rules import RULES
 from bncheck.settings import Settings
@@ -23,24 +30,40 @@ NO_MODELS = (
 )
 
 
-def inspect_paths(paths: Iterable[str], settings: Settings, jobs: int = 1) -> Report:
-    """Statically inspect every path, searching folders for models; an unreadable input becomes
-    a result with an error. With ``jobs`` > 1, models are read in that many processes; the
-    report's order is the same either way: inputs as given, each folder's models sorted."""
+def inspect_paths(
+    paths: Iterable[str],
+    settings: Settings,
+    jobs: int = 1,
+    probe: ProbeOptions | None = None,
+    step: StepReporter | None = None,
+) -> Report:
+    """Inspect every path, searching folders for models, and probe each model when asked; an
+    unreadable input becomes a result with an error. With ``jobs`` > 1, static inspection runs in
+    that many processes; the report's order is the same either way: inputs as given, each
+    folder's models sorted."""
     inputs: list[str | ModelResult] = []
     for path in paths:
         if not os.path.isdir(path) or detect.is_model_directory(path):
             inputs.append(path)
         else:
             inputs += detect.find_models(path) or [ModelResult(path, None, error=NO_MODELS)]
-    results = iter(_inspect_all([i for i in inputs if isinstance(i, str)], settings, jobs))
-    models = tuple(i if isinstance(i, ModelResult) else next(results) for i in inputs)
-    return Report(models=models, fail_on=settings.fail_on)
+    models = [i for i in inputs if isinstance(i, str)]
+    results = iter(_inspect_all(models, settings, jobs, probe, step))
+    found = tuple(i if isinstance(i, ModelResult) else next(results) for i in inputs)
+    return Report(models=found, fail_on=settings.fail_on)
 
 
-def _inspect_all(paths: list[str], settings: Settings, jobs: int) -> list[ModelResult]:
-    if jobs <= 1 or len(paths) <= 1:
-        return [inspect_path(path, settings) for path in paths]
+def _inspect_all(
+    paths: list[str],
+    settings: Settings,
+    jobs: int,
+    probe: ProbeOptions | None,
+    step: StepReporter | None,
+) -> list[ModelResult]:
+    # Probes run here, one at a time: each loads a model with TensorFlow, which already uses
+    # every core, and reports progress to this process's terminal.
+    if probe is not None or jobs <= 1 or len(paths) <= 1:
+        return [inspect_path(path, settings, probe, step) for path in paths]
     # Processes, not threads: h5py serialises all HDF5 calls behind one global lock. "spawn"
     # starts clean workers even when the parent has imported TensorFlow (and its threads).
     context = multiprocessing.get_context("spawn")
@@ -48,12 +71,27 @@ def _inspect_all(paths: list[str], settings: Settings, jobs: int) -> list[ModelR
         return list(pool.map(inspect_path, paths, itertools.repeat(settings)))
 
 
-def inspect_path(path: str, settings: Settings) -> ModelResult:
+def inspect_path(
+    path: str,
+    settings: Settings,
+    probe: ProbeOptions | None = None,
+    step: StepReporter | None = None,
+) -> ModelResult:
+    """Read and judge one model; with ``probe``, also run it and judge the measurements."""
     try:
         description = read_model(path)
     except ModelReadError as exc:
         return ModelResult(path=path, format=None, error=str(exc))
-    return judged(path, description, settings)
+    result = judged(path, description, settings)
+    if probe is None:
+        return result
+    show = step or (lambda _: None)
+    try:
+        measured = run_probe(path, probe, lambda text: show(f"{path}: {text}"))
+    except ModelReadError as exc:
+        return replace(result, error=f"probe: {exc}")
+    findings = result.findings + tuple(probe_findings(measured, settings))
+    return replace(result, findings=findings, probe=measured)
 
 
 def check_checkpoint(path: str, model_path: str | None, settings: Settings) -> Report:
@@ -79,6 +117,7 @@ def check_checkpoint(path: str, model_path: str | None, settings: Settings) -> R
 
 
 def judged(path: str, description: ModelDescription, settings: Settings) -> ModelResult:
+    """A description with the findings of every static and checkpoint rule."""
     findings = static_findings(description, settings) + checkpoint_findings(description, settings)
     return ModelResult(
         path=path, format=description.format, description=description, findings=tuple(findings)
@@ -86,28 +125,31 @@ def judged(path: str, description: ModelDescription, settings: Settings) -> Mode
 
 
 def static_findings(description: ModelDescription, settings: Settings) -> list[Finding]:
-    """Run every enabled static rule over every layer, in rule order then layer order."""
-    findings = []
-    for rule_id, rule in RULES.items():
-        if rule.NEEDS != "static" or not settings.enabled(rule_id):
-            continue
-        options = settings.rules[rule_id].options
-        for layer in description.layers:
-            findings += stamp_all(rule_id, rule.check(layer, options), settings)
-    return findings
+    """Every enabled static rule over every layer, in rule order then layer order."""
+    return findings_for("static", description.layers, settings)
 
 
 def checkpoint_findings(description: ModelDescription, settings: Settings) -> list[Finding]:
-    """Run every enabled checkpoint rule over a checkpoint's or SavedModel's variable groups."""
+    """Every enabled checkpoint rule over a checkpoint's or SavedModel's variable groups."""
     contents = description.checkpoint
-    if contents is None:
-        return []
+    return [] if contents is None else findings_for("checkpoint", [contents], settings)
+
+
+def probe_findings(result: ProbeResult, settings: Settings) -> list[Finding]:
+    """Every enabled probe rule over one model's probe result, in rule order."""
+    return findings_for("probe", [result], settings)
+
+
+def findings_for(needs: str, subjects: Iterable[object], settings: Settings) -> list[Finding]:
+    """Run every enabled rule that judges this kind of subject over each of them."""
+    subjects = list(subjects)
     findings = []
     for rule_id, rule in RULES.items():
-        if rule.NEEDS != "checkpoint" or not settings.enabled(rule_id):
+        if needs != rule.NEEDS or not settings.enabled(rule_id):
             continue
         options = settings.rules[rule_id].options
-        findings += stamp_all(rule_id, rule.check(contents, options), settings)
+        for subject in subjects:
+            findings += stamp_all(rule_id, rule.check(subject, options), settings)
     return findings
 
 

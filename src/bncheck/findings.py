@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bncheck.model import ModelDescription
+from bncheck.probe.results import ProbeResult
 
 
 class Severity(enum.IntEnum):
@@ -81,6 +82,8 @@ class ModelResult:
     findings: tuple[Finding, ...] = ()
     error: str | None = None
     """One-line reason the input could not be read; ``None`` on success."""
+    probe: ProbeResult | None = None
+    """What the probe measured, or why it was skipped; ``None`` when no probe was asked for."""
 
 
 class FailOn(enum.Enum):

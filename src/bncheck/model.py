@@ -108,6 +108,9 @@ class BNLayer:
     """Keyword arguments of each recorded call of the layer in the saved graph."""
     source: str = ""
     """Where the arrays were found in the file (group or variable names)."""
+    locations: Mapping[str, str] = field(default_factory=dict)
+    """The HDF5 dataset holding each array, by array name: a path inside the ``.h5`` file, or
+    inside the ``model.weights.h5`` member of a ``.keras`` archive. Empty when unknown."""
 
     @property
     def channels(self) -> int:

@@ -7,6 +7,14 @@ import numpy as np
 
 from bncheck.findings import Problem
 from bncheck.model import BNLayer, CheckpointGroup, InitialValues
+from bncheck.probe.results import (
+    INFERENCE,
+    TRAINING,
+    LayerMeasurement,
+    OutputMeasurement,
+    ProbeData,
+    ProbeResult,
+)
 
 
 def layer(**overrides: Any) -> BNLayer:
@@ -43,4 +51,72 @@ def checkpoint_group(path: str, *arrays: str, channels: int = 4) -> CheckpointGr
 
 
 def problems(rule: ModuleType, subject: object, **options: float) -> list[Problem]:
+    return list(rule.check(subject, {**rule.OPTIONS, **options}))
+
+
+def measured_layer(**overrides: Any) -> LayerMeasurement:
+    """A 4-channel BatchNorm layer whose moving statistics match its input and whose activations
+    vary alike in both modes; keyword arguments replace any field."""
+    fields: dict[str, Any] = {
+        "path": "model/bn",
+        "calls": 1,
+        "trainable": True,
+        "epsilon": 1e-3,
+        "moving_mean": np.array([0.3, -1.2, 0.01, 2.0]),
+        "moving_variance": np.array([0.5, 2.0, 0.04, 1.3]),
+        "input_mean": np.array([0.3, -1.2, 0.01, 2.0]),
+        "input_variance": np.array([0.5, 2.0, 0.04, 1.3]),
+        "inference_spread": 0.8,
+        "inference_rms": 1.0,
+        "inference_nonfinite": 0,
+        "moving_stats_error": 0.0,
+        "training_spread": 0.8,
+        "training_rms": 1.0,
+    }
+    for key, value in overrides.items():
+        fields[key] = np.asarray(value, dtype="float64") if isinstance(value, list) else value
+    return LayerMeasurement(**fields)
+
+
+def measured_output(**overrides: Any) -> OutputMeasurement:
+    """A classifier output that behaves alike in both modes and batches."""
+    fields: dict[str, Any] = {
+        "name": "head",
+        "inference_spread": 0.5,
+        "inference_rms": 0.6,
+        "inference_nonfinite": 0,
+        "training_spread": 0.5,
+        "training_rms": 0.6,
+        "relative_error": 0.01,
+        "top1_agreement": 1.0,
+        "batch_dependence": 0.0,
+    }
+    fields.update(overrides)
+    return OutputMeasurement(**fields)
+
+
+def probe_result(
+    layers: tuple[LayerMeasurement, ...] = (),
+    outputs: tuple[OutputMeasurement, ...] | None = None,
+    real: bool = True,
+    **overrides: Any,
+) -> ProbeResult:
+    """A probe that ran both modes on 32 samples of real (or synthetic) data."""
+    fields: dict[str, Any] = {
+        "path": "model.keras",
+        "loader": "keras",
+        "content": (),
+        "unsafe": False,
+        "data": ProbeData(
+            real=real, source="x.npy", samples=32, inputs=(("image", (32, 8, 8, 1)),)
+        ),
+        "modes": (INFERENCE, TRAINING),
+        "outputs": (measured_output(),) if outputs is None else outputs,
+        "layers": layers,
+    }
+    fields.update(overrides)
+    return ProbeResult(**fields)
+
+
+def judge(rule: ModuleType, subject: ProbeResult, **options: float) -> list[Problem]:
     return list(rule.check(subject, {**rule.OPTIONS, **options}))

@@ -67,6 +67,11 @@ def saved_name(group: h5py.Group) -> str | None:
     return None
 
 
+def role_locations(roles: list[str | None], where: str) -> dict[str, str]:
+    """The dataset path of each array of a BN layer whose variables sit in ``where/vars``."""
+    return {role: f"{where}/vars/{index}" for index, role in enumerate(roles) if role is not None}
+
+
 def read_roles(
     datasets: list[h5py.Dataset], roles: list[str | None], where: str
 ) -> dict[str, np.ndarray]:
@@ -146,6 +151,7 @@ def scan_for_batchnorm(
             trainable=None if ancestor is None else ancestor.trainable,
             initial=InitialValues(assumed=True),
             source=f"{where}/vars",
+            locations=role_locations(roles, where),
         )
 
 

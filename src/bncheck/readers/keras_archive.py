@@ -122,6 +122,7 @@ def _bn_layer(layer: LayerConfig, segments: tuple[str, ...], group: h5py.Group) 
         gamma=arrays.get("gamma"),
         beta=arrays.get("beta"),
         source=f"{where}/vars",
+        locations=keras3_layout.role_locations(roles, where),
         **settings,
     )
 

@@ -109,5 +109,6 @@ def _bn_layer(layer: LayerConfig, scopes: ScopeIndex) -> BNLayer:
         gamma=arrays.get("gamma"),
         beta=arrays.get("beta"),
         source="model_weights/" + "/".join(scope.scope),
+        locations={role: f"model_weights/{scope.keys[role]}" for role in expected},
         **settings,
     )

@@ -99,4 +99,5 @@ def _layer_from_scope(h5: h5py.File, scope: VariableScope) -> BNLayer:
         scale="gamma" in arrays,
         initial=InitialValues(assumed=True),
         source=", ".join(scope.keys[role] for role in arrays),
+        locations={role: scope.keys[role] for role in arrays},
     )

@@ -16,6 +16,7 @@ from bncheck.model import (
     CheckpointGroup,
     Coverage,
 )
+from bncheck.probe.results import ProbeResult
 from bncheck.reporters.options import PLAIN, RenderOptions
 
 
@@ -52,6 +53,7 @@ def _model(model: ModelResult) -> dict[str, Any]:
         "findings": [finding_dict(finding) for finding in model.findings],
         "coverage": _coverage(contents.coverage) if contents else None,
         "checkpoint": _checkpoint(contents) if contents else None,
+        "probe": None if model.probe is None else _probe(model.probe),
     }
 
 
@@ -84,6 +86,57 @@ def _group(group: CheckpointGroup) -> dict[str, Any]:
         "keys": dict(group.keys),
         "shapes": {name: list(shape) for name, shape in group.shapes.items()},
         "missing": list(group.missing_moving_stats),
+    }
+
+
+def _probe(probe: ProbeResult) -> dict[str, Any]:
+    data = probe.data
+    return {
+        "ran": probe.ran,
+        "skipped": probe.skipped,
+        "loader": probe.loader,
+        "unsafe": probe.unsafe,
+        "content": [
+            {"kind": ref.kind, "where": ref.where, "detail": ref.detail} for ref in probe.content
+        ],
+        "data": None
+        if data is None
+        else {
+            "real": data.real,
+            "source": data.source,
+            "samples": data.samples,
+            "inputs": [{"name": name, "shape": list(shape)} for name, shape in data.inputs],
+        },
+        "modes": list(probe.modes),
+        "outputs": [
+            {
+                "name": output.name,
+                "inference_spread": output.inference_spread,
+                "training_spread": output.training_spread,
+                "inference_rms": output.inference_rms,
+                "training_rms": output.training_rms,
+                "inference_nonfinite": output.inference_nonfinite,
+                "relative_error": output.relative_error,
+                "top1_agreement": output.top1_agreement,
+                "batch_dependence": output.batch_dependence,
+            }
+            for output in probe.outputs
+        ],
+        "layers": [
+            {
+                "path": layer.path,
+                "calls": layer.calls,
+                "trainable": layer.trainable,
+                "inference_spread": layer.inference_spread,
+                "training_spread": layer.training_spread,
+                "inference_rms": layer.inference_rms,
+                "training_rms": layer.training_rms,
+                "inference_nonfinite": layer.inference_nonfinite,
+                "moving_stats_error": layer.moving_stats_error,
+            }
+            for layer in probe.layers
+        ],
+        "notes": list(probe.notes),
     }
 
 

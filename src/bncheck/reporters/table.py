@@ -7,6 +7,7 @@ from tabulate import tabulate
 
 from bncheck.findings import ModelResult, Report, Severity
 from bncheck.model import ArraySummary, BNLayer, CheckpointContents
+from bncheck.probe.results import OutputMeasurement, ProbeResult
 from bncheck.reporters.options import PLAIN, RenderOptions
 
 _HEADERS = [
@@ -56,6 +57,8 @@ def _model_block(model: ModelResult, options: RenderOptions) -> str:
         if contents.matches:
             lines.append(_matches_table(contents))
         lines.append(coverage_line(contents, description.format))
+    if model.probe is not None:
+        lines += probe_lines(model.probe)
     if model.findings:
         ordered = sorted(model.findings, key=lambda f: -f.severity)
         lines.append("")
@@ -95,6 +98,37 @@ def _matches_table(contents: CheckpointContents) -> str:
         rows.append([match.layer, str(match.channels), group.path, match.matched_by or "", status])
     headers = ["model layer", "ch", "checkpoint variables", "matched by", "restores"]
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+
+
+def probe_lines(probe: ProbeResult) -> list[str]:
+    """The probe's data, modes and output figures, or why it was skipped."""
+    if probe.skipped is not None:
+        return [f"  probe: skipped: {probe.skipped}"]
+    lines = []
+    data = probe.data
+    if data is not None:
+        kind = "real data" if data.real else "synthetic data"
+        modes = " and ".join(probe.modes)
+        lines.append(
+            f"  probe: {kind} ({data.source}), {_count(data.samples, 'sample')}, {modes} mode, "
+            f"loaded by {probe.loader}{' (--unsafe)' if probe.unsafe else ''}"
+        )
+    lines += [f"  probe: output {_output_figures(output)}" for output in probe.outputs]
+    lines += [f"  probe note: {note}" for note in probe.notes]
+    return lines
+
+
+def _output_figures(output: OutputMeasurement) -> str:
+    parts = [f"spread {output.inference_spread:.3g} inference"]
+    if output.training_spread is not None:
+        parts[0] += f" / {output.training_spread:.3g} training"
+    if output.relative_error is not None:
+        parts.append(f"relative error {output.relative_error:.3g}")
+    if output.top1_agreement is not None:
+        parts.append(f"top-1 agreement {output.top1_agreement:.0%}")
+    if output.batch_dependence is not None:
+        parts.append(f"batch dependence {output.batch_dependence:.3g}")
+    return f"{output.name!r}: " + ", ".join(parts)
 
 
 def _row(layer: BNLayer) -> list[str]:

@@ -2,10 +2,11 @@
 
 A rule is a module with ``ID``, ``NAME``, ``DEFAULT_SEVERITY``, ``NEEDS`` (what it judges:
 ``static`` rules a ``BNLayer``, ``checkpoint`` rules the ``CheckpointContents`` of a checkpoint or
-SavedModel), ``OPTIONS`` (thresholds and their defaults), a docstring that is its documentation
-(structured as ``rules/docs.py`` describes, so that ``bncheck explain`` and the reports can use its
-parts), and ``check(subject, options)`` yielding ``Problem``s. Rules never decide their own
-severity or whether they run: configuration does, and the runner stamps each problem.
+SavedModel, ``probe`` rules a model's ``ProbeResult``), ``OPTIONS`` (thresholds and their
+defaults), a docstring that is its documentation (structured as ``rules/docs.py`` describes, so
+that ``bncheck explain`` and the reports can use its parts), and ``check(subject, options)``
+yielding ``Problem``s. Rules never decide their own severity or whether they run: configuration
+does, and the runner stamps each problem.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from bncheck.rules import (
     bn010_hardcoded_training_call,
     bn011_checkpoint_missing_moving_stats,
     bn012_checkpoint_model_mismatch,
+    bn013_inference_collapse,
+    bn014_stale_moving_stats,
+    bn015_mode_divergence,
+    bn016_batch_dependent_inference,
+    bn017_unsafe_model_content,
 )
 
 
@@ -59,6 +65,11 @@ RULES: dict[str, Rule] = _registry(
     bn010_hardcoded_training_call,
     bn011_checkpoint_missing_moving_stats,
     bn012_checkpoint_model_mismatch,
+    bn013_inference_collapse,
+    bn014_stale_moving_stats,
+    bn015_mode_divergence,
+    bn016_batch_dependent_inference,
+    bn017_unsafe_model_content,
 )
 
 

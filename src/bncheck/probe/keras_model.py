@@ -1,0 +1,299 @@
+"""Loading ``.keras`` and ``.h5`` models with Keras, and watching their BatchNorm layers run.
+
+Keras is imported inside functions only. Every BatchNorm layer's ``call`` can be wrapped for the
+length of one forward pass (``batchnorm_hooks``), which lets bncheck see each layer's input and
+output wherever the layer sits (nested models, wrappers, custom layers) and run BatchNorm alone in
+training mode while every other layer (Dropout, noise) stays in inference mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import inspect
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bncheck.errors import ModelReadError, UsageError
+from bncheck.probe.data import InputSpec
+from bncheck.readers import detect
+
+#: Called after each BatchNorm call with the layer's path, the layer, its input and its output.
+CallObserver = Callable[[str, Any, Any, Any], None]
+
+_SUFFIXES = {"zip": ".keras", "hdf5": ".h5"}
+
+
+def load_custom_objects(path: str) -> dict[str, Any]:
+    """Run the user's ``--custom-objects`` file and collect what it defines or registers.
+
+    The file is the user's own code, trusted explicitly; the model file never is.
+    """
+    import keras
+
+    target = Path(path)
+    if not target.is_file():
+        raise UsageError(f"--custom-objects {path}: no such file")
+    registered_before = dict(keras.saving.get_custom_objects())
+    digest = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:12]
+    module_name = f"bncheck_custom_objects_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, target)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"--custom-objects {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's file may fail in any way; report it on one line
+        raise UsageError(f"--custom-objects {path} failed ({describe_error(exc)})") from None
+    defined = {
+        name: value
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and (inspect.isclass(value) or inspect.isfunction(value))
+        and getattr(value, "__module__", None) == module_name
+    }
+    registered = {
+        name: value
+        for name, value in keras.saving.get_custom_objects().items()
+        if name not in registered_before
+    }
+    return {**defined, **registered}
+
+
+def builtin_layer_names() -> frozenset[str]:
+    """Class names Keras's legacy ``.h5`` loader resolves without custom objects."""
+    import keras
+
+    names = {name for name, value in vars(keras.layers).items() if inspect.isclass(value)}
+    return frozenset(names | {"Functional", "Model", "Sequential"})
+
+
+def load_model(path: str, unsafe: bool, custom_objects: dict[str, Any]) -> Any:
+    """``keras.models.load_model`` with ``safe_mode`` unless ``--unsafe``, never compiled.
+
+    Keras picks its loader by file extension; bncheck recognises files by content, so a file
+    with another name is loaded through a temporary symbolic link with the right one.
+    """
+    import keras
+
+    suffix = _SUFFIXES.get(detect.sniff(path))
+    if suffix is None:
+        raise ModelReadError("Keras cannot load this kind of file")
+    try:
+        with _named_like(path, suffix) as keras_path, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return keras.models.load_model(
+                keras_path, compile=False, safe_mode=not unsafe, custom_objects=custom_objects
+            )
+    except Exception as exc:  # Keras raises many kinds; the user needs one line
+        raise ModelReadError(f"Keras cannot load the model ({describe_error(exc)})") from None
+
+
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line, shortened: Keras errors quote whole configurations."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _named_like(path: str, suffix: str) -> Iterator[str]:
+    if path.endswith((suffix, ".hdf5") if suffix == ".h5" else suffix):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="bncheck-") as tmp:
+        link = os.path.join(tmp, f"model{suffix}")
+        os.symlink(os.path.abspath(path), link)
+        yield link
+
+
+def input_specs(model: Any) -> list[InputSpec] | None:
+    """The model's declared inputs; ``None`` for a model that declares none (subclassed)."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    if not inputs:
+        return None
+    return [
+        InputSpec(
+            name=str(tensor.name),
+            shape=tuple(None if dim is None else int(dim) for dim in tensor.shape),
+            dtype=str(np.dtype(tensor.dtype)),
+        )
+        for tensor in inputs
+    ]
+
+
+def pack_inputs(model: Any, batch: Sequence[Any]) -> Any:
+    """The batch in the structure the model's call expects (a tensor, a list or a dict)."""
+    from keras import tree
+
+    structure = getattr(model, "_inputs_struct", None)
+    if structure is None:
+        return batch[0] if len(batch) == 1 else list(batch)
+    return tree.pack_sequence_as(structure, list(batch))
+
+
+def output_arrays(model: Any, outputs: Any) -> list[tuple[str, np.ndarray]]:
+    from keras import tree
+
+    flat = [np.asarray(value) for value in tree.flatten(outputs)]
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) != len(flat):
+        names = [f"output_{index}" for index in range(len(flat))]
+    return list(zip(names, flat, strict=True))
+
+
+def batchnorm_layers(model: Any) -> list[tuple[str, Any]]:
+    """Every BatchNormalization layer with its nested path, as the static report names it."""
+    import keras
+
+    found: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+
+    def walk(layer: Any, prefix: tuple[str, ...]) -> None:
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        path = (*prefix, layer.name)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(("/".join(path), layer))
+            return
+        for child in layer._flatten_layers(include_self=False, recursive=False):
+            walk(child, path)
+
+    walk(model, ())
+    return found
+
+
+@contextlib.contextmanager
+def batchnorm_hooks(
+    layers: Sequence[tuple[str, Any]], force_training: bool, observe: CallObserver
+) -> Iterator[None]:
+    """Wrap each layer's ``call`` for the duration of the block.
+
+    With ``force_training`` the layers normalise with batch statistics even though the model is
+    called in inference mode, so every other layer keeps its inference behaviour.
+    """
+    wrapped = []
+    try:
+        for path, layer in layers:
+            original = layer.call
+
+            def hooked(
+                inputs: Any,
+                *args: Any,
+                _original: Any = original,
+                _path: str = path,
+                _layer: Any = layer,
+                **kwargs: Any,
+            ) -> Any:
+                if force_training:
+                    if args:
+                        args = (True, *args[1:])
+                    else:
+                        kwargs["training"] = True
+                outputs = _original(inputs, *args, **kwargs)
+                observe(_path, _layer, inputs, outputs)
+                return outputs
+
+            layer.call = hooked
+            wrapped.append(layer)
+        yield
+    finally:
+        for layer in wrapped:
+            del layer.call
+
+
+def reduction_axes(layer: Any, rank: int) -> list[int]:
+    """The axes a BatchNorm layer averages over: all but its channel axis."""
+    axis = layer.axis % rank
+    return [index for index in range(rank) if index != axis]
+
+
+@dataclass(frozen=True)
+class CallFigures:
+    """What one call of a BatchNorm layer did, reduced to a few numbers per channel."""
+
+    spread: float
+    """Relative spread of the output across the batch (see ``OutputMeasurement``)."""
+    rms: float
+    nonfinite: int
+    input_mean: np.ndarray
+    input_variance: np.ndarray
+    moving_stats_error: float | None
+    """How far the output is from the moving statistics' normalisation, relative to the output;
+    ``None`` when not asked for."""
+
+
+def call_figures(layer: Any, inputs: Any, outputs: Any, compare_with_moving: bool) -> CallFigures:
+    """Reduce one call's input and output with TensorFlow (multi-threaded, in float32) so that
+    only a few numbers per channel leave the graph."""
+    import tensorflow as tf
+
+    values = tf.cast(inputs, tf.float32)
+    out = tf.cast(outputs, tf.float32)
+    finite = tf.math.is_finite(out)
+    nonfinite = int(tf.size(out)) - int(tf.math.count_nonzero(finite))
+    if nonfinite:
+        out = tf.where(finite, out, tf.zeros_like(out))
+    flat = tf.reshape(out, [tf.shape(out)[0], -1])
+    rms = float(tf.sqrt(tf.reduce_mean(tf.square(flat))))
+    spread = 0.0
+    if int(tf.shape(flat)[0]) >= 2 and rms > 0.0:
+        spread = float(tf.reduce_mean(tf.math.reduce_std(flat, axis=0))) / rms
+    mean, variance = tf.nn.moments(values, axes=reduction_axes(layer, len(values.shape)))
+    error = None
+    if compare_with_moving:
+        expected = normalise_with_moving_stats(layer, values)
+        scale = float(tf.norm(out))
+        difference = float(tf.norm(out - expected))
+        error = difference / scale if scale > 0.0 else (0.0 if difference == 0.0 else np.inf)
+    return CallFigures(
+        spread=spread,
+        rms=rms,
+        nonfinite=nonfinite,
+        input_mean=np.asarray(mean.numpy(), dtype=np.float64),
+        input_variance=np.asarray(variance.numpy(), dtype=np.float64),
+        moving_stats_error=error,
+    )
+
+
+def normalise_with_moving_stats(layer: Any, values: Any) -> Any:
+    """What an inference-mode BatchNorm layer outputs for ``values`` (a float32 tensor): the
+    moving statistics' normalisation, then gamma and beta."""
+    import tensorflow as tf
+
+    shape = [1] * len(values.shape)
+    shape[layer.axis % len(values.shape)] = -1
+
+    def channel(variable: Any) -> Any:
+        return tf.reshape(tf.cast(variable.value, tf.float32), shape)
+
+    scale = tf.math.rsqrt(channel(layer.moving_variance) + layer.epsilon)
+    if layer.scale:
+        scale = scale * channel(layer.gamma)
+    normalised = (values - channel(layer.moving_mean)) * scale
+    return normalised + channel(layer.beta) if layer.center else normalised
+
+
+class Snapshot:
+    """Every variable's value, to put back after running the model in training mode."""
+
+    def __init__(self, variables: Sequence[Any]) -> None:
+        self._variables = list(variables)
+        self._values = [np.array(variable.numpy(), copy=True) for variable in self._variables]
+
+    def restore(self) -> None:
+        for variable, value in zip(self._variables, self._values, strict=True):
+            variable.assign(value)

@@ -1,0 +1,49 @@
+"""Progress on standard error, for people watching a terminal; silent anywhere else."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    """One status line, rewritten in place; nothing at all unless the stream is a terminal."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream if stream is not None else sys.stderr
+        self.enabled = self._stream.isatty()
+        self._width = 0
+        self._started = time.perf_counter()
+        self._label = ""
+
+    def step(self, text: str) -> None:
+        """Show what is happening now."""
+        self._show(text)
+
+    def start_batches(self, label: str) -> None:
+        self._label = label
+        self._started = time.perf_counter()
+
+    def batch(self, done: int, total: int | None) -> None:
+        """Show batches done (of ``total`` when known) and the rate so far."""
+        if not self.enabled:
+            return
+        elapsed = max(time.perf_counter() - self._started, 1e-9)
+        of = f"/{total}" if total is not None else ""
+        self._show(f"{self._label}: batch {done}{of}, {done / elapsed:.1f} batches/s")
+
+    def done(self) -> None:
+        """Erase the status line."""
+        if self.enabled and self._width:
+            self._stream.write("\r" + " " * self._width + "\r")
+            self._stream.flush()
+            self._width = 0
+
+    def _show(self, text: str) -> None:
+        if not self.enabled:
+            return
+        padding = " " * max(0, self._width - len(text))
+        self._stream.write(f"\r{text}{padding}")
+        self._stream.flush()
+        self._width = len(text)

@@ -1,0 +1,349 @@
+"""`bncheck inspect --probe` on models trained to show each failure, in-process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import FIXTURES, CliResult
+
+keras = pytest.importorskip("keras")
+
+Run = Callable[..., CliResult]
+PROBE = FIXTURES / "probe"
+DIGITS = FIXTURES / "data/digits_0_1.npy"
+
+
+def report(run_cli: Run, *args: object) -> tuple[int, dict[str, Any]]:
+    result = run_cli("inspect", *args, "--format", "json")
+    assert result.err == "", result.err
+    return result.code, result.json()["models"][0]
+
+
+def rules(model: dict[str, Any]) -> list[tuple[str, str | None]]:
+    return sorted((f["rule"], f["layer"]) for f in model["findings"])
+
+
+def relative_spread(values: np.ndarray) -> float:
+    flat = values.reshape(len(values), -1).astype(np.float64)
+    return float(flat.std(axis=0).mean() / np.sqrt(np.mean(flat**2)))
+
+
+def test_untouched_statistics_collapse_and_the_first_collapsing_layer_is_named(
+    run_cli: Run,
+) -> None:
+    code, model = report(run_cli, PROBE / "no_training_flag.keras", "--probe")
+    assert code == 1
+    found = rules(model)
+    assert [rule for rule, _ in found].count("BN001") == 20
+    [collapse] = [f for f in model["findings"] if f["rule"] == "BN013"]
+    assert "nearly identical for every input" in collapse["message"]
+
+    # An independent look at the same synthetic batch: each BN layer's output across the batch,
+    # in inference mode and in training mode.
+    deep = keras.models.load_model(PROBE / "no_training_flag.keras", compile=False)
+    taps = keras.Model(deep.inputs, [deep.get_layer(f"bn{i}").output for i in range(1, 21)])
+    batch = np.random.default_rng(0).standard_normal((32, 8, 8, 1)).astype("float32")
+    inference = [relative_spread(a.numpy()) for a in taps(batch, training=False)]
+    training = [relative_spread(a.numpy()) for a in taps(batch, training=True)]
+    ratios = [i / t for i, t in zip(inference, training, strict=True)]
+    first = next(index for index, ratio in enumerate(ratios) if ratio <= 0.01)
+    assert collapse["layer"] == f"deep/bn{first + 1}"
+    assert first >= 5, "the signal fades with depth, not at once"
+    details = collapse["details"]
+    assert details["first_layer_inference_spread"] == pytest.approx(inference[first], rel=1e-3)
+    assert details["first_layer_training_spread"] == pytest.approx(training[first], rel=1e-3)
+    assert details["inference_spread"] < 1e-4 < details["training_spread"]
+
+
+def test_statistics_recomputed_over_the_data_are_clean(run_cli: Run) -> None:
+    code, model = report(run_cli, PROBE / "recalibrated.keras", "--data", DIGITS)
+    assert code == 0
+    assert model["findings"] == []
+    probe = model["probe"]
+    assert probe["data"]["real"] is True and probe["data"]["samples"] == 32
+    assert probe["modes"] == ["inference", "training"]
+    assert [layer["path"] for layer in probe["layers"]] == ["cnn/bn1", "cnn/bn2", "cnn/bn3"]
+
+
+def test_briefly_trained_model_has_stale_statistics(run_cli: Run) -> None:
+    code, model = report(run_cli, PROBE / "stale_stats.keras", "--data", DIGITS)
+    assert code == 1
+    stale = {layer for rule, layer in rules(model) if rule == "BN014"}
+    assert stale == {"cnn/bn1", "cnn/bn2", "cnn/bn3"}
+    assert ("BN015", None) in rules(model)
+    severe = [f for f in model["findings"] if f["rule"] == "BN014" and f["severity"] == "error"]
+    assert severe, "variance ratios above 8 escalate"
+    assert all(f["details"]["variance_ratio"] > 8 for f in severe)
+
+
+def test_synthetic_data_does_not_judge_staleness(run_cli: Run) -> None:
+    result = run_cli("inspect", PROBE / "stale_stats.keras", "--probe")
+    assert result.code == 0
+    assert "synthetic data (standard normal, seed 0)" in result.out
+    assert "staleness (BN014) and mode divergence (BN015) need real data" in result.out
+    assert "BN014 stale" not in result.out and "BN015 mode" not in result.out
+
+
+def test_hardcoded_training_call_is_batch_dependent(run_cli: Run) -> None:
+    code, model = report(run_cli, FIXTURES / "keras3/training_call.keras", "--probe")
+    assert code == 1
+    [finding] = [f for f in model["findings"] if f["rule"] == "BN016"]
+    assert finding["layer"] == "cnn/bn1"
+    assert finding["details"]["outputs"]["head"] > 1e-3
+    # A healthy model is not batch dependent, to float round-off.
+    _, healthy = report(run_cli, FIXTURES / "keras3/healthy_cnn.keras", "--probe")
+    assert healthy["probe"]["outputs"][0]["batch_dependence"] < 1e-5
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_probe_never_changes_the_model(run_cli: Run, tmp_path: Path) -> None:
+    from bncheck.probe import keras_model, measure
+
+    model_path = tmp_path / "stale.keras"
+    model_path.write_bytes((PROBE / "stale_stats.keras").read_bytes())
+    before = (digest(model_path), model_path.stat().st_mtime_ns, sorted(tmp_path.iterdir()))
+    assert run_cli("inspect", model_path, "--data", DIGITS).code == 1
+    assert (digest(model_path), model_path.stat().st_mtime_ns, sorted(tmp_path.iterdir())) == before
+
+    model = keras_model.load_model(str(model_path), unsafe=False, custom_objects={})
+    batch = [np.load(DIGITS)[:32]]
+    values = [np.array(variable.numpy()) for variable in model.variables]
+    bn_arrays = {
+        f"{path}/{variable.name}": np.array(variable.numpy())
+        for path, layer in keras_model.batchnorm_layers(model)
+        for variable in layer.weights
+    }
+    measured = measure.measure_keras(model, batch)
+    assert measured.modes == ("inference", "training")
+    for path, layer in keras_model.batchnorm_layers(model):
+        for variable in layer.weights:
+            assert np.array_equal(variable.numpy(), bn_arrays[f"{path}/{variable.name}"])
+    assert all(
+        np.array_equal(variable.numpy(), value)
+        for variable, value in zip(model.variables, values, strict=True)
+    )
+    # The premise: a training-mode call does move the statistics.
+    model(batch[0], training=True)
+    assert not np.array_equal(
+        model.get_layer("bn1").moving_mean.numpy(), bn_arrays["cnn/bn1/moving_mean"]
+    )
+
+
+def test_multi_input_model_takes_an_npz(run_cli: Run, tmp_path: Path) -> None:
+    images = np.load(DIGITS)
+    data = tmp_path / "inputs.npz"
+    np.savez(data, image=images, rows=images[..., 0])
+    _, model = report(run_cli, FIXTURES / "keras3/nested.keras", "--data", data)
+    probe = model["probe"]
+    assert probe["data"]["inputs"] == [
+        {"name": "image", "shape": [32, 8, 8, 1]},
+        {"name": "rows", "shape": [32, 8, 8]},
+    ]
+    # The probe names layers as the static reader does, through nested models and wrappers.
+    assert sorted(layer["path"] for layer in probe["layers"]) == sorted(
+        layer["path"] for layer in model["layers"]
+    )
+    np.save(tmp_path / "one.npy", images)
+    result = run_cli("inspect", FIXTURES / "keras3/nested.keras", "--data", tmp_path / "one.npy")
+    assert result.code == 2
+    assert result.err.strip().endswith("pass an .npz file with one array per input name")
+
+
+@pytest.mark.parametrize("fixture", ["stale_stats.h5", "keras2_stale.h5"])
+def test_legacy_h5_files_are_probed(run_cli: Run, fixture: str) -> None:
+    code, model = report(run_cli, PROBE / fixture, "--data", DIGITS)
+    assert code == 1
+    assert model["probe"]["loader"] == "keras"
+    assert {rule for rule, _ in rules(model)} >= {"BN014", "BN015"}
+
+
+def test_tf_keras_savedmodel_runs_both_modes(run_cli: Run) -> None:
+    code, model = report(run_cli, PROBE / "tf_keras_savedmodel", "--data", DIGITS)
+    assert code == 0  # BN015 is a warning
+    probe = model["probe"]
+    assert probe["loader"] == "tf-keras SavedModel"
+    assert probe["modes"] == ["inference", "training"]
+    assert probe["layers"] == []
+    assert rules(model) == [("BN015", None)]
+
+
+def test_keras3_export_is_inference_only(run_cli: Run) -> None:
+    code, model = report(run_cli, PROBE / "stale_stats_export", "--data", DIGITS)
+    assert code == 0
+    probe = model["probe"]
+    assert probe["loader"] == "Keras export SavedModel"
+    assert probe["modes"] == ["inference"]
+    assert any("inference only" in note for note in probe["notes"])
+    assert probe["outputs"][0]["batch_dependence"] < 1e-5
+    assert model["findings"] == []
+
+
+def canary_models(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """Models whose Lambda layer creates ``canary`` when Keras rebuilds or runs it."""
+    import tf_keras
+
+    canary = tmp_path / "canary"
+    # A Python lambda, which Keras saves as marshalled bytecode; the path is a constant of its
+    # code because Keras cannot reload a lambda's default arguments.
+    touch = eval(f"lambda t: (open({str(canary)!r}, 'w').close(), t)[1]")
+    paths = []
+    for api, suffixes in ((keras, (".keras", ".h5")), (tf_keras, (".h5",))):
+        inputs = api.Input((4,), name="x")
+        hidden = api.layers.BatchNormalization(name="bn")(api.layers.Dense(4)(inputs))
+        model = api.Model(inputs, api.layers.Lambda(touch, name="canary")(hidden), name="m")
+        for suffix in suffixes:
+            path = tmp_path / f"{api.__name__}{suffix}"
+            model.save(path)
+            paths.append(path)
+    canary.unlink()
+    return canary, paths
+
+
+def test_code_in_a_model_file_never_runs_without_unsafe(run_cli: Run, tmp_path: Path) -> None:
+    canary, paths = canary_models(tmp_path)
+    for path in paths:
+        result = run_cli("inspect", path, "--probe", "--format", "json")
+        assert not canary.exists(), path
+        model = result.json()["models"][0]
+        assert model["probe"]["ran"] is False
+        assert "pass --unsafe" in model["probe"]["skipped"]
+        [warning] = [f for f in model["findings"] if f["rule"] == "BN017"]
+        assert warning["details"]["references"][0]["kind"] == "lambda"
+    # The canary works: with --unsafe the same file does run.
+    for path in paths:
+        result = run_cli("inspect", path, "--probe", "--unsafe", "--format", "json")
+        assert canary.exists(), path
+        assert result.json()["models"][0]["probe"]["ran"] is True
+        canary.unlink()
+
+
+def test_custom_objects_file_lets_the_probe_run(run_cli: Run) -> None:
+    _, skipped = report(run_cli, PROBE / "custom_layer.keras", "--probe")
+    assert "--custom-objects" in skipped["probe"]["skipped"]
+    custom = FIXTURES / "custom_layer.py"
+    _, ran = report(run_cli, PROBE / "custom_layer.keras", "--probe", "--custom-objects", custom)
+    assert ran["probe"]["ran"] is True
+    assert ran["findings"] == []
+
+
+def test_unknown_dimensions_need_an_input_shape(run_cli: Run, tmp_path: Path) -> None:
+    inputs = keras.Input((None, None, 1), name="image")
+    x = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(2, 3)(inputs))
+    path = tmp_path / "open.keras"
+    keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name="open").save(path)
+    result = run_cli("inspect", path, "--probe")
+    assert result.code == 2
+    assert result.err == (
+        "bncheck: error: input 'image' (None, None, None, 1) float32 has unknown dimensions: "
+        "pass --input-shape image=D1,D2,... or real data with --data\n"
+    )
+    code, model = report(run_cli, path, "--probe", "--input-shape", "image=12,12,1")
+    assert code == 0
+    assert model["probe"]["data"]["inputs"] == [{"name": "image", "shape": [32, 12, 12, 1]}]
+
+
+def test_model_keras_cannot_load_is_unreadable(run_cli: Run, tmp_path: Path) -> None:
+    source = FIXTURES / "keras3/healthy_cnn.keras"
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    config["config"]["layers"][1]["class_name"] = "NoSuchLayer"
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(broken, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    result = run_cli("inspect", broken, "--probe")
+    assert result.code == 3
+    [line] = result.err.strip().splitlines()
+    assert line.startswith(f"bncheck: error: {broken}: probe: Keras cannot load the model (")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "8"], "--batch-size only applies with --probe or --data"),
+        (["--unsafe"], "--unsafe only applies with --probe or --data"),
+        (["--data", "missing.npy"], "--data missing.npy: no such file"),
+        (["--probe", "--custom-objects", "missing.py"], "--custom-objects missing.py: no such"),
+        (["--probe", "--input-shape", "8,x"], "--input-shape '8,x'"),
+    ],
+)
+def test_probe_usage_errors(run_cli: Run, args: list[str], message: str) -> None:
+    result = run_cli("inspect", FIXTURES / "keras3/healthy_cnn.keras", *args)
+    assert result.code == 2
+    [line] = result.err.strip().splitlines()
+    assert message in line
+
+
+def test_failing_custom_objects_file_is_one_line(run_cli: Run, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise RuntimeError('nope')\n")
+    result = run_cli("inspect", PROBE / "custom_layer.keras", "--probe", "--custom-objects", bad)
+    assert result.code == 2
+    assert result.err == f"bncheck: error: --custom-objects {bad} failed (RuntimeError: nope)\n"
+
+
+def test_weights_only_file_cannot_be_probed(run_cli: Run) -> None:
+    code, model = report(run_cli, FIXTURES / "weights/healthy_cnn.weights.h5", "--probe")
+    assert code == 0
+    assert model["probe"]["skipped"] == "a weights-only file holds no architecture to run"
+
+
+SUBCLASSED = """
+import keras
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class Small(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(4, 3)
+        self.bn = keras.layers.BatchNormalization()
+        self.pool = keras.layers.GlobalAveragePooling2D()
+
+    def call(self, x, training=None):
+        return self.pool(self.bn(self.conv(x), training=training))
+"""
+
+
+def test_subclassed_model_takes_its_input_shape_from_the_data(run_cli: Run, tmp_path: Path) -> None:
+    import importlib.util
+
+    source = tmp_path / "small.py"
+    source.write_text(SUBCLASSED)
+    spec = importlib.util.spec_from_file_location("small_model", source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.Small()
+    model(np.zeros((2, 8, 8, 1), "float32"))
+    path = tmp_path / "small.keras"
+    model.save(path)
+    _, skipped = report(run_cli, path, "--probe")
+    assert "--custom-objects" in skipped["probe"]["skipped"]
+    result = run_cli("inspect", path, "--probe", "--custom-objects", source)
+    assert result.code == 2
+    assert "declares no inputs (a subclassed model)" in result.err
+    _, ran = report(run_cli, path, "--data", DIGITS, "--custom-objects", source)
+    assert ran["probe"]["data"]["inputs"] == [{"name": "input", "shape": [32, 8, 8, 1]}]
+    assert len(ran["probe"]["layers"]) == 1
+
+
+def test_checkpoint_cannot_be_probed(tmp_path: Path) -> None:
+    from bncheck.probe.runner import ProbeOptions, run_probe
+
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    result = run_probe(str(tmp_path), ProbeOptions(), lambda _: None)
+    assert result.skipped == "a checkpoint holds no architecture to run"

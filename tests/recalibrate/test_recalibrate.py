@@ -1,0 +1,269 @@
+"""`bncheck recalibrate` repairs stale statistics and changes nothing else, in-process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from bncheck.readers import read_model
+from tests.conftest import FIXTURES, CliResult
+
+keras = pytest.importorskip("keras")
+
+Run = Callable[..., CliResult]
+PROBE = FIXTURES / "probe"
+DIGITS = FIXTURES / "data/digits_0_1.npy"
+LABELS = FIXTURES / "data/digits_0_1_labels.npy"
+
+
+def accuracies(path: Path) -> tuple[float, float]:
+    """(inference-mode, training-mode) accuracy of a model on the whole digits data."""
+    model = keras.models.load_model(path, compile=False)
+    x, y = np.load(DIGITS), np.load(LABELS)
+    inference = np.concatenate([model(x[i : i + 32]).numpy() for i in range(0, len(x), 32)])
+    training = np.concatenate(
+        [model(x[i : i + 32], training=True).numpy() for i in range(0, len(x), 32)]
+    )
+    return float(np.mean(inference.argmax(1) == y)), float(np.mean(training.argmax(1) == y))
+
+
+def datasets(path: Path) -> dict[str, bytes]:
+    """Every dataset of an HDF5 file (or of a .keras archive's weights), as raw bytes."""
+    if zipfile.is_zipfile(path):
+        inner = path.with_suffix(".weights.h5")
+        inner.write_bytes(zipfile.ZipFile(path).read("model.weights.h5"))
+        path = inner
+    found: dict[str, bytes] = {}
+    with h5py.File(path, "r") as h5:
+        h5.visititems(
+            lambda name, node: (
+                found.__setitem__(name, node[()].tobytes())
+                if isinstance(node, h5py.Dataset)
+                else None
+            )
+        )
+    return found
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_recalibration_closes_the_gap_between_modes(run_cli: Run, tmp_path: Path) -> None:
+    model = PROBE / "stale_stats.keras"
+    before_inference, before_training = accuracies(model)
+    assert before_training - before_inference > 0.2
+    out = tmp_path / "fixed.keras"
+    result = run_cli("recalibrate", model, "--data", DIGITS, "-o", out)
+    assert result.code == 0, result.err
+    after_inference, after_training = accuracies(out)
+    assert abs(after_training - after_inference) <= 0.03
+    assert after_inference > before_inference + 0.2
+    lines = result.out.splitlines()
+    assert lines[0] == f"recalibrated {model} -> {out}: 360 samples in 12 batches of {DIGITS}"
+    assert any(line.startswith("cnn/bn1  recalibrated") for line in lines)
+    before = next(line for line in lines if line.startswith("probe before:"))
+    after = next(line for line in lines if line.startswith("probe after:"))
+    assert "3 stale layers" in before and "mode divergence (relative error" in before
+    assert "no collapse, no stale layers, no mode divergence" in after
+    assert "top-1 agreement inference/training 100% on 32 samples" in after
+    assert lines[-1].startswith("OK: 0 errors")
+
+
+@pytest.mark.parametrize(
+    ("fixture", "recalibrated"),
+    [
+        ("stale_stats.keras", 3),  # optimizer state in model.weights.h5
+        ("stale_stats.h5", 3),  # Keras 3 legacy .h5 with optimizer_weights
+        ("keras2_stale.h5", 2),  # written by tf-keras
+    ],
+)
+def test_only_the_moving_statistics_change(
+    run_cli: Run, tmp_path: Path, fixture: str, recalibrated: int
+) -> None:
+    model = tmp_path / fixture
+    model.write_bytes((PROBE / fixture).read_bytes())
+    original = digest(model)
+    out = tmp_path / f"fixed{model.suffix}"
+    assert run_cli("recalibrate", model, "--data", DIGITS, "-o", out).code == 0
+    assert digest(model) == original
+
+    layers = read_model(str(model)).layers
+    moved = {
+        layer.locations[role] for layer in layers for role in ("moving_mean", "moving_variance")
+    }
+    assert len(moved) == 2 * recalibrated
+    old, new = datasets(model), datasets(out)
+    assert old.keys() == new.keys()
+    assert any("optimizer" in name for name in old)
+    for name in old:
+        if name in moved:
+            assert old[name] != new[name], name
+        else:
+            assert old[name] == new[name], name
+    if fixture.endswith(".keras"):
+        with zipfile.ZipFile(model) as before, zipfile.ZipFile(out) as after:
+            assert before.namelist() == after.namelist()
+            for info in before.infolist():
+                assert after.getinfo(info.filename).compress_type == info.compress_type
+                if info.filename != "model.weights.h5":
+                    assert before.read(info) == after.read(info.filename)
+    else:
+        with h5py.File(model, "r") as before, h5py.File(out, "r") as after:
+            assert dict(before.attrs) == dict(after.attrs)
+    keras.models.load_model(out, compile=False)
+
+
+def test_frozen_layers_keep_their_statistics(run_cli: Run, tmp_path: Path) -> None:
+    model = PROBE / "stale_frozen_bn1.keras"
+    out = tmp_path / "fixed.keras"
+    result = run_cli("recalibrate", model, "--data", DIGITS, "-o", out)
+    assert "cnn/bn1  frozen, kept" in result.out
+    old = {layer.path: layer for layer in read_model(str(model)).layers}
+    new = {layer.path: layer for layer in read_model(str(out)).layers}
+    assert np.array_equal(old["cnn/bn1"].moving_mean, new["cnn/bn1"].moving_mean)
+    assert np.array_equal(old["cnn/bn1"].moving_variance, new["cnn/bn1"].moving_variance)
+    assert not np.array_equal(old["cnn/bn2"].moving_mean, new["cnn/bn2"].moving_mean)
+
+    everything = tmp_path / "all.keras"
+    run_cli("recalibrate", model, "--data", DIGITS, "-o", everything, "--include-frozen")
+    included = {layer.path: layer for layer in read_model(str(everything)).layers}
+    assert not np.array_equal(old["cnn/bn1"].moving_mean, included["cnn/bn1"].moving_mean)
+    assert included["cnn/bn1"].trainable is False  # the configuration is untouched
+
+
+def test_agrees_with_an_independent_precise_batchnorm(run_cli: Run, tmp_path: Path) -> None:
+    """The fixture generator recomputed the same model's statistics its own way (unshuffled
+    batches of 32); bncheck's shuffled batches change each batch's composition, so upstream
+    normalisation differs slightly (most for the Dense layer, whose 32 samples per batch make
+    noisy variances), but the statistics must agree closely."""
+    out = tmp_path / "fixed.keras"
+    run_cli("recalibrate", PROBE / "stale_stats.keras", "--data", DIGITS, "-o", out)
+    ours = {layer.path: layer for layer in read_model(str(out)).layers}
+    theirs = {layer.path: layer for layer in read_model(str(PROBE / "recalibrated.keras")).layers}
+    for path, layer in theirs.items():
+        spread = np.sqrt(layer.moving_variance)
+        shift = np.abs(ours[path].moving_mean - layer.moving_mean) / spread
+        ratio = ours[path].moving_variance / layer.moving_variance
+        assert shift.max() < 0.05, path
+        assert np.abs(np.log(ratio)).max() < 0.2, path
+        assert abs(np.log(ratio).mean()) < 0.03, path
+    # bn1 sees the raw images, whatever the batching: its mean is exact.
+    np.testing.assert_allclose(
+        ours["cnn/bn1"].moving_mean, theirs["cnn/bn1"].moving_mean, rtol=1e-4, atol=1e-6
+    )
+
+
+def test_refuses_to_overwrite_the_model_unless_in_place(run_cli: Run, tmp_path: Path) -> None:
+    model = tmp_path / "model.keras"
+    model.write_bytes((PROBE / "stale_stats.keras").read_bytes())
+    original = digest(model)
+    for args in (["-o", model], []):
+        result = run_cli("recalibrate", model, "--data", DIGITS, *args)
+        assert result.code == 2
+        assert len(result.err.strip().splitlines()) == 1
+        assert "--in-place" in result.err
+    assert digest(model) == original
+    assert run_cli("recalibrate", model, "--data", DIGITS, "--in-place").code == 0
+    assert digest(model) != original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+
+
+def test_a_failed_write_leaves_nothing_behind(
+    run_cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(source: str, target: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    out = tmp_path / "fixed.keras"
+    result = run_cli("recalibrate", PROBE / "stale_stats.keras", "--data", DIGITS, "-o", out)
+    assert result.code == 2
+    assert result.err == f"bncheck: error: cannot write {out}: No space left on device\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def write_images(folder: Path, images: np.ndarray) -> np.ndarray:
+    """PNG files in two subfolders; returns the pixel values a decoder gets back, scaled."""
+    import tensorflow as tf
+
+    pixels = np.round(images * 255).astype("uint8")
+    for index, image in enumerate(pixels):
+        target = folder / ("odd" if index % 2 else "even") / f"{index}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(tf.io.encode_png(image).numpy())
+    return pixels.astype("float32") / 255
+
+
+def test_image_folder_is_streamed_like_an_array(run_cli: Run, tmp_path: Path) -> None:
+    decoded = write_images(tmp_path / "images", np.load(DIGITS)[:24])
+    np.save(tmp_path / "same.npy", decoded)
+    from_images, from_array = tmp_path / "images.keras", tmp_path / "array.keras"
+    common = ["--batch-size", "32", "--seed", "3"]
+    result = run_cli(
+        "recalibrate", PROBE / "stale_stats.keras", "--data", tmp_path / "images",
+        "--image-size", "8", "8", "--rescale", "1/255", "-o", from_images, *common,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert "24 samples in 1 batch of" in result.out
+    run_cli("recalibrate", PROBE / "stale_stats.keras", "--data", tmp_path / "same.npy",
+            "-o", from_array, *common)  # fmt: skip
+    # One batch holds every image, so the order cannot matter: the same statistics.
+    for image_layer, array_layer in zip(
+        read_model(str(from_images)).layers, read_model(str(from_array)).layers, strict=True
+    ):
+        np.testing.assert_allclose(image_layer.moving_mean, array_layer.moving_mean, atol=1e-5)
+        np.testing.assert_allclose(
+            image_layer.moving_variance, array_layer.moving_variance, rtol=1e-4
+        )
+
+
+def test_batches_limit_the_data(run_cli: Run, tmp_path: Path) -> None:
+    result = run_cli(
+        "recalibrate", PROBE / "stale_stats.keras", "--data", DIGITS, "-o",
+        tmp_path / "fixed.keras", "--batches", "2", "--batch-size", "16",
+    )  # fmt: skip
+    assert result.code == 0
+    assert ": 32 samples in 2 batches of" in result.out.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("model", "args", "code", "message"),
+    [
+        ("probe/stale_stats.keras", ["--data", "missing.npy", "-o", "{tmp}/o.keras"], 2,
+         "--data missing.npy: no such file"),
+        ("probe/stale_stats.keras", ["--data", "{tmp}", "-o", "{tmp}/o.keras"], 2,
+         "is a folder: pass --image-size H W"),
+        ("probe/stale_stats.keras", ["--data", str(DIGITS), "--image-size", "8", "8", "-o",
+         "{tmp}/o.keras"], 2, "--image-size and --rescale apply to image folders only"),
+        ("probe/stale_stats.keras", ["--data", str(DIGITS), "-o", "{tmp}/no/such/o.keras"], 2,
+         "cannot write {tmp}/no/such/o.keras: no such directory"),
+        ("probe/stale_stats.keras", ["--data", str(DIGITS), "--rescale", "x", "-o", "o"], 2,
+         "'x' is not a number or a fraction like 1/255"),
+        ("probe/lambda_layer.keras", ["--data", str(DIGITS), "-o", "{tmp}/o.keras"], 2,
+         "pass --unsafe to run it if you trust the file"),
+        ("probe/tf_keras_savedmodel", ["--data", str(DIGITS), "-o", "{tmp}/o"], 3,
+         "recalibrate reads and writes .keras and .h5 models, not savedmodel inputs"),
+        ("weights/healthy_cnn.weights.h5", ["--data", str(DIGITS), "-o", "{tmp}/o.h5"], 3,
+         "not weights-h5 inputs"),
+        ("probe/missing.keras", ["--data", str(DIGITS), "-o", "{tmp}/o.keras"], 3,
+         "no such file or directory"),
+    ],
+)  # fmt: skip
+def test_errors_are_one_line(
+    run_cli: Run, tmp_path: Path, model: str, args: list[str], code: int, message: str
+) -> None:
+    filled = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    result = run_cli("recalibrate", FIXTURES / model, *filled)
+    assert result.code == code, result.err
+    [line] = result.err.strip().splitlines()
+    assert line.startswith("bncheck: error: ")
+    assert message.replace("{tmp}", str(tmp_path)) in line
+    assert sorted(tmp_path.iterdir()) == []
