@@ -111,3 +111,40 @@ def test_plot_errors_are_one_line(
     assert len(result.err.strip().splitlines()) == 1, result.err
     assert result.err.startswith("bncheck: error: ") and message in result.err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_probe_run_gives_the_overlay_its_staleness_and_collapse_point() -> None:
+    """The overlay carries what the probe measured: every layer's staleness on real data,
+    ranked as BN014 ranks it, and the layer BN013 names as the start of a collapse."""
+    from bncheck.plot import probe_overlay
+    from bncheck.probe.runner import ProbeOptions
+
+    data = str(FIXTURES / "data/digits_0_1.npy")
+    stale = inspect_path(
+        str(FIXTURES / "probe/stale_stats.keras"), Settings(), ProbeOptions(data=data)
+    )
+    overlay = probe_overlay(stale)
+    assert overlay is not None and overlay.collapse_layer is None
+    assert set(overlay.staleness) == {"cnn/bn1", "cnn/bn2", "cnn/bn3"}
+    bn014 = [f.layer for f in stale.findings if f.rule == "BN014"]
+    assert bn014 == sorted(overlay.staleness, key=lambda path: -overlay.staleness[path])
+
+    collapsed = inspect_path(
+        str(FIXTURES / "probe/no_training_flag.keras"), Settings(), ProbeOptions()
+    )
+    overlay = probe_overlay(collapsed)
+    [bn013] = [f for f in collapsed.findings if f.rule == "BN013"]
+    assert overlay is not None and overlay.collapse_layer == bn013.details["first_layer"]
+    assert overlay.staleness == {}  # synthetic data cannot judge staleness
+    assert probe_overlay(inspect_path(str(FIXTURES / "keras3/nested.keras"), Settings())) is None
+
+
+def test_plot_takes_the_probe_options(run_cli: Run, tmp_path: Path) -> None:
+    target = tmp_path / "stale.svg"
+    data = FIXTURES / "data/digits_0_1.npy"
+    result = run_cli("plot", FIXTURES / "probe/stale_stats.keras", "--data", data, "-o", target)
+    assert result.code == 0, result.err
+    assert "staleness" in target.read_text()
+    refused = run_cli("plot", FIXTURES / "keras3/nested.keras", "--seed", "3", "-o", target)
+    assert refused.code == 2
+    assert refused.err == "bncheck: error: --seed only applies with --probe or --data\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -55,6 +55,8 @@ class PlotOptions:
     output: str
     """Image file to write; its suffix (.png or .svg) picks the format."""
     config: ConfigOptions
+    probe: ProbeOptions | None = None
+    """How to run the model for the probe panels; ``None`` for the static picture only."""
 
 
 PLOT_SUFFIXES = (".png", ".svg")
@@ -114,15 +116,22 @@ def run_plot(options: PlotOptions) -> int:
     if not options.output.lower().endswith(PLOT_SUFFIXES):
         raise UsageError(f"--output must end in {' or '.join(PLOT_SUFFIXES)}: {options.output}")
     settings = resolve_settings(options.config, Path.cwd())
-    result = inspect_path(options.model, settings)
+    progress = Progress()
+    try:
+        result = inspect_path(options.model, settings, options.probe, progress.step)
+    finally:
+        progress.done()
     if result.error is not None:
         click.echo(f"bncheck: error: {result.path}: {result.error}", err=True)
         return ExitCode.UNREADABLE
-    from bncheck.plot import plot_model  # matplotlib costs a second to import
+    from bncheck.plot import plot_model, probe_overlay  # matplotlib costs a second to import
 
     try:
         plot_model(
-            result, options.output, dead_variance=settings.rules["BN005"].options["max_variance"]
+            result,
+            options.output,
+            dead_variance=settings.rules["BN005"].options["max_variance"],
+            overlay=probe_overlay(result),
         )
     except OSError as exc:
         raise UsageError(f"cannot write --output {options.output}: {exc.strerror or exc}") from None
@@ -230,32 +239,61 @@ _custom_objects_option = click.option(
 _PROBE_ONLY = ("--batch-size", "--seed", "--input-shape", "--unsafe", "--custom-objects")
 
 
-_batch_size_option = click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="Samples per batch.",
-)
-_seed_option = click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed for picking and shuffling samples (and for synthetic data).",
-)
-_unsafe_option = click.option(
-    "--unsafe",
-    is_flag=True,
-    help="Load and run models that hold code (Lambda layers, foreign functions). Only for "
-    "files you trust.",
-)
-_custom_objects_option = click.option(
-    "--custom-objects",
-    metavar="FILE.py",
-    help="Python file defining your own custom layers (it is run; the model file never is).",
-)
-_PROBE_ONLY = ("--batch-size", "--seed", "--input-shape", "--unsafe", "--custom-objects")
+def _probe_options(command: Callable[..., int]) -> Callable[..., int]:
+    """The options that run the model: --probe, --data and what shapes the probe batch."""
+    decorators: list[Callable[[Any], Any]] = [
+        click.option(
+            "--probe",
+            is_flag=True,
+            help="Also run each model with Keras/TensorFlow in inference and training mode.",
+        ),
+        click.option(
+            "--data",
+            metavar="FILE",
+            help="Real probe data: .npy (one input) or .npz (one array per input name). "
+            "Implies --probe.",
+        ),
+        _batch_size_option,
+        _seed_option,
+        click.option(
+            "--input-shape",
+            "input_shapes",
+            multiple=True,
+            metavar="[NAME=]D1,D2,...",
+            help="Shape of an input without the batch dimension, for synthetic data where the "
+            "model leaves dimensions unknown. Repeatable.",
+        ),
+        _unsafe_option,
+        _custom_objects_option,
+        click.pass_context,
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+def _probe_from(
+    ctx: click.Context,
+    probe: bool,
+    data: str | None,
+    batch_size: int,
+    seed: int,
+    input_shapes: tuple[str, ...],
+    unsafe: bool,
+    custom_objects: str | None,
+) -> ProbeOptions | None:
+    """How to run the models, or ``None`` when neither --probe nor --data asks for it."""
+    if not probe and data is None:
+        _reject_probe_only_options(ctx)
+        return None
+    return ProbeOptions(
+        data=data,
+        batch_size=batch_size,
+        seed=seed,
+        input_shapes=dict(parse_input_shape(text) for text in input_shapes),
+        unsafe=unsafe,
+        custom_objects=custom_objects,
+    )
 
 
 @cli.command()
@@ -274,29 +312,7 @@ _PROBE_ONLY = ("--batch-size", "--seed", "--input-shape", "--unsafe", "--custom-
     show_default=True,
     help="Read this many models at once, each in its own process (static inspection only).",
 )
-@click.option(
-    "--probe",
-    is_flag=True,
-    help="Also run each model with Keras/TensorFlow in inference and training mode.",
-)
-@click.option(
-    "--data",
-    metavar="FILE",
-    help="Real probe data: .npy (one input) or .npz (one array per input name). Implies --probe.",
-)
-@_batch_size_option
-@_seed_option
-@click.option(
-    "--input-shape",
-    "input_shapes",
-    multiple=True,
-    metavar="[NAME=]D1,D2,...",
-    help="Shape of an input without the batch dimension, for synthetic data where the model "
-    "leaves dimensions unknown. Repeatable.",
-)
-@_unsafe_option
-@_custom_objects_option
-@click.pass_context
+@_probe_options
 def inspect(
     ctx: click.Context,
     paths: tuple[str, ...],
@@ -322,18 +338,9 @@ def inspect(
     checkpoint reader. Never runs code from them. With --probe (or --data) each model is also
     loaded and run; see the README for what that judges.
     """
-    probe_options = None
-    if probe or data is not None:
-        probe_options = ProbeOptions(
-            data=data,
-            batch_size=batch_size,
-            seed=seed,
-            input_shapes=dict(parse_input_shape(text) for text in input_shapes),
-            unsafe=unsafe,
-            custom_objects=custom_objects,
-        )
-    else:
-        _reject_probe_only_options(ctx)
+    probe_options = _probe_from(
+        ctx, probe, data, batch_size, seed, input_shapes, unsafe, custom_objects
+    )
     return run_inspect(
         InspectOptions(
             paths=paths,
@@ -426,10 +433,33 @@ def explain(rule: str) -> int:
     help="Image to write: .png or .svg.",
 )
 @_config_option
-def plot(model: str, output: str, config: str | None) -> int:
+@_probe_options
+def plot(
+    ctx: click.Context,
+    model: str,
+    output: str,
+    config: str | None,
+    probe: bool,
+    data: str | None,
+    batch_size: int,
+    seed: int,
+    input_shapes: tuple[str, ...],
+    unsafe: bool,
+    custom_objects: str | None,
+) -> int:
     """Draw the BatchNorm layers of MODEL in depth order: the spread of the moving statistics,
-    dead channels, and the layers with findings."""
-    return run_plot(PlotOptions(model=model, output=output, config=ConfigOptions(config=config)))
+    dead channels, and the layers with findings. With --probe or --data, also each layer's
+    staleness on the data and where an inference collapse starts."""
+    return run_plot(
+        PlotOptions(
+            model=model,
+            output=output,
+            config=ConfigOptions(config=config),
+            probe=_probe_from(
+                ctx, probe, data, batch_size, seed, input_shapes, unsafe, custom_objects
+            ),
+        )
+    )
 
 
 class _Fraction(click.ParamType):

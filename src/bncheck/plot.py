@@ -20,6 +20,7 @@ import numpy as np
 
 from bncheck.findings import Finding, ModelResult, Severity
 from bncheck.model import BNLayer
+from bncheck.rules import bn013_inference_collapse
 from bncheck.rules.bn005_dead_channels import dead_channels
 
 if TYPE_CHECKING:
@@ -76,6 +77,29 @@ class Spread:
         return cls(float(low), float(q05), float(median), float(q95), float(high))
 
 
+def probe_overlay(result: ModelResult) -> ProbeOverlay | None:
+    """What a probe run adds to the picture: each layer's staleness, on real data only (synthetic
+    data cannot judge it), and the layer where an inference collapse starts (BN013)."""
+    probe = result.probe
+    if probe is None or not probe.ran:
+        return None
+    staleness = {}
+    if probe.real_data:
+        for layer in probe.layers:
+            figures = layer.staleness()
+            if figures is not None:
+                staleness[layer.path] = figures.score
+    collapse = next(
+        (
+            str(finding.details["first_layer"])
+            for finding in result.findings
+            if finding.rule == bn013_inference_collapse.ID and "first_layer" in finding.details
+        ),
+        None,
+    )
+    return ProbeOverlay(staleness, "staleness\n(mean shift in sd,\nor ln variance ratio)", collapse)
+
+
 def plot_model(
     result: ModelResult,
     target: str,
@@ -92,7 +116,9 @@ def plot_model(
 
     assert result.description is not None, "only a readable model can be plotted"
     layers = result.description.layers
-    panels = 3 if overlay is None else 4
+    # Staleness needs real data; a probe on synthetic data still marks where a collapse starts.
+    staleness = overlay is not None and bool(overlay.staleness)
+    panels = 4 if staleness else 3
     width = min(18.0, max(9.0, 4 + 0.1 * len(layers)))
     figure = Figure(figsize=(width, 2.1 * panels + 2.2), layout="constrained")
     axes = list(figure.subplots(panels, 1, sharex=True, squeeze=False)[:, 0])
@@ -108,7 +134,7 @@ def plot_model(
         axes[1].set_ylabel("moving_variance\n(live channels)")
         _dead_panel(axes[2], x, layers, dead_variance)
         collapse = _index_of(layers, overlay.collapse_layer if overlay else None)
-        if overlay is not None:
+        if overlay is not None and staleness:
             _staleness_panel(axes[3], x, layers, overlay)
         if collapse is not None:
             _mark_collapse(axes, collapse)

@@ -83,6 +83,27 @@ class OutputMeasurement:
 
 
 @dataclass(frozen=True)
+class Staleness:
+    """How far a layer's moving statistics are from the statistics of its input on the data."""
+
+    mean_shift: float
+    """Typical standardised mean shift: root mean square over channels of
+    ``|input mean - moving_mean| / sqrt(input variance + epsilon)``."""
+    variance_ratio: float
+    """Typical variance ratio, a factor >= 1 in either direction: the exponential of the root mean
+    square over channels of ``log((moving_variance + epsilon) / (input variance + epsilon))``."""
+    channel_shift: np.ndarray
+    """The standardised mean shift of each channel."""
+    channel_ratio: np.ndarray
+    """``(moving_variance + epsilon) / (input variance + epsilon)`` of each channel."""
+
+    @property
+    def score(self) -> float:
+        """One number to rank layers by: the mean shift or the log of the ratio, the larger."""
+        return max(self.mean_shift, float(np.log(self.variance_ratio)))
+
+
+@dataclass(frozen=True)
 class LayerMeasurement:
     """One BatchNormalization layer, seen from inside the model while it ran."""
 
@@ -112,6 +133,28 @@ class LayerMeasurement:
     training_spread: float
     """The same spread with every BatchNorm layer in training mode."""
     training_rms: float
+
+    def staleness(self) -> Staleness | None:
+        """The moving statistics against the measured input statistics; ``None`` when they are
+        not comparable (another channel count) or not finite (BN003's and BN004's to report)."""
+        mean = np.asarray(self.input_mean, dtype=np.float64).ravel()
+        variance = np.asarray(self.input_variance, dtype=np.float64).ravel()
+        moving_mean = np.asarray(self.moving_mean, dtype=np.float64).ravel()
+        moving_variance = np.asarray(self.moving_variance, dtype=np.float64).ravel()
+        if mean.shape != moving_mean.shape:
+            return None
+        with np.errstate(all="ignore"):
+            channel_shift = np.abs(mean - moving_mean) / np.sqrt(variance + self.epsilon)
+            channel_ratio = (moving_variance + self.epsilon) / (variance + self.epsilon)
+            log_ratio = np.log(channel_ratio)
+        if not (np.all(np.isfinite(channel_shift)) and np.all(np.isfinite(log_ratio))):
+            return None
+        return Staleness(
+            mean_shift=float(np.sqrt(np.mean(np.square(channel_shift)))),
+            variance_ratio=float(np.exp(np.sqrt(np.mean(np.square(log_ratio))))),
+            channel_shift=channel_shift,
+            channel_ratio=channel_ratio,
+        )
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from bncheck.findings import Escalation, Problem, Severity
-from bncheck.probe.results import LayerMeasurement, ProbeResult
+from bncheck.probe.results import ProbeResult
 
 ID = "BN014"
 NAME = "stale-moving-stats"
@@ -65,15 +65,19 @@ def check(result: ProbeResult, options: Mapping[str, float]) -> Iterator[Problem
         return
     stale = []
     for layer in result.layers:
-        figures = _compare(layer)
+        figures = layer.staleness()
         if figures is None:
             continue
-        shift, ratio, channel_shift, channel_ratio = figures
-        if shift <= options["max_mean_shift"] and ratio <= options["max_variance_ratio"]:
+        if (
+            figures.mean_shift <= options["max_mean_shift"]
+            and figures.variance_ratio <= options["max_variance_ratio"]
+        ):
             continue
-        stale.append((max(shift, float(np.log(ratio))), layer, figures))
-    stale.sort(key=lambda entry: -entry[0])
-    for _, layer, (shift, ratio, channel_shift, channel_ratio) in stale:
+        stale.append((layer, figures))
+    stale.sort(key=lambda entry: -entry[1].score)
+    for layer, figures in stale:
+        shift, ratio = figures.mean_shift, figures.variance_ratio
+        channel_shift, channel_ratio = figures.channel_shift, figures.channel_ratio
         severe = shift > options["severe_mean_shift"] or ratio > options["severe_variance_ratio"]
         escalation = (
             Escalation.MITIGATED if not layer.trainable else Escalation.SEVERE if severe else None
@@ -104,25 +108,3 @@ def check(result: ProbeResult, options: Mapping[str, float]) -> Iterator[Problem
             },
             escalation=escalation,
         )
-
-
-def _compare(
-    layer: LayerMeasurement,
-) -> tuple[float, float, np.ndarray, np.ndarray] | None:
-    """(typical shift, typical variance ratio, per-channel shift, per-channel ratio), or ``None``
-    when the statistics are not finite (BN003's and BN004's to report)."""
-    mean = np.asarray(layer.input_mean, dtype=np.float64).ravel()
-    variance = np.asarray(layer.input_variance, dtype=np.float64).ravel()
-    moving_mean = np.asarray(layer.moving_mean, dtype=np.float64).ravel()
-    moving_variance = np.asarray(layer.moving_variance, dtype=np.float64).ravel()
-    if mean.shape != moving_mean.shape:
-        return None
-    with np.errstate(all="ignore"):
-        channel_shift = np.abs(mean - moving_mean) / np.sqrt(variance + layer.epsilon)
-        channel_ratio = (moving_variance + layer.epsilon) / (variance + layer.epsilon)
-        log_ratio = np.log(channel_ratio)
-    if not (np.all(np.isfinite(channel_shift)) and np.all(np.isfinite(log_ratio))):
-        return None
-    shift = float(np.sqrt(np.mean(np.square(channel_shift))))
-    ratio = float(np.exp(np.sqrt(np.mean(np.square(log_ratio)))))
-    return shift, ratio, channel_shift, channel_ratio
