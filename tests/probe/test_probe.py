@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import FIXTURES, CliResult
+from tests.hardening.canaries import lambda_bytecode_canaries
 
 keras = pytest.importorskip("keras")
 
@@ -189,29 +190,9 @@ def test_keras3_export_is_inference_only(run_cli: Run) -> None:
     assert model["findings"] == []
 
 
-def canary_models(tmp_path: Path) -> tuple[Path, list[Path]]:
-    """Models whose Lambda layer creates ``canary`` when Keras rebuilds or runs it."""
-    import tf_keras
-
-    canary = tmp_path / "canary"
-    # A Python lambda, which Keras saves as marshalled bytecode; the path is a constant of its
-    # code because Keras cannot reload a lambda's default arguments.
-    touch = eval(f"lambda t: (open({str(canary)!r}, 'w').close(), t)[1]")
-    paths = []
-    for api, suffixes in ((keras, (".keras", ".h5")), (tf_keras, (".h5",))):
-        inputs = api.Input((4,), name="x")
-        hidden = api.layers.BatchNormalization(name="bn")(api.layers.Dense(4)(inputs))
-        model = api.Model(inputs, api.layers.Lambda(touch, name="canary")(hidden), name="m")
-        for suffix in suffixes:
-            path = tmp_path / f"{api.__name__}{suffix}"
-            model.save(path)
-            paths.append(path)
-    canary.unlink()
-    return canary, paths
-
-
 def test_code_in_a_model_file_never_runs_without_unsafe(run_cli: Run, tmp_path: Path) -> None:
-    canary, paths = canary_models(tmp_path)
+    canary = tmp_path / "canary"
+    paths = lambda_bytecode_canaries(tmp_path, canary)
     for path in paths:
         result = run_cli("inspect", path, "--probe", "--format", "json")
         assert not canary.exists(), path
