@@ -112,6 +112,30 @@ class BNLayer:
     """The HDF5 dataset holding each array, by array name: a path inside the ``.h5`` file, or
     inside the ``model.weights.h5`` member of a ``.keras`` archive. Empty when unknown."""
 
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], **fields: Any) -> BNLayer:
+        """A layer from its arrays by name: the moving statistics, and gamma and beta where the
+        layer has them. ``fields`` are the other fields."""
+        return cls(
+            moving_mean=arrays["moving_mean"],
+            moving_variance=arrays["moving_variance"],
+            gamma=arrays.get("gamma"),
+            beta=arrays.get("beta"),
+            **fields,
+        )
+
+    @classmethod
+    def without_config(cls, arrays: Mapping[str, np.ndarray], **fields: Any) -> BNLayer:
+        """A layer found by its variables alone: ``center`` and ``scale`` follow from the arrays
+        present, and the Keras default initial values are assumed."""
+        return cls.from_arrays(
+            arrays,
+            center="beta" in arrays,
+            scale="gamma" in arrays,
+            initial=InitialValues(assumed=True),
+            **fields,
+        )
+
     @property
     def channels(self) -> int:
         return int(np.asarray(self.moving_mean).size)

@@ -24,7 +24,6 @@ from bncheck.model import (
     BNLayer,
     CheckpointContents,
     CheckpointGroup,
-    InitialValues,
     ModelDescription,
 )
 from bncheck.readers.checkpoint_layout import (
@@ -250,21 +249,13 @@ def _layer(
     common: dict[str, Any] = {
         "path": group.path,
         "name": group.path.rsplit("/", 1)[-1],
-        "moving_mean": arrays["moving_mean"],
-        "moving_variance": arrays["moving_variance"],
-        "gamma": arrays.get("gamma"),
-        "beta": arrays.get("beta"),
         "source": ", ".join(group.keys.values()),
     }
     if configured is not None:
-        return BNLayer(class_name=configured.class_name, **common, **configured.settings)
-    return BNLayer(
-        class_name=INFERRED_BY_NAMES,
-        center="beta" in arrays,
-        scale="gamma" in arrays,
-        initial=InitialValues(assumed=True),
-        **common,
-    )
+        return BNLayer.from_arrays(
+            arrays, class_name=configured.class_name, **common, **configured.settings
+        )
+    return BNLayer.without_config(arrays, class_name=INFERRED_BY_NAMES, **common)
 
 
 def _name(prefix: str) -> str:

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from bncheck.errors import ModelReadError
-from bncheck.model import BNLayer, InitialValues
+from bncheck.model import BNLayer
 from bncheck.readers.h5util import lookup, read_bn_array, text_attr
 
 #: Group names Keras 3 derives from the BatchNorm classes (``batch_normalization_3``).
@@ -138,18 +138,12 @@ def scan_for_batchnorm(
         arrays = read_roles(datasets, roles, where)
         path = _layer_path(root, segments, known)
         ancestor = _nearest_known(segments, known)
-        yield BNLayer(
+        yield BNLayer.without_config(
+            arrays,
             path="/".join(path),
             name=path[-1],
             class_name=class_name,
-            moving_mean=arrays["moving_mean"],
-            moving_variance=arrays["moving_variance"],
-            gamma=arrays.get("gamma"),
-            beta=arrays.get("beta"),
-            center="beta" in arrays,
-            scale="gamma" in arrays,
             trainable=None if ancestor is None else ancestor.trainable,
-            initial=InitialValues(assumed=True),
             source=f"{where}/vars",
             locations=role_locations(roles, where),
         )

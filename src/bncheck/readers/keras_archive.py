@@ -113,14 +113,11 @@ def _bn_layer(layer: LayerConfig, segments: tuple[str, ...], group: h5py.Group) 
     assert datasets is not None  # _layer_group only returns groups with vars
     roles = keras3_layout.bn_roles(settings["center"], settings["scale"], renorm(layer))
     arrays = keras3_layout.read_roles(datasets, roles, where)
-    return BNLayer(
+    return BNLayer.from_arrays(
+        arrays,
         path="/".join(layer.path),
         name=layer.name,
         class_name=layer.class_name,
-        moving_mean=arrays["moving_mean"],
-        moving_variance=arrays["moving_variance"],
-        gamma=arrays.get("gamma"),
-        beta=arrays.get("beta"),
         source=f"{where}/vars",
         locations=keras3_layout.role_locations(roles, where),
         **settings,

@@ -100,14 +100,11 @@ def _bn_layer(layer: LayerConfig, scopes: ScopeIndex) -> BNLayer:
         raise ModelReadError(f"{where}: the weights have no {', '.join(missing)}")
     arrays = {role: read_bn_array(scopes.read(scope, role), f"{where}/{role}") for role in expected}
     check_shapes(arrays, where)
-    return BNLayer(
+    return BNLayer.from_arrays(
+        arrays,
         path=where,
         name=layer.name,
         class_name=layer.class_name,
-        moving_mean=arrays["moving_mean"],
-        moving_variance=arrays["moving_variance"],
-        gamma=arrays.get("gamma"),
-        beta=arrays.get("beta"),
         source="model_weights/" + "/".join(scope.scope),
         locations={role: f"model_weights/{scope.keys[role]}" for role in expected},
         **settings,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import h5py
 
 from bncheck.errors import ModelReadError
-from bncheck.model import BNLayer, InitialValues, ModelDescription
+from bncheck.model import BNLayer, ModelDescription
 from bncheck.readers import keras3_layout
 from bncheck.readers.h5util import lookup, read_bn_array, text_list_attr
 from bncheck.readers.keras3_layout import KnownLayer, check_shapes
@@ -87,17 +87,11 @@ def _layer_from_scope(h5: h5py.File, scope: VariableScope) -> BNLayer:
         raise ModelReadError(f"{where} has BatchNorm variables but no {missing}")
     arrays = {role: read_bn_array(lookup(h5, key), key) for role, key in scope.keys.items()}
     check_shapes(arrays, where)
-    return BNLayer(
+    return BNLayer.without_config(
+        arrays,
         path=where,
         name=scope.scope[-1],
         class_name=INFERRED_BY_NAMES,
-        moving_mean=arrays["moving_mean"],
-        moving_variance=arrays["moving_variance"],
-        gamma=arrays.get("gamma"),
-        beta=arrays.get("beta"),
-        center="beta" in arrays,
-        scale="gamma" in arrays,
-        initial=InitialValues(assumed=True),
         source=", ".join(scope.keys[role] for role in arrays),
         locations={role: scope.keys[role] for role in arrays},
     )
