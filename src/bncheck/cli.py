@@ -1,152 +1,36 @@
-"""Command line: parse options into plain objects, then hand them to one function per command."""
+"""Command line: parse flags into the plain option objects of ``app.py``, and hand them to the
+one function there that runs each command. No logic beyond wiring."""
 
 from __future__ import annotations
 
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 import click
-from tabulate import tabulate
 
 from bncheck import __version__
-from bncheck.config import ConfigOptions, resolve_settings
-from bncheck.engine import check_checkpoint, inspect_path, inspect_paths
-from bncheck.errors import ModelReadError, UsageError
-from bncheck.findings import ExitCode, FailOn, Report
+from bncheck.app import (
+    CheckpointOptions,
+    InspectOptions,
+    OutputOptions,
+    PlotOptions,
+    run_checkpoint,
+    run_explain,
+    run_inspect,
+    run_plot,
+    run_recalibrate,
+    run_rules,
+)
+from bncheck.config import ConfigOptions
+from bncheck.errors import UsageError
+from bncheck.findings import ExitCode, FailOn
 from bncheck.probe.data import parse_input_shape
 from bncheck.probe.runner import ProbeOptions
-from bncheck.progress import Progress
+from bncheck.recalibrate.command import RecalibrateOptions
 from bncheck.reporters import REPORTERS
 from bncheck.reporters.options import RenderOptions
-from bncheck.rules import RULES
-from bncheck.rules.docs import explain as explain_rule
-from bncheck.rules.docs import rule_doc
-from bncheck.settings import resolve_rule
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    """Where and how to write a report."""
-
-    format: str
-    output: str | None
-    """File to write the report to; ``None`` for standard output."""
-    render: RenderOptions = RenderOptions()
-
-
-@dataclass(frozen=True)
-class InspectOptions:
-    paths: tuple[str, ...]
-    config: ConfigOptions
-    output: OutputOptions
-    jobs: int = 1
-    """How many models to read at once, each in its own process."""
-    probe: ProbeOptions | None = None
-    """How to run the models; ``None`` for static inspection only."""
-
-
-@dataclass(frozen=True)
-class PlotOptions:
-    model: str
-    output: str
-    """Image file to write; its suffix (.png or .svg) picks the format."""
-    config: ConfigOptions
-    probe: ProbeOptions | None = None
-    """How to run the model for the probe panels; ``None`` for the static picture only."""
-
-
-PLOT_SUFFIXES = (".png", ".svg")
-
-
-@dataclass(frozen=True)
-class CheckpointOptions:
-    path: str
-    model: str | None
-    """The model whose BatchNorm layers the checkpoint must restore (``--model``)."""
-    config: ConfigOptions
-    output: OutputOptions
-    probe: ProbeOptions | None = None
-    """How to run the models; ``None`` for static inspection only."""
-
-
-def run_inspect(options: InspectOptions) -> int:
-    settings = resolve_settings(options.config, Path.cwd())
-    progress = Progress()
-    try:
-        report = inspect_paths(options.paths, settings, options.jobs, options.probe, progress.step)
-    finally:
-        progress.done()
-    return finish(report, options.output)
-
-
-def run_checkpoint(options: CheckpointOptions) -> int:
-    settings = resolve_settings(options.config, Path.cwd())
-    return finish(check_checkpoint(options.path, options.model, settings), options.output)
-
-
-def finish(report: Report, output: OutputOptions) -> int:
-    """Name each unreadable input on stderr, write the report, return the exit code."""
-    for model in report.models:
-        if model.error is not None:
-            click.echo(f"bncheck: error: {model.path}: {model.error}", err=True)
-    write_report(REPORTERS[output.format](report, output.render), output)
-    return int(report.exit_code)
-
-
-def run_rules() -> int:
-    rows = [
-        [rule.ID, rule.NAME, str(rule.DEFAULT_SEVERITY), rule.NEEDS, rule_doc(rule).summary]
-        for rule in RULES.values()
-    ]
-    headers = ["rule", "name", "default", "needs", "summary"]
-    click.echo(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
-    return ExitCode.OK
-
-
-def run_explain(rule_key: str) -> int:
-    click.echo(explain_rule(RULES[resolve_rule(rule_key)]), nl=False)
-    return ExitCode.OK
-
-
-def run_plot(options: PlotOptions) -> int:
-    if not options.output.lower().endswith(PLOT_SUFFIXES):
-        raise UsageError(f"--output must end in {' or '.join(PLOT_SUFFIXES)}: {options.output}")
-    settings = resolve_settings(options.config, Path.cwd())
-    progress = Progress()
-    try:
-        result = inspect_path(options.model, settings, options.probe, progress.step)
-    finally:
-        progress.done()
-    if result.error is not None:
-        click.echo(f"bncheck: error: {result.path}: {result.error}", err=True)
-        return ExitCode.UNREADABLE
-    from bncheck.plot import plot_model, probe_overlay  # matplotlib costs a second to import
-
-    try:
-        plot_model(
-            result,
-            options.output,
-            dead_variance=settings.rules["BN005"].options["max_variance"],
-            overlay=probe_overlay(result),
-        )
-    except OSError as exc:
-        raise UsageError(f"cannot write --output {options.output}: {exc.strerror or exc}") from None
-    return ExitCode.OK
-
-
-def write_report(text: str, output: OutputOptions) -> None:
-    if output.output is None:
-        click.echo(text, nl=False)
-        return
-    try:
-        with open(output.output, "w", encoding="utf-8") as handle:
-            handle.write(text)
-    except OSError as exc:
-        raise UsageError(f"cannot write --output {output.output}: {exc.strerror or exc}") from None
 
 
 def use_color(output: str | None, stream: IO[str], environ: Mapping[str, str]) -> bool:
@@ -538,35 +422,23 @@ def recalibrate(
     changed, prints how far each statistic moved and the probe's verdict before and after, and
     exits like inspect on the repaired model.
     """
-    from bncheck.recalibrate.command import RecalibrateOptions
-    from bncheck.recalibrate.command import recalibrate as run
-    from bncheck.reporters import recalibration
-
-    options = RecalibrateOptions(
-        model=model,
-        data=data,
-        output=output,
-        in_place=in_place,
-        batches=batches,
-        batch_size=batch_size,
-        include_frozen=include_frozen,
-        image_size=image_size or None,
-        rescale=rescale,
-        seed=seed,
-        unsafe=unsafe,
-        custom_objects=custom_objects,
-        settings=resolve_settings(_config(config, (), (), fail_on), Path.cwd()),
+    return run_recalibrate(
+        RecalibrateOptions(
+            model=model,
+            data=data,
+            output=output,
+            in_place=in_place,
+            batches=batches,
+            batch_size=batch_size,
+            include_frozen=include_frozen,
+            image_size=image_size or None,
+            rescale=rescale,
+            seed=seed,
+            unsafe=unsafe,
+            custom_objects=custom_objects,
+        ),
+        _config(config, (), (), fail_on),
     )
-    progress = Progress()
-    try:
-        result = run(options, progress)
-    except ModelReadError as exc:
-        click.echo(f"bncheck: error: {model}: {exc}", err=True)
-        return int(ExitCode.UNREADABLE)
-    finally:
-        progress.done()
-    click.echo(recalibration.render(result), nl=False)
-    return int(result.report.exit_code)
 
 
 def _reject_probe_only_options(ctx: click.Context) -> None:

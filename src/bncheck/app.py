@@ -1,0 +1,161 @@
+"""What each command does, given its options as plain objects: read, judge, report, exit code.
+
+The command line (``cli.py``) only turns flags into these option objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import click
+from tabulate import tabulate
+
+from bncheck.config import ConfigOptions, resolve_settings
+from bncheck.engine import check_checkpoint, inspect_path, inspect_paths
+from bncheck.errors import ModelReadError, UsageError
+from bncheck.findings import ExitCode, Report
+from bncheck.probe.runner import ProbeOptions
+from bncheck.progress import Progress
+from bncheck.recalibrate.command import RecalibrateOptions, recalibrate
+from bncheck.reporters import REPORTERS
+from bncheck.reporters.options import RenderOptions
+from bncheck.rules import RULES
+from bncheck.rules.docs import explain as explain_rule
+from bncheck.rules.docs import rule_doc
+from bncheck.settings import resolve_rule
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where and how to write a report."""
+
+    format: str
+    output: str | None
+    """File to write the report to; ``None`` for standard output."""
+    render: RenderOptions = RenderOptions()
+
+
+@dataclass(frozen=True)
+class InspectOptions:
+    paths: tuple[str, ...]
+    config: ConfigOptions
+    output: OutputOptions
+    jobs: int = 1
+    """How many models to read at once, each in its own process."""
+    probe: ProbeOptions | None = None
+    """How to run the models; ``None`` for static inspection only."""
+
+
+@dataclass(frozen=True)
+class PlotOptions:
+    model: str
+    output: str
+    """Image file to write; its suffix (.png or .svg) picks the format."""
+    config: ConfigOptions
+    probe: ProbeOptions | None = None
+    """How to run the model for the probe panels; ``None`` for the static picture only."""
+
+
+PLOT_SUFFIXES = (".png", ".svg")
+
+
+@dataclass(frozen=True)
+class CheckpointOptions:
+    path: str
+    model: str | None
+    """The model whose BatchNorm layers the checkpoint must restore (``--model``)."""
+    config: ConfigOptions
+    output: OutputOptions
+
+
+def run_inspect(options: InspectOptions) -> int:
+    settings = resolve_settings(options.config, Path.cwd())
+    progress = Progress()
+    try:
+        report = inspect_paths(options.paths, settings, options.jobs, options.probe, progress.step)
+    finally:
+        progress.done()
+    return finish(report, options.output)
+
+
+def run_checkpoint(options: CheckpointOptions) -> int:
+    settings = resolve_settings(options.config, Path.cwd())
+    return finish(check_checkpoint(options.path, options.model, settings), options.output)
+
+
+def finish(report: Report, output: OutputOptions) -> int:
+    """Name each unreadable input on stderr, write the report, return the exit code."""
+    for model in report.models:
+        if model.error is not None:
+            click.echo(f"bncheck: error: {model.path}: {model.error}", err=True)
+    write_report(REPORTERS[output.format](report, output.render), output)
+    return int(report.exit_code)
+
+
+def run_rules() -> int:
+    rows = [
+        [rule.ID, rule.NAME, str(rule.DEFAULT_SEVERITY), rule.NEEDS, rule_doc(rule).summary]
+        for rule in RULES.values()
+    ]
+    headers = ["rule", "name", "default", "needs", "summary"]
+    click.echo(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
+    return ExitCode.OK
+
+
+def run_explain(rule_key: str) -> int:
+    click.echo(explain_rule(RULES[resolve_rule(rule_key)]), nl=False)
+    return ExitCode.OK
+
+
+def run_plot(options: PlotOptions) -> int:
+    if not options.output.lower().endswith(PLOT_SUFFIXES):
+        raise UsageError(f"--output must end in {' or '.join(PLOT_SUFFIXES)}: {options.output}")
+    settings = resolve_settings(options.config, Path.cwd())
+    progress = Progress()
+    try:
+        result = inspect_path(options.model, settings, options.probe, progress.step)
+    finally:
+        progress.done()
+    if result.error is not None:
+        click.echo(f"bncheck: error: {result.path}: {result.error}", err=True)
+        return ExitCode.UNREADABLE
+    from bncheck.plot import plot_model, probe_overlay  # matplotlib costs a second to import
+
+    try:
+        plot_model(
+            result,
+            options.output,
+            dead_variance=settings.rules["BN005"].options["max_variance"],
+            overlay=probe_overlay(result),
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot write --output {options.output}: {exc.strerror or exc}") from None
+    return ExitCode.OK
+
+
+def write_report(text: str, output: OutputOptions) -> None:
+    if output.output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(output.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write --output {output.output}: {exc.strerror or exc}") from None
+
+
+def run_recalibrate(options: RecalibrateOptions, config: ConfigOptions) -> int:
+    from bncheck.reporters import recalibration
+
+    options = replace(options, settings=resolve_settings(config, Path.cwd()))
+    progress = Progress()
+    try:
+        result = recalibrate(options, progress)
+    except ModelReadError as exc:
+        click.echo(f"bncheck: error: {options.model}: {exc}", err=True)
+        return int(ExitCode.UNREADABLE)
+    finally:
+        progress.done()
+    click.echo(recalibration.render(result), nl=False)
+    return int(result.report.exit_code)
