@@ -117,7 +117,7 @@ def test_a_probe_run_gives_the_overlay_its_staleness_and_collapse_point() -> Non
     """The overlay carries what the probe measured: every layer's staleness on real data,
     ranked as BN014 ranks it, and the layer BN013 names as the start of a collapse."""
     from bncheck.plot import probe_overlay
-    from bncheck.probe.runner import ProbeOptions
+    from bncheck.probe.options import ProbeOptions
 
     data = str(FIXTURES / "data/digits_0_1.npy")
     stale = inspect_path(

@@ -15,9 +15,9 @@ from bncheck.config import ConfigOptions, resolve_settings
 from bncheck.engine import check_checkpoint, inspect_path, inspect_paths
 from bncheck.errors import ModelReadError, UsageError
 from bncheck.findings import ExitCode, Report
-from bncheck.probe.runner import ProbeOptions
+from bncheck.probe.options import ProbeOptions
 from bncheck.progress import Progress
-from bncheck.recalibrate.command import RecalibrateOptions, recalibrate
+from bncheck.recalibrate.options import RecalibrateOptions
 from bncheck.reporters import REPORTERS
 from bncheck.reporters.options import RenderOptions
 from bncheck.rules import RULES
@@ -146,6 +146,7 @@ def write_report(text: str, output: OutputOptions) -> None:
 
 
 def run_recalibrate(options: RecalibrateOptions, config: ConfigOptions) -> int:
+    from bncheck.recalibrate.command import recalibrate
     from bncheck.reporters import recalibration
 
     options = replace(options, settings=resolve_settings(config, Path.cwd()))

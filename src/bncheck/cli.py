@@ -26,9 +26,8 @@ from bncheck.app import (
 from bncheck.config import ConfigOptions
 from bncheck.errors import UsageError
 from bncheck.findings import ExitCode, FailOn
-from bncheck.probe.data import parse_input_shape
-from bncheck.probe.runner import ProbeOptions
-from bncheck.recalibrate.command import RecalibrateOptions
+from bncheck.probe.options import ProbeOptions
+from bncheck.recalibrate.options import RecalibrateOptions
 from bncheck.reporters import REPORTERS
 from bncheck.reporters.options import RenderOptions
 
@@ -170,6 +169,8 @@ def _probe_from(
     if not probe and data is None:
         _reject_probe_only_options(ctx)
         return None
+    from bncheck.probe.data import parse_input_shape
+
     return ProbeOptions(
         data=data,
         batch_size=batch_size,

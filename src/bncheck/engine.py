@@ -8,21 +8,22 @@ judge what it measured.
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import os
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from bncheck.errors import ModelReadError
 from bncheck.findings import Finding, ModelResult, Problem, Report
 from bncheck.matching import match_layers, position_note
 from bncheck.model import ModelDescription
-from bncheck.probe.results import ProbeResult
-from bncheck.probe.runner import ProbeOptions, StepReporter, run_probe
+from bncheck.probe.options import ProbeOptions, StepReporter
 from bncheck.readers import detect, read_checkpoint, read_model
 from bncheck.rules import RULES
 from bncheck.settings import Settings
+
+if TYPE_CHECKING:
+    from bncheck.probe.results import ProbeResult
 
 NO_MODELS = (
     "directory is neither a SavedModel (no saved_model.pb) nor a checkpoint (no checkpoint or "
@@ -66,6 +67,9 @@ def _inspect_all(
         return [inspect_path(path, settings, probe, step) for path in paths]
     # Processes, not threads: h5py serialises all HDF5 calls behind one global lock. "spawn"
     # starts clean workers even when the parent has imported TensorFlow (and its threads).
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(jobs, len(paths)), mp_context=context) as pool:
         return list(pool.map(inspect_path, paths, itertools.repeat(settings)))
@@ -85,6 +89,8 @@ def inspect_path(
     result = judged(path, description, settings)
     if probe is None:
         return result
+    from bncheck.probe.runner import run_probe  # the probe's modules, only when it runs
+
     show = step or (lambda _: None)
     try:
         measured = run_probe(path, probe, lambda text: show(f"{path}: {text}"))

@@ -323,7 +323,8 @@ def test_subclassed_model_takes_its_input_shape_from_the_data(run_cli: Run, tmp_
 
 
 def test_checkpoint_cannot_be_probed(tmp_path: Path) -> None:
-    from bncheck.probe.runner import ProbeOptions, run_probe
+    from bncheck.probe.options import ProbeOptions
+    from bncheck.probe.runner import run_probe
 
     (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
     result = run_probe(str(tmp_path), ProbeOptions(), lambda _: None)

@@ -7,8 +7,8 @@ reads the configuration (or the SavedModel graph) before Keras or TensorFlow loa
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,27 +16,8 @@ import numpy as np
 from bncheck.errors import UsageError
 from bncheck.probe import data as probe_data
 from bncheck.probe import safety
+from bncheck.probe.options import ProbeOptions, StepReporter
 from bncheck.probe.results import CodeReference, ProbeData, ProbeResult
-
-#: Reports a probe step ("loading", "inference pass", ...) to whoever shows progress.
-StepReporter = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class ProbeOptions:
-    """How to probe, from ``--probe``, ``--data`` and friends."""
-
-    data: str | None = None
-    """``.npy``/``.npz`` file with real inputs; ``None`` for a synthetic batch."""
-    batch_size: int = 32
-    seed: int = 0
-    """Picks the samples from ``data``, or draws the synthetic batch."""
-    input_shapes: Mapping[str | None, tuple[int, ...]] = field(default_factory=dict)
-    """``--input-shape`` values by input name (``None``: the only input)."""
-    unsafe: bool = False
-    """Load and run models that hold code (Lambda layers, foreign functions, unsafe ops)."""
-    custom_objects: str | None = None
-    """A Python file defining the user's own custom layers, trusted explicitly."""
 
 
 def run_probe(path: str, options: ProbeOptions, step: StepReporter) -> ProbeResult:

@@ -11,7 +11,7 @@ import h5py
 
 from bncheck.errors import ModelReadError
 from bncheck.model import ModelDescription
-from bncheck.readers import checkpoint, detect, keras_archive, legacy_h5, savedmodel, weights_h5
+from bncheck.readers import detect, keras_archive, legacy_h5, weights_h5
 
 _MAX_REASON = 300
 CHECKPOINT_KINDS = ("checkpoint", "savedmodel")
@@ -61,8 +61,13 @@ def _read_kind(path: str, kind: str) -> ModelDescription:
             if legacy_h5.is_full_model(h5):
                 return legacy_h5.read(path, h5)
             return weights_h5.read(path, h5)
+    # Read through TensorFlow, so their modules load only for them.
     if kind == "savedmodel":
+        from bncheck.readers import savedmodel
+
         return savedmodel.read(path)
+    from bncheck.readers import checkpoint
+
     return checkpoint.read(path)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,38 +20,12 @@ from bncheck.probe.runner import ContentScan, probe_keras_model, scan_keras_conf
 from bncheck.progress import Progress
 from bncheck.readers import detect, read_model
 from bncheck.recalibrate.estimate import Estimate
+from bncheck.recalibrate.options import RecalibrateOptions
 from bncheck.recalibrate.results import LayerChange, Recalibration, Verdict
 from bncheck.recalibrate.write import NewStatistics, write_model
-from bncheck.settings import Settings
 
 #: The formats recalibration can write back; SavedModels and weights-only files are not.
 WRITABLE = ("keras", "h5")
-
-
-@dataclass(frozen=True)
-class RecalibrateOptions:
-    """Everything ``bncheck recalibrate`` was asked to do."""
-
-    model: str
-    data: str
-    """``.npy``/``.npz`` file or a directory of images."""
-    output: str | None
-    """Where to write; ``None`` with ``in_place`` means over ``model``."""
-    in_place: bool = False
-    batches: int | None = None
-    """Use at most this many batches; ``None`` for all the data."""
-    batch_size: int = 32
-    include_frozen: bool = False
-    """Recalibrate ``trainable=False`` layers too."""
-    image_size: tuple[int, int] | None = None
-    """Height and width images are resized to (image directories only)."""
-    rescale: float | None = None
-    """Factor applied to image pixel values, e.g. 1/255 (image directories only)."""
-    seed: int = 0
-    unsafe: bool = False
-    custom_objects: str | None = None
-    settings: Settings = field(default_factory=Settings)
-    """Rule configuration and ``--fail-on`` for the gate on the repaired model."""
 
 
 def recalibrate(options: RecalibrateOptions, progress: Progress) -> Recalibration:
