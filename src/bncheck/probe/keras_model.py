@@ -229,16 +229,20 @@ class CallFigures:
     """Relative spread of the output across the batch (see ``OutputMeasurement``)."""
     rms: float
     nonfinite: int
-    input_mean: np.ndarray
-    input_variance: np.ndarray
+    input_mean: np.ndarray | None
+    """Per-channel mean of the input; measured in training mode only (``None`` otherwise)."""
+    input_variance: np.ndarray | None
+    """Per-channel variance of the input, like ``input_mean``."""
     moving_stats_error: float | None
     """How far the output is from the moving statistics' normalisation, relative to the output;
-    ``None`` when not asked for."""
+    measured in inference mode only (``None`` otherwise)."""
 
 
-def call_figures(layer: Any, inputs: Any, outputs: Any, compare_with_moving: bool) -> CallFigures:
+def call_figures(layer: Any, inputs: Any, outputs: Any, inference: bool) -> CallFigures:
     """Reduce one call's input and output with TensorFlow (multi-threaded, in float32) so that
-    only a few numbers per channel leave the graph."""
+    only a few numbers per channel leave the graph, in one transfer. Inference mode compares the
+    output with the moving statistics' normalisation; training mode measures the input's
+    per-channel statistics."""
     import tensorflow as tf
 
     values = tf.cast(inputs, tf.float32)
@@ -247,24 +251,29 @@ def call_figures(layer: Any, inputs: Any, outputs: Any, compare_with_moving: boo
     nonfinite = int(tf.size(out)) - int(tf.math.count_nonzero(finite))
     if nonfinite:
         out = tf.where(finite, out, tf.zeros_like(out))
-    flat = tf.reshape(out, [tf.shape(out)[0], -1])
-    rms = float(tf.sqrt(tf.reduce_mean(tf.square(flat))))
-    spread = 0.0
-    if int(tf.shape(flat)[0]) >= 2 and rms > 0.0:
-        spread = float(tf.reduce_mean(tf.math.reduce_std(flat, axis=0))) / rms
-    mean, variance = tf.nn.moments(values, axes=reduction_axes(layer, len(values.shape)))
-    error = None
-    if compare_with_moving:
+    flat = tf.reshape(out, [out.shape[0], -1])
+    scalars = [
+        tf.sqrt(tf.reduce_mean(tf.square(flat))),
+        tf.reduce_mean(tf.math.reduce_std(flat, 0)),
+    ]
+    if inference:
         expected = normalise_with_moving_stats(layer, values)
-        scale = float(tf.norm(out))
-        difference = float(tf.norm(out - expected))
+        scalars += [tf.norm(out), tf.norm(out - expected)]
+        mean = variance = None
+    else:
+        mean, variance = tf.nn.moments(values, axes=reduction_axes(layer, len(values.shape)))
+    rms, deviation, *norms = (float(value) for value in tf.stack(scalars).numpy())
+    spread = deviation / rms if out.shape[0] >= 2 and rms > 0.0 else 0.0
+    error = None
+    if norms:
+        scale, difference = norms
         error = difference / scale if scale > 0.0 else (0.0 if difference == 0.0 else np.inf)
     return CallFigures(
         spread=spread,
         rms=rms,
         nonfinite=nonfinite,
-        input_mean=np.asarray(mean.numpy(), dtype=np.float64),
-        input_variance=np.asarray(variance.numpy(), dtype=np.float64),
+        input_mean=None if mean is None else np.asarray(mean.numpy(), dtype=np.float64),
+        input_variance=None if variance is None else np.asarray(variance.numpy(), np.float64),
         moving_stats_error=error,
     )
 

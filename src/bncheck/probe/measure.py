@@ -136,8 +136,9 @@ class _Pass:
         calls.spread += figures.spread
         calls.rms += figures.rms
         calls.nonfinite += figures.nonfinite
-        calls.input_mean.append(figures.input_mean)
-        calls.input_variance.append(figures.input_variance)
+        if figures.input_mean is not None and figures.input_variance is not None:
+            calls.input_mean.append(figures.input_mean)
+            calls.input_variance.append(figures.input_variance)
         if figures.moving_stats_error is not None:
             calls.moving_stats_error = max(calls.moving_stats_error, figures.moving_stats_error)
 
