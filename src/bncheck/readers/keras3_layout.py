@@ -111,20 +111,21 @@ def scan_for_batchnorm(
     """Find BatchNorm layers no configuration told us about.
 
     ``claimed`` groups were already read; ``known`` maps group paths to layer paths, so that an
-    unknown BN inside a known custom layer is named after it. A group named by a BN class is
-    BatchNorm; a group named by an attribute (inside a custom layer or wrapper) is taken as
-    BatchNorm when it holds exactly four per-channel arrays, the last non-negative.
+    unknown BN inside a known custom layer is named after it (a known layer is no BN layer: its
+    class is known). A group named by a BN class is BatchNorm; a group named by an attribute
+    (inside a custom layer or wrapper) is taken as BatchNorm when it holds exactly four
+    per-channel arrays, the last non-negative.
     """
     for segments, group in _layer_groups(root, ()):
-        if segments in claimed or not segments:
+        if not segments or segments in claimed or segments in known:
             continue
+        class_named = len(segments) >= 2 and _is_container(segments[-2])
+        if class_named and not _BN_GROUP.match(segments[-1]):
+            continue  # named after another class: decided without reading it
         datasets = saved_variables(group, "/".join(segments))
         if not datasets:
             continue
-        class_named = len(segments) >= 2 and _is_container(segments[-2])
         if class_named:
-            if not _BN_GROUP.match(segments[-1]):
-                continue
             roles = _roles_from_count(datasets)
             if roles is None:
                 continue
