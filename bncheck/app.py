@@ -159,4 +159,4 @@ def run_recalibrate(options: RecalibrateOptions, config: ConfigOptions) -> int:
     finally:
         progress.done()
     click.echo(recalibration.render(result), nl=False)
-    return int(result.report.exit_code)
+    return int(result.exit_code)

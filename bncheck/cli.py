@@ -26,7 +26,7 @@ from bncheck.app import (
 from bncheck.config import ConfigOptions
 from bncheck.errors import UsageError
 from bncheck.findings import ExitCode, FailOn
-from bncheck.probe.options import ProbeOptions
+from bncheck.probe.options import DEFAULT_SAMPLES, ProbeOptions
 from bncheck.recalibrate.options import RecalibrateOptions
 from bncheck.reporters import REPORTERS
 from bncheck.reporters.options import RenderOptions
@@ -119,7 +119,69 @@ _custom_objects_option = click.option(
     metavar="FILE.py",
     help="Python file defining your own custom layers (it is run; the model file never is).",
 )
-_PROBE_ONLY = ("--batch-size", "--seed", "--input-shape", "--unsafe", "--custom-objects")
+_PROBE_ONLY = (
+    "--labels",
+    "--samples",
+    "--batch-size",
+    "--seed",
+    "--image-size",
+    "--rescale",
+    "--input-shape",
+    "--unsafe",
+    "--custom-objects",
+)
+
+
+class _Fraction(click.ParamType):
+    """A positive number, written as a decimal or a fraction such as ``1/255``."""
+
+    name = "number"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        numerator, _, denominator = str(value).partition("/")
+        try:
+            number = float(numerator) / float(denominator or 1)
+        except (ValueError, ZeroDivisionError):
+            self.fail(f"{value!r} is not a number or a fraction like 1/255", param, ctx)
+        if not number > 0:
+            self.fail(f"{value!r} is not positive", param, ctx)
+        return number
+
+
+_rescale_option = click.option(
+    "--rescale", type=_Fraction(), help="Multiply pixel values, e.g. 1/255 (image folders)."
+)
+
+
+_labels_option = click.option(
+    "--labels",
+    metavar="FILE.npy",
+    help="Labels for --data, one per sample, so that verdicts rest on a measured metric.",
+)
+
+
+def _samples_option(default: int | None, text: str) -> Callable[[Any], Any]:
+    return click.option(
+        "--samples",
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=default is not None,
+        metavar="N",
+        help=f"{text}, in shuffled batches of --batch-size.",
+    )
+
+
+_image_size_option = click.option(
+    "--image-size",
+    nargs=2,
+    type=click.IntRange(min=1),
+    metavar="H W",
+    help="Resize images to H x W (image folders).",
+)
 
 
 def _probe_options(command: Callable[..., int]) -> Callable[..., int]:
@@ -132,12 +194,16 @@ def _probe_options(command: Callable[..., int]) -> Callable[..., int]:
         ),
         click.option(
             "--data",
-            metavar="FILE",
-            help="Real probe data: .npy (one input) or .npz (one array per input name). "
-            "Implies --probe.",
+            metavar="FILE_OR_DIR",
+            help="Real data, implies --probe: .npy (one input), .npz (one array per input name, "
+            "labels as 'y'), or a folder of images (class subfolders give labels).",
         ),
+        _labels_option,
+        _samples_option(DEFAULT_SAMPLES, "Run at most N samples of --data"),
         _batch_size_option,
         _seed_option,
+        _image_size_option,
+        _rescale_option,
         click.option(
             "--input-shape",
             "input_shapes",
@@ -159,8 +225,12 @@ def _probe_from(
     ctx: click.Context,
     probe: bool,
     data: str | None,
+    labels: str | None,
+    samples: int,
     batch_size: int,
     seed: int,
+    image_size: tuple[int, int] | None,
+    rescale: float | None,
     input_shapes: tuple[str, ...],
     unsafe: bool,
     custom_objects: str | None,
@@ -173,8 +243,12 @@ def _probe_from(
 
     return ProbeOptions(
         data=data,
+        labels=labels,
+        samples=samples,
         batch_size=batch_size,
         seed=seed,
+        image_size=image_size or None,
+        rescale=rescale,
         input_shapes=dict(parse_input_shape(text) for text in input_shapes),
         unsafe=unsafe,
         custom_objects=custom_objects,
@@ -210,8 +284,12 @@ def inspect(
     jobs: int,
     probe: bool,
     data: str | None,
+    labels: str | None,
+    samples: int,
     batch_size: int,
     seed: int,
+    image_size: tuple[int, int],
+    rescale: float | None,
     input_shapes: tuple[str, ...],
     unsafe: bool,
     custom_objects: str | None,
@@ -224,7 +302,18 @@ def inspect(
     loaded and run; see the README for what that judges.
     """
     probe_options = _probe_from(
-        ctx, probe, data, batch_size, seed, input_shapes, unsafe, custom_objects
+        ctx,
+        probe,
+        data,
+        labels,
+        samples,
+        batch_size,
+        seed,
+        image_size,
+        rescale,
+        input_shapes,
+        unsafe,
+        custom_objects,
     )
     return run_inspect(
         InspectOptions(
@@ -326,8 +415,12 @@ def plot(
     config: str | None,
     probe: bool,
     data: str | None,
+    labels: str | None,
+    samples: int,
     batch_size: int,
     seed: int,
+    image_size: tuple[int, int],
+    rescale: float | None,
     input_shapes: tuple[str, ...],
     unsafe: bool,
     custom_objects: str | None,
@@ -341,30 +434,21 @@ def plot(
             output=output,
             config=ConfigOptions(config=config),
             probe=_probe_from(
-                ctx, probe, data, batch_size, seed, input_shapes, unsafe, custom_objects
+                ctx,
+                probe,
+                data,
+                labels,
+                samples,
+                batch_size,
+                seed,
+                image_size,
+                rescale,
+                input_shapes,
+                unsafe,
+                custom_objects,
             ),
         )
     )
-
-
-class _Fraction(click.ParamType):
-    """A positive number, written as a decimal or a fraction such as ``1/255``."""
-
-    name = "number"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        if isinstance(value, float):
-            return value
-        numerator, _, denominator = str(value).partition("/")
-        try:
-            number = float(numerator) / float(denominator or 1)
-        except (ValueError, ZeroDivisionError):
-            self.fail(f"{value!r} is not a number or a fraction like 1/255", param, ctx)
-        if not number > 0:
-            self.fail(f"{value!r} is not positive", param, ctx)
-        return number
 
 
 @cli.command()
@@ -373,29 +457,44 @@ class _Fraction(click.ParamType):
     "--data",
     required=True,
     metavar="FILE_OR_DIR",
-    help=".npy (one input), .npz (one array per input name) or a folder of images.",
+    help="Data to estimate the statistics from: .npy (one input), .npz (one array per input "
+    "name, labels as 'y') or a folder of images.",
 )
+@_labels_option
 @click.option("--output", "-o", metavar="OUT", help="Where to write the repaired model.")
 @click.option("--in-place", is_flag=True, help="Allow OUT to be MODEL itself (or omit -o).")
 @click.option(
-    "--batches", type=click.IntRange(min=1), help="Use at most N batches (default: all the data)."
+    "--validate",
+    metavar="FILE_OR_DIR",
+    help="Labelled held-out data (.npz with 'y', or class subfolders of images): the metric "
+    "before and after decides whether OUT is written.",
 )
+@click.option(
+    "--validate-labels",
+    metavar="FILE.npy",
+    help="Labels for a --validate .npy file, one per sample.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write OUT even when the metric gets worse or the result cannot be verified.",
+)
+@_samples_option(None, "Use at most N samples of --data (default: all)")
 @_batch_size_option
 @click.option(
     "--include-frozen",
     is_flag=True,
-    help="Also recalibrate trainable=False layers (they keep their statistics by default).",
+    help="Also re-estimate trainable=False layers (layers after them learned with their "
+    "statistics, so they keep them by default).",
 )
 @click.option(
-    "--image-size",
-    nargs=2,
-    type=click.IntRange(min=1),
-    metavar="H W",
-    help="Resize images to H x W (image folders).",
+    "--include-untouched",
+    is_flag=True,
+    help="Also re-estimate layers whose statistics were never updated while gamma and beta "
+    "trained (the network may have learned with them, so they keep them by default).",
 )
-@click.option(
-    "--rescale", type=_Fraction(), help="Multiply pixel values, e.g. 1/255 (image folders)."
-)
+@_image_size_option
+@_rescale_option
 @_seed_option
 @_unsafe_option
 @_custom_objects_option
@@ -404,12 +503,17 @@ class _Fraction(click.ParamType):
 def recalibrate(
     model: str,
     data: str,
+    labels: str | None,
     output: str | None,
     in_place: bool,
-    batches: int | None,
+    validate: str | None,
+    validate_labels: str | None,
+    force: bool,
+    samples: int | None,
     batch_size: int,
     include_frozen: bool,
-    image_size: tuple[int, int] | None,
+    include_untouched: bool,
+    image_size: tuple[int, int],
     rescale: float | None,
     seed: int,
     unsafe: bool,
@@ -417,21 +521,28 @@ def recalibrate(
     fail_on: str | None,
     config: str | None,
 ) -> int:
-    """Re-estimate the moving statistics of every BatchNorm layer exactly from data.
+    """Re-estimate the moving statistics of BatchNorm layers exactly from data, verified.
 
-    Writes OUT in MODEL's format (.keras or .h5) with only moving_mean and moving_variance
-    changed, prints how far each statistic moved and the probe's verdict before and after, and
-    exits like inspect on the repaired model.
+    Measures the model with the stored and with the re-estimated statistics (the metric on
+    --validate, or on labelled --data; else how many predictions change) and writes OUT in
+    MODEL's format (.keras or .h5), with only moving_mean and moving_variance changed, unless the
+    result measures worse or cannot be verified (then exit 1; --force writes anyway). Exits like
+    inspect on the repaired model otherwise.
     """
     return run_recalibrate(
         RecalibrateOptions(
             model=model,
             data=data,
+            labels=labels,
             output=output,
             in_place=in_place,
-            batches=batches,
+            validate=validate,
+            validate_labels=validate_labels,
+            force=force,
+            samples=samples,
             batch_size=batch_size,
             include_frozen=include_frozen,
+            include_untouched=include_untouched,
             image_size=image_size or None,
             rescale=rescale,
             seed=seed,

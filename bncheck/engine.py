@@ -20,6 +20,7 @@ from bncheck.model import ModelDescription
 from bncheck.probe.options import ProbeOptions, StepReporter
 from bncheck.readers import detect, read_checkpoint, read_model
 from bncheck.rules import RULES
+from bncheck.rules._arrays import untouched_while_trained
 from bncheck.settings import Settings
 
 if TYPE_CHECKING:
@@ -92,8 +93,9 @@ def inspect_path(
     from bncheck.probe.runner import run_probe  # the probe's modules, only when it runs
 
     show = step or (lambda _: None)
+    untouched = {layer.path: bool(untouched_while_trained(layer)) for layer in description.layers}
     try:
-        measured = run_probe(path, probe, lambda text: show(f"{path}: {text}"))
+        measured = run_probe(path, probe, lambda text: show(f"{path}: {text}"), untouched)
     except ModelReadError as exc:
         return replace(result, error=f"probe: {exc}")
     findings = result.findings + tuple(probe_findings(measured, settings))

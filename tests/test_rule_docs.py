@@ -64,10 +64,24 @@ def test_explain_by_id_or_name(run_cli: Run, key: str) -> None:
     assert lines[-1].startswith("Configure: [tool.bncheck.rules.BN009] (severity, min_momentum)")
 
 
-def test_explain_tells_how_to_fix_untouched_statistics(run_cli: Run) -> None:
+def test_explain_measures_before_repairing_untouched_statistics(run_cli: Run) -> None:
+    """A network that learned without batch statistics is made worse by new ones: BN001 must
+    not send the user to recalibrate blindly."""
     out = run_cli("explain", "BN001").out
     assert "model(x, training=True)" in out
-    assert "bncheck recalibrate MODEL --data DATA -o FIXED" in out
+    assert "measure before repairing" in out
+    assert "do not recalibrate" in out
+    assert "bncheck recalibrate MODEL --data DATA -o FIXED" not in out
+    assert "--validate HELD_OUT" in out
+
+
+def test_no_rule_advises_recalibrating_frozen_layers(run_cli: Run) -> None:
+    """A head trained on a frozen base's statistics is broken by recalibrating the base."""
+    for rule in RULES:
+        out = run_cli("explain", rule).out
+        for line in out.split(". "):
+            if "--include-frozen" in line:
+                assert "do not" in line.lower() or "lowered" in line, (rule, line)
 
 
 @pytest.mark.parametrize("args", [["explain", "BN999"], ["explain", "dead"], ["explain"]])

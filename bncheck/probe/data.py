@@ -1,8 +1,14 @@
-"""Data to run a model on: ``.npy``/``.npz`` files, image folders, or a synthetic batch.
+"""Data to run a model on: ``.npy``/``.npz`` files and image folders, with or without labels, or a
+synthetic batch.
 
 Array files are memory-mapped where NumPy allows it (``.npy``), so a batch reads only its rows.
 Image folders are streamed by Keras's ``image_dataset_from_directory``. Every problem with the
 data is a ``UsageError`` naming the option and the reason.
+
+Labels come with the data in three ways: an ``.npz`` file holding an array ``y`` beside the
+inputs, a ``--labels`` ``.npy`` file in the same order as the samples, or an image folder whose
+images sit in one subfolder per class (classes numbered in sorted folder-name order, as Keras
+numbers them).
 """
 
 from __future__ import annotations
@@ -11,11 +17,22 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from bncheck.errors import UsageError
 from bncheck.probe.results import ProbeData
+
+#: The array of an ``.npz`` file that holds labels rather than an input.
+LABELS_KEY = "y"
+#: The array of an ``.npz`` file that feeds a model's only input whatever the input's name.
+INPUTS_KEY = "x"
+_NPY_MAGIC = b"\x93NUMPY"
+_ACCEPTED = (
+    "a .npy file (one input), an .npz file (one array per input name, and optionally labels "
+    f"'{LABELS_KEY}'), or a folder of images"
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,322 @@ class InputSpec:
 InputShapes = Mapping[str | None, tuple[int, ...]]
 
 
+@dataclass(frozen=True)
+class DataOptions:
+    """Where real data comes from: ``--data`` and the options that shape it."""
+
+    path: str
+    """``.npy``/``.npz`` file or a folder of images."""
+    labels: str | None = None
+    """``--labels``: a ``.npy`` file of labels, one per sample."""
+    image_size: tuple[int, int] | None = None
+    """Height and width images are resized to (image folders only)."""
+    rescale: float | None = None
+    """Factor applied to image pixel values, e.g. 1/255 (image folders only)."""
+    option: str = "--data"
+    """The option that named the data, for messages."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch: an array per model input, in input order, and the labels if there are any."""
+
+    inputs: list[np.ndarray]
+    labels: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.inputs[0])
+
+
+class Dataset:
+    """Real data matched to a model's inputs, served in shuffled batches."""
+
+    source: str
+    specs: list[InputSpec]
+    labelled: bool
+    available: int | None
+    """Samples the data holds (``None`` where unknown)."""
+
+    def batches(
+        self, batch_size: int, seed: int, samples: int | None, whole: bool = True
+    ) -> Iterator[Batch]:
+        """Shuffled (seeded) batches of ``batch_size`` covering at most ``samples`` samples.
+        With ``whole``, only full batches are served when there is at least one: in training
+        mode a short last batch would give its few samples' statistics the weight of a batch."""
+        raise NotImplementedError
+
+    def describe(self, batches: Sequence[Batch] | int, samples: int, batch_size: int) -> ProbeData:
+        count = batches if isinstance(batches, int) else len(batches)
+        return ProbeData(
+            real=True,
+            source=self.source,
+            samples=samples,
+            inputs=tuple((spec.name, (batch_size, *_dims(spec))) for spec in self.specs),
+            batch_size=batch_size,
+            batches=count,
+            available=self.available,
+            labelled=self.labelled,
+        )
+
+
+def _dims(spec: InputSpec) -> tuple[int, ...]:
+    return tuple(-1 if dim is None else int(dim) for dim in spec.shape[1:])
+
+
+def open_data(options: DataOptions, specs: Sequence[InputSpec] | None) -> Dataset:
+    """The data at ``options.path`` matched to ``specs`` (``None``: a model that declares no
+    inputs, which then takes its one input's shape from the data)."""
+    target = Path(options.path)
+    if target.is_dir():
+        if options.labels is not None:
+            raise UsageError(
+                f"--labels applies to array files; the classes of {options.option} "
+                f"{options.path} are its subfolders"
+            )
+        return ImageFolder(options, specs)
+    if options.image_size is not None or options.rescale is not None:
+        raise UsageError("--image-size and --rescale apply to image folders only")
+    return ArrayData(options, specs)
+
+
+class ArrayData(Dataset):
+    """Arrays from a ``.npy`` file (one input) or an ``.npz`` file (one array per input name,
+    and optionally labels), with labels from the ``.npz`` or a ``--labels`` file."""
+
+    def __init__(self, options: DataOptions, specs: Sequence[InputSpec] | None) -> None:
+        self.source = options.path
+        arrays = load_arrays(options.path, options.option)
+        labels = arrays.pop(LABELS_KEY, None)
+        if specs is None:
+            specs = [_spec_from(arrays, options)]
+        if options.labels is not None:
+            if labels is not None:
+                raise UsageError(
+                    f"{options.option} {options.path} holds labels '{LABELS_KEY}' and --labels "
+                    "names others: give one of them"
+                )
+            labels = _single_array(options.labels, "--labels")
+        self.specs = list(specs)
+        self.inputs = match_inputs(arrays, self.specs, options)
+        self.count = len(self.inputs[0])
+        self.available = self.count
+        if labels is not None:
+            labels = _checked_labels(labels, self.count, options)
+        self.labels = labels
+        self.labelled = labels is not None
+
+    def batches(
+        self, batch_size: int, seed: int, samples: int | None, whole: bool = True
+    ) -> Iterator[Batch]:
+        order = np.random.default_rng(seed).permutation(self.count)
+        used = min(self.count, samples or self.count)
+        if whole:
+            used = _full_batches(used, batch_size)
+        for start in range(0, used, batch_size):
+            rows = np.sort(order[start : min(start + batch_size, used)])
+            yield Batch(
+                inputs=[
+                    np.asarray(array[rows], dtype=spec.dtype)
+                    for array, spec in zip(self.inputs, self.specs, strict=True)
+                ],
+                labels=None if self.labels is None else np.asarray(self.labels[rows]),
+            )
+
+
+def _full_batches(count: int, batch_size: int) -> int:
+    return count if count < batch_size else count - count % batch_size
+
+
+def load_arrays(path: str, option: str) -> dict[str | None, np.ndarray]:
+    """The arrays of a ``.npy`` (key ``None``) or ``.npz`` file, refusing pickled objects."""
+    target = Path(path)
+    if not target.exists():
+        raise UsageError(f"{option} {path}: no such file or directory")
+    if not target.is_file():
+        raise UsageError(f"{option} {path}: not a regular file")
+    with open(target, "rb") as handle:
+        head = handle.read(len(_NPY_MAGIC))
+    is_npz = zipfile.is_zipfile(target)
+    if not is_npz and head != _NPY_MAGIC:
+        raise UsageError(f"{option} {path} is not {_ACCEPTED}")
+    try:
+        if is_npz:
+            with np.load(target, allow_pickle=False) as npz:
+                return {name: npz[name] for name in npz.files}
+        return {None: np.load(target, mmap_mode="r", allow_pickle=False)}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Python objects" in str(exc):
+            raise UsageError(
+                f"{option} {path} holds Python objects, which bncheck never unpickles: save "
+                "plain numeric arrays (numpy.save / numpy.savez)"
+            ) from None
+        raise UsageError(f"{option} {path} is not a readable .npy or .npz file ({exc})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UsageError(
+            f"{option} {path} is not a readable .npy or .npz file ({reason})"
+        ) from None
+
+
+def _single_array(path: str, option: str) -> np.ndarray:
+    arrays = load_arrays(path, option)
+    if list(arrays) != [None]:
+        raise UsageError(f"{option} {path}: expected a .npy file holding one array")
+    return arrays[None]
+
+
+def _spec_from(arrays: Mapping[str | None, np.ndarray], options: DataOptions) -> InputSpec:
+    """A model that declares no inputs (subclassed) takes one input shaped like the data."""
+    if len(arrays) != 1:
+        raise UsageError(
+            f"{options.option} {options.path}: the model declares no inputs, so bncheck cannot "
+            "match several arrays to them; pass one array (a .npy, or an .npz with 'x' and "
+            f"optionally '{LABELS_KEY}')"
+        )
+    array = next(iter(arrays.values()))
+    dtype = "float32" if array.dtype.kind == "f" else str(array.dtype)
+    return InputSpec("input", (None, *array.shape[1:]), dtype)
+
+
+def match_inputs(
+    arrays: Mapping[str | None, np.ndarray], specs: Sequence[InputSpec], options: DataOptions
+) -> list[np.ndarray]:
+    """One array per input, in input order, checked against the input's shape."""
+    names = list(arrays)
+    where = f"{options.option} {options.path}"
+    if len(specs) > 1 and names == [None]:
+        raise UsageError(
+            f"{where}: the model has {len(specs)} inputs "
+            f"({', '.join(spec.name for spec in specs)}); pass an .npz file with one array "
+            "per input name"
+        )
+    matched = []
+    for spec in specs:
+        if spec.name in arrays:
+            array = arrays[spec.name]
+        elif len(specs) == 1 and len(names) == 1:
+            array = arrays[names[0]]
+        elif len(specs) == 1 and INPUTS_KEY in arrays:
+            array = arrays[INPUTS_KEY]
+        else:
+            held = ", ".join(str(name) for name in names) or "no arrays"
+            raise UsageError(f"{where} has no array named {spec.name!r} (it holds {held})")
+        _check_shape(array, spec, where)
+        matched.append(array)
+    counts = {len(array) for array in matched}
+    if len(counts) > 1:
+        raise UsageError(f"{where}: the arrays hold different numbers of samples")
+    if 0 in counts:
+        raise UsageError(f"{where} holds no samples")
+    return matched
+
+
+def _check_shape(array: np.ndarray, spec: InputSpec, where: str) -> None:
+    fits = array.ndim == len(spec.shape) and all(
+        want is None or want == got
+        for want, got in zip(spec.shape[1:], array.shape[1:], strict=True)
+    )
+    if not fits:
+        raise UsageError(
+            f"{where}: an array of shape {tuple(array.shape)} does not fit input {spec.describe()}"
+        )
+    if array.dtype.kind not in "fiub":
+        raise UsageError(f"{where}: the array for {spec.name!r} is not numeric")
+
+
+def _checked_labels(labels: np.ndarray, samples: int, options: DataOptions) -> np.ndarray:
+    if labels.dtype.kind not in "fiub":
+        raise UsageError(f"the labels of {options.option} {options.path} are not numeric")
+    if labels.ndim == 0 or len(labels) != samples:
+        raise UsageError(
+            f"{len(labels) if labels.ndim else 0} labels for the {samples} samples of "
+            f"{options.option} {options.path}"
+        )
+    return labels
+
+
+class ImageFolder(Dataset):
+    """A folder of images, streamed in shuffled batches by Keras's
+    ``image_dataset_from_directory``: only the file list and a few batches are in memory. Images
+    in one subfolder per class are labelled by their class."""
+
+    def __init__(self, options: DataOptions, specs: Sequence[InputSpec] | None) -> None:
+
+        where = f"{options.option} {options.path}"
+        if options.image_size is None:
+            raise UsageError(f"{where} is a folder: pass --image-size H W")
+        if specs is None or len(specs) != 1:
+            raise UsageError(f"{where}: image folders feed models with exactly one declared input")
+        spec = specs[0]
+        channels = spec.shape[-1] if len(spec.shape) == 4 else None
+        modes = {1: "grayscale", 3: "rgb", 4: "rgba"}
+        if channels not in modes:
+            raise UsageError(
+                f"{where}: image folders feed models whose one input is (height, width, "
+                f"1, 3 or 4 channels); this model's input is {spec.describe()}"
+            )
+        declared = spec.shape[1:3]
+        if any(
+            want is not None and want != got
+            for want, got in zip(declared, options.image_size, strict=True)
+        ):
+            raise UsageError(
+                f"--image-size {options.image_size[0]} {options.image_size[1]} does not fit "
+                f"input {spec.describe()}"
+            )
+        self.source = options.path
+        self.specs = [spec]
+        self.labelled = any(entry.is_dir() for entry in Path(options.path).iterdir())
+        self._options = options
+        self._mode = modes[channels]
+        self.available = None
+
+    def batches(
+        self, batch_size: int, seed: int, samples: int | None, whole: bool = True
+    ) -> Iterator[Batch]:
+        dataset = self._dataset(batch_size, seed)
+        served = 0
+        for number, element in enumerate(dataset):
+            images, labels = element if self.labelled else (element, None)
+            size = int(images.shape[0])
+            if samples is not None and served >= samples:
+                return
+            if whole and number > 0 and size < batch_size:
+                return  # a short last batch, after full ones
+            values = images.numpy()
+            if self._options.rescale is not None:
+                values = values * self._options.rescale
+            served += size
+            yield Batch(
+                inputs=[values.astype(self.specs[0].dtype)],
+                labels=None if labels is None else labels.numpy(),
+            )
+
+    def _dataset(self, batch_size: int, seed: int) -> Any:
+        import keras
+
+        options = self._options
+        try:
+            dataset = keras.utils.image_dataset_from_directory(
+                options.path,
+                labels="inferred" if self.labelled else None,
+                label_mode="int" if self.labelled else None,
+                color_mode=self._mode,
+                batch_size=batch_size,
+                image_size=options.image_size,
+                shuffle=True,
+                seed=seed,
+                verbose=False,
+            )
+        except ValueError as exc:
+            raise UsageError(
+                f"{options.option} {options.path}: {' '.join(str(exc).split())}"
+            ) from None
+        self.available = len(dataset.file_paths)
+        return dataset
+
+
 def parse_input_shape(text: str) -> tuple[str | None, tuple[int, ...]]:
     """``"8,8,1"`` or ``"image=8,8,1"`` -> ``(name or None, dims)``."""
     name, _, dims_text = text.rpartition("=")
@@ -56,161 +389,12 @@ def parse_input_shape(text: str) -> tuple[str | None, tuple[int, ...]]:
     return (name or None), dims
 
 
-class ArraySource:
-    """Arrays from a ``.npy`` file (one input) or an ``.npz`` file (one array per input name)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.arrays = _load_arrays(path)
-
-    def match(self, specs: Sequence[InputSpec]) -> list[np.ndarray]:
-        """One array per input, in input order, checked against the input's shape."""
-        names = list(self.arrays)
-        if len(specs) > 1 and names == [None]:
-            raise UsageError(
-                f"--data {self.path}: the model has {len(specs)} inputs "
-                f"({', '.join(spec.name for spec in specs)}); pass an .npz file with one array "
-                "per input name"
-            )
-        matched = []
-        for spec in specs:
-            if spec.name in self.arrays:
-                array = self.arrays[spec.name]
-            elif len(specs) == 1 and len(names) == 1:
-                array = self.arrays[names[0]]
-            else:
-                raise UsageError(
-                    f"--data {self.path} has no array named {spec.name!r} "
-                    f"(it holds {', '.join(str(n) for n in names)})"
-                )
-            _check_shape(array, spec, self.path)
-            matched.append(array)
-        counts = {len(array) for array in matched}
-        if len(counts) > 1:
-            raise UsageError(f"--data {self.path}: the arrays hold different numbers of samples")
-        if 0 in counts:
-            raise UsageError(f"--data {self.path} holds no samples")
-        return matched
-
-
-def _load_arrays(path: str) -> dict[str | None, np.ndarray]:
-    target = Path(path)
-    if not target.is_file():
-        raise UsageError(f"--data {path}: no such file")
-    try:
-        if zipfile.is_zipfile(target):
-            with np.load(target, allow_pickle=False) as npz:
-                return {name: npz[name] for name in npz.files}
-        return {None: np.load(target, mmap_mode="r", allow_pickle=False)}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise UsageError(f"--data {path} is not a readable .npy or .npz file ({reason})") from None
-
-
-def _check_shape(array: np.ndarray, spec: InputSpec, path: str) -> None:
-    fits = array.ndim == len(spec.shape) and all(
-        want is None or want == got
-        for want, got in zip(spec.shape[1:], array.shape[1:], strict=True)
-    )
-    if not fits:
-        raise UsageError(
-            f"--data {path}: an array of shape {tuple(array.shape)} does not fit input "
-            f"{spec.describe()}"
-        )
-    if array.dtype.kind not in "fiub":
-        raise UsageError(f"--data {path}: the array for {spec.name!r} is not numeric")
-
-
-def pick_rows(arrays: Sequence[np.ndarray], count: int, seed: int) -> list[np.ndarray]:
-    """``count`` samples drawn at random (without replacement), as in-memory arrays."""
-    total = len(arrays[0])
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(total, size=min(count, total), replace=False))
-    return [np.asarray(array[rows]) for array in arrays]
-
-
-def shuffled_batches(
-    arrays: Sequence[np.ndarray], batch_size: int, seed: int, limit: int | None
-) -> Iterator[list[np.ndarray]]:
-    """The whole data in shuffled batches; only one batch is in memory at a time."""
-    order = np.random.default_rng(seed).permutation(len(arrays[0]))
-    starts = range(0, len(order), batch_size)
-    for number, start in enumerate(starts):
-        if limit is not None and number >= limit:
-            return
-        rows = np.sort(order[start : start + batch_size])
-        yield [np.asarray(array[rows]) for array in arrays]
-
-
-class ImageFolder:
-    """A directory of images, streamed in shuffled batches by Keras's
-    ``image_dataset_from_directory``: only the file list and a few batches are in memory."""
-
-    def __init__(
-        self,
-        path: str,
-        spec: InputSpec,
-        image_size: tuple[int, int],
-        rescale: float | None,
-        batch_size: int,
-        seed: int,
-    ) -> None:
-        import keras
-
-        channels = spec.shape[-1] if len(spec.shape) == 4 else None
-        modes = {1: "grayscale", 3: "rgb", 4: "rgba"}
-        if channels not in modes:
-            raise UsageError(
-                f"--data {path}: image folders feed models whose one input is (height, width, "
-                f"1, 3 or 4 channels); this model's input is {spec.describe()}"
-            )
-        declared = spec.shape[1:3]
-        if any(
-            want is not None and want != got for want, got in zip(declared, image_size, strict=True)
-        ):
-            raise UsageError(
-                f"--image-size {image_size[0]} {image_size[1]} does not fit input {spec.describe()}"
-            )
-        try:
-            self.dataset = keras.utils.image_dataset_from_directory(
-                path,
-                labels=None,
-                color_mode=modes[channels],
-                batch_size=batch_size,
-                image_size=image_size,
-                shuffle=True,
-                seed=seed,
-                verbose=False,
-            )
-        except ValueError as exc:
-            raise UsageError(f"--data {path}: {' '.join(str(exc).split())}") from None
-        self.rescale = rescale
-        self.dtype = spec.dtype
-
-    @property
-    def batch_count(self) -> int:
-        return int(self.dataset.cardinality())
-
-    def batches(self, limit: int | None) -> Iterator[list[np.ndarray]]:
-        for number, images in enumerate(self.dataset):
-            if limit is not None and number >= limit:
-                return
-            values = images.numpy()
-            if self.rescale is not None:
-                values = values * self.rescale
-            yield [values.astype(self.dtype)]
-
-
-def cast_to_inputs(batch: Sequence[np.ndarray], specs: Sequence[InputSpec]) -> list[np.ndarray]:
-    return [np.asarray(array, dtype=spec.dtype) for array, spec in zip(batch, specs, strict=True)]
-
-
 def synthetic_batch(
     specs: Sequence[InputSpec], samples: int, seed: int, shapes: InputShapes
-) -> list[np.ndarray]:
+) -> Batch:
     """Standard-normal values in the shape of each input, for float inputs only."""
     rng = np.random.default_rng(seed)
-    batch = []
+    arrays = []
     for spec in specs:
         if not spec.is_float:
             raise UsageError(
@@ -218,8 +402,8 @@ def synthetic_batch(
                 "synthetic data cannot stand for: pass real data with --data"
             )
         dims = resolve_shape(spec, shapes, single=len(specs) == 1)
-        batch.append(rng.standard_normal((samples, *dims)).astype(spec.dtype))
-    return batch
+        arrays.append(rng.standard_normal((samples, *dims)).astype(spec.dtype))
+    return Batch(arrays)
 
 
 def resolve_shape(spec: InputSpec, shapes: InputShapes, single: bool) -> tuple[int, ...]:
@@ -241,14 +425,14 @@ def resolve_shape(spec: InputSpec, shapes: InputShapes, single: bool) -> tuple[i
     return given
 
 
-def describe_batch(
-    batch: Sequence[np.ndarray], specs: Sequence[InputSpec], real: bool, source: str
-) -> ProbeData:
+def describe_synthetic(batch: Batch, specs: Sequence[InputSpec], seed: int) -> ProbeData:
     return ProbeData(
-        real=real,
-        source=source,
-        samples=len(batch[0]),
+        real=False,
+        source=f"standard normal, seed {seed}",
+        samples=batch.size,
         inputs=tuple(
-            (spec.name, tuple(array.shape)) for spec, array in zip(specs, batch, strict=True)
+            (spec.name, tuple(array.shape)) for spec, array in zip(specs, batch.inputs, strict=True)
         ),
+        batch_size=batch.size,
+        batches=1,
     )

@@ -1,32 +1,46 @@
-"""Run a loaded model in inference and training mode and measure what BatchNorm does.
+"""Run a loaded model over the data and measure what its BatchNorm layers do.
 
-The order is fixed and the model's state is put back afterwards:
+For a Keras model (``measure_keras``), two sweeps over the same batches:
 
-1. inference mode on the batch, watching every BatchNorm layer's output;
-2. inference mode on the first half of the batch alone (does a sample's output depend on the
-   rest of its batch?);
-3. training mode on the batch, watching every BatchNorm layer's input and output. For Keras
-   models only the BatchNorm layers switch to training mode; Dropout and other noise layers stay
-   in inference mode, so the two passes differ by normalisation alone.
+1. **inference mode with the stored statistics**, and **training mode** with BatchNorm alone
+   switched to batch statistics, in one compiled call per batch: the outputs both ways, each
+   layer's figures, and each layer's per-batch input mean and variance, summed into its
+   population statistics (``estimate``). The first half of the first batch also runs alone, to
+   see whether a sample's output depends on the rest of its batch;
+2. **inference mode with re-estimated statistics** in place of the trainable layers' (what
+   ``bncheck recalibrate`` would write), compared with the first sweep's stored-statistics
+   outputs (kept in memory, or computed again in the same call when they are too many).
 
-Training mode updates the moving statistics in memory; every variable is snapshotted before and
-restored after, so the probe changes nothing it judges.
+Every figure is summed over all batches, so a verdict rests on all the data given, not on one
+batch. The model's variables are the same afterwards as before (``Passes`` restores them).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from bncheck.probe import keras_model
-from bncheck.probe.results import INFERENCE, TRAINING, LayerMeasurement, OutputMeasurement
+from bncheck.probe.data import Batch
+from bncheck.probe.passes import ESTIMATED, STORED, TRAINING, CallFigures, Moments, Passes
+from bncheck.probe.results import (
+    INFERENCE,
+    LayerMeasurement,
+    Metric,
+    OutputMeasurement,
+)
+from bncheck.probe.results import TRAINING as TRAINING_MODE
+from bncheck.probe.results import Population as PopulationEstimate
 from bncheck.probe.savedmodel import SavedModelSubject
 
-Outputs = list[tuple[str, np.ndarray]]
+#: Reads the data from the start, batch by batch; called once per sweep.
+BatchSource = Callable[[], Iterable[Batch]]
+#: Told after each batch of a sweep: the sweep's name and the batches done.
+Progress = Callable[[str, int], None]
 
 
 @dataclass(frozen=True)
@@ -37,9 +51,167 @@ class Measured:
     outputs: tuple[OutputMeasurement, ...]
     layers: tuple[LayerMeasurement, ...] = ()
     notes: tuple[str, ...] = ()
+    samples: int = 0
+    batches: int = 0
 
 
-def spread(values: np.ndarray) -> tuple[float, float, int]:
+@dataclass
+class MomentSums:
+    """Batch-size-weighted sums of one layer's per-call input statistics: the mean, and the
+    variance with Bessel's correction, so that the population estimate does not depend on the
+    batch size (a batch of 8 samples has a biased variance 7/8 of the population's)."""
+
+    mean: np.ndarray | float = 0.0
+    mean_squares: np.ndarray | float = 0.0
+    variance: np.ndarray | float = 0.0
+    variance_squares: np.ndarray | float = 0.0
+    weight: int = 0
+    calls: int = 0
+
+    def add(self, moments: Moments) -> None:
+        n = moments.samples
+        variance = moments.unbiased_variance
+        self.mean = self.mean + n * moments.mean
+        self.mean_squares = self.mean_squares + n * moments.mean**2
+        self.variance = self.variance + n * variance
+        self.variance_squares = self.variance_squares + n * variance**2
+        self.weight += n
+        self.calls += 1
+
+    def population(self) -> PopulationEstimate:
+        mean = np.asarray(self.mean) / self.weight
+        variance = np.asarray(self.variance) / self.weight
+        spread_mean = np.maximum(np.asarray(self.mean_squares) / self.weight - mean**2, 0.0)
+        spread_var = np.maximum(np.asarray(self.variance_squares) / self.weight - variance**2, 0.0)
+        # Standard errors from the spread across calls; a single call has no spread to show.
+        scale = np.sqrt(1.0 / (self.calls - 1)) if self.calls > 1 else np.inf
+        return PopulationEstimate(
+            mean=mean,
+            variance=variance,
+            mean_error=np.sqrt(spread_mean) * scale,
+            variance_error=np.sqrt(spread_var) * scale,
+            batches=self.calls,
+        )
+
+
+def estimate(
+    passes: Passes, batches: Iterable[Batch], done: Callable[[int], None] = lambda _: None
+) -> tuple[dict[str, MomentSums], int, int]:
+    """Sum each layer's training-mode input statistics over ``batches``: (sums by layer path,
+    batches, samples). Their averages are precise BatchNorm's population statistics (fvcore's
+    precise BN, ``torch.optim.swa_utils.update_bn``): every layer normalises with batch
+    statistics, as during training, which is what its gamma and beta were trained against and
+    what Keras's moving averages estimate; and it takes one pass over the data, where measuring
+    each layer after fixing the ones before it takes one pass per level of BatchNorm depth."""
+    sums: dict[str, MomentSums] = {}
+    count = samples = 0
+    for batch in batches:
+        [result] = passes.run(batch.inputs, TRAINING)
+        for moments in result.moments:
+            sums.setdefault(moments.path, MomentSums()).add(moments)
+        count += 1
+        samples += batch.size
+        done(count)
+    return sums, count, samples
+
+
+@dataclass
+class _LayerFigures:
+    """A layer's output figures summed over its calls in one mode."""
+
+    calls: int = 0
+    spread: float = 0.0
+    rms: float = 0.0
+    nonfinite: int = 0
+    error: float = 0.0
+
+    def add(self, figures: CallFigures) -> None:
+        self.calls += 1
+        self.spread += figures.spread
+        self.rms += figures.rms
+        self.nonfinite += figures.nonfinite
+        if figures.moving_stats_error is not None:
+            self.error = max(self.error, figures.moving_stats_error)
+
+
+@dataclass
+class OutputSums:
+    """One output's figures summed over batches."""
+
+    batches: int = 0
+    spread: float = 0.0
+    rms_squares: float = 0.0
+    values: int = 0
+    nonfinite: int = 0
+    training_spread: float = 0.0
+    training_rms_squares: float = 0.0
+    training_gap: float = 0.0
+    training_norm: float = 0.0
+    training_same: int = 0
+    estimated_gap: float = 0.0
+    stored_norm: float = 0.0
+    estimated_same: int = 0
+    classified: int = 0
+    """Samples seen in inference mode, the denominator of the top-1 agreements."""
+    classifier: bool = True
+    half_dependence: float | None = None
+
+    def add_inference(self, stored: np.ndarray) -> None:
+        spread, rms, nonfinite = spread_of(stored)
+        self.batches += 1
+        self.spread += spread
+        self.rms_squares += rms**2 * stored.size
+        self.values += stored.size
+        self.nonfinite += nonfinite
+        self.stored_norm += _squared_norm(stored)
+        self.classifier = self.classifier and is_classifier(stored)
+        self.classified += len(stored)
+
+    def add_training(self, stored: np.ndarray, trained: np.ndarray) -> None:
+        spread, rms, _ = spread_of(trained)
+        self.training_spread += spread
+        self.training_rms_squares += rms**2 * trained.size
+        self.training_gap += _squared_norm(trained - stored)
+        self.training_norm += _squared_norm(trained)
+        if self.classifier:
+            self.training_same += int(np.sum(np.argmax(stored, 1) == np.argmax(trained, 1)))
+
+    def add_estimated(self, stored: np.ndarray, estimated: np.ndarray) -> None:
+        self.estimated_gap += _squared_norm(estimated - stored)
+        if self.classifier:
+            self.estimated_same += int(np.sum(np.argmax(stored, 1) == np.argmax(estimated, 1)))
+
+    def measurement(
+        self, name: str, trained: bool, estimated: bool, metric: Metric | None
+    ) -> OutputMeasurement:
+        classified = self.classifier and self.classified > 0
+        fields: dict[str, Any] = {}
+        if trained:
+            fields.update(
+                training_spread=self.training_spread / self.batches,
+                training_rms=float(np.sqrt(self.training_rms_squares / max(self.values, 1))),
+                relative_error=_ratio(self.training_gap, self.training_norm),
+                top1_agreement=self.training_same / self.classified if classified else None,
+            )
+        if estimated:
+            fields.update(
+                reestimated_relative_error=_ratio(self.estimated_gap, self.stored_norm),
+                reestimated_top1_agreement=(
+                    self.estimated_same / self.classified if classified else None
+                ),
+            )
+        return OutputMeasurement(
+            name=name,
+            inference_spread=self.spread / self.batches,
+            inference_rms=float(np.sqrt(self.rms_squares / max(self.values, 1))),
+            inference_nonfinite=self.nonfinite,
+            batch_dependence=self.half_dependence,
+            metric=metric,
+            **fields,
+        )
+
+
+def spread_of(values: np.ndarray) -> tuple[float, float, int]:
     """(relative spread across the batch, root mean square, non-finite count) of a batch."""
     flat = np.asarray(values).reshape(len(values), -1)
     finite = np.isfinite(flat)
@@ -52,178 +224,280 @@ def spread(values: np.ndarray) -> tuple[float, float, int]:
     return deviation / rms, rms, nonfinite
 
 
-def compare_outputs(
-    inference: Outputs, training: Outputs | None, half: Outputs | None
-) -> tuple[OutputMeasurement, ...]:
-    measured = []
-    for index, (name, inferred) in enumerate(inference):
-        inference_spread, inference_rms, nonfinite = spread(inferred)
-        entry: dict[str, Any] = {}
-        if training is not None:
-            trained = training[index][1]
-            training_spread, training_rms, _ = spread(trained)
-            entry.update(
-                training_spread=training_spread,
-                training_rms=training_rms,
-                relative_error=_relative(trained - inferred, trained),
-                top1_agreement=_top1_agreement(inferred, trained),
-            )
-        if half is not None:
-            alone = half[index][1]
-            entry["batch_dependence"] = _relative(
-                alone - inferred[: len(alone)], inferred[: len(alone)]
-            )
-        measured.append(
-            OutputMeasurement(
-                name=name,
-                inference_spread=inference_spread,
-                inference_rms=inference_rms,
-                inference_nonfinite=nonfinite,
-                **entry,
-            )
-        )
-    return tuple(measured)
+def is_classifier(values: np.ndarray) -> bool:
+    """A classifier-shaped output: one row of two or more class scores per sample."""
+    return values.ndim == 2 and values.shape[1] >= 2
 
 
-def _relative(difference: np.ndarray, reference: np.ndarray) -> float:
-    scale = float(np.linalg.norm(np.asarray(reference, dtype=np.float64).ravel()))
-    error = float(np.linalg.norm(np.asarray(difference, dtype=np.float64).ravel()))
-    if scale == 0.0:
-        return 0.0 if error == 0.0 else float("inf")
-    return error / scale
+def _squared_norm(values: np.ndarray) -> float:
+    clean = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    return float(np.sum(np.square(clean)))
 
 
-def _top1_agreement(inferred: np.ndarray, trained: np.ndarray) -> float | None:
-    if inferred.ndim != 2 or inferred.shape[1] < 2:
-        return None
-    return float(np.mean(np.argmax(inferred, axis=1) == np.argmax(trained, axis=1)))
+def _ratio(difference: float, reference: float) -> float:
+    if reference == 0.0:
+        return 0.0 if difference == 0.0 else float("inf")
+    return float(np.sqrt(difference / reference))
 
 
-def _half(batch: Sequence[np.ndarray]) -> list[np.ndarray] | None:
-    count = len(batch[0]) // 2
-    return [array[:count] for array in batch] if count >= 1 else None
+class MetricSums:
+    """A metric over labelled batches: accuracy for classifiers, mean squared error otherwise."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.total = 0.0
+        self.samples = 0
+
+    def add(self, predictions: np.ndarray, labels: np.ndarray) -> None:
+        if self.name is None:
+            self.name = metric_name(predictions, labels)
+        self.total += metric_sum(self.name, predictions, labels)
+        self.samples += len(labels)
+
+    def value(self) -> float | None:
+        return None if self.samples == 0 else self.total / self.samples
 
 
-@dataclass
-class _LayerCalls:
-    """What one pass saw of one layer, summed over its calls."""
-
-    layer: Any
-    calls: int = 0
-    spread: float = 0.0
-    rms: float = 0.0
-    nonfinite: int = 0
-    moving_stats_error: float = 0.0
-    input_mean: list[np.ndarray] = field(default_factory=list)
-    input_variance: list[np.ndarray] = field(default_factory=list)
-
-
-class _Pass:
-    """Collects per-layer figures during one forward pass (eager execution only)."""
-
-    def __init__(self, inference: bool) -> None:
-        self.inference = inference
-        self.layers: dict[str, _LayerCalls] = {}
-
-    def observe(self, path: str, layer: Any, inputs: Any, outputs: Any) -> None:
-        if not hasattr(outputs, "numpy"):
-            # Inside a traced function (e.g. TimeDistributed over an unknown number of steps)
-            # the tensors have no values to look at; the layer is reported as not observed.
-            return
-        figures = keras_model.call_figures(layer, inputs, outputs, self.inference)
-        calls = self.layers.setdefault(path, _LayerCalls(layer))
-        calls.calls += 1
-        calls.spread += figures.spread
-        calls.rms += figures.rms
-        calls.nonfinite += figures.nonfinite
-        if figures.input_mean is not None and figures.input_variance is not None:
-            calls.input_mean.append(figures.input_mean)
-            calls.input_variance.append(figures.input_variance)
-        if figures.moving_stats_error is not None:
-            calls.moving_stats_error = max(calls.moving_stats_error, figures.moving_stats_error)
+def metric_name(predictions: np.ndarray, labels: np.ndarray) -> str:
+    """``accuracy`` when the labels name classes of the output, else ``mean squared error``."""
+    if is_classifier(predictions):
+        if labels.ndim == 1 and np.all(np.mod(labels, 1) == 0):
+            return "accuracy"
+        if labels.shape == predictions.shape:
+            return "accuracy"
+    binary = predictions.ndim == 1 or (predictions.ndim == 2 and predictions.shape[1] == 1)
+    if binary and labels.size == len(labels) and np.all(np.isin(labels, (0, 1))):
+        return "accuracy"
+    return "mean squared error"
 
 
-def measure_keras(model: Any, batch: Sequence[np.ndarray]) -> Measured:
+def metric_sum(name: str, predictions: np.ndarray, labels: np.ndarray) -> float:
+    """The metric summed over one batch's samples."""
+    if name == "mean squared error":
+        difference = predictions.reshape(len(labels), -1) - labels.reshape(len(labels), -1)
+        return float(np.sum(np.mean(np.square(difference, dtype=np.float64), axis=1)))
+    if is_classifier(predictions):
+        truth = labels if labels.ndim == 1 else np.argmax(labels, axis=1)
+        return float(np.sum(np.argmax(predictions, axis=1) == truth))
+    scores = predictions.ravel()
+    threshold = 0.5 if scores.min() >= 0.0 and scores.max() <= 1.0 else 0.0
+    return float(np.sum((scores > threshold) == (labels.ravel() > 0.5)))
+
+
+#: Stored-statistics outputs kept between the two sweeps up to this many values; beyond it the
+#: second sweep computes them again rather than hold them all in memory.
+KEEP_OUTPUT_VALUES = 16 << 20
+
+
+def measure_keras(
+    model: Any,
+    batches: BatchSource,
+    reestimate: Callable[[str, Any], bool],
+    untouched: Mapping[str, bool],
+    progress: Progress = lambda _, __: None,
+    real: bool = True,
+) -> Measured:
+    """Measure ``model`` over ``batches``. ``reestimate(path, layer)`` says which layers the
+    comparison gives re-estimated statistics; ``untouched`` says, by layer path, whether the
+    static description found the layer's statistics at their initial values while gamma or beta
+    trained. Synthetic data (``real`` False) gets the first sweep only: its statistics describe
+    nothing."""
     layers = keras_model.batchnorm_layers(model)
-    moving = {
+    stored = {
         path: (np.asarray(layer.moving_mean.numpy()), np.asarray(layer.moving_variance.numpy()))
         for path, layer in layers
     }
-
-    def run(inputs: Sequence[np.ndarray]) -> Outputs:
-        # No ``training`` argument: the model's own inference behaviour, including a
-        # ``training=True`` its graph hard-codes (Keras 3's ``predict`` would override that).
-        outputs = model(keras_model.pack_inputs(model, inputs))
-        return keras_model.output_arrays(model, outputs)
-
-    snapshot = keras_model.Snapshot(model.variables)
-    inference, training = _Pass(inference=True), _Pass(inference=False)
-    half = _half(batch)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Keras's input-structure notes are not for users
-            with keras_model.batchnorm_hooks(layers, False, inference.observe):
-                inferred = run(batch)
-            alone = run(half) if half is not None else None
-            with keras_model.batchnorm_hooks(layers, True, training.observe):
-                trained = run(batch)
-    finally:
-        snapshot.restore()
-    notes = []
-    if half is None:
-        notes.append("a batch of one sample cannot show batch-dependent inference (BN016)")
-    silent = [path for path, _ in layers if path not in inference.layers]
+    inference: dict[str, _LayerFigures] = {}
+    training: dict[str, _LayerFigures] = {}
+    outputs: dict[str, OutputSums] = {}
+    metrics = {key: MetricSums() for key in (STORED, TRAINING, ESTIMATED)}
+    sums: dict[str, MomentSums] = {}
+    kept: list[list[np.ndarray]] | None = []
+    notes: list[str] = []
+    count = samples = 0
+    with warnings.catch_warnings(), Passes(model, layers) as passes:
+        warnings.simplefilter("ignore")  # Keras's input-structure notes are not for users
+        for batch in batches():
+            stored_pass, training_pass = passes.run(batch.inputs, STORED, TRAINING)
+            for moments in training_pass.moments:
+                sums.setdefault(moments.path, MomentSums()).add(moments)
+            _add_figures(inference, stored_pass.figures)
+            _add_figures(training, training_pass.figures)
+            for (name, inferred), (_, trained) in zip(
+                stored_pass.outputs, training_pass.outputs, strict=True
+            ):
+                totals = outputs.setdefault(name, OutputSums())
+                totals.add_inference(inferred)
+                totals.add_training(inferred, trained)
+            kept = _keep(kept, stored_pass.outputs)
+            if count == 0:
+                notes += _batch_dependence(passes, batch, stored_pass, outputs)
+            _add_metrics(metrics, STORED, stored_pass, batch)
+            _add_metrics(metrics, TRAINING, training_pass, batch)
+            count += 1
+            samples += batch.size
+            progress("inference and training mode", count)
+        populations = {path: total.population() for path, total in sums.items()} if real else {}
+        targets = {
+            path: populations[path]
+            for path, layer in layers
+            if path in populations and reestimate(path, layer)
+        }
+        if targets:
+            passes.use_estimates({path: (pop.mean, pop.variance) for path, pop in targets.items()})
+            for number, batch in enumerate(batches()):
+                if kept is not None:
+                    [estimated] = passes.run(batch.inputs, ESTIMATED)
+                    before = kept[number]
+                else:
+                    stored_pass, estimated = passes.run(batch.inputs, STORED, ESTIMATED)
+                    before = [values for _, values in stored_pass.outputs]
+                for values, (name, after) in zip(before, estimated.outputs, strict=True):
+                    outputs[name].add_estimated(values, after)
+                _add_metrics(metrics, ESTIMATED, estimated, batch)
+                progress("re-estimated statistics", number + 1)
+    silent = [path for path, _ in layers if path not in inference]
     if silent:
         notes.append(
             f"{len(silent)} BatchNorm layer(s) did not run or could not be observed: "
             + ", ".join(silent[:5])
         )
-    measurements = [
-        _layer_measurement(path, inference.layers[path], training.layers[path], moving[path])
-        for path in inference.layers
-        if path in training.layers
-    ]
+    metric = _metric(metrics, list(outputs), notes)
     return Measured(
-        modes=(INFERENCE, TRAINING),
-        outputs=compare_outputs(inferred, trained, alone),
-        layers=tuple(measurements),
+        modes=(INFERENCE, TRAINING_MODE),
+        outputs=tuple(
+            totals.measurement(name, True, bool(targets), metric if index == 0 else None)
+            for index, (name, totals) in enumerate(outputs.items())
+        ),
+        layers=tuple(
+            LayerMeasurement(
+                path=path,
+                calls=max(1, inference[path].calls // max(count, 1)),
+                trainable=bool(layer.trainable),
+                epsilon=float(layer.epsilon),
+                moving_mean=stored[path][0],
+                moving_variance=stored[path][1],
+                inference_spread=inference[path].spread / inference[path].calls,
+                inference_rms=inference[path].rms / inference[path].calls,
+                inference_nonfinite=inference[path].nonfinite,
+                moving_stats_error=inference[path].error,
+                training_spread=training[path].spread / training[path].calls,
+                training_rms=training[path].rms / training[path].calls,
+                population=populations.get(path),
+                reestimated=path in targets,
+                momentum=float(layer.momentum),
+                untouched=untouched.get(path, False),
+            )
+            for path, layer in layers
+            if path in inference and path in training
+        ),
         notes=tuple(notes),
+        samples=samples,
+        batches=count,
     )
 
 
-def _layer_measurement(
-    path: str,
-    inference: _LayerCalls,
-    training: _LayerCalls,
-    moving: tuple[np.ndarray, np.ndarray],
-) -> LayerMeasurement:
-    layer = inference.layer
-    return LayerMeasurement(
-        path=path,
-        calls=inference.calls,
-        trainable=bool(layer.trainable),
-        epsilon=float(layer.epsilon),
-        moving_mean=moving[0],
-        moving_variance=moving[1],
-        input_mean=np.mean(training.input_mean, axis=0),
-        input_variance=np.mean(training.input_variance, axis=0),
-        inference_spread=inference.spread / inference.calls,
-        inference_rms=inference.rms / inference.calls,
-        inference_nonfinite=inference.nonfinite,
-        moving_stats_error=inference.moving_stats_error,
-        training_spread=training.spread / training.calls,
-        training_rms=training.rms / training.calls,
+def _keep(
+    kept: list[list[np.ndarray]] | None, outputs: list[tuple[str, np.ndarray]]
+) -> list[list[np.ndarray]] | None:
+    """Keep a batch's stored-statistics outputs for the second sweep, within the budget."""
+    if kept is None:
+        return None
+    kept.append([values for _, values in outputs])
+    held = sum(values.size for batch in kept for values in batch)
+    return kept if held <= KEEP_OUTPUT_VALUES else None
+
+
+def _add_figures(totals: dict[str, _LayerFigures], figures: Iterable[CallFigures]) -> None:
+    for figure in figures:
+        totals.setdefault(figure.path, _LayerFigures()).add(figure)
+
+
+def _add_metrics(metrics: dict[str, MetricSums], key: str, result: Any, batch: Batch) -> None:
+    if batch.labels is not None and len(result.outputs) == 1:
+        metrics[key].add(result.outputs[0][1], batch.labels)
+
+
+def _metric(
+    metrics: dict[str, MetricSums], names: Sequence[str], notes: list[str]
+) -> Metric | None:
+    stored = metrics[STORED]
+    if stored.samples == 0 or stored.name is None:
+        return None
+    if len(names) != 1:
+        notes.append("labels need a model with one output: no metric measured")
+        return None
+    return Metric(
+        name=stored.name,
+        stored=float(stored.value() or 0.0),
+        reestimated=metrics[ESTIMATED].value(),
+        training=metrics[TRAINING].value(),
     )
 
 
-def measure_savedmodel(subject: SavedModelSubject, batch: Sequence[np.ndarray]) -> Measured:
+def _batch_dependence(
+    passes: Passes, batch: Batch, whole: Any, outputs: dict[str, OutputSums]
+) -> list[str]:
+    count = batch.size // 2
+    if count < 1:
+        return ["a batch of one sample cannot show batch-dependent inference (BN016)"]
+    [alone] = passes.run([array[:count] for array in batch.inputs], STORED)
+    for (name, within), (_, by_itself) in zip(whole.outputs, alone.outputs, strict=True):
+        outputs[name].half_dependence = _ratio(
+            _squared_norm(by_itself - within[:count]), _squared_norm(within[:count])
+        )
+    return []
+
+
+def measure_savedmodel(
+    subject: SavedModelSubject, batches: BatchSource, progress: Progress = lambda _, __: None
+) -> Measured:
+    """Outputs only: the layers inside a SavedModel are not visible."""
     snapshot = keras_model.Snapshot(subject.variables)
-    half = _half(batch)
+    outputs: dict[str, OutputSums] = {}
+    metrics = {key: MetricSums() for key in (STORED, TRAINING)}
+    notes: list[str] = []
+    count = samples = 0
     try:
-        inferred = subject.run(batch, training=False)
-        alone = subject.run(half, training=False) if half is not None else None
-        trained = subject.run(batch, training=True) if subject.can_train else None
+        for batch in batches():
+            inferred = subject.run(batch.inputs, training=False)
+            trained = None
+            if subject.can_train:
+                trained = subject.run(batch.inputs, training=True)
+                # Training mode updated the moving statistics: later batches must not see that.
+                snapshot.restore()
+            for index, (name, values) in enumerate(inferred):
+                totals = outputs.setdefault(name, OutputSums())
+                totals.add_inference(values)
+                if trained is not None:
+                    totals.add_training(values, trained[index][1])
+            if count == 0:
+                half = batch.size // 2
+                if half >= 1:
+                    alone = subject.run([array[:half] for array in batch.inputs], training=False)
+                    for (name, within), (_, by_itself) in zip(inferred, alone, strict=True):
+                        outputs[name].half_dependence = _ratio(
+                            _squared_norm(by_itself - within[:half]), _squared_norm(within[:half])
+                        )
+            if batch.labels is not None and len(inferred) == 1:
+                metrics[STORED].add(inferred[0][1], batch.labels)
+                if trained is not None:
+                    metrics[TRAINING].add(trained[0][1], batch.labels)
+            count += 1
+            samples += batch.size
+            progress("inference and training mode", count)
     finally:
         snapshot.restore()
-    modes = (INFERENCE, TRAINING) if trained is not None else (INFERENCE,)
-    return Measured(modes=modes, outputs=compare_outputs(inferred, trained, alone))
+    metrics[ESTIMATED] = MetricSums()
+    metric = _metric(metrics, list(outputs), notes)
+    modes = (INFERENCE, TRAINING_MODE) if subject.can_train else (INFERENCE,)
+    return Measured(
+        modes=modes,
+        outputs=tuple(
+            totals.measurement(name, subject.can_train, False, metric if index == 0 else None)
+            for index, (name, totals) in enumerate(outputs.items())
+        ),
+        notes=tuple(notes),
+        samples=samples,
+        batches=count,
+    )

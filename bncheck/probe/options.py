@@ -8,16 +8,28 @@ from dataclasses import dataclass, field
 #: Reports a probe step ("loading", "inference pass", ...) to whoever shows progress.
 StepReporter = Callable[[str], None]
 
+#: Samples the probe runs by default: enough that population statistics and prediction changes
+#: are estimated to a few percent, few enough to take seconds on small models.
+DEFAULT_SAMPLES = 2048
+
 
 @dataclass(frozen=True)
 class ProbeOptions:
     """How to probe, from ``--probe``, ``--data`` and friends."""
 
     data: str | None = None
-    """``.npy``/``.npz`` file with real inputs; ``None`` for a synthetic batch."""
+    """``.npy``/``.npz`` file or image folder with real inputs; ``None`` for a synthetic batch."""
+    labels: str | None = None
+    """``--labels``: a ``.npy`` file of labels for ``data``."""
+    samples: int = DEFAULT_SAMPLES
+    """At most this many samples of ``data`` are run, in batches of ``batch_size``."""
     batch_size: int = 32
     seed: int = 0
-    """Picks the samples from ``data``, or draws the synthetic batch."""
+    """Shuffles ``data`` into batches, or draws the synthetic batch."""
+    image_size: tuple[int, int] | None = None
+    """Height and width images are resized to (image folders only)."""
+    rescale: float | None = None
+    """Factor applied to image pixel values (image folders only)."""
     input_shapes: Mapping[str | None, tuple[int, ...]] = field(default_factory=dict)
     """``--input-shape`` values by input name (``None``: the only input)."""
     unsafe: bool = False

@@ -2,6 +2,13 @@
 
 The probe runs the model; the rules never do. Everything a rule needs is here, as plain numbers
 and NumPy arrays.
+
+One vocabulary throughout (messages, JSON fields, plots): the **variance ratio** of a channel is
+``(stored moving_variance + epsilon) / (reference variance + epsilon)``, so above 1 the stored
+variance is too large and below 1 too small; a layer's **variance factor** is how far off its
+typical channel is, in either direction, as a factor >= 1: ``exp(RMS over channels of
+|log variance ratio|)``. The **mean shift** of a channel is ``|stored moving_mean - reference
+mean| / sqrt(reference variance + epsilon)``, in standard deviations.
 """
 
 from __future__ import annotations
@@ -44,27 +51,65 @@ _KIND_LABELS = {
 
 @dataclass(frozen=True)
 class ProbeData:
-    """The batch the model was run on."""
+    """The data the model was run on."""
 
     real: bool
     """True for ``--data``; False for a synthetic batch drawn from the input spec."""
     source: str
-    """The data file, or how the synthetic batch was drawn."""
+    """The data file or folder, or how the synthetic batch was drawn."""
     samples: int
-    """Samples in the batch."""
+    """Samples the model ran on (all batches together)."""
     inputs: tuple[tuple[str, tuple[int, ...]], ...]
-    """Each model input's name and the shape of the batch fed to it."""
+    """Each model input's name and the shape of one batch fed to it."""
+    batch_size: int = 0
+    """Samples per batch."""
+    batches: int = 1
+    """Batches run in each mode."""
+    available: int | None = None
+    """Samples the data holds, where known; more than ``samples`` when ``--samples`` capped it."""
+    labelled: bool = False
+    """Whether labels came with the data (``.npz`` with ``y``, ``--labels``, or an image folder's
+    class subfolders), so the probe measured a metric."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A model's quality on the labelled data, with three sets of BatchNorm statistics."""
+
+    name: str
+    """``accuracy`` (classifier outputs) or ``mean squared error`` (anything else)."""
+    stored: float
+    """Inference mode with the statistics stored in the model."""
+    reestimated: float | None
+    """Inference mode with the statistics re-estimated from the data, as ``bncheck recalibrate``
+    would write them; ``None`` when nothing was re-estimated."""
+    training: float | None
+    """Training mode: BatchNorm normalises each batch with that batch's own statistics."""
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.name == "accuracy"
+
+    def gain(self) -> float | None:
+        """How much better re-estimated statistics do than the stored ones (negative: worse)."""
+        if self.reestimated is None:
+            return None
+        change = self.reestimated - self.stored
+        return change if self.higher_is_better else -change
+
+    def format(self, value: float) -> str:
+        return f"{value:.1%}" if self.higher_is_better else f"{value:.4g}"
 
 
 @dataclass(frozen=True)
 class OutputMeasurement:
-    """One model output, compared across modes and batches."""
+    """One model output, compared across modes, statistics and batches, over all the data."""
 
     name: str
     inference_spread: float
     """Relative spread across the batch in inference mode: mean over features of the standard
-    deviation across samples, over the root mean square of the output. 0 when every sample gets
-    the same output."""
+    deviation across samples, over the root mean square of the output; averaged over batches.
+    0 when every sample gets the same output."""
     inference_rms: float
     """Root mean square of the inference-mode output (finite values)."""
     inference_nonfinite: int
@@ -73,34 +118,100 @@ class OutputMeasurement:
     """The same spread with BatchNorm in training mode; ``None`` when not run."""
     training_rms: float | None = None
     relative_error: float | None = None
-    """``|training - inference| / |training|`` (Frobenius norms) over the batch."""
+    """``|training - inference| / |training|`` (Frobenius norms over all samples): how far
+    batch statistics and stored statistics disagree. Informative only: a network that learned
+    with its stored statistics (see BN001) disagrees with training mode by design."""
     top1_agreement: float | None = None
     """For a classifier-shaped output (samples x classes): the fraction of samples whose
-    highest-scoring class is the same in both modes."""
+    highest-scoring class is the same in training and in inference mode."""
     batch_dependence: float | None = None
     """Inference mode: ``|y(first half alone) - y(first half within the whole batch)| / |y|``;
     ``None`` when not measured."""
+    reestimated_relative_error: float | None = None
+    """Inference mode, ``|y(re-estimated statistics) - y(stored statistics)| / |y(stored)|``
+    over all samples: what recalibrating would change. ``None`` when nothing was re-estimated."""
+    reestimated_top1_agreement: float | None = None
+    """For a classifier-shaped output: the fraction of samples whose top-1 class is the same with
+    the stored and with the re-estimated statistics."""
+    metric: Metric | None = None
+    """The output's quality on labelled data; ``None`` without labels."""
+
+
+@dataclass(frozen=True)
+class Population:
+    """A layer's population statistics, estimated from the data: the average of its per-batch
+    input mean and variance (with Bessel's correction) with every BatchNorm layer in training
+    mode and the final weights, the estimate ``bncheck recalibrate`` writes; with the estimate's
+    own noise."""
+
+    mean: np.ndarray
+    variance: np.ndarray
+    mean_error: np.ndarray
+    """Standard error of ``mean`` per channel: the spread of the batch means across batches over
+    the square root of the number of batches."""
+    variance_error: np.ndarray
+    """Standard error of ``variance`` per channel, likewise."""
+    batches: int
+    """Calls of the layer the estimate averages over."""
 
 
 @dataclass(frozen=True)
 class Staleness:
-    """How far a layer's moving statistics are from the statistics of its input on the data."""
+    """How far a layer's stored statistics are from its population statistics, beyond the
+    estimate's noise."""
 
     mean_shift: float
-    """Typical standardised mean shift: root mean square over channels of
-    ``|input mean - moving_mean| / sqrt(input variance + epsilon)``."""
-    variance_ratio: float
-    """Typical variance ratio, a factor >= 1 in either direction: the exponential of the root mean
-    square over channels of ``log((moving_variance + epsilon) / (input variance + epsilon))``."""
+    """Typical mean shift beyond noise: ``sqrt(max(0, mean(shift^2) - mean(noise^2)))`` over
+    channels, where a channel's noise is its mean's standard error in standard deviations."""
+    variance_factor: float
+    """Typical variance factor beyond noise, >= 1: ``exp`` of the same noise-corrected root mean
+    square of the log variance ratios."""
     channel_shift: np.ndarray
-    """The standardised mean shift of each channel."""
+    """The mean shift of each channel."""
     channel_ratio: np.ndarray
-    """``(moving_variance + epsilon) / (input variance + epsilon)`` of each channel."""
+    """The variance ratio of each channel (stored over population)."""
 
     @property
     def score(self) -> float:
-        """One number to rank layers by: the mean shift or the log of the ratio, the larger."""
-        return max(self.mean_shift, float(np.log(self.variance_ratio)))
+        """One number to rank layers by: the mean shift or the log of the factor, the larger."""
+        return max(self.mean_shift, float(np.log(self.variance_factor)))
+
+
+def staleness(
+    stored_mean: np.ndarray, stored_variance: np.ndarray, population: Population, epsilon: float
+) -> Staleness | None:
+    """Stored statistics against a population estimate; ``None`` when they are not comparable
+    (another channel count) or not finite (BN003's and BN004's to report)."""
+    mean = np.asarray(population.mean, dtype=np.float64).ravel()
+    variance = np.asarray(population.variance, dtype=np.float64).ravel()
+    stored = np.asarray(stored_mean, dtype=np.float64).ravel()
+    stored_var = np.asarray(stored_variance, dtype=np.float64).ravel()
+    if mean.shape != stored.shape:
+        return None
+    with np.errstate(all="ignore"):
+        scale = np.sqrt(variance + epsilon)
+        channel_shift = np.abs(stored - mean) / scale
+        shift_noise = np.asarray(population.mean_error, dtype=np.float64).ravel() / scale
+        channel_ratio = (stored_var + epsilon) / (variance + epsilon)
+        log_ratio = np.log(channel_ratio)
+        log_noise = np.asarray(population.variance_error, dtype=np.float64).ravel() / (
+            variance + epsilon
+        )
+    if not (np.all(np.isfinite(channel_shift)) and np.all(np.isfinite(log_ratio))):
+        return None
+    return Staleness(
+        mean_shift=_beyond_noise(channel_shift, shift_noise),
+        variance_factor=float(np.exp(_beyond_noise(log_ratio, log_noise))),
+        channel_shift=channel_shift,
+        channel_ratio=channel_ratio,
+    )
+
+
+def _beyond_noise(values: np.ndarray, noise: np.ndarray) -> float:
+    """Root mean square of ``values`` with the noise's share of it taken out: the observed
+    square of a channel is on average its true square plus its noise's square."""
+    noise = np.where(np.isfinite(noise), noise, 0.0)
+    return float(np.sqrt(max(0.0, float(np.mean(values**2) - np.mean(noise**2)))))
 
 
 @dataclass(frozen=True)
@@ -115,15 +226,11 @@ class LayerMeasurement:
     """Whether Keras would update the layer's statistics in training mode."""
     epsilon: float
     moving_mean: np.ndarray
-    """The layer's moving mean before the probe (which leaves it unchanged)."""
+    """The layer's stored moving mean (the probe leaves it unchanged)."""
     moving_variance: np.ndarray
-    input_mean: np.ndarray
-    """Per-channel mean of the layer's input, with every BatchNorm layer in training mode."""
-    input_variance: np.ndarray
-    """Per-channel (biased) variance of the layer's input, measured like ``input_mean``."""
     inference_spread: float
     """Relative spread across the batch of the layer's output in inference mode (as for
-    outputs)."""
+    outputs), averaged over batches."""
     inference_rms: float
     inference_nonfinite: int
     moving_stats_error: float
@@ -133,28 +240,27 @@ class LayerMeasurement:
     training_spread: float
     """The same spread with every BatchNorm layer in training mode."""
     training_rms: float
+    population: Population | None = None
+    """The layer's population statistics on the data; ``None`` for synthetic data or a layer
+    that could not be observed."""
+    reestimated: bool = False
+    """Whether the comparison with re-estimated statistics replaced this layer's: trainable
+    layers are, frozen ones keep theirs (as ``bncheck recalibrate`` does by default)."""
+    momentum: float | None = None
+    untouched: bool = False
+    """The stored statistics still equal their initial values while gamma or beta trained
+    (BN001's finding): the network learned with them, not with batch statistics, unless the
+    momentum (>= 1) kept them there."""
 
     def staleness(self) -> Staleness | None:
-        """The moving statistics against the measured input statistics; ``None`` when they are
-        not comparable (another channel count) or not finite (BN003's and BN004's to report)."""
-        mean = np.asarray(self.input_mean, dtype=np.float64).ravel()
-        variance = np.asarray(self.input_variance, dtype=np.float64).ravel()
-        moving_mean = np.asarray(self.moving_mean, dtype=np.float64).ravel()
-        moving_variance = np.asarray(self.moving_variance, dtype=np.float64).ravel()
-        if mean.shape != moving_mean.shape:
+        if self.population is None:
             return None
-        with np.errstate(all="ignore"):
-            channel_shift = np.abs(mean - moving_mean) / np.sqrt(variance + self.epsilon)
-            channel_ratio = (moving_variance + self.epsilon) / (variance + self.epsilon)
-            log_ratio = np.log(channel_ratio)
-        if not (np.all(np.isfinite(channel_shift)) and np.all(np.isfinite(log_ratio))):
-            return None
-        return Staleness(
-            mean_shift=float(np.sqrt(np.mean(np.square(channel_shift)))),
-            variance_ratio=float(np.exp(np.sqrt(np.mean(np.square(log_ratio))))),
-            channel_shift=channel_shift,
-            channel_ratio=channel_ratio,
-        )
+        return staleness(self.moving_mean, self.moving_variance, self.population, self.epsilon)
+
+    @property
+    def learned_without_batch_statistics(self) -> bool:
+        """Statistics untouched by a training loop whose momentum would have moved them."""
+        return self.untouched and (self.momentum is None or self.momentum < 1.0)
 
 
 @dataclass(frozen=True)
@@ -187,3 +293,8 @@ class ProbeResult:
     @property
     def real_data(self) -> bool:
         return self.data is not None and self.data.real
+
+    @property
+    def learned_without_batch_statistics(self) -> tuple[str, ...]:
+        """Layers whose untouched statistics mean the network learned with them."""
+        return tuple(layer.path for layer in self.layers if layer.learned_without_batch_statistics)

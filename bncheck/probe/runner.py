@@ -1,4 +1,4 @@
-"""The probe: check a model file for code, load it, pick a batch, measure both modes.
+"""The probe: check a model file for code, load it, run it over the data, measure.
 
 Nothing runs from a model file unless it is safe or the user said ``--unsafe``: the safety scan
 reads the configuration (or the SavedModel graph) before Keras or TensorFlow loads anything.
@@ -7,11 +7,9 @@ reads the configuration (or the SavedModel graph) before Keras or TensorFlow loa
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from bncheck.errors import UsageError
 from bncheck.probe import data as probe_data
@@ -19,9 +17,19 @@ from bncheck.probe import safety
 from bncheck.probe.options import ProbeOptions, StepReporter
 from bncheck.probe.results import CodeReference, ProbeData, ProbeResult
 
+#: Told after each batch of a sweep: the sweep's name and the batches done.
+SweepProgress = Callable[[str, int], None]
 
-def run_probe(path: str, options: ProbeOptions, step: StepReporter) -> ProbeResult:
-    """Probe one model. Unloadable models raise ``ModelReadError``, bad data ``UsageError``."""
+
+def run_probe(
+    path: str,
+    options: ProbeOptions,
+    step: StepReporter,
+    untouched: Mapping[str, bool] | None = None,
+) -> ProbeResult:
+    """Probe one model. ``untouched`` gives, by layer path, whether the static description found
+    the layer's statistics never updated. Unloadable models raise ``ModelReadError``, bad data
+    ``UsageError``."""
     from bncheck.probe.backend import import_keras
     from bncheck.readers import detect
 
@@ -33,10 +41,12 @@ def run_probe(path: str, options: ProbeOptions, step: StepReporter) -> ProbeResu
         return ProbeResult(
             path, None, (), options.unsafe, skipped="a checkpoint holds no architecture to run"
         )
-    return _probe_keras(path, options, step)
+    return _probe_keras(path, options, step, untouched or {})
 
 
-def _probe_keras(path: str, options: ProbeOptions, step: StepReporter) -> ProbeResult:
+def _probe_keras(
+    path: str, options: ProbeOptions, step: StepReporter, untouched: Mapping[str, bool]
+) -> ProbeResult:
     from bncheck.probe import keras_model
 
     config = safety.model_config(path)
@@ -54,10 +64,74 @@ def _probe_keras(path: str, options: ProbeOptions, step: StepReporter) -> ProbeR
         return ProbeResult(path, None, scan.content, options.unsafe, skipped=scan.refusal)
     step("loading with Keras")
     model = keras_model.load_model(path, options.unsafe, scan.custom_objects)
-    specs = keras_model.input_specs(model) or _undeclared_inputs(options)
-    batch, described = _batch(specs, options)
-    step(f"running {described.samples} samples in inference and training mode")
-    return probe_keras_model(path, model, batch, described, scan.content, options.unsafe)
+    source = BatchPlan(keras_model.input_specs(model), options)
+    return probe_keras_model(path, model, source, scan.content, options, step, untouched)
+
+
+def probe_keras_model(
+    path: str,
+    model: Any,
+    source: BatchPlan,
+    content: tuple[CodeReference, ...],
+    options: ProbeOptions,
+    step: StepReporter,
+    untouched: Mapping[str, bool],
+) -> ProbeResult:
+    """Measure a loaded Keras model on the data (see ``measure``). The comparison re-estimates
+    the statistics of trainable layers, as ``bncheck recalibrate`` does by default."""
+    from bncheck.probe import measure
+
+    measured = measure.measure_keras(
+        model,
+        source.batches,
+        reestimate=lambda _, layer: bool(layer.trainable),
+        untouched=untouched,
+        progress=_progress(step, source),
+        real=source.real,
+    )
+    return ProbeResult(
+        path=path,
+        loader="keras",
+        content=content,
+        unsafe=options.unsafe,
+        data=source.describe(measured.samples, measured.batches),
+        modes=measured.modes,
+        outputs=measured.outputs,
+        layers=measured.layers,
+        notes=_data_notes(source) + measured.notes,
+    )
+
+
+def _probe_savedmodel(path: str, options: ProbeOptions, step: StepReporter) -> ProbeResult:
+    from bncheck.probe import measure, savedmodel
+
+    step("checking the SavedModel graph")
+    content = savedmodel.scan_graph(path)
+    refused = None if options.unsafe else _refusal(content)
+    if refused is not None:
+        return ProbeResult(path, None, content, options.unsafe, skipped=refused)
+    step("loading with TensorFlow")
+    subject = savedmodel.SavedModelSubject(path)
+    source = BatchPlan(subject.specs, options)
+    measured = measure.measure_savedmodel(subject, source.batches, _progress(step, source))
+    notes = [
+        "the layers inside a SavedModel are not visible: per-layer measurements (BN014, BN015, "
+        "where BN013 starts) need the .keras or .h5 file"
+    ]
+    if subject.can_train:
+        notes.append("training mode switches every layer, Dropout included, not BatchNorm alone")
+    else:
+        notes.append(f"{subject.loader}: inference only, so collapse (BN013) cannot be judged")
+    return ProbeResult(
+        path=path,
+        loader=subject.loader,
+        content=content,
+        unsafe=options.unsafe,
+        data=source.describe(measured.samples, measured.batches),
+        modes=measured.modes,
+        outputs=measured.outputs,
+        notes=_data_notes(source) + tuple(notes) + measured.notes,
+    )
 
 
 @dataclass(frozen=True)
@@ -80,67 +154,6 @@ def scan_keras_config(
     custom = _custom_objects(custom_objects) if custom_objects else {}
     content = safety.scan_config(config, set(custom), keras_model.builtin_layer_names())
     return ContentScan(content, custom, None if unsafe else _refusal(content))
-
-
-def probe_keras_model(
-    path: str,
-    model: Any,
-    batch: Sequence[np.ndarray],
-    data: ProbeData,
-    content: tuple[CodeReference, ...],
-    unsafe: bool,
-) -> ProbeResult:
-    """Measure a loaded Keras model on ``batch`` (see ``measure``)."""
-    from bncheck.probe import measure
-
-    measured = measure.measure_keras(model, batch)
-    return ProbeResult(
-        path=path,
-        loader="keras",
-        content=content,
-        unsafe=unsafe,
-        data=data,
-        modes=measured.modes,
-        outputs=measured.outputs,
-        layers=measured.layers,
-        notes=_data_notes(data.real) + measured.notes,
-    )
-
-
-def _probe_savedmodel(path: str, options: ProbeOptions, step: StepReporter) -> ProbeResult:
-    from bncheck.probe import measure, savedmodel
-
-    step("checking the SavedModel graph")
-    content = savedmodel.scan_graph(path)
-    refused = None if options.unsafe else _refusal(content)
-    if refused is not None:
-        return ProbeResult(path, None, content, options.unsafe, skipped=refused)
-    step("loading with TensorFlow")
-    subject = savedmodel.SavedModelSubject(path)
-    batch, described = _batch(subject.specs, options)
-    step(f"running {described.samples} samples")
-    measured = measure.measure_savedmodel(subject, batch)
-    notes = [
-        "the layers inside a SavedModel are not visible: per-layer measurements (BN014, where "
-        "BN013 starts) need the .keras or .h5 file"
-    ]
-    if subject.can_train:
-        notes.append("training mode switches every layer, Dropout included, not BatchNorm alone")
-    else:
-        notes.append(
-            f"{subject.loader}: inference only, so collapse (BN013) and mode divergence (BN015) "
-            "cannot be judged"
-        )
-    return ProbeResult(
-        path=path,
-        loader=subject.loader,
-        content=content,
-        unsafe=options.unsafe,
-        data=described,
-        modes=measured.modes,
-        outputs=measured.outputs,
-        notes=_data_notes(described.real) + tuple(notes),
-    )
 
 
 def _refusal(content: Sequence[CodeReference]) -> str | None:
@@ -171,20 +184,74 @@ def _custom_objects(path: str) -> dict[str, Any]:
     return keras_model.load_custom_objects(path)
 
 
-@functools.lru_cache(maxsize=2)
-def _array_source(path: str) -> probe_data.ArraySource:
-    return probe_data.ArraySource(path)
+class BatchPlan:
+    """The batches a probe runs: real data (capped at ``--samples``) or one synthetic batch."""
+
+    def __init__(self, specs: Sequence[probe_data.InputSpec] | None, options: ProbeOptions) -> None:
+        self.options = options
+        self.dataset: probe_data.Dataset | None = None
+        if options.data is not None:
+            self.dataset = probe_data.open_data(
+                probe_data.DataOptions(
+                    options.data, options.labels, options.image_size, options.rescale
+                ),
+                specs,
+            )
+            self.specs = self.dataset.specs
+            self._synthetic: probe_data.Batch | None = None
+        else:
+            if options.labels is not None:
+                raise UsageError("--labels needs --data")
+            self.specs = list(specs or _undeclared_inputs(options))
+            self._synthetic = probe_data.synthetic_batch(
+                self.specs, options.batch_size, options.seed, options.input_shapes
+            )
+
+    @property
+    def real(self) -> bool:
+        return self.dataset is not None
+
+    @property
+    def expected_batches(self) -> int | None:
+        if self.dataset is None:
+            return 1
+        if self.dataset.available is None:
+            return None
+        count = min(self.dataset.available, self.options.samples)
+        return max(1, count // self.options.batch_size)
+
+    def batches(self) -> Iterator[probe_data.Batch]:
+        if self.dataset is None:
+            assert self._synthetic is not None
+            yield self._synthetic
+            return
+        yield from self.dataset.batches(
+            self.options.batch_size, self.options.seed, self.options.samples
+        )
+
+    def describe(self, samples: int, batches: int) -> ProbeData:
+        if self.dataset is None:
+            assert self._synthetic is not None
+            return probe_data.describe_synthetic(self._synthetic, self.specs, self.options.seed)
+        if samples == 0:
+            raise UsageError(f"--data {self.options.data} holds no samples")
+        return self.dataset.describe(batches, samples, self.options.batch_size)
+
+
+def _progress(step: StepReporter, source: BatchPlan) -> SweepProgress:
+    total = source.expected_batches
+
+    def report(sweep: str, done: int) -> None:
+        if source.real and (done == 1 or done % 10 == 0 or done == total):
+            of = f"/{total}" if total is not None else ""
+            step(f"{sweep}: batch {done}{of}")
+
+    return report
 
 
 def _undeclared_inputs(options: ProbeOptions) -> list[probe_data.InputSpec]:
-    """A subclassed model declares no inputs: take their shape from the data or the option."""
-    if options.data is not None:
-        arrays = list(_array_source(options.data).arrays.values())
-        if len(arrays) == 1:
-            array = arrays[0]
-            dtype = "float32" if array.dtype.kind == "f" else str(array.dtype)
-            return [probe_data.InputSpec("input", (None, *array.shape[1:]), dtype)]
-    elif set(options.input_shapes) == {None}:
+    """A subclassed model declares no inputs: take their shape from ``--input-shape``."""
+    if set(options.input_shapes) == {None}:
         return [probe_data.InputSpec("input", (None, *options.input_shapes[None]), "float32")]
     raise UsageError(
         "the model declares no inputs (a subclassed model): pass --data with a .npy file "
@@ -192,26 +259,10 @@ def _undeclared_inputs(options: ProbeOptions) -> list[probe_data.InputSpec]:
     )
 
 
-def _batch(
-    specs: Sequence[probe_data.InputSpec], options: ProbeOptions
-) -> tuple[list[np.ndarray], ProbeData]:
-    if options.data is not None:
-        arrays = _array_source(options.data).match(specs)
-        batch = probe_data.pick_rows(arrays, options.batch_size, options.seed)
-        source = options.data
-    else:
-        batch = probe_data.synthetic_batch(
-            specs, options.batch_size, options.seed, options.input_shapes
-        )
-        source = f"standard normal, seed {options.seed}"
-    batch = probe_data.cast_to_inputs(batch, specs)
-    return batch, probe_data.describe_batch(batch, specs, options.data is not None, source)
-
-
-def _data_notes(real: bool) -> tuple[str, ...]:
-    if real:
+def _data_notes(source: BatchPlan) -> tuple[str, ...]:
+    if source.real:
         return ()
     return (
-        "synthetic data: staleness (BN014) and mode divergence (BN015) need real data (--data); "
-        "collapse (BN013) and batch-dependent inference (BN016) are judged",
+        "synthetic data: staleness (BN014) and what recalibrating would change (BN015) need real "
+        "data (--data); collapse (BN013) and batch-dependent inference (BN016) are judged",
     )

@@ -1,6 +1,6 @@
-"""``bncheck recalibrate``: exact re-estimation of BatchNorm statistics, written back in place.
+"""``bncheck recalibrate``: exact re-estimation of BatchNorm statistics, verified, written back.
 
-``estimate`` computes the statistics (TensorFlow, imported inside functions), ``write`` puts them
-into a copy of the file without touching anything else, ``command`` ties both to the probe's
-verdict before and after.
+``command`` chooses the layers, estimates their statistics with the probe's passes
+(``bncheck.probe.measure.estimate``), verifies the result on held-out data and decides whether
+to write; ``write`` puts the statistics into a copy of the file without touching anything else.
 """

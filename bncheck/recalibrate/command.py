@@ -1,28 +1,47 @@
-"""``bncheck recalibrate``: re-estimate the statistics, write the repaired model, judge it."""
+"""``bncheck recalibrate``: re-estimate the statistics, verify the repair, write it, judge it.
+
+1. Choose the layers: trainable ones whose statistics moved during training. Frozen layers keep
+   theirs (``--include-frozen``): the layers after them learned with them. Layers whose statistics
+   never moved while gamma and beta trained keep theirs too (``--include-untouched``): the network
+   may have learned with them (a loop without ``training=True``), and then new statistics break it.
+   A momentum of 1.0 explains such statistics without that risk, so those layers are included.
+2. Estimate each chosen layer's population statistics over the data (``probe.measure.estimate``).
+3. Verify: run the model in inference mode with the stored and with the new statistics, on
+   ``--validate`` (labelled held-out data), else on ``--data``, measuring the metric where there
+   are labels and otherwise how many predictions change.
+4. Write the output only if the metric did not get worse and, without labels, few predictions
+   changed (``--force`` writes anyway); then inspect the written model like ``bncheck inspect
+   --data`` does, which gives the exit code.
+"""
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from bncheck.engine import probe_findings, static_findings
+from bncheck.engine import inspect_path
 from bncheck.errors import ModelReadError, UsageError
-from bncheck.findings import ModelResult
 from bncheck.model import BNLayer, ModelDescription
 from bncheck.probe import data as probe_data
 from bncheck.probe import safety
-from bncheck.probe.results import CodeReference, ProbeData
-from bncheck.probe.runner import ContentScan, probe_keras_model, scan_keras_config
+from bncheck.probe.options import ProbeOptions
+from bncheck.probe.results import Metric
+from bncheck.probe.runner import ContentScan, scan_keras_config
 from bncheck.progress import Progress
 from bncheck.readers import detect, read_model
-from bncheck.recalibrate.estimate import Estimate
 from bncheck.recalibrate.options import RecalibrateOptions
-from bncheck.recalibrate.results import LayerChange, Recalibration, Verdict
+from bncheck.recalibrate.results import (
+    DID_NOT_RUN,
+    FROZEN,
+    NOT_LOADED,
+    UNTOUCHED,
+    LayerChange,
+    Recalibration,
+    Verification,
+)
 from bncheck.recalibrate.write import NewStatistics, write_model
+from bncheck.rules._arrays import untouched_while_trained
 
 #: The formats recalibration can write back; SavedModels and weights-only files are not.
 WRITABLE = ("keras", "h5")
@@ -30,52 +49,190 @@ WRITABLE = ("keras", "h5")
 
 def recalibrate(options: RecalibrateOptions, progress: Progress) -> Recalibration:
     from bncheck.probe import keras_model
-    from bncheck.recalibrate.estimate import estimate
+    from bncheck.probe.measure import estimate
+    from bncheck.probe.passes import Passes
 
     description = _writable_description(options.model)
     output = _output_path(options)
-    model, scan = _load(options.model, options, progress)
-    source = _DataSource(options, keras_model.input_specs(model))
-    probe_batch = source.probe_batch()
-    data = probe_data.describe_batch(probe_batch, source.specs, True, options.data)
-
-    progress.step(f"{options.model}: probing before")
-    before = _verdict(options.model, model, probe_batch, data, scan.content, options)
+    model, _ = _load(options.model, options, progress)
+    specs = keras_model.input_specs(model)
+    dataset = probe_data.open_data(_data_options(options, options.data, options.labels), specs)
+    validation = _validation(options, dataset.specs)
     layers = keras_model.batchnorm_layers(model)
-    targets, kept = _choose(description, layers, options.include_frozen)
-    progress.start_batches(f"{options.model}: recalibrating")
-    result = estimate(
-        model, targets, source.batches(), lambda done: progress.batch(done, source.total)
-    )
-    if result.batches == 0:
-        raise UsageError(f"--data {options.data} holds no samples")
-    progress.step(f"{options.model}: writing {output}")
-    write_model(options.model, output, description.format, _updates(description, result))
-
-    repaired_model, _ = _load(output, options, progress)
-    progress.step(f"{output}: probing after")
-    after = _verdict(output, repaired_model, probe_batch, data, scan.content, options)
-    progress.done()
-    repaired_description = read_model(output)
+    targets, kept = choose(description, layers, options.include_frozen, options.include_untouched)
+    if not targets:
+        return _nothing_to_do(options, output, description, kept)
+    forced = [path for path, layer in targets if not layer.trainable]
+    with Passes(model, layers, force=forced) as passes:
+        progress.start_batches(f"{options.model}: estimating")
+        total = _batch_count(dataset, options)
+        sums, batches, samples = estimate(
+            passes,
+            dataset.batches(options.batch_size, options.seed, options.samples),
+            lambda done: progress.batch(done, total),
+        )
+        if batches == 0:
+            raise UsageError(f"--data {options.data} holds no samples")
+        chosen = {path for path, _ in targets}
+        new = {path: sums[path].population() for path in chosen if path in sums}
+        passes.use_estimates({path: (pop.mean, pop.variance) for path, pop in new.items()})
+        progress.step(f"{options.model}: verifying")
+        check = verify(passes, validation or dataset, options, validation is not None)
+    kept.update(dict.fromkeys(chosen - set(new), DID_NOT_RUN))
     epsilons = {path: float(layer.epsilon) for path, layer in layers}
-    kept.update(dict.fromkeys(result.unmeasured, "did not run, kept"))
+    changes = tuple(
+        _change(layer, new, kept, epsilons.get(layer.path, 1e-3)) for layer in description.layers
+    )
+    refusal = _refusal(check, options)
+    result = Recalibration(
+        model=options.model,
+        output=output,
+        data=options.data,
+        batches=batches,
+        samples=samples,
+        layers=changes,
+        verification=check,
+        refusal=refusal,
+        fail_on=options.settings.fail_on,
+    )
+    if refusal is not None and not options.force:
+        progress.done()
+        return result
+    progress.step(f"{options.model}: writing {output}")
+    write_model(options.model, output, description.format, _updates(description, new))
+    repaired = inspect_path(output, options.settings, _probe_options(options), progress.step)
+    progress.done()
+    return result.written(repaired)
+
+
+def _data_options(
+    options: RecalibrateOptions, path: str, labels: str | None, option: str = "--data"
+) -> probe_data.DataOptions:
+    return probe_data.DataOptions(path, labels, options.image_size, options.rescale, option)
+
+
+def _validation(
+    options: RecalibrateOptions, specs: Sequence[probe_data.InputSpec]
+) -> probe_data.Dataset | None:
+    if options.validate is None:
+        if options.validate_labels is not None:
+            raise UsageError("--validate-labels needs --validate")
+        return None
+    validation = probe_data.open_data(
+        _data_options(options, options.validate, options.validate_labels, "--validate"), specs
+    )
+    if not validation.labelled:
+        raise UsageError(
+            f"--validate {options.validate} has no labels: give an .npz holding "
+            f"'{probe_data.LABELS_KEY}', --validate-labels FILE.npy, or a folder of class "
+            "subfolders"
+        )
+    return validation
+
+
+def _batch_count(dataset: probe_data.Dataset, options: RecalibrateOptions) -> int | None:
+    if dataset.available is None:
+        return None
+    count = min(dataset.available, options.samples or dataset.available)
+    return max(1, count // options.batch_size)
+
+
+def verify(
+    passes: Any, dataset: probe_data.Dataset, options: RecalibrateOptions, held_out: bool
+) -> Verification:
+    """The model with its stored statistics against the model with the estimates, in inference
+    mode, on every sample of ``dataset``."""
+    from bncheck.probe.measure import MetricSums, OutputSums
+    from bncheck.probe.passes import ESTIMATED, STORED
+
+    totals = OutputSums()
+    before, after = MetricSums(), MetricSums()
+    samples = 0
+    for batch in dataset.batches(options.batch_size, options.seed, None, whole=False):
+        stored, estimated = passes.run(batch.inputs, STORED, ESTIMATED)
+        first_before, first_after = stored.outputs[0][1], estimated.outputs[0][1]
+        totals.add_inference(first_before)
+        totals.add_estimated(first_before, first_after)
+        if batch.labels is not None and len(stored.outputs) == 1:
+            before.add(first_before, batch.labels)
+            after.add(first_after, batch.labels)
+        samples += batch.size
+    metric = None
+    if before.name is not None:
+        metric = Metric(before.name, float(before.value() or 0.0), after.value(), None)
+    measured = totals.measurement("output", trained=False, estimated=True, metric=metric)
+    return Verification(
+        on=dataset.source,
+        held_out=held_out,
+        samples=samples,
+        metric=metric,
+        changed_predictions=(
+            None
+            if measured.reestimated_top1_agreement is None
+            else 1.0 - measured.reestimated_top1_agreement
+        ),
+        relative_change=measured.reestimated_relative_error or 0.0,
+    )
+
+
+def _refusal(check: Verification, options: RecalibrateOptions) -> str | None:
+    """Why the output must not be written without ``--force``; ``None`` when it may."""
+    metric = check.metric
+    if metric is not None:
+        gain = metric.gain()
+        if gain is not None and gain < 0:
+            assert metric.reestimated is not None
+            return (
+                f"{metric.name} on {check.described} would fall from "
+                f"{metric.format(metric.stored)} to {metric.format(metric.reestimated)}"
+            )
+        return None
+    limits = options.settings.rules["BN015"].options
+    if check.changed_predictions is not None:
+        if check.changed_predictions > limits["max_changed_predictions"]:
+            return (
+                f"the top-1 class of {check.changed_predictions:.0%} of the samples of "
+                f"{check.described} would change, and without labels bncheck cannot tell "
+                "whether for the better: unverified (pass --validate HELD_OUT)"
+            )
+    elif check.relative_change > limits["max_relative_change"]:
+        return (
+            f"the outputs on {check.described} would change by {check.relative_change:.3g} "
+            "relative to their norm, and without labels bncheck cannot tell whether for the "
+            "better: unverified (pass --validate HELD_OUT)"
+        )
+    return None
+
+
+def _probe_options(options: RecalibrateOptions) -> ProbeOptions:
+    """The inspection of the written model probes it on the same data."""
+    return ProbeOptions(
+        data=options.data,
+        labels=options.labels,
+        batch_size=options.batch_size,
+        seed=options.seed,
+        image_size=options.image_size,
+        rescale=options.rescale,
+        unsafe=options.unsafe,
+        custom_objects=options.custom_objects,
+    )
+
+
+def _nothing_to_do(
+    options: RecalibrateOptions, output: str, description: ModelDescription, kept: dict[str, str]
+) -> Recalibration:
     return Recalibration(
         model=options.model,
         output=output,
         data=options.data,
-        batches=result.batches,
-        samples=result.samples,
-        layers=tuple(_change(layer, result, kept, epsilons) for layer in description.layers),
-        before=before,
-        after=after,
-        repaired=ModelResult(
-            path=output,
-            format=repaired_description.format,
-            description=repaired_description,
-            findings=tuple(static_findings(repaired_description, options.settings))
-            + after.findings,
-            probe=after.probe,
+        batches=0,
+        samples=0,
+        layers=tuple(
+            LayerChange(layer.path, kept.get(layer.path, NOT_LOADED))
+            for layer in description.layers
         ),
+        verification=None,
+        refusal="no BatchNorm layer to re-estimate",
         fail_on=options.settings.fail_on,
     )
 
@@ -109,29 +266,30 @@ def _load(path: str, options: RecalibrateOptions, progress: Progress) -> tuple[A
     return keras_model.load_model(path, options.unsafe, scan.custom_objects), scan
 
 
-def _updates(description: ModelDescription, result: Estimate) -> dict[str, NewStatistics]:
+def _updates(description: ModelDescription, new: dict[str, Any]) -> dict[str, NewStatistics]:
     by_path = {layer.path: layer for layer in description.layers}
     return {
         path: NewStatistics(
-            moving_mean=result.moving_mean[path],
-            moving_variance=result.moving_variance[path],
+            moving_mean=population.mean,
+            moving_variance=population.variance,
             mean_location=by_path[path].locations["moving_mean"],
             variance_location=by_path[path].locations["moving_variance"],
         )
-        for path in result.moving_mean
+        for path, population in new.items()
     }
 
 
 def _change(
-    layer: BNLayer, result: Estimate, kept: dict[str, str], epsilons: dict[str, float]
+    layer: BNLayer, new: dict[str, Any], kept: dict[str, str], epsilon: float
 ) -> LayerChange:
-    if layer.path not in result.moving_mean:
-        return LayerChange(layer.path, kept.get(layer.path, "kept"))
+    if layer.path not in new:
+        return LayerChange(layer.path, kept.get(layer.path, NOT_LOADED))
+    population = new[layer.path]
     return LayerChange.measured(
         layer.path,
         (layer.moving_mean, layer.moving_variance),
-        (result.moving_mean[layer.path], result.moving_variance[layer.path]),
-        epsilons[layer.path],
+        (population.mean, population.variance),
+        epsilon,
     )
 
 
@@ -145,13 +303,19 @@ def _output_path(options: RecalibrateOptions) -> str:
         raise UsageError(
             f"refusing to overwrite {options.model} (the model itself); pass --in-place to do so"
         )
+    directory = os.path.dirname(os.path.abspath(options.output))
+    if not os.path.isdir(directory):  # known before any work is done
+        raise UsageError(f"cannot write {options.output}: no such directory {directory}")
     return options.output
 
 
-def _choose(
-    description: ModelDescription, layers: Sequence[tuple[str, Any]], include_frozen: bool
+def choose(
+    description: ModelDescription,
+    layers: Sequence[tuple[str, Any]],
+    include_frozen: bool,
+    include_untouched: bool,
 ) -> tuple[list[tuple[str, Any]], dict[str, str]]:
-    """The layers to recalibrate, and why each other one keeps its statistics."""
+    """The layers to re-estimate, and why each other one keeps its statistics."""
     in_file = {layer.path: layer for layer in description.layers}
     targets, kept = [], {}
     for path, layer in layers:
@@ -159,91 +323,19 @@ def _choose(
         if stored is None or not {"moving_mean", "moving_variance"} <= set(stored.locations):
             continue
         if stored.trainable is False and not include_frozen:
-            kept[path] = "frozen, kept"
+            kept[path] = FROZEN
+            continue
+        if _learned_with_initial_statistics(stored) and not include_untouched:
+            kept[path] = UNTOUCHED
             continue
         targets.append((path, layer))
+    chosen = {path for path, _ in targets}
     for path in in_file:
-        if path not in kept and path not in {p for p, _ in targets}:
-            kept[path] = "not found in the loaded model, kept"
+        if path not in kept and path not in chosen:
+            kept[path] = NOT_LOADED
     return targets, kept
 
 
-def _verdict(
-    path: str,
-    model: Any,
-    batch: Sequence[np.ndarray],
-    data: ProbeData,
-    content: tuple[CodeReference, ...],
-    options: RecalibrateOptions,
-) -> Verdict:
-    probe = probe_keras_model(path, model, batch, data, content, options.unsafe)
-    return Verdict(probe, tuple(probe_findings(probe, options.settings)))
-
-
-class _DataSource:
-    """The data, as an array file or an image folder, batch by batch."""
-
-    def __init__(
-        self, options: RecalibrateOptions, specs: list[probe_data.InputSpec] | None
-    ) -> None:
-        self.options = options
-        self.folder: probe_data.ImageFolder | None = None
-        self.arrays: list[np.ndarray] = []
-        if os.path.isdir(options.data):
-            if options.image_size is None:
-                raise UsageError(f"--data {options.data} is a folder: pass --image-size H W")
-            if specs is None or len(specs) != 1:
-                raise UsageError(
-                    f"--data {options.data}: image folders feed models with exactly one "
-                    "declared input"
-                )
-            self.specs = specs
-            self.folder = probe_data.ImageFolder(
-                options.data,
-                specs[0],
-                options.image_size,
-                options.rescale,
-                options.batch_size,
-                options.seed,
-            )
-            available = self.folder.batch_count
-        else:
-            if options.image_size is not None or options.rescale is not None:
-                raise UsageError("--image-size and --rescale apply to image folders only")
-            source = probe_data.ArraySource(options.data)
-            self.specs = specs or _specs_from(source, options.data)
-            self.arrays = source.match(self.specs)
-            available = math.ceil(len(self.arrays[0]) / options.batch_size)
-        self.total = available if options.batches is None else min(available, options.batches)
-
-    def probe_batch(self) -> list[np.ndarray]:
-        """The batch the verdicts are measured on, drawn as ``inspect --data`` draws it."""
-        if self.folder is not None:
-            batch = next(self.folder.batches(limit=1), None)
-            if batch is None:
-                raise UsageError(f"--data {self.options.data} holds no images")
-            return batch
-        picked = probe_data.pick_rows(self.arrays, self.options.batch_size, self.options.seed)
-        return probe_data.cast_to_inputs(picked, self.specs)
-
-    def batches(self) -> Iterator[list[np.ndarray]]:
-        if self.folder is not None:
-            yield from self.folder.batches(self.options.batches)
-            return
-        for batch in probe_data.shuffled_batches(
-            self.arrays, self.options.batch_size, self.options.seed, self.options.batches
-        ):
-            yield probe_data.cast_to_inputs(batch, self.specs)
-
-
-def _specs_from(source: probe_data.ArraySource, path: str) -> list[probe_data.InputSpec]:
-    """A subclassed model declares no inputs: one input shaped like the ``.npy`` array."""
-    arrays = list(source.arrays.values())
-    if len(arrays) != 1:
-        raise UsageError(
-            f"--data {path}: the model declares no inputs, so bncheck cannot match the arrays "
-            "of an .npz to them; pass a .npy file"
-        )
-    array = arrays[0]
-    dtype = "float32" if array.dtype.kind == "f" else str(array.dtype)
-    return [probe_data.InputSpec("input", (None, *array.shape[1:]), dtype)]
+def _learned_with_initial_statistics(layer: BNLayer) -> bool:
+    momentum_holds_them = layer.momentum is not None and layer.momentum >= 1.0
+    return bool(untouched_while_trained(layer)) and not momentum_holds_them

@@ -16,12 +16,21 @@ class RecalibrateOptions:
     """``.npy``/``.npz`` file or a directory of images."""
     output: str | None
     """Where to write; ``None`` with ``in_place`` means over ``model``."""
+    labels: str | None = None
+    """``--labels`` for ``data``."""
     in_place: bool = False
-    batches: int | None = None
-    """Use at most this many batches; ``None`` for all the data."""
+    validate: str | None = None
+    """Labelled held-out data: the metric before and after decides whether to write."""
+    validate_labels: str | None = None
+    force: bool = False
+    """Write even when the result measures worse or cannot be verified."""
+    samples: int | None = None
+    """Use at most this many samples of ``data``; ``None`` for all of it."""
     batch_size: int = 32
     include_frozen: bool = False
-    """Recalibrate ``trainable=False`` layers too."""
+    """Re-estimate ``trainable=False`` layers too."""
+    include_untouched: bool = False
+    """Re-estimate layers whose statistics never moved while gamma and beta trained too."""
     image_size: tuple[int, int] | None = None
     """Height and width images are resized to (image directories only)."""
     rescale: float | None = None

@@ -1,32 +1,48 @@
-"""What a recalibration did: per-layer changes and the probe's verdict before and after."""
+"""What a recalibration did: per-layer changes, the verification, and the written model's report."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from bncheck.findings import FailOn, Finding, ModelResult, Report
-from bncheck.probe.results import ProbeResult
+from bncheck.findings import ExitCode, FailOn, ModelResult, Report
+from bncheck.probe.results import Metric, Population, staleness
 
 RECALIBRATED = "recalibrated"
+FROZEN = "kept (frozen)"
+UNTOUCHED = "kept (never updated)"
+DID_NOT_RUN = "kept (did not run)"
+NOT_LOADED = "kept (not in the loaded model)"
+
+#: Why a layer keeps its statistics, for each status other than ``recalibrated``.
+KEPT_BECAUSE = {
+    FROZEN: "trainable=False: the layers after it learned with its statistics "
+    "(--include-frozen re-estimates it anyway)",
+    UNTOUCHED: "its statistics never moved while gamma and beta trained, so the network may have "
+    "learned with them and new ones can make it worse (measure with bncheck inspect and labelled "
+    "--data; --include-untouched re-estimates it anyway)",
+    DID_NOT_RUN: "the layer did not run on the data, or ran where it cannot be observed",
+    NOT_LOADED: "Keras's loaded model has no such layer, or the file does not locate its arrays",
+}
 
 
 @dataclass(frozen=True)
 class LayerChange:
-    """How far one layer's statistics moved (or why they did not)."""
+    """How far one layer's statistics moved (or why they did not), in the probe's vocabulary
+    (``bncheck.probe.results``) with the old statistics as stored and the new as reference."""
 
     path: str
     status: str
     """``recalibrated``, or why the layer kept its statistics (frozen, did not run, ...)."""
     mean_shift: float | None = None
-    """Root mean square over channels of ``|new - old mean| / sqrt(new variance + epsilon)``:
+    """Root mean square over channels of ``|old - new mean| / sqrt(new variance + epsilon)``:
     how many standard deviations the moving mean moved."""
     max_mean_shift: float | None = None
-    variance_ratio: float | None = None
-    """Geometric mean over channels of ``new / old`` moving variance (``epsilon`` added)."""
-    min_variance_ratio: float | None = None
-    max_variance_ratio: float | None = None
+    variance_factor: float | None = None
+    """How far the old variances were off the new ones, typically, as a factor >= 1."""
+    worst_variance_ratio: float | None = None
+    """The variance ratio (old over new) of the channel furthest from 1."""
 
     @classmethod
     def measured(
@@ -36,29 +52,42 @@ class LayerChange:
         new: tuple[np.ndarray, np.ndarray],
         epsilon: float,
     ) -> LayerChange:
-        old_mean, old_variance = (np.asarray(a, dtype=np.float64).ravel() for a in old)
-        new_mean, new_variance = (np.asarray(a, dtype=np.float64).ravel() for a in new)
-        with np.errstate(all="ignore"):
-            shift = np.abs(new_mean - old_mean) / np.sqrt(new_variance + epsilon)
-            ratio = (new_variance + epsilon) / (old_variance + epsilon)
-            log_ratio = np.log(ratio)
+        exact = np.zeros_like(np.asarray(new[0], dtype=np.float64))
+        figures = staleness(old[0], old[1], Population(new[0], new[1], exact, exact, 0), epsilon)
+        if figures is None:  # old statistics that were not finite
+            return cls(path=path, status=RECALIBRATED)
+        worst = int(np.argmax(np.abs(np.log(figures.channel_ratio))))
         return cls(
             path=path,
             status=RECALIBRATED,
-            mean_shift=float(np.sqrt(np.mean(np.square(shift)))),
-            max_mean_shift=float(np.max(shift)),
-            variance_ratio=float(np.exp(np.mean(log_ratio))),
-            min_variance_ratio=float(np.min(ratio)),
-            max_variance_ratio=float(np.max(ratio)),
+            mean_shift=figures.mean_shift,
+            max_mean_shift=float(np.max(figures.channel_shift)),
+            variance_factor=figures.variance_factor,
+            worst_variance_ratio=float(figures.channel_ratio[worst]),
         )
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """The probe on one batch of the data, and what the probe rules made of it."""
+class Verification:
+    """The model with its stored statistics against the model with the new ones, in inference
+    mode, on held-out or calibration data."""
 
-    probe: ProbeResult
-    findings: tuple[Finding, ...]
+    on: str
+    """The data measured on."""
+    held_out: bool
+    """``--validate`` data; False when it is the data the statistics were estimated from."""
+    samples: int
+    metric: Metric | None
+    """Before (``stored``) and after (``reestimated``), where the data has labels."""
+    changed_predictions: float | None
+    """Share of samples whose top-1 class changes (classifier outputs)."""
+    relative_change: float
+    """``|after - before| / |before|`` over all samples."""
+
+    @property
+    def described(self) -> str:
+        which = "held-out" if self.held_out else "calibration"
+        return f"{self.on} ({which} data, {self.samples} samples)"
 
 
 @dataclass(frozen=True)
@@ -73,13 +102,27 @@ class Recalibration:
     """Samples the new statistics average over."""
     layers: tuple[LayerChange, ...]
     """Every BatchNorm layer of the model, in the order the static report lists them."""
-    before: Verdict
-    after: Verdict
-    repaired: ModelResult
-    """The usual inspection of the written model: static rules and the probe after."""
+    verification: Verification | None
+    """``None`` when there was nothing to re-estimate."""
+    refusal: str | None
+    """Why the output is not to be written without ``--force``; ``None`` when it may be."""
     fail_on: FailOn
+    repaired: ModelResult | None = None
+    """The usual inspection of the written model (static rules and the probe on the data);
+    ``None`` when nothing was written."""
+
+    def written(self, repaired: ModelResult) -> Recalibration:
+        return replace(self, repaired=repaired)
 
     @property
-    def report(self) -> Report:
-        """The report the exit code comes from: the repaired model's."""
+    def report(self) -> Report | None:
+        """The report of the written model; ``None`` when nothing was written."""
+        if self.repaired is None:
+            return None
         return Report(models=(self.repaired,), fail_on=self.fail_on)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """The written model's, like ``inspect``; 1 when nothing was written."""
+        report = self.report
+        return ExitCode.FINDINGS if report is None else report.exit_code

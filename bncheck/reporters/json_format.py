@@ -16,7 +16,7 @@ from bncheck.model import (
     CheckpointGroup,
     Coverage,
 )
-from bncheck.probe.results import ProbeResult
+from bncheck.probe.results import LayerMeasurement, Metric, ProbeResult
 from bncheck.reporters.options import PLAIN, RenderOptions
 
 
@@ -105,6 +105,10 @@ def _probe(probe: ProbeResult) -> dict[str, Any]:
             "real": data.real,
             "source": data.source,
             "samples": data.samples,
+            "available": data.available,
+            "batch_size": data.batch_size,
+            "batches": data.batches,
+            "labelled": data.labelled,
             "inputs": [{"name": name, "shape": list(shape)} for name, shape in data.inputs],
         },
         "modes": list(probe.modes),
@@ -119,6 +123,9 @@ def _probe(probe: ProbeResult) -> dict[str, Any]:
                 "relative_error": output.relative_error,
                 "top1_agreement": output.top1_agreement,
                 "batch_dependence": output.batch_dependence,
+                "reestimated_relative_error": output.reestimated_relative_error,
+                "reestimated_top1_agreement": output.reestimated_top1_agreement,
+                "metric": None if output.metric is None else _metric(output.metric),
             }
             for output in probe.outputs
         ],
@@ -133,10 +140,38 @@ def _probe(probe: ProbeResult) -> dict[str, Any]:
                 "training_rms": layer.training_rms,
                 "inference_nonfinite": layer.inference_nonfinite,
                 "moving_stats_error": layer.moving_stats_error,
+                "reestimated": layer.reestimated,
+                "untouched": layer.untouched,
+                "population": None if layer.population is None else _population(layer),
             }
             for layer in probe.layers
         ],
         "notes": list(probe.notes),
+    }
+
+
+def _metric(metric: Metric) -> dict[str, Any]:
+    return {
+        "name": metric.name,
+        "stored": metric.stored,
+        "reestimated": metric.reestimated,
+        "training_mode": metric.training,
+    }
+
+
+def _population(layer: LayerMeasurement) -> dict[str, Any]:
+    """The population estimate, and how far the stored statistics are from it."""
+    population = layer.population
+    assert population is not None
+    figures = layer.staleness()
+    return {
+        "batches": population.batches,
+        "mean": population.mean.tolist(),
+        "variance": population.variance.tolist(),
+        "mean_error": population.mean_error.tolist(),
+        "variance_error": population.variance_error.tolist(),
+        "mean_shift": None if figures is None else figures.mean_shift,
+        "variance_factor": None if figures is None else figures.variance_factor,
     }
 
 

@@ -1,63 +1,66 @@
-"""The text ``bncheck recalibrate`` prints: what moved, the verdict before and after, and the
-usual report of the repaired model."""
+"""The text ``bncheck recalibrate`` prints: what moved, what the verification measured, whether
+the output was written, and the usual report of the written model. Nothing here judges: the
+verification and the written model's findings come from the recalibration and the engine."""
 
 from __future__ import annotations
 
 from tabulate import tabulate
 
-from bncheck.findings import Severity
-from bncheck.recalibrate.results import LayerChange, Recalibration, Verdict
+from bncheck.recalibrate.results import KEPT_BECAUSE, LayerChange, Recalibration, Verification
 from bncheck.reporters import table
+from bncheck.reporters.options import PLAIN, RenderOptions
 
-_HEADERS = ["layer", "status", "mean moved (sd)", "variance new/old"]
+_HEADERS = ["layer", "status", "mean moved (sd) [max]", "variance off by [worst old/new]"]
 
 
-def render(result: Recalibration) -> str:
-    head = (
-        f"recalibrated {result.model} -> {result.output}: {result.samples} samples in "
-        f"{result.batches} batch{'es' if result.batches != 1 else ''} of {result.data}"
-    )
+def render(result: Recalibration, options: RenderOptions = PLAIN) -> str:
+    if result.verification is None:
+        head = f"{result.model}: nothing recalibrated: {result.refusal}"
+    else:
+        head = (
+            f"recalibrated {result.model}: {result.samples} samples in {result.batches} "
+            f"batch{'es' if result.batches != 1 else ''} of {result.data}"
+        )
     rows = [_row(change) for change in result.layers]
     changes = tabulate(rows, headers=_HEADERS, tablefmt="simple", disable_numparse=True)
-    verdicts = "\n".join(
-        [f"probe before: {verdict(result.before)}", f"probe after:  {verdict(result.after)}"]
-    )
-    return (
-        "\n\n".join([head + "\n" + changes, verdicts, table.render(result.report).rstrip()]) + "\n"
-    )
+    statuses = dict.fromkeys(change.status for change in result.layers)
+    reasons = [f"{status}: {KEPT_BECAUSE[status]}" for status in statuses if status in KEPT_BECAUSE]
+    blocks = ["\n".join([head, changes, *reasons])]
+    if result.verification is not None:
+        blocks.append(_verified(result.verification) + "\n" + _outcome(result))
+    report = result.report
+    if report is not None:
+        blocks.append(table.render(report, options).rstrip())
+    return "\n\n".join(blocks) + "\n"
 
 
 def _row(change: LayerChange) -> list[str]:
-    if change.mean_shift is None:
+    if change.mean_shift is None or change.variance_factor is None:
         return [change.path, change.status, "-", "-"]
     return [
         change.path,
         change.status,
-        f"{change.mean_shift:.3g} [max {change.max_mean_shift:.3g}]",
-        f"{change.variance_ratio:.3g} [{change.min_variance_ratio:.3g}, "
-        f"{change.max_variance_ratio:.3g}]",
+        f"{change.mean_shift:.3g} [{change.max_mean_shift:.3g}]",
+        f"{change.variance_factor:.3g}x [{change.worst_variance_ratio:.3g}]",
     ]
 
 
-def verdict(judged: Verdict) -> str:
-    """Collapse, staleness, mode divergence and top-1 agreement, in one line."""
-    rules = [finding.rule for finding in judged.findings]
-    staleness = [f.severity for f in judged.findings if f.rule == "BN014"]
-    stale = sum(1 for severity in staleness if severity > Severity.INFO)
-    frozen = len(staleness) - stale
-    parts = [
-        "inference collapse" if "BN013" in rules else "no collapse",
-        f"{stale} stale layer{'s' if stale != 1 else ''}" if stale else "no stale layers",
-    ]
-    if frozen:
-        parts[-1] += f" ({frozen} frozen one{'s' if frozen != 1 else ''} differ, kept on purpose)"
-    output = judged.probe.outputs[0] if judged.probe.outputs else None
-    if output is not None and output.relative_error is not None:
-        divergence = "mode divergence" if "BN015" in rules else "no mode divergence"
-        parts.append(f"{divergence} (relative error {output.relative_error:.3g})")
-    if output is not None and output.top1_agreement is not None:
-        samples = judged.probe.data.samples if judged.probe.data else 0
-        parts.append(
-            f"top-1 agreement inference/training {output.top1_agreement:.0%} on {samples} samples"
+def _verified(check: Verification) -> str:
+    metric = check.metric
+    if metric is not None and metric.reestimated is not None:
+        return (
+            f"verified on {check.described}: {metric.name} {metric.format(metric.stored)} "
+            f"with the stored statistics, {metric.format(metric.reestimated)} with the new ones"
         )
-    return ", ".join(parts)
+    if check.changed_predictions is not None:
+        changed = f"the top-1 class of {check.changed_predictions:.1%} of the samples changes"
+    else:
+        changed = f"the outputs change by {check.relative_change:.3g} relative to their norm"
+    return f"compared on {check.described}, without labels: {changed}"
+
+
+def _outcome(result: Recalibration) -> str:
+    if result.repaired is None:
+        return f"not written: {result.refusal}; pass --force to write {result.output} anyway"
+    forced = f" although {result.refusal} (--force)" if result.refusal is not None else ""
+    return f"wrote {result.output}{forced}"

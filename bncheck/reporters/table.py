@@ -7,7 +7,7 @@ from tabulate import tabulate
 
 from bncheck.findings import ModelResult, Report, Severity
 from bncheck.model import ArraySummary, BNLayer, CheckpointContents
-from bncheck.probe.results import OutputMeasurement, ProbeResult
+from bncheck.probe.results import Metric, OutputMeasurement, ProbeData, ProbeResult
 from bncheck.reporters.options import PLAIN, RenderOptions
 
 _HEADERS = [
@@ -107,25 +107,52 @@ def probe_lines(probe: ProbeResult) -> list[str]:
     lines = []
     data = probe.data
     if data is not None:
-        kind = "real data" if data.real else "synthetic data"
-        modes = " and ".join(probe.modes)
         lines.append(
-            f"  probe: {kind} ({data.source}), {_count(data.samples, 'sample')}, {modes} mode, "
-            f"loaded by {probe.loader}{' (--unsafe)' if probe.unsafe else ''}"
+            f"  probe: {data_line(data)}; {' and '.join(probe.modes)} mode, loaded by "
+            f"{probe.loader}{' (--unsafe)' if probe.unsafe else ''}"
         )
-    lines += [f"  probe: output {_output_figures(output)}" for output in probe.outputs]
+    for output in probe.outputs:
+        lines.append(f"  probe: output {_output_figures(output)}")
+        if output.metric is not None:
+            lines.append(f"  probe: output {output.name!r}: {metric_line(output.metric)}")
     lines += [f"  probe note: {note}" for note in probe.notes]
     return lines
+
+
+def data_line(data: ProbeData) -> str:
+    """``real data (x.npz, labelled), 2048 of 5000 samples in 64 batches of 32``."""
+    kind = "real data" if data.real else "synthetic data"
+    labelled = ", labelled" if data.labelled else ""
+    of = (
+        f" of {data.available}"
+        if data.available is not None and data.available > data.samples
+        else ""
+    )
+    batches = f" in {_count(data.batches, 'batch')} of {data.batch_size}" if data.real else ""
+    return f"{kind} ({data.source}{labelled}), {data.samples}{of} samples{batches}"
+
+
+def metric_line(metric: Metric) -> str:
+    """The metric with the stored statistics, re-estimated ones and in training mode."""
+    parts = [f"{metric.format(metric.stored)} with the stored statistics"]
+    if metric.reestimated is not None:
+        parts.append(f"{metric.format(metric.reestimated)} re-estimated")
+    if metric.training is not None:
+        parts.append(f"{metric.format(metric.training)} in training mode")
+    return f"{metric.name} " + ", ".join(parts)
 
 
 def _output_figures(output: OutputMeasurement) -> str:
     parts = [f"spread {output.inference_spread:.3g} inference"]
     if output.training_spread is not None:
         parts[0] += f" / {output.training_spread:.3g} training"
-    if output.relative_error is not None:
-        parts.append(f"relative error {output.relative_error:.3g}")
-    if output.top1_agreement is not None:
-        parts.append(f"top-1 agreement {output.top1_agreement:.0%}")
+    if output.reestimated_top1_agreement is not None:
+        changed = 1 - output.reestimated_top1_agreement
+        parts.append(f"re-estimated statistics change {changed:.1%} of top-1 classes")
+    elif output.reestimated_relative_error is not None:
+        parts.append(
+            f"re-estimated statistics change it by {output.reestimated_relative_error:.3g}"
+        )
     if output.batch_dependence is not None:
         parts.append(f"batch dependence {output.batch_dependence:.3g}")
     return f"{output.name!r}: " + ", ".join(parts)
@@ -198,4 +225,5 @@ def verdict(report: Report, options: RenderOptions = PLAIN) -> str:
 
 
 def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
+    plural = "es" if noun.endswith(("ch", "sh", "s", "x")) else "s"
+    return f"{number} {noun}{'' if number == 1 else plural}"

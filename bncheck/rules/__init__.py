@@ -31,7 +31,7 @@ from bncheck.rules import (
     bn012_checkpoint_model_mismatch,
     bn013_inference_collapse,
     bn014_stale_moving_stats,
-    bn015_mode_divergence,
+    bn015_recalibration_effect,
     bn016_batch_dependent_inference,
     bn017_unsafe_model_content,
 )
@@ -67,7 +67,7 @@ RULES: dict[str, Rule] = _registry(
     bn012_checkpoint_model_mismatch,
     bn013_inference_collapse,
     bn014_stale_moving_stats,
-    bn015_mode_divergence,
+    bn015_recalibration_effect,
     bn016_batch_dependent_inference,
     bn017_unsafe_model_content,
 )

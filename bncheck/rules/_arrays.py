@@ -22,6 +22,18 @@ def at_initial(layer: BNLayer, array_name: str, tolerance: float) -> bool | None
     return bool(np.all(np.abs(values - reference) <= tolerance))
 
 
+def untouched_while_trained(layer: BNLayer, tolerance: float = 1e-6) -> list[str]:
+    """The affine arrays (``gamma``, ``beta``) that moved away from their initial values while
+    both moving statistics still equal theirs; empty when the statistics moved, or nothing did.
+    """
+    if not (
+        at_initial(layer, "moving_mean", tolerance)
+        and at_initial(layer, "moving_variance", tolerance)
+    ):
+        return []
+    return [name for name in ("gamma", "beta") if at_initial(layer, name, tolerance) is False]
+
+
 def describe_values(array: np.ndarray) -> str:
     values = np.asarray(array, dtype=np.float64)
     finite = values[np.isfinite(values)]

@@ -6,9 +6,12 @@ moving statistics and never updates them. That is what you want when fine-tuning
 base, and a surprise when you froze the layer for another reason and expected its statistics to
 adapt to new data.
 
-How to fix: nothing to fix if the layer belongs to a pretrained base you are fine-tuning on top
-of. If the statistics should adapt, set ``trainable=True`` on the layer, or re-estimate them on
-the new data with ``bncheck recalibrate MODEL --data DATA --include-frozen -o FIXED``.
+How to fix: nothing to fix if the layer belongs to a pretrained base you trained a head on top
+of: the head learned with these statistics, and re-estimating them on new data can break it (a
+base fit on digits 0-4 under a head fit on all ten: 60.2% held-out accuracy, 46.9% after
+recalibrating the base; ``bncheck recalibrate`` keeps frozen layers by default). If the
+statistics should adapt to new data, unfreeze the layer (``trainable=True``) and train on, so
+that the layers after it adapt with it.
 
 Passing: a layer with ``trainable=True``.
 Failing: ``base_model.trainable = False`` for transfer learning (reported as info).

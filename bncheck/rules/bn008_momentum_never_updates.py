@@ -2,13 +2,18 @@
 
 Keras updates ``moving = momentum * moving + (1 - momentum) * batch``. With momentum 1.0 every
 update keeps all of the old value: the statistics stay at their initial 0 and 1 forever (or at
-whatever they were when momentum was raised). Above 1.0 the update diverges.
+whatever they were when momentum was raised), while ``fit`` trains the weights with batch
+statistics. Inference then normalises with statistics that describe nothing the network saw, and
+its predictions are garbage (a 3-BN CNN trained by ``fit`` on 10-class digits: 10.6% held-out
+accuracy in inference mode, 99.0% in training mode). Above 1.0 the update diverges.
 
-Why it happens: an attempt to "freeze" the statistics by raising momentum; a value written
-for another framework or a typo.
+Why it happens: an attempt to "freeze" the statistics by raising momentum (seed post: a callback
+setting momentum=1.0 after the first epoch); a value written for another framework, or a typo.
 
-How to fix: use a momentum in [0.9, 0.999] while training; to freeze statistics use
-``trainable=False`` instead; to repair statistics that never moved use ``bncheck recalibrate``.
+How to fix: re-estimate the statistics from data, verified on held-out data: ``bncheck
+recalibrate MODEL --data DATA --validate HELD_OUT -o FIXED`` (the CNN above: 10.6% to 99.0%). Use a
+momentum in [0.9, 0.999] when training on; to freeze statistics use ``trainable=False`` instead.
+A layer reported here is not reported again by BN001.
 
 Passing: momentum 0.99.
 Failing: momentum 1.0.
@@ -20,6 +25,7 @@ from collections.abc import Iterator, Mapping
 
 from bncheck.findings import Problem, Severity
 from bncheck.model import BNLayer
+from bncheck.rules._arrays import untouched_while_trained
 
 ID = "BN008"
 NAME = "momentum-never-updates"
@@ -32,8 +38,16 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
     if layer.momentum is None or layer.momentum < 1.0:
         return
     effect = "never change" if layer.momentum == 1.0 else "diverge"
+    untouched = untouched_while_trained(layer)
+    state = (
+        f"; they are still at their initial values ({layer.initial.moving_mean:g} and "
+        f"{layer.initial.moving_variance:g}) while {' and '.join(untouched)} trained"
+        if untouched
+        else ""
+    )
     yield Problem(
-        message=f"momentum={layer.momentum:g}: the moving statistics {effect} during training",
+        message=f"momentum={layer.momentum:g}: the moving statistics {effect} during training"
+        + state,
         layer=layer.path,
-        details={"momentum": layer.momentum},
+        details={"momentum": layer.momentum, "untouched": bool(untouched)},
     )

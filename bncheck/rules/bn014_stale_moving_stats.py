@@ -1,40 +1,49 @@
-"""The moving statistics do not describe the activations the layer actually receives.
+"""The moving statistics do not describe the activations the layer receives on the data.
 
-With real data (``--data``), the probe measures the per-channel mean and variance of each
-BatchNorm layer's input and compares them with the layer's moving statistics:
+With real data (``--data``), the probe estimates each BatchNorm layer's population statistics
+exactly, as ``bncheck recalibrate`` does: the average over all sampled batches (``--samples``,
+default 2,048) of the per-channel mean and variance of the layer's input, with every BatchNorm
+layer in training mode (the statistics its gamma and beta were trained against) and every other
+layer in inference mode. It compares the stored statistics with that estimate, channel by
+channel:
 
-- standardised mean shift: ``|input mean - moving_mean| / sqrt(input variance + epsilon)``, how
-  many standard deviations the moving mean is off;
-- variance ratio: ``(moving_variance + epsilon) / (input variance + epsilon)``, off by a factor in
-  either direction.
+- mean shift: ``|moving_mean - population mean| / sqrt(population variance + epsilon)``, how many
+  standard deviations the stored mean is off;
+- variance ratio: ``(moving_variance + epsilon) / (population variance + epsilon)``; the layer's
+  variance factor is how far off its typical channel is, in either direction, as a factor >= 1.
 
-A layer is reported when the typical channel (root mean square over channels of the shift, and
-of the logarithm of the ratio) exceeds the thresholds, so one noisy channel of a small batch does
-not decide; the worst channels are named in the finding. Problems come worst layer first.
+Estimates carry noise, more with small batches and little data. Each channel's noise is measured
+from the spread of the batch statistics across batches, and the typical figures (root mean square
+over channels) have the noise's share taken out, so a healthy model is not reported because its
+data was small. The worst channels are named; problems come worst layer first.
 
-Which mode: each layer's input is measured with every BatchNorm layer in training mode (and every
-other layer in inference mode), the activations the moving averages are meant to track. That
-isolates each layer's own staleness: measured in inference mode, one stale layer would shift the
-inputs of every layer after it and all of them would be reported; that compounding is what
-BN013 and BN015 show. It is also the statistic ``bncheck recalibrate`` writes.
+Layers whose statistics were never updated while gamma and beta trained are left to BN001 (the
+network may have learned with those statistics, so the population estimate is not the reference
+there) and BN008 (momentum 1.0); BN015 measures what replacing them would do. Frozen layers
+(``trainable=False``) are reported as information only: the layers after them learned with their
+stored statistics.
 
 Why it happens: the moving averages lag the weights (training too short for the momentum, a
-last epoch with a high learning rate), were never updated (BN001), or the data at inference
-differs from the training data. Synthetic data cannot judge this, so the rule needs ``--data``.
+last epoch with a high learning rate, momentum 1.0), or the data at inference differs from the
+training data. Synthetic data cannot judge this, so the rule needs ``--data``.
 
-How to fix: ``bncheck recalibrate MODEL --data DATA -o FIXED`` re-estimates the statistics
-exactly; a frozen layer (``trainable=False``) keeps its statistics by design and is reported as
-information only.
+How to fix: ``bncheck recalibrate MODEL --data DATA --validate HELD_OUT -o FIXED`` re-estimates
+the statistics of trainable layers exactly and writes them only if held-out data confirms the
+repair (a CNN fit for one epoch on 10-class digits: 9.8% to 95.5% held-out accuracy). Do not
+recalibrate a frozen layer under a head trained on its statistics: the head learned with them,
+and ``--include-frozen`` lowered such a model from 60.2% to 46.9%.
 
 Options:
-  max_mean_shift: a typical standardised mean shift above this reports the layer (warning).
-  max_variance_ratio: a typical variance ratio above this (either way) reports the layer.
+  max_mean_shift: a typical mean shift above this reports the layer (warning).
+  max_variance_factor: a typical variance factor above this reports the layer.
   severe_mean_shift: a typical mean shift above this escalates the finding (error).
-  severe_variance_ratio: a typical variance ratio above this escalates the finding (error).
+  severe_variance_factor: a typical variance factor above this escalates the finding (error).
 
-Passing: typical shift 0.007, variance ratio 1.04 (``fixtures/probe/recalibrated.keras``, bn1).
-Failing: typical shift 0.82, variance ratio 24 after one epoch with momentum 0.99
-(``fixtures/probe/stale_stats.keras``, bn1).
+Passing: typical shift 0.013, variance factor 1.0 (the dense BN layer of a 10-class digit CNN fit
+for 20 epochs with a decaying learning rate, probed on its 1,400 training digits in batches of
+8).
+Failing: typical shift 2.85, variance factor 38 (the same layer of a CNN fit for one epoch at
+learning rate 0.01, when the momentum-0.99 averages had not caught up).
 """
 
 from __future__ import annotations
@@ -52,9 +61,9 @@ DEFAULT_SEVERITY = Severity.WARNING
 NEEDS = "probe"
 OPTIONS: Mapping[str, float] = {
     "max_mean_shift": 0.5,
-    "max_variance_ratio": 2.0,
+    "max_variance_factor": 2.0,
     "severe_mean_shift": 2.0,
-    "severe_variance_ratio": 8.0,
+    "severe_variance_factor": 8.0,
 }
 
 _WORST_CHANNELS = 3
@@ -65,46 +74,61 @@ def check(result: ProbeResult, options: Mapping[str, float]) -> Iterator[Problem
         return
     stale = []
     for layer in result.layers:
+        if layer.untouched:
+            continue  # BN001's or BN008's: statistics that never moved are not stale ones
         figures = layer.staleness()
         if figures is None:
             continue
         if (
             figures.mean_shift <= options["max_mean_shift"]
-            and figures.variance_ratio <= options["max_variance_ratio"]
+            and figures.variance_factor <= options["max_variance_factor"]
         ):
             continue
         stale.append((layer, figures))
     stale.sort(key=lambda entry: -entry[1].score)
     for layer, figures in stale:
-        shift, ratio = figures.mean_shift, figures.variance_ratio
+        shift, factor = figures.mean_shift, figures.variance_factor
         channel_shift, channel_ratio = figures.channel_shift, figures.channel_ratio
-        severe = shift > options["severe_mean_shift"] or ratio > options["severe_variance_ratio"]
+        severe = shift > options["severe_mean_shift"] or factor > options["severe_variance_factor"]
         escalation = (
             Escalation.MITIGATED if not layer.trainable else Escalation.SEVERE if severe else None
         )
         worst_shift = np.argsort(-channel_shift)[:_WORST_CHANNELS]
         worst_ratio = np.argsort(-np.abs(np.log(channel_ratio)))[:_WORST_CHANNELS]
         frozen = (
-            " (frozen layer: its statistics are fixed on purpose)" if not layer.trainable else ""
+            " (frozen layer: the layers after it learned with these statistics; do not "
+            "recalibrate it)"
+            if not layer.trainable
+            else ""
         )
+        worst = int(worst_ratio[0])
         yield Problem(
             message=(
                 f"moving statistics do not match the layer's input on the data: typical mean "
-                f"shift {shift:.3g} standard deviations, typical variance ratio {ratio:.3g}x "
-                f"(worst: channel {worst_shift[0]} shifted {channel_shift[worst_shift[0]]:.3g}, "
-                f"channel {worst_ratio[0]} variance ratio {channel_ratio[worst_ratio[0]]:.3g})"
+                f"shift {shift:.3g} standard deviations, typical variance off by a factor of "
+                f"{factor:.3g} (worst: channel {worst_shift[0]} shifted "
+                f"{channel_shift[worst_shift[0]]:.3g}, channel {worst} "
+                f"{_direction(float(channel_ratio[worst]))})"
                 f"{frozen}"
             ),
             layer=layer.path,
             details={
                 "mean_shift": shift,
-                "variance_ratio": ratio,
+                "variance_factor": factor,
                 "worst_shift_channels": {int(c): float(channel_shift[c]) for c in worst_shift},
                 "worst_variance_ratio_channels": {
                     int(c): float(channel_ratio[c]) for c in worst_ratio
                 },
                 "channels": int(channel_shift.size),
                 "frozen": not layer.trainable,
+                "batches": layer.population.batches if layer.population else 0,
             },
             escalation=escalation,
         )
+
+
+def _direction(ratio: float) -> str:
+    """A channel's variance ratio in words: stored too large or too small, and by how much."""
+    if ratio >= 1.0:
+        return f"stored variance {ratio:.3g}x the measured one"
+    return f"stored variance 1/{1.0 / ratio:.3g} of the measured one"

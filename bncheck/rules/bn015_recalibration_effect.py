@@ -1,64 +1,185 @@
-"""Training-mode and inference-mode outputs disagree strongly on real data.
+"""Re-estimating the statistics from the data would change the model's outputs.
 
-On one batch of real data (``--data``) the probe compares the model's outputs with BatchNorm in
-training mode (batch statistics) and in inference mode (moving statistics); every other layer stays
-in inference mode. For a healthy model they nearly agree, because the moving statistics are the
-average of the batch statistics. The finding gives the relative error
-``|training - inference| / |training|`` and, for a classifier-shaped output (samples x classes),
-the fraction of samples whose top-1 class is the same in both modes.
+This asks what ``bncheck recalibrate`` would change. Over all sampled data (``--data``, up to
+``--samples``), the probe runs the model in inference mode twice: with the statistics stored in
+the file, and with the trainable layers' statistics re-estimated from the data (BN014's
+population estimate; frozen layers keep theirs, as recalibrate does by default). Like is compared
+with like: inference mode both times, so a healthy model, whose stored statistics already fit its
+weights, changes little. Training-mode outputs are no reference: a network that learned without
+batch statistics (BN001) disagrees with them by design, and a single batch is too noisy to
+judge.
 
-This is how stale statistics show at the output: training accuracy looks fine while the deployed
-model is wrong (100% vs 72% accuracy for ``fixtures/probe/stale_stats.keras``). Synthetic data
-cannot judge it: random inputs are normalised to unit variance in training mode but with the
-real data's statistics in inference mode, so a healthy model would disagree too.
+With labels (an ``.npz`` holding ``y``, ``--labels``, or an image folder's class subfolders) the
+finding rests on measurement: the metric (accuracy for classifiers, the mean squared error
+otherwise) with the stored statistics, with re-estimated ones, and in training mode. A gain
+above ``max_metric_gain`` is a warning (above ``severe_metric_gain`` an error); a smaller gain is
+information; a loss is information that says not to recalibrate, and why when the cause is
+known. Without labels, the share of samples whose top-1 class would change (classifiers) or the
+relative change of the outputs decides, and the finding says that labels would tell whether the
+change is for the better.
 
-How to fix: ``bncheck recalibrate MODEL --data DATA -o FIXED``; BN014 names the stale layers.
+Why it happens: stale statistics (BN014) change outputs when replaced; so do statistics that
+were never updated (BN001, BN008), where the measurement decides whether the network needs
+them replaced (momentum 1.0, updates never run) or learned with them (a loop without
+``training=True``).
+
+How to fix: when re-estimated statistics measure better, ``bncheck recalibrate MODEL --data DATA
+--validate HELD_OUT -o FIXED``; it refuses to write a model that measures worse. When they measure
+worse, keep the model, or retrain with ``training=True`` if its metric is not good enough.
 
 Options:
-  max_relative_error: a larger relative error is reported.
-  min_top1_agreement: a smaller top-1 agreement is reported (classifier outputs).
+  max_changed_predictions: without labels, a larger share of changed top-1 classes is reported.
+  severe_changed_predictions: without labels, a larger share escalates the finding (error).
+  max_relative_change: without labels, a larger relative change of a non-classifier output is
+    reported.
+  severe_relative_change: without labels, a larger relative change escalates the finding.
+  min_metric_change: with labels, a smaller change of the metric is not reported (accuracy as a
+    fraction; for the mean squared error, relative to its stored value).
+  max_metric_gain: with labels, a larger gain is a warning, a smaller one information.
+  severe_metric_gain: with labels, a larger gain escalates the finding (error).
 
-Passing: relative error 0.05, top-1 agreement 100% (``fixtures/probe/recalibrated.keras``).
-Failing: relative error 0.63, top-1 agreement 81% (``fixtures/probe/stale_stats.keras``).
+Passing: a 10-class digit CNN fit for 20 epochs with a decaying learning rate: 0.1% of top-1
+classes change, accuracy on its training digits 99.8% either way.
+Failing: the same CNN fit for one epoch at learning rate 0.01: re-estimating would raise its
+accuracy from 9.5% to 95.3% (90% of top-1 classes change).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from bncheck.findings import Problem, Severity
-from bncheck.probe.results import TRAINING, ProbeResult
+from bncheck.findings import Escalation, Problem, Severity
+from bncheck.probe.results import Metric, OutputMeasurement, ProbeResult
 
 ID = "BN015"
-NAME = "mode-divergence"
+NAME = "recalibration-effect"
 DEFAULT_SEVERITY = Severity.WARNING
 NEEDS = "probe"
-OPTIONS: Mapping[str, float] = {"max_relative_error": 0.25, "min_top1_agreement": 0.9}
+OPTIONS: Mapping[str, float] = {
+    "max_changed_predictions": 0.1,
+    "severe_changed_predictions": 0.5,
+    "max_relative_change": 0.25,
+    "severe_relative_change": 1.0,
+    "min_metric_change": 0.02,
+    "max_metric_gain": 0.05,
+    "severe_metric_gain": 0.2,
+}
 
 
 def check(result: ProbeResult, options: Mapping[str, float]) -> Iterator[Problem]:
-    if TRAINING not in result.modes or not result.real_data:
+    if not result.real_data:
         return
+    untrained = result.learned_without_batch_statistics
     for output in result.outputs:
-        error, agreement = output.relative_error, output.top1_agreement
-        if error is None:
+        if output.reestimated_relative_error is None:
             continue
-        diverges = error > options["max_relative_error"]
-        disagrees = agreement is not None and agreement < options["min_top1_agreement"]
-        if not (diverges or disagrees):
-            continue
-        top1 = (
-            f", top-1 class agrees for {agreement:.0%} of samples" if agreement is not None else ""
+        details: dict[str, object] = {
+            "output": output.name,
+            "relative_change": output.reestimated_relative_error,
+            "changed_predictions": _changed(output),
+            "samples": result.data.samples if result.data else None,
+            "never_updated_layers": list(untrained),
+        }
+        if output.metric is not None:
+            problem = _measured(output, output.metric, untrained, options, details)
+        else:
+            problem = _unmeasured(output, untrained, options, details)
+        if problem is not None:
+            yield problem
+
+
+def _changed(output: OutputMeasurement) -> float | None:
+    agreement = output.reestimated_top1_agreement
+    return None if agreement is None else 1.0 - agreement
+
+
+def _measured(
+    output: OutputMeasurement,
+    metric: Metric,
+    untrained: tuple[str, ...],
+    options: Mapping[str, float],
+    details: dict[str, object],
+) -> Problem | None:
+    gain = metric.gain()
+    assert gain is not None and metric.reestimated is not None  # a re-estimate was run
+    relative = gain if metric.higher_is_better else gain / max(metric.stored, 1e-12)
+    details.update(
+        metric=metric.name,
+        stored=metric.stored,
+        reestimated=metric.reestimated,
+        training_mode=metric.training,
+        gain=relative,
+    )
+    if abs(relative) < options["min_metric_change"]:
+        return None
+    before, after = metric.format(metric.stored), metric.format(metric.reestimated)
+    training = (
+        f"; {metric.format(metric.training)} in training mode"
+        if metric.training is not None
+        else ""
+    )
+    where = f"output {output.name!r}: "
+    if relative < 0:
+        cause = (
+            f"; the network learned with its stored statistics ({len(untrained)} BN layer(s) "
+            "never updated while gamma and beta trained, BN001); keep it if "
+            f"{before} is good enough, or retrain with training=True"
+            if untrained
+            else ""
         )
-        yield Problem(
+        return Problem(
             message=(
-                f"output {output.name!r} differs between training and inference mode on real "
-                f"data: relative error {error:.3g}{top1}"
+                f"{where}re-estimating the statistics from the data would lower {metric.name} "
+                f"from {before} to {after}{training}: do not recalibrate{cause}"
             ),
-            details={
-                "output": output.name,
-                "relative_error": error,
-                "top1_agreement": agreement,
-                "samples": result.data.samples if result.data else None,
-            },
+            details=details,
+            escalation=Escalation.MITIGATED,
         )
+    if relative <= options["max_metric_gain"]:
+        escalation: Escalation | None = Escalation.MITIGATED
+    elif relative > options["severe_metric_gain"]:
+        escalation = Escalation.SEVERE
+    else:
+        escalation = None
+    return Problem(
+        message=(
+            f"{where}re-estimating the statistics from the data would raise {metric.name} from "
+            f"{before} to {after}{training}: bncheck recalibrate writes them, verified with "
+            "--validate HELD_OUT"
+        ),
+        details=details,
+        escalation=escalation,
+    )
+
+
+def _unmeasured(
+    output: OutputMeasurement,
+    untrained: tuple[str, ...],
+    options: Mapping[str, float],
+    details: dict[str, object],
+) -> Problem | None:
+    changed = _changed(output)
+    if changed is not None:
+        limit, severe = options["max_changed_predictions"], options["severe_changed_predictions"]
+        value = changed
+        what = f"change the top-1 class of {changed:.0%} of the samples"
+    else:
+        limit, severe = options["max_relative_change"], options["severe_relative_change"]
+        value = output.reestimated_relative_error or 0.0
+        what = f"change the output by {value:.3g} relative to its norm"
+    if value <= limit:
+        return None
+    caution = (
+        f"; {len(untrained)} BN layer(s) never updated while gamma and beta trained (BN001): "
+        "if the network learned with those statistics, recalibrating makes it worse"
+        if untrained
+        else ""
+    )
+    return Problem(
+        message=(
+            f"output {output.name!r}: re-estimating the statistics from the data would {what}; "
+            f"labels (y in the .npz, or --labels) would measure whether for the better{caution}"
+        ),
+        details=details,
+        escalation=Escalation.SEVERE if value > severe else None,
+    )

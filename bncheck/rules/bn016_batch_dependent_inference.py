@@ -54,7 +54,7 @@ def check(result: ProbeResult, options: Mapping[str, float]) -> Iterator[Problem
         return
     culprits = [layer for layer in result.layers if layer.moving_stats_error > tolerance]
     worst = max(changed, key=lambda output: output.batch_dependence or 0.0)
-    half = result.data.samples // 2 if result.data else 0
+    half = result.data.batch_size // 2 if result.data else 0
     blamed = ""
     if culprits:
         named = ", ".join(

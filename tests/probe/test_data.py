@@ -1,7 +1,8 @@
-"""Probe data: array files matched to inputs, synthetic batches, shapes from the command line."""
+"""Probe data: array files matched to inputs, labels, batches, synthetic batches, shapes."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +10,12 @@ import pytest
 
 from bncheck.errors import UsageError
 from bncheck.probe.data import (
-    ArraySource,
+    ArrayData,
+    DataOptions,
     InputSpec,
+    open_data,
     parse_input_shape,
-    pick_rows,
     resolve_shape,
-    shuffled_batches,
     synthetic_batch,
 )
 
@@ -22,18 +23,67 @@ IMAGE = InputSpec("image", (None, 8, 8, 1), "float32")
 ROWS = InputSpec("rows", (None, 8, 8), "float32")
 
 
+def data(path: Path, specs: list[InputSpec] | None = None, **options: object) -> ArrayData:
+    opened = open_data(DataOptions(str(path), **options), [IMAGE] if specs is None else specs)
+    assert isinstance(opened, ArrayData)
+    return opened
+
+
 def test_npy_feeds_the_single_input(tmp_path: Path) -> None:
     path = tmp_path / "x.npy"
     np.save(path, np.ones((5, 8, 8, 1), dtype="float32"))
-    [array] = ArraySource(str(path)).match([IMAGE])
+    [array] = data(path).inputs
     assert array.shape == (5, 8, 8, 1)
+    assert not data(path).labelled
 
 
 def test_npz_feeds_inputs_by_name(tmp_path: Path) -> None:
     path = tmp_path / "x.npz"
     np.savez(path, rows=np.zeros((4, 8, 8)), image=np.ones((4, 8, 8, 1)))
-    image, rows = ArraySource(str(path)).match([IMAGE, ROWS])
+    image, rows = data(path, [IMAGE, ROWS]).inputs
     assert image.shape == (4, 8, 8, 1) and rows.shape == (4, 8, 8)
+
+
+def test_npz_with_x_and_y_is_labelled_data(tmp_path: Path) -> None:
+    path = tmp_path / "digits.npz"
+    np.savez(path, x=np.ones((6, 8, 8, 1)), y=np.arange(6))
+    opened = data(path)
+    assert opened.labelled
+    [batch] = list(opened.batches(6, seed=0, samples=None))
+    assert sorted(batch.labels.tolist()) == list(range(6))
+
+
+def test_labels_file_goes_with_an_npy(tmp_path: Path) -> None:
+    np.save(
+        tmp_path / "x.npy",
+        np.arange(10, dtype="float32").reshape(10, 1, 1, 1) * np.ones((1, 8, 8, 1)),
+    )
+    np.save(tmp_path / "y.npy", np.arange(10) * 2)
+    opened = data(tmp_path / "x.npy", labels=str(tmp_path / "y.npy"))
+    for batch in opened.batches(4, seed=3, samples=None):
+        # each sample keeps its own label through the shuffle
+        assert np.array_equal(batch.inputs[0][:, 0, 0, 0] * 2, batch.labels)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (np.arange(3), "3 labels for the 5 samples"),
+        (np.array(["a"] * 5), "are not numeric"),
+    ],
+)
+def test_bad_labels(tmp_path: Path, labels: np.ndarray, message: str) -> None:
+    np.save(tmp_path / "x.npy", np.ones((5, 8, 8, 1)))
+    np.save(tmp_path / "y.npy", labels)
+    with pytest.raises(UsageError, match=message):
+        data(tmp_path / "x.npy", labels=str(tmp_path / "y.npy"))
+
+
+def test_labels_twice_is_an_error(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", x=np.ones((5, 8, 8, 1)), y=np.zeros(5))
+    np.save(tmp_path / "y.npy", np.zeros(5))
+    with pytest.raises(UsageError, match="holds labels 'y' and --labels names others"):
+        data(tmp_path / "d.npz", labels=str(tmp_path / "y.npy"))
 
 
 @pytest.mark.parametrize(
@@ -52,56 +102,77 @@ def test_npz_mismatches_are_usage_errors(
     path = tmp_path / "x.npz"
     np.savez(path, **arrays)
     with pytest.raises(UsageError, match=message):
-        ArraySource(str(path)).match(specs)
+        data(path, specs)
 
 
 def test_npy_for_a_multi_input_model_asks_for_npz(tmp_path: Path) -> None:
     path = tmp_path / "x.npy"
     np.save(path, np.ones((4, 8, 8, 1)))
     with pytest.raises(UsageError, match=r"2 inputs \(image, rows\); pass an .npz"):
-        ArraySource(str(path)).match([IMAGE, ROWS])
+        data(path, [IMAGE, ROWS])
 
 
-@pytest.mark.parametrize(
-    ("content", "message"), [(None, "no such file"), (b"not numpy", "not a readable")]
-)
-def test_unreadable_data_files(tmp_path: Path, content: bytes | None, message: str) -> None:
-    path = tmp_path / "x.npy"
-    if content is not None:
-        path.write_bytes(content)
-    with pytest.raises(UsageError, match=message):
-        ArraySource(str(path))
+def test_missing_data(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no such file or directory"):
+        data(tmp_path / "x.npy")
+
+
+@pytest.mark.parametrize("content", [b"not numpy", b"id,label\n1,2\n", b"\x00" * 64])
+def test_data_of_the_wrong_kind_names_the_accepted_formats(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    with pytest.raises(UsageError) as raised:
+        data(path)
+    message = str(raised.value)
+    assert "is not a .npy file (one input), an .npz file" in message
+    assert "folder of images" in message
+    assert "pickle" not in message.lower()
+
+
+def test_pickled_arrays_are_refused_without_advice_to_unpickle(tmp_path: Path) -> None:
+    path = tmp_path / "objects.npy"
+    np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(UsageError) as raised:
+        data(path)
+    message = str(raised.value)
+    assert "holds Python objects, which bncheck never unpickles" in message
+    assert "allow_pickle" not in message
+    # a raw pickle is no array file at all
+    raw = tmp_path / "raw.npy"
+    raw.write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(UsageError, match="is not a .npy file"):
+        data(raw)
 
 
 def test_npy_is_memory_mapped(tmp_path: Path) -> None:
     path = tmp_path / "x.npy"
-    np.save(path, np.ones((100, 8), dtype="float32"))
-    assert isinstance(ArraySource(str(path)).arrays[None], np.memmap)
+    np.save(path, np.ones((100, 8, 8, 1), dtype="float32"))
+    assert isinstance(data(path).inputs[0], np.memmap)
 
 
-def test_pick_rows_is_random_but_seeded() -> None:
-    data = [np.arange(100)]
-    first = pick_rows(data, 10, seed=1)[0]
-    assert len(set(first)) == 10
-    assert np.array_equal(first, pick_rows(data, 10, seed=1)[0])
-    assert not np.array_equal(first, pick_rows(data, 10, seed=2)[0])
-    assert len(pick_rows(data, 500, seed=1)[0]) == 100
-
-
-def test_shuffled_batches_cover_the_data_once() -> None:
-    data = [np.arange(10), np.arange(10) * 2]
-    batches = list(shuffled_batches(data, batch_size=4, seed=0, limit=None))
-    assert [len(batch[0]) for batch in batches] == [4, 4, 2]
-    assert sorted(np.concatenate([batch[0] for batch in batches])) == list(range(10))
-    assert all(np.array_equal(batch[1], batch[0] * 2) for batch in batches)
-    assert len(list(shuffled_batches(data, batch_size=4, seed=0, limit=2))) == 2
+def test_batches_are_shuffled_seeded_and_whole(tmp_path: Path) -> None:
+    path = tmp_path / "x.npz"
+    np.savez(path, x=np.arange(10).reshape(10, 1, 1, 1) * np.ones((1, 8, 8, 1)), y=np.arange(10))
+    opened = data(path)
+    batches = list(opened.batches(4, seed=0, samples=None))
+    assert [batch.size for batch in batches] == [4, 4]  # the short last batch is left out
+    seen = np.concatenate([batch.labels for batch in batches])
+    assert len(set(seen.tolist())) == 8
+    again = np.concatenate([b.labels for b in opened.batches(4, seed=0, samples=None)])
+    assert np.array_equal(seen, again)
+    other = np.concatenate([b.labels for b in opened.batches(4, seed=1, samples=None)])
+    assert not np.array_equal(seen, other)
+    everything = list(opened.batches(4, seed=0, samples=None, whole=False))
+    assert [batch.size for batch in everything] == [4, 4, 2]
+    assert [batch.size for batch in opened.batches(4, seed=0, samples=5)] == [4]
+    assert [batch.size for batch in opened.batches(16, seed=0, samples=None)] == [10]
 
 
 def test_synthetic_batch_follows_the_input_spec() -> None:
-    image, rows = synthetic_batch([IMAGE, ROWS], 6, seed=0, shapes={})
+    image, rows = synthetic_batch([IMAGE, ROWS], 6, seed=0, shapes={}).inputs
     assert image.shape == (6, 8, 8, 1) and rows.shape == (6, 8, 8)
     assert image.dtype == np.float32
-    assert np.array_equal(image, synthetic_batch([IMAGE], 6, seed=0, shapes={})[0])
+    assert np.array_equal(image, synthetic_batch([IMAGE], 6, seed=0, shapes={}).inputs[0])
 
 
 def test_integer_inputs_need_real_data() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bncheck.probe.data import Batch
 from tests.conftest import FIXTURES, CliResult
 from tests.hardening.canaries import lambda_bytecode_canaries
 
@@ -69,9 +70,21 @@ def test_statistics_recomputed_over_the_data_are_clean(run_cli: Run) -> None:
     assert code == 0
     assert model["findings"] == []
     probe = model["probe"]
-    assert probe["data"]["real"] is True and probe["data"]["samples"] == 32
+    available = len(np.load(DIGITS))
+    data = probe["data"]
+    # Every whole batch of the data, up to --samples: not one batch of 32.
+    assert data["real"] is True and data["available"] == available
+    assert data["samples"] == available - available % 32 and data["batches"] == available // 32
     assert probe["modes"] == ["inference", "training"]
     assert [layer["path"] for layer in probe["layers"]] == ["cnn/bn1", "cnn/bn2", "cnn/bn3"]
+    assert all(layer["population"]["batches"] == data["batches"] for layer in probe["layers"])
+    assert probe["outputs"][0]["reestimated_top1_agreement"] == 1.0
+
+
+def test_samples_caps_the_data(run_cli: Run) -> None:
+    _, model = report(run_cli, PROBE / "recalibrated.keras", "--data", DIGITS, "--samples", 100)
+    data = model["probe"]["data"]
+    assert (data["samples"], data["batches"], data["batch_size"]) == (96, 3, 32)
 
 
 def test_briefly_trained_model_has_stale_statistics(run_cli: Run) -> None:
@@ -79,18 +92,19 @@ def test_briefly_trained_model_has_stale_statistics(run_cli: Run) -> None:
     assert code == 1
     stale = {layer for rule, layer in rules(model) if rule == "BN014"}
     assert stale == {"cnn/bn1", "cnn/bn2", "cnn/bn3"}
-    assert ("BN015", None) in rules(model)
+    [effect] = [f for f in model["findings"] if f["rule"] == "BN015"]
+    assert "change the top-1 class" in effect["message"]
     severe = [f for f in model["findings"] if f["rule"] == "BN014" and f["severity"] == "error"]
-    assert severe, "variance ratios above 8 escalate"
-    assert all(f["details"]["variance_ratio"] > 8 for f in severe)
+    assert severe, "variance factors above 8 escalate"
+    assert all(f["details"]["variance_factor"] > 8 for f in severe)
 
 
 def test_synthetic_data_does_not_judge_staleness(run_cli: Run) -> None:
     result = run_cli("inspect", PROBE / "stale_stats.keras", "--probe")
     assert result.code == 0
     assert "synthetic data (standard normal, seed 0)" in result.out
-    assert "staleness (BN014) and mode divergence (BN015) need real data" in result.out
-    assert "BN014 stale" not in result.out and "BN015 mode" not in result.out
+    assert "staleness (BN014) and what recalibrating would change (BN015) need real" in (result.out)
+    assert "BN014 stale" not in result.out and "BN015 recal" not in result.out
 
 
 def test_hardcoded_training_call_is_batch_dependent(run_cli: Run) -> None:
@@ -125,8 +139,12 @@ def test_probe_never_changes_the_model(run_cli: Run, tmp_path: Path) -> None:
         for path, layer in keras_model.batchnorm_layers(model)
         for variable in layer.weights
     }
-    measured = measure.measure_keras(model, batch)
+    measured = measure.measure_keras(
+        model, lambda: [Batch(batch)] * 3, lambda _, __: True, untouched={}
+    )
     assert measured.modes == ("inference", "training")
+    # Inference mode with the stored statistics did not drift as training mode ran.
+    assert measured.outputs[0].reestimated_relative_error > 0.1
     for path, layer in keras_model.batchnorm_layers(model):
         for variable in layer.weights:
             assert np.array_equal(variable.numpy(), bn_arrays[f"{path}/{variable.name}"])
@@ -171,12 +189,15 @@ def test_legacy_h5_files_are_probed(run_cli: Run, fixture: str) -> None:
 
 def test_tf_keras_savedmodel_runs_both_modes(run_cli: Run) -> None:
     code, model = report(run_cli, PROBE / "tf_keras_savedmodel", "--data", DIGITS)
-    assert code == 0  # BN015 is a warning
+    assert code == 0
     probe = model["probe"]
     assert probe["loader"] == "tf-keras SavedModel"
     assert probe["modes"] == ["inference", "training"]
     assert probe["layers"] == []
-    assert rules(model) == [("BN015", None)]
+    # Without its layers nothing can be re-estimated: BN014 and BN015 are not judged.
+    assert rules(model) == []
+    assert probe["outputs"][0]["reestimated_relative_error"] is None
+    assert any("per-layer measurements (BN014, BN015" in note for note in probe["notes"])
 
 
 def test_keras3_export_is_inference_only(run_cli: Run) -> None:
@@ -317,7 +338,7 @@ def test_subclassed_model_takes_its_input_shape_from_the_data(run_cli: Run, tmp_
     result = run_cli("inspect", path, "--probe", "--custom-objects", source)
     assert result.code == 2
     assert "declares no inputs (a subclassed model)" in result.err
-    _, ran = report(run_cli, path, "--data", DIGITS, "--custom-objects", source)
+    _, ran = report(run_cli, path, "--data", DIGITS, "--custom-objects", source, "--samples", 64)
     assert ran["probe"]["data"]["inputs"] == [{"name": "input", "shape": [32, 8, 8, 1]}]
     assert len(ran["probe"]["layers"]) == 1
 

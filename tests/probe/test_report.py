@@ -8,7 +8,7 @@ import numpy as np
 
 from bncheck.findings import FailOn, ModelResult, Report
 from bncheck.model import ModelDescription
-from bncheck.probe.results import CodeReference
+from bncheck.probe.results import CodeReference, Metric, ProbeData
 from bncheck.reporters import json_format, table
 from tests.rules.conftest import measured_layer, measured_output, probe_result
 
@@ -22,29 +22,67 @@ def render(probe: object) -> tuple[dict, str]:
 
 
 def test_probe_that_ran() -> None:
+    metric = Metric("accuracy", stored=0.924, reestimated=0.62, training=0.64)
     probe = probe_result(
         (measured_layer(path="m/bn", inference_spread=np.float64(0.5)),),
-        (measured_output(relative_error=float("inf")),),
+        (
+            measured_output(
+                relative_error=float("inf"), reestimated_top1_agreement=0.75, metric=metric
+            ),
+        ),
         notes=("a note",),
+        data=ProbeData(
+            real=True,
+            source="x.npz",
+            samples=2048,
+            inputs=(("image", (32, 8, 8, 1)),),
+            batch_size=32,
+            batches=64,
+            available=5000,
+            labelled=True,
+        ),
     )
     model, text = render(probe)
     section = model["probe"]
     assert section["ran"] is True and section["skipped"] is None
     assert section["data"] == {
         "real": True,
-        "source": "x.npy",
-        "samples": 32,
+        "source": "x.npz",
+        "samples": 2048,
+        "available": 5000,
+        "batch_size": 32,
+        "batches": 64,
+        "labelled": True,
         "inputs": [{"name": "image", "shape": [32, 8, 8, 1]}],
     }
     assert section["modes"] == ["inference", "training"]
-    assert section["outputs"][0]["relative_error"] is None  # strict JSON: no Infinity
-    assert section["outputs"][0]["top1_agreement"] == 1.0
-    assert section["layers"][0]["path"] == "m/bn"
-    assert section["layers"][0]["inference_spread"] == 0.5
+    output = section["outputs"][0]
+    assert output["relative_error"] is None  # strict JSON: no Infinity
+    assert output["reestimated_top1_agreement"] == 0.75
+    assert output["metric"] == {
+        "name": "accuracy",
+        "stored": 0.924,
+        "reestimated": 0.62,
+        "training_mode": 0.64,
+    }
+    layer = section["layers"][0]
+    assert layer["path"] == "m/bn" and layer["inference_spread"] == 0.5
+    assert layer["population"]["batches"] == 64
+    assert layer["population"]["mean_shift"] == 0.0
+    assert layer["population"]["variance_factor"] == 1.0
     assert section["notes"] == ["a note"]
-    assert "  probe: real data (x.npy), 32 samples, inference and training mode" in text
-    assert "probe: output 'head': spread 0.5 inference / 0.5 training" in text
-    assert "top-1 agreement 100%, batch dependence 0" in text
+    assert (
+        "  probe: real data (x.npz, labelled), 2048 of 5000 samples in 64 batches of 32; "
+        "inference and training mode"
+    ) in text
+    assert (
+        "probe: output 'head': spread 0.5 inference / 0.5 training, re-estimated statistics "
+        "change 25.0% of top-1 classes, batch dependence 0"
+    ) in text
+    assert (
+        "probe: output 'head': accuracy 92.4% with the stored statistics, 62.0% re-estimated, "
+        "64.0% in training mode"
+    ) in text
     assert "  probe note: a note" in text
 
 

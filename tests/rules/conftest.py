@@ -12,6 +12,7 @@ from bncheck.probe.results import (
     TRAINING,
     LayerMeasurement,
     OutputMeasurement,
+    Population,
     ProbeData,
     ProbeResult,
 )
@@ -54,9 +55,31 @@ def problems(rule: ModuleType, subject: object, **options: float) -> list[Proble
     return list(rule.check(subject, {**rule.OPTIONS, **options}))
 
 
+def population(
+    mean: list[float] | None = None,
+    variance: list[float] | None = None,
+    mean_error: float = 0.0,
+    variance_error: float = 0.0,
+    batches: int = 64,
+) -> Population:
+    """A 4-channel population estimate (by default equal to ``measured_layer``'s statistics),
+    with the same standard error in every channel."""
+    mean_array = np.array(mean if mean is not None else [0.3, -1.2, 0.01, 2.0], dtype="float64")
+    variance_array = np.array(
+        variance if variance is not None else [0.5, 2.0, 0.04, 1.3], dtype="float64"
+    )
+    return Population(
+        mean=mean_array,
+        variance=variance_array,
+        mean_error=np.full(4, mean_error),
+        variance_error=np.full(4, variance_error),
+        batches=batches,
+    )
+
+
 def measured_layer(**overrides: Any) -> LayerMeasurement:
-    """A 4-channel BatchNorm layer whose moving statistics match its input and whose activations
-    vary alike in both modes; keyword arguments replace any field."""
+    """A 4-channel BatchNorm layer whose moving statistics match its population statistics and
+    whose activations vary alike in both modes; keyword arguments replace any field."""
     fields: dict[str, Any] = {
         "path": "model/bn",
         "calls": 1,
@@ -64,8 +87,9 @@ def measured_layer(**overrides: Any) -> LayerMeasurement:
         "epsilon": 1e-3,
         "moving_mean": np.array([0.3, -1.2, 0.01, 2.0]),
         "moving_variance": np.array([0.5, 2.0, 0.04, 1.3]),
-        "input_mean": np.array([0.3, -1.2, 0.01, 2.0]),
-        "input_variance": np.array([0.5, 2.0, 0.04, 1.3]),
+        "population": population(),
+        "reestimated": True,
+        "momentum": 0.99,
         "inference_spread": 0.8,
         "inference_rms": 1.0,
         "inference_nonfinite": 0,
@@ -79,7 +103,7 @@ def measured_layer(**overrides: Any) -> LayerMeasurement:
 
 
 def measured_output(**overrides: Any) -> OutputMeasurement:
-    """A classifier output that behaves alike in both modes and batches."""
+    """A classifier output that behaves alike in both modes, batches and statistics."""
     fields: dict[str, Any] = {
         "name": "head",
         "inference_spread": 0.5,
@@ -90,6 +114,8 @@ def measured_output(**overrides: Any) -> OutputMeasurement:
         "relative_error": 0.01,
         "top1_agreement": 1.0,
         "batch_dependence": 0.0,
+        "reestimated_relative_error": 0.01,
+        "reestimated_top1_agreement": 1.0,
     }
     fields.update(overrides)
     return OutputMeasurement(**fields)
@@ -101,14 +127,19 @@ def probe_result(
     real: bool = True,
     **overrides: Any,
 ) -> ProbeResult:
-    """A probe that ran both modes on 32 samples of real (or synthetic) data."""
+    """A probe that ran both modes on 2048 samples of real (or synthetic) data."""
     fields: dict[str, Any] = {
         "path": "model.keras",
         "loader": "keras",
         "content": (),
         "unsafe": False,
         "data": ProbeData(
-            real=real, source="x.npy", samples=32, inputs=(("image", (32, 8, 8, 1)),)
+            real=real,
+            source="x.npy",
+            samples=2048,
+            inputs=(("image", (32, 8, 8, 1)),),
+            batch_size=32,
+            batches=64,
         ),
         "modes": (INFERENCE, TRAINING),
         "outputs": (measured_output(),) if outputs is None else outputs,

@@ -1,3 +1,4 @@
+from bncheck.rules import bn001_untouched_moving_stats as bn001
 from bncheck.rules import bn008_momentum_never_updates as rule
 from tests.rules.conftest import layer, problems
 
@@ -5,7 +6,18 @@ from tests.rules.conftest import layer, problems
 def test_momentum_one() -> None:
     [problem] = problems(rule, layer(momentum=1.0))
     assert "never change" in problem.message
-    assert problem.details == {"momentum": 1.0}
+    assert problem.details == {"momentum": 1.0, "untouched": False}
+
+
+def test_momentum_one_explains_initial_statistics_in_one_finding() -> None:
+    untouched = layer(momentum=1.0, moving_mean=[0] * 4, moving_variance=[1] * 4)
+    [problem] = problems(rule, untouched)
+    assert "still at their initial values (0 and 1) while gamma and beta trained" in (
+        problem.message
+    )
+    assert problem.details["untouched"] is True
+    # BN001 leaves the layer to this rule: one finding per layer, not two.
+    assert problems(bn001, untouched) == []
 
 
 def test_momentum_above_one_diverges() -> None:

@@ -1,42 +1,112 @@
-from bncheck.probe.results import INFERENCE
-from bncheck.rules import bn015_mode_divergence as rule
-from tests.rules.conftest import judge, measured_output, probe_result
+import pytest
+
+from bncheck.findings import Escalation
+from bncheck.probe.results import Metric
+from bncheck.rules import bn015_recalibration_effect as rule
+from tests.rules.conftest import judge, measured_layer, measured_output, probe_result
 
 
-def test_agreeing_modes_pass() -> None:
+def outputs(**fields: object) -> tuple:
+    return (measured_output(**fields),)
+
+
+def test_statistics_that_fit_change_nothing() -> None:
     assert judge(rule, probe_result()) == []
 
 
-def test_large_relative_error() -> None:
-    result = probe_result(outputs=(measured_output(relative_error=0.65, top1_agreement=0.69),))
+def test_training_mode_disagreement_is_no_finding() -> None:
+    """Like is compared with like: training-mode outputs are no reference."""
+    result = probe_result(outputs=outputs(relative_error=0.43, top1_agreement=0.6))
+    assert judge(rule, result) == []
+
+
+@pytest.mark.parametrize(
+    ("agreement", "escalation"), [(0.95, "none"), (0.8, None), (0.3, Escalation.SEVERE)]
+)
+def test_changed_predictions_without_labels(agreement: float, escalation: object) -> None:
+    found = judge(rule, probe_result(outputs=outputs(reestimated_top1_agreement=agreement)))
+    if escalation == "none":
+        assert found == []
+        return
+    [problem] = found
+    assert problem.escalation is escalation
+    assert f"change the top-1 class of {1 - agreement:.0%} of the samples" in problem.message
+    assert "labels" in problem.message
+    assert problem.details["changed_predictions"] == pytest.approx(1 - agreement)
+
+
+def test_untouched_statistics_without_labels_warn_that_recalibrating_may_hurt() -> None:
+    layers = (measured_layer(untouched=True),)
+    result = probe_result(layers, outputs=outputs(reestimated_top1_agreement=0.7))
     [problem] = judge(rule, result)
-    assert problem.details["relative_error"] == 0.65
-    assert problem.details["top1_agreement"] == 0.69
-    assert "69%" in problem.message
+    assert "recalibrating makes it worse" in problem.message
+    assert problem.details["never_updated_layers"] == ["model/bn"]
 
 
-def test_low_top1_agreement_alone_is_enough() -> None:
-    result = probe_result(outputs=(measured_output(relative_error=0.1, top1_agreement=0.75),))
-    assert len(judge(rule, result)) == 1
+def test_regression_output_without_labels_goes_by_relative_change() -> None:
+    calm = outputs(reestimated_top1_agreement=None, reestimated_relative_error=0.1)
+    assert judge(rule, probe_result(outputs=calm)) == []
+    moved = outputs(reestimated_top1_agreement=None, reestimated_relative_error=0.6)
+    [problem] = judge(rule, probe_result(outputs=moved))
+    assert "top-1" not in problem.message and "0.6 relative to its norm" in problem.message
 
 
-def test_regression_output_without_top1() -> None:
-    result = probe_result(outputs=(measured_output(relative_error=0.4, top1_agreement=None),))
-    [problem] = judge(rule, result)
-    assert "top-1" not in problem.message
+def accuracy(stored: float, reestimated: float, training: float | None = 0.9) -> tuple:
+    metric = Metric("accuracy", stored, reestimated, training)
+    return outputs(metric=metric, reestimated_top1_agreement=0.5)
+
+
+def test_labels_decide_and_a_small_change_is_nothing() -> None:
+    """Half the top-1 classes change, but accuracy stays: the measurement decides."""
+    assert judge(rule, probe_result(outputs=accuracy(0.90, 0.91))) == []
+
+
+@pytest.mark.parametrize(
+    ("after", "escalation"),
+    [(0.93, Escalation.MITIGATED), (0.99, None), (0.5, None)],
+)
+def test_measured_gain(after: float, escalation: object) -> None:
+    stored = 0.9 if after > 0.9 else 0.2
+    [problem] = judge(rule, probe_result(outputs=accuracy(stored, after)))
+    if after == 0.5:
+        escalation = Escalation.SEVERE
+    assert problem.escalation is escalation
+    assert f"would raise accuracy from {stored:.1%} to {after:.1%}" in problem.message
+    assert "90.0% in training mode" in problem.message
+    assert problem.details["gain"] == pytest.approx(after - stored)
+
+
+def test_measured_loss_says_do_not_recalibrate_and_why() -> None:
+    layers = (measured_layer(untouched=True),)
+    [problem] = judge(rule, probe_result(layers, outputs=accuracy(0.924, 0.62, 0.64)))
+    assert problem.escalation is Escalation.MITIGATED
+    assert "would lower accuracy from 92.4% to 62.0%" in problem.message
+    assert "do not recalibrate" in problem.message
+    assert "the network learned with its stored statistics" in problem.message
+    # Without untouched statistics there is no known cause to name.
+    [plain] = judge(rule, probe_result(outputs=accuracy(0.924, 0.62, 0.64)))
+    assert "learned with" not in plain.message
+
+
+def test_mean_squared_error_gain_is_relative() -> None:
+    metric = Metric("mean squared error", 2.0, 1.0, 1.1)
+    [problem] = judge(rule, probe_result(outputs=outputs(metric=metric)))
+    assert problem.details["gain"] == pytest.approx(0.5)
+    assert problem.escalation is Escalation.SEVERE
+    assert "from 2 to 1" in problem.message
 
 
 def test_synthetic_data_cannot_judge() -> None:
-    result = probe_result(outputs=(measured_output(relative_error=2.0),), real=False)
+    result = probe_result(outputs=outputs(reestimated_top1_agreement=0.1), real=False)
     assert judge(rule, result) == []
 
 
-def test_inference_only_probe_cannot_judge() -> None:
-    output = measured_output(relative_error=None, top1_agreement=None)
-    assert judge(rule, probe_result(outputs=(output,), modes=(INFERENCE,))) == []
+def test_nothing_re_estimated_cannot_judge() -> None:
+    frozen = outputs(reestimated_relative_error=None, reestimated_top1_agreement=None)
+    assert judge(rule, probe_result(outputs=frozen)) == []
 
 
 def test_thresholds_are_options() -> None:
-    result = probe_result(outputs=(measured_output(relative_error=0.2),))
+    result = probe_result(outputs=outputs(reestimated_top1_agreement=0.95))
     assert judge(rule, result) == []
-    assert len(judge(rule, result, max_relative_error=0.1)) == 1
+    assert len(judge(rule, result, max_changed_predictions=0.01)) == 1

@@ -1,0 +1,89 @@
+"""The probe's verdicts across seeds and batch sizes: no false alarm on healthy 10-class models,
+and the broken ones flagged every time.
+
+Each model is loaded once and probed on its labelled training digits with seeds 0-9 and batch
+sizes 8, 32 and 128, through the same functions ``bncheck inspect --data`` runs (static findings
+plus the probe rules, with default settings).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import pytest
+
+from bncheck.engine import judged, probe_findings
+from bncheck.findings import Finding, Severity
+from bncheck.probe import keras_model
+from bncheck.probe.options import ProbeOptions
+from bncheck.probe.runner import BatchPlan, probe_keras_model
+from bncheck.readers import read_model
+from bncheck.rules._arrays import untouched_while_trained
+from bncheck.settings import Settings
+from tests.conftest import FIXTURES
+
+MODELS = FIXTURES / "calibration"
+DATA = str(MODELS / "digits_train.npz")
+SWEEP = list(itertools.product(range(10), (8, 32, 128)))
+
+
+def sweep(name: str, plan: list[tuple[int, int]] = SWEEP) -> list[list[Finding]]:
+    """The findings of ``bncheck inspect MODEL --data DATA --seed S --batch-size B`` for each
+    (seed, batch size), the model loaded once."""
+    path = str(MODELS / f"{name}.keras")
+    settings = Settings()
+    description = read_model(path)
+    static = list(judged(path, description, settings).findings)
+    untouched = {layer.path: bool(untouched_while_trained(layer)) for layer in description.layers}
+    model = keras_model.load_model(path, unsafe=False, custom_objects={})
+    found = []
+    for seed, batch_size in plan:
+        options = ProbeOptions(data=DATA, seed=seed, batch_size=batch_size)
+        source = BatchPlan(keras_model.input_specs(model), options)
+        result = probe_keras_model(path, model, source, (), options, lambda _: None, untouched)
+        found.append(static + probe_findings(result, settings))
+    return found
+
+
+def serious(findings: list[Finding]) -> list[tuple[str, str | None, str]]:
+    return [(f.rule, f.layer, f.message) for f in findings if f.severity > Severity.INFO]
+
+
+@pytest.mark.parametrize("name", ["healthy_cnn", "healthy_mlp"])
+def test_healthy_models_raise_no_warning_or_error(name: str) -> None:
+    alarms = {plan: serious(found) for plan, found in zip(SWEEP, sweep(name), strict=True)}
+    assert {plan: found for plan, found in alarms.items() if found} == {}
+
+
+def rules_of(findings: list[Finding]) -> Counter[tuple[str, str]]:
+    return Counter((f.rule, str(f.severity)) for f in findings)
+
+
+def test_stale_statistics_are_flagged_in_every_run() -> None:
+    for plan, found in zip(SWEEP, sweep("stale_cnn"), strict=True):
+        counted = rules_of(found)
+        assert counted[("BN015", "error")] == 1, plan
+        assert sum(n for (rule, _), n in counted.items() if rule == "BN014") >= 2, plan
+        [effect] = [f for f in found if f.rule == "BN015"]
+        assert "would raise accuracy from" in effect.message, plan
+
+
+def test_a_collapsed_network_is_flagged_in_every_run() -> None:
+    for plan, found in zip(SWEEP, sweep("no_training_flag_deep"), strict=True):
+        counted = rules_of(found)
+        assert counted[("BN013", "error")] == 1, plan
+        assert counted[("BN001", "error")] == 20, plan
+        [collapse] = [f for f in found if f.rule == "BN013"]
+        assert "retrain with training=True" in collapse.message, plan
+
+
+def test_a_small_network_that_learned_without_batch_statistics_is_not_called_stale() -> None:
+    """Point 1 of the measurements: BN001 fires; nothing claims training mode is the truth,
+    and the measured advice is not to recalibrate."""
+    for plan, found in zip(SWEEP[::3], sweep("no_training_flag_small", SWEEP[::3]), strict=True):
+        assert {f.rule for f in found} == {"BN001", "BN015"}, plan
+        [effect] = [f for f in found if f.rule == "BN015"]
+        assert effect.severity == Severity.INFO, plan
+        assert "do not recalibrate" in effect.message, plan
+        assert "the network learned with its stored statistics" in effect.message, plan

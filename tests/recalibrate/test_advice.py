@@ -1,0 +1,159 @@
+"""Recalibration is verified, never blind: on 10-class digit models trained right and wrong, it
+writes exactly the repairs that held-out data confirms, measured here with Keras itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from bncheck.readers import read_model
+from tests.conftest import FIXTURES, CliResult
+
+Run = Callable[..., CliResult]
+MODELS = FIXTURES / "calibration"
+TRAIN = MODELS / "digits_train.npz"
+TEST = MODELS / "digits_test.npz"
+
+
+def held_out_accuracy(path: Path) -> float:
+    """Keras's own inference-mode accuracy on the held-out digits."""
+    model = keras.models.load_model(path, compile=False)
+    with np.load(TEST) as test:
+        x, y = test["x"], test["y"]
+    predictions = np.concatenate([np.asarray(model(x[i : i + 64])) for i in range(0, len(x), 64)])
+    return float(np.mean(predictions.argmax(axis=1) == y))
+
+
+def recalibrate(run_cli: Run, model: str, out: Path, *args: object) -> CliResult:
+    return run_cli("recalibrate", MODELS / f"{model}.keras", "--data", TRAIN, "-o", out, *args)
+
+
+def test_stale_statistics_are_repaired_and_the_repair_is_verified(
+    run_cli: Run, tmp_path: Path
+) -> None:
+    out = tmp_path / "fixed.keras"
+    result = recalibrate(run_cli, "stale_cnn", out, "--validate", TEST)
+    assert result.code == 0, result.err + result.out
+    before, after = held_out_accuracy(MODELS / "stale_cnn.keras"), held_out_accuracy(out)
+    assert after >= before + 0.3
+    # What it printed is what Keras measures.
+    assert (
+        f"verified on {TEST} (held-out data, 397 samples): accuracy {before:.1%} with the stored "
+        f"statistics, {after:.1%} with the new ones"
+    ) in result.out
+    assert f"wrote {out}" in result.out
+    assert result.out.rstrip().splitlines()[-1].startswith("OK: 0 errors, 0 warnings")
+
+
+def test_a_network_that_learned_without_batch_statistics_is_not_recalibrated(
+    run_cli: Run, tmp_path: Path
+) -> None:
+    """Seed 004 on a small network: it works in inference mode, and new statistics break it."""
+    out = tmp_path / "fixed.keras"
+    result = recalibrate(run_cli, "no_training_flag_small", out, "--validate", TEST)
+    assert result.code == 1
+    assert not out.exists()
+    assert "nothing recalibrated: no BatchNorm layer to re-estimate" in result.out
+    assert "kept (never updated): its statistics never moved while gamma and beta trained" in (
+        result.out
+    )
+
+    forced_layers = recalibrate(
+        run_cli, "no_training_flag_small", out, "--validate", TEST, "--include-untouched"
+    )
+    assert forced_layers.code == 1
+    assert not out.exists()
+    before = held_out_accuracy(MODELS / "no_training_flag_small.keras")
+    [refusal] = [line for line in forced_layers.out.splitlines() if line.startswith("not written")]
+    assert f"accuracy on {TEST} (held-out data, 397 samples) would fall from {before:.1%}" in (
+        refusal
+    )
+    assert "pass --force" in refusal
+
+    # The refusal was right: written anyway, the model is worse on held-out data.
+    written = recalibrate(
+        run_cli,
+        "no_training_flag_small",
+        out,
+        "--validate",
+        TEST,
+        "--include-untouched",
+        "--force",
+    )
+    assert f"wrote {out} although accuracy" in written.out
+    assert held_out_accuracy(out) <= before - 0.1
+
+
+def test_a_frozen_base_under_a_trained_head_keeps_its_statistics(
+    run_cli: Run, tmp_path: Path
+) -> None:
+    out = tmp_path / "fixed.keras"
+    result = recalibrate(run_cli, "frozen_base", out, "--validate", TEST)
+    assert result.code == 1 and not out.exists()
+    assert "kept (frozen): trainable=False: the layers after it learned with its statistics" in (
+        result.out
+    )
+    included = recalibrate(run_cli, "frozen_base", out, "--validate", TEST, "--include-frozen")
+    assert included.code == 1 and not out.exists()
+    assert "not written: accuracy on" in included.out and "would fall from" in included.out
+
+
+def test_momentum_one_explains_the_untouched_statistics_and_is_repaired(
+    run_cli: Run, tmp_path: Path
+) -> None:
+    out = tmp_path / "fixed.keras"
+    result = recalibrate(run_cli, "momentum_one", out, "--validate", TEST)
+    assert f"wrote {out}" in result.out
+    assert held_out_accuracy(out) >= held_out_accuracy(MODELS / "momentum_one.keras") + 0.5
+    # The statistics are repaired; momentum 1.0 is still in the configuration, and the gate on
+    # the written model says so (without claiming the statistics are untouched).
+    report = result.out.split(f"wrote {out}")[1]
+    assert result.code == 1
+    assert report.count("BN008 momentum-never-updates") == 3
+    assert "still at their initial values" not in report
+    assert result.out.count("  recalibrated  ") == 3
+    assert [layer.moving_variance.mean() != 1.0 for layer in read_model(str(out)).layers] == [
+        True
+    ] * 3
+
+
+def test_without_labels_many_changed_predictions_are_unverified(
+    run_cli: Run, tmp_path: Path
+) -> None:
+    images = tmp_path / "images.npy"
+    with np.load(TRAIN) as train:
+        np.save(images, train["x"])
+    out = tmp_path / "fixed.keras"
+    result = run_cli("recalibrate", MODELS / "stale_cnn.keras", "--data", images, "-o", out)
+    assert result.code == 1 and not out.exists()
+    assert "compared on" in result.out and "without labels: the top-1 class of" in result.out
+    assert "unverified (pass --validate HELD_OUT)" in result.out
+    # A healthy model changes too few predictions to need labels.
+    healthy = run_cli("recalibrate", MODELS / "healthy_cnn.keras", "--data", images, "-o", out)
+    assert healthy.code == 0, healthy.out
+    assert out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--validate", "{images}"], "--validate {images} has no labels"),
+        (["--validate-labels", "{images}"], "--validate-labels needs --validate"),
+    ],
+)
+def test_validation_needs_labels(
+    run_cli: Run, tmp_path: Path, args: list[str], message: str
+) -> None:
+    images = tmp_path / "images.npy"
+    with np.load(TEST) as test:
+        np.save(images, test["x"])
+    filled = [arg.replace("{images}", str(images)) for arg in args]
+    result = recalibrate(run_cli, "stale_cnn", tmp_path / "o.keras", *filled)
+    assert result.code == 2
+    [line] = result.err.strip().splitlines()
+    assert line.startswith("bncheck: error: ")
+    assert message.replace("{images}", str(images)) in line
