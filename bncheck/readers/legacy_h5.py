@@ -196,9 +196,13 @@ class _Reading:
         """Keras pairs the n-th group holding weights with the n-th layer holding weights; a
         note when the file's ``layer_names`` order differs from the configuration's."""
         listed = names_attr(self.root, "layer_names") or []
+        configured = [layer.name for layer in top_level]
+        if [name for name in listed if name in configured] == [
+            name for name in configured if name in listed
+        ]:
+            return  # the same order, without reading every group's weight list
         with_weights = [name for name in listed if self._has_weights(name)]
-        configured = [layer.name for layer in top_level if layer.name in with_weights]
-        if with_weights != configured:
+        if with_weights != [name for name in configured if name in with_weights]:
             self.notes.append(
                 "model_weights lists its layer groups in another order than the configuration; "
                 "Keras pairs them by position, bncheck by group name"
