@@ -133,8 +133,11 @@ def judged(path: str, description: ModelDescription, settings: Settings) -> Mode
 
 
 def static_findings(description: ModelDescription, settings: Settings) -> list[Finding]:
-    """Every enabled static rule over every layer, in rule order then layer order."""
-    return findings_for("static", description.layers, settings)
+    """Every enabled static rule over every layer, in rule order then layer order, then every
+    ``file`` rule over the description as a whole."""
+    return findings_for("static", description.layers, settings) + findings_for(
+        "file", [description], settings
+    )
 
 
 def checkpoint_findings(description: ModelDescription, settings: Settings) -> list[Finding]:

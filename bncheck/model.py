@@ -164,6 +164,24 @@ class BNLayer:
 
 
 @dataclass(frozen=True)
+class IncompleteLayer:
+    """A BatchNorm layer the file describes but whose arrays are not all there.
+
+    Readers record it and move on; the ``file`` rules judge it. It is not in
+    ``ModelDescription.layers``, whose layers always have both moving statistics.
+    """
+
+    path: str
+    """The layer's nested path, as for ``BNLayer.path``."""
+    present: tuple[str, ...]
+    """The arrays the file holds for the layer, in Keras creation order."""
+    missing: tuple[str, ...]
+    """The arrays the layer has (by its configuration, or as BatchNorm) that the file lacks."""
+    source: str
+    """Where the layer's arrays were looked for."""
+
+
+@dataclass(frozen=True)
 class ModelDescription:
     """Everything bncheck knows about a model file without running it."""
 
@@ -178,6 +196,8 @@ class ModelDescription:
     checkpoint: CheckpointContents | None = None
     """For checkpoints and SavedModels: every BatchNorm variable group found, complete or not
     (``layers`` holds only those whose moving statistics could be read); ``None`` otherwise."""
+    incomplete: tuple[IncompleteLayer, ...] = ()
+    """For model and weights files: BatchNorm layers whose arrays the file lacks in part."""
 
 
 #: The arrays without which a restored BatchNorm layer normalises with its initial statistics.

@@ -77,6 +77,20 @@ def test_unreadable_input_wins_but_readable_ones_are_still_reported(
     assert result.err == f"bncheck: error: {missing}: no such file or directory\n"
 
 
+def test_table_names_an_unreadable_input_once_and_counts_inputs_apart_from_models(
+    run_cli: Run, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.keras"
+    result = run_cli("inspect", UNTOUCHED, missing)
+    assert result.code == 3
+    assert result.err == f"bncheck: error: {missing}: no such file or directory\n"
+    assert str(missing) not in result.out
+    assert result.out.splitlines()[-1] == (
+        "ERROR: 1 of 2 inputs could not be read: 2 errors, 0 warnings, 0 infos in 1 model, "
+        "2 BatchNorm layers (fail-on: error)"
+    )
+
+
 def test_output_file(run_cli: Run, tmp_path: Path) -> None:
     target = tmp_path / "report.json"
     result = run_cli("inspect", UNTOUCHED, "--format", "json", "--output", target)
@@ -142,7 +156,7 @@ def test_unreadable_inputs_exit_three_with_one_line(
     lines = result.err.strip().splitlines()
     assert len(lines) == 1, result.err
     assert lines[0].startswith(f"bncheck: error: {path}: ")
-    assert "Traceback" not in result.err + result.out
+    assert result.out == ""  # the table does not repeat the error, and has nothing else to say
 
 
 @pytest.mark.parametrize(

@@ -265,7 +265,7 @@ def test_markdown_for_a_pull_request_comment() -> None:
     assert text == (
         "## bncheck: ERROR\n"
         "\n"
-        "1 input could not be read: 0 errors, 1 warning, 2 infos in 3 models, "
+        "1 of 3 inputs could not be read: 0 errors, 1 warning, 2 infos in 2 models, "
         "4 BatchNorm layers (fail-on: warning)\n"
         "\n"
         "| status | model | format | BN layers | errors | warnings | infos |\n"
@@ -325,7 +325,7 @@ def test_github_annotations() -> None:
         "graph calls the layer with training=True, but trainable=False makes Keras run it in "
         "inference mode anyway",
         f"::error file={MISSING},title=unreadable model::no such file or directory",
-        "ERROR: 1 input could not be read: 0 errors, 1 warning, 2 infos in 3 models, "
+        "ERROR: 1 of 3 inputs could not be read: 0 errors, 1 warning, 2 infos in 2 models, "
         "4 BatchNorm layers (fail-on: warning)",
     ]
 

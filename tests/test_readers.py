@@ -94,22 +94,31 @@ def test_moving_statistics_of_different_lengths_are_rejected(tmp_path: Path) -> 
         read_model(str(path))
 
 
-def test_moving_mean_without_variance_is_rejected(tmp_path: Path) -> None:
+def test_moving_mean_without_variance_is_recorded_not_judged(tmp_path: Path) -> None:
     path = tmp_path / "half.h5"
     with h5py.File(path, "w") as h5:
         h5["bn/moving_mean:0"] = np.zeros(4, "float32")
-    with pytest.raises(ModelReadError, match="bn has BatchNorm variables but no moving_variance"):
-        read_model(str(path))
+    description = read_model(str(path))
+    assert description.layers == ()
+    [incomplete] = description.incomplete
+    assert (incomplete.path, incomplete.present, incomplete.missing) == (
+        "bn",
+        ("moving_mean",),
+        ("moving_variance",),
+    )
 
 
-def test_legacy_model_missing_bn_weights(tmp_path: Path) -> None:
+def test_legacy_model_missing_bn_weights_is_recorded(tmp_path: Path) -> None:
     source = FIXTURES / "keras3/healthy_cnn.h5"
     broken = tmp_path / "broken.h5"
     broken.write_bytes(source.read_bytes())
     with h5py.File(broken, "r+") as h5:
         del h5["model_weights/bn2"]
-    with pytest.raises(ModelReadError, match="no weights found for BatchNorm layer cnn/bn2"):
-        read_model(str(broken))
+    description = read_model(str(broken))
+    assert [layer.path for layer in description.layers] == ["cnn/bn1"]
+    [incomplete] = description.incomplete
+    assert incomplete.path == "cnn/bn2" and incomplete.present == ()
+    assert incomplete.missing == ("gamma", "beta", "moving_mean", "moving_variance")
 
 
 def test_archive_whose_weights_do_not_match_the_config(tmp_path: Path) -> None:

@@ -103,10 +103,15 @@ def test_table_orders_findings_by_severity() -> None:
     ]
 
 
-def test_table_shows_read_errors() -> None:
+def test_table_leaves_read_errors_to_standard_error() -> None:
+    """The error line goes to stderr (app.finish); the table does not repeat it."""
+    unreadable = ModelResult("x.h5", None, error="the file is empty")
+    assert table.render(Report((unreadable,), FailOn.ERROR)) == ""
     text = table.render(
-        Report((ModelResult("x.h5", None, error="the file is empty"),), FailOn.ERROR)
+        Report((*report_for("keras3/untouched_stats.keras").models, unreadable), FailOn.ERROR)
     )
-    assert "x.h5: error: the file is empty" in text
-    assert text.rstrip().endswith("(fail-on: error)")
-    assert "ERROR: 1 input could not be read" in text
+    assert "x.h5" not in text and "the file is empty" not in text
+    assert text.splitlines()[-1] == (
+        "ERROR: 1 of 2 inputs could not be read: 2 errors, 0 warnings, 0 infos in 1 model, "
+        "2 BatchNorm layers (fail-on: error)"
+    )

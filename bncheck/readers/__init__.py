@@ -6,16 +6,21 @@ Only the SavedModel and checkpoint readers import TensorFlow, and only inside th
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import h5py
 
 from bncheck.errors import ModelReadError
 from bncheck.model import ModelDescription
-from bncheck.readers import detect, keras_archive, legacy_h5, weights_h5
+from bncheck.readers import detect, keras3_shards, keras_archive, legacy_h5, weights_h5
 
 _MAX_REASON = 300
 CHECKPOINT_KINDS = ("checkpoint", "savedmodel")
-_KIND_NAMES = {"zip": "a .keras archive", "hdf5": "an HDF5 file"}
+_KIND_NAMES = {
+    "zip": "a .keras archive",
+    "hdf5": "an HDF5 file",
+    "keras-shards": "sharded Keras weights",
+}
 
 
 def read_model(path: str) -> ModelDescription:
@@ -56,7 +61,12 @@ def _read_checkpoint(path: str) -> ModelDescription:
 def _read_kind(path: str, kind: str) -> ModelDescription:
     if kind == "zip":
         return keras_archive.read(path)
+    if kind == "keras-shards":
+        return keras3_shards.read(path)
     if kind == "hdf5":
+        index = keras3_shards.index_of_shard(Path(path))
+        if index is not None:
+            return keras3_shards.read(str(index), shown_as=path)
         with h5py.File(path, "r") as h5:
             if legacy_h5.is_full_model(h5):
                 return legacy_h5.read(path, h5)

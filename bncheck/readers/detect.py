@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bncheck.errors import ModelReadError
+from bncheck.readers import keras3_shards
 from bncheck.readers.h5util import HDF5_SIGNATURE
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -23,7 +24,8 @@ MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
 def sniff(path: str) -> str:
-    """One of ``zip``, ``hdf5``, ``savedmodel``, ``checkpoint``; ``ModelReadError`` otherwise."""
+    """One of ``zip``, ``hdf5``, ``keras-shards`` (the ``.json`` index of sharded Keras weights),
+    ``savedmodel``, ``checkpoint``; ``ModelReadError`` otherwise."""
     target = Path(path)
     if target.is_dir():
         if (target / "saved_model.pb").is_file() or (target / "saved_model.pbtxt").is_file():
@@ -44,6 +46,8 @@ def sniff(path: str) -> str:
         return "checkpoint"
     if _DATA_SHARD.search(target.name) and Path(_DATA_SHARD.sub(".index", path)).is_file():
         return "checkpoint"
+    if keras3_shards.is_index(target):
+        return "keras-shards"
     with open(target, "rb") as handle:
         kind = _content_kind(handle)
     if kind == "empty":
@@ -52,7 +56,7 @@ def sniff(path: str) -> str:
         return kind
     raise ModelReadError(
         "not a model file bncheck can read (expected a .keras archive, an HDF5 file, "
-        "a SavedModel directory or a checkpoint)"
+        "the .json index of sharded weights, a SavedModel directory or a checkpoint)"
     )
 
 
@@ -82,7 +86,8 @@ def find_models(folder: str) -> list[str]:
     """Every model under ``folder``, recursively, in sorted order.
 
     A file is a model when its content says so (a zip archive holding ``config.json``, an HDF5
-    file) or its name ends in a model suffix; a SavedModel or checkpoint directory is one model.
+    file, the index of sharded Keras weights) or its name ends in a model suffix, except a shard
+    that its index stands for; a SavedModel or checkpoint directory is one model.
     Hidden files and directories (``.git``) are skipped, and each real directory is searched once.
     """
     found: list[str] = []
@@ -113,7 +118,9 @@ def find_models(folder: str) -> list[str]:
 
 
 def _is_model_file(path: str) -> bool:
-    if path.lower().endswith(MODEL_SUFFIXES):
+    if keras3_shards.index_of_shard(Path(path)) is not None:
+        return False
+    if path.lower().endswith(MODEL_SUFFIXES) or keras3_shards.is_index(Path(path)):
         return True
     try:
         with open(path, "rb") as handle:

@@ -105,6 +105,24 @@ def text_list_attr(obj: h5py.HLObject, key: str) -> list[str] | None:
     return out
 
 
+def names_attr(obj: h5py.HLObject, key: str) -> list[str] | None:
+    """A list of names (``layer_names``, ``weight_names``) as Keras writes it; ``None`` when absent.
+
+    From Keras 2.1.5 on (and in tf.keras and Keras 3), a list too large for HDF5's 64 KiB object
+    header is split into ``key0``, ``key1``, ... (``save_attributes_to_hdf5_group``); they are
+    joined back in order, as ``load_attributes_from_hdf5_group`` does.
+    """
+    whole = text_list_attr(obj, key)
+    if whole is not None:
+        return whole
+    names: list[str] = []
+    chunk = 0
+    while f"{key}{chunk}" in obj.attrs:
+        names += text_list_attr(obj, f"{key}{chunk}") or []
+        chunk += 1
+    return names if chunk else None
+
+
 def parse_json_config(text: str | bytes, what: str) -> dict[str, Any]:
     if len(text) > MAX_CONFIG_BYTES:
         raise ModelReadError(f"{what} is larger than {MAX_CONFIG_BYTES >> 20} MiB")

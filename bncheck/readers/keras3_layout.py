@@ -42,21 +42,34 @@ def bn_roles(center: bool, scale: bool, renorm: bool) -> list[str | None]:
     return roles
 
 
-def saved_variables(group: h5py.Group, where: str) -> list[h5py.Dataset] | None:
-    """The datasets of ``group/vars`` in index order; ``None`` when there is no ``vars`` group."""
+def indexed_variables(group: h5py.Group, where: str) -> dict[int, h5py.Dataset] | None:
+    """The datasets of ``group/vars`` by index, missing ones left out; ``None`` when there is no
+    ``vars`` group."""
     vars_group = lookup(group, "vars")
     if vars_group is None:
         return None
     if not isinstance(vars_group, h5py.Group):
         raise ModelReadError(f"{where}/vars is not a group")
     keys = list(vars_group.keys())
-    if not all(key.isdigit() for key in keys) or sorted(map(int, keys)) != list(range(len(keys))):
+    if not all(key.isdigit() and key == str(int(key)) for key in keys):
         raise ModelReadError(f"{where}/vars has unexpected variable names {sorted(keys)[:8]}")
-    datasets = [lookup(vars_group, str(i)) for i in range(len(keys))]
-    for index, dataset in enumerate(datasets):
+    datasets = {}
+    for key in keys:
+        dataset = lookup(vars_group, key)
         if not isinstance(dataset, h5py.Dataset):
-            raise ModelReadError(f"{where}/vars/{index} is not a dataset")
+            raise ModelReadError(f"{where}/vars/{key} is not a dataset")
+        datasets[int(key)] = dataset
     return datasets
+
+
+def saved_variables(group: h5py.Group, where: str) -> list[h5py.Dataset] | None:
+    """The datasets of ``group/vars`` in index order; ``None`` when there is no ``vars`` group."""
+    indexed = indexed_variables(group, where)
+    if indexed is None:
+        return None
+    if sorted(indexed) != list(range(len(indexed))):
+        raise ModelReadError(f"{where}/vars has unexpected variable names {sorted(indexed)[:8]}")
+    return [indexed[index] for index in range(len(indexed))]
 
 
 def saved_name(group: h5py.Group) -> str | None:
@@ -114,7 +127,9 @@ def scan_for_batchnorm(
     unknown BN inside a known custom layer is named after it (a known layer is no BN layer: its
     class is known). A group named by a BN class is BatchNorm; a group named by an attribute
     (inside a custom layer or wrapper) is taken as BatchNorm when it holds exactly four
-    per-channel arrays, the last non-negative.
+    per-channel arrays and either its names say so (``self.bn``, ``norm1``, a layer named
+    ``batch_normalization_3``) or the last array, a variance, is nowhere negative. A BatchNorm
+    whose variance went negative is thus still found, and judged, when its names tell what it is.
     """
     for segments, group in _layer_groups(root, ()):
         if not segments or segments in claimed or segments in known:
@@ -131,7 +146,7 @@ def scan_for_batchnorm(
                 continue
             class_name = INFERRED_BY_GROUP
         else:
-            if not _looks_like_batchnorm(datasets):
+            if not _looks_like_batchnorm(datasets, segments[-1], saved_name(group)):
                 continue
             roles = bn_roles(center=True, scale=True, renorm=False)
             class_name = INFERRED_BY_ARRAYS
@@ -192,7 +207,12 @@ def _roles_from_count(datasets: list[h5py.Dataset]) -> list[str | None] | None:
     return None
 
 
-def _looks_like_batchnorm(datasets: list[h5py.Dataset]) -> bool:
+#: Words of an attribute or layer name that mean BatchNorm: ``bn``, ``conv1_bn``, ``norm1``,
+#: ``batch_norm``, ``BatchNormalization_3``.
+_BATCHNORM_WORDS = frozenset({"bn", "norm", "batchnorm", "batch", "batchnormalization"})
+
+
+def _looks_like_batchnorm(datasets: list[h5py.Dataset], *names: str | None) -> bool:
     if len(datasets) != 4:
         return False
     shapes = {dataset.shape for dataset in datasets}
@@ -200,6 +220,9 @@ def _looks_like_batchnorm(datasets: list[h5py.Dataset]) -> bool:
         return False
     if any(dataset.dtype.kind != "f" for dataset in datasets):
         return False
+    words = {word for name in names if name for word in re.findall(r"[a-z]+", name.lower())}
+    if words & _BATCHNORM_WORDS:
+        return True
     variance = read_bn_array(datasets[3], "fourth variable")
     return bool(np.all(variance[np.isfinite(variance)] >= 0))
 

@@ -2,6 +2,10 @@
 
 The weights file is read in place inside the archive (Keras stores it uncompressed), touching only
 the BatchNorm datasets, so inspection time does not grow with the size of the other weights.
+
+``saving_lib.save_model(..., weights_format="npz")`` writes ``model.weights.npz`` instead: one
+pickled dict of Keras variable objects per layer (``NpzIOStore``), which only unpickling, that is
+running code named by the file, can read. bncheck refuses it, as Keras 3.15 does.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import IO
 import h5py
 
 from bncheck.errors import ModelReadError
-from bncheck.model import BNLayer, ModelDescription
+from bncheck.model import BNLayer, IncompleteLayer, ModelDescription
 from bncheck.readers import keras3_layout
 from bncheck.readers.h5util import MAX_CONFIG_BYTES, FileWindow, lookup, parse_json_config
 from bncheck.readers.keras3_layout import KnownLayer
@@ -23,6 +27,7 @@ from bncheck.readers.keras_config import BN_CLASSES, LayerConfig, bn_settings, r
 
 CONFIG_MEMBER = "config.json"
 WEIGHTS_MEMBER = "model.weights.h5"
+NPZ_WEIGHTS_MEMBER = "model.weights.npz"
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 
 
@@ -35,8 +40,17 @@ def read(path: str) -> ModelDescription:
         members = {info.filename: info for info in archive.infolist()}
         if CONFIG_MEMBER not in members:
             raise ModelReadError("zip archive has no config.json, so it is not a .keras model")
+        if WEIGHTS_MEMBER not in members and NPZ_WEIGHTS_MEMBER in members:
+            raise ModelReadError(
+                f"the .keras archive holds its weights as {NPZ_WEIGHTS_MEMBER} "
+                "(weights_format='npz'): pickled Keras variables that only unpickling, which runs "
+                "code from the file, can read; bncheck does not (Keras 3.15 refuses them too), "
+                "so save the model again with the default weights format"
+            )
         if WEIGHTS_MEMBER not in members:
-            raise ModelReadError(f"the .keras archive has no {WEIGHTS_MEMBER}")
+            raise ModelReadError(
+                f"the .keras archive has no {WEIGHTS_MEMBER}: its weights are missing"
+            )
         config_info = members[CONFIG_MEMBER]
         if config_info.file_size > MAX_CONFIG_BYTES:
             raise ModelReadError(f"config.json is larger than {MAX_CONFIG_BYTES >> 20} MiB")
@@ -46,13 +60,23 @@ def read(path: str) -> ModelDescription:
         if weights_info.compress_type != zipfile.ZIP_STORED:
             notes.append(f"{WEIGHTS_MEMBER} is compressed inside the archive, so reading is slower")
         with _open_member(path, archive, weights_info) as fileobj, h5py.File(fileobj, "r") as h5:
-            layers = describe(h5, config, notes)
-    return ModelDescription(path=path, format="keras", layers=tuple(layers), notes=tuple(notes))
+            layers, incomplete = describe(h5, config, notes)
+    return ModelDescription(
+        path=path,
+        format="keras",
+        layers=tuple(layers),
+        notes=tuple(notes),
+        incomplete=tuple(incomplete),
+    )
 
 
-def describe(h5: h5py.File, config: dict[str, object], notes: list[str]) -> list[BNLayer]:
-    """Map a Keras 3 configuration onto its weights file and read every BN layer's arrays."""
+def describe(
+    h5: h5py.File, config: dict[str, object], notes: list[str]
+) -> tuple[list[BNLayer], list[IncompleteLayer]]:
+    """Map a Keras 3 configuration onto its weights file and read every BN layer's arrays; the
+    layers whose arrays the file lacks in part are returned apart."""
     layers: list[BNLayer] = []
+    incomplete: list[IncompleteLayer] = []
     claimed: set[tuple[str, ...]] = set()
     known: dict[tuple[str, ...], KnownLayer] = {}
     relocated = []
@@ -70,7 +94,11 @@ def describe(h5: h5py.File, config: dict[str, object], notes: list[str]) -> list
         if segments != layer.saving_path:
             relocated.append("/".join(layer.path))
         claimed.add(segments)
-        layers.append(_bn_layer(layer, segments, group))
+        read = _bn_layer(layer, segments, group)
+        if isinstance(read, IncompleteLayer):
+            incomplete.append(read)
+        else:
+            layers.append(read)
     if relocated:
         notes.append(
             f"{len(relocated)} layer(s) found by their saved name, not where Keras's group naming "
@@ -82,7 +110,7 @@ def describe(h5: h5py.File, config: dict[str, object], notes: list[str]) -> list
             f"{len(extra)} BatchNorm layer(s) found by their variables inside layers the "
             "configuration does not describe; their settings are unknown"
         )
-    return layers + extra
+    return layers + extra, incomplete
 
 
 def _layer_group(h5: h5py.File, layer: LayerConfig) -> tuple[tuple[str, ...], h5py.Group] | None:
@@ -106,13 +134,26 @@ def _layer_group(h5: h5py.File, layer: LayerConfig) -> tuple[tuple[str, ...], h5
     )
 
 
-def _bn_layer(layer: LayerConfig, segments: tuple[str, ...], group: h5py.Group) -> BNLayer:
+def _bn_layer(
+    layer: LayerConfig, segments: tuple[str, ...], group: h5py.Group
+) -> BNLayer | IncompleteLayer:
+    """The layer's arrays by their index in ``vars``; a layer missing some index is incomplete,
+    the index telling which array is gone (Keras numbers a layer's variables in creation order)."""
     where = "/".join(segments)
     settings = bn_settings(layer)
-    datasets = keras3_layout.saved_variables(group, where)
+    datasets = keras3_layout.indexed_variables(group, where)
     assert datasets is not None  # _layer_group only returns groups with vars
     roles = keras3_layout.bn_roles(settings["center"], settings["scale"], renorm(layer))
-    arrays = keras3_layout.read_roles(datasets, roles, where)
+    if datasets and max(datasets) >= len(roles):
+        raise ModelReadError(
+            f"{where} holds variable {max(datasets)} where its configuration implies "
+            f"{len(roles)} variables"
+        )
+    missing = tuple(role for index, role in enumerate(roles) if role and index not in datasets)
+    if missing:
+        present = tuple(role for index, role in enumerate(roles) if role and index in datasets)
+        return IncompleteLayer("/".join(layer.path), present, missing, f"{where}/vars")
+    arrays = keras3_layout.read_roles([datasets[i] for i in range(len(roles))], roles, where)
     return BNLayer.from_arrays(
         arrays,
         path="/".join(layer.path),

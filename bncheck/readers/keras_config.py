@@ -73,11 +73,12 @@ def walk_layers(model_config: Mapping[str, Any]) -> Iterator[LayerConfig]:
 
 def _walk(layer: LayerConfig) -> Iterator[LayerConfig]:
     yield layer
-    for child in _children(layer):
+    for child in children(layer):
         yield from _walk(child)
 
 
-def _children(parent: LayerConfig) -> Iterator[LayerConfig]:
+def children(parent: LayerConfig) -> Iterator[LayerConfig]:
+    """The layers directly inside a model (in ``model.layers`` order) or a wrapper."""
     config = parent.config
     if parent.class_name in MODEL_CLASSES and "layers" in config:
         entries = config["layers"]
@@ -207,6 +208,22 @@ def bn_settings(layer: LayerConfig) -> dict[str, Any]:
 
 def renorm(layer: LayerConfig) -> bool:
     return layer.config.get("renorm") is True
+
+
+def own_trainable(layer: LayerConfig) -> bool:
+    """The layer's own ``trainable`` flag, whatever the models around it say."""
+    return layer.config.get("trainable", True) is not False
+
+
+def keras1_mode(layer: LayerConfig) -> int | None:
+    """A Keras 1 BatchNormalization's ``mode`` (0, 1 or 2); ``None`` when the config has none.
+
+    Mode 0 normalises with the moving statistics at inference. Mode 1 normalises each sample by
+    its own statistics, mode 2 each batch by its own, in training and at inference alike: their
+    running statistics are never used (``keras/layers/normalization.py`` in Keras 1.2.2).
+    """
+    mode = layer.config.get("mode")
+    return mode if isinstance(mode, int) and not isinstance(mode, bool) else None
 
 
 def _axis(value: object) -> tuple[int, ...] | None:

@@ -23,6 +23,23 @@ LEAF_ROLES = {
 
 _OUTPUT_SUFFIX = re.compile(r":\d+$")
 
+#: Keras 1 named a layer's variables ``<layer>_<weight>`` without a scope
+#: (``batchnormalization_1_running_std``); TensorFlow may append ``_1`` to make a name unique.
+_KERAS1_NAME = re.compile(
+    r"^(?P<owner>.+)_(?P<weight>gamma|beta|running_mean|running_std)(?:_\d+)?$"
+)
+
+#: Keras 1 BatchNormalization weights, mapped to the Keras 2 leaf names Keras 2 loads them as.
+#: ``running_std`` held the moving *variance* from Keras 1.0.6 on (``K.moving_average_update``
+#: of the batch variance, used as a variance by ``K.batch_normalization``); Keras 2's loader puts
+#: it into ``moving_variance`` unchanged.
+KERAS1_LEAVES = {
+    "gamma": "gamma",
+    "beta": "beta",
+    "running_mean": "moving_mean",
+    "running_std": "moving_variance",
+}
+
 
 def split_name(name: str) -> tuple[tuple[str, ...], str]:
     """``"a/b/gamma:0"`` -> ``(("a", "b"), "gamma")``."""
@@ -30,6 +47,30 @@ def split_name(name: str) -> tuple[tuple[str, ...], str]:
     if not parts:
         return (), ""
     return tuple(parts[:-1]), parts[-1]
+
+
+def keras1_name(leaf: str) -> tuple[str, str] | None:
+    """``"batchnormalization_1_running_std"`` -> ``("batchnormalization_1", "moving_variance")``:
+    the owner and the Keras 2 leaf of a Keras 1 BatchNormalization weight; ``None`` otherwise."""
+    match = _KERAS1_NAME.match(leaf)
+    if match is None:
+        return None
+    return match["owner"], KERAS1_LEAVES[match["weight"]]
+
+
+def role_of(name: str) -> str | None:
+    """The BatchNorm array a weight name holds, in any Keras generation's spelling."""
+    _, leaf = split_name(name)
+    if leaf in LEAF_ROLES:
+        return LEAF_ROLES[leaf]
+    keras1 = keras1_name(leaf)
+    return None if keras1 is None else keras1[1]
+
+
+def is_uniquified(scope: str, name: str) -> bool:
+    """Whether ``scope`` is ``name`` made unique by TensorFlow (``bn_1`` -> ``bn_1_1``): graph-mode
+    Keras entered the layer's name scope while the graph already had one of that name."""
+    return scope.startswith(f"{name}_") and scope[len(name) + 1 :].isdigit()
 
 
 @dataclass

@@ -2,8 +2,11 @@
 
 There is no configuration, so BatchNorm layers are recognised by their variables: by the
 Keras 3 group names derived from the BN class, or by variable names (``gamma``, ``beta``,
-``moving_mean``, ``moving_variance``/``moving_var``) under any layer name. Momentum, epsilon,
-trainable flags and initializers are unknown; Keras's default initial values are assumed.
+``moving_mean``, ``moving_variance``/``moving_var``, Keras 1's ``<layer>_running_std``) under any
+layer name. In a legacy file each top-level layer's variables sit in the group of that name, so a
+scope TensorFlow made unique (``batch_normalization_1_1/gamma:0`` in group
+``batch_normalization_1``) still belongs to the group's layer. Momentum, epsilon, trainable flags
+and initializers are unknown; Keras's default initial values are assumed.
 """
 
 from __future__ import annotations
@@ -13,16 +16,29 @@ from collections.abc import Iterator
 import h5py
 
 from bncheck.errors import ModelReadError
-from bncheck.model import BNLayer, ModelDescription
+from bncheck.model import ARRAY_NAMES, MOVING_STATS, BNLayer, IncompleteLayer, ModelDescription
 from bncheck.readers import keras3_layout
-from bncheck.readers.h5util import lookup, read_bn_array, text_list_attr
+from bncheck.readers.h5util import lookup, names_attr, read_bn_array, text_attr
 from bncheck.readers.keras3_layout import KnownLayer, check_shapes
-from bncheck.readers.varnames import VariableScope, collapse_repeats, group_by_scope, split_name
+from bncheck.readers.varnames import (
+    LEAF_ROLES,
+    VariableScope,
+    collapse_repeats,
+    group_by_scope,
+    is_uniquified,
+    keras1_name,
+    split_name,
+)
 
 INFERRED_BY_NAMES = "BatchNormalization (by variable names)"
 NO_CONFIG_NOTE = (
     "weights-only file: momentum, epsilon, trainable flags and initializers are not recorded; "
     "Keras's default initial values (gamma 1, beta 0, moving_mean 0, moving_variance 1) are assumed"
+)
+KERAS1_NOTE = (
+    "Keras 1 weights file: running_std is read as the moving variance, as Keras 2's loader does; "
+    "it holds one from Keras 1.0.6 on, but Keras 1.0.0 to 1.0.5 stored a standard deviation there, "
+    "and the file does not say which Keras wrote it"
 )
 
 
@@ -31,14 +47,25 @@ def is_keras3_layout(h5: h5py.File) -> bool:
 
 
 def read(path: str, h5: h5py.File) -> ModelDescription:
-    if is_keras3_layout(h5) and "layer_names" not in h5.attrs:
+    legacy = names_attr(h5, "layer_names") is not None
+    notes = [NO_CONFIG_NOTE]
+    incomplete: list[IncompleteLayer] = []
+    if is_keras3_layout(h5) and not legacy:
         layers = _keras3_layers(h5)
     else:
-        layers = _named_layers(h5)
-        if not layers and "layer_names" not in h5.attrs:
+        scopes = [scope for scope in group_by_scope(_named_entries(h5)) if scope.is_batchnorm]
+        if not scopes and not legacy:
             raise ModelReadError("HDF5 file is not a Keras model or weights file")
+        layers = [_layer_from_scope(h5, scope) for scope in scopes if scope.has_moving_stats]
+        incomplete = [_incomplete(scope) for scope in scopes if not scope.has_moving_stats]
+        if legacy and text_attr(h5, "keras_version") is None and _keras1_names(h5):
+            notes.append(KERAS1_NOTE)
     return ModelDescription(
-        path=path, format="weights-h5", layers=tuple(layers), notes=(NO_CONFIG_NOTE,)
+        path=path,
+        format="weights-h5",
+        layers=tuple(layers),
+        notes=tuple(notes),
+        incomplete=tuple(incomplete),
     )
 
 
@@ -50,18 +77,9 @@ def _keras3_layers(h5: h5py.File) -> list[BNLayer]:
     return list(keras3_layout.scan_for_batchnorm(h5, frozenset(), known))
 
 
-def _named_layers(h5: h5py.File) -> list[BNLayer]:
-    layers = []
-    for scope in group_by_scope(_named_entries(h5)):
-        if not scope.is_batchnorm:
-            continue
-        layers.append(_layer_from_scope(h5, scope))
-    return layers
-
-
 def _named_entries(h5: h5py.File) -> Iterator[tuple[tuple[str, ...], str, str]]:
     """``(scope, leaf, dataset path)`` for every variable, in model order when it is recorded."""
-    layer_names = text_list_attr(h5, "layer_names")
+    layer_names = names_attr(h5, "layer_names")
     if layer_names is None:
         # Every link, soft and external ones included: reading goes through `lookup`, which
         # follows links inside the file and refuses links out of it.
@@ -75,16 +93,51 @@ def _named_entries(h5: h5py.File) -> Iterator[tuple[tuple[str, ...], str, str]]:
         group = lookup(h5, layer_name)
         if not isinstance(group, h5py.Group):
             raise ModelReadError(f"layer_names lists {layer_name!r} but the file has no such group")
-        for weight_name in text_list_attr(group, "weight_names") or []:
-            scope, leaf = split_name(weight_name)
-            yield collapse_repeats((layer_name, *scope)), leaf, f"{layer_name}/{weight_name}"
+        for weight_name in names_attr(group, "weight_names") or []:
+            scope, leaf = _keras2_spelling(*split_name(weight_name))
+            yield _group_scope(layer_name, scope), leaf, f"{layer_name}/{weight_name}"
+
+
+def _keras2_spelling(scope: tuple[str, ...], leaf: str) -> tuple[tuple[str, ...], str]:
+    """Keras 1's ``bn_1_running_std`` as Keras 2 would name it: ``bn_1/moving_variance``."""
+    keras1 = None if leaf in LEAF_ROLES else keras1_name(leaf)
+    if keras1 is None:
+        return scope, leaf
+    owner, keras2_leaf = keras1
+    return (*scope, owner), keras2_leaf
+
+
+def _group_scope(group: str, scope: tuple[str, ...]) -> tuple[str, ...]:
+    """A variable's scope below its layer group, without the group's own name repeated, as is
+    or made unique by TensorFlow (``bn_1/bn_1_1/gamma:0`` is layer ``bn_1``'s)."""
+    parts = list(collapse_repeats((group, *scope)))
+    if len(parts) > 1 and is_uniquified(parts[1], group):
+        del parts[1]
+    return tuple(parts)
+
+
+def _keras1_names(h5: h5py.File) -> bool:
+    """Whether any layer group lists a Keras 1 BatchNorm variable (``<layer>_running_std``)."""
+    for layer_name in names_attr(h5, "layer_names") or []:
+        group = lookup(h5, layer_name)
+        if isinstance(group, h5py.Group):
+            names = names_attr(group, "weight_names") or []
+            if any(keras1_name(split_name(name)[1]) is not None for name in names):
+                return True
+    return False
+
+
+def _incomplete(scope: VariableScope) -> IncompleteLayer:
+    return IncompleteLayer(
+        path="/".join(scope.scope),
+        present=tuple(name for name in ARRAY_NAMES if name in scope.keys),
+        missing=tuple(name for name in MOVING_STATS if name not in scope.keys),
+        source=", ".join(scope.keys[name] for name in ARRAY_NAMES if name in scope.keys),
+    )
 
 
 def _layer_from_scope(h5: h5py.File, scope: VariableScope) -> BNLayer:
     where = "/".join(scope.scope)
-    if not scope.has_moving_stats:
-        missing = "moving_variance" if "moving_mean" in scope.keys else "moving_mean"
-        raise ModelReadError(f"{where} has BatchNorm variables but no {missing}")
     arrays = {role: read_bn_array(lookup(h5, key), key) for role, key in scope.keys.items()}
     check_shapes(arrays, where)
     return BNLayer.without_config(

@@ -36,13 +36,16 @@ _STYLE: dict[str, tuple[str, bool]] = {
 
 
 def render(report: Report, options: RenderOptions = PLAIN) -> str:
-    blocks = [_model_block(model, options) for model in report.models]
+    """Each readable model's block, then the verdict. An unreadable input has its one line on
+    standard error (``app.finish``), not here; when no input could be read, there is nothing
+    more to say."""
+    blocks = [_model_block(model, options) for model in report.models if model.error is None]
+    if not blocks:
+        return ""
     return "\n\n".join(blocks + [verdict(report, options)]) + "\n"
 
 
 def _model_block(model: ModelResult, options: RenderOptions) -> str:
-    if model.error is not None:
-        return f"{model.path}: {_paint('error', options)}: {model.error}"
     description = model.description
     assert description is not None  # a result without error has a description
     lines = [
@@ -207,16 +210,18 @@ def _paint(word: str, options: RenderOptions) -> str:
 
 
 def verdict(report: Report, options: RenderOptions = PLAIN) -> str:
+    """One line: the outcome, the findings by severity, and how many models (inputs that could
+    be read) and BatchNorm layers they came from."""
     unreadable = sum(1 for model in report.models if model.error is not None)
     counts = ", ".join(
         _count(report.count(severity), str(severity))
         for severity in (Severity.ERROR, Severity.WARNING, Severity.INFO)
     )
-    scope = (
-        f"{_count(len(report.models), 'model')}, {_count(report.layer_count, 'BatchNorm layer')}"
-    )
+    models = len(report.models) - unreadable
+    scope = f"{_count(models, 'model')}, {_count(report.layer_count, 'BatchNorm layer')}"
     if unreadable:
-        status = f"{_paint('ERROR', options)}: {_count(unreadable, 'input')} could not be read"
+        inputs = _count(len(report.models), "input")
+        status = f"{_paint('ERROR', options)}: {unreadable} of {inputs} could not be read"
     elif report.failing():
         status = _paint("FAIL", options)
     else:

@@ -32,6 +32,8 @@ SOURCES = [
 LEGACY_H5 = FIXTURES / "keras3/nested.h5"
 KERAS2_H5 = FIXTURES / "keras2/nested.h5"
 WEIGHTS_H5 = FIXTURES / "weights/nested.weights.h5"
+#: Read by position, not by name: Keras 2.0.5 with uniquified scopes and a nested model.
+ERA_H5 = FIXTURES / "eras/keras205_nested_frozen.h5"
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def build_corpus(directory: Path, extra: int = 0, seed: int = 20261123) -> list[
     for name, text in RAW_CONFIGS.items():
         _keras_config_text_case(corpus, name, text)
     for name, mutate in DATASET_EDITS.items():
-        for source in (LEGACY_H5, KERAS2_H5, WEIGHTS_H5):
+        for source in (LEGACY_H5, KERAS2_H5, WEIGHTS_H5, ERA_H5):
             _h5_case(corpus, f"{name} in {source.name}", source, mutate)
         _keras_weights_case(corpus, name, mutate)
     _odd_inputs(corpus)
