@@ -1,8 +1,9 @@
 """The rule registry.
 
 A rule is a module with ``ID``, ``NAME``, ``DEFAULT_SEVERITY``, ``NEEDS`` (what it judges:
-``static`` rules a ``BNLayer``, ``checkpoint`` rules the ``CheckpointContents`` of a checkpoint or
-SavedModel, ``probe`` rules a model's ``ProbeResult``), ``OPTIONS`` (thresholds and their
+``static`` rules a ``BNLayer``, ``model`` rules a whole ``ModelDescription``, ``checkpoint`` rules
+the ``CheckpointContents`` of a checkpoint or SavedModel, ``probe`` rules a model's
+``ProbeResult``), ``OPTIONS`` (thresholds and their
 defaults), a docstring that is its documentation (structured as ``rules/docs.py`` describes, so
 that ``bncheck explain`` and the reports can use its parts), and ``check(subject, options)``
 yielding ``Problem``s. Rules never decide their own severity or whether they run: configuration
@@ -34,6 +35,7 @@ from bncheck.rules import (
     bn015_mode_divergence,
     bn016_batch_dependent_inference,
     bn017_unsafe_model_content,
+    bn018_pickled_code,
 )
 
 
@@ -70,6 +72,7 @@ RULES: dict[str, Rule] = _registry(
     bn015_mode_divergence,
     bn016_batch_dependent_inference,
     bn017_unsafe_model_content,
+    bn018_pickled_code,
 )
 
 

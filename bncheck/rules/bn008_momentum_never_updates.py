@@ -4,6 +4,9 @@ Keras updates ``moving = momentum * moving + (1 - momentum) * batch``. With mome
 update keeps all of the old value: the statistics stay at their initial 0 and 1 forever (or at
 whatever they were when momentum was raised). Above 1.0 the update diverges.
 
+PyTorch's momentum is the weight of the new batch instead, so there momentum 0 is the value that
+never updates.
+
 Why it happens: an attempt to "freeze" the statistics by raising momentum; a value written
 for another framework or a typo.
 
@@ -29,11 +32,16 @@ OPTIONS: Mapping[str, float] = {}
 
 
 def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
-    if layer.momentum is None or layer.momentum < 1.0:
+    kept = layer.keras_momentum
+    if layer.momentum is None or kept is None or kept < 1.0:
         return
-    effect = "never change" if layer.momentum == 1.0 else "diverge"
+    effect = "never change" if kept == 1.0 else "diverge"
+    convention = " (PyTorch: the weight of each new batch)" if layer.framework == "pytorch" else ""
     yield Problem(
-        message=f"momentum={layer.momentum:g}: the moving statistics {effect} during training",
+        message=(
+            f"momentum={layer.momentum:g}{convention}: the moving statistics {effect} during "
+            "training"
+        ),
         layer=layer.path,
         details={"momentum": layer.momentum},
     )

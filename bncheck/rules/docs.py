@@ -36,6 +36,7 @@ REQUIRED_SECTIONS = ("How to fix", "Passing", "Failing")
 
 NEEDS_MEANING: Mapping[str, str] = {
     "static": "the saved file alone",
+    "model": "the saved file alone, as a whole",
     "probe": "running the model on a batch, with inspect --probe or --data",
     "checkpoint": "the variables of a checkpoint or SavedModel",
 }
