@@ -1,6 +1,7 @@
 """Readers: one per format, each turning a path into a ``ModelDescription``.
 
 Only the SavedModel and checkpoint readers import TensorFlow, and only inside their functions.
+The PyTorch, safetensors and ONNX readers import no framework at all.
 """
 
 from __future__ import annotations
@@ -11,11 +12,25 @@ import h5py
 
 from bncheck.errors import ModelReadError
 from bncheck.model import ModelDescription
-from bncheck.readers import detect, keras_archive, legacy_h5, weights_h5
+from bncheck.readers import (
+    detect,
+    keras_archive,
+    legacy_h5,
+    onnx_graph,
+    pytorch,
+    safetensors,
+    weights_h5,
+)
 
 _MAX_REASON = 300
 CHECKPOINT_KINDS = ("checkpoint", "savedmodel")
-_KIND_NAMES = {"zip": "a .keras archive", "hdf5": "an HDF5 file"}
+_KIND_NAMES = {
+    "zip": "a .keras archive",
+    "hdf5": "an HDF5 file",
+    "pytorch": "a PyTorch file",
+    "safetensors": "a safetensors file",
+    "onnx": "an ONNX model",
+}
 
 
 def read_model(path: str) -> ModelDescription:
@@ -56,6 +71,12 @@ def _read_checkpoint(path: str) -> ModelDescription:
 def _read_kind(path: str, kind: str) -> ModelDescription:
     if kind == "zip":
         return keras_archive.read(path)
+    if kind == "pytorch":
+        return pytorch.read(path)
+    if kind == "safetensors":
+        return safetensors.read(path)
+    if kind == "onnx":
+        return onnx_graph.read(path)
     if kind == "hdf5":
         with h5py.File(path, "r") as h5:
             if legacy_h5.is_full_model(h5):
