@@ -121,9 +121,10 @@ def _notes(
         more = (
             f" and {len(classes) - _LISTED_CLASSES} more" if len(classes) > _LISTED_CLASSES else ""
         )
+        plural = "es" if len(classes) > 1 else ""
         notes.append(
-            f"the pickle holds objects of {len(classes)} classes, read as inert data and never "
-            f"run: {listed}{more}; torch.load(weights_only=True) refuses such files"
+            f"the pickle holds objects of {len(classes)} class{plural}, read as inert data and "
+            f"never run: {listed}{more}; torch.load(weights_only=True) refuses such files"
         )
     reset = torch_layers.pre_041_note(layers)
     if reset is not None:

@@ -76,8 +76,8 @@ def _pytorch_evidence(layer: BNLayer) -> str:
         return ""
     if layer.num_batches_tracked is None:
         return (
-            "; but the layer has no num_batches_tracked, like a FrozenBatchNorm layer, whose "
-            "statistics a converted backbone folds into weight and bias on purpose"
+            ", unless this is a FrozenBatchNorm layer (it has no num_batches_tracked) of a "
+            "converted backbone, which folds its statistics into weight and bias on purpose"
         )
     if layer.num_batches_tracked == 0:
         return "; num_batches_tracked is 0: the layer never ran in training mode"
