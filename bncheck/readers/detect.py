@@ -70,9 +70,10 @@ def _other_framework_kind(path: Path, handle: BinaryIO, kind: str | None) -> str
     head = handle.read(len(LEGACY_MAGIC))
     if head == LEGACY_MAGIC:
         return "pytorch"
-    if is_safetensors(head, path.stat().st_size):
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors" or is_safetensors(head, path.stat().st_size):
         return "safetensors"
-    return "onnx" if path.suffix.lower() == ".onnx" else None
+    return "onnx" if suffix == ".onnx" else None
 
 
 def _is_pytorch_zip(path: Path) -> bool:
