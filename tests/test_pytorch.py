@@ -216,3 +216,26 @@ class _Call:
 
     def __reduce__(self) -> tuple[object, ...]:
         return self.target, self.arguments
+
+
+STATIC = """
+import sys
+from bncheck.cli import main
+try:
+    main(["inspect", *sys.argv[1:], "--format", "json"])
+except SystemExit as done:
+    print("EXIT", done.code, file=sys.stderr)
+frameworks = ("tensorflow", "keras", "torch", "onnx", "onnxruntime", "safetensors", "matplotlib")
+print("HEAVY", sorted(m for m in sys.modules if m.split(".")[0] in frameworks), file=sys.stderr)
+"""
+
+
+def test_static_inspection_imports_no_framework() -> None:
+    files = ["healthy.pt", "healthy_legacy.pt", "healthy_torchscript.pt", "healthy.safetensors"]
+    done = subprocess.run(
+        [sys.executable, "-c", STATIC, *(str(PYTORCH / f) for f in [*files, "healthy.onnx"])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "EXIT 0" in done.stderr and "HEAVY []" in done.stderr, done.stderr

@@ -22,11 +22,14 @@ from bncheck.probe.results import CodeReference, ProbeData, ProbeResult
 
 def run_probe(path: str, options: ProbeOptions, step: StepReporter) -> ProbeResult:
     """Probe one model. Unloadable models raise ``ModelReadError``, bad data ``UsageError``."""
+    from bncheck.probe import other_frameworks
     from bncheck.probe.backend import import_keras
     from bncheck.readers import detect
 
-    import_keras()
     kind = detect.sniff(path)
+    if kind in other_frameworks.KINDS:  # run by their own frameworks, without Keras
+        return other_frameworks.probe(path, kind, options, step)
+    import_keras()
     if kind == "savedmodel":
         return _probe_savedmodel(path, options, step)
     if kind == "checkpoint":

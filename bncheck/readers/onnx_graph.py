@@ -196,18 +196,23 @@ class Values:
         return None if tensor is None else tensor_array(tensor, self.directory)
 
 
-def tensor_array(tensor: Any, directory: Path) -> np.ndarray:
-    """A ``TensorProto``'s values, from ``raw_data``, the typed fields or an external file."""
+def _layout(tensor: Any) -> tuple[str, list[int], int]:
+    """A tensor's element type, dimensions and value count, checked."""
     dtype = onnx_proto.ELEMENT_TYPES.get(tensor.data_type)
     if dtype is None:
         raise ModelReadError(f"tensor {tensor.name!r} has unsupported data type {tensor.data_type}")
     dims = list(tensor.dims)
     if any(dim < 0 for dim in dims):
         raise ModelReadError(f"tensor {tensor.name!r} has a negative dimension")
-    count = int(np.prod(dims, dtype=object))
+    return dtype, dims, int(np.prod(dims, dtype=object))
+
+
+def tensor_array(tensor: Any, directory: Path) -> np.ndarray:
+    """A ``TensorProto``'s values, from ``raw_data``, the typed fields or an external file."""
+    dtype, dims, count = _layout(tensor)
     expected = count * tensor_bytes.itemsize(dtype)
     if tensor.data_location == onnx_proto.EXTERNAL:
-        values = tensor_bytes.decode(_external_bytes(tensor, directory, expected), dtype)
+        values = tensor_bytes.decode(external_bytes(tensor, directory), dtype)
     elif tensor.HasField("raw_data"):
         if len(tensor.raw_data) != expected:
             raise ModelReadError(
@@ -240,7 +245,11 @@ def _typed_values(tensor: Any, dtype: str) -> np.ndarray:
     return np.asarray(tensor.int32_data, dtype=np.int64)
 
 
-def _external_bytes(tensor: Any, directory: Path, expected: int) -> bytes:
+def external_bytes(tensor: Any, directory: Path) -> bytes:
+    """The bytes of a tensor kept in an external file, from inside the model's directory only and
+    checked against the tensor's shape and the file's size."""
+    dtype, _, count = _layout(tensor)
+    expected = count * tensor_bytes.itemsize(dtype)
     entries = {entry.key: entry.value for entry in tensor.external_data}
     location = entries.get("location", "")
     target = external_path(location, directory)
