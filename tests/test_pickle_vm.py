@@ -56,6 +56,14 @@ def test_a_payload_popped_before_the_data_is_still_logged(canary: Path) -> None:
     assert (call.target, call.arguments, call.position) == ("posix.system", "'touch x'", 29)
 
 
+def test_a_foreign_function_inside_the_tensor_subclass_rebuilder_is_named() -> None:
+    rebuilder = b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\n"
+    data = rebuilder + b"(cposix\nsystem\nNX\x01\x00\x00\x00x\x85NtR."
+    root, log = load(data)
+    assert isinstance(root, PickledObject)
+    assert [(call.target, call.arguments) for call in log.calls] == [("posix.system", "'x'")]
+
+
 def test_calling_the_result_of_a_call_is_named(canary: Path) -> None:
     # getattr(builtins, "eval")("...") is how pickles reach functions by attribute.
     data = (
@@ -109,7 +117,7 @@ def test_python2_names_are_read_as_python3_names() -> None:
         (b"\x80\x02}K\x01b.", "sets the state of a dict"),
         (b"\x80\x02K\x01K\x02a.", "not a list"),
         (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(K\x00K\x00))tR.", "not a storage"),
-        (b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\n(cposix\nsystem\nN)NtR.", "subclass"),
+        (b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\n(NNNtR.", "with arguments"),
     ],
 )
 def test_malformed_or_foreign_pickles_are_refused(data: bytes, reason: str) -> None:

@@ -35,6 +35,15 @@ class Name:
 
 
 @dataclass(frozen=True)
+class Instance:
+    """An object of class ``cls`` with ``state``, written as ``torch.save(model)`` writes one:
+    ``NEWOBJ`` then ``BUILD``."""
+
+    cls: Name
+    state: Any
+
+
+@dataclass(frozen=True)
 class Tensor:
     """A tensor over storage ``key``; ``offset``, ``size`` and ``stride`` as in the pickle."""
 
@@ -77,6 +86,12 @@ class _Pickler(pickle._Pickler):  # type: ignore[name-defined,misc]
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
         if isinstance(obj, Name):
             self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+            return
+        if isinstance(obj, Instance):
+            self.save(obj.cls)
+            self.write(pickle.EMPTY_TUPLE + pickle.NEWOBJ)
+            self.save(obj.state)
+            self.write(pickle.BUILD)
             return
         super().save(obj, save_persistent_id)
 
@@ -127,14 +142,14 @@ def write_zip(path: Path, obj: Any, data_pkl: bytes | None = None, top: str = "a
     return path
 
 
-def write_legacy(path: Path, obj: Any) -> Path:
+def write_legacy(path: Path, obj: Any, little_endian: bool = True) -> Path:
     """``torch.save``'s legacy layout: magic, protocol, system information, the object, the
     storage keys, then each storage as an 8-byte count and its bytes."""
     tensors = {tensor.key: tensor for tensor in tensors_of(obj)}
     parts = [
         pickle.dumps(LEGACY_MAGIC, protocol=2),
         pickle.dumps(1001, protocol=2),
-        pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2),
+        pickle.dumps({"protocol_version": 1001, "little_endian": little_endian}, protocol=2),
         dumps(obj, legacy=True),
         pickle.dumps(list(tensors), protocol=2),
     ]

@@ -222,6 +222,8 @@ DATA_CALLS = frozenset(
     }
 )
 
+#: PyTorch's rebuilder of tensor subclasses: it calls its first argument with its third.
+_TYPE_REBUILDER = "torch._tensor._rebuild_from_type_v2"
 #: Calls that create an instance of the class they are given (protocol 0-2 object pickling).
 _INSTANCE_MAKERS = frozenset(
     {"copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__"}
@@ -272,12 +274,6 @@ def _rebuild_parameter(data: Any, *_: Any) -> Any:
     return data
 
 
-def _rebuild_from_type_v2(function: Any, _new_type: Any, arguments: Any, _state: Any) -> Any:
-    if function in REBUILDERS.values() and isinstance(arguments, tuple):
-        return function(*arguments)
-    raise PickleRefused(f"tensor subclass rebuilt by {short(function)}")
-
-
 def _ordered_dict(*arguments: Any) -> StateDict:
     built = StateDict()
     if arguments:
@@ -310,7 +306,6 @@ REBUILDERS: dict[str, Callable[..., Any]] = {
     "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
     "torch._utils._rebuild_parameter": _rebuild_parameter,
     "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
-    "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
     "collections.OrderedDict": _ordered_dict,
     "torch.Size": _size,
     "_codecs.encode": _encode,
@@ -403,6 +398,11 @@ class _Machine:
         if not isinstance(target, (GlobalRef, PickledObject)):
             raise PickleRefused(f"pickle calls {short(target)}, which is not callable")
         dotted = target.dotted if isinstance(target, GlobalRef) else None
+        if dotted == _TYPE_REBUILDER:
+            # Judge the call it makes: a tensor rebuilder, or anything else a file puts there.
+            if len(arguments) != 4 or not isinstance(arguments[2], tuple):
+                raise PickleRefused(f"{_TYPE_REBUILDER} with arguments {short(arguments)}")
+            return self.call(arguments[0], arguments[2], position)
         if dotted in _INSTANCE_MAKERS and arguments and isinstance(arguments[0], GlobalRef):
             return self.instance(arguments[0], arguments[1:])
         if dotted not in DATA_CALLS:

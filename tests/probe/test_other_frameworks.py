@@ -131,3 +131,13 @@ def test_a_missing_onnxruntime_is_a_usage_error_naming_the_extra(
     result = run_cli("inspect", PYTORCH / "healthy.onnx", "--probe")
     assert result.code == 2
     assert result.err.strip().endswith("pip install 'bncheck[onnx]'")
+
+
+@pytest.mark.parametrize("fixture", ["healthy.pt", "healthy.safetensors", "healthy.onnx"])
+def test_recalibrate_says_it_does_not_write_these_formats(
+    run_cli: Run, fixture: str, tmp_path: Any
+) -> None:
+    output = tmp_path / fixture
+    result = run_cli("recalibrate", PYTORCH / fixture, "--data", DATA, "-o", output)
+    assert result.code == 3 and "checked by 'bncheck inspect' (and --probe) only" in result.err
+    assert not output.exists()
