@@ -12,15 +12,7 @@ import h5py
 
 from bncheck.errors import ModelReadError
 from bncheck.model import ModelDescription
-from bncheck.readers import (
-    detect,
-    keras_archive,
-    legacy_h5,
-    onnx_graph,
-    pytorch,
-    safetensors,
-    weights_h5,
-)
+from bncheck.readers import detect, keras_archive, legacy_h5, weights_h5
 
 _MAX_REASON = 300
 CHECKPOINT_KINDS = ("checkpoint", "savedmodel")
@@ -71,11 +63,18 @@ def _read_checkpoint(path: str) -> ModelDescription:
 def _read_kind(path: str, kind: str) -> ModelDescription:
     if kind == "zip":
         return keras_archive.read(path)
+    # The readers of other frameworks' formats load only for them.
     if kind == "pytorch":
+        from bncheck.readers import pytorch
+
         return pytorch.read(path)
     if kind == "safetensors":
+        from bncheck.readers import safetensors
+
         return safetensors.read(path)
     if kind == "onnx":
+        from bncheck.readers import onnx_graph
+
         return onnx_graph.read(path)
     if kind == "hdf5":
         with h5py.File(path, "r") as h5:

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bncheck.errors import ModelReadError
+from bncheck.readers.framework_signatures import LEGACY_MAGIC, data_pickle_member, is_safetensors
 from bncheck.readers.h5util import HDF5_SIGNATURE
-from bncheck.readers.safetensors import is_safetensors
-from bncheck.readers.torch_archive import LEGACY_MAGIC, data_pickle_member
 
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"

@@ -27,6 +27,7 @@ import numpy as np
 
 from bncheck.model import BNLayer, ModelDescription, PickledCall
 from bncheck.readers import torch_archive, torch_layers
+from bncheck.readers.framework_signatures import LEGACY_MAGIC, data_pickle_member
 from bncheck.readers.pickle_vm import PickledObject, TensorRef, short
 from bncheck.readers.torch_archive import TorchFile
 from bncheck.readers.torch_layers import ModuleInfo
@@ -58,10 +59,10 @@ class Root:
 def read(path: str) -> ModelDescription:
     size = os.path.getsize(path)
     with open(path, "rb") as handle:
-        if handle.read(len(torch_archive.LEGACY_MAGIC)) == torch_archive.LEGACY_MAGIC:
+        if handle.read(len(LEGACY_MAGIC)) == LEGACY_MAGIC:
             return describe(path, torch_archive.open_legacy(path, handle, size), "the pickle")
     with zipfile.ZipFile(path) as archive:
-        member = torch_archive.data_pickle_member(archive.namelist()) or "data.pkl"
+        member = data_pickle_member(archive.namelist()) or "data.pkl"
         return describe(path, torch_archive.open_zip(path, archive), member)
 
 

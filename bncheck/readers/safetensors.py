@@ -24,9 +24,8 @@ import numpy as np
 from bncheck.errors import ModelReadError
 from bncheck.model import ModelDescription
 from bncheck.readers import tensor_bytes, torch_layers
+from bncheck.readers.framework_signatures import MAX_SAFETENSORS_HEADER
 
-#: The safetensors format caps its header at 100 MB.
-MAX_HEADER_BYTES = 100_000_000
 #: safetensors element types bncheck reads, by their names in the header.
 DTYPES = {
     "F64": "float64",
@@ -68,14 +67,6 @@ class Entry:
     end: int
 
 
-def is_safetensors(head: bytes, file_size: int) -> bool:
-    """Whether a file's first bytes (at least 9) look like a safetensors header."""
-    if len(head) < 9:
-        return False
-    (length,) = struct.unpack("<Q", head[:8])
-    return 2 <= length <= min(MAX_HEADER_BYTES, file_size - 8) and head[8:9] == b"{"
-
-
 def read(path: str) -> ModelDescription:
     file_size = os.path.getsize(path)
     with open(path, "rb") as handle:
@@ -113,7 +104,7 @@ def read_header(handle: Any, file_size: int) -> tuple[int, dict[str, Entry]]:
     if len(prefix) < 8:
         raise ModelReadError("the file is too short for a safetensors header")
     (length,) = struct.unpack("<Q", prefix)
-    if length > MAX_HEADER_BYTES or length > file_size - 8:
+    if length > MAX_SAFETENSORS_HEADER or length > file_size - 8:
         raise ModelReadError(
             f"safetensors header length {length} exceeds the file ({file_size} bytes) or the "
             "format's 100 MB limit"

@@ -26,25 +26,15 @@ import numpy as np
 
 from bncheck.errors import ModelReadError
 from bncheck.readers import pickle_vm, tensor_bytes
+from bncheck.readers.framework_signatures import data_pickle_member
 from bncheck.readers.pickle_vm import GlobalRef, PickleLog, StorageRef, TensorRef
 
-#: ``torch.save``'s legacy format starts with this pickle: protocol 2, the magic number.
-LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
 _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 #: A pickle bncheck reads whole; PyTorch's are kilobytes (the tensors are elsewhere).
 MAX_PICKLE_BYTES = 256 << 20
-#: A zip archive's main pickle: ``<name>/data.pkl`` directly under one top folder.
-_DATA_PICKLE = re.compile(r"^([^/]+)/data\.pkl$")
 #: Storage keys are short tokens; anything else could name another member.
 _STORAGE_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
-
-
-def data_pickle_member(names: list[str]) -> str | None:
-    """The main pickle of a PyTorch zip archive, from its member names; ``None`` if there is no
-    single one."""
-    found = [name for name in names if _DATA_PICKLE.match(name)]
-    return found[0] if len(found) == 1 else None
 
 
 @dataclass
