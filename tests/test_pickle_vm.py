@@ -143,3 +143,9 @@ def test_deep_nesting_is_built_without_recursion() -> None:
     while isinstance(root, list) and root:
         root, depth = root[0], depth + 1
     assert depth == 199_999
+
+
+def test_millions_of_calls_are_counted_not_listed() -> None:
+    data = b"\x80\x02cposix\nsystem\nq\x00)" + b"h\x00)R0" * 200_000 + b"N."
+    _, log = load(data)
+    assert log.call_count == 200_000 and len(log.calls) == pickle_vm.MAX_LISTED_CALLS

@@ -103,7 +103,7 @@ ELEMENT_TYPES = {
 #: TensorProto.data_location: the values are in another file.
 EXTERNAL = 1
 #: AttributeProto.type values the probe writes.
-ATTRIBUTE_FLOAT, ATTRIBUTE_INT, ATTRIBUTE_INTS = 1, 2, 7
+ATTRIBUTE_INT, ATTRIBUTE_INTS = 2, 7
 
 
 @cache

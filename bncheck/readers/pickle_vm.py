@@ -126,18 +126,30 @@ class CallRecord:
     """Byte offset of the ``REDUCE`` opcode in the pickle."""
 
 
+#: Calls listed one by one; a pickle can ask for millions, which are counted instead.
+MAX_LISTED_CALLS = 100
+
+
 @dataclass
 class PickleLog:
     """What a pickle asked for beyond plain data."""
 
     calls: list[CallRecord] = field(default_factory=list)
-    """Calls of anything bncheck does not know as plain data, in pickle order."""
-    classes: list[str] = field(default_factory=list)
+    """Calls of anything bncheck does not know as plain data, in pickle order (the first
+    ``MAX_LISTED_CALLS``)."""
+    call_count: int = 0
+    """All such calls, listed or not."""
+    class_names: dict[str, None] = field(default_factory=dict)
     """Classes instances were made of, each once, in pickle order."""
 
-    def add_class(self, name: str) -> None:
-        if name not in self.classes:
-            self.classes.append(name)
+    @property
+    def classes(self) -> list[str]:
+        return list(self.class_names)
+
+    def add_call(self, call: CallRecord) -> None:
+        self.call_count += 1
+        if len(self.calls) < MAX_LISTED_CALLS:
+            self.calls.append(call)
 
 
 #: Element type of each PyTorch storage class.
@@ -409,13 +421,13 @@ class _Machine:
             described = ", ".join(short(argument) for argument in arguments[:3])
             if len(described) > _MAX_ARGUMENTS_TEXT:
                 described = described[: _MAX_ARGUMENTS_TEXT - 3] + "..."
-            self.log.calls.append(CallRecord(_describe_target(target), described, position))
+            self.log.add_call(CallRecord(_describe_target(target), described, position))
         return PickledObject(target, arguments, "call")
 
     def instance(self, target: Any, arguments: tuple[Any, ...]) -> PickledObject:
         if not isinstance(target, (GlobalRef, PickledObject)):
             raise PickleRefused(f"pickle instantiates {short(target)}, which is not a class")
-        self.log.add_class(_describe_target(target))
+        self.log.class_names[_describe_target(target)] = None
         return PickledObject(target, arguments, "instance")
 
     def build(self, target: Any, state: Any) -> None:

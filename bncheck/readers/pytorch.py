@@ -60,10 +60,10 @@ def read(path: str) -> ModelDescription:
     size = os.path.getsize(path)
     with open(path, "rb") as handle:
         if handle.read(len(LEGACY_MAGIC)) == LEGACY_MAGIC:
-            return describe(path, torch_archive.open_legacy(path, handle, size), "the pickle")
+            return describe(path, torch_archive.open_legacy(handle, size), "the pickle")
     with zipfile.ZipFile(path) as archive:
         member = data_pickle_member(archive.namelist()) or "data.pkl"
-        return describe(path, torch_archive.open_zip(path, archive), member)
+        return describe(path, torch_archive.open_zip(archive), member)
 
 
 def describe(path: str, torch_file: TorchFile, member: str) -> ModelDescription:
@@ -126,6 +126,11 @@ def _notes(
         notes.append(
             f"the pickle holds objects of {len(classes)} class{plural}, read as inert data and "
             f"never run: {listed}{more}; torch.load(weights_only=True) refuses such files"
+        )
+    log = torch_file.log
+    if log.call_count > len(log.calls):
+        notes.append(
+            f"the pickle asks for {log.call_count} calls; the first {len(log.calls)} are listed"
         )
     reset = torch_layers.pre_041_note(layers)
     if reset is not None:

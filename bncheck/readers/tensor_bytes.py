@@ -23,7 +23,6 @@ _NUMPY = {
     "bool": "?",
 }
 
-FLOAT_TYPES = frozenset({"float64", "float32", "float16", "bfloat16"})
 INTEGER_TYPES = frozenset({"int64", "int32", "int16", "int8", "uint8"})
 
 

@@ -19,7 +19,7 @@ import re
 import struct
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -47,10 +47,9 @@ class TorchFile:
     container: str
     """``zip``, ``torchscript`` or ``legacy``."""
     read_tensor: Callable[[TensorRef], np.ndarray]
-    notes: list[str] = field(default_factory=list)
 
 
-def open_zip(path: str, archive: zipfile.ZipFile) -> TorchFile:
+def open_zip(archive: zipfile.ZipFile) -> TorchFile:
     names = archive.namelist()
     member = data_pickle_member(names)
     if member is None:
@@ -94,7 +93,7 @@ def open_zip(path: str, archive: zipfile.ZipFile) -> TorchFile:
     return TorchFile(root, log, container, read_tensor)
 
 
-def open_legacy(path: str, handle: BinaryIO, file_size: int) -> TorchFile:
+def open_legacy(handle: BinaryIO, file_size: int) -> TorchFile:
     handle.seek(0)
     reader = pickle_vm.BoundedReader(handle, file_size)
 
