@@ -404,6 +404,108 @@ def recalibrate_vs_forward(workdir: Path, repeat: int) -> list[Target]:
     ]
 
 
+# A ResNet-50 state dict as torchvision names and shapes it, with random values: what a
+# ``torch.save(model.state_dict())`` of torchvision's resnet50 holds, without torchvision.
+MAKE_RESNET50_STATE = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    state = {}
+
+    def conv(name, out_channels, in_channels, size):
+        state[name + ".weight"] = torch.randn(out_channels, in_channels, size, size) * 0.05
+
+    def bn(name, channels):
+        state[name + ".weight"] = torch.rand(channels) + 0.5
+        state[name + ".bias"] = torch.randn(channels) * 0.1
+        state[name + ".running_mean"] = torch.randn(channels) * 0.1
+        state[name + ".running_var"] = torch.rand(channels) + 0.5
+        state[name + ".num_batches_tracked"] = torch.tensor(1000)
+
+    conv("conv1", 64, 3, 7)
+    bn("bn1", 64)
+    channels = 64
+    for stage, (blocks, planes) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512)), 1):
+        for block in range(blocks):
+            prefix = f"layer{stage}.{block}"
+            conv(prefix + ".conv1", planes, channels, 1)
+            bn(prefix + ".bn1", planes)
+            conv(prefix + ".conv2", planes, planes, 3)
+            bn(prefix + ".bn2", planes)
+            conv(prefix + ".conv3", planes * 4, planes, 1)
+            bn(prefix + ".bn3", planes * 4)
+            if block == 0:
+                conv(prefix + ".downsample.0", planes * 4, channels, 1)
+                bn(prefix + ".downsample.1", planes * 4)
+            channels = planes * 4
+    state["fc.weight"] = torch.randn(1000, 2048) * 0.01
+    state["fc.bias"] = torch.zeros(1000)
+    torch.save(state, sys.argv[1])
+    save_file(state, sys.argv[2])
+    """
+)
+
+# What a PyTorch user would do without bncheck: import torch and load the file safely.
+TORCH_LOAD = textwrap.dedent(
+    """
+    import sys
+    import torch
+    state = torch.load(sys.argv[1], weights_only=True)
+    print(sum(1 for name in state if name.endswith("running_var")))
+    """
+)
+TORCH_LOAD_SAFETENSORS = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from safetensors.torch import load_file
+    state = load_file(sys.argv[1])
+    print(sum(1 for name in state if name.endswith("running_var")))
+    """
+)
+
+
+def pytorch_vs_torch_load(workdir: Path, repeat: int) -> list[Target]:
+    """Static inspection of a ResNet-50 state dict, as .pt and as .safetensors, against importing
+    PyTorch and loading the same file (safetensors: through its PyTorch loader)."""
+    pt, safetensors = workdir / "resnet50.pt", workdir / "resnet50.safetensors"
+    subprocess.run(
+        [sys.executable, "-c", MAKE_RESNET50_STATE, str(pt), str(safetensors)],
+        check=True,
+        capture_output=True,
+    )
+    targets = []
+    for path, theirs_code, what in (
+        (pt, TORCH_LOAD, "torch.load(weights_only=True)"),
+        (safetensors, TORCH_LOAD_SAFETENSORS, "safetensors.torch.load_file"),
+    ):
+        ours, ours_out = timed(INSPECT, path, repeat)
+        peak_mib = max(int(out.split()[-1]) for out in ours_out) / 1024
+        theirs, theirs_out = timed(theirs_code, path, repeat)
+        if theirs_out[0].split()[0] != "53":
+            raise RuntimeError(f"{what} did not find 53 BatchNorm layers: {theirs_out[0]!r}")
+        suffix = path.suffix.lstrip(".")
+        targets.append(
+            Target(
+                f"{suffix}-vs-torch",
+                f"ResNet-50 .{suffix} ({path.stat().st_size / 2**20:.0f} MiB): import torch + "
+                f"{what}, over bncheck inspect",
+                ratio=theirs / ours,
+                threshold=10.0,
+                higher_is_better=True,
+                medians={
+                    "bncheck inspect": f"{ours:.2f} s",
+                    what: f"{theirs:.2f} s",
+                    "bncheck peak RSS": f"{peak_mib:.0f} MiB",
+                },
+            )
+        )
+    return targets
+
+
 BENCHMARKS: dict[str, Callable[[Path, int], list[Target]]] = {
     "static": static_vs_keras,
     "size": size_independence,
@@ -412,6 +514,7 @@ BENCHMARKS: dict[str, Callable[[Path, int], list[Target]]] = {
     "folder": folder_scan,
     "probe": probe_cost,
     "recalibrate": recalibrate_vs_forward,
+    "pytorch": pytorch_vs_torch_load,
 }
 
 

@@ -1,8 +1,8 @@
 """The runner: read each input, apply the enabled rules, stamp their problems into findings.
 
-Static rules judge each layer of the description, checkpoint rules a checkpoint's variable
-groups. When a probe is asked for, the model is also run (``bncheck.probe``) and the probe rules
-judge what it measured.
+Static rules judge each layer of the description, model rules the description as a whole,
+checkpoint rules a checkpoint's variable groups. When a probe is asked for, the model is also run
+(``bncheck.probe``) and the probe rules judge what it measured.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def check_checkpoint(path: str, model_path: str | None, settings: Settings) -> R
 
 
 def judged(path: str, description: ModelDescription, settings: Settings) -> ModelResult:
-    """A description with the findings of every static and checkpoint rule."""
+    """A description with the findings of every static, model and checkpoint rule."""
     findings = static_findings(description, settings) + checkpoint_findings(description, settings)
     return ModelResult(
         path=path, format=description.format, description=description, findings=tuple(findings)
@@ -134,9 +134,9 @@ def judged(path: str, description: ModelDescription, settings: Settings) -> Mode
 
 def static_findings(description: ModelDescription, settings: Settings) -> list[Finding]:
     """Every enabled static rule over every layer, in rule order then layer order, then every
-    ``file`` rule over the description as a whole."""
+    ``model`` rule over the description as a whole."""
     return findings_for("static", description.layers, settings) + findings_for(
-        "file", [description], settings
+        "model", [description], settings
     )
 
 

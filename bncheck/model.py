@@ -111,6 +111,16 @@ class BNLayer:
     locations: Mapping[str, str] = field(default_factory=dict)
     """The HDF5 dataset holding each array, by array name: a path inside the ``.h5`` file, or
     inside the ``model.weights.h5`` member of a ``.keras`` archive. Empty when unknown."""
+    framework: str = "keras"
+    """Whose conventions the fields follow: ``keras``, ``pytorch`` or ``onnx``. ``momentum`` is
+    the weight the old statistics keep at each update for ``keras`` and ``onnx``, and the weight
+    of each new batch for ``pytorch`` (its default 0.1 is Keras's 0.9)."""
+    num_batches_tracked: int | None = None
+    """PyTorch's count of the batches the running statistics were updated with; ``None`` when the
+    file has none (other frameworks, FrozenBatchNorm layers, checkpoints before PyTorch 0.4.1)."""
+    variance_estimator: str | None = None
+    """How ``moving_variance`` averages each batch's variance: ``unbiased`` (divided by n - 1,
+    PyTorch's ``running_var``) or ``biased`` (divided by n, Keras 3); ``None`` when unknown."""
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], **fields: Any) -> BNLayer:
@@ -135,6 +145,14 @@ class BNLayer:
             initial=InitialValues(assumed=True),
             **fields,
         )
+
+    @property
+    def keras_momentum(self) -> float | None:
+        """``momentum`` in Keras's convention (the weight the old statistics keep), whatever the
+        framework; ``None`` when unknown."""
+        if self.momentum is None:
+            return None
+        return 1.0 - self.momentum if self.framework == "pytorch" else self.momentum
 
     @property
     def channels(self) -> int:
@@ -188,7 +206,8 @@ class ModelDescription:
     path: str
     """The file or directory as given by the user."""
     format: str
-    """One of ``keras``, ``h5``, ``weights-h5``, ``savedmodel``, ``checkpoint``."""
+    """One of ``keras``, ``h5``, ``weights-h5``, ``savedmodel``, ``checkpoint``, ``pytorch``,
+    ``torchscript``, ``safetensors``, ``onnx``."""
     layers: tuple[BNLayer, ...]
     """Every BatchNormalization layer found, in model order."""
     notes: tuple[str, ...] = ()
@@ -198,6 +217,21 @@ class ModelDescription:
     (``layers`` holds only those whose moving statistics could be read); ``None`` otherwise."""
     incomplete: tuple[IncompleteLayer, ...] = ()
     """For model and weights files: BatchNorm layers whose arrays the file lacks in part."""
+    pickled_calls: tuple[PickledCall, ...] = ()
+    """For PyTorch pickles: the calls ``torch.load`` (without ``weights_only``) would make
+    beyond rebuilding tensors and plain data. bncheck made none of them."""
+
+
+@dataclass(frozen=True)
+class PickledCall:
+    """A call a pickle asks for when it is loaded; bncheck never makes it."""
+
+    target: str
+    """What is called, e.g. ``posix.system``."""
+    arguments: str
+    """The arguments, shortened and escaped for a report."""
+    where: str
+    """Where the pickle asks for it, e.g. ``archive/data.pkl, byte 1234``."""
 
 
 #: The arrays without which a restored BatchNorm layer normalises with its initial statistics.

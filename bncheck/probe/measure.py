@@ -157,9 +157,9 @@ class OutputSums:
     half_dependence: float | None = None
 
     def add_inference(self, stored: np.ndarray) -> None:
-        spread, rms, nonfinite = spread_of(stored)
+        relative, rms, nonfinite = spread(stored)
         self.batches += 1
-        self.spread += spread
+        self.spread += relative
         self.rms_squares += rms**2 * stored.size
         self.values += stored.size
         self.nonfinite += nonfinite
@@ -168,8 +168,8 @@ class OutputSums:
         self.classified += len(stored)
 
     def add_training(self, stored: np.ndarray, trained: np.ndarray) -> None:
-        spread, rms, _ = spread_of(trained)
-        self.training_spread += spread
+        relative, rms, _ = spread(trained)
+        self.training_spread += relative
         self.training_rms_squares += rms**2 * trained.size
         self.training_gap += _squared_norm(trained - stored)
         self.training_norm += _squared_norm(trained)
@@ -211,7 +211,7 @@ class OutputSums:
         )
 
 
-def spread_of(values: np.ndarray) -> tuple[float, float, int]:
+def spread(values: np.ndarray) -> tuple[float, float, int]:
     """(relative spread across the batch, root mean square, non-finite count) of a batch."""
     flat = np.asarray(values).reshape(len(values), -1)
     finite = np.isfinite(flat)
@@ -222,6 +222,29 @@ def spread_of(values: np.ndarray) -> tuple[float, float, int]:
         return 0.0, rms, nonfinite
     deviation = float(np.mean(np.std(clean, axis=0, dtype=np.float64)))
     return deviation / rms, rms, nonfinite
+
+
+Outputs = list[tuple[str, np.ndarray]]
+
+
+def compare_outputs(
+    inference: Outputs, training: Outputs | None, half: Outputs | None
+) -> tuple[OutputMeasurement, ...]:
+    """The output figures of a probe that judges one batch (the first half of it also alone)."""
+    measured = []
+    for index, (name, inferred) in enumerate(inference):
+        totals = OutputSums()
+        totals.add_inference(inferred)
+        if training is not None:
+            totals.add_training(inferred, training[index][1])
+        if half is not None:
+            alone = half[index][1]
+            totals.half_dependence = _ratio(
+                _squared_norm(alone - inferred[: len(alone)]),
+                _squared_norm(inferred[: len(alone)]),
+            )
+        measured.append(totals.measurement(name, training is not None, False, None))
+    return tuple(measured)
 
 
 def is_classifier(values: np.ndarray) -> bool:

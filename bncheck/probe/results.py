@@ -29,7 +29,8 @@ class CodeReference:
     kind: str
     """``lambda`` (a Lambda layer), ``bytecode`` (marshalled Python function), ``function``
     (a function from a module outside Keras's modelling API), ``custom-class`` (a class Keras does
-    not ship) or ``graph-op`` (a SavedModel graph op that calls Python or touches files)."""
+    not ship), ``graph-op`` (a SavedModel graph op that calls Python or touches files) or
+    ``torchscript`` (a TorchScript archive's compiled code)."""
     where: str
     """The layer path, or the place in the configuration or graph, that holds it."""
     detail: str
@@ -46,6 +47,7 @@ _KIND_LABELS = {
     "function": "function",
     "custom-class": "custom class",
     "graph-op": "graph op",
+    "torchscript": "TorchScript",
 }
 
 

@@ -30,11 +30,14 @@ def run_probe(
     """Probe one model. ``untouched`` gives, by layer path, whether the static description found
     the layer's statistics never updated. Unloadable models raise ``ModelReadError``, bad data
     ``UsageError``."""
+    from bncheck.probe import other_frameworks
     from bncheck.probe.backend import import_keras
     from bncheck.readers import detect
 
-    import_keras()
     kind = detect.sniff(path)
+    if kind in other_frameworks.KINDS:  # run by their own frameworks, without Keras
+        return other_frameworks.probe(path, kind, options, step)
+    import_keras()
     if kind == "savedmodel":
         return _probe_savedmodel(path, options, step)
     if kind == "checkpoint":
@@ -98,7 +101,7 @@ def probe_keras_model(
         modes=measured.modes,
         outputs=measured.outputs,
         layers=measured.layers,
-        notes=_data_notes(source) + measured.notes,
+        notes=data_notes(source.real) + measured.notes,
     )
 
 
@@ -130,7 +133,7 @@ def _probe_savedmodel(path: str, options: ProbeOptions, step: StepReporter) -> P
         data=source.describe(measured.samples, measured.batches),
         modes=measured.modes,
         outputs=measured.outputs,
-        notes=_data_notes(source) + tuple(notes) + measured.notes,
+        notes=data_notes(source.real) + tuple(notes) + measured.notes,
     )
 
 
@@ -259,8 +262,19 @@ def _undeclared_inputs(options: ProbeOptions) -> list[probe_data.InputSpec]:
     )
 
 
-def _data_notes(source: BatchPlan) -> tuple[str, ...]:
-    if source.real:
+def first_batch(
+    specs: Sequence[probe_data.InputSpec] | None, options: ProbeOptions
+) -> tuple[probe_data.Batch, ProbeData]:
+    """One batch of the data (or the synthetic batch), for probes that judge a single batch."""
+    source = BatchPlan(specs, options)
+    batch = next(iter(source.batches()), None)
+    if batch is None:
+        raise UsageError(f"--data {options.data} holds no samples")
+    return batch, source.describe(batch.size, 1)
+
+
+def data_notes(real: bool) -> tuple[str, ...]:
+    if real:
         return ()
     return (
         "synthetic data: staleness (BN014) and what recalibrating would change (BN015) need real "

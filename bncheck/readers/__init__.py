@@ -1,6 +1,7 @@
 """Readers: one per format, each turning a path into a ``ModelDescription``.
 
 Only the SavedModel and checkpoint readers import TensorFlow, and only inside their functions.
+The PyTorch, safetensors and ONNX readers import no framework at all.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ _KIND_NAMES = {
     "zip": "a .keras archive",
     "hdf5": "an HDF5 file",
     "keras-shards": "sharded Keras weights",
+    "pytorch": "a PyTorch file",
+    "safetensors": "a safetensors file",
+    "onnx": "an ONNX model",
 }
 
 
@@ -63,6 +67,19 @@ def _read_kind(path: str, kind: str) -> ModelDescription:
         return keras_archive.read(path)
     if kind == "keras-shards":
         return keras3_shards.read(path)
+    # The readers of other frameworks' formats load only for them.
+    if kind == "pytorch":
+        from bncheck.readers import pytorch
+
+        return pytorch.read(path)
+    if kind == "safetensors":
+        from bncheck.readers import safetensors
+
+        return safetensors.read(path)
+    if kind == "onnx":
+        from bncheck.readers import onnx_graph
+
+        return onnx_graph.read(path)
     if kind == "hdf5":
         index = keras3_shards.index_of_shard(Path(path))
         if index is not None:

@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 from bncheck.errors import ModelReadError
 from bncheck.readers import keras3_shards
+from bncheck.readers.framework_signatures import LEGACY_MAGIC, data_pickle_member, is_safetensors
 from bncheck.readers.h5util import HDF5_SIGNATURE
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -20,12 +21,13 @@ _HDF5_OFFSETS = (0, *(512 << k for k in range(12)))
 _DATA_SHARD = re.compile(r"\.data-\d{5}-of-\d{5}$")
 #: Files named like this are models whatever their content, so a broken one is reported, not
 #: skipped, when a folder is scanned.
-MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".pt", ".pth", ".safetensors", ".onnx")
 
 
 def sniff(path: str) -> str:
     """One of ``zip``, ``hdf5``, ``keras-shards`` (the ``.json`` index of sharded Keras weights),
-    ``savedmodel``, ``checkpoint``; ``ModelReadError`` otherwise."""
+    ``savedmodel``, ``checkpoint``, ``pytorch``, ``safetensors``, ``onnx``; ``ModelReadError``
+    otherwise."""
     target = Path(path)
     if target.is_dir():
         if (target / "saved_model.pb").is_file() or (target / "saved_model.pbtxt").is_file():
@@ -50,14 +52,41 @@ def sniff(path: str) -> str:
         return "keras-shards"
     with open(target, "rb") as handle:
         kind = _content_kind(handle)
+        if kind in ("zip", None):
+            kind = _other_framework_kind(target, handle, kind)
     if kind == "empty":
         raise ModelReadError("the file is empty")
     if kind is not None:
         return kind
     raise ModelReadError(
         "not a model file bncheck can read (expected a .keras archive, an HDF5 file, "
-        "the .json index of sharded weights, a SavedModel directory or a checkpoint)"
+        "the .json index of sharded weights, a SavedModel directory, a checkpoint, a PyTorch or "
+        "safetensors file or an .onnx model)"
     )
+
+
+def _other_framework_kind(path: Path, handle: BinaryIO, kind: str | None) -> str | None:
+    """``pytorch``, ``safetensors`` or ``onnx`` for those formats, else ``kind`` unchanged: a
+    zip archive is PyTorch's when it holds ``<name>/data.pkl`` and no ``config.json``."""
+    if kind == "zip":
+        return "pytorch" if _is_pytorch_zip(path) else kind
+    handle.seek(0)
+    head = handle.read(len(LEGACY_MAGIC))
+    if head == LEGACY_MAGIC:
+        return "pytorch"
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors" or is_safetensors(head, path.stat().st_size):
+        return "safetensors"
+    return "onnx" if suffix == ".onnx" else None
+
+
+def _is_pytorch_zip(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except Exception:  # a corrupt archive may fail anywhere in zipfile: the .keras reader says why
+        return False
+    return "config.json" not in names and data_pickle_member(names) is not None
 
 
 def _content_kind(handle: BinaryIO) -> str | None:
@@ -85,9 +114,10 @@ def is_model_directory(path: str) -> bool:
 def find_models(folder: str) -> list[str]:
     """Every model under ``folder``, recursively, in sorted order.
 
-    A file is a model when its content says so (a zip archive holding ``config.json``, an HDF5
-    file, the index of sharded Keras weights) or its name ends in a model suffix, except a shard
-    that its index stands for; a SavedModel or checkpoint directory is one model.
+    A file is a model when its content says so (a zip archive holding ``config.json`` or a
+    PyTorch ``data.pkl``, an HDF5 file, the index of sharded Keras weights, a PyTorch legacy or
+    safetensors file) or its name ends in a model suffix, except a shard that its index stands
+    for; a SavedModel or checkpoint directory is one model.
     Hidden files and directories (``.git``) are skipped, and each real directory is searched once.
     """
     found: list[str] = []
@@ -127,7 +157,11 @@ def _is_model_file(path: str) -> bool:
             kind = _content_kind(handle)
         if kind == "zip":
             with zipfile.ZipFile(path) as archive:
-                return "config.json" in archive.namelist()
-        return kind == "hdf5"
+                names = archive.namelist()
+            return "config.json" in names or data_pickle_member(names) is not None
+        if kind is None:
+            with open(path, "rb") as handle:
+                kind = _other_framework_kind(Path(path), handle, kind)
+        return kind in ("hdf5", "pytorch", "safetensors")
     except Exception:  # a corrupt archive may fail anywhere in zipfile: then it is no model
         return False

@@ -11,6 +11,7 @@ running code named by the file, can read. bncheck refuses it, as Keras 3.15 does
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import struct
 import zipfile
 from collections.abc import Iterator
@@ -61,6 +62,8 @@ def read(path: str) -> ModelDescription:
             notes.append(f"{WEIGHTS_MEMBER} is compressed inside the archive, so reading is slower")
         with _open_member(path, archive, weights_info) as fileobj, h5py.File(fileobj, "r") as h5:
             layers, incomplete = describe(h5, config, notes)
+    # Keras 3 (the only writer of .keras archives) averages the biased batch variance.
+    layers = [dataclasses.replace(layer, variance_estimator="biased") for layer in layers]
     return ModelDescription(
         path=path,
         format="keras",

@@ -239,6 +239,11 @@ def _nothing_to_do(
 
 def _writable_description(path: str) -> ModelDescription:
     kind = detect.sniff(path)
+    if kind in ("pytorch", "safetensors", "onnx"):
+        raise ModelReadError(
+            f"recalibrate reads and writes .keras and .h5 models; {kind} files are checked by "
+            "'bncheck inspect' (and --probe) only"
+        )
     description = read_model(path) if kind in ("zip", "hdf5") else None
     if description is None or description.format not in WRITABLE:
         what = kind if description is None else description.format

@@ -192,6 +192,9 @@ def _layer(layer: BNLayer) -> dict[str, Any]:
     for name in ARRAY_NAMES:
         entry[name] = _summary(layer.summaries[name])
     entry["source"] = layer.source
+    entry["framework"] = layer.framework
+    entry["num_batches_tracked"] = layer.num_batches_tracked
+    entry["variance_estimator"] = layer.variance_estimator
     return entry
 
 

@@ -1,8 +1,9 @@
 """The rule registry.
 
 A rule is a module with ``ID``, ``NAME``, ``DEFAULT_SEVERITY``, ``NEEDS`` (what it judges:
-``static`` rules a ``BNLayer``, ``file`` rules a file's whole ``ModelDescription``, ``checkpoint``
-rules the ``CheckpointContents`` of a checkpoint or SavedModel, ``probe`` rules a model's
+``static`` rules a ``BNLayer``, ``model`` rules a whole ``ModelDescription`` (what the file holds
+and lacks), ``checkpoint`` rules the ``CheckpointContents`` of a checkpoint or SavedModel, ``probe``
+rules a model's
 ``ProbeResult``), ``OPTIONS`` (thresholds and their
 defaults), a docstring that is its documentation (structured as ``rules/docs.py`` describes, so
 that ``bncheck explain`` and the reports can use its parts), and ``check(subject, options)``
@@ -36,6 +37,7 @@ from bncheck.rules import (
     bn016_batch_dependent_inference,
     bn017_unsafe_model_content,
     bn018_incomplete_layer_weights,
+    bn019_pickled_code,
 )
 
 
@@ -73,6 +75,7 @@ RULES: dict[str, Rule] = _registry(
     bn016_batch_dependent_inference,
     bn017_unsafe_model_content,
     bn018_incomplete_layer_weights,
+    bn019_pickled_code,
 )
 
 

@@ -28,6 +28,13 @@ all: BN008 reports that instead.
 Options:
   tolerance: largest absolute difference still counted as "equal to the initial value".
 
+In PyTorch files, ``num_batches_tracked`` is the strongest evidence: 0 means the layer never ran
+in training mode (trained in ``eval()`` mode, or with frozen BatchNorm), and the finding says so.
+A layer without the counter is reported as information only: FrozenBatchNorm layers (detectron2,
+timm) have none, and backbones converted to them keep mean 0 and variance 1 on purpose, with the
+statistics folded into weight and bias. A counter of 0 with moved statistics is not reported:
+PyTorch sets it to 0 when it loads a checkpoint written before version 0.4.1.
+
 Passing: moving_mean [0.12, -0.4, ...], moving_variance [0.8, 2.3, ...] after ``model.fit``.
 Failing: moving_mean all 0, moving_variance all 1, gamma [0.97, 1.05, ...] after a
 ``tf.function`` loop that called ``model(x)``.
@@ -37,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from bncheck.findings import Problem, Severity
+from bncheck.findings import Escalation, Problem, Severity
 from bncheck.model import BNLayer
 from bncheck.rules._arrays import untouched_while_trained
 
@@ -49,23 +56,40 @@ OPTIONS: Mapping[str, float] = {"tolerance": 1e-6}
 
 
 def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
-    if layer.momentum is not None and layer.momentum >= 1.0:
+    momentum = layer.keras_momentum
+    if momentum is not None and momentum >= 1.0:
         return  # BN008: a momentum that cannot move them explains the initial values
     trained = untouched_while_trained(layer, options["tolerance"])
     if not trained:
         return
+    frozen_look_alike = layer.framework == "pytorch" and layer.num_batches_tracked is None
     yield Problem(
         message=(
             f"moving_mean and moving_variance are still at their initial values "
             f"({layer.initial.moving_mean:g} and {layer.initial.moving_variance:g}) in all "
             f"{layer.channels} channels, but {' and '.join(trained)} trained: the statistics "
-            "were never updated (a loop calling model(x) without training=True?); measure with "
-            "labelled --data before recalibrating, which can make such a model worse"
+            f"were never updated{_cause(layer)}; measure with labelled --data before "
+            "recalibrating, which can make such a model worse"
         ),
         layer=layer.path,
         details={
             "channels": layer.channels,
             "trained": trained,
             "initial_values_assumed": layer.initial.assumed,
+            "num_batches_tracked": layer.num_batches_tracked,
         },
+        escalation=Escalation.MITIGATED if frozen_look_alike else None,
     )
+
+
+def _cause(layer: BNLayer) -> str:
+    if layer.framework != "pytorch":
+        return " (a loop calling model(x) without training=True?)"
+    if layer.num_batches_tracked is None:
+        return (
+            ", unless this is a FrozenBatchNorm layer (it has no num_batches_tracked) of a "
+            "converted backbone, which folds its statistics into weight and bias on purpose"
+        )
+    if layer.num_batches_tracked == 0:
+        return "; num_batches_tracked is 0: the layer never ran in training mode"
+    return f"; num_batches_tracked is {layer.num_batches_tracked}, so momentum must have been 0"

@@ -4,6 +4,9 @@ At inference a channel is scaled by ``|gamma| / sqrt(moving_variance + epsilon)`
 moving variance is tiny and gamma is not, that gain is enormous: a small shift of the input (one
 the training data never showed) becomes a huge output, and low-precision inference overflows.
 
+When the file does not record epsilon, the framework's default is assumed: Keras's 1e-3, or
+PyTorch's 1e-5 for PyTorch and safetensors files.
+
 Why it happens: a channel that was (almost) constant during training, with a small epsilon
 (PyTorch's 1e-5 or smaller); or gamma grew large while the variance collapsed.
 
@@ -34,6 +37,8 @@ OPTIONS: Mapping[str, float] = {"max_gain": 1e3}
 
 #: Keras's default, used when the file does not record epsilon.
 DEFAULT_EPSILON = 1e-3
+#: PyTorch's default, used for PyTorch files that do not record eps (state dicts).
+PYTORCH_EPSILON = 1e-5
 
 
 def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
@@ -43,7 +48,8 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
         if layer.gamma is None
         else np.abs(np.asarray(layer.gamma, dtype=np.float64).ravel())
     )
-    epsilon = DEFAULT_EPSILON if layer.epsilon is None else layer.epsilon
+    default = PYTORCH_EPSILON if layer.framework == "pytorch" else DEFAULT_EPSILON
+    epsilon = default if layer.epsilon is None else layer.epsilon
     denominator = variance + epsilon
     # Non-finite and negative variances are BN003's and BN004's to report.
     valid = np.isfinite(denominator) & np.isfinite(gamma) & (denominator > 0)

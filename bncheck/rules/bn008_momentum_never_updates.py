@@ -7,12 +7,15 @@ statistics. Inference then normalises with statistics that describe nothing the 
 its predictions are garbage (a 3-BN CNN trained by ``fit`` on 10-class digits: 10.6% held-out
 accuracy in inference mode, 99.0% in training mode). Above 1.0 the update diverges.
 
+PyTorch's momentum is the weight of the new batch instead, so there momentum 0 is the value that
+never updates.
+
 Why it happens: an attempt to "freeze" the statistics by raising momentum (seed post: a callback
 setting momentum=1.0 after the first epoch); a value written for another framework, or a typo.
 
 How to fix: re-estimate the statistics from data, verified on held-out data: ``bncheck
-recalibrate MODEL --data DATA --validate HELD_OUT -o FIXED`` (the CNN above: 10.6% to 99.0%). Use a
-momentum in [0.9, 0.999] when training on; to freeze statistics use ``trainable=False`` instead.
+recalibrate MODEL --data DATA --validate HELD_OUT -o FIXED`` (the CNN above: 10.6% to 99.0%).
+Use a momentum in [0.9, 0.999] when training on; to freeze statistics use ``trainable=False``.
 A layer reported here is not reported again by BN001.
 
 Passing: momentum 0.99.
@@ -35,9 +38,11 @@ OPTIONS: Mapping[str, float] = {}
 
 
 def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
-    if layer.momentum is None or layer.momentum < 1.0:
+    kept = layer.keras_momentum
+    if layer.momentum is None or kept is None or kept < 1.0:
         return
-    effect = "never change" if layer.momentum == 1.0 else "diverge"
+    effect = "never change" if kept == 1.0 else "diverge"
+    convention = " (PyTorch: the weight of each new batch)" if layer.framework == "pytorch" else ""
     untouched = untouched_while_trained(layer)
     state = (
         f"; they are still at their initial values ({layer.initial.moving_mean:g} and "
@@ -46,8 +51,10 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
         else ""
     )
     yield Problem(
-        message=f"momentum={layer.momentum:g}: the moving statistics {effect} during training"
-        + state,
+        message=(
+            f"momentum={layer.momentum:g}{convention}: the moving statistics {effect} during "
+            f"training{state}"
+        ),
         layer=layer.path,
         details={"momentum": layer.momentum, "untouched": bool(untouched)},
     )

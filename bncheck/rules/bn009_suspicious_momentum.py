@@ -6,6 +6,11 @@ Keras ``momentum=0.9``. Copied as-is, Keras keeps only 10% of the history at eac
 moving statistics describe roughly the last batch only and jump from batch to batch, so
 inference depends on which batch happened to come last.
 
+PyTorch files are judged in PyTorch's convention, where momentum is the weight of the new batch:
+there momentum 0.1 (Keras's 0.9, PyTorch's default) passes, and the mistake is the mirror image,
+Keras's 0.99 copied into PyTorch, which keeps 1% of the history (the threshold applies to the
+Keras equivalent, ``1 - momentum``).
+
 How to fix: use ``momentum = 1 - pytorch_momentum`` (0.9 for PyTorch's default 0.1); Keras's own
 default is 0.99.
 
@@ -31,15 +36,23 @@ OPTIONS: Mapping[str, float] = {"min_momentum": 0.5}
 
 
 def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
-    if layer.momentum is None or layer.momentum >= options["min_momentum"]:
+    kept = layer.keras_momentum
+    if layer.momentum is None or kept is None or kept >= options["min_momentum"]:
         return
-    kept = layer.momentum
-    yield Problem(
-        message=(
+    if layer.framework == "pytorch":
+        message = (
+            f"momentum={layer.momentum:g} keeps only {kept:.0%} of the old statistics at each "
+            f"step; in PyTorch momentum weighs the new batch (Keras's momentum={layer.momentum:g} "
+            f"is PyTorch's {kept:g}; PyTorch's default is 0.1)"
+        )
+    else:
+        message = (
             f"momentum={kept:g} keeps only {kept:.0%} of the old statistics at each step; "
             f"in Keras momentum weighs the history (PyTorch's momentum={kept:g} is Keras's "
             f"{1 - kept:g})"
-        ),
+        )
+    yield Problem(
+        message=message,
         layer=layer.path,
-        details={"momentum": kept, "min_momentum": options["min_momentum"]},
+        details={"momentum": layer.momentum, "min_momentum": options["min_momentum"]},
     )

@@ -29,7 +29,7 @@ from bncheck.model import ModelDescription
 ID = "BN018"
 NAME = "incomplete-layer-weights"
 DEFAULT_SEVERITY = Severity.ERROR
-NEEDS = "file"
+NEEDS = "model"
 OPTIONS: Mapping[str, float] = {}
 
 

@@ -36,7 +36,7 @@ REQUIRED_SECTIONS = ("How to fix", "Passing", "Failing")
 
 NEEDS_MEANING: Mapping[str, str] = {
     "static": "the saved file alone",
-    "file": "the saved file alone, what it holds and lacks",
+    "model": "the saved file alone, as a whole: what it holds and lacks",
     "probe": "running the model on a batch, with inspect --probe or --data",
     "checkpoint": "the variables of a checkpoint or SavedModel",
 }

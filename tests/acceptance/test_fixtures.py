@@ -11,7 +11,7 @@ from bncheck.readers import keras3_shards
 from tests.conftest import FIXTURES, CliResult, fixture_manifest
 
 MANIFEST = fixture_manifest()
-MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".pt", ".pth", ".bin", ".safetensors", ".onnx")
 
 
 def test_every_model_fixture_is_declared() -> None:

@@ -4,6 +4,8 @@
     python _child.py --batch CASES.json  TensorFlow imported first, then each argument list of
                                          the file in turn; one JSON line per run, flushed, so a
                                          crash names the case it hit
+    python _child.py --static-batch CASES.json
+                                         the same without TensorFlow, under the memory cap
 
 Used by the hardening tests so that a crash, a hang or a memory blow-up on one input is caught
 and named instead of taking the test run down.
@@ -56,10 +58,13 @@ def run(argv: list[str]) -> dict[str, Any]:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--batch"]:
-        from bncheck.tensorflow_import import import_tensorflow
+    if sys.argv[1:2] in (["--batch"], ["--static-batch"]):
+        if sys.argv[1] == "--batch":
+            from bncheck.tensorflow_import import import_tensorflow
 
-        import_tensorflow()  # once, before any case is timed
+            import_tensorflow()  # once, before any case is timed
+        else:
+            resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
         with open(sys.argv[2]) as handle:
             for argv in json.load(handle):
                 sys.__stdout__.write(json.dumps(run(argv)) + "\n")

@@ -106,3 +106,59 @@ def _edit_h5_config(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
         config = json.loads(h5.attrs["model_config"])
         edit(config)
         h5.attrs["model_config"] = json.dumps(config)
+
+
+def pickle_canaries(directory: Path, canary: Path) -> list[Path]:
+    """PyTorch files whose pickle creates ``canary`` when an unpickler rebuilds it: a call of
+    ``os.system`` or ``exec`` among the tensors, one run and popped before the data (a scanner
+    that stops at the first error misses it), an object whose ``__setstate__`` runs, in every
+    container bncheck reads (zip, legacy, TorchScript-shaped, a ``.bin`` named by content only),
+    and the shapes of known ``torch.load(weights_only=True)`` bypasses: a TorchScript archive,
+    which PyTorch 2.5 handed to ``torch.jit.load`` (CVE-2025-32434), and an allowed rebuilder
+    wrapping a foreign function."""
+    from tests.torch_files import (
+        Instance,
+        Name,
+        bn_arrays,
+        dumps,
+        state_dict,
+        write_legacy,
+        write_zip,
+    )
+
+    touch = f"touch {canary}"
+    system = _Reduce(Name("posix", "system"), (touch,))
+    executes = _Reduce(Name("builtins", "exec"), (f"open({str(canary)!r}, 'w').close()",))
+    wrapped = _Reduce(
+        Name("torch._tensor", "_rebuild_from_type_v2"),
+        (Name("posix", "system"), Name("torch", "Tensor"), (touch,), {}),
+    )
+    setstate = Instance(Name("tests.hardening.canary_module", "Touches"), {"state": 1})
+    layers = bn_arrays("layer1.0.bn1")
+    popped = b"\x80\x02cposix\nsystem\nX" + len(touch).to_bytes(4, "little") + touch.encode()
+    popped += b"\x85R0" + dumps(state_dict(layers))[2:]
+    paths = [
+        write_zip(directory / "system.pt", state_dict(layers, payload=system)),
+        write_zip(directory / "exec.pth", {"state_dict": state_dict(layers), "hook": executes}),
+        write_zip(directory / "popped.pt", state_dict(layers), data_pkl=popped),
+        write_zip(directory / "setstate.pt", state_dict(layers, extra=setstate)),
+        write_zip(directory / "wrapped.pt", state_dict(layers, weight=wrapped)),
+        write_legacy(directory / "legacy.pt", state_dict(layers, payload=system)),
+        write_zip(directory / "content.bin", state_dict(layers, payload=system)),
+    ]
+    torchscript = write_zip(directory / "torchscript.pt", state_dict(layers, payload=system))
+    with zipfile.ZipFile(torchscript, "a") as archive:
+        archive.writestr("archive/code/__torch__/model.py", "def forward(self, x): return x\n")
+        archive.writestr("archive/constants.pkl", dumps(()))
+    paths.append(torchscript)
+    return paths
+
+
+class _Reduce:
+    """Pickles as ``target(*arguments)``, the way a hostile ``__reduce__`` does."""
+
+    def __init__(self, target: object, arguments: tuple[object, ...]) -> None:
+        self.target, self.arguments = target, arguments
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return self.target, self.arguments

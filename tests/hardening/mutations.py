@@ -7,6 +7,7 @@ that many more random truncations and byte flips (the large run).
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import warnings
@@ -405,3 +406,272 @@ def build_tensorflow_corpus(directory: Path) -> list[Case]:
     case("keras_metadata.pb is garbage", "tfkeras_savedmodel", "keras_metadata.pb", garbage)
     case("keras_metadata.pb cut in half", "tfkeras_savedmodel", "keras_metadata.pb", truncate(0.5))
     return corpus.cases
+
+
+PYTORCH = FIXTURES / "pytorch"
+OTHER_SOURCES = [
+    PYTORCH / "healthy.pt",
+    PYTORCH / "healthy_legacy.pt",
+    PYTORCH / "healthy_model.pt",
+    PYTORCH / "healthy_torchscript.pt",
+    PYTORCH / "healthy.safetensors",
+    PYTORCH / "healthy.onnx",
+]
+
+
+def build_other_frameworks_corpus(directory: Path, extra: int = 0) -> list[Case]:
+    """Corrupted and hostile PyTorch, safetensors and ONNX files: truncations and byte flips of
+    each kind of fixture, then targeted damage to archives, pickles, tensor metadata (the
+    CVE-2026-24747 shape: offsets and sizes a storage does not hold), headers and external
+    data."""
+    corpus = Corpus(directory, seed=13)
+    for source in OTHER_SOURCES:
+        data = source.read_bytes()
+        offsets = {len(data) * k // 8 for k in range(8)} | {1, 8, len(data) - 1}
+        offsets |= {corpus.rng.randrange(len(data)) for _ in range(extra // 2)}
+        for offset in sorted(offsets):
+            corpus.add(f"{source.name} truncated at {offset}", data[:offset], source.suffix)
+        for _ in range(6 + extra // 2):
+            mutated = bytearray(data)
+            positions = [corpus.rng.randrange(len(data)) for _ in range(corpus.rng.randint(1, 8))]
+            for position in positions:
+                mutated[position] ^= corpus.rng.randrange(1, 256)
+            corpus.add(f"{source.name} flipped at {positions}", bytes(mutated), source.suffix)
+    _torch_archive_cases(corpus)
+    _pickle_cases(corpus)
+    _legacy_cases(corpus)
+    _safetensors_cases(corpus)
+    _onnx_cases(corpus)
+    return corpus.cases
+
+
+def _torch_archive_cases(corpus: Corpus) -> None:
+    members = _members(PYTORCH / "healthy.pt")
+    names = [name for name, _ in members]
+    for removed in names:
+        corpus.add(f".pt without {removed}", _zip([m for m in members if m[0] != removed]), ".pt")
+    for emptied in (name for name in names if "/data/" in name):
+        cut = [(n, b"" if n == emptied else d) for n, d in members]
+        corpus.add(f".pt with {emptied} emptied", _zip(cut), ".pt")
+    pickle_name = next(name for name in names if name.endswith("/data.pkl"))
+    corpus.add(".pt with two data.pkl", _zip(members + [("other/data.pkl", b"\x80\x02}.")]), ".pt")
+    corpus.add(
+        ".pt with byteorder 'middle'", _zip(_replace_member(members, "byteorder", b"middle")), ".pt"
+    )
+    bomb = zipfile.ZipInfo(pickle_name)
+    bomb.compress_type = zipfile.ZIP_DEFLATED
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(bomb, b"\x80\x02" + b"N0" * (150 << 20) + b"}.")
+    corpus.add(".pt whose data.pkl inflates to 300 MB", buffer.getvalue(), ".pt")
+
+
+def _replace_member(
+    members: list[tuple[str, bytes]], suffix: str, data: bytes
+) -> list[tuple[str, bytes]]:
+    return [(name, data if name.endswith(suffix) else value) for name, value in members]
+
+
+def _pickle_cases(corpus: Corpus) -> None:
+    from tests.torch_files import Name, Tensor, bn_arrays, dumps, state_dict, write_zip
+
+    members = _members(PYTORCH / "healthy.pt")
+    raw_pickles = {
+        "a pickle nested 100000 lists deep": b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b".",
+        "dictionaries 5000 deep": b"\x80\x02"
+        + b"}X\x04\x00\x00\x00next" * 5000
+        + b"}"
+        + b"s" * 5000
+        + b".",
+        "a key whose hash never ends": b"\x80\x02}K\x01" + b"q\x00h\x00\x86" * 80 + b"K\x00s.",
+        "a string claiming 2**62 bytes": b"\x80\x02\x8d" + (1 << 62).to_bytes(8, "little") + b"x.",
+        "a huge memo index": b"\x80\x02}r\xff\xff\xff\x7fh\x00.",
+        "an EXT1 code": b"\x80\x02\x82\x01.",
+        "an out-of-band buffer": b"\x80\x05\x97.",
+        "BUILD on a list": b"\x80\x02]}b.",
+        "a persistent id that is a number": b"\x80\x02K\x05Q.",
+        "only a STOP": b".",
+        "a 2**64 integer dictionary": b"\x80\x02}\x8a\x09" + b"\xff" * 8 + b"\x01K\x00s.",
+    }
+    for name, data in raw_pickles.items():
+        corpus.add(f".pt with {name}", _zip(_replace_member(members, "data.pkl", data)), ".pt")
+    mean = np.zeros(4, "float32")
+    tensors = {
+        "offset past the storage": Tensor("0", mean, offset=8),
+        "size of 2**62": Tensor("0", mean, size=(2**62,)),
+        "negative size": Tensor("0", mean, size=(-4,)),
+        "size and stride of different lengths": Tensor("0", mean, size=(4,), stride=(1, 1)),
+        "stride of 2**40": Tensor("0", mean, stride=(2**40,)),
+        "65 dimensions": Tensor("0", mean, size=(1,) * 65, stride=(1,) * 65),
+        "storage claiming 2**50 values": Tensor("0", mean, numel=2**50),
+        "storage key ../../etc/passwd": Tensor("../../etc/passwd", mean),
+        "float size": Tensor("0", mean, size=(4.0,)),  # type: ignore[arg-type]
+    }
+    for name, tensor in tensors.items():
+        arrays = {"bn.running_mean": tensor, "bn.running_var": Tensor("1", np.ones(4, "f4"))}
+        path = write_zip(corpus.new_path(".pt"), arrays)
+        corpus.add_path(f".pt tensor with {name}", path)
+    storage_types = {
+        "QInt8Storage": Name("torch", "QInt8Storage"),
+        "os.system": Name("os", "system"),
+    }
+    for name, storage_type in storage_types.items():
+        data = dumps(state_dict(bn_arrays("bn"))).replace(
+            b"torch\nFloatStorage", f"{storage_type.module}\n{storage_type.name}".encode()
+        )
+        path = write_zip(corpus.new_path(".pt"), state_dict(bn_arrays("bn")), data_pkl=data)
+        corpus.add_path(f".pt with storage type {name}", path)
+
+
+def _legacy_cases(corpus: Corpus) -> None:
+    from tests.torch_files import bn_arrays, state_dict, write_legacy
+
+    data = write_legacy(
+        corpus.directory / "scratch_legacy.pt", state_dict(bn_arrays("bn"))
+    ).read_bytes()
+    (corpus.directory / "scratch_legacy.pt").unlink()
+    count = data.rindex(np.int64(4).tobytes())
+    corpus.add(
+        "legacy storage count 99", data[:count] + np.int64(99).tobytes() + data[count + 8 :], ".pt"
+    )
+    corpus.add(
+        "legacy storage count 2**62",
+        data[:count] + np.int64(2**62).tobytes() + data[count + 8 :],
+        ".pt",
+    )
+    corpus.add("legacy last storage cut", data[:-4], ".pt")
+    big = write_legacy(corpus.new_path(".pt"), state_dict(bn_arrays("bn")), little_endian=False)
+    corpus.add_path("legacy big-endian", big)
+    corpus.add("legacy wrong protocol", data.replace(b"M\xe9\x03.", b"M\xea\x03.", 1), ".pt")
+
+
+def _safetensors_cases(corpus: Corpus) -> None:
+    import struct
+
+    source = (PYTORCH / "healthy.safetensors").read_bytes()
+    (length,) = struct.unpack("<Q", source[:8])
+    header = json.loads(source[8 : 8 + length])
+    data = source[8 + length :]
+
+    def write(name: str, changed: object, payload: bytes = data) -> None:
+        text = json.dumps(changed).encode()
+        corpus.add(
+            f"safetensors {name}", struct.pack("<Q", len(text)) + text + payload, ".safetensors"
+        )
+
+    key = next(k for k in header if k.endswith("running_var"))
+    edits: dict[str, Callable[[dict[str, Any]], None]] = {
+        "offsets past the end": lambda h: h[key].update(data_offsets=[0, len(data) + 4]),
+        "offsets reversed": lambda h: h[key].update(data_offsets=[16, 8]),
+        "negative offsets": lambda h: h[key].update(data_offsets=[-8, 24]),
+        "huge shape": lambda h: h[key].update(shape=[2**40]),
+        "text shape": lambda h: h[key].update(shape="sixteen"),
+        "unknown dtype": lambda h: h[key].update(dtype="F7"),
+        "integer statistics": lambda h: h[key].update(dtype="I32"),
+        "entry is a list": lambda h: h.__setitem__(key, [1]),
+        "no offsets": lambda h: h[key].pop("data_offsets"),
+        "metadata is a list": lambda h: h.__setitem__("__metadata__", [1]),
+    }
+    for name, edit in edits.items():
+        changed = json.loads(json.dumps(header))
+        edit(changed)
+        write(name, changed)
+    write("without data", header, b"")
+    nested = b"[" * 100_000 + b"]" * 100_000
+    corpus.add(
+        "safetensors header nested 100000 deep",
+        struct.pack("<Q", len(nested)) + nested,
+        ".safetensors",
+    )
+    corpus.add("safetensors header length 2**63", struct.pack("<Q", 2**63) + b"{}", ".safetensors")
+    corpus.add(
+        "safetensors header length past the end", struct.pack("<Q", 4096) + b"{}", ".safetensors"
+    )
+
+
+def _onnx_cases(corpus: Corpus) -> None:
+    import os
+
+    import onnx
+
+    source = onnx.load(str(PYTORCH / "healthy.onnx"))
+
+    def save(name: str, model: onnx.ModelProto) -> None:
+        path = corpus.new_path(".onnx")
+        onnx.save(model, path)
+        corpus.add_path(f"onnx {name}", path)
+
+    def edited(edit: Callable[[onnx.ModelProto], None]) -> onnx.ModelProto:
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+        edit(model)
+        return model
+
+    def variance(model: onnx.ModelProto) -> onnx.TensorProto:
+        return next(t for t in model.graph.initializer if t.name.endswith("running_var"))
+
+    def bn(model: onnx.ModelProto) -> onnx.NodeProto:
+        return next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+
+    def two_inputs(model: onnx.ModelProto) -> None:
+        del bn(model).input[2:]
+
+    def identity_cycle(model: onnx.ModelProto) -> None:
+        model.graph.node.append(onnx.helper.make_node("Identity", ["a"], ["b"]))
+        model.graph.node.append(onnx.helper.make_node("Identity", ["b"], ["a"]))
+        bn(model).input[4] = "a"
+
+    edits: dict[str, Callable[[onnx.ModelProto], None]] = {
+        "variance of huge dims": lambda m: variance(m).dims.__setitem__(0, 2**40),
+        "variance of negative dims": lambda m: variance(m).dims.__setitem__(0, -8),
+        "variance of unknown type": lambda m: setattr(variance(m), "data_type", 999),
+        "variance as text": lambda m: setattr(variance(m), "data_type", onnx.TensorProto.STRING),
+        "variance cut short": lambda m: setattr(variance(m), "raw_data", variance(m).raw_data[:6]),
+        "BatchNorm with two inputs": two_inputs,
+        "BatchNorm on a missing value": lambda m: bn(m).input.__setitem__(4, "nowhere"),
+        "Identity cycle": identity_cycle,
+        "no graph": lambda m: m.ClearField("graph"),
+        "IR version 0": lambda m: setattr(m, "ir_version", 0),
+    }
+    for name, edit in edits.items():
+        save(name, edited(edit))
+    locations = {
+        "parent directory": "../weights.bin",
+        "absolute path": "/etc/hostname",
+        "device": "/dev/zero",
+        "backslashes": "..\\weights.bin",
+        "empty": "",
+        "directory": ".",
+    }
+    for name, location in locations.items():
+        folder = corpus.new_path("")
+        folder.mkdir()
+        model = edited(lambda m: None)
+        onnx.save_model(
+            model,
+            folder / "model.onnx",
+            save_as_external_data=True,
+            location="w.bin",
+            size_threshold=0,
+        )
+        external = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+        for tensor in external.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        onnx.save(external, folder / "model.onnx")
+        corpus.add_path(f"onnx external data at {name}", folder / "model.onnx")
+    folder = corpus.new_path("")
+    folder.mkdir()
+    onnx.save_model(
+        edited(lambda m: None),
+        folder / "model.onnx",
+        save_as_external_data=True,
+        location="w.bin",
+        size_threshold=0,
+    )
+    outside = corpus.directory / "outside.bin"
+    outside.write_bytes((folder / "w.bin").read_bytes())
+    (folder / "w.bin").unlink()
+    os.symlink(outside, folder / "w.bin")
+    corpus.add_path("onnx external data through a symlink out of the folder", folder / "model.onnx")

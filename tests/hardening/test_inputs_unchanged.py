@@ -5,6 +5,7 @@ and plot, and nothing is added beside them."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,3 +50,36 @@ def test_every_command_leaves_its_inputs_untouched(run_cli: Run, tmp_path: Path)
         result = run_cli(*args)
         assert result.code in (0, 1), (args, result.err)
     assert snapshot(FIXTURES) == before
+
+
+def test_pytorch_safetensors_and_onnx_files_are_left_untouched(
+    run_cli: Run, tmp_path: Path
+) -> None:
+    pytorch = FIXTURES / "pytorch"
+    before = snapshot(pytorch)
+    nchw = FIXTURES / "data/digits_nchw_heldout.npy"
+    runs: list[tuple[list[object], set[int]]] = [
+        (["inspect", pytorch], {1}),
+        (["inspect", *sorted(pytorch.glob("*.onnx")), "--data", nchw], {1}),
+        (["inspect", pytorch / "healthy.pt", "--probe", "--unsafe"], {0}),
+        (
+            [
+                "checkpoint",
+                FIXTURES / "checkpoints/keras3_object",
+                "--model",
+                pytorch / "healthy.pt",
+            ],
+            {0, 1},
+        ),
+        (["recalibrate", pytorch / "healthy.onnx", "--data", nchw, "-o", tmp_path / "r.onnx"], {3}),
+        (["plot", pytorch / "healthy.onnx", "--data", nchw, "-o", tmp_path / "p.png"], {0}),
+    ]
+    if importlib.util.find_spec("torch") is not None:
+        torchscript = sorted(pytorch.glob("*_torchscript.pt"))
+        runs.append(
+            (["inspect", *torchscript, "--probe", "--unsafe", "--input-shape", "1,8,8"], {1})
+        )
+    for args, codes in runs:
+        result = run_cli(*args)
+        assert result.code in codes, (args, result.err)
+    assert snapshot(pytorch) == before

@@ -17,7 +17,12 @@ from typing import Any
 
 import pytest
 
-from tests.hardening.mutations import Case, build_corpus, build_tensorflow_corpus
+from tests.hardening.mutations import (
+    Case,
+    build_corpus,
+    build_other_frameworks_corpus,
+    build_tensorflow_corpus,
+)
 
 CHILD = Path(__file__).with_name("_child.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -126,3 +131,36 @@ def test_every_corrupted_checkpoint_and_savedmodel_is_handled(tmp_path: Path) ->
     ]
     assert not failures, "\n".join(failures)
     assert {outcome["code"] for outcome in outcomes} >= {3}
+
+
+def test_every_corrupted_pytorch_safetensors_and_onnx_file_is_handled(tmp_path: Path) -> None:
+    """One process, without TensorFlow, reads every case; a crash names its case."""
+    extra = int(os.environ.get("BNCHECK_MUTATIONS", "0"))
+    cases = build_other_frameworks_corpus(tmp_path, extra=extra)
+    assert len(cases) >= 150
+    listing = tmp_path / "cases.json"
+    listing.write_text(json.dumps([["inspect", str(c.path), "--format", "json"] for c in cases]))
+    done = subprocess.run(
+        [sys.executable, str(CHILD), "--static-batch", str(listing)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        check=False,
+    )
+    outcomes = [json.loads(line) for line in done.stdout.splitlines()]
+    if len(outcomes) < len(cases):
+        pytest.fail(
+            f"the process died ({done.returncode}) on {cases[len(outcomes)].name}: "
+            f"{done.stderr[-1000:]}"
+        )
+    failures = [
+        f"{case.name}: {problem}"
+        for case, outcome in zip(cases, outcomes, strict=True)
+        if (problem := judge(case, outcome))
+    ]
+    assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(
+        failures[:40]
+    )
+    codes = {outcome["code"] for outcome in outcomes}
+    assert 3 in codes and codes & {0, 1}

@@ -1,3 +1,4 @@
+from bncheck.findings import Escalation
 from bncheck.model import InitialValues
 from bncheck.rules import bn001_untouched_moving_stats as rule
 from tests.rules.conftest import layer, problems
@@ -51,3 +52,28 @@ def test_tolerance_option() -> None:
 def test_layer_without_gamma_and_beta_cannot_show_training() -> None:
     bare = layer(gamma=None, beta=None, center=False, scale=False, **UNTOUCHED)
     assert problems(rule, bare) == []
+
+
+def test_pytorch_counter_of_zero_is_named_as_the_evidence() -> None:
+    [problem] = problems(rule, layer(framework="pytorch", num_batches_tracked=0, **UNTOUCHED))
+    assert "num_batches_tracked is 0: the layer never ran in training mode" in problem.message
+    assert problem.details["num_batches_tracked"] == 0
+    assert problem.escalation is None
+
+
+def test_pytorch_layer_without_counter_is_a_frozen_batchnorm_look_alike() -> None:
+    # FrozenBatchNorm (detectron2, timm) has no num_batches_tracked, and converted backbones keep
+    # mean 0 and variance 1 on purpose: information, not an error.
+    [problem] = problems(rule, layer(framework="pytorch", num_batches_tracked=None, **UNTOUCHED))
+    assert problem.escalation is Escalation.MITIGATED
+    assert "FrozenBatchNorm" in problem.message
+
+
+def test_pytorch_counter_of_zero_with_moved_statistics_passes() -> None:
+    # PyTorch sets num_batches_tracked to 0 when loading a checkpoint from before version 0.4.1.
+    assert problems(rule, layer(framework="pytorch", num_batches_tracked=0)) == []
+
+
+def test_pytorch_counter_above_zero_points_at_momentum() -> None:
+    [problem] = problems(rule, layer(framework="pytorch", num_batches_tracked=300, **UNTOUCHED))
+    assert "num_batches_tracked is 300, so momentum must have been 0" in problem.message

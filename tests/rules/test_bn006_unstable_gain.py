@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -37,3 +38,11 @@ def test_unknown_epsilon_is_assumed_and_said() -> None:
 
 def test_nan_and_negative_variance_are_other_rules_business() -> None:
     assert problems(rule, layer(moving_variance=[math.nan, -0.5, 1.0, 1.0], epsilon=1e-9)) == []
+
+
+def test_unknown_epsilon_is_the_frameworks_default() -> None:
+    # gamma 1, variance 1e-4: gain 31.5 with Keras's 1e-3, 99.5 with PyTorch's 1e-5.
+    tiny = layer(epsilon=None, gamma=[1, 1, 1, 1], moving_variance=[1e-4, 1, 1, 1])
+    assert problems(rule, tiny, max_gain=50) == []
+    [problem] = problems(rule, replace(tiny, framework="pytorch"), max_gain=50)
+    assert problem.details["epsilon"] == 1e-5 and problem.details["epsilon_assumed"] is True

@@ -28,3 +28,11 @@ def test_momentum_above_one_diverges() -> None:
 def test_usual_momentum_and_unknown_pass() -> None:
     assert problems(rule, layer(momentum=0.999)) == []
     assert problems(rule, layer(momentum=None)) == []
+
+
+def test_pytorch_momentum_zero_never_updates() -> None:
+    [problem] = problems(rule, layer(momentum=0.0, framework="pytorch"))
+    assert "momentum=0 (PyTorch: the weight of each new batch)" in problem.message
+    assert "never change" in problem.message
+    assert problems(rule, layer(momentum=1.0, framework="pytorch")) == []
+    assert problems(rule, layer(momentum=0.1, framework="pytorch")) == []

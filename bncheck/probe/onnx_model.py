@@ -1,0 +1,317 @@
+"""Running ONNX models with onnxruntime for the probe (``pip install 'bncheck[onnx]'``).
+
+An ONNX graph is a list of operators, not code, and its external data is inlined by bncheck
+(read with the same checks as static inspection), so onnxruntime never opens another file.
+
+ONNX has no training mode to switch to, so the probe builds one. The inference pass runs the
+model as it is, with every BatchNormalization node's input and output added to the graph's
+outputs. The training-mode pass runs a copy in which each BatchNormalization node is rewritten
+into normalisation by the batch's own statistics, ``(x - mean) / sqrt(var + epsilon) * scale +
+B`` with the mean and (biased) variance over every axis but the channels: what PyTorch's and
+Keras's BatchNorm compute in training mode, without updating anything. Every other node is left
+as it is, so the two passes differ by normalisation alone, and each layer is measured from
+inside, as in Keras models. The watched activations are held in memory for the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bncheck.errors import ModelReadError, UsageError
+from bncheck.probe import runner
+from bncheck.probe.data import InputSpec
+from bncheck.probe.measure import Outputs, compare_outputs, spread
+from bncheck.probe.options import ProbeOptions, StepReporter
+from bncheck.probe.results import INFERENCE, TRAINING, LayerMeasurement, ProbeResult
+from bncheck.readers import onnx_graph, onnx_proto
+from bncheck.readers.onnx_graph import BatchNormNode
+
+LOADER = "onnxruntime"
+INSTALL_HINT = "probing ONNX models needs onnxruntime: pip install 'bncheck[onnx]'"
+#: Element types the training-mode rewrite computes in.
+_FLOAT_TYPES = {
+    np.dtype("float32"): onnx_proto.FLOAT,
+    np.dtype("float64"): onnx_proto.DOUBLE,
+    np.dtype("float16"): onnx_proto.FLOAT16,
+}
+#: ReduceMean takes its axes as an input from opset 18 on, as an attribute before.
+_AXES_AS_INPUT = 18
+#: Prefix of every name bncheck adds to a graph.
+_OWN = "bncheck"
+
+Watched = dict[str, np.ndarray]
+
+
+def probe(path: str, options: ProbeOptions, step: StepReporter) -> ProbeResult:
+    ort = _import_onnxruntime()
+    step("reading the ONNX graph")
+    directory = Path(path).parent.resolve()
+    model = onnx_graph.load(path)
+    _inline_external_data(model, directory)
+    nodes = onnx_graph.batchnorm_nodes(model.graph)
+    specs = [_input_spec(value) for value in _graph_inputs(model)]
+    first, described = runner.first_batch(specs, options)
+    batch = first.inputs
+    names = [spec.name for spec in specs]
+    step(f"running {described.samples} samples with onnxruntime")
+    inference = _Session(ort, _watching(model, nodes), names)
+    inferred, seen = inference.run(batch)
+    half = [array[: len(array) // 2] for array in batch] if described.samples >= 2 else None
+    alone = inference.run(half)[0] if half is not None else None
+    notes = list(runner.data_notes(described.real))
+    if half is None:
+        notes.append("a batch of one sample cannot show batch-dependent inference (BN016)")
+    trained: Outputs | None = None
+    layers: tuple[LayerMeasurement, ...] = ()
+    if not nodes:
+        notes.append("no BatchNormalization nodes: there is no training mode to compare with")
+    else:
+        try:
+            training = _Session(ort, _watching(_training_graph(model, nodes, seen), nodes), names)
+            trained, seen_training = training.run(batch)
+        except ModelReadError as exc:
+            notes.append(f"the training-mode graph could not run ({exc}): inference mode only")
+        else:
+            values = onnx_graph.Values(model.graph, directory)
+            layers = tuple(
+                _layer(position, bn, values, seen, seen_training)
+                for position, bn in enumerate(nodes)
+            )
+    return ProbeResult(
+        path=path,
+        loader=LOADER,
+        content=(),
+        unsafe=options.unsafe,
+        data=described,
+        modes=(INFERENCE,) if trained is None else (INFERENCE, TRAINING),
+        outputs=compare_outputs(inferred, trained, alone),
+        layers=layers,
+        notes=tuple(notes),
+    )
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UsageError(INSTALL_HINT) from None
+    onnxruntime.set_default_logger_severity(3)
+    return onnxruntime
+
+
+class _Session:
+    """One onnxruntime session; each run gives the model's own outputs and the watched values."""
+
+    def __init__(self, ort: Any, model: Any, inputs: list[str]) -> None:
+        self.inputs = inputs
+        self.outputs = [output.name for output in model.graph.output]
+        try:
+            self.session = ort.InferenceSession(
+                model.SerializeToString(), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime reports unsupported graphs in many ways
+            raise ModelReadError(f"onnxruntime cannot run the model ({_one_line(exc)})") from None
+
+    def run(self, batch: Sequence[np.ndarray]) -> tuple[Outputs, Watched]:
+        try:
+            results = self.session.run(self.outputs, dict(zip(self.inputs, batch, strict=True)))
+        except Exception as exc:  # a failing kernel, data the graph does not accept
+            raise ModelReadError(f"onnxruntime failed on the batch ({_one_line(exc)})") from None
+        named = [
+            (name, np.asarray(value)) for name, value in zip(self.outputs, results, strict=True)
+        ]
+        own = [(name, value) for name, value in named if not name.startswith(_OWN)]
+        return own, {name: value for name, value in named if name.startswith(_OWN)}
+
+
+def _watched(position: int, kind: str) -> str:
+    return f"{_OWN}_watched_{position}_{kind}"
+
+
+def _watching(model: Any, nodes: list[BatchNormNode]) -> Any:
+    """A copy of ``model`` that also outputs each BatchNorm node's input and output, under names
+    of bncheck's own (through Identity nodes), so no model output is listed twice."""
+    copy = _copy(model)
+    node_class = onnx_proto.message_class("NodeProto")
+    for position, bn in enumerate(nodes):
+        for kind, name in (("input", bn.node.input[0]), ("output", bn.node.output[0])):
+            alias = _watched(position, kind)
+            copy.graph.node.append(node_class(op_type="Identity", input=[name], output=[alias]))
+            copy.graph.output.add(name=alias)
+    return copy
+
+
+def _copy(model: Any) -> Any:
+    copy = onnx_proto.model_class()()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _graph_inputs(model: Any) -> list[Any]:
+    """The graph's real inputs: older IR versions also list the initializers as inputs."""
+    stored = {tensor.name for tensor in model.graph.initializer}
+    return [value for value in model.graph.input if value.name not in stored]
+
+
+def _input_spec(value: Any) -> InputSpec:
+    tensor_type = value.type.tensor_type
+    dtype = onnx_proto.ELEMENT_TYPES.get(tensor_type.elem_type)
+    if dtype is None or dtype == "bfloat16":
+        raise ModelReadError(f"input {value.name!r} has an element type the probe cannot feed")
+    shape = tuple(dim.dim_value if dim.dim_value > 0 else None for dim in tensor_type.shape.dim)
+    return InputSpec(value.name, (None, *shape[1:]), dtype)
+
+
+def _inline_external_data(model: Any, directory: Path) -> None:
+    """Put every external tensor's bytes into the model itself, read with bncheck's checks."""
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx_proto.EXTERNAL:
+            tensor.raw_data = onnx_graph.external_bytes(tensor, directory)
+            del tensor.external_data[:]
+            tensor.data_location = 0
+
+
+def _training_graph(model: Any, nodes: list[BatchNormNode], seen: Watched) -> Any:
+    """A copy of ``model`` whose BatchNormalization nodes normalise with batch statistics; the
+    inference pass's activations (``seen``) give each node's input rank and type."""
+    copy = _copy(model)
+    opset = max(
+        (entry.version for entry in copy.opset_import if entry.domain in ("", "ai.onnx")),
+        default=1,
+    )
+    replacements = {
+        bn.index: _Rewrite(copy.graph, bn, position, seen[_watched(position, "input")], opset).nodes
+        for position, bn in enumerate(nodes)
+    }
+    rebuilt = [
+        new for index, node in enumerate(copy.graph.node) for new in replacements.get(index, [node])
+    ]
+    del copy.graph.node[:]
+    copy.graph.node.extend(rebuilt)
+    return copy
+
+
+class _Rewrite:
+    """The nodes that compute ``(x - mean) / sqrt(var + eps) * scale + B`` with the batch's
+    statistics over every axis but 1, writing the BatchNorm node's first output."""
+
+    def __init__(
+        self, graph: Any, bn: BatchNormNode, position: int, example: np.ndarray, opset: int
+    ) -> None:
+        if example.dtype not in _FLOAT_TYPES:
+            raise ModelReadError(f"{bn.path}: its input is {example.dtype}, not a float type")
+        self.graph = graph
+        self.dtype = example.dtype
+        self.prefix = f"{_OWN}_training_{position}"
+        self.node_class = onnx_proto.message_class("NodeProto")
+        self.axes = [0, *range(2, example.ndim)]
+        self.opset = opset
+        x, scale, shift = bn.node.input[0], bn.node.input[1], bn.node.input[2]
+        element = _FLOAT_TYPES[self.dtype]
+        shape = self.constant("channel_shape", np.array([1, -1] + [1] * (example.ndim - 2)))
+        epsilon = bn.attribute("epsilon", onnx_graph.DEFAULT_EPSILON)
+        self.nodes = [
+            self.reduce_mean(x, "mean"),
+            self.node("Sub", [x, self.name("mean")], "centred"),
+            self.node("Mul", [self.name("centred"), self.name("centred")], "squared"),
+            self.reduce_mean(self.name("squared"), "variance"),
+            self.node(
+                "Add",
+                [self.name("variance"), self.constant("epsilon", np.array(epsilon, self.dtype))],
+                "shifted",
+            ),
+            self.node("Sqrt", [self.name("shifted")], "deviation"),
+            self.node("Div", [self.name("centred"), self.name("deviation")], "normalised"),
+            self.node("Cast", [scale], "scale_cast", to=element),
+            self.node("Reshape", [self.name("scale_cast"), shape], "scale"),
+            self.node("Cast", [shift], "shift_cast", to=element),
+            self.node("Reshape", [self.name("shift_cast"), shape], "shift"),
+            self.node("Mul", [self.name("normalised"), self.name("scale")], "scaled"),
+            self.node(
+                "Add", [self.name("scaled"), self.name("shift")], "out", output=bn.node.output[0]
+            ),
+        ]
+
+    def name(self, suffix: str) -> str:
+        return f"{self.prefix}_{suffix}"
+
+    def constant(self, suffix: str, value: np.ndarray) -> str:
+        integer = value.dtype.kind == "i"
+        value = value.astype(np.int64) if integer else value
+        self.graph.initializer.add(
+            name=self.name(suffix),
+            dims=list(value.shape),
+            data_type=onnx_proto.INT64 if integer else _FLOAT_TYPES[self.dtype],
+            raw_data=value.tobytes(),
+        )
+        return self.name(suffix)
+
+    def node(
+        self, op: str, inputs: list[str], suffix: str, output: str | None = None, **ints: Any
+    ) -> Any:
+        made = self.node_class(
+            op_type=op, input=inputs, output=[output or self.name(suffix)], name=self.name(suffix)
+        )
+        for key, value in ints.items():
+            attribute = made.attribute.add(name=key)
+            if isinstance(value, list):
+                attribute.ints.extend(value)
+                attribute.type = onnx_proto.ATTRIBUTE_INTS
+            else:
+                attribute.i = value
+                attribute.type = onnx_proto.ATTRIBUTE_INT
+        return made
+
+    def reduce_mean(self, source: str, suffix: str) -> Any:
+        if self.opset >= _AXES_AS_INPUT:
+            axes = self.constant(f"{suffix}_axes", np.array(self.axes))
+            return self.node("ReduceMean", [source, axes], suffix, keepdims=1)
+        return self.node("ReduceMean", [source], suffix, axes=self.axes, keepdims=1)
+
+
+def _layer(
+    position: int,
+    bn: BatchNormNode,
+    values: onnx_graph.Values,
+    inference: Watched,
+    training: Watched,
+) -> LayerMeasurement:
+    """One node's figures from its watched input and output in both passes."""
+    x = np.asarray(inference[_watched(position, "input")], dtype=np.float64)
+    y = np.asarray(inference[_watched(position, "output")], dtype=np.float64)
+    gamma, beta, mean, variance = (
+        np.asarray(values.array(name), dtype=np.float64).ravel() for name in bn.node.input[1:5]
+    )
+    epsilon = bn.attribute("epsilon", onnx_graph.DEFAULT_EPSILON)
+    shape = [1, -1] + [1] * (x.ndim - 2)
+    expected = (x - mean.reshape(shape)) / np.sqrt(variance.reshape(shape) + epsilon)
+    expected = expected * gamma.reshape(shape) + beta.reshape(shape)
+    with np.errstate(all="ignore"):
+        scale = float(np.linalg.norm(y.ravel()))
+        difference = float(np.linalg.norm((y - expected).ravel()))
+    error = difference / scale if scale > 0 else (0.0 if difference == 0 else float("inf"))
+    inference_spread, inference_rms, nonfinite = spread(y)
+    training_spread, training_rms, _ = spread(training[_watched(position, "output")])
+    return LayerMeasurement(
+        path=bn.path,
+        calls=1,
+        trainable=True,
+        epsilon=epsilon,
+        moving_mean=mean,
+        moving_variance=variance,
+        inference_spread=inference_spread,
+        inference_rms=inference_rms,
+        inference_nonfinite=nonfinite,
+        moving_stats_error=error,
+        training_spread=training_spread,
+        training_rms=training_rms,
+    )

@@ -1,0 +1,50 @@
+"""Raw tensor bytes to NumPy arrays, for the element types PyTorch, safetensors and ONNX share.
+
+NumPy has no bfloat16: its values are the upper half of a float32, so they are widened exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bncheck.errors import ModelReadError
+
+#: NumPy type of each element type name (little-endian; bfloat16 as its raw 16 bits).
+_NUMPY = {
+    "float64": "<f8",
+    "float32": "<f4",
+    "float16": "<f2",
+    "bfloat16": "<u2",
+    "int64": "<i8",
+    "int32": "<i4",
+    "int16": "<i2",
+    "int8": "i1",
+    "uint8": "u1",
+    "bool": "?",
+}
+
+INTEGER_TYPES = frozenset({"int64", "int32", "int16", "int8", "uint8"})
+
+
+def itemsize(dtype: str) -> int:
+    """Bytes per element; ``ModelReadError`` for a type bncheck does not read."""
+    if dtype not in _NUMPY:
+        raise ModelReadError(f"unsupported tensor element type {dtype}")
+    return np.dtype(_NUMPY[dtype]).itemsize
+
+
+def decode(raw: bytes, dtype: str, big_endian: bool = False) -> np.ndarray:
+    """The elements in ``raw``, as float32/float64 for floating types and int64 for integers."""
+    numpy_type = np.dtype(_NUMPY[dtype])
+    if big_endian:
+        numpy_type = numpy_type.newbyteorder(">")
+    if len(raw) % numpy_type.itemsize:
+        raise ModelReadError(f"{len(raw)} bytes are not a whole number of {dtype} values")
+    values = np.frombuffer(raw, dtype=numpy_type)
+    if dtype == "bfloat16":
+        return (values.astype(np.uint32) << 16).view(np.float32)
+    if dtype == "float16":
+        return values.astype(np.float32)
+    if dtype in INTEGER_TYPES or dtype == "bool":
+        return values.astype(np.int64)
+    return values.astype(numpy_type.newbyteorder("="))

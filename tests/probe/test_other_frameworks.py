@@ -1,0 +1,143 @@
+"""The probe runs ONNX models with onnxruntime and TorchScript archives with PyTorch (--unsafe),
+and says why it cannot run a state dict, a safetensors file or a pickled model. Keras and
+TensorFlow are never imported for them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.conftest import FIXTURES, CliResult
+
+Run = Callable[..., CliResult]
+PYTORCH = FIXTURES / "pytorch"
+DATA = FIXTURES / "data/digits_nchw_heldout.npy"
+
+
+def probed(run_cli: Run, fixture: str, *options: object) -> tuple[dict[str, Any], set[str], int]:
+    result = run_cli("inspect", PYTORCH / fixture, "--format", "json", *options)
+    model = result.json()["models"][0]
+    assert model["error"] is None, model["error"]
+    probe_rules = {"BN013", "BN014", "BN015", "BN016", "BN017"}
+    return model, {f["rule"] for f in model["findings"] if f["rule"] in probe_rules}, result.code
+
+
+def test_a_healthy_onnx_model_passes_in_both_modes(run_cli: Run) -> None:
+    model, rules, code = probed(run_cli, "healthy.onnx", "--data", DATA)
+    probe = model["probe"]
+    assert probe["loader"] == "onnxruntime" and probe["modes"] == ["inference", "training"]
+    assert [layer["path"] for layer in probe["layers"]] == ["stem.1", "layer1.bn1"]
+    # Each node infers with its stored statistics: the probe's own check of that is round-off.
+    assert all(layer["moving_stats_error"] < 1e-5 for layer in probe["layers"])
+    assert rules == set() and code == 0
+
+
+def test_inflated_variance_collapses_in_inference_mode(run_cli: Run) -> None:
+    model, rules, _ = probed(run_cli, "inflated_variance.onnx", "--probe")
+    [collapse] = [f for f in model["findings"] if f["rule"] == "BN013"]
+    assert collapse["layer"] == "layer1.bn1"
+    assert collapse["details"]["inference_spread"] < 1e-3 < collapse["details"]["training_spread"]
+
+
+def test_training_mode_nodes_make_inference_batch_dependent(run_cli: Run) -> None:
+    model, rules, _ = probed(run_cli, "training_mode.onnx", "--probe")
+    assert "BN016" in rules
+    [finding] = [f for f in model["findings"] if f["rule"] == "BN016"]
+    assert set(finding["details"]["layers"]) == {"stem.1", "layer1.bn1"}
+    # The rewritten training-mode graph computes what onnxruntime's training_mode=1 computes.
+    [output] = model["probe"]["outputs"]
+    assert output["relative_error"] < 1e-5
+
+
+def test_stored_statistics_are_judged_against_real_data(run_cli: Run) -> None:
+    model, rules, _ = probed(run_cli, "eval_trained.onnx", "--data", DATA)
+    assert "BN014" in rules
+    assert {f["rule"] for f in model["findings"]} >= {"BN001"}
+
+
+def test_a_folded_model_runs_in_inference_mode_only(run_cli: Run) -> None:
+    model, rules, code = probed(run_cli, "healthy_folded.onnx", "--probe")
+    assert model["probe"]["modes"] == ["inference"] and rules == set() and code == 0
+    assert any("no training mode" in note for note in model["probe"]["notes"])
+
+
+@pytest.mark.parametrize(
+    ("fixture", "reason"),
+    [
+        ("healthy.pt", "a state dict holds no architecture to run"),
+        ("healthy.safetensors", "tensors only, no architecture"),
+        ("healthy_model.pt", "a pickled model needs its classes' code"),
+        ("healthy_torchscript.pt", "pass --unsafe to run it"),
+    ],
+)
+def test_files_that_cannot_be_run_say_why(run_cli: Run, fixture: str, reason: str) -> None:
+    model, _, code = probed(run_cli, fixture, "--probe", "--input-shape", "1,8,8")
+    assert model["probe"]["ran"] is False and reason in model["probe"]["skipped"]
+    assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("fixture", "expected"),
+    [
+        ("healthy_torchscript.pt", set()),
+        ("inflated_variance_torchscript.pt", {"BN013"}),
+        ("batch_stats_torchscript.pt", {"BN016"}),
+    ],
+)
+def test_torchscript_probe(run_cli: Run, fixture: str, expected: set[str]) -> None:
+    pytest.importorskip("torch", reason="running TorchScript needs the torch extra")
+    model, rules, _ = probed(run_cli, fixture, "--probe", "--unsafe", "--input-shape", "1,8,8")
+    assert model["probe"]["loader"] == "torch.jit"
+    assert rules - {"BN017"} == expected
+    assert "BN017" in rules  # the code ran because --unsafe said so
+
+
+def test_torchscript_needs_input_shapes(run_cli: Run) -> None:
+    pytest.importorskip("torch", reason="running TorchScript needs the torch extra")
+    result = run_cli("inspect", PYTORCH / "healthy_torchscript.pt", "--probe", "--unsafe")
+    assert result.code == 2 and "declares no input shapes" in result.err
+
+
+PROBE_ONNX = """
+import sys
+from bncheck.cli import main
+try:
+    main(["inspect", sys.argv[1], "--probe", "--format", "json"])
+except SystemExit as done:
+    print("EXIT", done.code, file=sys.stderr)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "torch"))
+print("HEAVY", heavy, file=sys.stderr)
+"""
+
+
+def test_probing_onnx_imports_neither_tensorflow_nor_torch() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE_ONNX, str(PYTORCH / "healthy.onnx")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "EXIT 0" in done.stderr and "HEAVY []" in done.stderr, done.stderr
+
+
+def test_a_missing_onnxruntime_is_a_usage_error_naming_the_extra(
+    run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    result = run_cli("inspect", PYTORCH / "healthy.onnx", "--probe")
+    assert result.code == 2
+    assert result.err.strip().endswith("pip install 'bncheck[onnx]'")
+
+
+@pytest.mark.parametrize("fixture", ["healthy.pt", "healthy.safetensors", "healthy.onnx"])
+def test_recalibrate_says_it_does_not_write_these_formats(
+    run_cli: Run, fixture: str, tmp_path: Any
+) -> None:
+    output = tmp_path / fixture
+    result = run_cli("recalibrate", PYTORCH / fixture, "--data", DATA, "-o", output)
+    assert result.code == 3 and "checked by 'bncheck inspect' (and --probe) only" in result.err
+    assert not output.exists()

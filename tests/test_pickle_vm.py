@@ -1,0 +1,151 @@
+"""The pickle machine builds data and never runs anything a pickle names, whatever the opcode."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from bncheck.errors import ModelReadError
+from bncheck.readers import pickle_vm
+from bncheck.readers.pickle_vm import GlobalRef, PickledObject, PickleRefused, StateDict
+from tests.hardening import canary_module
+
+
+def load(data: bytes) -> tuple[object, pickle_vm.PickleLog]:
+    root, log, end = pickle_vm.load(data, lambda pid: ("storage", pid))
+    assert end == len(data)
+    return root, log
+
+
+@pytest.fixture
+def canary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "canary"
+    monkeypatch.setenv("BNCHECK_CANARY", str(path))
+    return path
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_no_protocol_makes_it_run_code(canary: Path, protocol: int) -> None:
+    data = pickle.dumps(
+        {"object": canary_module.Touches(), "function": canary_module.touch}, protocol=protocol
+    )
+    canary.unlink()  # making the object above touched it; reading must not
+    root, log = load(data)
+    assert not canary.exists()
+    assert isinstance(root, dict)
+    assert root["function"] == GlobalRef("tests.hardening.canary_module", "touch")
+    made = root["object"]
+    assert isinstance(made, PickledObject) and made.kind == "call"
+    assert made.state == {"state": 1}  # what __setstate__ would have been given
+    [call] = log.calls
+    assert call.target == "tests.hardening.canary_module.Touches"
+    assert call.arguments == "'reduce'"
+
+
+def test_a_payload_popped_before_the_data_is_still_logged(canary: Path) -> None:
+    # posix.system("...") then POP, then the real object: torch.load would have run it.
+    data = (
+        b"\x80\x02cposix\nsystem\nX\x07\x00\x00\x00touch x\x85R0"
+        + pickle.dumps({"a": 1}, protocol=2)[2:]
+    )
+    root, log = load(data)
+    assert root == {"a": 1}
+    [call] = log.calls
+    assert (call.target, call.arguments, call.position) == ("posix.system", "'touch x'", 29)
+
+
+def test_a_foreign_function_inside_the_tensor_subclass_rebuilder_is_named() -> None:
+    rebuilder = b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\n"
+    data = rebuilder + b"(cposix\nsystem\nNX\x01\x00\x00\x00x\x85NtR."
+    root, log = load(data)
+    assert isinstance(root, PickledObject)
+    assert [(call.target, call.arguments) for call in log.calls] == [("posix.system", "'x'")]
+
+
+def test_calling_the_result_of_a_call_is_named(canary: Path) -> None:
+    # getattr(builtins, "eval")("...") is how pickles reach functions by attribute.
+    data = (
+        b"\x80\x02cbuiltins\ngetattr\ncbuiltins\nobject\nX\x04\x00\x00\x00eval\x86R"
+        b"X\x03\x00\x00\x001+1\x85R."
+    )
+    _, log = load(data)
+    assert [call.target for call in log.calls] == [
+        "builtins.getattr",
+        "the result of builtins.getattr(...)",
+    ]
+
+
+def test_instances_are_recorded_with_their_state_not_built() -> None:
+    # Touches.__reduce__ makes a call; an instance as torch.save(model) writes it is NEWOBJ, BUILD.
+    data = b"\x80\x02ctests.hardening.canary_module\nTouches\n)\x81}X\x01\x00\x00\x00aK\x01sb."
+    root, log = load(data)
+    assert isinstance(root, PickledObject) and root.kind == "instance"
+    assert root.class_ref == GlobalRef("tests.hardening.canary_module", "Touches")
+    assert root.state == {"a": 1}
+    assert log.classes == ["tests.hardening.canary_module.Touches"] and log.calls == []
+
+
+def test_ordered_dicts_keep_their_metadata() -> None:
+    from collections import OrderedDict
+
+    state = OrderedDict(bn=1)
+    state._metadata = {"bn": {"version": 2}}  # type: ignore[attr-defined]
+    root, log = load(pickle.dumps(state, protocol=2))
+    assert isinstance(root, StateDict) and dict(root) == {"bn": 1}
+    assert root.attributes == {"_metadata": {"bn": {"version": 2}}}
+    assert log.calls == []
+
+
+def test_python2_names_are_read_as_python3_names() -> None:
+    root, log = load(b"\x80\x02c__builtin__\nset\n]\x85R.")
+    assert isinstance(root, PickledObject)
+    assert root.target == GlobalRef("builtins", "set")
+    assert log.calls == []  # a set is data
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\x80\x02\x82\x01.", "EXT1 is not supported"),
+        (b"\x80\x02h\x05.", "memo entry 5 before writing it"),
+        (b"\x80\x02K\x01", "before seeing STOP"),
+        (b"\x80\x02\xff.", "malformed pickle"),
+        (b"\x80\x02.", "empty stack"),
+        (b"\x80\x02K\x01)R.", "not callable"),
+        (b"\x80\x02}K\x01b.", "sets the state of a dict"),
+        (b"\x80\x02K\x01K\x02a.", "not a list"),
+        (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(K\x00K\x00))tR.", "not a storage"),
+        (b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\n(NNNtR.", "with arguments"),
+    ],
+)
+def test_malformed_or_foreign_pickles_are_refused(data: bytes, reason: str) -> None:
+    with pytest.raises(PickleRefused, match=reason):
+        load(data)
+    assert issubclass(PickleRefused, ModelReadError)
+
+
+def test_dictionary_keys_that_would_hash_for_ever_are_refused() -> None:
+    # Nested tuples sharing one inner tuple: hashing the key would visit 2**60 leaves.
+    key = b"K\x01"
+    for _ in range(60):
+        key = key + b"q\x00h\x00\x86"
+    data = b"\x80\x02}" + key + b"K\x00s."
+    with pytest.raises(PickleRefused, match="is not a plain value"):
+        load(data)
+
+
+def test_deep_nesting_is_built_without_recursion() -> None:
+    data = b"\x80\x02" + b"]" * 200_000 + b"a" * 199_999 + b"."
+    root, _ = load(data)
+    depth = 0
+    while isinstance(root, list) and root:
+        root, depth = root[0], depth + 1
+    assert depth == 199_999
+
+
+def test_millions_of_calls_are_counted_not_listed() -> None:
+    data = b"\x80\x02cposix\nsystem\nq\x00)" + b"h\x00)R0" * 200_000 + b"N."
+    _, log = load(data)
+    assert log.call_count == 200_000 and len(log.calls) == pickle_vm.MAX_LISTED_CALLS
