@@ -296,10 +296,16 @@ def inspect(
 ) -> int:
     """Report the health of every BatchNorm layer in models, checkpoints and SavedModels.
 
-    A folder is searched recursively for models, recognised by their content. Reads .keras, .h5
-    and weights files directly, without TensorFlow; checkpoints and SavedModels with TensorFlow's
-    checkpoint reader. Never runs code from them. With --probe (or --data) each model is also
-    loaded and run; see the README for what that judges.
+    A folder is searched recursively for models, recognised by their content. Model files are
+    read directly, only their BatchNorm arrays, and never run.
+
+    With --probe (or --data) each model is also loaded and run. On real data (--data) each
+    layer's statistics are re-estimated over up to --samples samples: BN014 compares them with
+    the stored ones, BN015 says what re-estimating them would change (with labels, the measured
+    accuracy or mean squared error). Synthetic data (--probe alone) judges collapse (BN013) and
+    batch-dependent inference (BN016) only. Models holding code are not loaded without --unsafe.
+
+    'bncheck rules' lists the rules, 'bncheck explain RULE' explains one.
     """
     probe_options = _probe_from(
         ctx,

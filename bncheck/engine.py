@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from bncheck.errors import ModelReadError
 from bncheck.findings import Finding, ModelResult, Problem, Report
-from bncheck.matching import match_layers, position_note
+from bncheck.matching import match_layers
 from bncheck.model import ModelDescription
 from bncheck.probe.options import ProbeOptions, StepReporter
 from bncheck.readers import detect, read_checkpoint, read_model
@@ -115,9 +115,7 @@ def check_checkpoint(path: str, model_path: str | None, settings: Settings) -> R
                 failed = ModelResult(path=model_path, format=None, error=str(exc))
                 return Report(models=(failed,), fail_on=settings.fail_on)
             matched = match_layers(contents, model_path, model.layers)
-            note = position_note(matched)
-            notes = description.notes if note is None else (*description.notes, note)
-            description = replace(description, checkpoint=matched, notes=notes)
+            description = replace(description, checkpoint=matched)
     except ModelReadError as exc:
         failed = ModelResult(path=path, format=None, error=str(exc))
         return Report(models=(failed,), fail_on=settings.fail_on)

@@ -130,6 +130,16 @@ class Report:
         return sum(1 for f in self.findings if f.severity == severity)
 
     @property
+    def unreadable_count(self) -> int:
+        """Inputs that could not be read."""
+        return sum(1 for model in self.models if model.error is not None)
+
+    @property
+    def model_count(self) -> int:
+        """Inputs that were read: the models the findings come from."""
+        return len(self.models) - self.unreadable_count
+
+    @property
     def layer_count(self) -> int:
         return sum(len(m.description.layers) for m in self.models if m.description is not None)
 

@@ -4,7 +4,8 @@ Each layer is matched by the strongest evidence available, and the match says wh
 ``layer path`` (a group's scope is the layer's path, with or without the outermost model's name),
 ``layer name`` (exactly one group's scope ends with the layer's name), or ``position`` (once
 names are used up, the n-th unmatched layer takes the n-th unmatched group, only when both
-counts agree; the usual case for object-based checkpoints of a model whose layers were renamed).
+counts agree; the usual case for object-based checkpoints of a model whose layers were renamed,
+and BN020's finding).
 """
 
 from __future__ import annotations
@@ -49,17 +50,6 @@ def match_layers(
         group, how = found.get(index, (None, None))
         matches.append(LayerMatch(layer.path, layer.channels, group, how))
     return replace(contents, model=model_path, matches=tuple(matches))
-
-
-def position_note(contents: CheckpointContents) -> str | None:
-    """A warning that some layers were paired by position alone, when they were."""
-    count = sum(1 for match in contents.matches if match.matched_by == BY_POSITION)
-    if not count:
-        return None
-    return (
-        f"{count} of the model's BatchNorm layers matched checkpoint variables by position only "
-        "(their names differ): make sure the checkpoint belongs to this model"
-    )
 
 
 def _last(scope: str) -> str:

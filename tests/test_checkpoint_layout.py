@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bncheck.matching import match_layers, position_note
+from bncheck.matching import match_layers
 from bncheck.model import BNLayer, CheckpointContents
 from bncheck.readers.checkpoint_layout import (
     GraphVariable,
@@ -19,6 +19,7 @@ from bncheck.readers.checkpoint_layout import (
     name_scope_groups,
     object_graph_groups,
 )
+from bncheck.rules import bn020_matched_by_position as bn020
 from tests.rules.conftest import checkpoint_group
 
 VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -183,7 +184,9 @@ def test_matching_by_path_then_name_then_position() -> None:
     ]
     assert matched.model == "model.keras"
     assert matched.coverage.bn_layers == 3 and matched.coverage.with_moving_stats == 3
-    assert "1 of the model's BatchNorm layers matched" in (position_note(matched) or "")
+    [problem] = bn020.check(matched, {})
+    assert problem.message.startswith("1 of the model's 3 BatchNorm layers matched")
+    assert problem.details == {"pairs": {"cnn/stem_bn": "model/layer_with_weights-5"}}
 
 
 def test_no_position_guess_when_counts_differ() -> None:
@@ -193,7 +196,7 @@ def test_no_position_guess_when_counts_differ() -> None:
     matched = match_layers(contents, "m.keras", (bn_layer("m/x_bn"), bn_layer("m/y_bn")))
     assert [m.group for m in matched.matches] == [None, None]
     assert matched.coverage.with_moving_stats == 0
-    assert position_note(matched) is None
+    assert list(bn020.check(matched, {})) == []
 
 
 def test_ambiguous_names_are_not_matched_by_name() -> None:

@@ -422,12 +422,22 @@ def test_savedmodel_variables_against_a_model(run_cli: Run) -> None:
     assert "2/2 BN layers of the model have moving statistics in the SavedModel" in result.out
 
 
-def test_position_matches_are_flagged(run_cli: Run) -> None:
+def test_position_matches_are_a_finding_the_configuration_controls(run_cli: Run) -> None:
     result = run_cli("checkpoint", TFKERAS_SAVEDMODEL, "--model", KERAS3_MODEL)
-    assert result.code == 0
+    assert result.code == 0  # a warning
+    assert "warning  BN020 matched-by-position  (model): " in result.out
     assert "matched checkpoint variables by position only" in result.out
     rows = table_rows(result.out)
     assert rows["cnn/conv1_bn"][:3] == ["8", "cnn/bn1", "position"]
+    strict = run_cli(
+        "checkpoint", TFKERAS_SAVEDMODEL, "--model", KERAS3_MODEL, "--fail-on", "warning"
+    )
+    assert strict.code == 1
+    ignored = run_cli(
+        "checkpoint", TFKERAS_SAVEDMODEL, "--model", KERAS3_MODEL, "--fail-on", "warning",
+        "--ignore", "BN020",
+    )  # fmt: skip
+    assert ignored.code == 0 and "position only" not in ignored.out
 
 
 def test_checkpoint_command_refuses_other_models(run_cli: Run) -> None:

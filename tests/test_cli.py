@@ -56,6 +56,7 @@ def test_several_paths_report_together_and_take_the_worst_code(run_cli: Run) -> 
     assert result.code == 1
     assert [m["path"] for m in report["models"]] == [str(HEALTHY), str(UNTOUCHED)]
     assert report["summary"] == {
+        "inputs": 2,
         "models": 2,
         "layers": 4,
         "errors": 2,
@@ -75,6 +76,9 @@ def test_unreadable_input_wins_but_readable_ones_are_still_reported(
     assert report["models"][0]["findings"]
     assert report["models"][1]["error"] == "no such file or directory"
     assert result.err == f"bncheck: error: {missing}: no such file or directory\n"
+    # A missing path is an input, not a model.
+    summary = report["summary"]
+    assert (summary["inputs"], summary["models"], summary["unreadable"]) == (2, 1, 1)
 
 
 def test_table_names_an_unreadable_input_once_and_counts_inputs_apart_from_models(
@@ -236,8 +240,10 @@ def test_piped_table_has_no_colour(run_cli: Run) -> None:
     ],
 )
 def test_select_and_ignore_flags(run_cli: Run, args: tuple[str, ...], rules: set[str]) -> None:
-    result = run_cli("inspect", FIXTURES / "keras3/momentum_one.keras", "--format", "json", *args)
-    assert {f["rule"] for f in result.json()["models"][0]["findings"]} == rules
+    """Statistics never updated (BN001) and momentum 1.0 (BN008, which BN001 leaves alone)."""
+    momentum_one = FIXTURES / "keras3/momentum_one.keras"
+    result = run_cli("inspect", UNTOUCHED, momentum_one, "--format", "json", *args)
+    assert {f["rule"] for m in result.json()["models"] for f in m["findings"]} == rules
 
 
 def test_unknown_rule_in_a_flag_is_a_usage_error(run_cli: Run) -> None:

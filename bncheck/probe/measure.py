@@ -464,7 +464,8 @@ def _batch_dependence(
     count = batch.size // 2
     if count < 1:
         return ["a batch of one sample cannot show batch-dependent inference (BN016)"]
-    [alone] = passes.run([array[:count] for array in batch.inputs], STORED)
+    # The same compiled call as the whole batch's (its training pass is not used).
+    alone, _ = passes.run([array[:count] for array in batch.inputs], STORED, TRAINING)
     for (name, within), (_, by_itself) in zip(whole.outputs, alone.outputs, strict=True):
         outputs[name].half_dependence = _ratio(
             _squared_norm(by_itself - within[:count]), _squared_norm(within[:count])

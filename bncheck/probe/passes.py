@@ -99,7 +99,7 @@ class Passes:
         self._graph: Any = None
         self._records: list[tuple[str, str, list[Any]]] = []
         self._functions: dict[tuple[str, ...], Any] = {}
-        self._keys: dict[tuple[str, ...], list[list[tuple[str, str]]]] = {}
+        self._keys: dict[tuple[str, ...], list[list[tuple[str, str, list[int]]]]] = {}
 
     def __enter__(self) -> Passes:
         self._snapshot = keras_model.Snapshot(self.model.variables)
@@ -127,29 +127,46 @@ class Passes:
 
         function = self._functions.get(modes)
         if function is None:
-            function = self._functions[modes] = self._compile(modes)
+            # Any batch size, one trace: a short batch or half a batch runs the same graph.
+            signature = [
+                tf.TensorSpec((None, *array.shape[1:]), tf.as_dtype(array.dtype))
+                for array in inputs
+            ]
+            function = self._functions[modes] = self._compile(modes, signature)
         results = function(*[tf.constant(array) for array in inputs])
         if self._dirty:
             self._snapshot.restore()
         keys = self._keys[modes]
         return [
-            _pass_result(self.model, outputs, tensors, call_keys)
-            for (outputs, tensors), call_keys in zip(results, keys, strict=True)
+            _pass_result(self.model, outputs, np.asarray(figures), call_keys)
+            for (outputs, figures), call_keys in zip(results, keys, strict=True)
         ]
 
-    def _compile(self, modes: tuple[str, ...]) -> Any:
+    def _compile(self, modes: tuple[str, ...], signature: list[Any]) -> Any:
         import tensorflow as tf
 
         # No autograph: the passes are plain Python over Keras calls, which need no conversion.
-        @tf.function(reduce_retracing=True, autograph=False)
-        def passes(*inputs: Any) -> list[tuple[Any, list[Any]]]:
+        @tf.function(input_signature=signature, autograph=False)
+        def passes(*inputs: Any) -> list[tuple[Any, Any]]:
             self._graph = tf.compat.v1.get_default_graph()
             results, keys = [], []
             for mode in modes:
                 self._mode, self._records = mode, []
                 outputs = self.model(keras_model.pack_inputs(self.model, list(inputs)))
-                keys.append([(path, kind) for path, kind, _ in self._records])
-                results.append((outputs, [tensors for _, _, tensors in self._records]))
+                # Every recorded figure of the call in one flat vector: one transfer per call.
+                pieces = [
+                    tf.reshape(tf.cast(tensor, tf.float32), [-1])
+                    for _, _, tensors in self._records
+                    for tensor in tensors
+                ]
+                keys.append(
+                    [
+                        (path, kind, [_size(tensor) for tensor in tensors])
+                        for path, kind, tensors in self._records
+                    ]
+                )
+                flat = tf.concat(pieces, 0) if pieces else tf.zeros([0])
+                results.append((outputs, flat))
             self._keys[modes] = keys
             self._mode = STORED
             return results
@@ -293,25 +310,38 @@ def _batch_normalization(layer: Any, values: Any, mean: Any, variance: Any) -> A
     )
 
 
+def _size(tensor: Any) -> int:
+    """Values in a recorded tensor, known when the pass is traced (channels are static)."""
+    size = tensor.shape.num_elements()
+    if size is None:
+        raise ValueError(f"a recorded figure has no static size: {tensor.shape}")
+    return int(size)
+
+
 def _pass_result(
-    model: Any, outputs: Any, tensors: list[Any], keys: list[tuple[str, str]]
+    model: Any, outputs: Any, flat: np.ndarray, keys: list[tuple[str, str, list[int]]]
 ) -> PassResult:
     figures, moments = [], []
-    for (path, kind), values in zip(keys, tensors, strict=True):
+    offset = 0
+    for path, kind, sizes in keys:
+        values = []
+        for size in sizes:
+            values.append(flat[offset : offset + size])
+            offset += size
         if kind == "moments":
             mean, variance, samples, per_channel = values
             moments.append(
                 Moments(
                     path,
-                    np.asarray(mean, dtype=np.float64),
-                    np.asarray(variance, dtype=np.float64),
-                    int(samples),
-                    int(per_channel),
+                    mean.astype(np.float64),
+                    variance.astype(np.float64),
+                    int(samples[0]),
+                    int(per_channel[0]),
                 )
             )
             continue
         stacked, batch = values
-        rms, deviation, nonfinite, error = (float(v) for v in np.asarray(stacked))
-        spread = deviation / rms if int(batch) >= 2 and rms > 0.0 else 0.0
+        rms, deviation, nonfinite, error = (float(v) for v in stacked)
+        spread = deviation / rms if int(batch[0]) >= 2 and rms > 0.0 else 0.0
         figures.append(CallFigures(path, spread, rms, int(nonfinite), None if error < 0 else error))
     return PassResult(keras_model.output_arrays(model, outputs), figures, moments)

@@ -212,13 +212,14 @@ def _paint(word: str, options: RenderOptions) -> str:
 def verdict(report: Report, options: RenderOptions = PLAIN) -> str:
     """One line: the outcome, the findings by severity, and how many models (inputs that could
     be read) and BatchNorm layers they came from."""
-    unreadable = sum(1 for model in report.models if model.error is not None)
+    unreadable = report.unreadable_count
     counts = ", ".join(
         _count(report.count(severity), str(severity))
         for severity in (Severity.ERROR, Severity.WARNING, Severity.INFO)
     )
-    models = len(report.models) - unreadable
-    scope = f"{_count(models, 'model')}, {_count(report.layer_count, 'BatchNorm layer')}"
+    scope = (
+        f"{_count(report.model_count, 'model')}, {_count(report.layer_count, 'BatchNorm layer')}"
+    )
     if unreadable:
         inputs = _count(len(report.models), "input")
         status = f"{_paint('ERROR', options)}: {unreadable} of {inputs} could not be read"

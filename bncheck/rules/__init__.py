@@ -38,6 +38,7 @@ from bncheck.rules import (
     bn017_unsafe_model_content,
     bn018_incomplete_layer_weights,
     bn019_pickled_code,
+    bn020_matched_by_position,
 )
 
 
@@ -76,6 +77,7 @@ RULES: dict[str, Rule] = _registry(
     bn017_unsafe_model_content,
     bn018_incomplete_layer_weights,
     bn019_pickled_code,
+    bn020_matched_by_position,
 )
 
 

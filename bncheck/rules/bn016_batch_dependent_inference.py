@@ -25,8 +25,8 @@ Options:
   tolerance: relative change still counted as round-off.
 
 Passing: the first 16 samples get identical outputs alone and in the batch of 32.
-Failing: their outputs change by 6.6% when the other 16 samples are left out
-(``fixtures/keras3/training_call.keras``, built with ``bn1(x, training=True)``).
+Failing: their outputs change by 6.6% when the other 16 samples are left out (a small CNN whose
+graph calls its first BatchNorm layer as ``bn1(x, training=True)``).
 """
 
 from __future__ import annotations
