@@ -122,15 +122,13 @@ def run_plot(options: PlotOptions) -> int:
         return ExitCode.UNREADABLE
     from bncheck.plot import plot_model, probe_overlay  # matplotlib costs a second to import
 
+    staleness = settings.rules["BN014"].options
+    overlay = probe_overlay(result, staleness["max_mean_shift"], staleness["max_variance_factor"])
     try:
-        plot_model(
-            result,
-            options.output,
-            dead_variance=settings.rules["BN005"].options["max_variance"],
-            overlay=probe_overlay(result),
-        )
+        plot_model(result, options.output, overlay)
     except OSError as exc:
         raise UsageError(f"cannot write --output {options.output}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {options.output}")
     return ExitCode.OK
 
 

@@ -1,10 +1,14 @@
 """``bncheck plot``: one picture of every BatchNorm layer of a model, in depth order.
 
 Panels share the x axis (BN layers as the model orders them): the spread of moving_mean and of
-moving_variance over each layer's channels, and the fraction of dead channels. Layers with
-findings are shaded by their worst severity across all panels and named with their rules.
-Probe measurements, given as a ``ProbeOverlay``, add a staleness panel and mark the layer where
-inference collapses.
+moving_variance over each layer's channels, and the dead channels BN005 found. Layers with
+findings are shaded by their worst severity across all panels and named with their rules;
+findings about the model as a whole are listed under the title. Probe measurements, given as a
+``ProbeOverlay``, add a staleness panel and mark the layer where inference collapses.
+
+The picture judges nothing itself: which layers are flagged, dead or collapsing comes from the
+findings, so the configuration that shapes the report (ignored rules, severities, per-layer
+ignores) shapes the picture the same way. Measurements are drawn as measured.
 
 matplotlib is imported inside ``plot_model`` only: nothing else in bncheck needs it.
 """
@@ -20,8 +24,7 @@ import numpy as np
 
 from bncheck.findings import Finding, ModelResult, Severity
 from bncheck.model import BNLayer
-from bncheck.rules import bn013_inference_collapse
-from bncheck.rules.bn005_dead_channels import dead_channels
+from bncheck.rules import bn005_dead_channels, bn013_inference_collapse
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -44,13 +47,13 @@ class ProbeOverlay:
     """Per-layer measurements of a probe run, drawn over the static panels."""
 
     staleness: Mapping[str, float]
-    """A staleness score per layer path (how far the moving statistics are from the statistics
-    the layer sees on real data); layers without a score are left out."""
-    staleness_label: str
-    """What the score is, for the panel's axis, e.g. ``max |mean shift| / std``."""
+    """Each layer's staleness on real data as a multiple of BN014's threshold: the larger of its
+    mean shift over ``max_mean_shift`` and its log variance factor over ``log
+    max_variance_factor``, so 1 is where BN014 starts reporting; layers without a measurement
+    are left out."""
     collapse_layer: str | None = None
     """Path of the first layer from which inference-mode activations stop varying across the
-    batch; ``None`` when they never do."""
+    batch, as BN013 found it; ``None`` when it found none."""
 
 
 @dataclass(frozen=True)
@@ -77,18 +80,24 @@ class Spread:
         return cls(float(low), float(q05), float(median), float(q95), float(high))
 
 
-def probe_overlay(result: ModelResult) -> ProbeOverlay | None:
-    """What a probe run adds to the picture: each layer's staleness, on real data only (synthetic
-    data cannot judge it), and the layer where an inference collapse starts (BN013)."""
+def probe_overlay(
+    result: ModelResult, max_mean_shift: float, max_variance_factor: float
+) -> ProbeOverlay | None:
+    """What a probe run adds to the picture: each layer's staleness on real data (synthetic data
+    cannot measure it) relative to BN014's thresholds, and the layer where an inference collapse
+    starts (BN013's finding)."""
     probe = result.probe
     if probe is None or not probe.ran:
         return None
     staleness = {}
     if probe.real_data:
         for layer in probe.layers:
-            figures = layer.staleness()
+            figures = None if layer.untouched else layer.staleness()
             if figures is not None:
-                staleness[layer.path] = figures.score
+                staleness[layer.path] = max(
+                    figures.mean_shift / max_mean_shift,
+                    float(np.log(figures.variance_factor) / np.log(max_variance_factor)),
+                )
     collapse = next(
         (
             str(finding.details["first_layer"])
@@ -97,20 +106,11 @@ def probe_overlay(result: ModelResult) -> ProbeOverlay | None:
         ),
         None,
     )
-    return ProbeOverlay(staleness, "staleness\n(mean shift in sd,\nor ln variance ratio)", collapse)
+    return ProbeOverlay(staleness, collapse)
 
 
-def plot_model(
-    result: ModelResult,
-    target: str,
-    *,
-    dead_variance: float,
-    overlay: ProbeOverlay | None = None,
-) -> None:
-    """Draw the BN layers of a readable model into ``target`` (.png or .svg, by suffix).
-
-    ``dead_variance`` is the moving variance below which a channel counts as dead (BN005's
-    ``max_variance``)."""
+def plot_model(result: ModelResult, target: str, overlay: ProbeOverlay | None = None) -> None:
+    """Draw the BN layers of a readable model into ``target`` (.png or .svg, by suffix)."""
     import matplotlib
     from matplotlib.figure import Figure
 
@@ -122,17 +122,17 @@ def plot_model(
     width = min(18.0, max(9.0, 4 + 0.1 * len(layers)))
     figure = Figure(figsize=(width, 2.1 * panels + 2.2), layout="constrained")
     axes = list(figure.subplots(panels, 1, sharex=True, squeeze=False)[:, 0])
-    figure.suptitle(_title(result), fontsize=11, x=0.01, horizontalalignment="left")
+    title = "\n".join([_title(result), *_model_findings(result.findings)])
+    figure.suptitle(title, fontsize=10, x=0.01, horizontalalignment="left")
     if layers:
         flagged = _flagged(layers, result.findings)
         x = np.arange(len(layers))
         _spread_panel(axes[0], x, [Spread.of(layer.moving_mean) for layer in layers])
         axes[0].axhline(0.0, color="0.55", linewidth=0.7, zorder=1)
         axes[0].set_ylabel("moving_mean")
-        live = [_live_variance(layer, dead_variance) for layer in layers]
-        _spread_panel(axes[1], x, [Spread.of(variance) for variance in live], log=True)
-        axes[1].set_ylabel("moving_variance\n(live channels)")
-        _dead_panel(axes[2], x, layers, dead_variance)
+        _spread_panel(axes[1], x, [Spread.of(_positive(layer)) for layer in layers], log=True)
+        axes[1].set_ylabel("moving_variance\n(positive channels)")
+        _dead_panel(axes[2], x, layers, result.findings)
         collapse = _index_of(layers, overlay.collapse_layer if overlay else None)
         if overlay is not None and staleness:
             _staleness_panel(axes[3], x, layers, overlay)
@@ -196,29 +196,26 @@ def _bar_width(x: np.ndarray) -> float:
     return 0.6 if len(x) >= 12 else 0.3
 
 
-def _live_variance(layer: BNLayer, dead_variance: float) -> np.ndarray:
-    """The moving variances a logarithmic axis can show: dead channels have their own panel,
-    negative ones are BN004's to report."""
+def _positive(layer: BNLayer) -> np.ndarray:
+    """The moving variances a logarithmic axis can show: zero ones are BN005's to report,
+    negative ones BN004's."""
     variance = np.asarray(layer.moving_variance, dtype=np.float64).ravel()
-    return variance[variance >= max(dead_variance, np.finfo(np.float64).tiny)]
+    return variance[variance >= np.finfo(np.float64).tiny]
 
 
-def _dead_panel(ax: Axes, x: np.ndarray, layers: Sequence[BNLayer], dead_variance: float) -> None:
-    fractions = [
-        dead_channels(layer, dead_variance).size / max(1, layer.channels) for layer in layers
-    ]
-    ax.bar(x, 100 * np.array(fractions), width=_bar_width(x), color=DEAD_COLOR, zorder=3)
+def _dead_panel(
+    ax: Axes, x: np.ndarray, layers: Sequence[BNLayer], findings: Sequence[Finding]
+) -> None:
+    """The share of each layer's channels BN005 found dead."""
+    dead = {
+        finding.layer: float(finding.details["fraction"])
+        for finding in findings
+        if finding.rule == bn005_dead_channels.ID
+    }
+    fractions = np.array([dead.get(layer.path, 0.0) for layer in layers])
+    ax.bar(x, 100 * fractions, width=_bar_width(x), color=DEAD_COLOR, zorder=3)
     ax.set_ylim(0, 100)
-    ax.set_ylabel("dead channels (%)")
-    ax.text(
-        0.005,
-        0.94,
-        f"dead: moving_variance < {dead_variance:g}",
-        transform=ax.transAxes,
-        fontsize=8,
-        va="top",
-        color="0.35",
-    )
+    ax.set_ylabel("dead channels (%)\n(BN005)")
 
 
 def _staleness_panel(
@@ -226,7 +223,19 @@ def _staleness_panel(
 ) -> None:
     values = np.array([overlay.staleness.get(layer.path, np.nan) for layer in layers])
     ax.plot(x, values, "o-", color=PROBE_COLOR, markersize=3.5, linewidth=1.2, zorder=3)
-    ax.set_ylabel(overlay.staleness_label)
+    ax.axhline(1.0, color=PROBE_COLOR, linestyle=":", linewidth=1.0, zorder=2)
+    ax.annotate(
+        "BN014 threshold",
+        (0.0, 1.0),
+        xycoords=("axes fraction", "data"),
+        xytext=(3, 2),
+        textcoords="offset points",
+        fontsize=7,
+        color=PROBE_COLOR,
+    )
+    top = np.nanmax(values) if np.isfinite(values).any() else 1.0
+    ax.set_ylim(0.0, max(1.5, 1.1 * float(top)))
+    ax.set_ylabel("staleness\n(x BN014 threshold)")
 
 
 def _index_of(layers: Sequence[BNLayer], path: str | None) -> int | None:
@@ -262,8 +271,22 @@ def _worst(found: Sequence[Finding]) -> Severity:
 
 
 def _shade(ax: Axes, flagged: Mapping[int, list[Finding]]) -> None:
+    # Gaps between neighbours, so that adjacent flagged layers stay distinct columns.
     for i, found in flagged.items():
-        ax.axvspan(i - 0.5, i + 0.5, color=SEVERITY_COLORS[_worst(found)], alpha=0.16, lw=0)
+        ax.axvspan(i - 0.42, i + 0.42, color=SEVERITY_COLORS[_worst(found)], alpha=0.16, lw=0)
+
+
+def _model_findings(findings: Sequence[Finding]) -> list[str]:
+    """Findings about the model as a whole (no layer to shade), for under the title."""
+    listed = [f for f in findings if f.layer is None]
+    lines = [f"{f.severity} {f.rule} {f.name}: {_shorten(f.message)}" for f in listed[:4]]
+    if len(listed) > 4:
+        lines.append(f"... and {len(listed) - 4} more")
+    return lines
+
+
+def _shorten(text: str, limit: int = 150) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _x_labels(

@@ -391,8 +391,21 @@ def test_complete_checkpoint_matches_its_model(run_cli: Run) -> None:
     assert result.code == 0, result.out
     assert "2/2 BN layers of the model have moving statistics in the checkpoint" in result.out
     rows = table_rows(result.out)
-    assert rows["cnn/conv1_bn"] == ["8", "conv1_bn", "layer", "path", "ok"]
-    assert rows["cnn/block/conv2_bn"] == ["16", "block/conv2_bn", "layer", "path", "ok"]
+    arrays = ["gamma,", "beta,", "moving_mean,", "moving_variance"]
+    assert rows["cnn/conv1_bn"] == ["8", "conv1_bn", "layer", "path", *arrays, "[8]"]
+    assert rows["cnn/block/conv2_bn"] == ["16", "block/conv2_bn", "layer", "path", *arrays, "[16]"]
+
+
+def test_matches_table_shows_facts_and_findings_follow_the_configuration(run_cli: Run) -> None:
+    """The table shows what each layer found; whether that restores it is BN012's to say, so
+    ignoring BN012 (for the run or the layer) silences every verdict."""
+    both = ["checkpoint", KERAS3_OBJECT, "--model", KERAS3_REVISED]
+    judged = run_cli(*both)
+    assert judged.code == 1 and "BN012 checkpoint-model-mismatch" in judged.out
+    ignored = run_cli(*both, "--ignore", "BN012")
+    assert ignored.code == 0
+    assert "BN012" not in ignored.out and "mismatch" not in ignored.out
+    assert "no match" not in ignored.out
 
 
 def test_changed_model_no_longer_fits_the_checkpoint(run_cli: Run) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
 
 from bncheck.engine import inspect_path
 from bncheck.findings import ModelResult, Severity
@@ -33,7 +34,7 @@ def shaded_pixels(png: Path, severity: Severity) -> int:
 def test_plot_writes_a_png_with_the_flagged_layers_marked(run_cli: Run, tmp_path: Path) -> None:
     flagged, healthy = tmp_path / "untouched.png", tmp_path / "healthy.png"
     result = run_cli("plot", FIXTURES / "keras3/untouched_stats.keras", "-o", flagged)
-    assert (result.code, result.out, result.err) == (0, "", "")
+    assert (result.code, result.out, result.err) == (0, f"wrote {flagged}\n", "")
     assert run_cli("plot", FIXTURES / "keras3/healthy_cnn.keras", "--output", healthy).code == 0
     for png in (flagged, healthy):
         data = png.read_bytes()
@@ -57,28 +58,72 @@ def test_svg_names_layers_rules_and_the_model(run_cli: Run, tmp_path: Path) -> N
     assert "dead channels (%)" in svg
 
 
+def test_the_picture_follows_the_configuration_like_the_report(
+    run_cli: Run, tmp_path: Path
+) -> None:
+    """The plot judges nothing itself: ignoring a rule takes its shading and its panel's bars
+    away, as it takes the finding out of the report."""
+    model = FIXTURES / "keras3/dead_channels.keras"
+    judged, ignored = tmp_path / "judged.png", tmp_path / "ignored.png"
+    assert run_cli("plot", model, "-o", judged).code == 0
+    config = tmp_path / "bncheck.toml"
+    config.write_text('ignore = ["BN005"]\n')
+    assert run_cli("plot", model, "-o", ignored, "--config", config).code == 0
+    assert shaded_pixels(judged, Severity.INFO) > 10_000
+    assert shaded_pixels(ignored, Severity.INFO) == 0
+    dark = np.array([0x52, 0x52, 0x52]) / 255  # the dead-channel bars
+
+    def bars(png: Path) -> int:
+        from matplotlib.image import imread
+
+        return int(np.all(np.abs(imread(png)[..., :3] - dark) < 0.02, axis=-1).sum())
+
+    assert bars(judged) > 100 and bars(ignored) == 0
+
+
+def test_model_level_findings_are_listed_and_neighbours_stay_apart(tmp_path: Path) -> None:
+    from bncheck.probe.options import ProbeOptions
+
+    data = str(FIXTURES / "data/digits_0_1.npy")
+    stale = inspect_path(
+        str(FIXTURES / "probe/stale_stats.keras"), Settings(), ProbeOptions(data=data)
+    )
+    assert any(f.layer is None for f in stale.findings)  # BN015, about the model
+    target = tmp_path / "stale.png"
+    plot_model(stale, str(target))
+    svg_target = tmp_path / "stale.svg"
+    plot_model(stale, str(svg_target))
+    assert "BN015 recalibration-effect: output 'head'" in svg_target.read_text()
+    # Three adjacent flagged layers: the shade stops between them.
+    from matplotlib.image import imread
+
+    image = imread(target)[..., :3]
+    shade = 1 - 0.16 + 0.16 * np.array(to_rgb(SEVERITY_COLORS[Severity.ERROR]))
+    shaded = np.all(np.abs(image - shade) < 0.02, axis=-1).astype(int)
+    columns_per_row = [int(np.sum(np.diff(np.r_[0, row, 0]) == 1)) for row in shaded]
+    assert max(columns_per_row) >= 3
+
+
 def test_probe_measurements_add_a_staleness_panel_and_the_collapse_point(tmp_path: Path) -> None:
     result = inspect_path(str(FIXTURES / "keras3/nested.keras"), Settings())
     assert result.description is not None
     paths = [layer.path for layer in result.description.layers]
     overlay = ProbeOverlay(
-        staleness={path: float(i) for i, path in enumerate(paths)},
-        staleness_label="max |mean shift| / std",
-        collapse_layer=paths[3],
+        staleness={path: float(i) for i, path in enumerate(paths)}, collapse_layer=paths[3]
     )
     with_probe, without = tmp_path / "probe.svg", tmp_path / "static.svg"
-    plot_model(result, str(with_probe), dead_variance=1e-12, overlay=overlay)
-    plot_model(result, str(without), dead_variance=1e-12)
+    plot_model(result, str(with_probe), overlay)
+    plot_model(result, str(without))
     svg = with_probe.read_text()
-    assert "max |mean shift| / std" in svg
+    assert "x BN014 threshold" in svg and "BN014 threshold" in svg
     assert "inference collapses from here" in svg
-    assert "max |mean shift| / std" not in without.read_text()
+    assert "BN014 threshold" not in without.read_text()
 
 
 def test_a_model_without_batchnorm_layers_says_so(tmp_path: Path) -> None:
     empty = ModelResult("m.keras", "keras", ModelDescription("m.keras", "keras", ()))
     target = tmp_path / "empty.svg"
-    plot_model(empty, str(target), dead_variance=1e-12)
+    plot_model(empty, str(target))
     assert "no BatchNorm layers" in target.read_text()
 
 
@@ -114,8 +159,9 @@ def test_plot_errors_are_one_line(
 
 
 def test_a_probe_run_gives_the_overlay_its_staleness_and_collapse_point() -> None:
-    """The overlay carries what the probe measured: every layer's staleness on real data,
-    ranked as BN014 ranks it, and the layer BN013 names as the start of a collapse."""
+    """The overlay carries what the probe measured, relative to BN014's thresholds: the layers
+    BN014 reports are exactly those above 1, with its own figures; and the collapse point is
+    BN013's."""
     from bncheck.plot import probe_overlay
     from bncheck.probe.options import ProbeOptions
 
@@ -123,20 +169,26 @@ def test_a_probe_run_gives_the_overlay_its_staleness_and_collapse_point() -> Non
     stale = inspect_path(
         str(FIXTURES / "probe/stale_stats.keras"), Settings(), ProbeOptions(data=data)
     )
-    overlay = probe_overlay(stale)
+    overlay = probe_overlay(stale, max_mean_shift=0.5, max_variance_factor=2.0)
     assert overlay is not None and overlay.collapse_layer is None
     assert set(overlay.staleness) == {"cnn/bn1", "cnn/bn2", "cnn/bn3"}
-    bn014 = [f.layer for f in stale.findings if f.rule == "BN014"]
-    assert bn014 == sorted(overlay.staleness, key=lambda path: -overlay.staleness[path])
+    reported = {f.layer: f.details for f in stale.findings if f.rule == "BN014"}
+    assert set(reported) == {path for path, value in overlay.staleness.items() if value > 1}
+    for path, details in reported.items():
+        expected = max(
+            details["mean_shift"] / 0.5, np.log(details["variance_factor"]) / np.log(2.0)
+        )
+        assert overlay.staleness[path] == pytest.approx(expected)
 
     collapsed = inspect_path(
         str(FIXTURES / "probe/no_training_flag.keras"), Settings(), ProbeOptions()
     )
-    overlay = probe_overlay(collapsed)
+    overlay = probe_overlay(collapsed, 0.5, 2.0)
     [bn013] = [f for f in collapsed.findings if f.rule == "BN013"]
     assert overlay is not None and overlay.collapse_layer == bn013.details["first_layer"]
-    assert overlay.staleness == {}  # synthetic data cannot judge staleness
-    assert probe_overlay(inspect_path(str(FIXTURES / "keras3/nested.keras"), Settings())) is None
+    assert overlay.staleness == {}  # synthetic data cannot measure staleness
+    static = inspect_path(str(FIXTURES / "keras3/nested.keras"), Settings())
+    assert probe_overlay(static, 0.5, 2.0) is None
 
 
 def test_plot_takes_the_probe_options(run_cli: Run, tmp_path: Path) -> None:
