@@ -20,7 +20,6 @@ from bncheck.model import ARRAY_NAMES, BNLayer, ModelDescription
 from bncheck.readers import read_model
 from tests.conftest import FIXTURES
 
-pytest.importorskip("keras")
 ERAS = FIXTURES / "eras"
 
 #: Full-model files tf-keras loads with its legacy HDF5 loader.
@@ -64,7 +63,8 @@ def assert_same_as(description: ModelDescription, model: Any, count: int) -> Non
 
 @pytest.mark.parametrize("fixture", TF_KERAS_LOADS)
 def test_keras2_era_files_read_as_tf_keras_loads_them(fixture: str) -> None:
-    tf_keras = pytest.importorskip("tf_keras")
+    import tf_keras
+
     path = ERAS / fixture
     model = tf_keras.models.load_model(path, compile=False)
     description = read_model(str(path))
@@ -108,7 +108,8 @@ def test_names_of_another_layer_are_a_note_not_a_swap() -> None:
     """tf.keras 1.x built twice in one graph: group ``batch_normalization`` holds variables named
     ``batch_normalization_1/...``, which is also the next BN layer's name. Reading by name would
     swap the two layers' arrays; bncheck reads by position, as Keras does, and says so."""
-    tf_keras = pytest.importorskip("tf_keras")
+    import tf_keras
+
     path = ERAS / "tfkeras1_functional.h5"
     description = read_model(str(path))
     model = tf_keras.models.load_model(path, compile=False)
@@ -146,8 +147,7 @@ def test_keras3_reads_some_keras2_files_and_agrees_where_it_does() -> None:
     """Keras 3's legacy loader rebuilds few Keras 2 configurations (Sequential list configs, a
     nested model's node indices, tf.keras 1.x initializer dtypes and Keras 1 configs defeat it);
     where it loads a file, its arrays are bncheck's."""
-    keras = pytest.importorskip("keras")
-    loaded = []
+    keras = loaded = []
     for fixture in TF_KERAS_LOADS:
         try:
             model = keras.models.load_model(ERAS / fixture, compile=False)
@@ -161,15 +161,13 @@ def test_keras3_reads_some_keras2_files_and_agrees_where_it_does() -> None:
 
 @pytest.mark.parametrize("fixture", ["keras3_renorm.keras", "keras3_frozen_nested.h5"])
 def test_keras3_files_read_as_keras3_loads_them(fixture: str) -> None:
-    keras = pytest.importorskip("keras")
-    path = ERAS / fixture
+    keras = path = ERAS / fixture
     model = keras.models.load_model(path, compile=False)
     assert_same_as(read_model(str(path)), model, 2 if "renorm" in fixture else 3)
 
 
 def test_renorm_layers_keep_their_extra_variables_apart() -> None:
-    keras = pytest.importorskip("keras")
-    path = ERAS / "keras3_renorm.keras"
+    keras = path = ERAS / "keras3_renorm.keras"
     model = keras.models.load_model(path, compile=False)
     for layer in read_model(str(path)).layers:
         keras_layer = find_layer(model, layer.path)
@@ -180,7 +178,7 @@ def test_renorm_layers_keep_their_extra_variables_apart() -> None:
 
 
 def test_sharded_weights_read_as_keras3_loads_them() -> None:
-    keras = pytest.importorskip("keras")
+    import keras
     from keras import layers
 
     inputs = keras.Input((8, 8, 1))
@@ -225,7 +223,8 @@ def test_keras1_files_read_as_keras2_loads_their_weights(fixture: str) -> None:
     """No Keras since 2.0 rebuilds a Keras 1 configuration (``mode``, ``nb_filter``, ...), but
     Keras 2's ``load_weights`` still takes a Keras 1 file's weights into an equivalent model,
     running_std into moving_variance unchanged; bncheck reads the same arrays."""
-    tf_keras = pytest.importorskip("tf_keras")
+    import tf_keras
+
     path = ERAS / fixture
     with pytest.raises(Exception, match="convolution2d_1|No model config"):
         tf_keras.models.load_model(path, compile=False)
@@ -247,7 +246,8 @@ def test_keras1_files_read_as_keras2_loads_their_weights(fixture: str) -> None:
 
 
 def test_missing_variance_is_a_finding_where_keras_refuses_the_file() -> None:
-    tf_keras = pytest.importorskip("tf_keras")
+    import tf_keras
+
     path = ERAS / "keras205_missing_variance_weights.h5"
     model = keras1_equivalent(tf_keras, head_bn=False)
     with pytest.raises(ValueError, match="(?i)weight count mismatch"):

@@ -26,7 +26,9 @@ from tests.hardening.mutations import (
 
 CHILD = Path(__file__).with_name("_child.py")
 REPO = Path(__file__).resolve().parents[2]
-SECONDS_PER_CASE = 5.0
+#: Only a hang fails a case: how fast each one is read is measured in benchmarks/, not here, where
+#: a loaded CI machine would make a timing flaky.
+HANG_SECONDS = 60.0
 MAX_RSS_MIB = 400.0
 
 
@@ -34,10 +36,10 @@ def inspect_case(case: Case) -> dict[str, Any]:
     command = [sys.executable, str(CHILD), "inspect", str(case.path), "--format", "json"]
     try:
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=30, cwd=REPO, check=False
+            command, capture_output=True, text=True, timeout=HANG_SECONDS, cwd=REPO, check=False
         )
     except subprocess.TimeoutExpired:
-        return {"problem": "hung for 30 s"}
+        return {"problem": f"hung for {HANG_SECONDS:g} s"}
     if done.returncode != 0:
         return {"problem": f"process died ({done.returncode}): {done.stderr[-500:]}"}
     outcome: dict[str, Any] = json.loads(done.stdout)
@@ -49,8 +51,8 @@ def judge(case: Case, outcome: dict[str, Any], max_rss_mib: float = MAX_RSS_MIB)
     code, out, err = outcome["code"], outcome["out"], outcome["err"]
     if "Traceback" in out + err:
         return "traceback"
-    if outcome["seconds"] > SECONDS_PER_CASE:
-        return f"took {outcome['seconds']:.1f} s"
+    if outcome["seconds"] > HANG_SECONDS:
+        return f"hung for {outcome['seconds']:.0f} s"
     if outcome["max_rss_mib"] > max_rss_mib:
         return f"used {outcome['max_rss_mib']:.0f} MiB"
     if "MemoryError" in err:

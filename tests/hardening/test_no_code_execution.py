@@ -1,8 +1,15 @@
 """No command runs code from a model file unless --unsafe is given.
 
 Every canary model would create a file (or directory) if Keras rebuilt or ran its code; every
-command bncheck has, pointed at every canary without --unsafe, must leave it uncreated. That the
-bytecode canaries do fire under --unsafe is checked in tests/probe/test_probe.py.
+command bncheck has, pointed at every canary without --unsafe, must leave it uncreated.
+
+Which canaries can fire: the three Lambda-bytecode canaries do run their code when loaded with
+``--unsafe`` (``test_the_bytecode_canaries_fire_with_unsafe``), so their staying silent without it
+is bncheck's doing. The four function-reference canaries (the CVE-2025-1550 and CVE-2025-9906
+shapes) cannot fire on the installed Keras 3.15 at all: Keras refuses them even with
+``safe_mode=False`` (``test_keras_itself_refuses_the_function_reference_canaries``). For them these
+tests check only that bncheck refuses them before Keras sees them (BN017, the probe skipped), as
+it must for the older Keras versions that did run them.
 """
 
 from __future__ import annotations
@@ -68,6 +75,34 @@ def test_no_command_runs_code_from_a_model_file(
             assert not canary.exists(), f"{name} ran code from {model.name}"
             assert result.code in codes, f"{name} on {model.name}: {result.code} {result.err}"
             assert "Traceback" not in result.err
+
+
+def test_the_bytecode_canaries_fire_with_unsafe(
+    canaries: tuple[Path, list[Path]], run_cli: Run
+) -> None:
+    canary, models = canaries
+    bytecode = [model for model in models if model.name.startswith("bytecode")]
+    assert len(bytecode) == 3
+    for model in bytecode:
+        result = run_cli("inspect", model, "--probe", "--unsafe", "--format", "json")
+        assert result.json()["models"][0]["probe"]["ran"] is True
+        assert canary.exists(), f"{model.name} did not run its code under --unsafe"
+        canary.unlink()
+
+
+def test_keras_itself_refuses_the_function_reference_canaries(
+    canaries: tuple[Path, list[Path]], run_cli: Run
+) -> None:
+    """With --unsafe bncheck hands these to Keras, which refuses them: they only check that
+    bncheck refuses them first."""
+    canary, models = canaries
+    references = [model for model in models if not model.name.startswith("bytecode")]
+    assert len(references) == 4
+    for model in references:
+        result = run_cli("inspect", model, "--probe", "--unsafe")
+        assert not canary.exists(), model.name
+        assert result.code == 3, (model.name, result.err)
+        assert "Keras cannot load the model" in result.err, model.name
 
 
 def test_the_probe_names_what_it_refused(canaries: tuple[Path, list[Path]], run_cli: Run) -> None:

@@ -9,14 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pytest
 
 from bncheck.probe.data import Batch
 from tests.conftest import FIXTURES, CliResult
 from tests.hardening.canaries import lambda_bytecode_canaries
-
-keras = pytest.importorskip("keras")
 
 Run = Callable[..., CliResult]
 PROBE = FIXTURES / "probe"

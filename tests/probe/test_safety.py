@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from bncheck.probe import keras_model
 from bncheck.probe.safety import model_config, scan_config
 from tests.conftest import FIXTURES, fixture_manifest
 
@@ -139,12 +140,28 @@ CODE_FIXTURES = {
 }
 
 
-@pytest.mark.parametrize("fixture", sorted(fixture_manifest()))
+def _keras_configured(fixtures: list[str]) -> list[str]:
+    """The fixtures Keras would load a model from: those with a configuration."""
+    configured = []
+    for fixture in fixtures:
+        path = FIXTURES / fixture
+        if path.suffix in (".keras", ".h5", ".hdf5") and model_config(str(path)) is not None:
+            configured.append(fixture)
+    return configured
+
+
+CONFIGURED = _keras_configured(sorted(fixture_manifest()))
+
+
+def test_the_fixtures_with_a_configuration_include_every_code_fixture() -> None:
+    assert set(CODE_FIXTURES) <= set(CONFIGURED)
+    assert len(CONFIGURED) >= 40
+
+
+@pytest.mark.parametrize("fixture", CONFIGURED)
 def test_fixtures_hold_code_exactly_where_expected(fixture: str) -> None:
-    keras_model = pytest.importorskip("bncheck.probe.keras_model")
     config = model_config(str(FIXTURES / fixture))
-    if config is None:
-        return  # weights only: nothing to load
+    assert config is not None
     found = {
         ref.kind for ref in scan_config(config, builtin_layers=keras_model.builtin_layer_names())
     }

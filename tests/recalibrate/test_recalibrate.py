@@ -9,13 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import h5py
+import keras
 import numpy as np
 import pytest
 
 from bncheck.readers import read_model
 from tests.conftest import FIXTURES, CliResult
-
-keras = pytest.importorskip("keras")
 
 Run = Callable[..., CliResult]
 PROBE = FIXTURES / "probe"
