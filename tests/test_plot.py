@@ -74,11 +74,12 @@ def test_the_picture_follows_the_configuration_like_the_report(
     dark = np.array([0x52, 0x52, 0x52]) / 255  # the dead-channel bars
 
     def bars(png: Path) -> int:
+        """Pixels of the bars' colour (anti-aliased text has a few of the same grey)."""
         from matplotlib.image import imread
 
-        return int(np.all(np.abs(imread(png)[..., :3] - dark) < 0.02, axis=-1).sum())
+        return int(np.all(np.abs(imread(png)[..., :3] - dark) < 0.004, axis=-1).sum())
 
-    assert bars(judged) > 100 and bars(ignored) == 0
+    assert bars(judged) > 10 * max(bars(ignored), 100)
 
 
 def test_model_level_findings_are_listed_and_neighbours_stay_apart(tmp_path: Path) -> None:

@@ -83,8 +83,12 @@ class MomentSums:
         variance = np.asarray(self.variance) / self.weight
         spread_mean = np.maximum(np.asarray(self.mean_squares) / self.weight - mean**2, 0.0)
         spread_var = np.maximum(np.asarray(self.variance_squares) / self.weight - variance**2, 0.0)
-        # Standard errors from the spread across calls; a single call has no spread to show.
-        scale = np.sqrt(1.0 / (self.calls - 1)) if self.calls > 1 else np.inf
+        # Standard errors from the spread across calls; a single call has no spread to show,
+        # and an unknown noise (infinite) keeps BN014 from judging.
+        if self.calls < 2:
+            unknown = np.full_like(mean, np.inf)
+            return PopulationEstimate(mean, variance, unknown, unknown, self.calls)
+        scale = np.sqrt(1.0 / (self.calls - 1))
         return PopulationEstimate(
             mean=mean,
             variance=variance,
@@ -379,6 +383,11 @@ def measure_keras(
                     outputs[name].add_estimated(values, after)
                 _add_metrics(metrics, ESTIMATED, estimated, batch)
                 progress("re-estimated statistics", number + 1)
+    if real and count == 1:
+        notes.append(
+            "one batch: the noise of its statistics is unknown, so staleness (BN014) is not "
+            "judged; give more samples than --batch-size"
+        )
     silent = [path for path, _ in layers if path not in inference]
     if silent:
         notes.append(

@@ -15,7 +15,7 @@ inside, as in Keras models. The watched activations are held in memory for the w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from bncheck.probe import runner
 from bncheck.probe.data import InputSpec
 from bncheck.probe.measure import Outputs, compare_outputs, spread
 from bncheck.probe.options import ProbeOptions, StepReporter
-from bncheck.probe.results import INFERENCE, TRAINING, LayerMeasurement, ProbeResult
+from bncheck.probe.results import INFERENCE, TRAINING, LayerMeasurement, Population, ProbeResult
 from bncheck.readers import onnx_graph, onnx_proto
 from bncheck.readers.onnx_graph import BatchNormNode
 
@@ -46,7 +46,11 @@ _OWN = "bncheck"
 Watched = dict[str, np.ndarray]
 
 
-def probe(path: str, options: ProbeOptions, step: StepReporter) -> ProbeResult:
+def probe(
+    path: str, options: ProbeOptions, step: StepReporter, untouched: Mapping[str, bool]
+) -> ProbeResult:
+    """Run the graph in both modes on one batch. ``untouched`` gives, by layer path, whether the
+    static description found the layer's statistics never updated."""
     ort = _import_onnxruntime()
     step("reading the ONNX graph")
     directory = Path(path).parent.resolve()
@@ -78,7 +82,7 @@ def probe(path: str, options: ProbeOptions, step: StepReporter) -> ProbeResult:
         else:
             values = onnx_graph.Values(model.graph, directory)
             layers = tuple(
-                _layer(position, bn, values, seen, seen_training)
+                _layer(position, bn, values, seen, seen_training, untouched.get(bn.path, False))
                 for position, bn in enumerate(nodes)
             )
     return ProbeResult(
@@ -284,6 +288,7 @@ def _layer(
     values: onnx_graph.Values,
     inference: Watched,
     training: Watched,
+    untouched: bool,
 ) -> LayerMeasurement:
     """One node's figures from its watched input and output in both passes."""
     x = np.asarray(inference[_watched(position, "input")], dtype=np.float64)
@@ -301,6 +306,7 @@ def _layer(
     error = difference / scale if scale > 0 else (0.0 if difference == 0 else float("inf"))
     inference_spread, inference_rms, nonfinite = spread(y)
     training_spread, training_rms, _ = spread(training[_watched(position, "output")])
+    inputs = np.asarray(training[_watched(position, "input")], dtype=np.float64)
     return LayerMeasurement(
         path=bn.path,
         calls=1,
@@ -314,4 +320,29 @@ def _layer(
         moving_stats_error=error,
         training_spread=training_spread,
         training_rms=training_rms,
+        population=_one_batch_population(inputs),
+        momentum=bn.attribute("momentum", onnx_graph.DEFAULT_MOMENTUM),
+        untouched=untouched,
+    )
+
+
+def _one_batch_population(x: np.ndarray) -> Population | None:
+    """A layer's input statistics from one batch (samples x channels x positions), with their
+    noise from the spread across the batch's samples: each sample's mean, and its mean square
+    about the batch mean, per channel."""
+    if len(x) < 2:
+        return None
+    positions = tuple(range(2, x.ndim))
+    per_sample = x.mean(axis=positions) if positions else x
+    mean = per_sample.mean(axis=0)
+    shape = [1, -1] + [1] * len(positions)
+    squares = np.square(x - mean.reshape(shape))
+    per_sample_square = squares.mean(axis=positions) if positions else squares
+    values = x.size // x.shape[1]
+    return Population(
+        mean=mean,
+        variance=per_sample_square.mean(axis=0) * values / max(values - 1, 1),
+        mean_error=per_sample.std(axis=0, ddof=1) / np.sqrt(len(x)),
+        variance_error=per_sample_square.std(axis=0, ddof=1) / np.sqrt(len(x)),
+        batches=1,
     )

@@ -3,6 +3,8 @@ said why not where it does not. Neither TensorFlow nor Keras is imported."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from bncheck.errors import ModelReadError
 from bncheck.probe.options import ProbeOptions, StepReporter
 from bncheck.probe.results import ProbeResult
@@ -19,11 +21,17 @@ PICKLED_MODEL = (
 )
 
 
-def probe(path: str, kind: str, options: ProbeOptions, step: StepReporter) -> ProbeResult:
+def probe(
+    path: str,
+    kind: str,
+    options: ProbeOptions,
+    step: StepReporter,
+    untouched: Mapping[str, bool],
+) -> ProbeResult:
     if kind == "onnx":
         from bncheck.probe import onnx_model
 
-        return onnx_model.probe(path, options, step)
+        return onnx_model.probe(path, options, step, untouched)
     if kind == "safetensors":
         return ProbeResult(path, None, (), options.unsafe, skipped=NO_ARCHITECTURE[kind])
     description = read_model(path)

@@ -183,7 +183,8 @@ def staleness(
     stored_mean: np.ndarray, stored_variance: np.ndarray, population: Population, epsilon: float
 ) -> Staleness | None:
     """Stored statistics against a population estimate; ``None`` when they are not comparable
-    (another channel count) or not finite (BN003's and BN004's to report)."""
+    (another channel count), not finite (BN003's and BN004's to report), or the estimate's noise
+    is unknown (a single batch)."""
     mean = np.asarray(population.mean, dtype=np.float64).ravel()
     variance = np.asarray(population.variance, dtype=np.float64).ravel()
     stored = np.asarray(stored_mean, dtype=np.float64).ravel()
@@ -201,6 +202,8 @@ def staleness(
         )
     if not (np.all(np.isfinite(channel_shift)) and np.all(np.isfinite(log_ratio))):
         return None
+    if not (np.all(np.isfinite(shift_noise)) and np.all(np.isfinite(log_noise))):
+        return None
     return Staleness(
         mean_shift=_beyond_noise(channel_shift, shift_noise),
         variance_factor=float(np.exp(_beyond_noise(log_ratio, log_noise))),
@@ -212,7 +215,6 @@ def staleness(
 def _beyond_noise(values: np.ndarray, noise: np.ndarray) -> float:
     """Root mean square of ``values`` with the noise's share of it taken out: the observed
     square of a channel is on average its true square plus its noise's square."""
-    noise = np.where(np.isfinite(noise), noise, 0.0)
     return float(np.sqrt(max(0.0, float(np.mean(values**2) - np.mean(noise**2)))))
 
 

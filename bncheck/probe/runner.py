@@ -36,7 +36,7 @@ def run_probe(
 
     kind = detect.sniff(path)
     if kind in other_frameworks.KINDS:  # run by their own frameworks, without Keras
-        return other_frameworks.probe(path, kind, options, step)
+        return other_frameworks.probe(path, kind, options, step, untouched or {})
     import_keras()
     if kind == "savedmodel":
         return _probe_savedmodel(path, options, step)

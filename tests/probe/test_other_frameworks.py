@@ -54,8 +54,14 @@ def test_training_mode_nodes_make_inference_batch_dependent(run_cli: Run) -> Non
 
 
 def test_stored_statistics_are_judged_against_real_data(run_cli: Run) -> None:
-    model, rules, _ = probed(run_cli, "eval_trained.onnx", "--data", DATA)
+    """Inflated variances are stale statistics (BN014); statistics a network trained in eval()
+    mode never updated are BN001's, and the population estimate is no reference for them."""
+    model, rules, _ = probed(run_cli, "inflated_variance.onnx", "--data", DATA)
     assert "BN014" in rules
+    [stale] = [f for f in model["findings"] if f["rule"] == "BN014"][:1]
+    assert stale["details"]["variance_factor"] > 2
+    model, rules, _ = probed(run_cli, "eval_trained.onnx", "--data", DATA)
+    assert "BN014" not in rules
     assert {f["rule"] for f in model["findings"]} >= {"BN001"}
 
 
