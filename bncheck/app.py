@@ -21,8 +21,8 @@ from bncheck.recalibrate.options import RecalibrateOptions
 from bncheck.reporters import REPORTERS
 from bncheck.reporters.options import RenderOptions
 from bncheck.rules import RULES
+from bncheck.rules.docs import WIDTH, plain, rule_doc
 from bncheck.rules.docs import explain as explain_rule
-from bncheck.rules.docs import rule_doc
 from bncheck.settings import resolve_rule
 
 
@@ -95,11 +95,21 @@ def finish(report: Report, output: OutputOptions) -> int:
 
 def run_rules() -> int:
     rows = [
-        [rule.ID, rule.NAME, str(rule.DEFAULT_SEVERITY), rule.NEEDS, rule_doc(rule).summary]
+        [rule.ID, rule.NAME, str(rule.DEFAULT_SEVERITY), rule.NEEDS, plain(rule_doc(rule).summary)]
         for rule in RULES.values()
     ]
     headers = ["rule", "name", "default", "needs", "summary"]
-    click.echo(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
+    # The summary takes what the other columns and their gap leave of the width.
+    others = tabulate([row[:4] for row in rows], headers=headers[:4], tablefmt="simple")
+    fixed = max(len(line) for line in others.splitlines()) + 2
+    table = tabulate(
+        rows,
+        headers=headers,
+        tablefmt="simple",
+        disable_numparse=True,
+        maxcolwidths=[None, None, None, None, WIDTH - fixed],
+    )
+    click.echo(table)
     return ExitCode.OK
 
 

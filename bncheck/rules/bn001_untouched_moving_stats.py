@@ -16,6 +16,13 @@ never did. What that means for the model depends on how it trained, and only a m
   when saving and re-initialised. The network needs normalised activations, and re-estimating the
   statistics from data repairs it.
 
+In PyTorch files, ``num_batches_tracked`` is the strongest evidence: 0 means the layer never ran
+in training mode (trained in ``eval()`` mode, or with frozen BatchNorm), and the finding says so.
+A layer without the counter is reported as information only: FrozenBatchNorm layers (detectron2,
+timm) have none, and backbones converted to them keep mean 0 and variance 1 on purpose, with the
+statistics folded into weight and bias. A counter of 0 with moved statistics is not reported:
+PyTorch sets it to 0 when it loads a checkpoint written before version 0.4.1.
+
 How to fix: measure before repairing. ``bncheck inspect MODEL --data DATA`` with labels (an
 ``.npz`` holding ``x`` and ``y``, or ``--labels``) reports the metric with the stored statistics,
 with re-estimated ones and in training mode (BN015). If the network learned without batch
@@ -27,13 +34,6 @@ all: BN008 reports that instead.
 
 Options:
   tolerance: largest absolute difference still counted as "equal to the initial value".
-
-In PyTorch files, ``num_batches_tracked`` is the strongest evidence: 0 means the layer never ran
-in training mode (trained in ``eval()`` mode, or with frozen BatchNorm), and the finding says so.
-A layer without the counter is reported as information only: FrozenBatchNorm layers (detectron2,
-timm) have none, and backbones converted to them keep mean 0 and variance 1 on purpose, with the
-statistics folded into weight and bias. A counter of 0 with moved statistics is not reported:
-PyTorch sets it to 0 when it loads a checkpoint written before version 0.4.1.
 
 Passing: moving_mean [0.12, -0.4, ...], moving_variance [0.8, 2.3, ...] after ``model.fit``.
 Failing: moving_mean all 0, moving_variance all 1, gamma [0.97, 1.05, ...] after a

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ REQUIRED_SECTIONS = ("How to fix", "Passing", "Failing")
 NEEDS_MEANING: Mapping[str, str] = {
     "static": "the saved file alone",
     "model": "the saved file alone, as a whole: what it holds and lacks",
-    "probe": "running the model on a batch, with inspect --probe or --data",
+    "probe": "running the model: inspect --probe or --data",
     "checkpoint": "the variables of a checkpoint or SavedModel",
 }
 """What each kind of rule input means, for people."""
@@ -97,17 +98,63 @@ def rule_doc(rule: Rule) -> RuleDoc:
     )
 
 
+#: The terminal width ``bncheck explain`` and ``bncheck rules`` fit.
+WIDTH = 100
+_MARKUP = re.compile(r"``(.+?)``|`(.+?)`|\*\*(.+?)\*\*", re.DOTALL)
+
+
+def plain(text: str) -> str:
+    """Docstring markup (````code````, ``**bold**``) as plain text."""
+    return _MARKUP.sub(lambda m: next(group for group in m.groups() if group is not None), text)
+
+
+_OPTION_ITEM = re.compile(r"^  [A-Za-z_][A-Za-z0-9_]*( \(default [^)]*\))?: ")
+
+
+def reflow(text: str, width: int = WIDTH) -> str:
+    """Plain text wrapped to ``width``: paragraphs and ``- `` list items are refilled (their
+    continuation lines are indented), option lines (``  name (default X): text``) hang under
+    their name."""
+    out: list[str] = []
+    for block in re.split(r"\n\s*\n", text):
+        items: list[list[str]] = []
+        for line in block.splitlines():
+            if not items or line.startswith("- ") or _OPTION_ITEM.match(line):
+                items.append([line])
+            else:
+                items[-1].append(line.strip())
+        out.append("\n".join(_fill(item, width) for item in items))
+    return "\n\n".join(out)
+
+
+def _fill(item: list[str], width: int) -> str:
+    first = item[0]
+    if first.startswith("- "):
+        indent, hang = "", "  "
+    elif _OPTION_ITEM.match(first):
+        indent, hang = "  ", "      "
+    else:
+        indent = hang = ""
+    return textwrap.fill(
+        " ".join([first.strip(), *item[1:]]),
+        width=width,
+        initial_indent=indent,
+        subsequent_indent=hang,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
 def explain(rule: Rule) -> str:
     """The text ``bncheck explain`` prints: identity, defaults, the documentation, and where to
-    configure the rule."""
+    configure the rule, as plain text that fits a 100-column terminal."""
     doc = rule_doc(rule)
     needs = NEEDS_MEANING.get(rule.NEEDS, rule.NEEDS)
-    lines = [
+    head = [
         f"{rule.ID} {rule.NAME}",
         f"default severity: {rule.DEFAULT_SEVERITY}; needs: {rule.NEEDS} ({needs})",
-        "",
-        doc.summary,
     ]
+    lines = [doc.summary]
     if doc.description:
         lines += ["", doc.description]
     for label, body in doc.sections.items():
@@ -117,12 +164,9 @@ def explain(rule: Rule) -> str:
             )
         lines += ["", _section_text(label, body)]
     settable = ", ".join(["severity", *rule.OPTIONS])
-    lines += [
-        "",
-        f"Configure: [tool.bncheck.rules.{rule.ID}] ({settable}); "
-        f'turn off: --ignore {rule.ID} or ignore = ["{rule.ID}"].',
-    ]
-    return "\n".join(lines) + "\n"
+    lines += ["", f"Configure: [tool.bncheck.rules.{rule.ID}] ({settable})."]
+    tail = f'Turn off: --ignore {rule.ID}, or ignore = ["{rule.ID}"] in the configuration.'
+    return "\n".join(head) + "\n\n" + reflow(plain("\n".join(lines))) + "\n" + tail + "\n"
 
 
 def default_note(rule: Rule, option: str) -> str:
