@@ -14,6 +14,7 @@ from tabulate import tabulate
 from bncheck.config import ConfigOptions, resolve_settings
 from bncheck.engine import check_checkpoint, inspect_path, inspect_paths
 from bncheck.errors import ModelReadError, UsageError
+from bncheck.extras import require, require_probe
 from bncheck.findings import ExitCode, Report
 from bncheck.probe.options import ProbeOptions
 from bncheck.progress import Progress
@@ -70,6 +71,7 @@ class CheckpointOptions:
 
 
 def run_inspect(options: InspectOptions) -> int:
+    require_probe(options.probe)
     settings = resolve_settings(options.config, Path.cwd())
     progress = Progress()
     try:
@@ -111,6 +113,8 @@ def run_explain(rule_key: str) -> int:
 def run_plot(options: PlotOptions) -> int:
     if not options.output.lower().endswith(PLOT_SUFFIXES):
         raise UsageError(f"--output must end in {' or '.join(PLOT_SUFFIXES)}: {options.output}")
+    require("plot", "bncheck plot")
+    require_probe(options.probe)
     settings = resolve_settings(options.config, Path.cwd())
     progress = Progress()
     try:
@@ -146,6 +150,7 @@ def write_report(text: str, output: OutputOptions) -> None:
 
 
 def run_recalibrate(options: RecalibrateOptions, config: ConfigOptions) -> int:
+    require("tensorflow", "bncheck recalibrate")
     from bncheck.recalibrate.command import recalibrate
     from bncheck.reporters import recalibration
 

@@ -1,6 +1,6 @@
 """Readers: one per format, each turning a path into a ``ModelDescription``.
 
-Only the SavedModel and checkpoint readers import TensorFlow, and only inside their functions.
+None imports TensorFlow; the SavedModel and checkpoint readers load only when such a model is read.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _read_kind(path: str, kind: str) -> ModelDescription:
             if legacy_h5.is_full_model(h5):
                 return legacy_h5.read(path, h5)
             return weights_h5.read(path, h5)
-    # Read through TensorFlow, so their modules load only for them.
+    # Imported here, so that their modules (and protobuf) load only for them.
     if kind == "savedmodel":
         from bncheck.readers import savedmodel
 

@@ -1,9 +1,9 @@
 """Run bncheck in this process and print what happened as JSON.
 
     python _child.py ARGS...             one run under a memory cap; one JSON object
-    python _child.py --batch CASES.json  TensorFlow imported first, then each argument list of
-                                         the file in turn; one JSON line per run, flushed, so a
-                                         crash names the case it hit
+    python _child.py --batch CASES.json  each argument list of the file in turn, in one process;
+                                         one JSON line per run, flushed, so a crash names the
+                                         case it hit
 
 Used by the hardening tests so that a crash, a hang or a memory blow-up on one input is caught
 and named instead of taking the test run down.
@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-MEMORY_CAP = 2 << 30  # bytes of address space for single runs (TensorFlow needs more)
+MEMORY_CAP = 2 << 30  # bytes of address space for single runs
 
 
 def peak_rss_kib() -> int:
@@ -57,9 +57,6 @@ def run(argv: list[str]) -> dict[str, Any]:
 
 def main() -> None:
     if sys.argv[1:2] == ["--batch"]:
-        from bncheck.tensorflow_import import import_tensorflow
-
-        import_tensorflow()  # once, before any case is timed
         with open(sys.argv[2]) as handle:
             for argv in json.load(handle):
                 sys.__stdout__.write(json.dumps(run(argv)) + "\n")
