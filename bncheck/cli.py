@@ -218,9 +218,9 @@ def inspect(
 ) -> int:
     """Report the health of every BatchNorm layer in models, checkpoints and SavedModels.
 
-    A folder is searched recursively for models, recognised by their content. Reads .keras, .h5
-    and weights files directly, without TensorFlow; checkpoints and SavedModels with TensorFlow's
-    checkpoint reader. Never runs code from them. With --probe (or --data) each model is also
+    A folder is searched recursively for models, recognised by their content. Reads .keras, .h5,
+    weights files, checkpoints and SavedModels directly, without TensorFlow. Never runs code from
+    them. With --probe (or --data) each model is also
     loaded and run; see the README for what that judges.
     """
     probe_options = _probe_from(
