@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from tabulate import tabulate
 
 from bncheck.config import ConfigOptions, resolve_settings
 from bncheck.engine import check_checkpoint, inspect_path, inspect_paths
@@ -18,13 +18,13 @@ from bncheck.extras import require, require_probe
 from bncheck.findings import ExitCode, Report
 from bncheck.probe.options import ProbeOptions
 from bncheck.progress import Progress
-from bncheck.recalibrate.options import RecalibrateOptions
 from bncheck.reporters import REPORTERS
 from bncheck.reporters.options import RenderOptions
 from bncheck.rules import RULES
-from bncheck.rules.docs import explain as explain_rule
-from bncheck.rules.docs import rule_doc
 from bncheck.settings import resolve_rule
+
+if TYPE_CHECKING:
+    from bncheck.recalibrate.options import RecalibrateOptions
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,10 @@ def finish(report: Report, output: OutputOptions) -> int:
 
 
 def run_rules() -> int:
+    from tabulate import tabulate
+
+    from bncheck.rules.docs import rule_doc
+
     rows = [
         [rule.ID, rule.NAME, str(rule.DEFAULT_SEVERITY), rule.NEEDS, rule_doc(rule).summary]
         for rule in RULES.values()
@@ -106,6 +110,8 @@ def run_rules() -> int:
 
 
 def run_explain(rule_key: str) -> int:
+    from bncheck.rules.docs import explain as explain_rule
+
     click.echo(explain_rule(RULES[resolve_rule(rule_key)]), nl=False)
     return ExitCode.OK
 

@@ -27,7 +27,6 @@ from bncheck.config import ConfigOptions
 from bncheck.errors import UsageError
 from bncheck.findings import ExitCode, FailOn
 from bncheck.probe.options import ProbeOptions
-from bncheck.recalibrate.options import RecalibrateOptions
 from bncheck.reporters import REPORTERS
 from bncheck.reporters.options import RenderOptions
 
@@ -423,6 +422,8 @@ def recalibrate(
     changed, prints how far each statistic moved and the probe's verdict before and after, and
     exits like inspect on the repaired model.
     """
+    from bncheck.recalibrate.options import RecalibrateOptions
+
     return run_recalibrate(
         RecalibrateOptions(
             model=model,

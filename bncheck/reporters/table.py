@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from tabulate import tabulate
 
 from bncheck.findings import ModelResult, Report, Severity
 from bncheck.model import ArraySummary, BNLayer, CheckpointContents
-from bncheck.probe.results import OutputMeasurement, ProbeResult
 from bncheck.reporters.options import PLAIN, RenderOptions
+
+if TYPE_CHECKING:
+    from bncheck.probe.results import OutputMeasurement, ProbeResult
 
 _HEADERS = [
     "layer",
