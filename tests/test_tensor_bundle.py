@@ -20,7 +20,7 @@ from bncheck.model import ModelDescription
 from bncheck.readers import checkpoint as checkpoint_reader
 from bncheck.readers import read_model
 from bncheck.readers import savedmodel as savedmodel_reader
-from bncheck.readers.crc32c import crc32c, mask, unmask
+from bncheck.readers.crc32c import crc32c, crc32c_many, mask, unmask
 from bncheck.readers.snappy import SnappyError, decompress
 from bncheck.readers.sstable import TableError, read_table
 from bncheck.readers.tensor_bundle import TensorBundle
@@ -91,7 +91,7 @@ def assert_same_tensors(prefix: str, values: dict[str, Any] | None = None) -> No
             elements = [value] if isinstance(value, bytes) else [bytes(v) for v in np.ravel(value)]
             assert bundle.read_strings(key) == elements, key
             continue
-        ours = bundle.read_array(key)
+        ours = bundle.read_arrays([key])[key]
         theirs = np.asarray(value)
         if dtypes[key] == tf.bfloat16:  # numpy has no bfloat16: both as float32, exactly
             theirs = theirs.astype(np.float32)
@@ -137,13 +137,17 @@ class TensorFlowCheckpoint:
         graph.ParseFromString(self._tensor(checkpoint_reader.OBJECT_GRAPH_KEY))
         return graph
 
-    def read_array(self, key: str) -> np.ndarray:
-        dtype = self._dtypes[key]
-        size = int(np.prod(self.shapes[key]))
-        if not (dtype.is_floating or dtype.is_integer) or not 0 < size <= 1 << 24:
-            raise ModelReadError(f"{key} is not a BatchNorm array")
-        array = np.asarray(self._tensor(key))
-        return array if array.dtype.kind == "f" and array.itemsize >= 4 else array.astype("float32")
+    def read_arrays(self, keys: list[str]) -> dict[str, np.ndarray]:
+        arrays = {}
+        for key in keys:
+            dtype = self._dtypes[key]
+            size = int(np.prod(self.shapes[key]))
+            if not (dtype.is_floating or dtype.is_integer) or not 0 < size <= 1 << 24:
+                raise ModelReadError(f"{key} is not a BatchNorm array")
+            array = np.asarray(self._tensor(key))
+            floats = array.dtype.kind == "f" and array.itemsize >= 4
+            arrays[key] = array if floats else array.astype("float32")
+        return arrays
 
     def _tensor(self, key: str) -> Any:
         import tensorflow as tf
@@ -334,6 +338,10 @@ def test_crc32c_known_values_and_lanes() -> None:
     assert crc32c(data) == byte_by_byte
     assert crc32c(data[77_777:], crc32c(data[:77_777])) == byte_by_byte
     assert unmask(mask(0xDEADBEEF)) == 0xDEADBEEF and mask(0) != 0
+    # Many buffers at once, lengths shared or not, with and without a tail past the lanes.
+    rng = random.Random(5)
+    buffers = [rng.randbytes(n) for n in (0, 1, 33, 64, 1000, 1024, 4000, 8192) * 3]
+    assert crc32c_many(buffers) == [crc32c(buffer) for buffer in buffers]
 
 
 def test_snappy_round_trip_and_malformed_input() -> None:

@@ -160,15 +160,18 @@ class CheckpointFile:
             raise ModelReadError(f"the checkpoint's object graph is corrupt ({exc})") from None
         return graph
 
-    def read_array(self, key: str) -> np.ndarray:
-        """One BatchNorm array, as floats."""
-        size = int(np.prod(self.shapes[key]))
-        if size == 0:
-            raise ModelReadError(f"{key} is empty")
-        if size > MAX_BN_VALUES:
-            raise ModelReadError(f"{key} claims {size} values, too many for a BatchNorm array")
-        array = self._bundle.read_array(key)
-        return array if array.dtype.kind == "f" and array.itemsize >= 4 else array.astype("float32")
+    def read_arrays(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """BatchNorm arrays, as floats."""
+        for key in keys:
+            size = int(np.prod(self.shapes[key]))
+            if size == 0:
+                raise ModelReadError(f"{key} is empty")
+            if size > MAX_BN_VALUES:
+                raise ModelReadError(f"{key} claims {size} values, too many for a BatchNorm array")
+        return {
+            key: array if array.dtype.kind == "f" and array.itemsize >= 4 else array.astype("f4")
+            for key, array in self._bundle.read_arrays(keys).items()
+        }
 
 
 def variable_groups(checkpoint: CheckpointFile) -> list[CheckpointGroup]:
@@ -189,11 +192,9 @@ def describe(
 ) -> ModelDescription:
     """A description whose layers are the groups with both moving statistics; ``configured``
     gives the recorded configuration of some groups, by path."""
-    layers = [
-        _layer(checkpoint, group, configured.get(group.path))
-        for group in groups
-        if not group.missing_moving_stats
-    ]
+    complete = [group for group in groups if not group.missing_moving_stats]
+    arrays = checkpoint.read_arrays([key for group in complete for key in group.keys.values()])
+    layers = [_layer(arrays, group, configured.get(group.path)) for group in complete]
     all_notes = list(notes)
     if any(group.path not in configured for group in groups):
         all_notes.append(NO_CONFIG_NOTE)
@@ -207,9 +208,9 @@ def describe(
 
 
 def _layer(
-    checkpoint: CheckpointFile, group: CheckpointGroup, configured: LayerSettings | None
+    read: Mapping[str, np.ndarray], group: CheckpointGroup, configured: LayerSettings | None
 ) -> BNLayer:
-    arrays = {name: checkpoint.read_array(key) for name, key in group.keys.items()}
+    arrays = {name: read[key] for name, key in group.keys.items()}
     check_shapes(arrays, group.path)
     common: dict[str, Any] = {
         "path": group.path,

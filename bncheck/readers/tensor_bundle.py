@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 
 from bncheck.errors import ModelReadError
 from bncheck.readers import sstable
-from bncheck.readers.crc32c import crc32c, unmask
+from bncheck.readers.crc32c import crc32c, crc32c_many, unmask
 from bncheck.readers.tf_protos import message_class
 
 INDEX_SUFFIX = ".index"
@@ -129,19 +130,29 @@ class TensorBundle:
                 self.entries[key] = entry
         self._shard_paths = self._check_shards(every_entry)
 
-    def read_array(self, key: str) -> np.ndarray:
-        """A numeric tensor in its stored type, except bfloat16, which numpy lacks: float32
-        (exactly: bfloat16 is the upper half of a float32)."""
-        entry = self.entries[key]
-        self._refuse_slices(key, entry)
-        if entry.type.numpy_code is None:
-            raise ModelReadError(f"{key} has non-numeric type {entry.type.name}")
-        data = self._tensor_bytes(key, entry)
+    def read_arrays(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """Numeric tensors in their stored type, except bfloat16, which numpy lacks: float32
+        (exactly: bfloat16 is the upper half of a float32). Their checksums are verified
+        together, which costs little more than one."""
+        entries = [self.entries[key] for key in keys]
+        for key, entry in zip(keys, entries, strict=True):
+            self._refuse_slices(key, entry)
+            if entry.type.numpy_code is None:
+                raise ModelReadError(f"{key} has non-numeric type {entry.type.name}")
+        stored = [self._tensor_bytes(key, entry) for key, entry in zip(keys, entries, strict=True)]
+        crcs = crc32c_many(stored)
         order = ">" if self.big_endian else "<"
-        array = np.frombuffer(data, np.dtype(f"{order}{entry.type.numpy_code}"))
-        if entry.dtype == DT_BFLOAT16:
-            return (array.astype(np.uint32) << 16).view(np.float32).reshape(entry.shape)
-        return array.astype(array.dtype.newbyteorder("=")).reshape(entry.shape)
+        arrays = {}
+        for key, entry, data, crc in zip(keys, entries, stored, crcs, strict=True):
+            if crc != unmask(entry.masked_crc32c):
+                raise self._data_error(key, "checksum mismatch")
+            array = np.frombuffer(data, np.dtype(f"{order}{entry.type.numpy_code}"))
+            if entry.dtype == DT_BFLOAT16:
+                array = (array.astype(np.uint32) << 16).view(np.float32)
+            else:
+                array = array.astype(array.dtype.newbyteorder("="))
+            arrays[key] = array.reshape(entry.shape)
+        return arrays
 
     def read_strings(self, key: str) -> list[bytes]:
         """A string tensor's elements, flattened.
@@ -157,7 +168,7 @@ class TensorBundle:
         count = prod(entry.shape)
         if entry.size == 0 and count == 0:
             return []
-        data = self._tensor_bytes(key, entry, check_crc=False)
+        data = self._tensor_bytes(key, entry)
         order = ">" if self.big_endian else "<"
         lengths, position, crc = [], 0, 0
         for _ in range(count):
@@ -282,7 +293,8 @@ class TensorBundle:
             paths.append(path)
         return paths
 
-    def _tensor_bytes(self, key: str, entry: BundleEntry, check_crc: bool = True) -> bytes:
+    def _tensor_bytes(self, key: str, entry: BundleEntry) -> bytes:
+        """A tensor's stored bytes, not yet checked against their checksum."""
         path = self._shard_paths[entry.shard]
         try:
             with open(path, "rb") as handle:
@@ -292,8 +304,6 @@ class TensorBundle:
             raise self._data_error(key, exc.strerror or str(exc)) from None
         if len(data) != entry.size:
             raise self._data_error(key, "the data shard ends early")
-        if check_crc and crc32c(data) != unmask(entry.masked_crc32c):
-            raise self._data_error(key, "checksum mismatch")
         return data
 
     def _string_length(self, key: str, data: bytes, position: int) -> tuple[int, int]:
