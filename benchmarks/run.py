@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -43,14 +44,24 @@ class Target:
 
 def run_python(code: str, *args: str) -> tuple[float, str]:
     """Wall time of a fresh interpreter running ``code``, and its stdout."""
+    elapsed, _, stdout = run_python_cpu(code, *args)
+    return elapsed, stdout
+
+
+def run_python_cpu(code: str, *args: str) -> tuple[float, float, str]:
+    """Wall time and CPU time (user and system) of a fresh interpreter running ``code``, and its
+    stdout. On a shared machine the CPU time barely moves with the load; the wall time does."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False
     )
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode not in (0, 1):
         raise RuntimeError(f"benchmark command failed ({done.returncode}): {done.stderr[-2000:]}")
-    return elapsed, done.stdout
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu, done.stdout
 
 
 # `bncheck inspect PATH [OPTION...]` in a fresh interpreter, reporting its own peak resident memory
@@ -92,14 +103,22 @@ def timed(code: str, path: Path, repeat: int) -> tuple[float, list[str]]:
     return statistics.median(t for t, _ in runs), [out for _, out in runs]
 
 
-def interleaved(commands: dict[str, tuple[str, list[str]]], repeat: int) -> dict[str, float]:
-    """Median wall time of each ``(code, args)``, the commands taking turns in every round so
-    that a change in the machine's load touches them all alike."""
-    times: dict[str, list[float]] = {name: [] for name in commands}
+def interleaved(
+    commands: dict[str, tuple[str, list[str]]], repeat: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall and CPU times of each ``(code, args)``, the commands taking turns in every
+    round so that a change in the machine's load touches them all alike."""
+    wall: dict[str, list[float]] = {name: [] for name in commands}
+    cpu: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(repeat):
         for name, (code, args) in commands.items():
-            times[name].append(run_python(code, *args)[0])
-    return {name: statistics.median(values) for name, values in times.items()}
+            elapsed, used, _ = run_python_cpu(code, *args)
+            wall[name].append(elapsed)
+            cpu[name].append(used)
+    return (
+        {name: statistics.median(values) for name, values in wall.items()},
+        {name: statistics.median(values) for name, values in cpu.items()},
+    )
 
 
 def make_model(kind: str, path: Path, save: str = "keras") -> None:
@@ -178,7 +197,7 @@ FLOOR = "import numpy, h5py, click, tabulate"
 def static_floor(workdir: Path, repeat: int) -> list[Target]:
     resnet = workdir / "resnet50.keras"
     make_model("resnet50", resnet)
-    medians = interleaved({"inspect": (INSPECT, [str(resnet)]), "floor": (FLOOR, [])}, repeat)
+    medians, cpu = interleaved({"inspect": (INSPECT, [str(resnet)]), "floor": (FLOOR, [])}, repeat)
     return [
         Target(
             "static-floor",
@@ -190,6 +209,7 @@ def static_floor(workdir: Path, repeat: int) -> list[Target]:
             medians={
                 "bncheck inspect": f"{medians['inspect']:.2f} s",
                 "floor": f"{medians['floor']:.2f} s",
+                "CPU": f"{cpu['inspect']:.2f} s vs {cpu['floor']:.2f} s",
             },
         )
     ]
@@ -206,7 +226,7 @@ def tensorflow_formats(workdir: Path, repeat: int) -> list[Target]:
     }
     for save, path in models.items():
         make_model("resnet50", path, save=save)
-    medians = interleaved({s: (INSPECT, [str(p)]) for s, p in models.items()}, repeat)
+    medians, cpu = interleaved({s: (INSPECT, [str(p)]) for s, p in models.items()}, repeat)
     keras_time = medians["keras"]
     described = {
         "checkpoint": ("tf2-ckpt-vs-keras", "a TF2 checkpoint (tf.train.Checkpoint)"),
@@ -220,7 +240,11 @@ def tensorflow_formats(workdir: Path, repeat: int) -> list[Target]:
             ratio=medians[save] / keras_time,
             threshold=1.5,
             higher_is_better=False,
-            medians={save: f"{medians[save]:.2f} s", ".keras": f"{keras_time:.2f} s"},
+            medians={
+                save: f"{medians[save]:.2f} s",
+                ".keras": f"{keras_time:.2f} s",
+                "CPU": f"{cpu[save]:.2f} s vs {cpu['keras']:.2f} s",
+            },
         )
         for save, (name, what) in described.items()
     ]
