@@ -471,3 +471,11 @@ def test_string_tensor_checks(tmp_path: Path) -> None:
         data.write_bytes(damaged)
         with pytest.raises(ModelReadError, match=message):
             TensorBundle(str(tmp_path / "ckpt")).read_strings("names")
+    # A shape claiming more strings than the stored bytes could hold is refused before reading.
+    write_bundle(tmp_path / "huge", tensors, edit_entry=edited("names", huge_shape))
+    with pytest.raises(ModelReadError, match="2000000000000 strings in 11 bytes"):
+        TensorBundle(str(tmp_path / "huge")).read_strings("names")
+
+
+def huge_shape(entry: Any) -> None:
+    entry.shape.dim[0].size = 2 * 10**12

@@ -31,6 +31,8 @@ from bncheck.readers.tf_protos import message_class
 INDEX_SUFFIX = ".index"
 #: Largest index bncheck reads: tens of bytes per variable.
 MAX_INDEX_BYTES = 256 << 20
+#: Largest string tensor bncheck reads: the object graph, a few bytes per object.
+MAX_STRING_BYTES = 256 << 20
 #: ``kTensorBundleVersion``: the bundle format version this reader implements.
 BUNDLE_VERSION = 1
 _LITTLE_ENDIAN, _BIG_ENDIAN = 0, 1
@@ -168,6 +170,8 @@ class TensorBundle:
         count = prod(entry.shape)
         if entry.size == 0 and count == 0:
             return []
+        if entry.size > MAX_STRING_BYTES or count > entry.size:  # each length takes a byte
+            raise self._data_error(key, f"{count} strings in {entry.size} bytes")
         data = self._tensor_bytes(key, entry)
         order = ">" if self.big_endian else "<"
         lengths, position, crc = [], 0, 0
@@ -273,10 +277,11 @@ class TensorBundle:
 
     def _check_shards(self, entries: list[BundleEntry]) -> list[str]:
         """Every data shard exists and is long enough for the entries placed in it."""
-        needed = [0] * self.shards
+        needed: dict[int, int] = {}
         for entry in entries:
             if not entry.slices:
-                needed[entry.shard] = max(needed[entry.shard], entry.offset + entry.size)
+                end = entry.offset + entry.size
+                needed[entry.shard] = max(needed.get(entry.shard, 0), end)
         paths = []
         for shard in range(self.shards):
             path = data_shard_name(self.prefix, shard, self.shards)
@@ -285,7 +290,7 @@ class TensorBundle:
                 size = os.path.getsize(path)
             except OSError:
                 raise ModelReadError(f"missing checkpoint data shard {name}") from None
-            if size < needed[shard]:
+            if size < needed.get(shard, 0):
                 raise ModelReadError(
                     f"truncated checkpoint data shard {name}: {size} bytes, the index places "
                     f"tensors up to byte {needed[shard]}"
