@@ -223,7 +223,9 @@ class TensorBundle:
         if header.endianness not in (_LITTLE_ENDIAN, _BIG_ENDIAN):
             raise self._corrupt(f"unknown byte order {header.endianness} in the header")
         version = header.version
-        if version.producer < 0 or version.min_consumer > BUNDLE_VERSION:
+        if version.producer < 0:
+            raise self._corrupt(f"the header claims format version {version.producer}")
+        if version.min_consumer > BUNDLE_VERSION:
             raise ModelReadError(
                 f"checkpoint {self._name} needs a newer reader: format version "
                 f"{version.producer}, readable from version {version.min_consumer}; "
