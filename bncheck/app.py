@@ -7,23 +7,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from tabulate import tabulate
 
 from bncheck.config import ConfigOptions, resolve_settings
 from bncheck.engine import check_checkpoint, inspect_path, inspect_paths
 from bncheck.errors import ModelReadError, UsageError
+from bncheck.extras import require, require_probe
 from bncheck.findings import ExitCode, Report
 from bncheck.probe.options import ProbeOptions
 from bncheck.progress import Progress
-from bncheck.recalibrate.options import RecalibrateOptions
 from bncheck.reporters import REPORTERS
 from bncheck.reporters.options import RenderOptions
 from bncheck.rules import RULES
-from bncheck.rules.docs import WIDTH, plain, rule_doc
-from bncheck.rules.docs import explain as explain_rule
 from bncheck.settings import resolve_rule
+
+if TYPE_CHECKING:
+    from bncheck.recalibrate.options import RecalibrateOptions
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class CheckpointOptions:
 
 
 def run_inspect(options: InspectOptions) -> int:
+    require_probe(options.probe)
     settings = resolve_settings(options.config, Path.cwd())
     progress = Progress()
     try:
@@ -94,6 +96,10 @@ def finish(report: Report, output: OutputOptions) -> int:
 
 
 def run_rules() -> int:
+    from tabulate import tabulate
+
+    from bncheck.rules.docs import WIDTH, plain, rule_doc
+
     rows = [
         [rule.ID, rule.NAME, str(rule.DEFAULT_SEVERITY), rule.NEEDS, plain(rule_doc(rule).summary)]
         for rule in RULES.values()
@@ -114,6 +120,8 @@ def run_rules() -> int:
 
 
 def run_explain(rule_key: str) -> int:
+    from bncheck.rules.docs import explain as explain_rule
+
     click.echo(explain_rule(RULES[resolve_rule(rule_key)]), nl=False)
     return ExitCode.OK
 
@@ -121,6 +129,8 @@ def run_explain(rule_key: str) -> int:
 def run_plot(options: PlotOptions) -> int:
     if not options.output.lower().endswith(PLOT_SUFFIXES):
         raise UsageError(f"--output must end in {' or '.join(PLOT_SUFFIXES)}: {options.output}")
+    require("plot", "bncheck plot")
+    require_probe(options.probe)
     settings = resolve_settings(options.config, Path.cwd())
     progress = Progress()
     try:
@@ -154,6 +164,7 @@ def write_report(text: str, output: OutputOptions) -> None:
 
 
 def run_recalibrate(options: RecalibrateOptions, config: ConfigOptions) -> int:
+    require("tensorflow", "bncheck recalibrate")
     from bncheck.recalibrate.command import recalibrate
     from bncheck.reporters import recalibration
 

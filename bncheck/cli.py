@@ -27,7 +27,6 @@ from bncheck.config import ConfigOptions
 from bncheck.errors import UsageError
 from bncheck.findings import ExitCode, FailOn
 from bncheck.probe.options import DEFAULT_SAMPLES, ProbeOptions
-from bncheck.recalibrate.options import RecalibrateOptions
 from bncheck.reporters import REPORTERS
 from bncheck.reporters.options import RenderOptions
 
@@ -535,6 +534,8 @@ def recalibrate(
     result measures worse or cannot be verified (then exit 1; --force writes anyway). Exits like
     inspect on the repaired model otherwise.
     """
+    from bncheck.recalibrate.options import RecalibrateOptions
+
     return run_recalibrate(
         RecalibrateOptions(
             model=model,

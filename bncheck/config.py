@@ -18,11 +18,6 @@ from bncheck.errors import UsageError
 from bncheck.findings import FailOn
 from bncheck.settings import Settings
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
-
 BNCHECK_TOML = "bncheck.toml"
 PYPROJECT_TOML = "pyproject.toml"
 
@@ -109,6 +104,11 @@ def _tool_table(pyproject: Mapping[str, Any]) -> Any:
 
 
 def _parse(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):  # imported here: most runs find no configuration file
+        import tomllib
+    else:
+        import tomli as tomllib
+
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)

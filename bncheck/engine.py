@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 from bncheck.errors import ModelReadError
 from bncheck.findings import Finding, ModelResult, Problem, Report
-from bncheck.matching import match_layers
 from bncheck.model import ModelDescription
 from bncheck.probe.options import ProbeOptions, StepReporter
 from bncheck.readers import detect, read_checkpoint, read_model
@@ -105,6 +104,8 @@ def inspect_path(
 def check_checkpoint(path: str, model_path: str | None, settings: Settings) -> Report:
     """Check a checkpoint's BatchNorm variables, against the BatchNorm layers of ``model_path``
     when given. An unreadable checkpoint or model becomes the report's only result."""
+    from bncheck.matching import match_layers
+
     try:
         description = read_checkpoint(path)
         contents = description.checkpoint

@@ -5,10 +5,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bncheck.model import ModelDescription
-from bncheck.probe.results import ProbeResult
+
+if TYPE_CHECKING:
+    from bncheck.probe.results import ProbeResult
 
 
 class Severity(enum.IntEnum):

@@ -176,11 +176,13 @@ def test_savedmodel_without_variables(tmp_path: Path) -> None:
     tf.saved_model.save(tf.Module(), str(tmp_path / "empty"))
     description = read_model(str(tmp_path / "empty"))
     assert description.layers == () and description.checkpoint.groups == ()
-    # Graphs frozen into constants come without a variables directory at all.
-    shutil.rmtree(tmp_path / "empty" / "variables")
+    assert description.notes == ()
+    # TF1 builders leave the folder empty when a graph has no variables (frozen into constants).
+    for path in (tmp_path / "empty" / "variables").iterdir():
+        path.unlink()
     description = read_model(str(tmp_path / "empty"))
     assert description.layers == () and description.checkpoint.groups == ()
-    assert any("no variables" in note for note in description.notes)
+    assert any("variables/ folder is empty" in note for note in description.notes)
 
 
 # --- Finding the checkpoint -------------------------------------------------------------------
@@ -303,6 +305,12 @@ def savedmodel_without_index(tmp: Path) -> Path:
     return tmp / "noindex"
 
 
+def savedmodel_without_variables_folder(tmp: Path) -> Path:
+    shutil.copytree(TFKERAS_SAVEDMODEL, tmp / "novariables")
+    shutil.rmtree(tmp / "novariables" / "variables")
+    return tmp / "novariables"
+
+
 def neither(tmp: Path) -> Path:
     (tmp / "logs").mkdir()
     (tmp / "logs" / "events.out").write_text("x")
@@ -321,7 +329,10 @@ UNREADABLE: dict[str, tuple[Callable[[Path], Path], str]] = {
         "missing checkpoint data shard model.ckpt-300.data-00000-of-00001",
     ),
     "corrupt index": (corrupt_index, "corrupt checkpoint index model.ckpt-300.index"),
-    "truncated data": (truncated_data, "from the checkpoint data of model.ckpt-300"),
+    "truncated data": (
+        truncated_data,
+        "truncated checkpoint data shard model.ckpt-300.data-00000-of-00001: 100 bytes",
+    ),
     "neither SavedModel nor checkpoint": (
         neither,
         "directory is neither a SavedModel (no saved_model.pb) nor a checkpoint",
@@ -333,6 +344,10 @@ UNREADABLE: dict[str, tuple[Callable[[Path], Path], str]] = {
     "corrupt keras_metadata.pb": (corrupt_keras_metadata, "keras_metadata.pb is corrupt"),
     "corrupt saved_model.pb": (corrupt_saved_model, "saved_model.pb is corrupt"),
     "SavedModel variables without index": (savedmodel_without_index, "have no index"),
+    "SavedModel without variables folder": (
+        savedmodel_without_variables_folder,
+        "the SavedModel has no variables/ folder",
+    ),
 }
 
 

@@ -48,3 +48,9 @@ def test_hook_command_gates_on_the_files_pre_commit_passes(
     result = run_cli(*command, "--fail-on", "warning", healthy, untouched)
     assert result.code == 1
     assert "BN001 untouched-moving-stats" in result.out
+
+
+def test_hook_installs_the_core_only() -> None:
+    """pre-commit installs the package with its core requirements (no TensorFlow, see
+    test_core_install) plus any additional_dependencies: there must be none."""
+    assert not hook().get("additional_dependencies")

@@ -1,7 +1,7 @@
 """Readers: one per format, each turning a path into a ``ModelDescription``.
 
-Only the SavedModel and checkpoint readers import TensorFlow, and only inside their functions.
-The PyTorch, safetensors and ONNX readers import no framework at all.
+None imports TensorFlow or any other framework; the readers of checkpoints, SavedModels, PyTorch,
+safetensors and ONNX files load only when such a file is read.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _read_kind(path: str, kind: str) -> ModelDescription:
             if legacy_h5.is_full_model(h5):
                 return legacy_h5.read(path, h5)
             return weights_h5.read(path, h5)
-    # Read through TensorFlow, so their modules load only for them.
+    # Imported here, so that their modules (and protobuf) load only for them.
     if kind == "savedmodel":
         from bncheck.readers import savedmodel
 

@@ -5,12 +5,11 @@ A checkpoint is a prefix ``P`` with an index ``P.index`` and data shards
 ``P.data-00000-of-00001``. The user may name the prefix, the index, a data shard, the directory, or
 its ``checkpoint`` state file (whose recorded path may be relative, stale, or absolute from the
 machine that trained). Only the index and the BatchNorm variables are read, never the rest of the
-data. TensorFlow is imported only when a checkpoint is actually read.
+data, and without TensorFlow (``tensor_bundle.py``).
 """
 
 from __future__ import annotations
 
-import glob
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,11 +34,11 @@ from bncheck.readers.checkpoint_layout import (
 )
 from bncheck.readers.h5util import MAX_BN_VALUES
 from bncheck.readers.keras3_layout import check_shapes
+from bncheck.readers.tensor_bundle import INDEX_SUFFIX, TensorBundle
+from bncheck.readers.tf_protos import message_class
 from bncheck.readers.weights_h5 import INFERRED_BY_NAMES
-from bncheck.tensorflow_import import import_tensorflow
 
 STATE_FILE = "checkpoint"
-INDEX_SUFFIX = ".index"
 _DATA_SHARD = re.compile(r"^(.*)\.data-(\d{5})-of-(\d{5})$")
 _RECORDED_PATH = re.compile(
     r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"\s*$', re.MULTILINE
@@ -138,72 +137,41 @@ class CheckpointFile:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        _check_data_shards(prefix)
-        tf = import_tensorflow()
-        try:
-            # Not tf.train.load_checkpoint: it takes a prefix ending in "/" (files named
-            # ".index") for a directory and looks for a state file there.
-            self._reader = tf.compat.v1.train.NewCheckpointReader(prefix)
-            self.shapes: dict[str, list[int]] = self._reader.get_variable_to_shape_map()
-            self._dtypes: dict[str, Any] = self._reader.get_variable_to_dtype_map()
-        except tf.errors.OpError as exc:
-            raise ModelReadError(
-                f"corrupt checkpoint index {_name(prefix)}{INDEX_SUFFIX} ({_reason(exc)})"
-            ) from None
+        self._bundle = TensorBundle(prefix)
+        self.shapes: dict[str, tuple[int, ...]] = {
+            key: entry.shape for key, entry in self._bundle.entries.items()
+        }
 
     def object_graph(self) -> Any | None:
         """The ``TrackableObjectGraph`` of an object-based checkpoint; ``None`` for name-based."""
         if OBJECT_GRAPH_KEY not in self.shapes:
             return None
         from google.protobuf.message import DecodeError
-        from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-        graph = trackable_object_graph_pb2.TrackableObjectGraph()
+        strings = self._bundle.read_strings(OBJECT_GRAPH_KEY)
+        if len(strings) != 1:
+            raise ModelReadError(
+                f"the checkpoint's object graph is {len(strings)} strings, not one"
+            )
+        graph = message_class("TrackableObjectGraph")()
         try:
-            graph.ParseFromString(self._tensor(OBJECT_GRAPH_KEY))
+            graph.ParseFromString(strings[0])
         except DecodeError as exc:
             raise ModelReadError(f"the checkpoint's object graph is corrupt ({exc})") from None
         return graph
 
-    def read_array(self, key: str) -> np.ndarray:
-        """One BatchNorm array, as floats."""
-        dtype = self._dtypes[key]
-        if not (dtype.is_floating or dtype.is_integer):
-            raise ModelReadError(f"{key} has non-numeric type {dtype.name}")
-        size = int(np.prod(self.shapes[key]))
-        if size == 0:
-            raise ModelReadError(f"{key} is empty")
-        if size > MAX_BN_VALUES:
-            raise ModelReadError(f"{key} claims {size} values, too many for a BatchNorm array")
-        array = np.asarray(self._tensor(key))
-        return array if array.dtype.kind == "f" and array.itemsize >= 4 else array.astype("float32")
-
-    def _tensor(self, key: str) -> Any:
-        tf = import_tensorflow()
-        try:
-            return self._reader.get_tensor(key)
-        except (tf.errors.OpError, IndexError, ValueError) as exc:
-            reason = _reason(exc)
-            if "No such file" in reason:
-                raise ModelReadError(f"missing checkpoint data shard ({reason})") from None
-            raise ModelReadError(
-                f"cannot read {key} from the checkpoint data of {_name(self.prefix)} ({reason})"
-            ) from None
-
-
-def _check_data_shards(prefix: str) -> None:
-    """Every data shard must be there: the index alone reads fine until a value is needed."""
-    found: dict[int, int] = {}
-    for data in glob.glob(glob.escape(prefix) + ".data-*-of-*"):
-        shard = _DATA_SHARD.match(data)
-        if shard and shard.group(1) == prefix:
-            found[int(shard.group(2))] = int(shard.group(3))
-    total = max(found.values(), default=1)
-    for number in range(total):
-        if number not in found:
-            raise ModelReadError(
-                f"missing checkpoint data shard {_name(prefix)}.data-{number:05d}-of-{total:05d}"
-            )
+    def read_arrays(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """BatchNorm arrays, as floats."""
+        for key in keys:
+            size = int(np.prod(self.shapes[key]))
+            if size == 0:
+                raise ModelReadError(f"{key} is empty")
+            if size > MAX_BN_VALUES:
+                raise ModelReadError(f"{key} claims {size} values, too many for a BatchNorm array")
+        return {
+            key: array if array.dtype.kind == "f" and array.itemsize >= 4 else array.astype("f4")
+            for key, array in self._bundle.read_arrays(keys).items()
+        }
 
 
 def variable_groups(checkpoint: CheckpointFile) -> list[CheckpointGroup]:
@@ -224,11 +192,9 @@ def describe(
 ) -> ModelDescription:
     """A description whose layers are the groups with both moving statistics; ``configured``
     gives the recorded configuration of some groups, by path."""
-    layers = [
-        _layer(checkpoint, group, configured.get(group.path))
-        for group in groups
-        if not group.missing_moving_stats
-    ]
+    complete = [group for group in groups if not group.missing_moving_stats]
+    arrays = checkpoint.read_arrays([key for group in complete for key in group.keys.values()])
+    layers = [_layer(arrays, group, configured.get(group.path)) for group in complete]
     all_notes = list(notes)
     if any(group.path not in configured for group in groups):
         all_notes.append(NO_CONFIG_NOTE)
@@ -242,9 +208,9 @@ def describe(
 
 
 def _layer(
-    checkpoint: CheckpointFile, group: CheckpointGroup, configured: LayerSettings | None
+    read: Mapping[str, np.ndarray], group: CheckpointGroup, configured: LayerSettings | None
 ) -> BNLayer:
-    arrays = {name: checkpoint.read_array(key) for name, key in group.keys.items()}
+    arrays = {name: read[key] for name, key in group.keys.items()}
     check_shapes(arrays, group.path)
     common: dict[str, Any] = {
         "path": group.path,
@@ -261,8 +227,3 @@ def _layer(
 def _name(prefix: str) -> str:
     """The prefix without its directory; empty for files named ``.index``."""
     return "" if prefix.endswith(("/", "\\")) else Path(prefix).name
-
-
-def _reason(exc: BaseException) -> str:
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return " ".join(str(message).split())

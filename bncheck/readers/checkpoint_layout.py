@@ -89,17 +89,18 @@ def graph_variables(graph: Any, shapes: Mapping[str, Sequence[int]]) -> list[Gra
 
 def depth_first(graph: Any) -> Iterator[int]:
     """Node ids reachable from the root, each once, in depth-first pre-order."""
-    count = len(graph.nodes)
-    seen: set[int] = set()
+    nodes = graph.nodes
+    count = len(nodes)
+    seen = bytearray(count)
     stack = [0] if count else []
     while stack:
         node_id = stack.pop()
-        if node_id in seen:
+        if seen[node_id]:
             continue
-        seen.add(node_id)
+        seen[node_id] = 1
         yield node_id
-        children = [child.node_id for child in graph.nodes[node_id].children]
-        if any(not 0 <= child < count for child in children):
+        children = [child.node_id for child in nodes[node_id].children]
+        if children and not 0 <= min(children) <= max(children) < count:
             raise ModelReadError("the checkpoint's object graph refers to a missing node")
         stack.extend(reversed(children))
 

@@ -34,6 +34,9 @@ def lookup(group: h5py.Group, path: str, _links_followed: int = 0) -> object | N
     for part in parts:
         if not isinstance(current, h5py.Group):
             return None
+        if _is_hard_link(current, part):  # the common case, without building link objects
+            current = current[part]
+            continue
         link = current.get(part, getlink=True)
         if link is None:
             return None
@@ -52,6 +55,16 @@ def lookup(group: h5py.Group, path: str, _links_followed: int = 0) -> object | N
     return current
 
 
+def _is_hard_link(group: h5py.Group, name: str) -> bool:
+    encoded = name.encode()
+    links = group.id.links
+    return (
+        b"\0" not in encoded
+        and links.exists(encoded)
+        and links.get_info(encoded).type == h5py.h5l.TYPE_HARD
+    )
+
+
 def read_bn_array(node: object, what: str) -> np.ndarray:
     """Read a small numeric dataset (one BN array) into memory as a float array."""
     if not isinstance(node, h5py.Dataset):
@@ -65,7 +78,7 @@ def read_bn_array(node: object, what: str) -> np.ndarray:
             f"{what} stores its values in another file; only the given file is read"
         )
     dtype = node.dtype
-    if node.attrs.get("dtype") == "bfloat16" and dtype.itemsize == 2:
+    if dtype.itemsize == 2 and _has_attr(node, "dtype") and node.attrs["dtype"] == "bfloat16":
         # Keras 3 stores bfloat16 as raw 16-bit words; they are the top half of a float32.
         raw = np.frombuffer(node[()].tobytes(), dtype="<u2")
         return (raw.astype(np.uint32) << 16).view(np.float32).reshape(node.shape)
@@ -79,7 +92,7 @@ def read_bn_array(node: object, what: str) -> np.ndarray:
 
 def text_attr(obj: h5py.HLObject, key: str) -> str | None:
     """A string attribute, decoded; ``None`` when absent."""
-    if key not in obj.attrs:
+    if not _has_attr(obj, key):
         return None
     value = obj.attrs[key]
     if isinstance(value, bytes):
@@ -87,6 +100,11 @@ def text_attr(obj: h5py.HLObject, key: str) -> str | None:
     if isinstance(value, str):
         return value
     raise ModelReadError(f"attribute {key!r} is not text")
+
+
+def _has_attr(obj: h5py.HLObject, key: str) -> bool:
+    """``key in obj.attrs``, without building the attribute manager (a hot path)."""
+    return bool(h5py.h5a.exists(obj.id, key.encode()))
 
 
 def text_list_attr(obj: h5py.HLObject, key: str) -> list[str] | None:

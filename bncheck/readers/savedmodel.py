@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from bncheck.errors import ModelReadError
 from bncheck.model import CheckpointContents, CheckpointGroup, ModelDescription
 from bncheck.readers.checkpoint import (
-    INDEX_SUFFIX,
     CheckpointFile,
     LayerSettings,
     describe,
@@ -41,12 +39,15 @@ from bncheck.readers.keras_config import (
     bn_settings,
     walk_layers,
 )
-from bncheck.tensorflow_import import import_tensorflow
+from bncheck.readers.tensor_bundle import INDEX_SUFFIX
+from bncheck.readers.tf_protos import message_class
 
 KERAS_METADATA = "keras_metadata.pb"
 VARIABLES_PREFIX = ("variables", "variables")
 _KERAS_IDENTIFIER = "_tf_keras"
-NO_VARIABLES_NOTE = "the SavedModel has no variables, so no BatchNorm statistics to check"
+NO_VARIABLES_NOTE = (
+    "the SavedModel's variables/ folder is empty, so no BatchNorm statistics to check"
+)
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,13 @@ class KerasNode:
 
 def read(path: str) -> ModelDescription:
     root = Path(path)
-    nodes, notes = keras_nodes(root)
     prefix = root.joinpath(*VARIABLES_PREFIX)
+    if not prefix.parent.is_dir():
+        # Every SavedModel writer makes the folder, even for a model without variables.
+        raise ModelReadError(
+            f"the SavedModel has no {prefix.parent.name}/ folder: its variables are missing"
+        )
+    nodes, notes = keras_nodes(root)
     if not Path(f"{prefix}{INDEX_SUFFIX}").is_file():
         if any(prefix.parent.glob(f"{prefix.name}.data-*")):
             raise ModelReadError(f"the SavedModel's variables have no index ({prefix.name}.index)")
@@ -111,7 +117,7 @@ def keras_nodes(root: Path) -> tuple[list[KerasNode], list[str]]:
 def _nodes_from_metadata_file(metadata_file: Path) -> Iterator[KerasNode]:
     from google.protobuf.message import DecodeError
 
-    saved = _saved_metadata_class()()
+    saved = message_class("SavedMetadata")()
     try:
         saved.ParseFromString(_read_bytes(metadata_file))
     except DecodeError as exc:
@@ -132,7 +138,7 @@ def _nodes_from_object_graph(saved_model: Any) -> Iterator[KerasNode]:
     graph = saved_model.meta_graphs[0].object_graph_def
     paths = _first_paths(graph)
     for node_id, node in enumerate(graph.nodes):
-        user_object = node.user_object if node.WhichOneof("kind") == "user_object" else None
+        user_object = node.user_object if node.HasField("user_object") else None
         if user_object is None or not user_object.identifier.startswith(_KERAS_IDENTIFIER):
             continue
         if user_object.metadata and node_id in paths:
@@ -156,17 +162,18 @@ def _first_paths(graph: Any) -> dict[int, tuple[str, ...]]:
 
 
 def _saved_model(graph_file: Path) -> Any:
-    import_tensorflow()
     from google.protobuf import text_format
     from google.protobuf.message import DecodeError
-    from tensorflow.core.protobuf import saved_model_pb2
 
-    saved_model = saved_model_pb2.SavedModel()
+    saved_model = message_class("SavedModel")()
     try:
         if graph_file.suffix == ".pb":
             saved_model.ParseFromString(graph_file.read_bytes())
         else:
-            text_format.Parse(graph_file.read_text(encoding="utf-8"), saved_model)
+            # Only the object graph's Keras objects are defined (tf_protos): skip the rest.
+            text_format.Parse(
+                graph_file.read_text(encoding="utf-8"), saved_model, allow_unknown_field=True
+            )
     except (DecodeError, text_format.ParseError, UnicodeDecodeError) as exc:
         reason = " ".join(str(exc).split())
         raise ModelReadError(f"{graph_file.name} is corrupt ({reason})") from None
@@ -240,34 +247,3 @@ def _read_bytes(path: Path) -> bytes:
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise ModelReadError(f"{path.name} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
     return path.read_bytes()
-
-
-@cache
-def _saved_metadata_class() -> Any:
-    """tf.keras's ``SavedMetadata`` message (``tf_keras/protobuf/saved_metadata.proto``), defined
-    here so that reading it needs neither tf.keras nor TensorFlow's deprecated Keras package."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    field = descriptor_pb2.FieldDescriptorProto
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="bncheck/keras_saved_metadata.proto", package="bncheck", syntax="proto3"
-    )
-    saved_object = proto.message_type.add(name="SavedObject")
-    for number, name, kind in (
-        (2, "node_id", field.TYPE_INT32),
-        (3, "node_path", field.TYPE_STRING),
-        (4, "identifier", field.TYPE_STRING),
-        (5, "metadata", field.TYPE_STRING),
-    ):
-        saved_object.field.add(name=name, number=number, type=kind, label=field.LABEL_OPTIONAL)
-    saved_metadata = proto.message_type.add(name="SavedMetadata")
-    saved_metadata.field.add(
-        name="nodes",
-        number=1,
-        type=field.TYPE_MESSAGE,
-        label=field.LABEL_REPEATED,
-        type_name=".bncheck.SavedObject",
-    )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("bncheck.SavedMetadata"))

@@ -3,19 +3,40 @@ format."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from importlib import import_module
+from typing import TYPE_CHECKING
 
-from bncheck.findings import Report
-from bncheck.reporters import github, json_format, junit, markdown, sarif, table
-from bncheck.reporters.options import RenderOptions
+if TYPE_CHECKING:
+    from bncheck.findings import Report
+    from bncheck.reporters.options import RenderOptions
 
-Reporter = Callable[[Report, RenderOptions], str]
+Reporter = Callable[["Report", "RenderOptions"], str]
 
-REPORTERS: dict[str, Reporter] = {
-    "table": table.render,
-    "json": json_format.render,
-    "sarif": sarif.render,
-    "junit": junit.render,
-    "markdown": markdown.render,
-    "github": github.render,
+#: Format name -> the module whose ``render`` writes it.
+_MODULES = {
+    "table": "table",
+    "json": "json_format",
+    "sarif": "sarif",
+    "junit": "junit",
+    "markdown": "markdown",
+    "github": "github",
 }
+
+
+class _Reporters(Mapping[str, Reporter]):
+    """Each format's ``render``, its module imported when the format is asked for: a run writes
+    one format, and the others' imports (XML, hashing, tables) cost start-up time."""
+
+    def __getitem__(self, name: str) -> Reporter:
+        render: Reporter = import_module(f"{__name__}.{_MODULES[name]}").render
+        return render
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_MODULES)
+
+    def __len__(self) -> int:
+        return len(_MODULES)
+
+
+REPORTERS: Mapping[str, Reporter] = _Reporters()

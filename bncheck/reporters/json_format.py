@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bncheck import __version__
 from bncheck.findings import Finding, ModelResult, Report, Severity
@@ -16,8 +16,10 @@ from bncheck.model import (
     CheckpointGroup,
     Coverage,
 )
-from bncheck.probe.results import LayerMeasurement, Metric, ProbeResult
 from bncheck.reporters.options import PLAIN, RenderOptions
+
+if TYPE_CHECKING:
+    from bncheck.probe.results import LayerMeasurement, Metric, ProbeResult
 
 
 def render(report: Report, options: RenderOptions = PLAIN) -> str:

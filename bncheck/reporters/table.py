@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import click
 from tabulate import tabulate
 
 from bncheck.findings import ModelResult, Report, Severity
 from bncheck.model import ArraySummary, BNLayer, CheckpointContents
-from bncheck.probe.results import Metric, OutputMeasurement, ProbeData, ProbeResult
 from bncheck.reporters.options import PLAIN, RenderOptions
+
+if TYPE_CHECKING:
+    from bncheck.probe.results import Metric, OutputMeasurement, ProbeData, ProbeResult
 
 _HEADERS = [
     "layer",

@@ -1,11 +1,11 @@
 """Run bncheck in this process and print what happened as JSON.
 
     python _child.py ARGS...             one run under a memory cap; one JSON object
-    python _child.py --batch CASES.json  TensorFlow imported first, then each argument list of
-                                         the file in turn; one JSON line per run, flushed, so a
-                                         crash names the case it hit
+    python _child.py --batch CASES.json  each argument list of the file in turn, in one process;
+                                         one JSON line per run, flushed, so a crash names the
+                                         case it hit
     python _child.py --static-batch CASES.json
-                                         the same without TensorFlow, under the memory cap
+                                         the same, under the memory cap
 
 Used by the hardening tests so that a crash, a hang or a memory blow-up on one input is caught
 and named instead of taking the test run down.
@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-MEMORY_CAP = 2 << 30  # bytes of address space for single runs (TensorFlow needs more)
+MEMORY_CAP = 2 << 30  # bytes of address space for single runs
 
 
 def peak_rss_kib() -> int:
@@ -59,11 +59,7 @@ def run(argv: list[str]) -> dict[str, Any]:
 
 def main() -> None:
     if sys.argv[1:2] in (["--batch"], ["--static-batch"]):
-        if sys.argv[1] == "--batch":
-            from bncheck.tensorflow_import import import_tensorflow
-
-            import_tensorflow()  # once, before any case is timed
-        else:
+        if sys.argv[1] == "--static-batch":
             resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
         with open(sys.argv[2]) as handle:
             for argv in json.load(handle):

@@ -1,0 +1,111 @@
+"""The protocol buffer messages of TensorFlow and tf.keras that bncheck reads, defined here so that
+reading them needs neither TensorFlow nor tf.keras, only the ``protobuf`` library.
+
+Each message has only the fields bncheck uses, with TensorFlow's field numbers and types; the
+parser skips the others. Sources: ``tensorflow/core/protobuf/tensor_bundle.proto``,
+``tensorflow/core/framework/{tensor_shape,versions}.proto``,
+``tensorflow/core/protobuf/{trackable_object_graph,saved_object_graph,meta_graph,saved_model}.proto``
+and ``tf_keras/protobuf/saved_metadata.proto``. Enumerations are read as plain numbers.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+_PACKAGE = "bncheck.tensorflow"
+_SCALARS = ("int32", "int64", "fixed32", "bool", "string", "bytes")
+
+#: Message name -> fields as (number, name, type); a type is a scalar above or a message here,
+#: prefixed with "repeated " for a repeated field.
+_MESSAGES: dict[str, tuple[tuple[int, str, str], ...]] = {
+    "VersionDef": (
+        (1, "producer", "int32"),
+        (2, "min_consumer", "int32"),
+        (3, "bad_consumers", "repeated int32"),
+    ),
+    "TensorShapeDim": ((1, "size", "int64"),),
+    "TensorShapeProto": ((2, "dim", "repeated TensorShapeDim"), (3, "unknown_rank", "bool")),
+    # Only counted: a partitioned variable's full entry lists its slices.
+    "TensorSliceProto": (),
+    "BundleHeaderProto": (
+        (1, "num_shards", "int32"),
+        (2, "endianness", "int32"),
+        (3, "version", "VersionDef"),
+    ),
+    "BundleEntryProto": (
+        (1, "dtype", "int32"),
+        (2, "shape", "TensorShapeProto"),
+        (3, "shard_id", "int32"),
+        (4, "offset", "int64"),
+        (5, "size", "int64"),
+        (6, "crc32c", "fixed32"),
+        (7, "slices", "repeated TensorSliceProto"),
+    ),
+    "ObjectReference": ((1, "node_id", "int32"), (2, "local_name", "string")),
+    "SerializedTensor": (
+        (1, "name", "string"),
+        (2, "full_name", "string"),
+        (3, "checkpoint_key", "string"),
+    ),
+    "TrackableObject": (
+        (1, "children", "repeated ObjectReference"),
+        (2, "attributes", "repeated SerializedTensor"),
+    ),
+    "TrackableObjectGraph": ((1, "nodes", "repeated TrackableObject"),),
+    "SavedUserObject": ((1, "identifier", "string"), (3, "metadata", "string")),
+    # ``user_object`` is one case of the ``kind`` oneof; the other cases are left out.
+    "SavedObject": (
+        (1, "children", "repeated ObjectReference"),
+        (4, "user_object", "SavedUserObject"),
+    ),
+    "SavedObjectGraph": ((1, "nodes", "repeated SavedObject"),),
+    "MetaGraphDef": ((7, "object_graph_def", "SavedObjectGraph"),),
+    "SavedModel": (
+        (1, "saved_model_schema_version", "int64"),
+        (2, "meta_graphs", "repeated MetaGraphDef"),
+    ),
+    "SavedMetadataObject": (
+        (2, "node_id", "int32"),
+        (3, "node_path", "string"),
+        (4, "identifier", "string"),
+        (5, "metadata", "string"),
+    ),
+    "SavedMetadata": ((1, "nodes", "repeated SavedMetadataObject"),),
+}
+
+
+def message_class(name: str) -> Any:
+    """The message class called ``name`` above, e.g. ``message_class("BundleEntryProto")()``."""
+    return _classes()[name]
+
+
+@cache
+def _classes() -> dict[str, Any]:
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    field_type = descriptor_pb2.FieldDescriptorProto
+    scalar_types = {name: getattr(field_type, f"TYPE_{name.upper()}") for name in _SCALARS}
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="bncheck/tensorflow.proto", package=_PACKAGE, syntax="proto3"
+    )
+    for message_name, fields in _MESSAGES.items():
+        message = proto.message_type.add(name=message_name)
+        for number, field_name, declared in fields:
+            repeated, _, kind = declared.rpartition(" ")
+            field = message.field.add(
+                name=field_name,
+                number=number,
+                label=field_type.LABEL_REPEATED if repeated else field_type.LABEL_OPTIONAL,
+            )
+            if kind in scalar_types:
+                field.type = scalar_types[kind]
+            else:
+                field.type = field_type.TYPE_MESSAGE
+                field.type_name = f".{_PACKAGE}.{kind}"
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+        for name in _MESSAGES
+    }

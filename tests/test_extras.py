@@ -1,0 +1,57 @@
+"""A command that needs an extra that is not installed: exit 2, one line naming the install."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.util import find_spec
+from typing import Any
+
+import pytest
+
+from bncheck import extras
+from tests.conftest import FIXTURES, CliResult
+
+MODEL = FIXTURES / "keras3/nested.keras"
+TENSORFLOW = 'needs TensorFlow: pip install "bncheck[tensorflow]"'
+MATPLOTLIB = 'bncheck plot needs matplotlib: pip install "bncheck[plot]"'
+
+
+def without(*missing: str) -> Callable[[str], Any]:
+    return lambda name: None if name in missing else find_spec(name)
+
+
+@pytest.mark.parametrize(
+    ("missing", "args", "message"),
+    [
+        (("tensorflow",), ["inspect", MODEL, "--probe"], f"--probe {TENSORFLOW}"),
+        (("keras",), ["inspect", MODEL, "--probe"], f"--probe {TENSORFLOW}"),
+        (("tensorflow",), ["inspect", MODEL, "--data", "x.npy"], f"--data {TENSORFLOW}"),
+        (
+            ("tensorflow",),
+            ["recalibrate", MODEL, "--data", "x.npy", "-o", "out.keras"],
+            f"bncheck recalibrate {TENSORFLOW}",
+        ),
+        (("matplotlib",), ["plot", MODEL, "-o", "x.png"], MATPLOTLIB),
+        (("tensorflow",), ["plot", MODEL, "-o", "x.png", "--probe"], f"--probe {TENSORFLOW}"),
+    ],
+)
+def test_missing_extra_is_a_usage_error_naming_the_install(
+    missing: tuple[str, ...],
+    args: list[Any],
+    message: str,
+    run_cli: Callable[..., CliResult],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(extras, "find_spec", without(*missing))
+    result = run_cli(*args)
+    assert result.code == 2
+    assert result.err == f"bncheck: error: {message}\n"
+    assert result.out == ""
+
+
+def test_static_inspect_needs_no_extra(
+    run_cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(extras, "find_spec", without("tensorflow", "keras", "matplotlib"))
+    assert run_cli("inspect", MODEL).code == 0
+    assert run_cli("checkpoint", FIXTURES / "checkpoints/tf1_saver_all").code == 0
