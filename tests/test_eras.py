@@ -147,7 +147,9 @@ def test_keras3_reads_some_keras2_files_and_agrees_where_it_does() -> None:
     """Keras 3's legacy loader rebuilds few Keras 2 configurations (Sequential list configs, a
     nested model's node indices, tf.keras 1.x initializer dtypes and Keras 1 configs defeat it);
     where it loads a file, its arrays are bncheck's."""
-    keras = loaded = []
+    import keras
+
+    loaded = []
     for fixture in TF_KERAS_LOADS:
         try:
             model = keras.models.load_model(ERAS / fixture, compile=False)
@@ -161,13 +163,17 @@ def test_keras3_reads_some_keras2_files_and_agrees_where_it_does() -> None:
 
 @pytest.mark.parametrize("fixture", ["keras3_renorm.keras", "keras3_frozen_nested.h5"])
 def test_keras3_files_read_as_keras3_loads_them(fixture: str) -> None:
-    keras = path = ERAS / fixture
+    import keras
+
+    path = ERAS / fixture
     model = keras.models.load_model(path, compile=False)
     assert_same_as(read_model(str(path)), model, 2 if "renorm" in fixture else 3)
 
 
 def test_renorm_layers_keep_their_extra_variables_apart() -> None:
-    keras = path = ERAS / "keras3_renorm.keras"
+    import keras
+
+    path = ERAS / "keras3_renorm.keras"
     model = keras.models.load_model(path, compile=False)
     for layer in read_model(str(path)).layers:
         keras_layer = find_layer(model, layer.path)

@@ -113,3 +113,18 @@ def test_explain_unknown_rule_is_a_usage_error(run_cli: Run, args: list[str]) ->
     assert result.out == ""
     assert len(result.err.strip().splitlines()) == 1
     assert result.err.startswith("bncheck: error: ")
+
+
+def test_the_rules_reference_is_generated_from_the_docstrings() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "docs/gen_rules.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr

@@ -1,9 +1,11 @@
 """The saved graph calls the layer with ``training=True``, so it uses batch statistics at inference.
 
 A functional model built with ``bn(x, training=True)`` records that argument in its graph. The
-layer then normalises every batch with that batch's own mean and variance, also in
-``model.predict``: a sample's prediction depends on the other samples in its batch, a batch of one
-gives garbage, and the moving statistics are never used.
+layer then normalises every batch with that batch's own mean and variance whenever the model is
+called without a ``training`` argument, as serving code and custom loops call it (``model(x)``),
+and in tf.keras also in ``model.predict`` (Keras 3's ``predict`` passes ``training=False``, which
+overrides the recorded argument): a sample's prediction depends on the other samples in its
+batch, a batch of one gives garbage, and the moving statistics are never used.
 
 It is reported as information only when the layer is frozen (``trainable=False``), because then
 Keras runs it in inference mode regardless of the argument.
@@ -37,7 +39,7 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
     effect = (
         "but trainable=False makes Keras run it in inference mode anyway"
         if frozen
-        else "so it normalises with batch statistics at inference too"
+        else "so it normalises with batch statistics when called as model(x) at inference"
     )
     yield Problem(
         message=f"the saved graph calls the layer with training=True, {effect}",
