@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bncheck.findings import Report
+    from bncheck.model import ModelDescription
     from bncheck.settings import Settings
 
 #: A file or folder path, as a string or a path object.
@@ -89,16 +90,16 @@ def check_model(
         TypeError: ``model`` is not a Keras 3 layer or model.
         UsageError: an unknown rule, or a configuration file that is missing or invalid.
     """
-    return judge_model(model, resolve(select, ignore, config))
-
-
-def judge_model(model: Any, settings: Settings) -> Report:
-    """``check_model`` with settings already resolved."""
-    from bncheck.engine import judged
-    from bncheck.findings import Report
     from bncheck.live import describe
 
-    description = describe(model)
+    return judged_report(describe(model), resolve(select, ignore, config))
+
+
+def judged_report(description: ModelDescription, settings: Settings) -> Report:
+    """The report on one model's description, judged by the static rules."""
+    from bncheck.engine import judged
+    from bncheck.findings import Report
+
     result = judged(description.path, description, settings)
     return Report(models=(result,), fail_on=settings.fail_on)
 

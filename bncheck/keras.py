@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import keras
 
-from bncheck.api import judge_model, resolve
+from bncheck.api import judged_report, resolve
 from bncheck.guard import BatchNormGuardError, BatchNormWarning, GuardResult, judge, snapshot
-from bncheck.live import describe
+from bncheck.live import LiveModel
 
 __all__ = [
     "BatchNormGuard",
@@ -68,7 +68,8 @@ class BatchNormWatch:
         self.last_result: GuardResult | None = None
         """What the latest check found; ``None`` before the first check."""
         self._settings = resolve(None, None, None)
-        self._before = snapshot(describe(model).layers)
+        self._live = LiveModel(model)
+        self._before = snapshot(self._live.describe().layers)
         self._checked_at: int | None = None
         self._reported: set[tuple[str, str | None]] = set()
 
@@ -83,7 +84,8 @@ class BatchNormWatch:
     def check(self) -> GuardResult:
         """Check now: compare the layers with their state when watching began, run the static
         rules, and act on any problem not acted on before. Returns what the check found."""
-        result = judge(self._before, judge_model(self.model, self._settings), self.steps or None)
+        report = judged_report(self._live.describe(), self._settings)
+        result = judge(self._before, report, self.steps or None)
         self._checked_at, self.last_result = self.steps, result
         if result.problem and not result.keys <= self._reported:
             self._reported |= result.keys

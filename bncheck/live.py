@@ -9,7 +9,7 @@ saved file. Keras is imported inside functions; any Keras 3 backend works.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -24,27 +24,90 @@ LIVE_FORMAT = "live"
 def describe(model: Any) -> ModelDescription:
     """Every BatchNormalization layer of ``model`` (nested models and wrappers included) with its
     current variables and configuration. ``TypeError`` when ``model`` is not a Keras 3 layer."""
-    import keras
+    return LiveModel(model).describe()
 
-    if not isinstance(model, keras.layers.Layer):
-        raise TypeError(
-            f"expected a Keras 3 model or layer, not {type(model).__name__}; "
-            "for a saved model use bncheck.inspect(path)"
+
+class LiveModel:
+    """A live model, described as often as asked (the guard describes it at every check).
+
+    Each layer's configuration is read once: ``get_config`` serialises the initializers, which
+    costs more than the rest of a check. From the second description on, the variables of all
+    layers are read together by one compiled function where the backend has one, instead of one
+    device read per variable.
+    """
+
+    def __init__(self, model: Any) -> None:
+        import keras
+
+        if not isinstance(model, keras.layers.Layer):
+            raise TypeError(
+                f"expected a Keras 3 model or layer, not {type(model).__name__}; "
+                "for a saved model use bncheck.inspect(path)"
+            )
+        self.model = model
+        self._configs: dict[int, tuple[Any, Mapping[str, Any], tuple[Mapping[str, Any], ...]]] = {}
+        self._reader: tuple[tuple[int, ...], Callable[[], list[np.ndarray]]] | None = None
+
+    def describe(self) -> ModelDescription:
+        # Under JAX, fit() keeps the variables' values outside the model between syncs (each
+        # variable's value is dropped meanwhile); this puts them back, as Keras's callbacks do.
+        sync = getattr(self.model, "jax_state_sync", None)
+        if callable(sync):
+            sync()
+        built, notes, variables = [], [], []
+        for path, layer, parent in batchnorm_layers(self.model):
+            if getattr(layer, "moving_mean", None) is None:
+                notes.append(f"{path} has no variables yet (the layer was never built)")
+                continue
+            names = [name for name in ARRAY_NAMES if getattr(layer, name, None) is not None]
+            built.append((path, layer, parent, names))
+            variables += [getattr(layer, name) for name in names]
+        values = iter(self._read(variables))
+        layers = [
+            self._layer(path, layer, parent, {name: next(values) for name in names})
+            for path, layer, parent, names in built
+        ]
+        return ModelDescription(
+            path=self.model.name, format=LIVE_FORMAT, layers=tuple(layers), notes=tuple(notes)
         )
-    # Under JAX, fit() keeps the variables' values outside the model between syncs (each
-    # variable's value is dropped meanwhile); this puts them back, as Keras's own callbacks do.
-    sync = getattr(model, "jax_state_sync", None)
-    if callable(sync):
-        sync()
-    layers, notes = [], []
-    for path, layer, parent in batchnorm_layers(model):
-        if getattr(layer, "moving_mean", None) is None:
-            notes.append(f"{path} has no variables yet (the layer was never built)")
-            continue
-        layers.append(live_layer(path, layer, parent))
-    return ModelDescription(
-        path=model.name, format=LIVE_FORMAT, layers=tuple(layers), notes=tuple(notes)
-    )
+
+    def _layer(self, path: str, layer: Any, parent: Any, arrays: dict[str, np.ndarray]) -> BNLayer:
+        if id(layer) not in self._configs:
+            calls = tuple(_call_kwargs(list(recorded_calls(layer, parent))))
+            # The layer itself is kept so that its id cannot be reused by another object.
+            self._configs[id(layer)] = (layer, layer.get_config(), calls)
+        _, config, calls = self._configs[id(layer)]
+        # Momentum and epsilon are plain attributes a training script may change; the rest of
+        # the configuration is fixed once the layer is built.
+        current = {**config, "momentum": layer.momentum, "epsilon": layer.epsilon}
+        layer_config = LayerConfig(
+            name=layer.name,
+            class_name=type(layer).__name__,
+            config=current,
+            path=tuple(path.split("/")),
+            saving_path=(),
+            # Keras 3's trainable setter passes a container's freeze down to every layer in it,
+            # and BatchNormalization picks its mode from its own flag alone (`training and
+            # self.trainable`), so the layer's own flag is the effective one.
+            trainable=bool(layer.trainable),
+            call_kwargs=calls,
+        )
+        return BNLayer.from_arrays(
+            arrays,
+            path=path,
+            name=layer.name,
+            class_name=layer_config.class_name,
+            source=posixpath.dirname(layer.moving_mean.path),
+            **bn_settings(layer_config),
+        )
+
+    def _read(self, variables: list[Any]) -> list[np.ndarray]:
+        key = tuple(id(variable) for variable in variables)
+        if self._reader is not None and self._reader[0] == key:
+            return self._reader[1]()
+        # A compiled reader costs a trace, which pays off from the second read on.
+        self._reader = (key, batch_reader(variables))
+        return [variable_array(variable) for variable in variables]
 
 
 def batchnorm_layers(model: Any) -> list[tuple[str, Any, Any]]:
@@ -70,36 +133,6 @@ def batchnorm_layers(model: Any) -> list[tuple[str, Any, Any]]:
     return found
 
 
-def live_layer(path: str, layer: Any, parent: Any) -> BNLayer:
-    """One built BatchNormalization layer as the rules see it; ``parent`` is the model or
-    wrapper holding it (``None`` for a layer checked on its own)."""
-    config = LayerConfig(
-        name=layer.name,
-        class_name=type(layer).__name__,
-        config=layer.get_config(),
-        path=tuple(path.split("/")),
-        saving_path=(),
-        # Keras 3's trainable setter already passes a container's freeze down to every layer in
-        # it, and BatchNormalization picks its mode from its own flag alone
-        # (`training and self.trainable`), so the layer's own flag is the effective one.
-        trainable=bool(layer.trainable),
-        call_kwargs=tuple(_call_kwargs(list(recorded_calls(layer, parent)))),
-    )
-    arrays = {
-        name: variable_array(getattr(layer, name))
-        for name in ARRAY_NAMES
-        if getattr(layer, name, None) is not None
-    }
-    return BNLayer.from_arrays(
-        arrays,
-        path=path,
-        name=layer.name,
-        class_name=config.class_name,
-        source=posixpath.dirname(layer.moving_mean.path),
-        **bn_settings(config),
-    )
-
-
 def recorded_calls(layer: Any, parent: Any) -> Iterator[Mapping[str, Any]]:
     """The calls of the layer that its parent's saved configuration would record, each shaped
     like an ``inbound_nodes`` entry so that the reader's parser reads it.
@@ -121,3 +154,27 @@ def variable_array(variable: Any) -> np.ndarray:
     from keras import ops
 
     return np.array(ops.convert_to_numpy(variable.value), copy=True)
+
+
+def batch_reader(variables: list[Any]) -> Callable[[], list[np.ndarray]]:
+    """A function reading every variable at once, as NumPy copies: one ``tf.function`` call
+    under TensorFlow, one ``jax.device_get`` under JAX, one read per variable elsewhere."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        read = tf.function(
+            lambda: [tf.identity(variable.value) for variable in variables], autograph=False
+        )
+        return lambda: [np.array(value, copy=True) for value in read()]
+    if backend == "jax":
+        import jax
+
+        def device_get() -> list[np.ndarray]:
+            values = jax.device_get([variable.value for variable in variables])
+            return [np.array(value, copy=True) for value in values]
+
+        return device_get
+    return lambda: [variable_array(variable) for variable in variables]
