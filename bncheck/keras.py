@@ -11,6 +11,8 @@ whole training state back into the model), so the guard reads nothing between ch
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from types import TracebackType
 from typing import Any, Literal
@@ -95,7 +97,7 @@ class BatchNormWatch:
     def _act(self, result: GuardResult) -> None:
         if self.on_problem == "raise":
             raise BatchNormGuardError(result)
-        warnings.warn(result.message, BatchNormWarning, stacklevel=3)
+        warnings.warn(result.message, BatchNormWarning, stacklevel=_caller_level())
         if self.on_problem == "stop":
             self.model.stop_training = True
 
@@ -185,6 +187,18 @@ class BatchNormGuard(keras.callbacks.Callback):
         assert self.watch is not None  # on_train_begin comes first
         if steps > self.watch.steps:
             self.watch.step(steps - self.watch.steps)
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that makes a warning point at the first frame outside bncheck (the
+    user's ``guard.step()`` line, or Keras's callback loop), as seen from the caller."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def _validate(check_after_steps: int, on_problem: str) -> None:

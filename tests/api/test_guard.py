@@ -199,6 +199,16 @@ def test_warn_warns_once_per_problem(digits: Any) -> None:
     assert guard.watch is not None and guard.watch.steps == 3 * STEPS_PER_EPOCH
 
 
+def test_a_warning_points_at_the_line_that_stepped(digits: Any) -> None:
+    model = mlp()
+    guard = bncheck.keras.watch(model, check_after_steps=1)
+    ((images, _),) = batches(digits, 1)
+    model(images)
+    with pytest.warns(bncheck.BatchNormWarning) as record:
+        guard.step()
+    assert record[0].filename == __file__
+
+
 class CountSteps(keras.callbacks.Callback):
     def __init__(self) -> None:
         super().__init__()
