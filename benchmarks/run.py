@@ -612,6 +612,125 @@ def pytorch_vs_torch_load(workdir: Path, repeat: int) -> list[Target]:
     return targets
 
 
+# The training-time guard's cost: fit() of a small CNN on the 10-class digits (upscaled to
+# 32x32, batch 32) with BatchNormGuard(check_after_steps=100) against the same fit without it,
+# on the same compiled model. Fits alternate in pairs, the order flipping each pair, so that
+# load changes hit both sides; the target is the median of the pairs' ratios. The guard's own
+# hooks are also timed, a direct measure of what it adds.
+GUARD_OVERHEAD = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np
+    from bncheck.probe.backend import import_keras
+    import_keras()
+    import keras
+    import bncheck
+    from sklearn.datasets import load_digits
+
+    pairs, steps = int(sys.argv[1]), int(sys.argv[2])
+    digits = load_digits()
+    images = np.kron(digits.images / 16.0, np.ones((4, 4))).astype("float32")[..., None]
+    order = np.resize(np.random.default_rng(0).permutation(len(images)), steps * 32)
+    x, y = images[order], digits.target[order]
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 1))
+    h = inputs
+    for width in (32, 64, 128):
+        h = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(h)
+        h = keras.layers.BatchNormalization()(h)
+        h = keras.layers.ReLU()(h)
+        h = keras.layers.MaxPooling2D()(h)
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+
+    class TimedGuard(bncheck.keras.BatchNormGuard):
+        spent = 0.0
+
+        def _timed(self, hook, *args):
+            start = time.perf_counter()
+            hook(*args)
+            self.spent += time.perf_counter() - start
+
+        def on_train_begin(self, logs=None):
+            self._timed(super().on_train_begin, logs)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._timed(super().on_epoch_begin, epoch, logs)
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._timed(super().on_train_batch_begin, batch, logs)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self._timed(super().on_epoch_end, epoch, logs)
+
+    def fit(guarded):
+        guard = TimedGuard(check_after_steps=100, on_problem="raise")
+        wall, cpu = time.perf_counter(), time.process_time()
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False,
+                  callbacks=[guard] if guarded else [])
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        if guarded:  # the guard checked, at every 100 steps, and found the healthy run healthy
+            result = guard.watch.last_result
+            assert result is not None and result.steps == steps and not result.problem
+        return wall, cpu, guard.spent
+
+    fit(False), fit(True)  # warm-up: tracing the train step, first calls
+    runs = {False: [], True: []}
+    for index in range(pairs):
+        for guarded in ((False, True) if index % 2 == 0 else (True, False)):
+            runs[guarded].append(fit(guarded))
+
+    # What one check costs on a bigger model: MobileNetV2's 52 BatchNorm layers.
+    mobilenet = keras.applications.MobileNetV2((96, 96, 3), weights=None, classes=10)
+    watch = bncheck.keras.watch(mobilenet)
+    checks = []
+    for _ in range(5):
+        start = time.perf_counter()
+        watch.check()
+        checks.append(time.perf_counter() - start)
+    print(json.dumps({"plain": runs[False], "guarded": runs[True], "mobilenet_check": checks}))
+    """
+)
+
+#: Training steps per fit in the guard benchmark: two checks each (at 100 and at 200).
+GUARD_STEPS = 200
+
+
+def guard_overhead(workdir: Path, repeat: int) -> list[Target]:
+    pairs = 3 * repeat
+    _, out = run_python(GUARD_OVERHEAD, str(pairs), str(GUARD_STEPS))
+    runs = json.loads(out.strip().splitlines()[-1])
+    plain, guarded = runs["plain"], runs["guarded"]
+    pair_ratios = [g[0] / p[0] for p, g in zip(plain, guarded, strict=True)]
+    wall_ratio = statistics.median(pair_ratios)
+    cpu_ratio = statistics.median(g[1] / p[1] for p, g in zip(plain, guarded, strict=True))
+    plain_wall = statistics.median(p[0] for p in plain)
+    inside = statistics.median(g[2] for g in guarded)
+    mobilenet_check = statistics.median(runs["mobilenet_check"])
+    return [
+        Target(
+            "guard-overhead",
+            f"fit() of a small CNN on digits 32x32, batch 32, {GUARD_STEPS} steps: with "
+            f"BatchNormGuard(check_after_steps=100) over without (median of {pairs} pairs)",
+            ratio=wall_ratio,
+            threshold=1.01,  # the guard's goal: at most 1% of a training step
+            higher_is_better=False,
+            medians={
+                "step": f"{plain_wall / GUARD_STEPS * 1000:.1f} ms",
+                "pair ratios": f"{min(pair_ratios):.3f} to {max(pair_ratios):.3f}",
+                "inside the guard per fit": f"{inside * 1000:.1f} ms "
+                f"({inside / plain_wall:.2%} of the fit)",
+                "CPU-time ratio": f"{cpu_ratio:.4f}",
+                "one check of MobileNetV2 (52 BN layers)": f"{mobilenet_check * 1000:.0f} ms",
+            },
+        )
+    ]
+
+
 BENCHMARKS: dict[str, Callable[[Path, int], list[Target]]] = {
     "static": static_vs_keras,
     "floor": static_floor,
@@ -623,6 +742,7 @@ BENCHMARKS: dict[str, Callable[[Path, int], list[Target]]] = {
     "probe": probe_cost,
     "recalibrate": recalibrate_vs_forward,
     "pytorch": pytorch_vs_torch_load,
+    "guard": guard_overhead,
 }
 
 

@@ -107,6 +107,8 @@ class FailOn(enum.Enum):
 
 
 class ExitCode(enum.IntEnum):
+    """The process exit code a report implies."""
+
     OK = 0
     """Nothing at or above ``--fail-on``."""
     FINDINGS = 1
@@ -126,9 +128,11 @@ class Report:
 
     @property
     def findings(self) -> tuple[Finding, ...]:
+        """Every model's findings, in input order."""
         return tuple(f for model in self.models for f in model.findings)
 
     def count(self, severity: Severity) -> int:
+        """How many findings have this severity."""
         return sum(1 for f in self.findings if f.severity == severity)
 
     @property
@@ -143,6 +147,7 @@ class Report:
 
     @property
     def layer_count(self) -> int:
+        """BatchNorm layers described over all models."""
         return sum(len(m.description.layers) for m in self.models if m.description is not None)
 
     def failing(self) -> tuple[Finding, ...]:

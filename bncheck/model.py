@@ -207,7 +207,8 @@ class ModelDescription:
     """The file or directory as given by the user."""
     format: str
     """One of ``keras``, ``h5``, ``weights-h5``, ``savedmodel``, ``checkpoint``, ``pytorch``,
-    ``torchscript``, ``safetensors``, ``onnx``."""
+    ``torchscript``, ``safetensors``, ``onnx``; ``live`` for a model checked in memory
+    (``bncheck.check_model``)."""
     layers: tuple[BNLayer, ...]
     """Every BatchNormalization layer found, in model order."""
     notes: tuple[str, ...] = ()
