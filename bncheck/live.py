@@ -95,6 +95,8 @@ class LiveModel:
             name=layer.name,
             class_name=layer_config.class_name,
             source=posixpath.dirname(layer.moving_mean.path),
+            # Keras 3 averages each batch's biased variance, as its .keras files record.
+            variance_estimator="biased",
             **bn_settings(layer_config),
         )
 

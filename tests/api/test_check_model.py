@@ -23,7 +23,9 @@ KERAS3_MODELS = sorted(
     if name.startswith("keras3/") and name.endswith((".keras", ".h5"))
 )
 #: Where the arrays were found in the file: a live model has no file.
-FILE_ONLY_FIELDS = {"source", "locations"}
+#: Where the arrays were read, and what a file records of its writer (a legacy .h5 does not say
+#: that Keras 3, which averages biased batch variances, wrote it).
+FILE_ONLY_FIELDS = {"source", "locations", "variance_estimator"}
 
 
 def same_layer(live: BNLayer, saved: BNLayer) -> list[str]:

@@ -15,7 +15,8 @@ from tests.conftest import FIXTURES, CliResult
 
 Run = Callable[..., CliResult]
 UNTOUCHED = FIXTURES / "keras3/untouched_stats.keras"  # two BN001 errors
-MOMENTUM_ONE = FIXTURES / "keras3/momentum_one.keras"  # BN001 and BN008 on two layers
+MOMENTUM_ONE = FIXTURES / "keras3/momentum_one.keras"  # BN008 on two layers
+BOTH = [UNTOUCHED, MOMENTUM_ONE]  # BN001 in one model, BN008 in the other
 
 
 def rules(report: bncheck.Report) -> list[tuple[str, str | None]]:
@@ -58,10 +59,10 @@ def test_one_path_may_be_a_string_or_a_path_object() -> None:
 def test_select_and_ignore_choose_rules_as_the_flags_do(
     run_cli: Run, select: object, ignore: object, flags: list[str]
 ) -> None:
-    report = bncheck.inspect(MOMENTUM_ONE, select=select, ignore=ignore)  # type: ignore[arg-type]
-    cli = run_cli("inspect", MOMENTUM_ONE, *flags, "--format", "json")
+    report = bncheck.inspect(BOTH, select=select, ignore=ignore)  # type: ignore[arg-type]
+    cli = run_cli("inspect", *BOTH, *flags, "--format", "json")
     assert bncheck.render(report, "json") == cli.out
-    assert rules(report) != rules(bncheck.inspect(MOMENTUM_ONE))
+    assert rules(report) != rules(bncheck.inspect(BOTH))
 
 
 def test_a_configuration_file_is_read_and_otherwise_found_from_the_working_directory(
