@@ -148,7 +148,7 @@ class Report:
     @property
     def layer_count(self) -> int:
         """BatchNorm layers described over all models."""
-        return sum(len(m.description.layers) for m in self.models if m.description is not None)
+        return sum(m.description.layer_count for m in self.models if m.description is not None)
 
     def failing(self) -> tuple[Finding, ...]:
         """Findings at or above ``fail_on``."""

@@ -222,6 +222,15 @@ class ModelDescription:
     """For PyTorch pickles: the calls ``torch.load`` (without ``weights_only``) would make
     beyond rebuilding tensors and plain data. bncheck made none of them."""
 
+    @property
+    def layer_count(self) -> int:
+        """BatchNorm layers found: for a checkpoint or SavedModel every group of BatchNorm
+        variables (or, with ``--model``, every layer of the model), complete or not; otherwise
+        the layers read and those the file holds in part."""
+        if self.checkpoint is not None:
+            return self.checkpoint.coverage.bn_layers
+        return len(self.layers) + len(self.incomplete)
+
 
 @dataclass(frozen=True)
 class PickledCall:

@@ -507,3 +507,19 @@ def test_checkpoint_command_takes_the_configuration(run_cli: Run, tmp_path: Path
     config.write_text("[rules.BN011]\nseverity = 'warning'\n")
     result = run_cli("checkpoint", TF1_TRAINABLE, "--config", config)
     assert result.code == 0 and "warning  BN011" in result.out
+
+
+def test_header_coverage_and_verdict_count_the_same_layers(run_cli: Run) -> None:
+    """A checkpoint that lost every moving statistic still has its BN layers: the header, the
+    coverage line and the verdict all count three."""
+    out = run_cli("checkpoint", FIXTURES / "checkpoints/tf1_trainable_only").out
+    lines = out.splitlines()
+    assert lines[0].endswith("(checkpoint): 3 BatchNorm layers")
+    assert "0/3 BN layers have moving statistics in the checkpoint" in lines
+    assert lines[-1].endswith("in 1 model, 3 BatchNorm layers (fail-on: error)")
+
+
+def test_a_savedmodel_note_says_savedmodel(run_cli: Run) -> None:
+    out = run_cli("inspect", KERAS3_EXPORT).out
+    assert "note: the SavedModel records no layer configuration for these layers" in out
+    assert "the checkpoint records" not in out

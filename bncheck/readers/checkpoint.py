@@ -44,11 +44,16 @@ _RECORDED_PATH = re.compile(
     r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"\s*$', re.MULTILINE
 )
 _ESCAPE = re.compile(r"\\(.)")
-NO_CONFIG_NOTE = (
-    "the checkpoint records no layer configuration: momentum, epsilon, trainable flags and "
-    "initializers are unknown; Keras's default initial values (gamma 1, beta 0, moving_mean 0, "
-    "moving_variance 1) are assumed"
-)
+
+
+def no_config_note(format_name: str) -> str:
+    """What a checkpoint, or a SavedModel without Keras metadata, does not record."""
+    where = "the SavedModel" if format_name == "savedmodel" else "the checkpoint"
+    return (
+        f"{where} records no layer configuration for these layers: momentum, epsilon, trainable "
+        "flags and initializers are unknown; Keras's default initial values (gamma 1, beta 0, "
+        "moving_mean 0, moving_variance 1) are assumed"
+    )
 
 
 @dataclass(frozen=True)
@@ -197,7 +202,7 @@ def describe(
     layers = [_layer(arrays, group, configured.get(group.path)) for group in complete]
     all_notes = list(notes)
     if any(group.path not in configured for group in groups):
-        all_notes.append(NO_CONFIG_NOTE)
+        all_notes.append(no_config_note(format_name))
     return ModelDescription(
         path=path,
         format=format_name,

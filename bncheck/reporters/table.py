@@ -54,7 +54,7 @@ def _model_block(model: ModelResult, options: RenderOptions) -> str:
     description = model.description
     assert description is not None  # a result without error has a description
     lines = [
-        f"{model.path} ({description.format}): {_count(len(description.layers), 'BatchNorm layer')}"
+        f"{model.path} ({description.format}): {_count(description.layer_count, 'BatchNorm layer')}"
     ]
     lines += [f"  note: {note}" for note in description.notes]
     if description.layers:
