@@ -182,7 +182,7 @@ def test_savedmodel_without_variables(tmp_path: Path) -> None:
         path.unlink()
     description = read_model(str(tmp_path / "empty"))
     assert description.layers == () and description.checkpoint.groups == ()
-    assert any("variables/ folder is empty" in note for note in description.notes)
+    assert any("variables/ folder holds no variables" in note for note in description.notes)
 
 
 # --- Finding the checkpoint -------------------------------------------------------------------

@@ -46,7 +46,8 @@ KERAS_METADATA = "keras_metadata.pb"
 VARIABLES_PREFIX = ("variables", "variables")
 _KERAS_IDENTIFIER = "_tf_keras"
 NO_VARIABLES_NOTE = (
-    "the SavedModel's variables/ folder is empty, so no BatchNorm statistics to check"
+    "the SavedModel's variables/ folder holds no variables (as a frozen graph's), so no "
+    "BatchNorm statistics to check"
 )
 
 
