@@ -95,10 +95,12 @@ def cli() -> None:
 
 _batch_size_option = click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    # One sample has no batch statistics: its variance is zero wherever a channel holds one
+    # value per sample (after a Dense layer), which would wreck every estimate.
+    type=click.IntRange(min=2),
     default=32,
     show_default=True,
-    help="Samples per batch.",
+    help="Samples per batch (at least 2).",
 )
 _seed_option = click.option(
     "--seed",

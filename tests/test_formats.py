@@ -199,7 +199,8 @@ def test_junit_suite_per_model_case_per_layer() -> None:
     assert failure.text == (
         "error BN001 untouched-moving-stats: moving_mean and moving_variance are still at their "
         "initial values (0 and 1) in all 8 channels, but gamma and beta trained: the statistics "
-        "were never updated (a loop calling model(x) without training=True?); measure with "
+        "were never updated (a loop calling model(x) without training=True, or statistics lost "
+        "in saving?); measure with "
         "labelled --data before recalibrating, which can make such a model worse"
     )
     suite_properties = suites[0].find("properties")

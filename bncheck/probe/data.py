@@ -95,6 +95,8 @@ class Dataset:
     labelled: bool
     available: int | None
     """Samples the data holds (``None`` where unknown)."""
+    integer_inputs: list[str]
+    """Float inputs the data gives whole numbers (unscaled pixels, say)."""
 
     def batches(
         self, batch_size: int, seed: int, samples: int | None, whole: bool = True
@@ -163,6 +165,11 @@ class ArrayData(Dataset):
             labels = _checked_labels(labels, self.count, options)
         self.labels = labels
         self.labelled = labels is not None
+        self.integer_inputs = [
+            spec.name
+            for array, spec in zip(self.inputs, self.specs, strict=True)
+            if array.dtype.kind in "iub" and spec.is_float
+        ]
 
     def batches(
         self, batch_size: int, seed: int, samples: int | None, whole: bool = True
@@ -173,12 +180,25 @@ class ArrayData(Dataset):
             used = _full_batches(used, batch_size)
         for start in range(0, used, batch_size):
             rows = np.sort(order[start : min(start + batch_size, used)])
+            inputs = [
+                np.asarray(array[rows], dtype=spec.dtype)
+                for array, spec in zip(self.inputs, self.specs, strict=True)
+            ]
+            _check_finite(inputs, self.specs, self.source)
             yield Batch(
-                inputs=[
-                    np.asarray(array[rows], dtype=spec.dtype)
-                    for array, spec in zip(self.inputs, self.specs, strict=True)
-                ],
+                inputs=inputs,
                 labels=None if self.labels is None else np.asarray(self.labels[rows]),
+            )
+
+
+def _check_finite(inputs: Sequence[np.ndarray], specs: Sequence[InputSpec], source: str) -> None:
+    """NaN or infinite inputs make every statistic and verdict meaningless: refuse them."""
+    for array, spec in zip(inputs, specs, strict=True):
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            bad = int(np.count_nonzero(~np.isfinite(array)))
+            raise UsageError(
+                f"the data for input {spec.name!r} in {source} holds {bad} NaN or infinite "
+                "values in one batch: clean the data first"
             )
 
 
@@ -325,6 +345,7 @@ class ImageFolder(Dataset):
             )
         self.source = options.path
         self.specs = [spec]
+        self.integer_inputs = []  # decoded images are floats; --rescale scales them
         self.labelled = any(entry.is_dir() for entry in Path(options.path).iterdir())
         self._options = options
         self._mode = modes[channels]

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from bncheck.errors import UsageError
 from bncheck.probe import keras_model
 from bncheck.probe.data import Batch
 from bncheck.probe.passes import ESTIMATED, STORED, TRAINING, CallFigures, Moments, Passes
@@ -278,6 +279,14 @@ class MetricSums:
     def add(self, predictions: np.ndarray, labels: np.ndarray) -> None:
         if self.name is None:
             self.name = metric_name(predictions, labels)
+        if self.name == "accuracy" and is_classifier(predictions) and labels.ndim == 1:
+            classes = predictions.shape[1]
+            outside = labels[(labels < 0) | (labels >= classes)]
+            if outside.size:
+                raise UsageError(
+                    f"the labels name classes the model's {classes} outputs do not have (e.g. "
+                    f"{outside[0]:g}): give class numbers 0 to {classes - 1}"
+                )
         self.total += metric_sum(self.name, predictions, labels)
         self.samples += len(labels)
 

@@ -101,7 +101,7 @@ def probe_keras_model(
         modes=measured.modes,
         outputs=measured.outputs,
         layers=measured.layers,
-        notes=data_notes(source.real) + measured.notes,
+        notes=data_notes(source.real, source.integer_inputs) + measured.notes,
     )
 
 
@@ -133,7 +133,7 @@ def _probe_savedmodel(path: str, options: ProbeOptions, step: StepReporter) -> P
         data=source.describe(measured.samples, measured.batches),
         modes=measured.modes,
         outputs=measured.outputs,
-        notes=data_notes(source.real) + tuple(notes) + measured.notes,
+        notes=data_notes(source.real, source.integer_inputs) + tuple(notes) + measured.notes,
     )
 
 
@@ -215,6 +215,10 @@ class BatchPlan:
         return self.dataset is not None
 
     @property
+    def integer_inputs(self) -> list[str]:
+        return [] if self.dataset is None else self.dataset.integer_inputs
+
+    @property
     def expected_batches(self) -> int | None:
         if self.dataset is None:
             return 1
@@ -238,7 +242,11 @@ class BatchPlan:
             return probe_data.describe_synthetic(self._synthetic, self.specs, self.options.seed)
         if samples == 0:
             raise UsageError(f"--data {self.options.data} holds no samples")
-        return self.dataset.describe(batches, samples, self.options.batch_size)
+        # Fewer samples than a batch make one batch of them all.
+        batch_size = (
+            min(self.options.batch_size, samples) if batches == 1 else self.options.batch_size
+        )
+        return self.dataset.describe(batches, samples, batch_size)
 
 
 def _progress(step: StepReporter, source: BatchPlan) -> SweepProgress:
@@ -273,9 +281,15 @@ def first_batch(
     return batch, source.describe(batch.size, 1)
 
 
-def data_notes(real: bool) -> tuple[str, ...]:
+def data_notes(real: bool, integer_inputs: Sequence[str] = ()) -> tuple[str, ...]:
     if real:
-        return ()
+        if not integer_inputs:
+            return ()
+        return (
+            f"the data gives input(s) {', '.join(integer_inputs)} whole numbers: if the model "
+            "trained on scaled inputs (pixels in [0, 1], standardised values), scale the data "
+            "the same way, or the statistics and every verdict describe other inputs",
+        )
     return (
         "synthetic data: staleness (BN014) and what recalibrating would change (BN015) need real "
         "data (--data); collapse (BN013) and batch-dependent inference (BN016) are judged",

@@ -53,7 +53,7 @@ def recalibrate(options: RecalibrateOptions, progress: Progress) -> Recalibratio
     from bncheck.probe.passes import Passes
 
     description = _writable_description(options.model)
-    output = _output_path(options)
+    output = _output_path(options, description.format)
     model, _ = _load(options.model, options, progress)
     specs = keras_model.input_specs(model)
     dataset = probe_data.open_data(_data_options(options, options.data, options.labels), specs)
@@ -298,11 +298,24 @@ def _change(
     )
 
 
-def _output_path(options: RecalibrateOptions) -> str:
+#: The suffixes Keras loads each writable format from.
+SUFFIXES = {"keras": (".keras",), "h5": (".h5", ".hdf5")}
+
+
+def _output_path(options: RecalibrateOptions, format_name: str) -> str:
     if options.output is None:
         if not options.in_place:
             raise UsageError("recalibrate needs -o OUT (or --in-place to overwrite MODEL)")
         return options.model
+    if os.path.isdir(options.output):
+        raise UsageError(f"-o {options.output} is a directory: give the file to write")
+    suffixes = SUFFIXES[format_name]
+    if not options.output.lower().endswith(suffixes):
+        # OUT is MODEL's file with new statistics: Keras picks its loader by the suffix.
+        raise UsageError(
+            f"-o {options.output}: MODEL is a {suffixes[0]} file and OUT keeps its format, so "
+            f"name it {' or '.join(suffixes)}"
+        )
     same = os.path.exists(options.output) and os.path.samefile(options.output, options.model)
     if same and not options.in_place:
         raise UsageError(

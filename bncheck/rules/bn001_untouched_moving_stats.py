@@ -84,7 +84,7 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
 
 def _cause(layer: BNLayer) -> str:
     if layer.framework != "pytorch":
-        return " (a loop calling model(x) without training=True?)"
+        return " (a loop calling model(x) without training=True, or statistics lost in saving?)"
     if layer.num_batches_tracked is None:
         return (
             ", unless this is a FrozenBatchNorm layer (it has no num_batches_tracked) of a "

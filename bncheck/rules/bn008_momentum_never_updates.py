@@ -16,7 +16,9 @@ setting momentum=1.0 after the first epoch); a value written for another framewo
 How to fix: re-estimate the statistics from data, verified on held-out data: ``bncheck
 recalibrate MODEL --data DATA --validate HELD_OUT -o FIXED`` (the CNN above: 10.6% to 99.0%).
 Use a momentum in [0.9, 0.999] when training on; to freeze statistics use ``trainable=False``.
-A layer reported here is not reported again by BN001.
+A layer reported here is not reported again by BN001. When the statistics did move (they were
+set before the momentum was raised, or re-estimated since), inference uses them as they are and
+the finding is information only: whether they fit is BN014's question, with data.
 
 Passing: momentum 0.99.
 Failing: momentum 1.0.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from bncheck.findings import Problem, Severity
+from bncheck.findings import Escalation, Problem, Severity
 from bncheck.model import BNLayer
 from bncheck.rules._arrays import untouched_while_trained
 
@@ -44,12 +46,15 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
     effect = "never change" if kept == 1.0 else "diverge"
     convention = " (PyTorch: the weight of each new batch)" if layer.framework == "pytorch" else ""
     untouched = untouched_while_trained(layer)
-    state = (
-        f"; they are still at their initial values ({layer.initial.moving_mean:g} and "
-        f"{layer.initial.moving_variance:g}) while {' and '.join(untouched)} trained"
-        if untouched
-        else ""
-    )
+    if untouched:
+        state = (
+            f"; they are still at their initial values ({layer.initial.moving_mean:g} and "
+            f"{layer.initial.moving_variance:g}) while {' and '.join(untouched)} trained"
+        )
+    else:
+        # Statistics that moved (set before the momentum froze them, or re-estimated since)
+        # serve inference as they are: the momentum matters only to further training.
+        state = "; they hold values from before, which inference uses as they are"
     yield Problem(
         message=(
             f"momentum={layer.momentum:g}{convention}: the moving statistics {effect} during "
@@ -57,4 +62,5 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
         ),
         layer=layer.path,
         details={"momentum": layer.momentum, "untouched": bool(untouched)},
+        escalation=None if untouched else Escalation.MITIGATED,
     )

@@ -62,7 +62,7 @@ OPTIONS: Mapping[str, float] = {
     "severe_relative_change": 1.0,
     "min_metric_change": 0.02,
     "max_metric_gain": 0.05,
-    "severe_metric_gain": 0.2,
+    "severe_metric_gain": 0.1,
 }
 
 
@@ -141,11 +141,13 @@ def _measured(
         escalation = Escalation.SEVERE
     else:
         escalation = None
+    # Untouched layers keep their statistics unless asked: the repair needs the flag.
+    flag = " --include-untouched" if untrained else ""
     return Problem(
         message=(
             f"{where}re-estimating the statistics from the data would raise {metric.name} from "
-            f"{before} to {after}{training}: bncheck recalibrate writes them, verified with "
-            "--validate HELD_OUT"
+            f"{before} to {after}{training}: bncheck recalibrate{flag} writes them, verified "
+            "with --validate HELD_OUT"
         ),
         details=details,
         escalation=escalation,

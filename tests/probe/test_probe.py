@@ -349,3 +349,20 @@ def test_checkpoint_cannot_be_probed(tmp_path: Path) -> None:
     (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
     result = run_probe(str(tmp_path), ProbeOptions(), lambda _: None)
     assert result.skipped == "a checkpoint holds no architecture to run"
+
+
+def test_fewer_samples_than_a_batch_are_one_batch_of_them(run_cli: Run) -> None:
+    _, model = report(run_cli, PROBE / "recalibrated.keras", "--data", DIGITS, "--samples", 10)
+    data = model["probe"]["data"]
+    assert (data["samples"], data["batches"], data["batch_size"]) == (10, 1, 10)
+    assert any(
+        "one batch: the noise of its statistics is unknown" in note
+        for note in (model["probe"]["notes"])
+    )
+
+
+def test_whole_numbers_for_a_float_input_get_a_note(run_cli: Run, tmp_path: Path) -> None:
+    pixels = tmp_path / "pixels.npy"
+    np.save(pixels, np.round(np.load(DIGITS) * 255).astype("uint8"))
+    _, model = report(run_cli, PROBE / "recalibrated.keras", "--data", pixels, "--samples", 64)
+    assert any("gives input(s) image whole numbers" in note for note in model["probe"]["notes"])

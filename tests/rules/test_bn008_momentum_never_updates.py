@@ -1,12 +1,17 @@
+from bncheck.findings import Escalation
 from bncheck.rules import bn001_untouched_moving_stats as bn001
 from bncheck.rules import bn008_momentum_never_updates as rule
 from tests.rules.conftest import layer, problems
 
 
-def test_momentum_one() -> None:
+def test_momentum_one_with_statistics_that_moved_is_information() -> None:
+    """Statistics set before the momentum froze them, or re-estimated since, serve inference as
+    they are: only further training is affected."""
     [problem] = problems(rule, layer(momentum=1.0))
     assert "never change" in problem.message
+    assert "inference uses as they are" in problem.message
     assert problem.details == {"momentum": 1.0, "untouched": False}
+    assert problem.escalation is Escalation.MITIGATED
 
 
 def test_momentum_one_explains_initial_statistics_in_one_finding() -> None:
@@ -16,6 +21,7 @@ def test_momentum_one_explains_initial_statistics_in_one_finding() -> None:
         problem.message
     )
     assert problem.details["untouched"] is True
+    assert problem.escalation is None
     # BN001 leaves the layer to this rule: one finding per layer, not two.
     assert problems(bn001, untouched) == []
 

@@ -63,7 +63,8 @@ def test_frozen_layer_is_information_only() -> None:
     [problem] = judge(rule, probe_result((layer,)))
     assert problem.escalation is Escalation.MITIGATED
     assert problem.details["frozen"] is True
-    assert "do not recalibrate it" in problem.message
+    assert "re-estimating them can break those" in problem.message
+    assert "--include-frozen" in problem.message
 
 
 @pytest.mark.parametrize("momentum", [0.99, 1.0])

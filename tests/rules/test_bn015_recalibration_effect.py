@@ -76,6 +76,16 @@ def test_measured_gain(after: float, escalation: object) -> None:
     assert problem.details["gain"] == pytest.approx(after - stored)
 
 
+def test_a_measured_gain_over_untouched_statistics_names_the_flag_recalibrate_needs() -> None:
+    """Statistics lost in saving are untouched ones the network needs replaced: recalibrate
+    keeps untouched layers unless asked, so the advice must say how to ask."""
+    layers = (measured_layer(untouched=True),)
+    [problem] = judge(rule, probe_result(layers, outputs=accuracy(0.51, 1.0)))
+    assert "bncheck recalibrate --include-untouched writes them" in problem.message
+    [plain] = judge(rule, probe_result(outputs=accuracy(0.51, 1.0)))
+    assert "--include-untouched" not in plain.message
+
+
 def test_measured_loss_says_do_not_recalibrate_and_why() -> None:
     layers = (measured_layer(untouched=True),)
     [problem] = judge(rule, probe_result(layers, outputs=accuracy(0.924, 0.62, 0.64)))
