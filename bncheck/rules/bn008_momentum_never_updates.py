@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping
 
 from bncheck.findings import Escalation, Problem, Severity
 from bncheck.model import BNLayer
-from bncheck.rules._arrays import untouched_while_trained
+from bncheck.rules._arrays import at_initial, untouched_while_trained
 
 ID = "BN008"
 NAME = "momentum-never-updates"
@@ -46,10 +46,18 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
     effect = "never change" if kept == 1.0 else "diverge"
     convention = " (PyTorch: the weight of each new batch)" if layer.framework == "pytorch" else ""
     untouched = untouched_while_trained(layer)
+    never_moved = bool(
+        at_initial(layer, "moving_mean", 1e-6) and at_initial(layer, "moving_variance", 1e-6)
+    )
     if untouched:
         state = (
             f"; they are still at their initial values ({layer.initial.moving_mean:g} and "
             f"{layer.initial.moving_variance:g}) while {' and '.join(untouched)} trained"
+        )
+    elif never_moved:
+        state = (
+            f"; they are at their initial values ({layer.initial.moving_mean:g} and "
+            f"{layer.initial.moving_variance:g}) and training will not move them"
         )
     else:
         # Statistics that moved (set before the momentum froze them, or re-estimated since)
@@ -61,6 +69,6 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
             f"training{state}"
         ),
         layer=layer.path,
-        details={"momentum": layer.momentum, "untouched": bool(untouched)},
-        escalation=None if untouched else Escalation.MITIGATED,
+        details={"momentum": layer.momentum, "untouched": never_moved},
+        escalation=None if never_moved else Escalation.MITIGATED,
     )

@@ -26,6 +26,17 @@ def test_momentum_one_explains_initial_statistics_in_one_finding() -> None:
     assert problems(bn001, untouched) == []
 
 
+def test_momentum_one_on_a_fresh_layer_is_an_error() -> None:
+    """Nothing trained yet and nothing can move the statistics later: not the mitigated case."""
+    fresh = layer(
+        momentum=1.0, moving_mean=[0] * 4, moving_variance=[1] * 4, gamma=[1] * 4, beta=[0] * 4
+    )
+    [problem] = problems(rule, fresh)
+    assert "training will not move them" in problem.message
+    assert problem.details["untouched"] is True
+    assert problem.escalation is None
+
+
 def test_momentum_above_one_diverges() -> None:
     [problem] = problems(rule, layer(momentum=1.5))
     assert "diverge" in problem.message
