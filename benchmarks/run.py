@@ -474,7 +474,7 @@ RECALIBRATE_VS_FORWARD = textwrap.dedent(
     def recalibrate():
         model = keras_model.load_model(path, unsafe=False, custom_objects={})
         start = time.perf_counter()
-        with Passes(model, keras_model.batchnorm_layers(model)) as passes:
+        with Passes(model, keras_model.batchnorm_layers(model), figures=False) as passes:
             estimate(passes, batches)
         return time.perf_counter() - start
 

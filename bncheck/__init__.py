@@ -6,6 +6,7 @@ The Python API (``docs/api.md``)::
 
     report = bncheck.inspect("model.keras")      # a saved model, like `bncheck inspect`
     report = bncheck.check_model(model)          # a live Keras model, in memory
+    result = bncheck.recalibrate(model, data)    # re-estimate the statistics, verified
     print(bncheck.render(report, "json"))
 
     model.fit(x, y, callbacks=[bncheck.keras.BatchNormGuard()])   # while training
@@ -28,12 +29,14 @@ if TYPE_CHECKING:
     from bncheck.findings import ExitCode, FailOn, Finding, ModelResult, Report, Severity
     from bncheck.guard import BatchNormGuardError, BatchNormWarning, GuardResult
     from bncheck.model import BNLayer, ModelDescription
+    from bncheck.recalibrate.api import recalibrate
 
 #: Public name -> the module that defines it (``None``: the name is a submodule).
 _EXPORTS: dict[str, str | None] = {
     "inspect": "bncheck.api",
     "check_model": "bncheck.api",
     "render": "bncheck.api",
+    "recalibrate": "bncheck.recalibrate.api",
     "Report": "bncheck.findings",
     "ModelResult": "bncheck.findings",
     "Finding": "bncheck.findings",
@@ -55,6 +58,7 @@ __all__ = [
     "inspect",
     "check_model",
     "render",
+    "recalibrate",
     "Report",
     "ModelResult",
     "Finding",
@@ -70,6 +74,12 @@ __all__ = [
     "GuardResult",
     "keras",
 ]
+
+# `bncheck.recalibrate` is a function, loaded on first use by `__getattr__`, and the name of a
+# subpackage. The subpackage (empty until its modules load) is imported now and its name
+# dropped, so that importing its modules later cannot rebind `bncheck.recalibrate` to it.
+importlib.import_module("bncheck.recalibrate")
+globals().pop("recalibrate")
 
 
 def __getattr__(name: str) -> Any:

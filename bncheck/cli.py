@@ -122,6 +122,8 @@ _custom_objects_option = click.option(
 )
 _PROBE_ONLY = (
     "--labels",
+    "--feature",
+    "--label",
     "--samples",
     "--batch-size",
     "--seed",
@@ -185,6 +187,40 @@ _image_size_option = click.option(
 )
 
 
+def _stream_options(command: Callable[..., int]) -> Callable[..., int]:
+    """Data that streams instead of --data: TFRecord files, or the user's dataset function."""
+    decorators: list[Callable[[Any], Any]] = [
+        click.option(
+            "--tfrecord",
+            metavar="PATTERN",
+            help="TFRecord files of tf.train.Example records (a glob such as 'data-*.tfrecord'; "
+            "quote it), read with the features --feature declares.",
+        ),
+        click.option(
+            "--feature",
+            "features",
+            multiple=True,
+            metavar="NAME:DTYPE:D1,D2,...",
+            help="A feature of the --tfrecord records (DTYPE float32 or int64), one per model "
+            "input, matched by input name. Repeatable.",
+        ),
+        click.option(
+            "--label",
+            metavar="NAME:DTYPE[:D1,...]",
+            help="The feature of the --tfrecord records that holds the labels.",
+        ),
+        click.option(
+            "--dataset-fn",
+            metavar="FILE.py:NAME",
+            help="Your own function returning a tf.data.Dataset (or an iterable) of x or (x, y) "
+            "elements; the file is run, as --custom-objects is (the model file never is).",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
 def _probe_options(command: Callable[..., int]) -> Callable[..., int]:
     """The options that run the model: --probe, --data and what shapes the probe batch."""
     decorators: list[Callable[[Any], Any]] = [
@@ -200,6 +236,7 @@ def _probe_options(command: Callable[..., int]) -> Callable[..., int]:
             "labels as 'y'), or a folder of images (class subfolders give labels).",
         ),
         _labels_option,
+        _stream_options,
         _samples_option(DEFAULT_SAMPLES, "Run at most N samples of --data"),
         _batch_size_option,
         _seed_option,
@@ -227,6 +264,10 @@ def _probe_from(
     probe: bool,
     data: str | None,
     labels: str | None,
+    tfrecord: str | None,
+    features: tuple[str, ...],
+    label: str | None,
+    dataset_fn: str | None,
     samples: int,
     batch_size: int,
     seed: int,
@@ -236,11 +277,12 @@ def _probe_from(
     unsafe: bool,
     custom_objects: str | None,
 ) -> ProbeOptions | None:
-    """How to run the models, or ``None`` when neither --probe nor --data asks for it."""
-    if not probe and data is None:
+    """How to run the models, or ``None`` when neither --probe nor data asks for it."""
+    if not probe and data is None and tfrecord is None and dataset_fn is None:
         _reject_probe_only_options(ctx)
         return None
     from bncheck.probe.data import parse_input_shape
+    from bncheck.probe.streams import parse_dataset_fn, parse_records
 
     return ProbeOptions(
         data=data,
@@ -253,6 +295,8 @@ def _probe_from(
         input_shapes=dict(parse_input_shape(text) for text in input_shapes),
         unsafe=unsafe,
         custom_objects=custom_objects,
+        records=parse_records(tfrecord, features, label),
+        dataset_fn=parse_dataset_fn(dataset_fn),
     )
 
 
@@ -286,6 +330,10 @@ def inspect(
     probe: bool,
     data: str | None,
     labels: str | None,
+    tfrecord: str | None,
+    features: tuple[str, ...],
+    label: str | None,
+    dataset_fn: str | None,
     samples: int,
     batch_size: int,
     seed: int,
@@ -313,6 +361,10 @@ def inspect(
         probe,
         data,
         labels,
+        tfrecord,
+        features,
+        label,
+        dataset_fn,
         samples,
         batch_size,
         seed,
@@ -423,6 +475,10 @@ def plot(
     probe: bool,
     data: str | None,
     labels: str | None,
+    tfrecord: str | None,
+    features: tuple[str, ...],
+    label: str | None,
+    dataset_fn: str | None,
     samples: int,
     batch_size: int,
     seed: int,
@@ -445,6 +501,10 @@ def plot(
                 probe,
                 data,
                 labels,
+                tfrecord,
+                features,
+                label,
+                dataset_fn,
                 samples,
                 batch_size,
                 seed,
@@ -462,12 +522,12 @@ def plot(
 @click.argument("model", metavar="MODEL")
 @click.option(
     "--data",
-    required=True,
     metavar="FILE_OR_DIR",
     help="Data to estimate the statistics from: .npy (one input), .npz (one array per input "
-    "name, labels as 'y') or a folder of images.",
+    "name, labels as 'y') or a folder of images (or give --tfrecord or --dataset-fn).",
 )
 @_labels_option
+@_stream_options
 @click.option("--output", "-o", metavar="OUT", help="Where to write the repaired model.")
 @click.option("--in-place", is_flag=True, help="Allow OUT to be MODEL itself (or omit -o).")
 @click.option(
@@ -505,12 +565,28 @@ def plot(
 @_seed_option
 @_unsafe_option
 @_custom_objects_option
+@click.option(
+    "--strategy",
+    type=click.Choice(["mirrored", "multi-worker"]),
+    help="Run with tf.distribute: 'mirrored' over the local GPUs (or --devices), "
+    "'multi-worker' over the cluster in TF_CONFIG (run the command on every worker). The "
+    "statistics are those one device computes.",
+)
+@click.option(
+    "--devices",
+    metavar="DEV,DEV,...",
+    help="The devices of --strategy mirrored, e.g. /gpu:0,/gpu:1 (default: every local GPU).",
+)
 @_fail_on_option
 @_config_option
 def recalibrate(
     model: str,
-    data: str,
+    data: str | None,
     labels: str | None,
+    tfrecord: str | None,
+    features: tuple[str, ...],
+    label: str | None,
+    dataset_fn: str | None,
     output: str | None,
     in_place: bool,
     validate: str | None,
@@ -525,6 +601,8 @@ def recalibrate(
     seed: int,
     unsafe: bool,
     custom_objects: str | None,
+    strategy: str | None,
+    devices: str | None,
     fail_on: str | None,
     config: str | None,
 ) -> int:
@@ -535,7 +613,10 @@ def recalibrate(
     MODEL's format (.keras or .h5), with only moving_mean and moving_variance changed, unless the
     result measures worse or cannot be verified (then exit 1; --force writes anyway). Exits like
     inspect on the repaired model otherwise.
+
+    With --strategy the passes run through tf.distribute; see docs/distributed.md.
     """
+    from bncheck.probe.streams import parse_dataset_fn, parse_records
     from bncheck.recalibrate.options import RecalibrateOptions
 
     return run_recalibrate(
@@ -557,6 +638,10 @@ def recalibrate(
             seed=seed,
             unsafe=unsafe,
             custom_objects=custom_objects,
+            records=parse_records(tfrecord, features, label),
+            dataset_fn=parse_dataset_fn(dataset_fn),
+            strategy=strategy,
+            devices=tuple(device.strip() for device in (devices or "").split(",") if device),
         ),
         _config(config, (), (), fail_on),
     )

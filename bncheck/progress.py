@@ -25,13 +25,24 @@ class Progress:
         self._label = label
         self._started = time.perf_counter()
 
-    def batch(self, done: int, total: int | None) -> None:
-        """Show batches done (of ``total`` when known) and the rate so far."""
+    def batch(self, done: int, total: int | None, samples: int | None = None) -> None:
+        """Show batches done (of ``total`` when known), the throughput so far (samples per
+        second when the ``samples`` done are given, else batches per second) and, with
+        ``total``, the time left at that rate."""
         if not self.enabled:
             return
         elapsed = max(time.perf_counter() - self._started, 1e-9)
         of = f"/{total}" if total is not None else ""
-        self._show(f"{self._label}: batch {done}{of}, {done / elapsed:.1f} batches/s")
+        if samples is None:
+            rate = f"{done / elapsed:.1f} batches/s"
+        else:
+            per_second = samples / elapsed
+            rate = f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:.1f}"
+            rate += " samples/s"
+        left = ""
+        if total is not None and 0 < done < total:
+            left = f", ETA {_clock(elapsed / done * (total - done))}"
+        self._show(f"{self._label}: batch {done}{of}, {rate}{left}")
 
     def done(self) -> None:
         """Erase the status line."""
@@ -47,3 +58,10 @@ class Progress:
         self._stream.write(f"\r{text}{padding}")
         self._stream.flush()
         self._width = len(text)
+
+
+def _clock(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour on."""
+    minutes, second = divmod(round(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}:{minute:02d}:{second:02d}" if hours else f"{minute}:{second:02d}"

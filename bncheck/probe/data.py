@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from bncheck.errors import UsageError
+from bncheck.probe.options import DatasetFunction, RecordOptions
 from bncheck.probe.results import ProbeData
 
 #: The array of an ``.npz`` file that holds labels rather than an input.
@@ -124,9 +125,52 @@ def _dims(spec: InputSpec) -> tuple[int, ...]:
     return tuple(-1 if dim is None else int(dim) for dim in spec.shape[1:])
 
 
-def open_data(options: DataOptions, specs: Sequence[InputSpec] | None) -> Dataset:
-    """The data at ``options.path`` matched to ``specs`` (``None``: a model that declares no
+#: Where data comes from: ``--data`` and its options, ``--tfrecord`` files, or ``--dataset-fn``.
+DataSource = DataOptions | RecordOptions | DatasetFunction
+
+
+def data_source(
+    path: str | None,
+    labels: str | None = None,
+    image_size: tuple[int, int] | None = None,
+    rescale: float | None = None,
+    records: RecordOptions | None = None,
+    dataset_fn: DatasetFunction | None = None,
+    option: str = "--data",
+) -> DataSource | None:
+    """The one source the options name (``None``: none), refusing options that do not apply
+    to it."""
+    given = [
+        name
+        for name, value in ((option, path), ("--tfrecord", records), ("--dataset-fn", dataset_fn))
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} both name data: give one")
+    if path is not None:
+        return DataOptions(path, labels, image_size, rescale, option)
+    if labels is not None:
+        if not given:
+            raise UsageError(f"--labels needs {option}")
+        raise UsageError(
+            f"--labels goes with {option} array files: {given[0]} data carries its labels "
+            "(--label for TFRecord files, (x, y) elements for a dataset)"
+        )
+    if image_size is not None or rescale is not None:
+        raise UsageError("--image-size and --rescale apply to image folders only")
+    return records or dataset_fn
+
+
+def open_data(source: DataSource, specs: Sequence[InputSpec] | None) -> Dataset:
+    """The data ``source`` names, matched to ``specs`` (``None``: a model that declares no
     inputs, which then takes its one input's shape from the data)."""
+    if not isinstance(source, DataOptions):
+        from bncheck.probe import streams
+
+        if isinstance(source, RecordOptions):
+            return streams.TFRecordData(source, specs)
+        return streams.open_dataset_fn(source, specs)
+    options = source
     target = Path(options.path)
     if target.is_dir():
         if options.labels is not None:
@@ -142,11 +186,17 @@ def open_data(options: DataOptions, specs: Sequence[InputSpec] | None) -> Datase
 
 class ArrayData(Dataset):
     """Arrays from a ``.npy`` file (one input) or an ``.npz`` file (one array per input name,
-    and optionally labels), with labels from the ``.npz`` or a ``--labels`` file."""
+    and optionally labels), with labels from the ``.npz`` or a ``--labels`` file; or arrays
+    given in memory the same way (``arrays``, by input name, ``None`` for the only input)."""
 
-    def __init__(self, options: DataOptions, specs: Sequence[InputSpec] | None) -> None:
+    def __init__(
+        self,
+        options: DataOptions,
+        specs: Sequence[InputSpec] | None,
+        arrays: Mapping[str | None, np.ndarray] | None = None,
+    ) -> None:
         self.source = options.path
-        arrays = load_arrays(options.path, options.option)
+        arrays = dict(load_arrays(options.path, options.option) if arrays is None else arrays)
         labels = arrays.pop(LABELS_KEY, None)
         if specs is None:
             specs = [_spec_from(arrays, options)]
@@ -280,7 +330,7 @@ def match_inputs(
         else:
             held = ", ".join(str(name) for name in names) or "no arrays"
             raise UsageError(f"{where} has no array named {spec.name!r} (it holds {held})")
-        _check_shape(array, spec, where)
+        check_shape(array, spec, where)
         matched.append(array)
     counts = {len(array) for array in matched}
     if len(counts) > 1:
@@ -290,7 +340,7 @@ def match_inputs(
     return matched
 
 
-def _check_shape(array: np.ndarray, spec: InputSpec, where: str) -> None:
+def check_shape(array: np.ndarray, spec: InputSpec, where: str) -> None:
     fits = array.ndim == len(spec.shape) and all(
         want is None or want == got
         for want, got in zip(spec.shape[1:], array.shape[1:], strict=True)

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -39,20 +40,9 @@ def load_custom_objects(path: str) -> dict[str, Any]:
     """
     import keras
 
-    target = Path(path)
-    if not target.is_file():
-        raise UsageError(f"--custom-objects {path}: no such file")
     registered_before = dict(keras.saving.get_custom_objects())
-    digest = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:12]
-    module_name = f"bncheck_custom_objects_{digest}"
-    spec = importlib.util.spec_from_file_location(module_name, target)
-    if spec is None or spec.loader is None:
-        raise UsageError(f"--custom-objects {path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # the user's file may fail in any way; report it on one line
-        raise UsageError(f"--custom-objects {path} failed ({describe_error(exc)})") from None
+    module = run_user_file(path, "--custom-objects")
+    module_name = module.__name__
     defined = {
         name: value
         for name, value in vars(module).items()
@@ -66,6 +56,25 @@ def load_custom_objects(path: str) -> dict[str, Any]:
         if name not in registered_before
     }
     return {**defined, **registered}
+
+
+def run_user_file(path: str, option: str) -> ModuleType:
+    """Run a Python file of the user's, named by ``option`` (``--custom-objects``,
+    ``--dataset-fn``): the user's own code, trusted explicitly. Any failure is one line."""
+    target = Path(path)
+    if not target.is_file():
+        raise UsageError(f"{option} {path}: no such file")
+    digest = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:12]
+    module_name = f"bncheck_{option.strip('-').replace('-', '_')}_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, target)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{option} {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's file may fail in any way; report it on one line
+        raise UsageError(f"{option} {path} failed ({describe_error(exc)})") from None
+    return module
 
 
 def builtin_layer_names() -> frozenset[str]:

@@ -100,23 +100,27 @@ class MomentSums:
 
 
 def estimate(
-    passes: Passes, batches: Iterable[Batch], done: Callable[[int], None] = lambda _: None
+    passes: Passes, batches: Iterable[Batch], done: Callable[[int, int], None] = lambda _, __: None
 ) -> tuple[dict[str, MomentSums], int, int]:
     """Sum each layer's training-mode input statistics over ``batches``: (sums by layer path,
-    batches, samples). Their averages are precise BatchNorm's population statistics (fvcore's
+    batches, samples); ``done`` is told the batches and samples done after each batch. Their
+    averages are precise BatchNorm's population statistics (fvcore's
     precise BN, ``torch.optim.swa_utils.update_bn``): every layer normalises with batch
     statistics, as during training, which is what its gamma and beta were trained against and
     what Keras's moving averages estimate; and it takes one pass over the data, where measuring
-    each layer after fixing the ones before it takes one pass per level of BatchNorm depth."""
+    each layer after fixing the ones before it takes one pass per level of BatchNorm depth.
+    Under a strategy (``Passes(strategy=...)``) each batch's moments are the whole global
+    batch's, combined across replicas, so the sums are those of the same batches on one
+    device."""
     sums: dict[str, MomentSums] = {}
     count = samples = 0
-    for batch in batches:
-        [result] = passes.run(batch.inputs, TRAINING)
+    for step in passes.sweep(batches, TRAINING, outputs=False):
+        [result] = step.results
         for moments in result.moments:
             sums.setdefault(moments.path, MomentSums()).add(moments)
         count += 1
-        samples += batch.size
-        done(count)
+        samples += step.size
+        done(count, samples)
     return sums, count, samples
 
 

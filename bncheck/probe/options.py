@@ -14,6 +14,41 @@ DEFAULT_SAMPLES = 2048
 
 
 @dataclass(frozen=True)
+class FeatureSpec:
+    """One feature of the ``tf.train.Example`` records in TFRecord files: ``--feature
+    image:float32:224,224,3`` or ``--label class:int64``."""
+
+    name: str
+    dtype: str
+    """``float32`` or ``int64``: the two numeric kinds a ``tf.train.Example`` stores."""
+    shape: tuple[int, ...]
+    """Dimensions of one sample's value, without the batch; ``()`` for a scalar."""
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    """TFRecord files of ``tf.train.Example`` records: ``--tfrecord``, ``--feature``,
+    ``--label``."""
+
+    pattern: str
+    """File pattern such as ``data-*.tfrecord`` (TensorFlow's glob, so ``gs://`` works too)."""
+    features: tuple[FeatureSpec, ...]
+    """One feature per model input, matched to the inputs by name."""
+    label: FeatureSpec | None = None
+
+
+@dataclass(frozen=True)
+class DatasetFunction:
+    """``--dataset-fn FILE.py:NAME``: the user's own function that returns a dataset."""
+
+    path: str
+    name: str
+
+    def describe(self) -> str:
+        return f"{self.path}:{self.name}"
+
+
+@dataclass(frozen=True)
 class ProbeOptions:
     """How to probe, from ``--probe``, ``--data`` and friends."""
 
@@ -36,3 +71,7 @@ class ProbeOptions:
     """Load and run models that hold code (Lambda layers, foreign functions, unsafe ops)."""
     custom_objects: str | None = None
     """A Python file defining the user's own custom layers, trusted explicitly."""
+    records: RecordOptions | None = None
+    """TFRecord files to run instead of ``data``."""
+    dataset_fn: DatasetFunction | None = None
+    """The user's function returning a dataset to run instead of ``data``."""

@@ -17,17 +17,28 @@ records a few figures per call, which leave the compiled graph as small tensors:
 
 Training mode makes Keras update the moving statistics in memory: ``Passes`` snapshots every
 variable on entry and restores them on exit, so nothing it measures is changed.
+
+Under a ``tf.distribute`` strategy (``sweep``), each global batch is split across the replicas
+and every BatchNorm layer in ``training`` mode normalises with the moments of the whole global
+batch: each replica's count, sum and sum of squares per channel, in float64, summed by one
+all-reduce per layer and call (``_across_replicas``). The activations, and so the moments every
+layer records, are then those of the same batch on one device; figures of the outputs are not
+recorded there (each replica would see only its share).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import itertools
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from bncheck.errors import UsageError
 from bncheck.probe import keras_model
+from bncheck.probe.data import Batch
 
 STORED = "stored"
 TRAINING = "training"
@@ -79,6 +90,15 @@ class PassResult:
     moments: list[Moments]
 
 
+@dataclass(frozen=True)
+class Step:
+    """One batch through ``Passes.sweep``: its size, its labels, each mode's result."""
+
+    size: int
+    labels: np.ndarray | None
+    results: list[PassResult]
+
+
 Statistics = Mapping[str, tuple[np.ndarray, np.ndarray]]
 
 
@@ -86,19 +106,37 @@ class Passes:
     """The compiled passes over one loaded Keras model and its BatchNorm layers."""
 
     def __init__(
-        self, model: Any, layers: Sequence[tuple[str, Any]], force: Iterable[str] = ()
+        self,
+        model: Any,
+        layers: Sequence[tuple[str, Any]],
+        force: Iterable[str] = (),
+        strategy: Any = None,
+        figures: bool = True,
     ) -> None:
         """``force``: paths of frozen layers to run with batch statistics in training mode all
-        the same (to re-estimate them)."""
+        the same (to re-estimate them). ``strategy``: the ``tf.distribute.Strategy`` that
+        ``sweep`` splits batches with, under whose scope ``model`` was loaded. ``figures``:
+        record each call's output figures, which the probe judges and recalibration does not
+        need (they cost a pass over every BatchNorm output); never under a strategy."""
         self.model = model
         self.layers = list(layers)
         self._force = frozenset(force)
+        self._strategy = strategy
+        self._figures = figures and strategy is None
+        if strategy is not None:
+            renormalised = [path for path, layer in self.layers if getattr(layer, "renorm", False)]
+            if renormalised:
+                raise UsageError(
+                    f"{renormalised[0]} renormalises its batch statistics (renorm=True), which "
+                    "bncheck cannot synchronise across replicas: run it on one device"
+                )
         self._dirty = False
-        self._mode = STORED
         self._estimates: dict[str, tuple[Any, Any]] = {}
         self._graph: Any = None
-        self._records: list[tuple[str, str, list[Any]]] = []
+        # Each replica traces the model in its own thread: the mode and records are its own.
+        self._local = threading.local()
         self._functions: dict[tuple[str, ...], Any] = {}
+        self._distributed: dict[tuple[tuple[str, ...], bool, bool], Any] = {}
         self._keys: dict[tuple[str, ...], list[list[tuple[str, str, list[int]]]]] = {}
 
     def __enter__(self) -> Passes:
@@ -120,6 +158,9 @@ class Passes:
         }
         # Estimates are constants of the compiled graph: trace anew with the new ones.
         self._functions = {key: fn for key, fn in self._functions.items() if ESTIMATED not in key}
+        self._distributed = {
+            key: fn for key, fn in self._distributed.items() if ESTIMATED not in key[0]
+        }
 
     def run(self, inputs: Sequence[np.ndarray], *modes: str) -> list[PassResult]:
         """Call the model once per mode on the same inputs, in one compiled function."""
@@ -128,10 +169,7 @@ class Passes:
         function = self._functions.get(modes)
         if function is None:
             # Any batch size, one trace: a short batch or half a batch runs the same graph.
-            signature = [
-                tf.TensorSpec((None, *array.shape[1:]), tf.as_dtype(array.dtype))
-                for array in inputs
-            ]
+            signature = [_spec(array) for array in inputs]
             function = self._functions[modes] = self._compile(modes, signature)
         results = function(*[tf.constant(array) for array in inputs])
         if self._dirty:
@@ -142,6 +180,65 @@ class Passes:
             for (outputs, figures), call_keys in zip(results, keys, strict=True)
         ]
 
+    def sweep(self, batches: Iterable[Batch], *modes: str, outputs: bool = True) -> Iterator[Step]:
+        """Run ``modes`` on each batch: here, or with the strategy, each batch split across
+        its replicas (``outputs``: bring the model's outputs and the labels back from them)."""
+        if self._strategy is None:
+            for batch in batches:
+                yield Step(batch.size, batch.labels, self.run(batch.inputs, *modes))
+            return
+        yield from self._sweep_replicas(iter(batches), modes, outputs)
+
+    def _sweep_replicas(
+        self, batches: Iterator[Batch], modes: tuple[str, ...], outputs: bool
+    ) -> Iterator[Step]:
+        """Each batch is a global batch, which ``experimental_distribute_dataset`` splits in
+        order into one consecutive share per replica. Across workers (multi-worker), every
+        worker reads the same batches and keeps its replicas' shares (auto-shard policy
+        ``DATA``), so the global batches are those of one device."""
+        import tensorflow as tf
+
+        first = next(batches, None)
+        if first is None:
+            return
+        labelled = outputs and first.labels is not None
+
+        def elements() -> Iterator[tuple[Any, ...]]:
+            for batch in itertools.chain([first], batches):
+                inputs = tuple(batch.inputs)
+                yield (inputs, batch.labels) if labelled else (inputs,)
+
+        signature: tuple[Any, ...] = (tuple(_spec(array) for array in first.inputs),)
+        if labelled:
+            assert first.labels is not None
+            signature += (_spec(first.labels),)
+        dataset = tf.data.Dataset.from_generator(elements, output_signature=signature)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
+        distributed = self._strategy.experimental_distribute_dataset(
+            dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+        )
+        key = (modes, labelled, outputs)
+        function = self._distributed.get(key)
+        if function is None:
+            function = self._distributed[key] = self._compile_replicas(modes, outputs)
+        for element in distributed:
+            results, size, labels = function(element)
+            if self._dirty:
+                self._snapshot.restore()
+            yield Step(
+                int(size),
+                None if labels is None else np.asarray(labels),
+                [
+                    _pass_result(self.model, replica_outputs, np.asarray(flat), call_keys)
+                    for (replica_outputs, flat), call_keys in zip(
+                        results, self._keys[modes], strict=True
+                    )
+                ],
+            )
+
     def _compile(self, modes: tuple[str, ...], signature: list[Any]) -> Any:
         import tensorflow as tf
 
@@ -149,29 +246,62 @@ class Passes:
         @tf.function(input_signature=signature, autograph=False)
         def passes(*inputs: Any) -> list[tuple[Any, Any]]:
             self._graph = tf.compat.v1.get_default_graph()
-            results, keys = [], []
-            for mode in modes:
-                self._mode, self._records = mode, []
-                outputs = self.model(keras_model.pack_inputs(self.model, list(inputs)))
-                # Every recorded figure of the call in one flat vector: one transfer per call.
-                pieces = [
-                    tf.reshape(tf.cast(tensor, tf.float32), [-1])
-                    for _, _, tensors in self._records
-                    for tensor in tensors
-                ]
-                keys.append(
-                    [
-                        (path, kind, [_size(tensor) for tensor in tensors])
-                        for path, kind, tensors in self._records
-                    ]
-                )
-                flat = tf.concat(pieces, 0) if pieces else tf.zeros([0])
-                results.append((outputs, flat))
-            self._keys[modes] = keys
-            self._mode = STORED
-            return results
+            return self._traced(modes, list(inputs))
 
         return passes
+
+    def _compile_replicas(self, modes: tuple[str, ...], outputs: bool) -> Any:
+        import tensorflow as tf
+
+        strategy = self._strategy
+
+        def replica(*inputs: Any) -> tuple[list[tuple[Any, Any]], Any]:
+            return self._traced(modes, list(inputs)), tf.shape(inputs[0])[0]
+
+        def gathered(values: Any) -> Any:
+            return tf.nest.map_structure(lambda value: strategy.gather(value, 0), values)
+
+        @tf.function(autograph=False)
+        def passes(element: tuple[Any, ...]) -> tuple[list[tuple[Any, Any]], Any, Any]:
+            self._graph = tf.compat.v1.get_default_graph()
+            per_replica, sizes = strategy.run(replica, args=tuple(element[0]))
+            # The moments are the same on every replica: any replica's flat vector will do.
+            results = [
+                (gathered(values) if outputs else [], strategy.experimental_local_results(flat)[0])
+                for values, flat in per_replica
+            ]
+            size = strategy.reduce(tf.distribute.ReduceOp.SUM, sizes, axis=None)
+            labels = gathered(element[1]) if len(element) > 1 else None
+            return results, size, labels
+
+        return passes
+
+    def _traced(self, modes: tuple[str, ...], inputs: list[Any]) -> list[tuple[Any, Any]]:
+        """Call the model once per mode: its outputs, and what its BatchNorm calls recorded."""
+        import tensorflow as tf
+
+        results, keys = [], []
+        local = self._local
+        for mode in modes:
+            local.mode, local.records = mode, []
+            outputs = self.model(keras_model.pack_inputs(self.model, inputs))
+            # Every recorded figure of the call in one flat vector: one transfer per call.
+            pieces = [
+                tf.reshape(tf.cast(tensor, tf.float32), [-1])
+                for _, _, tensors in local.records
+                for tensor in tensors
+            ]
+            keys.append(
+                [
+                    (path, kind, [_size(tensor) for tensor in tensors])
+                    for path, kind, tensors in local.records
+                ]
+            )
+            flat = tf.concat(pieces, 0) if pieces else tf.zeros([0])
+            results.append((outputs, flat))
+        self._keys[modes] = keys
+        local.mode = STORED
+        return results
 
     def _call(
         self,
@@ -187,10 +317,15 @@ class Passes:
 
         explicit = kwargs.get("training", args[0] if args else None)
         observable = tf.compat.v1.get_default_graph() is self._graph
-        if self._mode == TRAINING:
+        mode = getattr(self._local, "mode", STORED)
+        records = getattr(self._local, "records", [])
+        synchronised = self._strategy is not None
+        if mode == TRAINING:
             batch_mode = bool(layer.trainable) or path in self._force
             if batch_mode and not getattr(layer, "renorm", False):
-                outputs, mean, variance = _normalise_with_batch(layer, inputs, kwargs.get("mask"))
+                outputs, moments = _normalise_with_batch(
+                    layer, inputs, kwargs.get("mask"), synchronised
+                )
             else:
                 # Renormalisation corrects batch statistics with state of its own: let Keras do
                 # it (it updates variables the snapshot restores). A frozen layer stays in
@@ -203,18 +338,18 @@ class Passes:
                 outputs = original(inputs, *args, **kwargs)
                 values = tf.cast(inputs, tf.float32)
                 mean, variance = tf.nn.moments(values, axes=_axes(layer, values))
+                moments = _counted(layer, values, mean, variance, None, synchronised)
             if observable:
-                shape = tf.shape(inputs)
-                per_channel = tf.reduce_prod(tf.gather(shape, _axes(layer, inputs)))
-                self._records.append((path, "moments", [mean, variance, shape[0], per_channel]))
-                self._records.append((path, "figures", _figures(outputs)))
+                records.append((path, "moments", list(moments)))
+                if self._figures:
+                    records.append((path, "figures", _figures(outputs)))
             return outputs
-        if self._mode == ESTIMATED and path in self._estimates and explicit is not True:
+        if mode == ESTIMATED and path in self._estimates and explicit is not True:
             return _normalise(layer, inputs, *self._estimates[path])
         outputs = original(inputs, *args, **kwargs)
-        if observable and self._mode == STORED:
+        if observable and mode == STORED and self._figures:
             expected = keras_model.normalise_with_moving_stats(layer, tf.cast(inputs, tf.float32))
-            self._records.append((path, "figures", _figures(outputs, expected)))
+            records.append((path, "figures", _figures(outputs, expected)))
         return outputs
 
 
@@ -272,16 +407,81 @@ def _figures(outputs: Any, expected: Any = None) -> list[Any]:
     return [tf.stack([rms, deviation, nonfinite, error]), tf.shape(out)[0]]
 
 
-def _normalise_with_batch(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any, Any]:
+#: A call's moments as recorded: per-channel mean and biased variance, the samples and the
+#: values per channel they are taken over.
+CountedMoments = tuple[Any, Any, Any, Any]
+
+
+def _normalise_with_batch(
+    layer: Any, inputs: Any, mask: Any, synchronised: bool
+) -> tuple[Any, CountedMoments]:
     """Keras 3 ``BatchNormalization.call`` in training mode without updating the moving
-    statistics: the output, and the batch mean and variance it normalised with."""
+    statistics: the output, and the batch moments it normalised with (``synchronised``: the
+    whole global batch's, across replicas)."""
+    import tensorflow as tf
     from keras import backend, ops
 
     compute_dtype = backend.result_type(inputs.dtype, "float32")
     values = ops.cast(inputs, compute_dtype)
-    mean, variance = layer._moments(values, mask)
-    outputs = _batch_normalization(layer, values, mean, variance)
-    return ops.cast(outputs, layer.compute_dtype), mean, variance
+    if synchronised and mask is None:
+        # This replica's own moments (a layer's ``synchronized`` option would sum them in
+        # float32 already): they are combined in float64 below.
+        mean, variance = tf.nn.moments(values, axes=_axes(layer, values))
+    else:
+        mean, variance = layer._moments(values, mask)
+    moments = _counted(layer, values, mean, variance, mask, synchronised)
+    outputs = _batch_normalization(layer, values, moments[0], moments[1])
+    return ops.cast(outputs, layer.compute_dtype), moments
+
+
+def _counted(
+    layer: Any, values: Any, mean: Any, variance: Any, mask: Any, synchronised: bool
+) -> CountedMoments:
+    """The moments with their counts; ``synchronised``: those of the whole global batch."""
+    import tensorflow as tf
+
+    shape = tf.shape(values)
+    per_channel = tf.reduce_prod(tf.gather(shape, _axes(layer, values)))
+    if not synchronised:
+        return mean, variance, shape[0], per_channel
+    # Masked moments are taken over the unmasked positions only: that is their weight.
+    weight = per_channel if mask is None else tf.reduce_sum(tf.cast(mask, tf.int32))
+    return _across_replicas(mean, variance, weight, shape[0], per_channel)
+
+
+def _across_replicas(
+    mean: Any, variance: Any, weight: Any, samples: Any, per_channel: Any
+) -> CountedMoments:
+    """The global batch's moments from each replica's: the per-channel count, sum and sum of
+    squares (``weight * mean`` and ``weight * (variance + mean**2)``), in float64, summed across
+    replicas by one all-reduce. A replica's float32 moments and their products with a count are
+    exact in float64, so the global moments are as precise as one device's float32 ones; a
+    replica with no rows (an uneven split of a short last batch) adds zeros."""
+    import tensorflow as tf
+
+    def wide(value: Any) -> Any:
+        return tf.cast(tf.reshape(value, [-1]), tf.float64)
+
+    count = tf.cast(weight, tf.float64)
+    local_mean, local_variance = wide(mean), wide(variance)
+    channels = tf.size(local_mean)
+    sums = tf.concat(
+        [
+            tf.stack([count, tf.cast(samples, tf.float64), tf.cast(per_channel, tf.float64)]),
+            tf.where(count > 0, count * local_mean, 0.0),
+            tf.where(count > 0, count * (local_variance + local_mean**2), 0.0),
+        ],
+        0,
+    )
+    total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, sums)
+    global_mean = total[3 : 3 + channels] / total[0]
+    global_variance = tf.maximum(total[3 + channels :] / total[0] - global_mean**2, 0.0)
+    return (
+        tf.reshape(tf.cast(global_mean, mean.dtype), tf.shape(mean)),
+        tf.reshape(tf.cast(global_variance, variance.dtype), tf.shape(variance)),
+        tf.cast(total[1], tf.int32),
+        tf.cast(total[2], tf.int32),
+    )
 
 
 def _normalise(layer: Any, inputs: Any, mean: Any, variance: Any) -> Any:
@@ -308,6 +508,13 @@ def _batch_normalization(layer: Any, values: Any, mean: Any, variance: Any) -> A
         scale=ops.cast(layer.gamma, values.dtype) if layer.scale else None,
         epsilon=layer.epsilon,
     )
+
+
+def _spec(array: np.ndarray) -> Any:
+    """Any number of rows of ``array``'s kind."""
+    import tensorflow as tf
+
+    return tf.TensorSpec((None, *array.shape[1:]), tf.as_dtype(array.dtype))
 
 
 def _size(tensor: Any) -> int:

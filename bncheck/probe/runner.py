@@ -193,18 +193,19 @@ class BatchPlan:
     def __init__(self, specs: Sequence[probe_data.InputSpec] | None, options: ProbeOptions) -> None:
         self.options = options
         self.dataset: probe_data.Dataset | None = None
-        if options.data is not None:
-            self.dataset = probe_data.open_data(
-                probe_data.DataOptions(
-                    options.data, options.labels, options.image_size, options.rescale
-                ),
-                specs,
-            )
+        source = probe_data.data_source(
+            options.data,
+            options.labels,
+            options.image_size,
+            options.rescale,
+            options.records,
+            options.dataset_fn,
+        )
+        if source is not None:
+            self.dataset = probe_data.open_data(source, specs)
             self.specs = self.dataset.specs
             self._synthetic: probe_data.Batch | None = None
         else:
-            if options.labels is not None:
-                raise UsageError("--labels needs --data")
             self.specs = list(specs or _undeclared_inputs(options))
             self._synthetic = probe_data.synthetic_batch(
                 self.specs, options.batch_size, options.seed, options.input_shapes
@@ -241,7 +242,7 @@ class BatchPlan:
             assert self._synthetic is not None
             return probe_data.describe_synthetic(self._synthetic, self.specs, self.options.seed)
         if samples == 0:
-            raise UsageError(f"--data {self.options.data} holds no samples")
+            raise UsageError(f"{self.dataset.source} holds no samples")
         # Fewer samples than a batch make one batch of them all.
         batch_size = (
             min(self.options.batch_size, samples) if batches == 1 else self.options.batch_size
@@ -277,7 +278,8 @@ def first_batch(
     source = BatchPlan(specs, options)
     batch = next(iter(source.batches()), None)
     if batch is None:
-        raise UsageError(f"--data {options.data} holds no samples")
+        assert source.dataset is not None  # the synthetic batch is never empty
+        raise UsageError(f"{source.dataset.source} holds no samples")
     return batch, source.describe(batch.size, 1)
 
 

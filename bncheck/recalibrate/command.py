@@ -5,19 +5,24 @@
    never moved while gamma and beta trained keep theirs too (``--include-untouched``): the network
    may have learned with them (a loop without ``training=True``), and then new statistics break it.
    A momentum of 1.0 explains such statistics without that risk, so those layers are included.
-2. Estimate each chosen layer's population statistics over the data (``probe.measure.estimate``).
+2. Estimate each chosen layer's population statistics over the data (``probe.measure.estimate``),
+   on one device or, with ``--strategy``, across replicas with the same result (``distribute``).
 3. Verify: run the model in inference mode with the stored and with the new statistics, on
-   ``--validate`` (labelled held-out data), else on ``--data``, measuring the metric where there
+   ``--validate`` (labelled held-out data), else on the data, measuring the metric where there
    are labels and otherwise how many predictions change.
 4. Write the output only if the metric did not get worse and, without labels, few predictions
    changed (``--force`` writes anyway); then inspect the written model like ``bncheck inspect
-   --data`` does, which gives the exit code.
+   --data`` does, which gives the exit code. On a cluster only the chief writes.
+
+Steps 1 to 3 (``reestimate``) are shared with ``bncheck.recalibrate`` (``api``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bncheck.engine import inspect_path
@@ -27,9 +32,10 @@ from bncheck.probe import data as probe_data
 from bncheck.probe import safety
 from bncheck.probe.options import ProbeOptions
 from bncheck.probe.results import Metric
-from bncheck.probe.runner import ContentScan, scan_keras_config
+from bncheck.probe.runner import scan_keras_config
 from bncheck.progress import Progress
 from bncheck.readers import detect, read_model
+from bncheck.recalibrate.distribute import is_chief, make_strategy
 from bncheck.recalibrate.options import RecalibrateOptions
 from bncheck.recalibrate.results import (
     DID_NOT_RUN,
@@ -42,67 +48,128 @@ from bncheck.recalibrate.results import (
 )
 from bncheck.recalibrate.write import NewStatistics, write_model
 from bncheck.rules._arrays import untouched_while_trained
+from bncheck.settings import Settings
 
 #: The formats recalibration can write back; SavedModels and weights-only files are not.
 WRITABLE = ("keras", "h5")
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How to estimate and verify, whichever way the model and the data came (the command
+    line, or ``bncheck.recalibrate`` from Python)."""
+
+    batch_size: int = 32
+    samples: int | None = None
+    """Use at most this many samples of the data; ``None`` for all of it."""
+    seed: int = 0
+    include_frozen: bool = False
+    include_untouched: bool = False
+    settings: Settings = field(default_factory=Settings)
+    """BN015's limits decide whether an unlabelled result is verified."""
+
+
 def recalibrate(options: RecalibrateOptions, progress: Progress) -> Recalibration:
+    """The command: estimate, verify, and write ``-o OUT`` (on a cluster, the chief does), then
+    inspect what was written."""
+    from bncheck.probe import keras_model
+
+    description = writable_description(options.model)
+    output = _output_path(options, description.format)
+    source = probe_data.data_source(
+        options.data,
+        options.labels,
+        options.image_size,
+        options.rescale,
+        options.records,
+        options.dataset_fn,
+    )
+    if source is None:
+        raise UsageError("recalibrate needs data: --data, --tfrecord or --dataset-fn")
+    strategy = make_strategy(options.strategy, options.devices)
+    model = load(options.model, options.unsafe, options.custom_objects, progress, strategy)
+    dataset = probe_data.open_data(source, keras_model.input_specs(model))
+    validation = _validation(options, dataset.specs)
+    plan = Plan(
+        batch_size=options.batch_size,
+        samples=options.samples,
+        seed=options.seed,
+        include_frozen=options.include_frozen,
+        include_untouched=options.include_untouched,
+        settings=options.settings,
+    )
+    result = reestimate(
+        model, description, dataset, validation, plan, progress, strategy, options.model, output
+    )
+    if result.verification is None:
+        return result
+    if result.refusal is not None and not options.force:
+        return result
+    if not is_chief(strategy):
+        return replace(result, writer="the chief")
+    progress.step(f"{options.model}: writing {output}")
+    write_model(options.model, output, description.format, updates(description, result))
+    repaired = inspect_path(output, options.settings, _probe_options(options), progress.step)
+    return result.written(output, repaired)
+
+
+def reestimate(
+    model: Any,
+    description: ModelDescription,
+    dataset: probe_data.Dataset,
+    validation: probe_data.Dataset | None,
+    plan: Plan,
+    progress: Progress,
+    strategy: Any = None,
+    name: str = "model",
+    output: str | None = None,
+) -> Recalibration:
+    """Choose the layers of ``model`` (described by ``description``), estimate their statistics
+    over ``dataset`` and verify them on ``validation`` (else on ``dataset``), on one device or
+    with ``strategy``, under whose scope ``model`` was loaded. Writes nothing."""
     from bncheck.probe import keras_model
     from bncheck.probe.measure import estimate
     from bncheck.probe.passes import Passes
 
-    description = _writable_description(options.model)
-    output = _output_path(options, description.format)
-    model, _ = _load(options.model, options, progress)
-    specs = keras_model.input_specs(model)
-    dataset = probe_data.open_data(_data_options(options, options.data, options.labels), specs)
-    validation = _validation(options, dataset.specs)
     layers = keras_model.batchnorm_layers(model)
-    targets, kept = choose(description, layers, options.include_frozen, options.include_untouched)
+    targets, kept = choose(description, layers, plan.include_frozen, plan.include_untouched)
     if not targets:
-        return _nothing_to_do(options, output, description, kept)
+        return _nothing_to_do(name, output, dataset.source, description, kept, plan.settings)
     forced = [path for path, layer in targets if not layer.trainable]
-    with Passes(model, layers, force=forced) as passes:
-        progress.start_batches(f"{options.model}: estimating")
-        total = _batch_count(dataset, options)
+    with Passes(model, layers, force=forced, strategy=strategy, figures=False) as passes:
+        progress.start_batches(f"{name}: estimating")
+        total = _batch_count(dataset, plan.batch_size, plan.samples)
         sums, batches, samples = estimate(
             passes,
-            dataset.batches(options.batch_size, options.seed, options.samples),
-            lambda done: progress.batch(done, total),
+            dataset.batches(plan.batch_size, plan.seed, plan.samples),
+            lambda done, seen: progress.batch(done, total, seen),
         )
         if batches == 0:
-            raise UsageError(f"--data {options.data} holds no samples")
+            raise UsageError(f"{dataset.source} holds no samples")
         chosen = {path for path, _ in targets}
         new = {path: sums[path].population() for path in chosen if path in sums}
         passes.use_estimates({path: (pop.mean, pop.variance) for path, pop in new.items()})
-        progress.step(f"{options.model}: verifying")
-        check = verify(passes, validation or dataset, options, validation is not None)
+        checked = validation or dataset
+        progress.start_batches(f"{name}: verifying")
+        check = verify(passes, checked, plan, validation is not None, progress)
+    progress.done()
     kept.update(dict.fromkeys(chosen - set(new), DID_NOT_RUN))
     epsilons = {path: float(layer.epsilon) for path, layer in layers}
     changes = tuple(
         _change(layer, new, kept, epsilons.get(layer.path, 1e-3)) for layer in description.layers
     )
-    refusal = _refusal(check, options)
-    result = Recalibration(
-        model=options.model,
+    return Recalibration(
+        model=name,
         output=output,
-        data=options.data,
+        data=dataset.source,
         batches=batches,
         samples=samples,
         layers=changes,
         verification=check,
-        refusal=refusal,
-        fail_on=options.settings.fail_on,
+        refusal=_refusal(check, plan.settings),
+        fail_on=plan.settings.fail_on,
+        statistics=new,
     )
-    if refusal is not None and not options.force:
-        progress.done()
-        return result
-    progress.step(f"{options.model}: writing {output}")
-    write_model(options.model, output, description.format, _updates(description, new))
-    repaired = inspect_path(output, options.settings, _probe_options(options), progress.step)
-    progress.done()
-    return result.written(repaired)
 
 
 def _data_options(
@@ -130,15 +197,21 @@ def _validation(
     return validation
 
 
-def _batch_count(dataset: probe_data.Dataset, options: RecalibrateOptions) -> int | None:
-    if dataset.available is None:
+def _batch_count(dataset: probe_data.Dataset, batch_size: int, samples: int | None) -> int | None:
+    """Whole batches a pass serves, where the data says how many samples it holds or
+    ``samples`` caps them."""
+    available = dataset.available if dataset.available is not None else samples
+    if available is None:
         return None
-    count = min(dataset.available, options.samples or dataset.available)
-    return max(1, count // options.batch_size)
+    return max(1, min(available, samples or available) // batch_size)
 
 
 def verify(
-    passes: Any, dataset: probe_data.Dataset, options: RecalibrateOptions, held_out: bool
+    passes: Any,
+    dataset: probe_data.Dataset,
+    plan: Plan,
+    held_out: bool,
+    progress: Progress,
 ) -> Verification:
     """The model with its stored statistics against the model with the estimates, in inference
     mode, on every sample of ``dataset``."""
@@ -148,15 +221,20 @@ def verify(
     totals = OutputSums()
     before, after = MetricSums(), MetricSums()
     samples = 0
-    for batch in dataset.batches(options.batch_size, options.seed, None, whole=False):
-        stored, estimated = passes.run(batch.inputs, STORED, ESTIMATED)
+    total = None if dataset.available is None else -(-dataset.available // plan.batch_size)
+    steps = passes.sweep(
+        dataset.batches(plan.batch_size, plan.seed, None, whole=False), STORED, ESTIMATED
+    )
+    for number, step in enumerate(steps, 1):
+        stored, estimated = step.results
         first_before, first_after = stored.outputs[0][1], estimated.outputs[0][1]
         totals.add_inference(first_before)
         totals.add_estimated(first_before, first_after)
-        if batch.labels is not None and len(stored.outputs) == 1:
-            before.add(first_before, batch.labels)
-            after.add(first_after, batch.labels)
-        samples += batch.size
+        if step.labels is not None and len(stored.outputs) == 1:
+            before.add(first_before, step.labels)
+            after.add(first_after, step.labels)
+        samples += step.size
+        progress.batch(number, total, samples)
     metric = None
     if before.name is not None:
         metric = Metric(before.name, float(before.value() or 0.0), after.value(), None)
@@ -175,7 +253,7 @@ def verify(
     )
 
 
-def _refusal(check: Verification, options: RecalibrateOptions) -> str | None:
+def _refusal(check: Verification, settings: Settings) -> str | None:
     """Why the output must not be written without ``--force``; ``None`` when it may."""
     metric = check.metric
     if metric is not None:
@@ -187,7 +265,7 @@ def _refusal(check: Verification, options: RecalibrateOptions) -> str | None:
                 f"{metric.format(metric.stored)} to {metric.format(metric.reestimated)}"
             )
         return None
-    limits = options.settings.rules["BN015"].options
+    limits = settings.rules["BN015"].options
     if check.changed_predictions is not None:
         if check.changed_predictions > limits["max_changed_predictions"]:
             return (
@@ -205,7 +283,7 @@ def _refusal(check: Verification, options: RecalibrateOptions) -> str | None:
 
 
 def _probe_options(options: RecalibrateOptions) -> ProbeOptions:
-    """The inspection of the written model probes it on the same data."""
+    """The inspection of the written model probes it on the same data, on one device."""
     return ProbeOptions(
         data=options.data,
         labels=options.labels,
@@ -215,16 +293,23 @@ def _probe_options(options: RecalibrateOptions) -> ProbeOptions:
         rescale=options.rescale,
         unsafe=options.unsafe,
         custom_objects=options.custom_objects,
+        records=options.records,
+        dataset_fn=options.dataset_fn,
     )
 
 
 def _nothing_to_do(
-    options: RecalibrateOptions, output: str, description: ModelDescription, kept: dict[str, str]
+    name: str,
+    output: str | None,
+    data: str,
+    description: ModelDescription,
+    kept: dict[str, str],
+    settings: Settings,
 ) -> Recalibration:
     return Recalibration(
-        model=options.model,
+        model=name,
         output=output,
-        data=options.data,
+        data=data,
         batches=0,
         samples=0,
         layers=tuple(
@@ -233,11 +318,11 @@ def _nothing_to_do(
         ),
         verification=None,
         refusal="no BatchNorm layer to re-estimate",
-        fail_on=options.settings.fail_on,
+        fail_on=settings.fail_on,
     )
 
 
-def _writable_description(path: str) -> ModelDescription:
+def writable_description(path: str) -> ModelDescription:
     kind = detect.sniff(path)
     if kind in ("pytorch", "safetensors", "onnx"):
         raise ModelReadError(
@@ -254,8 +339,11 @@ def _writable_description(path: str) -> ModelDescription:
     return description
 
 
-def _load(path: str, options: RecalibrateOptions, progress: Progress) -> tuple[Any, ContentScan]:
-    """Check the file for code, then load it with Keras (as the probe does)."""
+def load(
+    path: str, unsafe: bool, custom_objects: str | None, progress: Progress, strategy: Any = None
+) -> Any:
+    """Check the file for code, then load it with Keras (as the probe does), under
+    ``strategy``'s scope when there is one."""
     from bncheck.probe import keras_model
     from bncheck.probe.backend import import_keras
 
@@ -264,14 +352,16 @@ def _load(path: str, options: RecalibrateOptions, progress: Progress) -> tuple[A
     config = safety.model_config(path)
     if config is None:
         raise ModelReadError("the file holds no architecture to run")
-    scan = scan_keras_config(config, options.unsafe, options.custom_objects)
+    scan = scan_keras_config(config, unsafe, custom_objects)
     if scan.refusal is not None:
         raise UsageError(f"{path}: {scan.refusal}")
     progress.step(f"{path}: loading with Keras")
-    return keras_model.load_model(path, options.unsafe, scan.custom_objects), scan
+    with contextlib.nullcontext() if strategy is None else strategy.scope():
+        return keras_model.load_model(path, unsafe, scan.custom_objects)
 
 
-def _updates(description: ModelDescription, new: dict[str, Any]) -> dict[str, NewStatistics]:
+def updates(description: ModelDescription, result: Recalibration) -> dict[str, NewStatistics]:
+    """Where each re-estimated layer's statistics go in the file ``description`` read."""
     by_path = {layer.path: layer for layer in description.layers}
     return {
         path: NewStatistics(
@@ -280,7 +370,7 @@ def _updates(description: ModelDescription, new: dict[str, Any]) -> dict[str, Ne
             mean_location=by_path[path].locations["moving_mean"],
             variance_location=by_path[path].locations["moving_variance"],
         )
-        for path, population in new.items()
+        for path, population in result.statistics.items()
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bncheck.probe.options import DatasetFunction, RecordOptions
 from bncheck.settings import Settings
 
 
@@ -12,8 +13,9 @@ class RecalibrateOptions:
     """Everything ``bncheck recalibrate`` was asked to do."""
 
     model: str
-    data: str
-    """``.npy``/``.npz`` file or a directory of images."""
+    data: str | None
+    """``.npy``/``.npz`` file or a directory of images; ``None`` with ``records`` or
+    ``dataset_fn``."""
     output: str | None
     """Where to write; ``None`` with ``in_place`` means over ``model``."""
     labels: str | None = None
@@ -40,3 +42,11 @@ class RecalibrateOptions:
     custom_objects: str | None = None
     settings: Settings = field(default_factory=Settings)
     """Rule configuration and ``--fail-on`` for the gate on the repaired model."""
+    records: RecordOptions | None = None
+    """``--tfrecord`` files to estimate from instead of ``data``."""
+    dataset_fn: DatasetFunction | None = None
+    """``--dataset-fn``: the user's function returning the dataset to estimate from."""
+    strategy: str | None = None
+    """``--strategy``: ``mirrored`` or ``multi-worker``; ``None`` for one device."""
+    devices: tuple[str, ...] = ()
+    """``--devices`` for ``mirrored``; empty for every local GPU."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -92,11 +93,16 @@ class Verification:
 
 @dataclass(frozen=True)
 class Recalibration:
-    """Everything ``bncheck recalibrate`` did, ready to render."""
+    """Everything a recalibration did, ready to render: the per-layer changes, the verification
+    (the metric before and after where the data has labels, otherwise how many predictions
+    change) and whether the repaired model was written."""
 
     model: str
-    output: str
+    """The model's path, or a live model's name."""
+    output: str | None
+    """Where the repaired model goes; ``None`` when no output was asked for."""
     data: str
+    """The data the statistics were estimated from."""
     batches: int
     samples: int
     """Samples the new statistics average over."""
@@ -107,12 +113,19 @@ class Recalibration:
     refusal: str | None
     """Why the output is not to be written without ``--force``; ``None`` when it may be."""
     fail_on: FailOn
+    statistics: Mapping[str, Population] = field(default_factory=dict)
+    """The re-estimated statistics by layer path (``mean`` and ``variance`` are what is
+    written, or would be)."""
+    written_to: str | None = None
+    """Where the repaired model was written; ``None`` when nothing was."""
+    writer: str | None = None
+    """Who writes instead of this process: the chief, for the other workers of a cluster."""
     repaired: ModelResult | None = None
-    """The usual inspection of the written model (static rules and the probe on the data);
-    ``None`` when nothing was written."""
+    """The usual inspection of the written model (static rules and the probe on the data), by
+    the command line; ``None`` otherwise."""
 
-    def written(self, repaired: ModelResult) -> Recalibration:
-        return replace(self, repaired=repaired)
+    def written(self, target: str, repaired: ModelResult | None = None) -> Recalibration:
+        return replace(self, written_to=target, repaired=repaired)
 
     @property
     def report(self) -> Report | None:
@@ -123,6 +136,11 @@ class Recalibration:
 
     @property
     def exit_code(self) -> ExitCode:
-        """The written model's, like ``inspect``; 1 when nothing was written."""
+        """The written model's, like ``inspect``; 1 when nothing was written, except on a
+        worker that leaves the writing to the chief: its share is done (0)."""
         report = self.report
-        return ExitCode.FINDINGS if report is None else report.exit_code
+        if report is not None:
+            return report.exit_code
+        if self.written_to is not None or self.writer is not None:
+            return ExitCode.OK
+        return ExitCode.FINDINGS

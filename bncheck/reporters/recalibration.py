@@ -60,7 +60,11 @@ def _verified(check: Verification) -> str:
 
 
 def _outcome(result: Recalibration) -> str:
-    if result.repaired is None:
+    if result.writer is not None:
+        return f"not written here: {result.writer} writes {result.output}"
+    if result.written_to is None:
+        if result.refusal is None:
+            return "nothing written (no output asked for)"
         return f"not written: {result.refusal}; pass --force to write {result.output} anyway"
     forced = f" although {result.refusal} (--force)" if result.refusal is not None else ""
     return f"wrote {result.output}{forced}"
