@@ -182,6 +182,26 @@ class BNLayer:
 
 
 @dataclass(frozen=True)
+class BatchMoments:
+    """A batch normalisation a TensorFlow graph computes op by op: the batch moments of a 4-D
+    or 5-D input (``Mean``, ``SquaredDifference``, ``Mean``), as ``tf.nn.moments`` makes them."""
+
+    function: str
+    """The graph function holding it, as a user would name it (``the call of layer bn``);
+    empty for the graph's top level (a TF1 ``.meta``)."""
+    scope: str
+    """The name scope of the moments, e.g. ``bn1`` for ``bn1/moments/variance``."""
+    axes: tuple[int, ...]
+    """The axes reduced: the batch axis and every spatial one."""
+
+    @property
+    def where(self) -> str:
+        if not self.function:
+            return self.scope or "(top level)"
+        return f"{self.scope} in {self.function}" if self.scope else self.function
+
+
+@dataclass(frozen=True)
 class IncompleteLayer:
     """A BatchNorm layer the file describes but whose arrays are not all there.
 
@@ -218,6 +238,9 @@ class ModelDescription:
     (``layers`` holds only those whose moving statistics could be read); ``None`` otherwise."""
     incomplete: tuple[IncompleteLayer, ...] = ()
     """For model and weights files: BatchNorm layers whose arrays the file lacks in part."""
+    batch_moments: tuple[BatchMoments, ...] = ()
+    """For TF1 checkpoints with their ``.meta`` graph and SavedModels: batch normalisation the
+    graph computes op by op rather than with the fused kernel."""
     pickled_calls: tuple[PickledCall, ...] = ()
     """For PyTorch pickles: the calls ``torch.load`` (without ``weights_only``) would make
     beyond rebuilding tensors and plain data. bncheck made none of them."""

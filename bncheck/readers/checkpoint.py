@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from bncheck.model import (
     CheckpointGroup,
     ModelDescription,
 )
+from bncheck.readers import tf_graph
 from bncheck.readers.checkpoint_layout import (
     OBJECT_GRAPH_KEY,
     graph_variables,
@@ -69,7 +70,10 @@ class LayerSettings:
 def read(path: str) -> ModelDescription:
     resolved, notes = resolve_prefix(path)
     checkpoint = CheckpointFile(resolved)
-    return describe(path, "checkpoint", checkpoint, variable_groups(checkpoint), {}, notes)
+    description = describe(path, "checkpoint", checkpoint, variable_groups(checkpoint), {}, notes)
+    # TF1's Saver.save writes the graph beside the checkpoint (PREFIX.meta) unless told not to.
+    moments = tf_graph.batch_moments(Path(f"{resolved}.meta"), saved_model=False)
+    return replace(description, batch_moments=moments)
 
 
 def resolve_prefix(path: str) -> tuple[str, list[str]]:

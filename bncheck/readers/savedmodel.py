@@ -12,12 +12,13 @@ buffers and the BatchNorm variables are read: the graph is never loaded or run.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bncheck.errors import ModelReadError
 from bncheck.model import CheckpointContents, CheckpointGroup, ModelDescription
+from bncheck.readers import tf_graph
 from bncheck.readers.checkpoint import (
     CheckpointFile,
     LayerSettings,
@@ -95,7 +96,9 @@ def read(path: str) -> ModelDescription:
         for group in variable_groups(checkpoint)
         if not claimed.intersection(group.keys.values())
     ]
-    return describe(path, "savedmodel", checkpoint, groups, configured, notes)
+    description = describe(path, "savedmodel", checkpoint, groups, configured, notes)
+    moments = tf_graph.batch_moments(root / "saved_model.pb", saved_model=True)
+    return replace(description, batch_moments=moments)
 
 
 def keras_nodes(root: Path) -> tuple[list[KerasNode], list[str]]:

@@ -4,8 +4,9 @@ reading them needs neither TensorFlow nor tf.keras, only the ``protobuf`` librar
 Each message has only the fields bncheck uses, with TensorFlow's field numbers and types; the
 parser skips the others. Sources: ``tensorflow/core/protobuf/tensor_bundle.proto``,
 ``tensorflow/core/framework/{tensor_shape,versions}.proto``,
-``tensorflow/core/protobuf/{trackable_object_graph,saved_object_graph,meta_graph,saved_model}.proto``
-and ``tf_keras/protobuf/saved_metadata.proto``. Enumerations are read as plain numbers.
+``tensorflow/core/protobuf/{trackable_object_graph,saved_object_graph,meta_graph,saved_model}.proto``,
+``tensorflow/core/framework/{graph,node_def,function,op_def,attr_value,tensor}.proto`` and
+``tf_keras/protobuf/saved_metadata.proto``. Enumerations are read as plain numbers.
 """
 
 from __future__ import annotations
@@ -60,11 +61,36 @@ _MESSAGES: dict[str, tuple[tuple[int, str, str], ...]] = {
         (4, "user_object", "SavedUserObject"),
     ),
     "SavedObjectGraph": ((1, "nodes", "repeated SavedObject"),),
+    # The graph: only what finding batch moments needs (``tf_graph``). A map field is, on the
+    # wire, a repeated message of key 1 and value 2.
+    "TensorProto": (
+        (1, "dtype", "int32"),
+        (2, "tensor_shape", "TensorShapeProto"),
+        (4, "tensor_content", "bytes"),
+        (7, "int_val", "repeated int32"),
+        (10, "int64_val", "repeated int64"),
+    ),
+    "AttrValue": ((8, "tensor", "TensorProto"),),
+    "AttrEntry": ((1, "key", "string"), (2, "value", "AttrValue")),
+    "NodeDef": (
+        (1, "name", "string"),
+        (2, "op", "string"),
+        (3, "input", "repeated string"),
+        (5, "attr", "repeated AttrEntry"),
+    ),
+    "OpDef": ((1, "name", "string"),),
+    "FunctionDef": ((1, "signature", "OpDef"), (3, "node_def", "repeated NodeDef")),
+    "FunctionDefLibrary": ((1, "function", "repeated FunctionDef"),),
+    "GraphDef": ((1, "node", "repeated NodeDef"), (2, "library", "FunctionDefLibrary")),
     "MetaGraphDef": ((7, "object_graph_def", "SavedObjectGraph"),),
     "SavedModel": (
         (1, "saved_model_schema_version", "int64"),
         (2, "meta_graphs", "repeated MetaGraphDef"),
     ),
+    # The same files read for their graphs (a ``.meta`` file is one MetaGraphDef): separate
+    # messages, so that reading the object graph parses no graph.
+    "GraphMetaGraphDef": ((2, "graph_def", "GraphDef"),),
+    "GraphSavedModel": ((2, "meta_graphs", "repeated GraphMetaGraphDef"),),
     "SavedMetadataObject": (
         (2, "node_id", "int32"),
         (3, "node_path", "string"),

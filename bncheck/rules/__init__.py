@@ -39,6 +39,7 @@ from bncheck.rules import (
     bn018_incomplete_layer_weights,
     bn019_pickled_code,
     bn020_matched_by_position,
+    bn021_unfused_batchnorm,
 )
 
 
@@ -78,6 +79,7 @@ RULES: dict[str, Rule] = _registry(
     bn018_incomplete_layer_weights,
     bn019_pickled_code,
     bn020_matched_by_position,
+    bn021_unfused_batchnorm,
 )
 
 
