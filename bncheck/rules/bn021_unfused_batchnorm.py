@@ -4,9 +4,9 @@ A TF1 checkpoint's graph (its ``.meta`` file) or a SavedModel's graph takes the 
 a 4-D (or 5-D) input with ``tf.nn.moments`` (``Mean``, ``SquaredDifference``, ``Mean`` over the
 batch and spatial axes) and then normalises with separate ``rsqrt``, multiply and add ops. That
 is what a hand-written BatchNorm looks like, and what the built-in layer does only when told not
-to fuse. The fused kernel (``FusedBatchNormV3``) does the same work in one op: in this project's
-``benchmarks/fused_batchnorm.py`` a training step over a 32x56x56x64 batch took 1.76 times as
-long op by op on 2 CPU cores, and a user who had replaced the built-in layer with their own
+to fuse. The fused kernel (``FusedBatchNormV3``) does the same work in one op: measured on one
+training step (forward and backward) over a 32x56x56x64 batch, op by op took 1.76 times as long
+on 2 CPU cores, and a user who had replaced the built-in layer with their own
 measured twice the run time. The results are the same: this is advice on speed, not correctness.
 
 Why it happens: a BatchNorm written by hand (often to put ``tf.cond`` or quantisation on its
