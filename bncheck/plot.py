@@ -16,6 +16,7 @@ matplotlib is imported inside ``plot_model`` only: nothing else in bncheck needs
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -122,7 +123,12 @@ def plot_model(result: ModelResult, target: str, overlay: ProbeOverlay | None = 
     width = min(18.0, max(9.0, 4 + 0.1 * len(layers)))
     figure = Figure(figsize=(width, 2.1 * panels + 2.2), layout="constrained")
     axes = list(figure.subplots(panels, 1, sharex=True, squeeze=False)[:, 0])
-    title = "\n".join([_title(result), *_model_findings(result.findings)])
+    # About 12 characters of 10-point text per inch: long paths and findings wrap, not cut off.
+    title = "\n".join(
+        wrapped
+        for line in [_title(result), *_model_findings(result.findings)]
+        for wrapped in textwrap.wrap(line, int(width * 12), subsequent_indent="    ")
+    )
     figure.suptitle(title, fontsize=10, x=0.01, horizontalalignment="left")
     if layers:
         flagged = _flagged(layers, result.findings)

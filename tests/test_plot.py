@@ -201,3 +201,20 @@ def test_plot_takes_the_probe_options(run_cli: Run, tmp_path: Path) -> None:
     refused = run_cli("plot", FIXTURES / "keras3/nested.keras", "--seed", "3", "-o", target)
     assert refused.code == 2
     assert refused.err == "bncheck: error: --seed only applies with --probe or --data\n"
+
+
+def test_a_long_title_wraps_instead_of_running_off_the_picture(tmp_path: Path) -> None:
+    import re
+    import shutil
+
+    long_name = tmp_path / ("a_model_whose_name_goes_on_" * 6 + "and_on.keras")
+    shutil.copy(FIXTURES / "probe/stale_stats.keras", long_name)
+    result = inspect_path(str(long_name), Settings())
+    target = tmp_path / "long.svg"
+    plot_model(result, str(target))
+    svg = target.read_text()
+    # The figure is 9 inches wide: no title line may hold more than 12 characters per inch.
+    lines = [text for text in re.findall(r"<text[^>]*>([^<]*)</text>", svg) if text.strip()]
+    title = [line for line in lines if "a_model_whose" in line or "and_on.keras" in line]
+    assert len(title) >= 2
+    assert all(len(line) <= 108 for line in title)
