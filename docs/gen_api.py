@@ -37,6 +37,18 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
         ["bncheck.inspect", "bncheck.check_model", "bncheck.render"],
     ),
     (
+        "Repairing statistics",
+        "`bncheck.recalibrate` is `bncheck recalibrate` from Python, on a file or a live model, "
+        "with any data; see [recalibrate](recalibrate.md) and, for several devices, "
+        "[distributed](distributed.md).",
+        [
+            "bncheck.recalibrate",
+            "bncheck.recalibrate.results.Recalibration",
+            "bncheck.recalibrate.results.Verification",
+            "bncheck.recalibrate.results.LayerChange",
+        ],
+    ),
+    (
         "Guarding training",
         "`bncheck.keras` imports Keras; see [the guard](guard.md) for what it catches and how.",
         [

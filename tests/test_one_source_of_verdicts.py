@@ -42,8 +42,8 @@ def said(report: Report) -> dict[str, str]:
     check = Verification("x.npz", True, 100, None, 0.6, 1.0)
     result = Recalibration(
         "m.keras", "o.keras", "x.npz", 1, 32, (LayerChange("m/bn1", "recalibrated"),), check,
-        None, report.fail_on, report.models[0],
-    )  # fmt: skip
+        None, report.fail_on,
+    ).written("o.keras", report.models[0])  # fmt: skip
     texts["recalibrate"] = recalibration.render(result)
     return texts
 
