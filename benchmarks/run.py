@@ -416,7 +416,8 @@ PROBE_VS_PASSES = textwrap.dedent(
     """
 )
 
-PROBE_SAMPLES = 512
+# The probe's default --samples: what `inspect --data` reads of a large data set.
+PROBE_SAMPLES = 2048
 
 
 def probe_cost(workdir: Path, repeat: int) -> list[Target]:

@@ -398,8 +398,9 @@ def measure_keras(
                 progress("re-estimated statistics", number + 1)
     if real and count == 1:
         notes.append(
-            "one batch: the noise of its statistics is unknown, so staleness (BN014) is not "
-            "judged; give more samples than --batch-size"
+            "one batch: the noise of its statistics is unknown, so staleness (BN014) and what "
+            "re-estimating would change (BN015) are not judged; give more samples than "
+            "--batch-size"
         )
     silent = [path for path, _ in layers if path not in inference]
     if silent:

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bncheck.errors import UsageError
+from bncheck.errors import ModelReadError, UsageError
 
 if TYPE_CHECKING:
     from bncheck.model import ModelDescription
@@ -125,10 +125,14 @@ def recalibrate(
     source: str | None = None
     if isinstance(model, (str, os.PathLike)):
         source = os.fspath(model)
-        description = command.writable_description(source)
-        target = source if in_place else _target(output, source)
-        custom = None if custom_objects is None else os.fspath(custom_objects)
-        model = command.load(source, unsafe, custom, progress, strategy)
+        try:
+            description = command.writable_description(source)
+            target = source if in_place else _target(output, source)
+            custom = None if custom_objects is None else os.fspath(custom_objects)
+            model = command.load(source, unsafe, custom, progress, strategy)
+        except ModelReadError as exc:
+            # Readers give the reason; the command line adds the path, and so does this.
+            raise ModelReadError(f"{source}: {exc}") from None
         name = source
     else:
         if strategy is not None and not distribute.in_scope(strategy, model):

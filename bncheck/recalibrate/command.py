@@ -317,9 +317,17 @@ def _nothing_to_do(
             for layer in description.layers
         ),
         verification=None,
-        refusal="no BatchNorm layer to re-estimate",
+        refusal=_kept_all(len(description.layers)),
         fail_on=settings.fail_on,
     )
+
+
+def _kept_all(layers: int) -> str:
+    if layers == 0:
+        return "the model has no BatchNorm layer"
+    if layers == 1:
+        return "its one BatchNorm layer keeps its statistics"
+    return f"all {layers} BatchNorm layers keep their statistics"
 
 
 def writable_description(path: str) -> ModelDescription:

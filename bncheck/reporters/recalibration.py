@@ -17,8 +17,9 @@ def render(result: Recalibration, options: RenderOptions = PLAIN) -> str:
     if result.verification is None:
         head = f"{result.model}: nothing recalibrated: {result.refusal}"
     else:
+        # Whether the result is written is said below, after the verification.
         head = (
-            f"recalibrated {result.model}: {result.samples} samples in {result.batches} "
+            f"re-estimated {result.model}: {result.samples} samples in {result.batches} "
             f"batch{'es' if result.batches != 1 else ''} of {result.data}"
         )
     rows = [_row(change) for change in result.layers]

@@ -7,7 +7,9 @@ population estimate; frozen layers keep theirs, as recalibrate does by default).
 with like: inference mode both times, so a healthy model, whose stored statistics already fit its
 weights, changes little. Training-mode outputs are no reference: a network that learned without
 batch statistics (BN001) disagrees with them by design, and a single batch is too noisy to
-judge.
+judge. For the same reason the rule needs at least two batches of data: statistics re-estimated
+from one batch (a few samples, say) carry noise nothing measures, so with one batch it is not
+judged and the report says so.
 
 With labels (an ``.npz`` holding ``y``, ``--labels``, or an image folder's class subfolders) the
 finding rests on measurement: the metric (accuracy for classifiers, the mean squared error
@@ -67,8 +69,8 @@ OPTIONS: Mapping[str, float] = {
 
 
 def check(result: ProbeResult, options: Mapping[str, float]) -> Iterator[Problem]:
-    if not result.real_data:
-        return
+    if not result.real_data or (result.data is not None and result.data.batches < 2):
+        return  # one batch: statistics re-estimated from it carry noise nothing measures
     untrained = result.learned_without_batch_statistics
     for output in result.outputs:
         if output.reestimated_relative_error is None:

@@ -137,7 +137,8 @@ def test_the_verification_rules_hold_in_the_api(tmp_path: Path) -> None:
     held_out = CALIBRATION / "digits_test.npz"
     train = CALIBRATION / "digits_train.npz"
     kept = bncheck.recalibrate(model, train, validate=held_out, output=tmp_path / "a.keras")
-    assert kept.verification is None and kept.refusal == "no BatchNorm layer to re-estimate"
+    assert kept.verification is None
+    assert kept.refusal == "all 3 BatchNorm layers keep their statistics"
     worse = bncheck.recalibrate(
         model, train, validate=held_out, include_untouched=True, output=tmp_path / "b.keras"
     )
@@ -209,3 +210,11 @@ def test_bncheck_recalibrate_is_the_function_and_costs_nothing_to_import() -> No
     assert run("import bncheck.recalibrate.options\n" + IMPORTS).endswith(
         "True bncheck.recalibrate.api"
     )
+
+
+def test_a_missing_model_file_is_named_in_the_error(tmp_path: Path) -> None:
+    from bncheck.errors import ModelReadError
+
+    missing = tmp_path / "nope.keras"
+    with pytest.raises(ModelReadError, match=r"nope\.keras: "):
+        bncheck.recalibrate(missing, CALIBRATION / "digits_train.npz")

@@ -66,7 +66,7 @@ def test_recalibration_closes_the_gap_between_modes(run_cli: Run, tmp_path: Path
     assert abs(after_training - after_inference) <= 0.03
     assert after_inference > before_inference + 0.2
     lines = result.out.splitlines()
-    assert lines[0] == f"recalibrated {model}: 352 samples in 11 batches of {DIGITS}"
+    assert lines[0] == f"re-estimated {model}: 352 samples in 11 batches of {DIGITS}"
     assert any(line.startswith("cnn/bn1  recalibrated") for line in lines)
     # The verification is measured on every sample, the short last batch included.
     assert (

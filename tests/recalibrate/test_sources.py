@@ -67,7 +67,7 @@ def test_tfrecords_give_the_statistics_of_their_arrays(
     result = run_cli("recalibrate", MODEL, "--tfrecord", pattern, *RECORDS, "-o", out, *ONE_BATCH)
     assert result.code == 0, result.err + result.out
     assert result.out.splitlines()[0] == (
-        f"recalibrated {MODEL}: 360 samples in 1 batch of {pattern}"
+        f"re-estimated {MODEL}: 360 samples in 1 batch of {pattern}"
     )
     # --label gives the verification its accuracy, and the written model's probe its data.
     assert f"verified on {pattern} (calibration data, 360 samples): accuracy" in result.out

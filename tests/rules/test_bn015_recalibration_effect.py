@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from bncheck.findings import Escalation
@@ -120,3 +122,17 @@ def test_thresholds_are_options() -> None:
     result = probe_result(outputs=outputs(reestimated_top1_agreement=0.95))
     assert judge(rule, result) == []
     assert len(judge(rule, result, max_changed_predictions=0.01)) == 1
+
+
+def test_one_batch_of_data_is_not_judged() -> None:
+    """Five samples re-estimate nothing: a large measured change from one batch is noise."""
+    from bncheck.probe.results import ProbeData
+
+    one_batch = ProbeData(
+        real=True, source="tiny.npz", samples=5, inputs=(("image", (5, 8, 8, 1)),),
+        batch_size=5, batches=1,
+    )  # fmt: skip
+    changed = outputs(reestimated_top1_agreement=0.0)
+    assert judge(rule, probe_result(outputs=changed, data=one_batch)) == []
+    two = probe_result(outputs=changed, data=replace(one_batch, samples=10, batches=2))
+    assert len(judge(rule, two)) == 1
