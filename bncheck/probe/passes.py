@@ -138,9 +138,16 @@ class Passes:
         self._functions: dict[tuple[str, ...], Any] = {}
         self._distributed: dict[tuple[tuple[str, ...], bool, bool], Any] = {}
         self._keys: dict[tuple[str, ...], list[list[tuple[str, str, list[int]]]]] = {}
+        # Whether a stored pass compares each layer's output with normalising by its moving
+        # statistics: a property of the layer, not of the data, so the first batch tells.
+        self._compare: Any = None
 
     def __enter__(self) -> Passes:
+        import tensorflow as tf
+
         self._snapshot = keras_model.Snapshot(self.model.variables)
+        if self._figures:
+            self._compare = tf.Variable(True, trainable=False)
         self._unhook = _hook(self.layers, self._call)
         return self
 
@@ -174,6 +181,8 @@ class Passes:
         results = function(*[tf.constant(array) for array in inputs])
         if self._dirty:
             self._snapshot.restore()
+        if STORED in modes and self._compare is not None:
+            self._compare.assign(False)
         keys = self._keys[modes]
         return [
             _pass_result(self.model, outputs, np.asarray(figures), call_keys)
@@ -348,8 +357,9 @@ class Passes:
             return _normalise(layer, inputs, *self._estimates[path])
         outputs = original(inputs, *args, **kwargs)
         if observable and mode == STORED and self._figures:
-            expected = keras_model.normalise_with_moving_stats(layer, tf.cast(inputs, tf.float32))
-            records.append((path, "figures", _figures(outputs, expected)))
+            values = tf.cast(inputs, tf.float32)
+            expected = lambda: keras_model.normalise_with_moving_stats(layer, values)  # noqa: E731
+            records.append((path, "figures", _figures(outputs, expected, self._compare)))
         return outputs
 
 
@@ -382,28 +392,49 @@ def _axes(layer: Any, values: Any) -> list[int]:
     return keras_model.reduction_axes(layer, len(values.shape))
 
 
-def _figures(outputs: Any, expected: Any = None) -> list[Any]:
+def _figures(
+    outputs: Any, expected: Callable[[], Any] | None = None, compare: Any = None
+) -> list[Any]:
+    """A call's output figures: root mean square, spread across samples, non-finite values and,
+    where ``compare`` holds, the relative difference from ``expected()`` (-1: not measured)."""
     import tensorflow as tf
 
     out = tf.cast(outputs, tf.float32)
-    finite = tf.math.is_finite(out)
-    nonfinite = tf.cast(tf.size(out), tf.float32) - tf.cast(
-        tf.math.count_nonzero(finite), tf.float32
-    )
-    out = tf.where(finite, out, tf.zeros_like(out))
     flat = tf.reshape(out, [tf.shape(out)[0], -1])
-    rms = tf.sqrt(tf.reduce_mean(tf.square(flat)))
-    deviation = tf.reduce_mean(tf.math.reduce_std(flat, 0))
-    if expected is None:
-        error = tf.constant(-1.0)
-    else:
-        scale = tf.norm(out)
-        difference = tf.norm(out - expected)
-        error = tf.where(
-            scale > 0,
-            tf.math.divide_no_nan(difference, scale),
-            tf.where(difference > 0, tf.constant(np.inf), tf.constant(0.0)),
+    squares = tf.reduce_sum(tf.square(flat))
+
+    def finite() -> tuple[Any, Any, Any]:
+        return flat, squares, tf.constant(0.0)
+
+    def cleaned() -> tuple[Any, Any, Any]:
+        # Only where the sum of squares is not finite: counting and masking every value of every
+        # batch would cost more than the layer's own call.
+        mask = tf.math.is_finite(flat)
+        count = tf.cast(tf.size(flat), tf.float32) - tf.cast(
+            tf.math.count_nonzero(mask), tf.float32
         )
+        zeroed = tf.where(mask, flat, tf.zeros_like(flat))
+        return zeroed, tf.reduce_sum(tf.square(zeroed)), count
+
+    flat, squares, nonfinite = tf.cond(tf.math.is_finite(squares), finite, cleaned)
+    rms = tf.sqrt(squares / tf.cast(tf.maximum(tf.size(flat), 1), tf.float32))
+    deviation = tf.reduce_mean(tf.math.reduce_std(flat, 0))
+    unmeasured = tf.constant(-1.0)
+    if expected is None:
+        error = unmeasured
+    else:
+
+        def measured() -> Any:
+            scale = tf.sqrt(squares)
+            reference = tf.reshape(tf.cast(expected(), tf.float32), tf.shape(flat))
+            difference = tf.norm(flat - reference)
+            return tf.where(
+                scale > 0,
+                tf.math.divide_no_nan(difference, scale),
+                tf.where(difference > 0, tf.constant(np.inf), tf.constant(0.0)),
+            )
+
+        error = tf.cond(compare, measured, lambda: unmeasured)
     return [tf.stack([rms, deviation, nonfinite, error]), tf.shape(out)[0]]
 
 
