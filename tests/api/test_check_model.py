@@ -7,14 +7,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pytest
 
 import bncheck
 from bncheck.model import BNLayer
 from tests.conftest import FIXTURES, fixture_manifest
-
-keras: Any = pytest.importorskip("keras")
 
 #: Every Keras 3 model fixture Keras itself loads: the readers' cases, judged live.
 KERAS3_MODELS = sorted(

@@ -7,13 +7,13 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import keras
 import numpy as np
 import pytest
 
 import bncheck
 from tests.api.conftest import BATCH, batches
 
-keras: Any = pytest.importorskip("keras")
 tf: Any = pytest.importorskip("tensorflow")
 
 #: Steps between checks in these tests; one epoch of digits at batch 32 is 57 steps.

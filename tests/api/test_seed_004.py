@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 import pytest
+import tensorflow as tf
 
 import bncheck
 from tests.api.conftest import batches
-
-keras: Any = pytest.importorskip("keras")
-tf: Any = pytest.importorskip("tensorflow")
 
 
 class MyModel(keras.Model):
