@@ -281,6 +281,7 @@ class MetricSums:
         self.samples = 0
 
     def add(self, predictions: np.ndarray, labels: np.ndarray) -> None:
+        labels = fitted_labels(predictions, labels)
         if self.name is None:
             self.name = metric_name(predictions, labels)
         if self.name == "accuracy" and is_classifier(predictions) and labels.ndim == 1:
@@ -298,12 +299,37 @@ class MetricSums:
         return None if self.samples == 0 else self.total / self.samples
 
 
-def metric_name(predictions: np.ndarray, labels: np.ndarray) -> str:
-    """``accuracy`` when the labels name classes of the output, else ``mean squared error``."""
+def fitted_labels(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The labels in the shape the metric compares: class numbers as one column, ``(N, 1)``
+    included, for a classifier; refused where they cannot describe the output."""
+    width = 1 if predictions.ndim == 1 else int(np.prod(predictions.shape[1:]))
     if is_classifier(predictions):
-        if labels.ndim == 1 and np.all(np.mod(labels, 1) == 0):
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim == 1:
+            fraction = labels[np.mod(labels, 1) != 0]
+            if fraction.size:
+                raise UsageError(
+                    f"the labels are not class numbers (e.g. {fraction[0]:g}) for the model's "
+                    f"{predictions.shape[1]} class outputs: give whole class numbers or one-hot "
+                    "rows"
+                )
+            return labels
+    if labels.reshape(len(labels), -1).shape[1] != width:
+        raise UsageError(
+            f"labels of shape {tuple(labels.shape[1:])} per sample do not fit the model's output "
+            f"of shape {tuple(predictions.shape[1:])}"
+        )
+    return labels
+
+
+def metric_name(predictions: np.ndarray, labels: np.ndarray) -> str:
+    """``accuracy`` when the labels name classes of the output (class numbers, or one-hot or
+    probability rows), else ``mean squared error``."""
+    if is_classifier(predictions):
+        if labels.ndim == 1:
             return "accuracy"
-        if labels.shape == predictions.shape:
+        if labels.shape == predictions.shape and np.all((labels >= 0) & (labels <= 1)):
             return "accuracy"
     binary = predictions.ndim == 1 or (predictions.ndim == 2 and predictions.shape[1] == 1)
     if binary and labels.size == len(labels) and np.all(np.isin(labels, (0, 1))):

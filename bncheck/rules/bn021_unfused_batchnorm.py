@@ -13,11 +13,11 @@ Why it happens: a BatchNorm written by hand (often to put ``tf.cond`` or quantis
 variables), or ``BatchNormalization(fused=False)`` in tf.keras.
 
 How to fix: use ``tf.keras.layers.BatchNormalization`` (fused by default on 4-D inputs), or call
-``tf.nn.fused_batch_norm`` yourself: with ``is_training=True`` it returns the batch moments for
-your own moving-average updates, and with ``is_training=False`` it normalises with the moving
-statistics (one call per mode, chosen with ``tf.cond``).
+``tf.compat.v1.nn.fused_batch_norm`` yourself: with ``is_training=True`` it returns the batch
+moments for your own moving-average updates, and with ``is_training=False`` it normalises with
+the moving statistics (one call per mode, chosen with ``tf.cond``).
 
-Passing: ``tf.nn.fused_batch_norm(x, gamma, beta, is_training=True)`` on a 4-D input.
+Passing: ``tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, is_training=True)`` on a 4-D input.
 Failing: ``mean, var = tf.nn.moments(x, [0, 1, 2])`` then ``(x - mean) * tf.math.rsqrt(var +
 eps) * gamma + beta``.
 """
@@ -44,8 +44,8 @@ def check(description: ModelDescription, options: Mapping[str, float]) -> Iterat
             message=(
                 f"the graph normalises a {rank}-D input op by op: tf.nn.moments over axes "
                 f"{list(moments.axes)}, then the arithmetic; the fused kernel "
-                "(tf.nn.fused_batch_norm, or BatchNormalization with fused left on) does it in "
-                "one op"
+                "(tf.compat.v1.nn.fused_batch_norm, or BatchNormalization with fused left on) "
+                "does it in one op"
             ),
             layer=moments.where,
             details={

@@ -187,6 +187,34 @@ def test_labels_outside_the_classes_are_a_usage_error(run_cli: Run, tmp_path: Pa
     assert not (tmp_path / "o.keras").exists()
 
 
+def test_labels_as_one_column_verify_like_class_numbers(run_cli: Run, tmp_path: Path) -> None:
+    """Labels shaped (N, 1) are class numbers: measured as accuracy, never as the squared
+    error of ten class scores against one number, which would let a harmful repair through."""
+    column = tmp_path / "column.npz"
+    with np.load(TEST) as test:
+        np.savez(column, x=test["x"], y=test["y"][:, None])
+    result = recalibrate(run_cli, "stale_cnn", tmp_path / "o.keras", "--validate", column)
+    assert "verified on" in result.out and "accuracy" in result.out
+    assert "mean squared error" not in result.out
+    plain = recalibrate(run_cli, "stale_cnn", tmp_path / "p.keras", "--validate", TEST)
+    assert _verification(result.out) == _verification(plain.out)
+
+
+def _verification(out: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith("verified on")).split(": ")[1]
+
+
+def test_fractional_labels_for_a_classifier_are_a_usage_error(run_cli: Run, tmp_path: Path) -> None:
+    bad = tmp_path / "half.npz"
+    with np.load(TEST) as test:
+        np.savez(bad, x=test["x"], y=test["y"] + 0.5)
+    result = recalibrate(run_cli, "stale_cnn", tmp_path / "o.keras", "--validate", bad)
+    assert result.code == 2
+    assert "the labels are not class numbers (e.g. " in result.err
+    assert "for the model's 10 class outputs: give whole class numbers" in (result.err)
+    assert not (tmp_path / "o.keras").exists()
+
+
 def test_non_finite_data_is_a_usage_error(run_cli: Run, tmp_path: Path) -> None:
     nan = tmp_path / "nan.npz"
     with np.load(TRAIN) as train:
