@@ -84,6 +84,20 @@ def test_tf1_name_scopes_skip_optimizer_slots_and_other_variables() -> None:
     assert {g.found_by for g in groups} == {"name scope"}
 
 
+def test_the_tutorial_spelling_scale_pop_mean_pop_var_is_batchnorm() -> None:
+    shapes = shapes_of(
+        "layer1/scale", "layer1/beta", "layer1/pop_mean", "layer1/pop_var", "layer1/w",
+        "norm/scale", "norm/bias",
+    )  # fmt: skip
+    [group] = name_scope_groups(shapes)
+    assert dict(group.keys) == {
+        "gamma": "layer1/scale",
+        "beta": "layer1/beta",
+        "moving_mean": "layer1/pop_mean",
+        "moving_variance": "layer1/pop_var",
+    }
+
+
 def test_trainable_only_scopes_count_when_named_like_batchnorm() -> None:
     shapes = shapes_of(
         "conv1/BatchNorm/beta",

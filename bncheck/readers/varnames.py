@@ -11,14 +11,19 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-#: Leaf names of BatchNorm variables, mapped to the array they hold. ``moving_var`` is the
-#: spelling of hand-written TF1 layers.
+#: Leaf names of BatchNorm variables, mapped to the array they hold. ``moving_var`` and
+#: ``scale``/``pop_mean``/``pop_var`` are the spellings of hand-written TF1 layers (the latter
+#: those of a widely copied tutorial layer); ``scale`` counts only beside moving statistics or
+#: in a scope named like a BatchNorm, as ``gamma`` does.
 LEAF_ROLES = {
     "gamma": "gamma",
+    "scale": "gamma",
     "beta": "beta",
     "moving_mean": "moving_mean",
+    "pop_mean": "moving_mean",
     "moving_variance": "moving_variance",
     "moving_var": "moving_variance",
+    "pop_var": "moving_variance",
 }
 
 _OUTPUT_SUFFIX = re.compile(r":\d+$")
