@@ -154,7 +154,9 @@ def plot_model(result: ModelResult, target: str, overlay: ProbeOverlay | None = 
     else:
         for ax in axes:
             ax.set_axis_off()
-        axes[0].text(0.5, 0.5, "no BatchNorm layers", ha="center", va="center", fontsize=12)
+        missing = "no BatchNorm layer has moving statistics to draw"
+        empty = missing if result.description.layer_count else "no BatchNorm layers"
+        axes[0].text(0.5, 0.5, empty, ha="center", va="center", fontsize=12)
     # SVG keeps its text as text: searchable, selectable, and smaller than outlined glyphs.
     with matplotlib.rc_context({"svg.fonttype": "none"}):
         figure.savefig(target, dpi=110)
@@ -166,7 +168,8 @@ def _title(result: ModelResult) -> str:
         _count(sum(1 for f in result.findings if f.severity == s), str(s))
         for s in (Severity.ERROR, Severity.WARNING, Severity.INFO)
     )
-    layers = _count(len(result.description.layers), "BatchNorm layer")
+    # Layers without moving statistics (a checkpoint that lost them) count, as in the report.
+    layers = _count(result.description.layer_count, "BatchNorm layer")
     return f"{result.path} ({result.format}): {layers}; {counts}"
 
 

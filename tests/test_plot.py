@@ -128,6 +128,17 @@ def test_a_model_without_batchnorm_layers_says_so(tmp_path: Path) -> None:
     assert "no BatchNorm layers" in target.read_text()
 
 
+def test_a_checkpoint_that_lost_its_statistics_counts_its_layers_like_the_report(
+    tmp_path: Path,
+) -> None:
+    lost = inspect_path(str(FIXTURES / "checkpoints/tf1_trainable_only"), Settings())
+    target = tmp_path / "lost.svg"
+    plot_model(lost, str(target))
+    svg = target.read_text()
+    assert "3 BatchNorm layers; 3 errors" in svg
+    assert "no BatchNorm layer has moving statistics to draw" in svg
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
