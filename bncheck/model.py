@@ -267,6 +267,9 @@ class PickledCall:
     """Where the pickle asks for it, e.g. ``archive/data.pkl, byte 1234``."""
 
 
+#: The class of a layer recognised by its variables' names alone (TF1 scopes, weights-only files).
+INFERRED_BY_NAMES = "BatchNormalization (by variable names)"
+
 #: The arrays without which a restored BatchNorm layer normalises with its initial statistics.
 MOVING_STATS = ("moving_mean", "moving_variance")
 

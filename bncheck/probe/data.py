@@ -211,6 +211,11 @@ class ArrayData(Dataset):
         self.inputs = match_inputs(arrays, self.specs, options)
         self.count = len(self.inputs[0])
         self.available = self.count
+        if self.count > 1 and all(_all_alike(array) for array in self.inputs):
+            raise UsageError(
+                f"every sample of {options.option} {options.path} is the same: statistics "
+                "estimated from it describe no real data"
+            )
         if labels is not None:
             labels = _checked_labels(labels, self.count, options)
         self.labels = labels
@@ -351,6 +356,14 @@ def check_shape(array: np.ndarray, spec: InputSpec, where: str) -> None:
         )
     if array.dtype.kind not in "fiub":
         raise UsageError(f"{where}: the array for {spec.name!r} is not numeric")
+
+
+def _all_alike(array: np.ndarray) -> bool:
+    """Whether every sample equals the first (a few samples first: most data differs at once)."""
+    first = array[:1]
+    return bool(np.array_equal(array[:256], np.broadcast_to(first, array[:256].shape))) and bool(
+        np.array_equal(array, np.broadcast_to(first, array.shape))
+    )
 
 
 def _checked_labels(labels: np.ndarray, samples: int, options: DataOptions) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 
 from bncheck.errors import ModelReadError
 from bncheck.model import (
+    INFERRED_BY_NAMES,
     BNLayer,
     CheckpointContents,
     CheckpointGroup,
@@ -37,7 +38,6 @@ from bncheck.readers.h5util import MAX_BN_VALUES
 from bncheck.readers.keras3_layout import check_shapes
 from bncheck.readers.tensor_bundle import INDEX_SUFFIX, TensorBundle
 from bncheck.readers.tf_protos import message_class
-from bncheck.readers.weights_h5 import INFERRED_BY_NAMES
 
 STATE_FILE = "checkpoint"
 _DATA_SHARD = re.compile(r"^(.*)\.data-(\d{5})-of-(\d{5})$")

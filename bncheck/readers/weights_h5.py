@@ -16,7 +16,14 @@ from collections.abc import Iterator
 import h5py
 
 from bncheck.errors import ModelReadError
-from bncheck.model import ARRAY_NAMES, MOVING_STATS, BNLayer, IncompleteLayer, ModelDescription
+from bncheck.model import (
+    ARRAY_NAMES,
+    INFERRED_BY_NAMES,
+    MOVING_STATS,
+    BNLayer,
+    IncompleteLayer,
+    ModelDescription,
+)
 from bncheck.readers import keras3_layout
 from bncheck.readers.h5util import lookup, names_attr, read_bn_array, text_attr
 from bncheck.readers.keras3_layout import KnownLayer, check_shapes
@@ -30,7 +37,6 @@ from bncheck.readers.varnames import (
     split_name,
 )
 
-INFERRED_BY_NAMES = "BatchNormalization (by variable names)"
 NO_CONFIG_NOTE = (
     "weights-only file: momentum, epsilon, trainable flags and initializers are not recorded; "
     "Keras's default initial values (gamma 1, beta 0, moving_mean 0, moving_variance 1) are assumed"

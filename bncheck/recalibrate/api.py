@@ -203,7 +203,15 @@ def _open(
     arrays = _arrays(data, specs)
     if arrays is not None:
         return ArrayData(DataOptions("arrays", option=where), specs, arrays)
-    return StreamData(data, specs, f"{where} ({type(data).__name__})")
+    return StreamData(data, specs, f"{where} ({_kind(data)})")
+
+
+def _kind(data: Any) -> str:
+    """What a user calls the data: a tf.data dataset, not its private class (``_BatchDataset``)."""
+    module = type(data).__module__
+    if module.startswith("tensorflow") and hasattr(data, "element_spec"):
+        return "a tf.data dataset"
+    return f"a {type(data).__name__}"
 
 
 def _arrays(data: Any, specs: Sequence[InputSpec] | None) -> dict[str | None, Any] | None:

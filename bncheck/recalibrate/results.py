@@ -113,7 +113,7 @@ class Recalibration:
     refusal: str | None
     """Why the output is not to be written without ``--force``; ``None`` when it may be."""
     fail_on: FailOn
-    statistics: Mapping[str, Population] = field(default_factory=dict)
+    statistics: Mapping[str, Population] = field(default_factory=dict, repr=False)
     """The re-estimated statistics by layer path (``mean`` and ``variance`` are what is
     written, or would be)."""
     written_to: str | None = None

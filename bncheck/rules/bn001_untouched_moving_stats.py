@@ -45,7 +45,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from bncheck.findings import Escalation, Problem, Severity
-from bncheck.model import BNLayer
+from bncheck.model import INFERRED_BY_NAMES, BNLayer
 from bncheck.rules._arrays import untouched_while_trained
 
 ID = "BN001"
@@ -84,6 +84,12 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
 
 def _cause(layer: BNLayer) -> str:
     if layer.framework != "pytorch":
+        if layer.class_name == INFERRED_BY_NAMES:
+            # Found by variable names (TF1 code): UPDATE_OPS is the usual way to lose updates.
+            return (
+                " (a train_op without a dependency on tf.GraphKeys.UPDATE_OPS, a loop calling "
+                "model(x) without training=True, or statistics lost in saving?)"
+            )
         return " (a loop calling model(x) without training=True, or statistics lost in saving?)"
     if layer.num_batches_tracked is None:
         return (

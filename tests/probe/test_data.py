@@ -23,6 +23,11 @@ IMAGE = InputSpec("image", (None, 8, 8, 1), "float32")
 ROWS = InputSpec("rows", (None, 8, 8), "float32")
 
 
+def varied(shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
+    """Samples that differ: data whose samples are all the same is refused."""
+    return np.random.default_rng(0).random(shape).astype(dtype)
+
+
 def data(path: Path, specs: list[InputSpec] | None = None, **options: object) -> ArrayData:
     opened = open_data(DataOptions(str(path), **options), [IMAGE] if specs is None else specs)
     assert isinstance(opened, ArrayData)
@@ -31,7 +36,7 @@ def data(path: Path, specs: list[InputSpec] | None = None, **options: object) ->
 
 def test_npy_feeds_the_single_input(tmp_path: Path) -> None:
     path = tmp_path / "x.npy"
-    np.save(path, np.ones((5, 8, 8, 1), dtype="float32"))
+    np.save(path, varied((5, 8, 8, 1), dtype="float32"))
     [array] = data(path).inputs
     assert array.shape == (5, 8, 8, 1)
     assert not data(path).labelled
@@ -39,14 +44,14 @@ def test_npy_feeds_the_single_input(tmp_path: Path) -> None:
 
 def test_npz_feeds_inputs_by_name(tmp_path: Path) -> None:
     path = tmp_path / "x.npz"
-    np.savez(path, rows=np.zeros((4, 8, 8)), image=np.ones((4, 8, 8, 1)))
+    np.savez(path, rows=np.zeros((4, 8, 8)), image=varied((4, 8, 8, 1)))
     image, rows = data(path, [IMAGE, ROWS]).inputs
     assert image.shape == (4, 8, 8, 1) and rows.shape == (4, 8, 8)
 
 
 def test_npz_with_x_and_y_is_labelled_data(tmp_path: Path) -> None:
     path = tmp_path / "digits.npz"
-    np.savez(path, x=np.ones((6, 8, 8, 1)), y=np.arange(6))
+    np.savez(path, x=varied((6, 8, 8, 1)), y=np.arange(6))
     opened = data(path)
     assert opened.labelled
     [batch] = list(opened.batches(6, seed=0, samples=None))
@@ -73,14 +78,14 @@ def test_labels_file_goes_with_an_npy(tmp_path: Path) -> None:
     ],
 )
 def test_bad_labels(tmp_path: Path, labels: np.ndarray, message: str) -> None:
-    np.save(tmp_path / "x.npy", np.ones((5, 8, 8, 1)))
+    np.save(tmp_path / "x.npy", varied((5, 8, 8, 1)))
     np.save(tmp_path / "y.npy", labels)
     with pytest.raises(UsageError, match=message):
         data(tmp_path / "x.npy", labels=str(tmp_path / "y.npy"))
 
 
 def test_labels_twice_is_an_error(tmp_path: Path) -> None:
-    np.savez(tmp_path / "d.npz", x=np.ones((5, 8, 8, 1)), y=np.zeros(5))
+    np.savez(tmp_path / "d.npz", x=varied((5, 8, 8, 1)), y=np.zeros(5))
     np.save(tmp_path / "y.npy", np.zeros(5))
     with pytest.raises(UsageError, match="holds labels 'y' and --labels names others"):
         data(tmp_path / "d.npz", labels=str(tmp_path / "y.npy"))
@@ -89,10 +94,10 @@ def test_labels_twice_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("arrays", "specs", "message"),
     [
-        ({"x": np.ones((4, 8, 8, 1))}, [IMAGE, ROWS], "has no array named 'image'"),
-        ({"image": np.ones((4, 8, 8))}, [IMAGE], "does not fit input 'image'"),
-        ({"image": np.ones((4, 8, 8, 1)), "rows": np.ones((3, 8, 8))}, [IMAGE, ROWS], "different"),
-        ({"image": np.ones((0, 8, 8, 1))}, [IMAGE], "holds no samples"),
+        ({"x": varied((4, 8, 8, 1))}, [IMAGE, ROWS], "has no array named 'image'"),
+        ({"image": varied((4, 8, 8))}, [IMAGE], "does not fit input 'image'"),
+        ({"image": varied((4, 8, 8, 1)), "rows": varied((3, 8, 8))}, [IMAGE, ROWS], "different"),
+        ({"image": varied((0, 8, 8, 1))}, [IMAGE], "holds no samples"),
         ({"image": np.array([["a"] * 8] * 8)[None, ..., None]}, [IMAGE], "not numeric"),
     ],
 )
@@ -107,7 +112,7 @@ def test_npz_mismatches_are_usage_errors(
 
 def test_npy_for_a_multi_input_model_asks_for_npz(tmp_path: Path) -> None:
     path = tmp_path / "x.npy"
-    np.save(path, np.ones((4, 8, 8, 1)))
+    np.save(path, varied((4, 8, 8, 1)))
     with pytest.raises(UsageError, match=r"2 inputs \(image, rows\); pass an .npz"):
         data(path, [IMAGE, ROWS])
 
@@ -146,13 +151,13 @@ def test_pickled_arrays_are_refused_without_advice_to_unpickle(tmp_path: Path) -
 
 def test_npy_is_memory_mapped(tmp_path: Path) -> None:
     path = tmp_path / "x.npy"
-    np.save(path, np.ones((100, 8, 8, 1), dtype="float32"))
+    np.save(path, varied((100, 8, 8, 1), dtype="float32"))
     assert isinstance(data(path).inputs[0], np.memmap)
 
 
 def test_batches_are_shuffled_seeded_and_whole(tmp_path: Path) -> None:
     path = tmp_path / "x.npz"
-    np.savez(path, x=np.arange(10).reshape(10, 1, 1, 1) * np.ones((1, 8, 8, 1)), y=np.arange(10))
+    np.savez(path, x=np.arange(10).reshape(10, 1, 1, 1) * varied((1, 8, 8, 1)), y=np.arange(10))
     opened = data(path)
     batches = list(opened.batches(4, seed=0, samples=None))
     assert [batch.size for batch in batches] == [4, 4]  # the short last batch is left out

@@ -224,3 +224,13 @@ def test_non_finite_data_is_a_usage_error(run_cli: Run, tmp_path: Path) -> None:
     result = run_cli("inspect", MODELS / "healthy_cnn.keras", "--data", nan)
     assert result.code == 2
     assert "holds 1 NaN or infinite values in one batch: clean the data first" in result.err
+
+
+def test_data_whose_samples_are_all_the_same_is_a_usage_error(run_cli: Run, tmp_path: Path) -> None:
+    """All-zero inputs have no variance: every layer would look stale against them."""
+    zeros = tmp_path / "zeros.npy"
+    with np.load(TRAIN) as train:
+        np.save(zeros, np.zeros_like(train["x"][:64]))
+    result = run_cli("inspect", MODELS / "healthy_cnn.keras", "--data", zeros)
+    assert result.code == 2
+    assert f"every sample of --data {zeros} is the same" in result.err

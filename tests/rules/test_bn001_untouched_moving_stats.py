@@ -14,6 +14,15 @@ def test_trained_weights_with_initial_statistics_are_flagged() -> None:
     assert "never updated" in problem.message
 
 
+def test_layers_found_by_tf1_variable_names_name_the_update_ops_cause() -> None:
+    from bncheck.model import INFERRED_BY_NAMES
+
+    [problem] = problems(rule, layer(class_name=INFERRED_BY_NAMES, **UNTOUCHED))
+    assert "a train_op without a dependency on tf.GraphKeys.UPDATE_OPS" in problem.message
+    [keras] = problems(rule, layer(**UNTOUCHED))
+    assert "UPDATE_OPS" not in keras.message
+
+
 def test_only_beta_trained_is_enough() -> None:
     [problem] = problems(rule, layer(gamma=[1, 1, 1, 1], **UNTOUCHED))
     assert problem.details["trained"] == ["beta"]
