@@ -612,7 +612,7 @@ def recalibrate(
     --validate, or on labelled --data; else how many predictions change) and writes OUT in
     MODEL's format (.keras or .h5), with only moving_mean and moving_variance changed, unless the
     result measures worse or cannot be verified (then exit 1; --force writes anyway). Exits like
-    inspect on the repaired model otherwise.
+    inspect on the repaired model otherwise (probed on --validate, else on the data).
 
     With --strategy the passes run through tf.distribute; see docs/distributed.md.
     """

@@ -210,8 +210,8 @@ def _kind(data: Any) -> str:
     """What a user calls the data: a tf.data dataset, not its private class (``_BatchDataset``)."""
     module = type(data).__module__
     if module.startswith("tensorflow") and hasattr(data, "element_spec"):
-        return "a tf.data dataset"
-    return f"a {type(data).__name__}"
+        return "tf.data dataset"
+    return type(data).__name__
 
 
 def _arrays(data: Any, specs: Sequence[InputSpec] | None) -> dict[str | None, Any] | None:

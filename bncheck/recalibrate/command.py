@@ -283,18 +283,25 @@ def _refusal(check: Verification, settings: Settings) -> str | None:
 
 
 def _probe_options(options: RecalibrateOptions) -> ProbeOptions:
-    """The inspection of the written model probes it on the same data, on one device."""
+    """The inspection of the written model probes it on one device, on the held-out data where
+    there is some: statistics estimated from the calibration data always fit that data, so only
+    other data can show that they, or the data, were wrong."""
+    common: dict[str, Any] = {
+        "batch_size": options.batch_size,
+        "seed": options.seed,
+        "image_size": options.image_size,
+        "rescale": options.rescale,
+        "unsafe": options.unsafe,
+        "custom_objects": options.custom_objects,
+    }
+    if options.validate is not None:
+        return ProbeOptions(data=options.validate, labels=options.validate_labels, **common)
     return ProbeOptions(
         data=options.data,
         labels=options.labels,
-        batch_size=options.batch_size,
-        seed=options.seed,
-        image_size=options.image_size,
-        rescale=options.rescale,
-        unsafe=options.unsafe,
-        custom_objects=options.custom_objects,
         records=options.records,
         dataset_fn=options.dataset_fn,
+        **common,
     )
 
 

@@ -28,8 +28,10 @@ def held_out_accuracy(path: Path) -> float:
     return float(np.mean(predictions.argmax(axis=1) == y))
 
 
-def recalibrate(run_cli: Run, model: str, out: Path, *args: object) -> CliResult:
-    return run_cli("recalibrate", MODELS / f"{model}.keras", "--data", TRAIN, "-o", out, *args)
+def recalibrate(
+    run_cli: Run, model: str, out: Path, *args: object, data: Path = TRAIN
+) -> CliResult:
+    return run_cli("recalibrate", MODELS / f"{model}.keras", "--data", data, "-o", out, *args)
 
 
 def test_stale_statistics_are_repaired_and_the_repair_is_verified(
@@ -47,6 +49,23 @@ def test_stale_statistics_are_repaired_and_the_repair_is_verified(
     ) in result.out
     assert f"wrote {out}" in result.out
     assert result.out.rstrip().splitlines()[-1].startswith("OK: 0 errors, 0 warnings")
+    # The written model is judged on the held-out data, which its statistics were not made from.
+    assert f"probe: real data ({TEST}, labelled)" in result.out
+
+
+def test_calibration_data_unlike_the_real_data_shows_in_the_written_models_report(
+    run_cli: Run, tmp_path: Path
+) -> None:
+    """Statistics estimated from scaled inputs fit those inputs: judged on held-out data, the
+    written model's report says what they cost, where judged on the calibration data it was OK."""
+    scaled = tmp_path / "scaled.npz"
+    with np.load(TRAIN) as train:
+        np.savez(scaled, x=train["x"] * 3, y=train["y"])
+    out = tmp_path / "o.keras"
+    result = recalibrate(run_cli, "healthy_cnn", out, "--validate", TEST, "--force", data=scaled)
+    assert out.exists()
+    assert "error    BN015 recalibration-effect" in result.out
+    assert result.code == 1
 
 
 def test_a_network_that_learned_without_batch_statistics_is_not_recalibrated(
