@@ -196,7 +196,7 @@ def run(scenario: Scenario, index: int, work: Path) -> Row:
         row.decision = "nothing to re-estimate (" + _kept(lines) + ")"
     else:
         refusal = next(line for line in lines if line.startswith("not written"))
-        fall = re.search(r"would fall from (\S+) to (\S+)", refusal)
+        fall = re.search(r"would fall from (\S+) to ([^\s;]+)", refusal)
         row.decision = (
             f"refuses: held-out accuracy would fall from {fall[1]} to {fall[2]}"
             if fall
