@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -159,6 +159,35 @@ def data_source(
     if image_size is not None or rescale is not None:
         raise UsageError("--image-size and --rescale apply to image folders only")
     return records or dataset_fn
+
+
+class DataChoice(Protocol):
+    """The data options ``inspect --data`` and ``recalibrate`` share."""
+
+    @property
+    def data(self) -> str | None: ...
+    @property
+    def labels(self) -> str | None: ...
+    @property
+    def image_size(self) -> tuple[int, int] | None: ...
+    @property
+    def rescale(self) -> float | None: ...
+    @property
+    def records(self) -> RecordOptions | None: ...
+    @property
+    def dataset_fn(self) -> DatasetFunction | None: ...
+
+
+def chosen_source(options: DataChoice) -> DataSource | None:
+    """:func:`data_source` for a command's options."""
+    return data_source(
+        options.data,
+        options.labels,
+        options.image_size,
+        options.rescale,
+        options.records,
+        options.dataset_fn,
+    )
 
 
 def open_data(source: DataSource, specs: Sequence[InputSpec] | None) -> Dataset:

@@ -193,14 +193,7 @@ class BatchPlan:
     def __init__(self, specs: Sequence[probe_data.InputSpec] | None, options: ProbeOptions) -> None:
         self.options = options
         self.dataset: probe_data.Dataset | None = None
-        source = probe_data.data_source(
-            options.data,
-            options.labels,
-            options.image_size,
-            options.rescale,
-            options.records,
-            options.dataset_fn,
-        )
+        source = probe_data.chosen_source(options)
         if source is not None:
             self.dataset = probe_data.open_data(source, specs)
             self.specs = self.dataset.specs

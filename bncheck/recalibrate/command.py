@@ -76,14 +76,7 @@ def recalibrate(options: RecalibrateOptions, progress: Progress) -> Recalibratio
 
     description = writable_description(options.model)
     output = _output_path(options, description.format)
-    source = probe_data.data_source(
-        options.data,
-        options.labels,
-        options.image_size,
-        options.rescale,
-        options.records,
-        options.dataset_fn,
-    )
+    source = probe_data.chosen_source(options)
     if source is None:
         raise UsageError("recalibrate needs data: --data, --tfrecord or --dataset-fn")
     strategy = make_strategy(options.strategy, options.devices)
