@@ -102,6 +102,12 @@ class Metric:
     def format(self, value: float) -> str:
         return f"{value:.1%}" if self.higher_is_better else f"{value:.4g}"
 
+    def change(self, before: float, after: float) -> str:
+        """``"raise X from a to b"``: the verb follows the numbers, whichever way is better (a
+        mean squared error that improves is lowered)."""
+        verb = "raise" if after > before else "lower"
+        return f"{verb} {self.name} from {self.format(before)} to {self.format(after)}"
+
 
 @dataclass(frozen=True)
 class OutputMeasurement:

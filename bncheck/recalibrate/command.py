@@ -253,8 +253,9 @@ def _refusal(check: Verification, settings: Settings) -> str | None:
         gain = metric.gain()
         if gain is not None and gain < 0:
             assert metric.reestimated is not None
+            verb = "rise" if metric.reestimated > metric.stored else "fall"
             return (
-                f"{metric.name} on {check.described} would fall from "
+                f"{metric.name} on {check.described} would {verb} from "
                 f"{metric.format(metric.stored)} to {metric.format(metric.reestimated)}"
             )
         return None

@@ -114,7 +114,8 @@ def _measured(
     )
     if abs(relative) < options["min_metric_change"]:
         return None
-    before, after = metric.format(metric.stored), metric.format(metric.reestimated)
+    before = metric.format(metric.stored)
+    change = metric.change(metric.stored, metric.reestimated)
     training = (
         f"; {metric.format(metric.training)} in training mode"
         if metric.training is not None
@@ -131,8 +132,8 @@ def _measured(
         )
         return Problem(
             message=(
-                f"{where}re-estimating the statistics from the data would lower {metric.name} "
-                f"from {before} to {after}{training}: do not recalibrate{cause}"
+                f"{where}re-estimating the statistics from the data would {change}{training}: "
+                f"do not recalibrate{cause}"
             ),
             details=details,
             escalation=Escalation.MITIGATED,
@@ -147,9 +148,8 @@ def _measured(
     flag = " --include-untouched" if untrained else ""
     return Problem(
         message=(
-            f"{where}re-estimating the statistics from the data would raise {metric.name} from "
-            f"{before} to {after}{training}: bncheck recalibrate{flag} writes them, verified "
-            "with --validate HELD_OUT"
+            f"{where}re-estimating the statistics from the data would {change}{training}: "
+            f"bncheck recalibrate{flag} writes them, verified with --validate HELD_OUT"
         ),
         details=details,
         escalation=escalation,

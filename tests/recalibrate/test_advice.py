@@ -253,3 +253,24 @@ def test_data_whose_samples_are_all_the_same_is_a_usage_error(run_cli: Run, tmp_
     result = run_cli("inspect", MODELS / "healthy_cnn.keras", "--data", zeros)
     assert result.code == 2
     assert f"every sample of --data {zeros} is the same" in result.err
+
+
+def test_a_refusal_says_which_way_the_numbers_move() -> None:
+    """A mean squared error that grows is the refusal's case: it rises, it does not fall."""
+    from bncheck.probe.results import Metric
+    from bncheck.recalibrate.command import _refusal
+    from bncheck.recalibrate.results import Verification
+    from bncheck.settings import Settings
+
+    def check(metric: Metric) -> Verification:
+        return Verification("held.npz", True, 397, metric, None, 0.5)
+
+    worse_error = _refusal(check(Metric("mean squared error", 0.4534, 19.78, None)), Settings())
+    assert worse_error == (
+        "mean squared error on held.npz (held-out data, 397 samples) would rise from 0.4534 "
+        "to 19.78"
+    )
+    worse_accuracy = _refusal(check(Metric("accuracy", 0.987, 0.695, None)), Settings())
+    assert worse_accuracy is not None and "accuracy" in worse_accuracy
+    assert "would fall from 98.7% to 69.5%" in worse_accuracy
+    assert _refusal(check(Metric("mean squared error", 0.9, 0.83, None)), Settings()) is None

@@ -105,7 +105,13 @@ def test_mean_squared_error_gain_is_relative() -> None:
     [problem] = judge(rule, probe_result(outputs=outputs(metric=metric)))
     assert problem.details["gain"] == pytest.approx(0.5)
     assert problem.escalation is Escalation.SEVERE
-    assert "from 2 to 1" in problem.message
+    # The verb follows the numbers: a smaller error is lowered, a larger one raised.
+    assert "would lower mean squared error from 2 to 1;" in problem.message
+    assert "bncheck recalibrate writes them" in problem.message
+    worse = Metric("mean squared error", 0.45, 19.8, 19.4)
+    [loss] = judge(rule, probe_result(outputs=outputs(metric=worse)))
+    assert "would raise mean squared error from 0.45 to 19.8;" in loss.message
+    assert "do not recalibrate" in loss.message
 
 
 def test_synthetic_data_cannot_judge() -> None:
