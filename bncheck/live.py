@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bncheck.layer_paths import batchnorm_layers
 from bncheck.model import ARRAY_NAMES, BNLayer, ModelDescription
 from bncheck.readers.keras_config import LayerConfig, _call_kwargs, bn_settings
 
@@ -99,29 +100,6 @@ class LiveModel:
             variance_estimator="biased",
             **bn_settings(layer_config),
         )
-
-
-def batchnorm_layers(model: Any) -> list[tuple[str, Any, Any]]:
-    """Every BatchNormalization layer with its nested path and the layer holding it, walked as
-    ``probe.keras_model.batchnorm_layers`` walks them, so that paths agree everywhere."""
-    import keras
-
-    found: list[tuple[str, Any, Any]] = []
-    seen: set[int] = set()
-
-    def walk(layer: Any, parent: Any, prefix: tuple[str, ...]) -> None:
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        path = (*prefix, layer.name)
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.append(("/".join(path), layer, parent))
-            return
-        for child in layer._flatten_layers(include_self=False, recursive=False):
-            walk(child, layer, path)
-
-    walk(model, None, ())
-    return found
 
 
 def recorded_calls(layer: Any, parent: Any) -> Iterator[Mapping[str, Any]]:

@@ -157,8 +157,9 @@ def test_batchnorm_inside_a_custom_layer_is_found_by_its_variables(tmp_path: Pat
     model.save(path)
     description = read_model(str(path))
     [layer] = description.layers
-    # Named after the known enclosing layer, then the BN's own saved name.
-    assert layer.path == "custom/block/inner_bn"
+    # Named after the known enclosing layer, then the attribute holding the BN, as Keras's own
+    # loader finds it (the layer's name is generated anew in each process unless given).
+    assert layer.path == "custom/block/norm"
     assert layer.source == "layers/conv_block/norm/vars"
     np.testing.assert_array_equal(layer.moving_variance, [0.5, 0.25, 2.0])
     assert any("configuration does not describe" in note for note in description.notes)
@@ -201,3 +202,41 @@ def test_links_inside_the_file_are_followed(tmp_path: Path) -> None:
         h5["shared"] = np.full(4, 2.0, "float32")
     [layer] = read_model(str(path)).layers
     np.testing.assert_array_equal(layer.moving_variance, [2.0] * 4)
+
+
+def test_layers_a_custom_layer_creates_have_the_same_paths_in_the_file_and_the_live_model(
+    tmp_path: Path,
+) -> None:
+    """Attributes, lists of layers and layers inside them: the reader and the live walk (the
+    probe's, recalibrate's and the guard's) name each BatchNorm alike, by what holds it."""
+    keras = pytest.importorskip("keras")
+    from bncheck.layer_paths import batchnorm_layers
+
+    @keras.saving.register_keras_serializable(package="bncheck_tests")
+    class Stack(keras.layers.Layer):
+        def __init__(self, **kwargs: object) -> None:
+            super().__init__(**kwargs)
+            self.blocks = [keras.layers.BatchNormalization() for _ in range(2)]
+            self.dense = keras.layers.Dense(3)
+            self.norm = keras.layers.BatchNormalization(name="given_name")
+
+        def call(self, x: object) -> object:
+            for block in self.blocks:
+                x = block(x)
+            return self.norm(self.dense(x))
+
+    inputs = keras.Input((3,))
+    inner = keras.Sequential([keras.layers.BatchNormalization(name="seq_bn")], name="seq")
+    model = keras.Model(inputs, inner(Stack(name="stack")(inputs)), name="outer")
+    path = tmp_path / "stack.keras"
+    model.save(path)
+    expected = [
+        "outer/stack/blocks/batch_normalization",
+        "outer/stack/blocks/batch_normalization_1",
+        "outer/stack/norm",
+        "outer/seq/seq_bn",
+    ]
+    assert sorted(layer.path for layer in read_model(str(path)).layers) == sorted(expected)
+    assert sorted(found for found, _, _ in batchnorm_layers(model)) == sorted(expected)
+    loaded = keras.models.load_model(path)
+    assert sorted(found for found, _, _ in batchnorm_layers(loaded)) == sorted(expected)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from bncheck import layer_paths
 from bncheck.errors import ModelReadError, UsageError
 from bncheck.probe.data import InputSpec
 from bncheck.readers import detect
@@ -165,24 +166,7 @@ def output_arrays(model: Any, outputs: Any) -> list[tuple[str, np.ndarray]]:
 
 def batchnorm_layers(model: Any) -> list[tuple[str, Any]]:
     """Every BatchNormalization layer with its nested path, as the static report names it."""
-    import keras
-
-    found: list[tuple[str, Any]] = []
-    seen: set[int] = set()
-
-    def walk(layer: Any, prefix: tuple[str, ...]) -> None:
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        path = (*prefix, layer.name)
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.append(("/".join(path), layer))
-            return
-        for child in layer._flatten_layers(include_self=False, recursive=False):
-            walk(child, path)
-
-    walk(model, ())
-    return found
+    return [(path, layer) for path, layer, _ in layer_paths.batchnorm_layers(model)]
 
 
 @contextlib.contextmanager

@@ -239,7 +239,10 @@ def _nearest_known(
 def _layer_path(
     root: h5py.Group, segments: tuple[str, ...], known: Mapping[tuple[str, ...], KnownLayer]
 ) -> tuple[str, ...]:
-    """Name a group after the nearest known layer, then saved names or group names below it."""
+    """Name a group after the nearest known layer, then as ``layer_paths`` names a live model's
+    layers below it: a model's layers (under a container group) by their saved name, attributes
+    of a custom layer by the attribute, whose group Keras names after it (the name saved there
+    was generated in the saving process and a loaded model's may differ)."""
     start = 0
     path: list[str] = []
     for cut in range(len(segments), -1, -1):
@@ -251,7 +254,10 @@ def _layer_path(
         segment = segments[end - 1]
         if _is_container(segment):
             continue
-        group = lookup(root, "/".join(segments[:end]))
-        name = saved_name(group) if isinstance(group, h5py.Group) else None
-        path.append(name or segment)
+        if end >= 2 and _is_container(segments[end - 2]):
+            group = lookup(root, "/".join(segments[:end]))
+            name = saved_name(group) if isinstance(group, h5py.Group) else None
+            path.append(name or segment)
+        else:
+            path.append(segment)
     return tuple(path)

@@ -33,7 +33,7 @@ class MyModel(keras.Model):
 
 
 def train(digits: Any, training: bool | None) -> bncheck.GuardResult | None:
-    keras.backend.clear_session()  # the layer names the messages show start afresh
+    keras.backend.clear_session()  # the model's name in the messages starts afresh
     keras.utils.set_random_seed(4)
     model = MyModel()
     optimizer = keras.optimizers.RMSprop(1e-3)
@@ -60,11 +60,11 @@ def test_the_seed_loop_is_caught_at_step_100(digits: Any) -> None:
     assert raised.value.result.steps == 100
     assert str(raised.value) == (
         "after 100 steps the moving statistics of 1 BatchNorm layer have not moved: does your "
-        "training loop call the model with training=True? (my_model/batch_normalization)"
+        "training loop call the model with training=True? (my_model/batch_norm1)"
     )
 
 
 def test_the_corrected_loop_passes(digits: Any) -> None:
     result = train(digits, training=True)
     assert result is not None and result.steps == 100
-    assert not result.problem and result.moved == ("my_model/batch_normalization",)
+    assert not result.problem and result.moved == ("my_model/batch_norm1",)
