@@ -10,9 +10,11 @@ configuration (or, for a SavedModel, the graph) and looks for:
 - classes Keras does not ship (custom layers), unless ``--custom-objects FILE.py`` provides them;
 - SavedModel graph ops that call Python or touch files (``PyFunc``, ``ReadFile``, ``WriteFile``).
 
-If any is found the probe is skipped, and the report says why. ``--unsafe`` runs it anyway (Keras
-then loads with ``safe_mode=False``), for files you trust; the warning stays, saying so. Without
-``--unsafe`` Keras always loads with ``safe_mode=True`` as a second line of defence.
+If any is found the probe is skipped, and the report says why. The finding is then an error: the
+check that was asked for did not run, so a CI gate must not pass as if it had (a model whose
+statistics are broken would go through). ``--unsafe`` runs the probe anyway (Keras then loads with
+``safe_mode=False``), for files you trust; a warning stays, saying so. Without ``--unsafe`` Keras
+always loads with ``safe_mode=True`` as a second line of defence.
 
 How to fix: keep model files free of code (replace Lambda layers by registered custom layers or
 Keras ops layers), and pass your own layers with ``--custom-objects``.
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from bncheck.findings import Problem, Severity
+from bncheck.findings import Escalation, Problem, Severity
 from bncheck.probe.results import ProbeResult
 
 ID = "BN017"
@@ -58,4 +60,5 @@ def check(result: ProbeResult, options: Mapping[str, float]) -> Iterator[Problem
             ],
             "probe_ran": result.ran,
         },
+        escalation=Escalation.SEVERE if result.skipped is not None else None,
     )

@@ -219,13 +219,18 @@ def test_code_in_a_model_file_never_runs_without_unsafe(run_cli: Run, tmp_path: 
         model = result.json()["models"][0]
         assert model["probe"]["ran"] is False
         assert "pass --unsafe" in model["probe"]["skipped"]
-        [warning] = [f for f in model["findings"] if f["rule"] == "BN017"]
-        assert warning["details"]["references"][0]["kind"] == "lambda"
+        [skipped] = [f for f in model["findings"] if f["rule"] == "BN017"]
+        assert skipped["details"]["references"][0]["kind"] == "lambda"
+        # The check that was asked for did not run: a CI gate must not pass.
+        assert (skipped["severity"], result.code) == ("error", 1)
     # The canary works: with --unsafe the same file does run.
     for path in paths:
         result = run_cli("inspect", path, "--probe", "--unsafe", "--format", "json")
         assert canary.exists(), path
-        assert result.json()["models"][0]["probe"]["ran"] is True
+        model = result.json()["models"][0]
+        assert model["probe"]["ran"] is True
+        [ran] = [f for f in model["findings"] if f["rule"] == "BN017"]
+        assert ran["severity"] == "warning"
         canary.unlink()
 
 
