@@ -107,7 +107,8 @@ def recalibrate(
 
     Raises:
         UsageError: data that does not fit the model, conflicting arguments, an output that
-            cannot be written, a model that needs ``unsafe`` or ``custom_objects``.
+            cannot be written, a model that needs ``unsafe`` or ``custom_objects``, a model of
+            a format recalibrate does not write (SavedModel, checkpoint, weights-only, PyTorch).
         ModelReadError: a model file that cannot be read or loaded.
     """
     from bncheck.config import ConfigOptions, resolve_settings

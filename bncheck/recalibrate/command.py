@@ -332,17 +332,18 @@ def _kept_all(layers: int) -> str:
 
 
 def writable_description(path: str) -> ModelDescription:
+    # A model of another format is readable; recalibrate does not apply to it (a usage error).
     kind = detect.sniff(path)
     if kind in ("pytorch", "safetensors", "onnx"):
-        raise ModelReadError(
-            f"recalibrate reads and writes .keras and .h5 models; {kind} files are checked by "
-            "'bncheck inspect' (and --probe) only"
+        raise UsageError(
+            f"{path}: recalibrate reads and writes .keras and .h5 models; {kind} files are "
+            "checked by 'bncheck inspect' (and --probe) only"
         )
     description = read_model(path) if kind in ("zip", "hdf5") else None
     if description is None or description.format not in WRITABLE:
         what = kind if description is None else description.format
-        raise ModelReadError(
-            f"recalibrate reads and writes .keras and .h5 models, not {what} inputs "
+        raise UsageError(
+            f"{path}: recalibrate reads and writes .keras and .h5 models, not {what} inputs "
             "(load the model in Keras and save it as .keras first)"
         )
     return description

@@ -145,5 +145,5 @@ def test_recalibrate_says_it_does_not_write_these_formats(
 ) -> None:
     output = tmp_path / fixture
     result = run_cli("recalibrate", PYTORCH / fixture, "--data", DATA, "-o", output)
-    assert result.code == 3 and "checked by 'bncheck inspect' (and --probe) only" in result.err
+    assert result.code == 2 and "checked by 'bncheck inspect' (and --probe) only" in result.err
     assert not output.exists()
