@@ -1,13 +1,14 @@
 """The paths of a live Keras 3 model's BatchNormalization layers, as the readers name them in its
 saved file.
 
-A layer that a configuration describes (a Functional or Sequential model's layers, a wrapper's
-``layer``) is named by its name: the configuration records it, so it is the same in every process.
-A layer that a custom layer creates in ``__init__`` is named by the attribute that holds it
-(``self.bn``; ``blocks/batch_normalization_1`` for the second BatchNorm of a list ``self.blocks``),
-as Keras's saving addresses it: its name is generated anew in each process (``batch_normalization``
-in one, ``batch_normalization_2`` in another that built other models first), so the name stored
-in the file need not be the name the loaded model has.
+A layer that the model's configuration describes (the model's own layers, a nested Functional or
+Sequential model's layers, a wrapper's ``layer``) is named by its name: the configuration records
+it, so it is the same in every process. The layers a custom layer creates in ``__init__``, and
+everything inside them, are named as Keras's saving addresses them: by the attribute that holds
+them (``self.bn``), and inside a list or a model by their snake-case class name, numbered from
+the second of a class on (``blocks/batch_normalization_1``). Their names are generated anew in
+each process (``batch_normalization`` in one, ``batch_normalization_2`` in another that built
+other models first), so the name stored in the file need not be the loaded model's.
 
 Keras is imported inside functions.
 """
@@ -31,31 +32,41 @@ def batchnorm_layers(model: Any) -> list[tuple[str, Any, Any]]:
     found: list[tuple[str, Any, Any]] = []
     seen: set[int] = set()
 
-    def walk(layer: Any, parent: Any, prefix: tuple[str, ...]) -> None:
+    def walk(layer: Any, parent: Any, prefix: tuple[str, ...], described: bool) -> None:
         if id(layer) in seen:
             return
         seen.add(id(layer))
-        path = (*prefix, layer.name if parent is None else child_name(parent, layer))
+        path = (*prefix, layer.name if described else _saving_name(parent, layer))
         if isinstance(layer, keras.layers.BatchNormalization):
             found.append(("/".join(path), layer, parent))
             return
         for child in layer._flatten_layers(include_self=False, recursive=False):
-            walk(child, layer, path)
+            walk(child, layer, path, described and _describes(layer, child))
 
-    walk(model, None, ())
+    walk(model, None, (), True)
     return found
 
 
-def child_name(parent: Any, child: Any) -> str:
-    """How the readers name ``child`` inside ``parent`` (see the module's docstring)."""
+def _describes(parent: Any, child: Any) -> bool:
+    """Whether a configuration that describes ``parent`` describes ``child`` too."""
     import keras
 
     if isinstance(parent, keras.Sequential) or _is_functional(parent):
-        return str(child.name)
-    # Keras saves attributes in sorted order, private ones last, and each object once.
+        return True
+    return isinstance(parent, keras.layers.Wrapper) and child is getattr(parent, _WRAPPED, None)
+
+
+def _saving_name(parent: Any, child: Any) -> str:
+    """Where Keras's saving puts ``child`` inside ``parent`` (container segments left out)."""
+    import keras
+
+    if isinstance(parent, keras.Sequential) or _is_functional(parent):
+        named = _container_names(parent.layers)
+        return named.get(id(child), str(child.name))
+    # Attributes in sorted order, private ones last, each object once.
     for attribute, value in sorted(vars(parent).items(), key=lambda item: _saving_order(item[0])):
         if value is child:
-            return str(child.name) if attribute == _WRAPPED else attribute
+            return attribute
         if isinstance(value, (list, tuple, dict)):
             named = _container_names(list(value.values()) if isinstance(value, dict) else value)
             if id(child) in named:

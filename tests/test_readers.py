@@ -219,12 +219,15 @@ def test_layers_a_custom_layer_creates_have_the_same_paths_in_the_file_and_the_l
             self.blocks = [keras.layers.BatchNormalization() for _ in range(2)]
             self.dense = keras.layers.Dense(3)
             self.norm = keras.layers.BatchNormalization(name="given_name")
+            self.tail = keras.Sequential([keras.layers.Dense(3), keras.layers.BatchNormalization()])
 
         def call(self, x: object) -> object:
             for block in self.blocks:
                 x = block(x)
-            return self.norm(self.dense(x))
+            return self.tail(self.norm(self.dense(x)))
 
+    for _ in range(3):  # the names generated in this process are not those of a fresh one
+        keras.layers.BatchNormalization()
     inputs = keras.Input((3,))
     inner = keras.Sequential([keras.layers.BatchNormalization(name="seq_bn")], name="seq")
     model = keras.Model(inputs, inner(Stack(name="stack")(inputs)), name="outer")
@@ -234,6 +237,7 @@ def test_layers_a_custom_layer_creates_have_the_same_paths_in_the_file_and_the_l
         "outer/stack/blocks/batch_normalization",
         "outer/stack/blocks/batch_normalization_1",
         "outer/stack/norm",
+        "outer/stack/tail/batch_normalization",
         "outer/seq/seq_bn",
     ]
     assert sorted(layer.path for layer in read_model(str(path)).layers) == sorted(expected)

@@ -240,9 +240,10 @@ def _layer_path(
     root: h5py.Group, segments: tuple[str, ...], known: Mapping[tuple[str, ...], KnownLayer]
 ) -> tuple[str, ...]:
     """Name a group after the nearest known layer, then as ``layer_paths`` names a live model's
-    layers below it: a model's layers (under a container group) by their saved name, attributes
-    of a custom layer by the attribute, whose group Keras names after it (the name saved there
-    was generated in the saving process and a loaded model's may differ)."""
+    layers: a model's layers (under a container group) and a wrapper's ``layer`` by their saved
+    names while a configuration describes them, and from the first attribute of a custom layer
+    on by their groups, as Keras's saving names them. Layers created by code, not configuration,
+    get new names in each process: the name saved in ``vars`` need not be a loaded model's."""
     start = 0
     path: list[str] = []
     for cut in range(len(segments), -1, -1):
@@ -250,14 +251,16 @@ def _layer_path(
             path = list(known[segments[:cut]].path)
             start = cut
             break
+    described = True
     for end in range(start + 1, len(segments) + 1):
         segment = segments[end - 1]
         if _is_container(segment):
             continue
-        if end >= 2 and _is_container(segments[end - 2]):
+        after_container = end >= 2 and _is_container(segments[end - 2])
+        described = described and (after_container or segment == "layer")
+        name = None
+        if described:
             group = lookup(root, "/".join(segments[:end]))
             name = saved_name(group) if isinstance(group, h5py.Group) else None
-            path.append(name or segment)
-        else:
-            path.append(segment)
+        path.append(name or segment)
     return tuple(path)

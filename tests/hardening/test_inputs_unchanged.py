@@ -71,7 +71,7 @@ def test_pytorch_safetensors_and_onnx_files_are_left_untouched(
             ],
             {0, 1},
         ),
-        (["recalibrate", pytorch / "healthy.onnx", "--data", nchw, "-o", tmp_path / "r.onnx"], {3}),
+        (["recalibrate", pytorch / "healthy.onnx", "--data", nchw, "-o", tmp_path / "r.onnx"], {2}),
         (["plot", pytorch / "healthy.onnx", "--data", nchw, "-o", tmp_path / "p.png"], {0}),
     ]
     if importlib.util.find_spec("torch") is not None:
