@@ -3,13 +3,20 @@
 This asks what ``bncheck recalibrate`` would change. Over all sampled data (``--data``, up to
 ``--samples``), the probe runs the model in inference mode twice: with the statistics stored in
 the file, and with the trainable layers' statistics re-estimated from the data (BN014's
-population estimate; frozen layers keep theirs, as recalibrate does by default). Like is compared
-with like: inference mode both times, so a healthy model, whose stored statistics already fit its
-weights, changes little. Training-mode outputs are no reference: a network that learned without
-batch statistics (BN001) disagrees with them by design, and a single batch is too noisy to
-judge. For the same reason the rule needs at least two batches of data: statistics re-estimated
-from one batch (a few samples, say) carry noise nothing measures, so with one batch it is not
-judged and the report says so.
+population estimate; frozen layers keep theirs, as recalibrate does by default). Each half of
+the batches (even, odd) runs with the statistics estimated from the other half: statistics
+estimated from some data fit that data by construction, and measured on it they would promise
+more than a recalibration gives on new data (on a few hundred samples, more than the thresholds
+below). Like is compared with like: inference mode both times, so a healthy model, whose stored
+statistics already fit its weights, changes little. Training-mode outputs are no reference: a
+network that learned without batch statistics (BN001) disagrees with them by design, and a single
+batch is too noisy to judge. For the same reason the rule needs at least two batches of data:
+statistics re-estimated from one batch (a few samples, say) carry noise nothing measures, so with
+one batch it is not judged and the report says so.
+
+Where the layers are out of sight (a SavedModel) nothing can be re-estimated. With labels, the
+rule then compares inference with training mode, in one direction only: inference with the stored
+statistics far worse than training mode (by the same thresholds) means they do not fit the data.
 
 With labels (an ``.npz`` holding ``y``, ``--labels``, or an image folder's class subfolders) the
 finding rests on measurement: the metric (accuracy for classifiers, the mean squared error
@@ -74,6 +81,12 @@ def check(result: ProbeResult, options: Mapping[str, float]) -> Iterator[Problem
     untrained = result.learned_without_batch_statistics
     for output in result.outputs:
         if output.reestimated_relative_error is None:
+            if not result.layers and output.metric is not None:
+                # The layers are out of sight (a SavedModel): training mode, each batch with its
+                # own statistics, is what there is to compare with.
+                gap = _training_mode_gap(output, output.metric, options)
+                if gap is not None:
+                    yield gap
             continue
         details: dict[str, object] = {
             "output": output.name,
@@ -88,6 +101,38 @@ def check(result: ProbeResult, options: Mapping[str, float]) -> Iterator[Problem
             problem = _unmeasured(output, untrained, options, details)
         if problem is not None:
             yield problem
+
+
+def _training_mode_gap(
+    output: OutputMeasurement, metric: Metric, options: Mapping[str, float]
+) -> Problem | None:
+    """Inference with the stored statistics far worse than training mode, where nothing could
+    be re-estimated. The other way round is no finding: a network that learned in inference mode
+    does worse in training mode, and its statistics are the ones it needs."""
+    if metric.training is None:
+        return None
+    gain = metric.training - metric.stored
+    if not metric.higher_is_better:
+        gain = -gain / max(metric.stored, 1e-12)
+    if gain <= options["max_metric_gain"]:
+        return None
+    return Problem(
+        message=(
+            f"output {output.name!r}: {metric.name} {metric.format(metric.stored)} in inference "
+            f"mode against {metric.format(metric.training)} in training mode, where each batch "
+            "is normalised with its own statistics: the stored statistics do not fit the data. "
+            "The layers of this format cannot be re-estimated here; re-estimate them where the "
+            "model is built (for a Keras model, bncheck recalibrate on its .keras or .h5 file)"
+        ),
+        details={
+            "output": output.name,
+            "metric": metric.name,
+            "stored": metric.stored,
+            "training_mode": metric.training,
+            "gain": gain,
+        },
+        escalation=Escalation.SEVERE if gain > options["severe_metric_gain"] else None,
+    )
 
 
 def _changed(output: OutputMeasurement) -> float | None:

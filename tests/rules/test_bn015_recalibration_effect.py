@@ -142,3 +142,27 @@ def test_one_batch_of_data_is_not_judged() -> None:
     assert judge(rule, probe_result(outputs=changed, data=one_batch)) == []
     two = probe_result(outputs=changed, data=replace(one_batch, samples=10, batches=2))
     assert len(judge(rule, two)) == 1
+
+
+def test_out_of_sight_layers_are_judged_by_training_mode_one_way_only() -> None:
+    """A SavedModel's layers cannot be re-estimated: inference far below training mode says the
+    stored statistics do not fit; the reverse (a network that learned in inference mode) does
+    not."""
+
+    def savedmodel(stored: float, training: float, name: str = "accuracy") -> tuple:
+        metric = Metric(name, stored, None, training)
+        return outputs(metric=metric, reestimated_relative_error=None)
+
+    [stale] = judge(rule, probe_result(outputs=savedmodel(0.107, 0.836)))
+    assert stale.escalation is Escalation.SEVERE
+    assert "accuracy 10.7% in inference mode against 83.6% in training mode" in stale.message
+    assert "cannot be re-estimated here" in stale.message
+    [mild] = judge(rule, probe_result(outputs=savedmodel(0.80, 0.87)))
+    assert mild.escalation is None
+    assert judge(rule, probe_result(outputs=savedmodel(0.924, 0.64))) == []
+    assert judge(rule, probe_result(outputs=savedmodel(0.97, 0.98))) == []
+    [error] = judge(rule, probe_result(outputs=savedmodel(11.5, 3.1, "mean squared error")))
+    assert error.escalation is Escalation.SEVERE
+    # Visible layers that were not re-estimated (kept on purpose) are not judged this way.
+    visible = probe_result((measured_layer(reestimated=False),), outputs=savedmodel(0.107, 0.836))
+    assert judge(rule, visible) == []
