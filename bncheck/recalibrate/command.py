@@ -125,6 +125,9 @@ def reestimate(
     from bncheck.probe.passes import Passes
 
     layers = keras_model.batchnorm_layers(model)
+    description = description.with_loaded_settings(
+        {path: (float(layer.momentum), float(layer.epsilon)) for path, layer in layers}
+    )
     targets, kept = choose(description, layers, plan.include_frozen, plan.include_untouched)
     if not targets:
         return _nothing_to_do(name, output, dataset.source, description, kept, plan.settings)
@@ -343,10 +346,20 @@ def writable_description(path: str) -> ModelDescription:
     if description is None or description.format not in WRITABLE:
         what = kind if description is None else description.format
         raise UsageError(
-            f"{path}: recalibrate reads and writes .keras and .h5 models, not {what} inputs "
-            "(load the model in Keras and save it as .keras first)"
+            f"{path}: recalibrate reads and writes .keras and .h5 models, not {what} inputs; "
+            f"{_CONVERT.get(what, _CONVERT['weights-h5'])}"
         )
     return description
+
+
+#: How to make a model recalibrate writes from a file it does not.
+_CONVERT = {
+    "savedmodel": "recalibrate the .keras or .h5 model it was exported from, or, for a "
+    "tf.keras SavedModel (model.save(DIR)), load it with tf_keras.models.load_model (Keras 3 "
+    "cannot) and save it as .h5",
+    "weights-h5": "it holds weights only: build the model in Keras, load_weights(FILE), and save "
+    "it as .keras",
+}
 
 
 def load(
