@@ -12,9 +12,11 @@ import contextlib
 import hashlib
 import importlib.util
 import inspect
+import json
 import os
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +106,28 @@ def load_model(path: str, unsafe: bool, custom_objects: dict[str, Any]) -> Any:
                 keras_path, compile=False, safe_mode=not unsafe, custom_objects=custom_objects
             )
     except Exception as exc:  # Keras raises many kinds; the user needs one line
-        raise ModelReadError(f"Keras cannot load the model ({describe_error(exc)})") from None
+        raise ModelReadError(
+            f"Keras cannot load the model ({describe_error(exc)}){_writer_hint(path)}"
+        ) from None
+
+
+def _writer_hint(path: str) -> str:
+    """What to do when the file is a ``.keras`` archive tf.keras (Keras 2) wrote: Keras 3 reads
+    the format but not always tf.keras's configurations; tf.keras's ``.h5`` it loads."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo("metadata.json")
+            if info.file_size > 1 << 16:
+                return ""
+            version = str(json.loads(archive.read(info)).get("keras_version", ""))
+    except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile):
+        return ""
+    if not version.startswith("2."):
+        return ""
+    return (
+        f"; the file was written by tf.keras {version}, whose .keras files Keras 3 does not always "
+        "load: save the model with tf_keras as .h5 (model.save('model.h5')), which it does"
+    )
 
 
 def describe_error(exc: BaseException, limit: int = 300) -> str:

@@ -371,3 +371,37 @@ def test_whole_numbers_for_a_float_input_get_a_note(run_cli: Run, tmp_path: Path
     np.save(pixels, np.round(np.load(DIGITS) * 255).astype("uint8"))
     _, model = report(run_cli, PROBE / "recalibrated.keras", "--data", pixels, "--samples", 64)
     assert any("gives input(s) image whole numbers" in note for note in model["probe"]["notes"])
+
+
+def test_a_tf_keras_archive_keras_3_cannot_load_says_what_to_save_instead(
+    run_cli: Run, tmp_path: Path
+) -> None:
+    """tf.keras writes .keras archives too; Keras 3 fails on its configurations, and the error
+    names the writer and the format that loads."""
+    import tf_keras
+
+    model = tf_keras.Sequential(
+        [tf_keras.layers.Dense(4, input_shape=(3,)), tf_keras.layers.BatchNormalization()]
+    )
+    path = tmp_path / "tfk.keras"
+    model.save(path)
+    result = run_cli("inspect", path, "--probe")
+    assert result.code == 3
+    [line] = result.err.strip().splitlines()
+    assert "Keras cannot load the model" in line
+    assert "written by tf.keras 2." in line and "save the model with tf_keras as .h5" in line
+    # A Keras 3 archive that fails to load gets no such hint.
+    assert "tf.keras" not in keras_3_load_error()
+
+
+def keras_3_load_error() -> str:
+    """The load error of a Keras 3 archive whose configuration names an unknown class."""
+    from bncheck.errors import ModelReadError
+    from bncheck.probe.keras_model import load_model
+
+    source = PROBE / "custom_layer.keras"
+    try:
+        load_model(str(source), unsafe=False, custom_objects={})
+    except ModelReadError as exc:
+        return str(exc)
+    raise AssertionError("the custom layer loaded without its class")
