@@ -97,6 +97,15 @@ def inspect_path(
         measured = run_probe(path, probe, lambda text: show(f"{path}: {text}"), untouched)
     except ModelReadError as exc:
         return replace(result, error=f"probe: {exc}")
+    if measured.loader == "keras":
+        loaded = {
+            layer.path: (layer.momentum, layer.epsilon)
+            for layer in measured.layers
+            if layer.momentum is not None
+        }
+        filled = description.with_loaded_settings(loaded)
+        if filled is not description:
+            result = judged(path, filled, settings)
     findings = result.findings + tuple(probe_findings(measured, settings))
     return replace(result, findings=findings, probe=measured)
 

@@ -347,3 +347,62 @@ def test_a_batchnorm_a_custom_layer_creates_is_the_same_layer_in_file_and_loaded
     assert re.search(r"custom/block/bn\s+recalibrated", repaired.out), repaired.out
     [layer] = read_model(str(output)).layers
     assert np.all(np.abs(layer.moving_mean) < 1.0)  # re-estimated from the data, no longer 3
+
+
+MOMENTUM_BLOCK = """
+import keras
+
+
+@keras.saving.register_keras_serializable(package="tests_recalibrate_momentum")
+class Block(keras.layers.Layer):
+    def __init__(self, momentum=0.99, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = momentum
+        self.dense = keras.layers.Dense(4)
+        self.bn = keras.layers.BatchNormalization(momentum=momentum)
+
+    def call(self, x, training=None):
+        return self.bn(self.dense(x), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum}
+"""
+
+
+def test_the_loaded_model_gives_the_settings_no_configuration_records(
+    run_cli: Run, tmp_path: Path
+) -> None:
+    """A BatchNorm a custom layer creates is in no configuration: its momentum (1.0, statistics
+    that never update) comes from the loaded model, so the finding names that cause (BN008, not
+    a loop without training=True) and recalibrate re-estimates it."""
+    import importlib.util
+
+    source = tmp_path / "momentum_block.py"
+    source.write_text(MOMENTUM_BLOCK)
+    spec = importlib.util.spec_from_file_location("momentum_blocks", source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    inputs = keras.Input((8, 8, 1))
+    block = module.Block(momentum=1.0, name="block")
+    x = block(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(x), name="held")
+    block.bn.gamma.assign(np.full(4, 1.5, "float32"))  # trained; the statistics never moved
+    path, output = tmp_path / "held.keras", tmp_path / "repaired.keras"
+    model.save(path)
+
+    static = run_cli("inspect", path, "--format", "json").json()["models"][0]
+    assert static["layers"][0]["momentum"] is None
+    assert [f["rule"] for f in static["findings"]] == ["BN001"]
+    probed = run_cli(
+        "inspect", path, "--data", DIGITS, "--custom-objects", source, "--format", "json"
+    ).json()["models"][0]
+    assert probed["layers"][0]["momentum"] == 1.0
+    rules = {f["rule"] for f in probed["findings"]}
+    assert "BN008" in rules and "BN001" not in rules
+    assert any("come from the loaded model" in note for note in probed["notes"])
+
+    repaired = run_cli(
+        "recalibrate", path, "--data", DIGITS, "-o", output, "--custom-objects", source, "--force"
+    )
+    assert re.search(r"held/block/bn\s+recalibrated", repaired.out), repaired.out
