@@ -18,7 +18,7 @@ batch. The model's variables are the same afterwards as before (``Passes`` resto
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,8 @@ class Measured:
     notes: tuple[str, ...] = ()
     samples: int = 0
     batches: int = 0
+    split_batch: bool = False
+    """One batch, re-estimated in two halves (see ``ProbeData.split_batch``)."""
 
 
 @dataclass
@@ -382,9 +384,12 @@ def measure_keras(
     kept: list[list[np.ndarray]] | None = []
     notes: list[str] = []
     count = samples = 0
+    first: Batch | None = None
     with warnings.catch_warnings(), Passes(model, layers) as passes:
         warnings.simplefilter("ignore")  # Keras's input-structure notes are not for users
         for batch in batches():
+            if first is None:
+                first = batch
             stored_pass, training_pass = passes.run(batch.inputs, STORED, TRAINING)
             for moments in training_pass.moments:
                 sums.setdefault(moments.path, MomentSums()).add(moments)
@@ -411,15 +416,17 @@ def measure_keras(
             for path, layer in layers
             if path in populations and reestimate(path, layer)
         }
+        split = bool(targets) and count == 1 and first is not None and _splits(first)
+        if split:
+            assert first is not None
+            halves = _half_moments(passes, first)
         done = 0
-        for half, estimates in _cross_fitted(targets, halves, count):
+        for half, estimates in _cross_fitted(targets, halves, 2 if split else count):
             passes.use_estimates({path: (e.mean, e.variance) for path, e in estimates.items()})
-            for number, batch in enumerate(batches()):
-                if half is not None and number % 2 != half:
-                    continue
+            for number, rows, batch in _batches_for(half, batches, first if split else None):
                 if kept is not None:
                     [estimated] = passes.run(batch.inputs, ESTIMATED)
-                    before = kept[number]
+                    before = [values[rows] for values in kept[number]]
                 else:
                     stored_pass, estimated = passes.run(batch.inputs, STORED, ESTIMATED)
                     before = [values for _, values in stored_pass.outputs]
@@ -428,7 +435,13 @@ def measure_keras(
                 _add_metrics(metrics, ESTIMATED, estimated, batch)
                 done += 1
                 progress("re-estimated statistics", done)
-    if real and count == 1:
+    if real and count == 1 and split:
+        notes.append(
+            "one batch: the noise of its statistics is unknown, so staleness (BN014) is not "
+            "judged; what re-estimating would change (BN015) is measured on its two halves, each "
+            "with statistics estimated from the other"
+        )
+    elif real and count == 1:
         notes.append(
             "one batch: the noise of its statistics is unknown, so staleness (BN014) and what "
             "re-estimating would change (BN015) are not judged; give more samples than "
@@ -442,6 +455,7 @@ def measure_keras(
         )
     metric = _metric(metrics, list(outputs), notes)
     return Measured(
+        split_batch=split,
         modes=(INFERENCE, TRAINING_MODE),
         outputs=tuple(
             totals.measurement(name, True, bool(targets), metric if index == 0 else None)
@@ -499,6 +513,52 @@ def _cross_fitted(
         )
         for half in (0, 1)
     ]
+
+
+#: Fewest samples in each half of a lone batch for its halves to re-estimate each other.
+MIN_HALF_BATCH = 16
+
+
+def _splits(batch: Batch) -> bool:
+    return batch.size >= 2 * MIN_HALF_BATCH
+
+
+def _batches_for(
+    half: int | None, batches: BatchSource, split: Batch | None
+) -> Iterator[tuple[int, slice, Batch]]:
+    """What runs with one half's estimates: the batches of the other parity (all of them for
+    ``None``), or that half of the ``split`` lone batch; each with its number and rows."""
+    if split is not None:
+        assert half is not None
+        rows = _half_rows(split, half)
+        yield 0, rows, _rows_of(split, rows)
+        return
+    for number, batch in enumerate(batches()):
+        if half is None or number % 2 == half:
+            yield number, slice(None), batch
+
+
+def _half_rows(batch: Batch, half: int) -> slice:
+    cut = batch.size // 2
+    return slice(0, cut) if half == 0 else slice(cut, None)
+
+
+def _rows_of(batch: Batch, rows: slice) -> Batch:
+    labels = None if batch.labels is None else batch.labels[rows]
+    return Batch([array[rows] for array in batch.inputs], labels)
+
+
+def _half_moments(
+    passes: Passes, batch: Batch
+) -> tuple[dict[str, MomentSums], dict[str, MomentSums]]:
+    """Each half of a lone batch's per-layer moments, from a training-mode pass over it alone:
+    with one batch there is no other batch to estimate its statistics from."""
+    halves: tuple[dict[str, MomentSums], dict[str, MomentSums]] = ({}, {})
+    for half in (0, 1):
+        [training_pass] = passes.run(_rows_of(batch, _half_rows(batch, half)).inputs, TRAINING)
+        for moments in training_pass.moments:
+            halves[half].setdefault(moments.path, MomentSums()).add(moments)
+    return halves
 
 
 def _keep(

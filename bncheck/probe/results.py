@@ -72,6 +72,9 @@ class ProbeData:
     labelled: bool = False
     """Whether labels came with the data (``.npz`` with ``y``, ``--labels``, or an image folder's
     class subfolders), so the probe measured a metric."""
+    split_batch: bool = False
+    """One batch, re-estimated in two halves, each run with statistics estimated from the other
+    (BN015 judges it; with more batches, halves of the batches do the same)."""
 
 
 @dataclass(frozen=True)

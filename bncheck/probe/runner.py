@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bncheck.errors import UsageError
@@ -97,7 +97,10 @@ def probe_keras_model(
         loader="keras",
         content=content,
         unsafe=options.unsafe,
-        data=source.describe(measured.samples, measured.batches),
+        data=replace(
+            source.describe(measured.samples, measured.batches),
+            split_batch=measured.split_batch,
+        ),
         modes=measured.modes,
         outputs=measured.outputs,
         layers=measured.layers,

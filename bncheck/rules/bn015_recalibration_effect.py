@@ -10,9 +10,8 @@ more than a recalibration gives on new data (on a few hundred samples, more than
 below). Like is compared with like: inference mode both times, so a healthy model, whose stored
 statistics already fit its weights, changes little. Training-mode outputs are no reference: a
 network that learned without batch statistics (BN001) disagrees with them by design, and a single
-batch is too noisy to judge. For the same reason the rule needs at least two batches of data:
-statistics re-estimated from one batch (a few samples, say) carry noise nothing measures, so with
-one batch it is not judged and the report says so.
+batch is too noisy to judge. One batch of data is re-estimated in its two halves, each with
+the other's statistics; a batch of fewer than 32 samples is not judged, and the report says so.
 
 Where the layers are out of sight (a SavedModel) nothing can be re-estimated. With labels, the
 rule then compares inference with training mode, in one direction only: inference with the stored
@@ -76,8 +75,9 @@ OPTIONS: Mapping[str, float] = {
 
 
 def check(result: ProbeResult, options: Mapping[str, float]) -> Iterator[Problem]:
-    if not result.real_data or (result.data is not None and result.data.batches < 2):
-        return  # one batch: statistics re-estimated from it carry noise nothing measures
+    data = result.data
+    if not result.real_data or (data is not None and data.batches < 2 and not data.split_batch):
+        return  # one small batch: nothing to re-estimate it from but itself
     untrained = result.learned_without_batch_statistics
     for output in result.outputs:
         if output.reestimated_relative_error is None:

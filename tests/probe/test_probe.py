@@ -405,3 +405,16 @@ def keras_3_load_error() -> str:
     except ModelReadError as exc:
         return str(exc)
     raise AssertionError("the custom layer loaded without its class")
+
+
+def test_one_large_batch_is_re_estimated_in_halves(run_cli: Run) -> None:
+    """Training at batch size 256 and probing with it on a small held-out set makes one batch:
+    its halves re-estimate each other, so a model with stale statistics does not pass."""
+    _, model = report(
+        run_cli, PROBE / "stale_stats.keras", "--data", DIGITS, "--samples", 64,
+        "--batch-size", 64,
+    )  # fmt: skip
+    assert model["probe"]["data"]["batches"] == 1
+    assert any("measured on its two halves" in note for note in model["probe"]["notes"])
+    assert "BN015" in {finding["rule"] for finding in model["findings"]}
+    assert "BN014" not in {finding["rule"] for finding in model["findings"]}

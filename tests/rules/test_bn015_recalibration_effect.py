@@ -142,6 +142,9 @@ def test_one_batch_of_data_is_not_judged() -> None:
     assert judge(rule, probe_result(outputs=changed, data=one_batch)) == []
     two = probe_result(outputs=changed, data=replace(one_batch, samples=10, batches=2))
     assert len(judge(rule, two)) == 1
+    # A batch large enough to split was re-estimated in halves, each from the other: judged.
+    halves = replace(one_batch, samples=256, batch_size=256, split_batch=True)
+    assert len(judge(rule, probe_result(outputs=changed, data=halves))) == 1
 
 
 def test_out_of_sight_layers_are_judged_by_training_mode_one_way_only() -> None:
