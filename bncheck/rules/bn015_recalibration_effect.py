@@ -21,10 +21,11 @@ With labels (an ``.npz`` holding ``y``, ``--labels``, or an image folder's class
 finding rests on measurement: the metric (accuracy for classifiers, the mean squared error
 otherwise) with the stored statistics, with re-estimated ones, and in training mode. A gain
 above ``max_metric_gain`` is a warning (above ``severe_metric_gain`` an error); a smaller gain is
-information; a loss is information that says not to recalibrate, and why when the cause is
-known. Without labels, the share of samples whose top-1 class would change (classifiers) or the
-relative change of the outputs decides, and the finding says that labels would tell whether the
-change is for the better.
+information that does not call for a repair (statistics estimated from a few hundred samples are
+that noisy: a model just recalibrated from other data measures so); a loss is information that
+says not to recalibrate, and why when the cause is known. Without labels, the share of samples
+whose top-1 class would change (classifiers) or the relative change of the outputs decides, and
+the finding says that labels would tell whether the change is for the better.
 
 Why it happens: stale statistics (BN014) change outputs when replaced; so do statistics that
 were never updated (BN001, BN008), where the measurement decides whether the network needs
@@ -121,8 +122,9 @@ def _training_mode_gap(
             f"output {output.name!r}: {metric.name} {metric.format(metric.stored)} in inference "
             f"mode against {metric.format(metric.training)} in training mode, where each batch "
             "is normalised with its own statistics: the stored statistics do not fit the data. "
-            "The layers of this format cannot be re-estimated here; re-estimate them where the "
-            "model is built (for a Keras model, bncheck recalibrate on its .keras or .h5 file)"
+            "The layers of this format cannot be re-estimated here: bncheck recalibrate the "
+            ".keras or .h5 model it came from (a tf.keras SavedModel loads with "
+            "tf_keras.models.load_model and saves as .h5)"
         ),
         details={
             "output": output.name,
@@ -184,11 +186,17 @@ def _measured(
             escalation=Escalation.MITIGATED,
         )
     if relative <= options["max_metric_gain"]:
-        escalation: Escalation | None = Escalation.MITIGATED
-    elif relative > options["severe_metric_gain"]:
-        escalation = Escalation.SEVERE
-    else:
-        escalation = None
+        # Within what the noise of statistics estimated from a few hundred samples can give
+        # (a model just recalibrated from other data measures like this): no call to repair.
+        return Problem(
+            message=(
+                f"{where}re-estimating the statistics from the data would {change}{training}: "
+                "a change this small does not call for recalibrating"
+            ),
+            details=details,
+            escalation=Escalation.MITIGATED,
+        )
+    escalation = Escalation.SEVERE if relative > options["severe_metric_gain"] else None
     # Untouched layers keep their statistics unless asked: the repair needs the flag.
     flag = " --include-untouched" if untrained else ""
     return Problem(

@@ -76,6 +76,11 @@ def test_measured_gain(after: float, escalation: object) -> None:
     assert f"would raise accuracy from {stored:.1%} to {after:.1%}" in problem.message
     assert "90.0% in training mode" in problem.message
     assert problem.details["gain"] == pytest.approx(after - stored)
+    # A small gain (information) does not send the user to recalibrate: that noisy, a model just
+    # recalibrated from other data would be sent again.
+    small = escalation is Escalation.MITIGATED
+    assert ("bncheck recalibrate" in problem.message) is not small
+    assert ("a change this small does not call for recalibrating" in problem.message) is small
 
 
 def test_a_measured_gain_over_untouched_statistics_names_the_flag_recalibrate_needs() -> None:
