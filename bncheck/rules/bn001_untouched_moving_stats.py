@@ -90,6 +90,13 @@ def _cause(layer: BNLayer) -> str:
                 " (a train_op without a dependency on tf.GraphKeys.UPDATE_OPS, a loop calling "
                 "model(x) without training=True, or statistics lost in saving?)"
             )
+        if layer.momentum is None:
+            # No configuration records it (a BatchNorm a custom layer creates): 1.0 is a cause.
+            return (
+                " (a loop calling model(x) without training=True, statistics lost in saving, or "
+                "momentum 1.0, which the file does not record here: --data with "
+                "--custom-objects reads it from the loaded model?)"
+            )
         return " (a loop calling model(x) without training=True, or statistics lost in saving?)"
     if layer.num_batches_tracked is None:
         return (

@@ -23,6 +23,16 @@ def test_layers_found_by_tf1_variable_names_name_the_update_ops_cause() -> None:
     assert "UPDATE_OPS" not in keras.message
 
 
+def test_an_unrecorded_momentum_is_named_among_the_causes() -> None:
+    """A BatchNorm a custom layer creates has no configuration: momentum 1.0 is as likely a
+    cause as a loop without training=True, and the loaded model can tell."""
+    [unknown] = problems(rule, layer(momentum=None, **UNTOUCHED))
+    assert "momentum 1.0, which the file does not record here" in unknown.message
+    assert "--custom-objects" in unknown.message
+    [known] = problems(rule, layer(momentum=0.99, **UNTOUCHED))
+    assert "momentum 1.0" not in known.message
+
+
 def test_only_beta_trained_is_enough() -> None:
     [problem] = problems(rule, layer(gamma=[1, 1, 1, 1], **UNTOUCHED))
     assert problem.details["trained"] == ["beta"]
