@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from bncheck.errors import ModelReadError
 from bncheck.findings import Finding, ModelResult, Problem, Report
-from bncheck.model import ModelDescription
+from bncheck.model import ModelDescription, with_loaded_settings
 from bncheck.probe.options import ProbeOptions, StepReporter
 from bncheck.readers import detect, read_checkpoint, read_model
 from bncheck.rules import RULES
@@ -103,7 +103,7 @@ def inspect_path(
             for layer in measured.layers
             if layer.momentum is not None
         }
-        filled = description.with_loaded_settings(loaded)
+        filled = with_loaded_settings(description, loaded)
         if filled is not description:
             result = judged(path, filled, settings)
     findings = result.findings + tuple(probe_findings(measured, settings))

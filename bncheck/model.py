@@ -254,24 +254,27 @@ class ModelDescription:
             return self.checkpoint.coverage.bn_layers
         return len(self.layers) + len(self.incomplete)
 
-    def with_loaded_settings(self, loaded: Mapping[str, tuple[float, float]]) -> ModelDescription:
-        """The description with the Keras ``(momentum, epsilon)`` of a loaded model, by layer
-        path, where the file records none (a BatchNorm that a custom layer creates is in no
-        configuration); itself when there is nothing to fill."""
-        filled = [
-            replace(layer, momentum=loaded[layer.path][0], epsilon=loaded[layer.path][1])
-            if layer.momentum is None and layer.framework == "keras" and layer.path in loaded
-            else layer
-            for layer in self.layers
-        ]
-        count = sum(new is not old for new, old in zip(filled, self.layers, strict=True))
-        if not count:
-            return self
-        note = (
-            f"momentum and epsilon of {count} BatchNorm layer(s) no configuration describes "
-            "come from the loaded model"
-        )
-        return replace(self, layers=tuple(filled), notes=(*self.notes, note))
+
+def with_loaded_settings(
+    description: ModelDescription, loaded: Mapping[str, tuple[float, float]]
+) -> ModelDescription:
+    """``description`` with the Keras ``(momentum, epsilon)`` of a loaded model, by layer path,
+    where the file records none (a BatchNorm that a custom layer creates is in no
+    configuration); ``description`` itself when there is nothing to fill."""
+    filled = [
+        replace(layer, momentum=loaded[layer.path][0], epsilon=loaded[layer.path][1])
+        if layer.momentum is None and layer.framework == "keras" and layer.path in loaded
+        else layer
+        for layer in description.layers
+    ]
+    count = sum(new is not old for new, old in zip(filled, description.layers, strict=True))
+    if not count:
+        return description
+    note = (
+        f"momentum and epsilon of {count} BatchNorm layer(s) no configuration describes "
+        "come from the loaded model"
+    )
+    return replace(description, layers=tuple(filled), notes=(*description.notes, note))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 
 from bncheck.engine import inspect_path
 from bncheck.errors import ModelReadError, UsageError
-from bncheck.model import BNLayer, ModelDescription
+from bncheck.model import BNLayer, ModelDescription, with_loaded_settings
 from bncheck.probe import data as probe_data
 from bncheck.probe import safety
 from bncheck.probe.options import ProbeOptions
@@ -125,8 +125,8 @@ def reestimate(
     from bncheck.probe.passes import Passes
 
     layers = keras_model.batchnorm_layers(model)
-    description = description.with_loaded_settings(
-        {path: (float(layer.momentum), float(layer.epsilon)) for path, layer in layers}
+    description = with_loaded_settings(
+        description, {path: (float(layer.momentum), float(layer.epsilon)) for path, layer in layers}
     )
     targets, kept = choose(description, layers, plan.include_frozen, plan.include_untouched)
     if not targets:
