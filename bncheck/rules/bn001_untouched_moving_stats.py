@@ -94,8 +94,8 @@ def _cause(layer: BNLayer) -> str:
             # No configuration records it (a BatchNorm a custom layer creates): 1.0 is a cause.
             return (
                 " (a loop calling model(x) without training=True, statistics lost in saving, or "
-                "momentum 1.0, which the file does not record here: --data with "
-                "--custom-objects reads it from the loaded model?)"
+                "momentum 1.0? A custom layer's configuration keeps the momentum in no form "
+                "bncheck can read; --data with --custom-objects takes it from the loaded model)"
             )
         return " (a loop calling model(x) without training=True, or statistics lost in saving?)"
     if layer.num_batches_tracked is None:

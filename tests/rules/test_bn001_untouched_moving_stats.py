@@ -27,7 +27,7 @@ def test_an_unrecorded_momentum_is_named_among_the_causes() -> None:
     """A BatchNorm a custom layer creates has no configuration: momentum 1.0 is as likely a
     cause as a loop without training=True, and the loaded model can tell."""
     [unknown] = problems(rule, layer(momentum=None, **UNTOUCHED))
-    assert "momentum 1.0, which the file does not record here" in unknown.message
+    assert "or momentum 1.0? A custom layer's configuration keeps the momentum" in unknown.message
     assert "--custom-objects" in unknown.message
     [known] = problems(rule, layer(momentum=0.99, **UNTOUCHED))
     assert "momentum 1.0" not in known.message
