@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -44,3 +46,14 @@ def fixture_manifest() -> dict[str, dict[str, Any]]:
     for manifest in sorted(FIXTURES.glob("manifest-*.json")):
         entries.update(json.loads(manifest.read_text()))
     return entries
+
+
+def user_module(path: Path, source: str) -> ModuleType:
+    """Write a user's Python file (custom layers, as passed with --custom-objects) and import
+    it, so that a test can build and save a model with its classes."""
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bncheck.probe.data import Batch
-from tests.conftest import FIXTURES, CliResult
+from tests.conftest import FIXTURES, CliResult, user_module
 from tests.hardening.canaries import lambda_bytecode_canaries
 
 Run = Callable[..., CliResult]
@@ -325,15 +325,8 @@ class Small(keras.Model):
 
 
 def test_subclassed_model_takes_its_input_shape_from_the_data(run_cli: Run, tmp_path: Path) -> None:
-    import importlib.util
-
     source = tmp_path / "small.py"
-    source.write_text(SUBCLASSED)
-    spec = importlib.util.spec_from_file_location("small_model", source)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = module.Small()
+    model = user_module(source, SUBCLASSED).Small()
     model(np.zeros((2, 8, 8, 1), "float32"))
     path = tmp_path / "small.keras"
     model.save(path)

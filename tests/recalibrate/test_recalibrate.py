@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bncheck.readers import read_model
-from tests.conftest import FIXTURES, CliResult
+from tests.conftest import FIXTURES, CliResult, user_module
 
 Run = Callable[..., CliResult]
 PROBE = FIXTURES / "probe"
@@ -311,14 +311,8 @@ def test_a_batchnorm_a_custom_layer_creates_is_the_same_layer_in_file_and_loaded
     """The BN's generated name differs between the process that saved the model (which built
     other BN layers first) and the one that loads it: the report, the probe and the repair all
     know the layer by the attribute holding it, as Keras's loader does."""
-    import importlib.util
-
     source = tmp_path / "blocks.py"
-    source.write_text(CUSTOM_BLOCK)
-    spec = importlib.util.spec_from_file_location("custom_blocks", source)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = user_module(source, CUSTOM_BLOCK)
     for _ in range(3):  # a notebook that built other models first
         keras.layers.BatchNormalization()
     inputs = keras.Input((8, 8, 1))
@@ -375,14 +369,8 @@ def test_the_loaded_model_gives_the_settings_no_configuration_records(
     """A BatchNorm a custom layer creates is in no configuration: its momentum (1.0, statistics
     that never update) comes from the loaded model, so the finding names that cause (BN008, not
     a loop without training=True) and recalibrate re-estimates it."""
-    import importlib.util
-
     source = tmp_path / "momentum_block.py"
-    source.write_text(MOMENTUM_BLOCK)
-    spec = importlib.util.spec_from_file_location("momentum_blocks", source)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = user_module(source, MOMENTUM_BLOCK)
     inputs = keras.Input((8, 8, 1))
     block = module.Block(momentum=1.0, name="block")
     x = block(keras.layers.Flatten()(inputs))
