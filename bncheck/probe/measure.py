@@ -9,7 +9,10 @@ For a Keras model (``measure_keras``), two sweeps over the same batches:
    see whether a sample's output depends on the rest of its batch;
 2. **inference mode with re-estimated statistics** in place of the trainable layers' (what
    ``bncheck recalibrate`` would write), compared with the first sweep's stored-statistics
-   outputs (kept in memory, or computed again in the same call when they are too many).
+   outputs (kept in memory, or computed again in the same call when they are too many). The
+   statistics are cross-fitted: the even batches run with those estimated from the odd ones and
+   the odd with the even's (a lone batch: each half with the other half's), since statistics
+   measured on the data they were estimated from fit it by construction.
 
 Every figure is summed over all batches, so a verdict rests on all the data given, not on one
 batch. The model's variables are the same afterwards as before (``Passes`` restores them).
@@ -497,8 +500,9 @@ def _cross_fitted(
     """The statistics each half of the batches (even, odd) is measured with: those estimated
     from the other half. Statistics estimated from some data fit that data by construction, so
     measured on it they promise more than recalibrating gives on new data (on a few hundred
-    samples, more than the thresholds of BN015). One batch has no other half: it is measured
-    with its own statistics (``None``), and BN015 does not judge it."""
+    samples, more than the thresholds of BN015). A lone batch split in two has its halves'
+    moments in ``halves``; one too small to split is measured with its own statistics
+    (``None``), and BN015 does not judge it."""
     if not targets:
         return []
     if batches < 2:
