@@ -1,0 +1,234 @@
+"""Every case of the hostile corpus (``tests/hardening/hostile/``) keeps every promise.
+
+Each case runs ``bncheck`` in its own process, in the case's folder (also its ``HOME``), under an
+address-space cap where the command needs no framework, while this process samples the resident
+memory of the whole process tree (bncheck may read in child processes of its own).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.hardening import hostile
+from tests.hardening.hostile import CANARY, HostileCase
+
+REPO = Path(__file__).resolve().parents[2]
+#: Only a hang fails a case on time: speed lives in benchmarks/, not in a test a loaded machine
+#: would make flaky.
+HANG_SECONDS = 120.0
+#: Address space for commands that need no framework (TensorFlow maps far more than it uses).
+ADDRESS_SPACE = 3 << 30
+#: Control characters other than tab and newline, C1 controls and the Unicode line breaks and
+#: direction overrides a terminal or a log viewer acts on.
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def all_cases() -> list[HostileCase]:
+    cases: list[HostileCase] = []
+    for module in pkgutil.iter_modules(hostile.__path__):
+        cases += importlib.import_module(f"{hostile.__name__}.{module.name}").CASES
+    return cases
+
+
+CASES = all_cases()
+
+
+def test_the_corpus_covers_every_family() -> None:
+    names = [case.name for case in CASES]
+    assert len(names) == len(set(names)), "case names must be unique"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int | None
+    out: str
+    err: str
+    seconds: float
+    peak_rss_mib: float
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file below ``root`` with its SHA-256, size and modification time."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            stat = path.stat()
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            found[path.relative_to(root).as_posix()] = f"{digest}:{stat.st_size}:{stat.st_mtime_ns}"
+    return found
+
+
+def tree_rss_bytes(root: int) -> int:
+    """The resident memory of ``root`` and all its descendants now."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, stack = 0, [root]
+    page = os.sysconf("SC_PAGE_SIZE")
+    while stack:
+        pid = stack.pop()
+        try:
+            with open(f"/proc/{pid}/statm") as handle:
+                total += int(handle.read().split()[1]) * page
+        except OSError:
+            pass
+        stack += children.get(pid, [])
+    return total
+
+
+def run_case(case: HostileCase, folder: Path, argv: list[str]) -> Outcome:
+    cap = f"({ADDRESS_SPACE}, {ADDRESS_SPACE})"
+    limit = f"import resource; resource.setrlimit(resource.RLIMIT_AS, {cap});"
+    if case.needs != "core":
+        limit = ""
+    code = f"{limit}import sys; from bncheck.cli import main; main(sys.argv[1:])"
+    env = dict(os.environ, HOME=str(folder / "home"), PYTHONPATH=str(REPO))
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        cwd=folder,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+    )
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss_bytes(process.pid))
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        out, err = process.communicate(timeout=HANG_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        return Outcome(None, out, err, HANG_SECONDS, peak / 2**20)
+    finally:
+        done.set()
+        sampler.join()
+    return Outcome(process.returncode, out, err, time.perf_counter() - start, peak / 2**20)
+
+
+def broken_promises(case: HostileCase, root: Path) -> list[str]:
+    folder = root / "case"
+    (folder / "home").mkdir(parents=True)
+    argv = [str(arg) for arg in case.build(folder)]
+    before = snapshot(folder)
+    outcome = run_case(case, folder, argv)
+    return judge(case, outcome, before, snapshot(folder), canary=any(folder.rglob(CANARY)))
+
+
+def judge(
+    case: HostileCase,
+    outcome: Outcome,
+    before: dict[str, str],
+    after: dict[str, str],
+    canary: bool,
+) -> list[str]:
+    """Every promise ``outcome`` broke, given the case folder's files before and after."""
+    if outcome.code is None:
+        return [f"hung for {HANG_SECONDS:g} s"]
+    broken = []
+    if outcome.code not in case.codes:
+        broken.append(f"exit code {outcome.code} (expected {sorted(case.codes)})")
+    if "Traceback" in outcome.out + outcome.err:
+        broken.append(f"traceback: {outcome.err[-600:]!r}")
+    for line in outcome.err.splitlines():
+        if not line.startswith("bncheck: "):
+            broken.append(f"stderr line not from bncheck: {line[:200]!r}")
+            break
+    for stream, text in (("stdout", outcome.out), ("stderr", outcome.err)):
+        for line in text.split("\n"):
+            if line.startswith("::"):
+                broken.append(f"{stream} line starts with '::': {line[:200]!r}")
+            if CONTROL.search(line):
+                broken.append(f"{stream} line holds a control character: {line[:200]!r}")
+    changed = sorted(
+        name
+        for name in set(before) | set(after)
+        if before.get(name) != after.get(name) and not Path(name).name.startswith("OUT")
+    )
+    if changed:
+        broken.append(f"files changed or created: {changed[:10]}")
+    if canary:
+        broken.append("the canary was written: code from the file ran or wrote")
+    if outcome.peak_rss_mib > case.max_rss_mib:
+        broken.append(f"peak memory {outcome.peak_rss_mib:.0f} MiB > {case.max_rss_mib:g}")
+    return broken
+
+
+def test_the_judge_sees_every_broken_promise() -> None:
+    case = HostileCase("probe", lambda _: [], codes=frozenset({3}))
+    clean = Outcome(3, "", "bncheck: error: x: unreadable\n", 0.1, 80.0)
+    assert judge(case, clean, {"a": "1"}, {"a": "1", "OUT.h5": "2"}, canary=False) == []
+    hostile_outcome = Outcome(
+        0, "::error::owned\nname\x1b[2J\n", "Traceback (most recent call last)\n", 0.1, 900.0
+    )
+    broken = judge(case, hostile_outcome, {"a": "1"}, {"a": "2", "b": "3"}, canary=True)
+    assert [problem.split(" ")[0] for problem in broken] == [
+        "exit",
+        "traceback:",
+        "stderr",
+        "stdout",
+        "stdout",
+        "files",
+        "the",
+        "peak",
+    ]
+    hung = Outcome(None, "", "", HANG_SECONDS, 0.0)
+    assert judge(case, hung, {}, {}, canary=False) == [f"hung for {HANG_SECONDS:g} s"]
+
+
+def _runnable(case: HostileCase) -> bool:
+    module = {"tensorflow": "tensorflow", "onnxruntime": "onnxruntime", "torch": "torch"}
+    needed = module.get(case.needs)
+    return needed is None or importlib.util.find_spec(needed) is not None
+
+
+def test_every_hostile_case_keeps_every_promise(tmp_path: Path) -> None:
+    cases = [case for case in CASES if _runnable(case)]
+    missing = sorted({case.needs for case in CASES} - {case.needs for case in cases})
+    # The test extra installs every framework: a case that cannot run is a broken install.
+    assert not missing, f"cannot run the cases that need {missing}"
+    if not cases:
+        pytest.skip("the hostile corpus is empty")
+    roots = [tmp_path / f"{index:03d}" for index in range(len(cases))]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        results = list(pool.map(broken_promises, cases, roots))
+    failures = [
+        f"{case.name}: {'; '.join(broken)}"
+        for case, broken in zip(cases, results, strict=True)
+        if broken
+    ]
+    assert not failures, f"{len(failures)} of {len(cases)} cases broke a promise:\n" + "\n".join(
+        failures
+    )
