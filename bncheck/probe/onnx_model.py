@@ -1,7 +1,14 @@
 """Running ONNX models with onnxruntime for the probe (``pip install 'bncheck[onnx]'``).
 
-An ONNX graph is a list of operators, not code, and its external data is inlined by bncheck
-(read with the same checks as static inspection), so onnxruntime never opens another file.
+An ONNX graph is a list of operators, not code; but onnxruntime also runs operators of other
+domains (``com.microsoft`` contrib ops, custom ops registered by libraries), and reads external
+data relative to its working directory. So without ``--unsafe`` a graph runs only if every node,
+in subgraphs (If, Loop, Scan bodies) and model-local functions too, is a standard operator known
+to be pure (``pure_ops.ONNX_DOMAINS``); anything else is BN017 naming it, and the probe does not
+run. Every tensor kept in an external file (initializers, ``Constant`` values, sparse tensors, in
+subgraphs too) is inlined by bncheck from inside the model's folder only, with the same checks as
+static inspection, and the model reaches onnxruntime as those vetted bytes: onnxruntime never
+opens another file.
 
 ONNX has no training mode to switch to, so the probe builds one. The inference pass runs the
 model as it is, with every BatchNormalization node's input and output added to the graph's
@@ -15,18 +22,25 @@ inside, as in Keras models. The watched activations are held in memory for the w
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bncheck.errors import ModelReadError, UsageError
-from bncheck.probe import runner
+from bncheck.probe import pure_ops, runner
 from bncheck.probe.data import InputSpec
 from bncheck.probe.measure import Outputs, compare_outputs, spread
 from bncheck.probe.options import ProbeOptions, StepReporter
-from bncheck.probe.results import INFERENCE, TRAINING, LayerMeasurement, Population, ProbeResult
+from bncheck.probe.results import (
+    INFERENCE,
+    TRAINING,
+    CodeReference,
+    LayerMeasurement,
+    Population,
+    ProbeResult,
+)
 from bncheck.readers import onnx_graph, onnx_proto
 from bncheck.readers.onnx_graph import BatchNormNode
 
@@ -55,6 +69,9 @@ def probe(
     step("reading the ONNX graph")
     directory = Path(path).parent.resolve()
     model = onnx_graph.load(path)
+    content = scan_graph(model)
+    if content and not options.unsafe:
+        return ProbeResult(path, None, content, options.unsafe, skipped=runner.refusal(content))
     _inline_external_data(model, directory)
     nodes = onnx_graph.batchnorm_nodes(model.graph)
     specs = [_input_spec(value) for value in _graph_inputs(model)]
@@ -88,7 +105,7 @@ def probe(
     return ProbeResult(
         path=path,
         loader=LOADER,
-        content=(),
+        content=content,
         unsafe=options.unsafe,
         data=described,
         modes=(INFERENCE,) if trained is None else (INFERENCE, TRAINING),
@@ -175,9 +192,88 @@ def _input_spec(value: Any) -> InputSpec:
     return InputSpec(value.name, (None, *shape[1:]), dtype)
 
 
+def scan_graph(model: Any) -> tuple[CodeReference, ...]:
+    """Every node, in the graph, its subgraphs and the model's functions, that is not a standard
+    operator known to be pure; once per operator."""
+    functions: dict[tuple[str, str], list[Any]] = {}
+    for function in model.functions:
+        functions.setdefault((function.domain, function.name), []).append(function)
+    found: dict[str, str] = {}
+    visited: set[tuple[str, str]] = set()
+    for where, node in _nodes(model.graph.node, "graph"):
+        key = (node.domain, node.op_type)
+        if key in functions:
+            if key not in visited:
+                visited.add(key)
+                for function in functions[key]:
+                    found.update(
+                        (op, inner)
+                        for inner, op in _refused_nodes(function.node, f"function {function.name}")
+                        if op not in found
+                    )
+            continue
+        if node.op_type not in pure_ops.ONNX_DOMAINS.get(node.domain, ()):
+            found.setdefault(_op_name(node), where)
+    return tuple(CodeReference("graph-op", where, op) for op, where in found.items())
+
+
+def _refused_nodes(nodes: Sequence[Any], where: str) -> Iterator[tuple[str, str]]:
+    """A function body's nodes that are not standard pure operators. Functions calling other
+    functions are refused here: ONNX forbids recursion, and no exporter nests them."""
+    for inner, node in _nodes(nodes, where):
+        if node.op_type not in pure_ops.ONNX_DOMAINS.get(node.domain, ()):
+            yield inner, _op_name(node)
+
+
+def _nodes(nodes: Sequence[Any], where: str) -> Iterator[tuple[str, Any]]:
+    """Every node of a node list and of the subgraphs in its attributes, with where it is."""
+    stack = [(where, node) for node in reversed(nodes)]
+    while stack:
+        place, node = stack.pop()
+        yield place, node
+        inside = f"{place}/{node.name or node.op_type}"
+        for attribute in node.attribute:
+            graphs = [attribute.g] if attribute.HasField("g") else []
+            for graph in (*graphs, *attribute.graphs):
+                stack.extend((inside, child) for child in reversed(graph.node))
+
+
+def _op_name(node: Any) -> str:
+    return f"{node.domain}.{node.op_type}" if node.domain else node.op_type
+
+
+def _tensors(model: Any) -> Iterator[Any]:
+    """Every TensorProto of the model: initializers, sparse ones, and node attributes' values,
+    in subgraphs and functions too."""
+    graphs = [model.graph]
+    node_lists = [function.node for function in model.functions]
+    while graphs or node_lists:
+        if graphs:
+            graph = graphs.pop()
+            yield from graph.initializer
+            for sparse in graph.sparse_initializer:
+                yield from (sparse.values, sparse.indices)
+            node_lists.append(graph.node)
+            continue
+        for node in node_lists.pop():
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                sparse_tensors = (
+                    [attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []
+                )
+                for sparse in (*sparse_tensors, *attribute.sparse_tensors):
+                    yield from (sparse.values, sparse.indices)
+                if attribute.HasField("g"):
+                    graphs.append(attribute.g)
+                graphs.extend(attribute.graphs)
+
+
 def _inline_external_data(model: Any, directory: Path) -> None:
-    """Put every external tensor's bytes into the model itself, read with bncheck's checks."""
-    for tensor in model.graph.initializer:
+    """Put every external tensor's bytes into the model itself, read with bncheck's checks
+    (inside the model's folder only); onnxruntime would read them from its working directory."""
+    for tensor in _tensors(model):
         if tensor.data_location == onnx_proto.EXTERNAL:
             tensor.raw_data = onnx_graph.external_bytes(tensor, directory)
             del tensor.external_data[:]

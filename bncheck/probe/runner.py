@@ -113,7 +113,7 @@ def _probe_savedmodel(path: str, options: ProbeOptions, step: StepReporter) -> P
 
     step("checking the SavedModel graph")
     content = savedmodel.scan_graph(path)
-    refused = None if options.unsafe else _refusal(content)
+    refused = None if options.unsafe else refusal(content)
     if refused is not None:
         return ProbeResult(path, None, content, options.unsafe, skipped=refused)
     step("loading with TensorFlow")
@@ -159,10 +159,10 @@ def scan_keras_config(
 
     custom = _custom_objects(custom_objects) if custom_objects else {}
     content = safety.scan_config(config, set(custom), keras_model.builtin_layer_names())
-    return ContentScan(content, custom, None if unsafe else _refusal(content))
+    return ContentScan(content, custom, None if unsafe else refusal(content))
 
 
-def _refusal(content: Sequence[CodeReference]) -> str | None:
+def refusal(content: Sequence[CodeReference]) -> str | None:
     """Why a model holding ``content`` must not be loaded without ``--unsafe``."""
     if not content:
         return None

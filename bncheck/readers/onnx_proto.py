@@ -58,7 +58,17 @@ _MESSAGES: dict[str, list[tuple[int, str, str, bool, str | None]]] = {
         (5, "t", "message", _OPTIONAL, "TensorProto"),
         (7, "floats", "float", _REPEATED, None),
         (8, "ints", "int64", _REPEATED, None),
+        # Subgraphs (If, Loop, Scan bodies) and tensors that may keep their data elsewhere.
+        (6, "g", "message", _OPTIONAL, "GraphProto"),
+        (10, "tensors", "message", _REPEATED, "TensorProto"),
+        (11, "graphs", "message", _REPEATED, "GraphProto"),
         (20, "type", "int32", _OPTIONAL, None),
+        (22, "sparse_tensor", "message", _OPTIONAL, "SparseTensorProto"),
+        (23, "sparse_tensors", "message", _REPEATED, "SparseTensorProto"),
+    ],
+    "SparseTensorProto": [
+        (1, "values", "message", _OPTIONAL, "TensorProto"),
+        (2, "indices", "message", _OPTIONAL, "TensorProto"),
     ],
     "NodeProto": [
         (1, "input", "string", _REPEATED, None),
@@ -74,6 +84,12 @@ _MESSAGES: dict[str, list[tuple[int, str, str, bool, str | None]]] = {
         (5, "initializer", "message", _REPEATED, "TensorProto"),
         (11, "input", "message", _REPEATED, "ValueInfoProto"),
         (12, "output", "message", _REPEATED, "ValueInfoProto"),
+        (15, "sparse_initializer", "message", _REPEATED, "SparseTensorProto"),
+    ],
+    "FunctionProto": [
+        (1, "name", "string", _OPTIONAL, None),
+        (7, "node", "message", _REPEATED, "NodeProto"),
+        (10, "domain", "string", _OPTIONAL, None),
     ],
     "ModelProto": [
         (1, "ir_version", "int64", _OPTIONAL, None),
@@ -81,6 +97,7 @@ _MESSAGES: dict[str, list[tuple[int, str, str, bool, str | None]]] = {
         (3, "producer_version", "string", _OPTIONAL, None),
         (7, "graph", "message", _OPTIONAL, "GraphProto"),
         (8, "opset_import", "message", _REPEATED, "OperatorSetIdProto"),
+        (25, "functions", "message", _REPEATED, "FunctionProto"),
     ],
 }
 

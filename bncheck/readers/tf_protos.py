@@ -70,7 +70,14 @@ _MESSAGES: dict[str, tuple[tuple[int, str, str], ...]] = {
         (7, "int_val", "repeated int32"),
         (10, "int64_val", "repeated int64"),
     ),
-    "AttrValue": ((8, "tensor", "TensorProto"),),
+    # ``list`` and ``func``: the functions a node calls (the probe checks each one's ops).
+    "AttrValue": (
+        (1, "list", "AttrListValue"),
+        (8, "tensor", "TensorProto"),
+        (10, "func", "NameAttrList"),
+    ),
+    "AttrListValue": ((9, "func", "repeated NameAttrList"),),
+    "NameAttrList": ((1, "name", "string"), (2, "attr", "repeated AttrEntry")),
     "AttrEntry": ((1, "key", "string"), (2, "value", "AttrValue")),
     "NodeDef": (
         (1, "name", "string"),
@@ -89,7 +96,8 @@ _MESSAGES: dict[str, tuple[tuple[int, str, str], ...]] = {
     ),
     # The same files read for their graphs (a ``.meta`` file is one MetaGraphDef): separate
     # messages, so that reading the object graph parses no graph.
-    "GraphMetaGraphDef": ((2, "graph_def", "GraphDef"),),
+    "GraphMetaGraphDef": ((2, "graph_def", "GraphDef"), (3, "saver_def", "SaverDef")),
+    "SaverDef": ((2, "save_tensor_name", "string"), (3, "restore_op_name", "string")),
     "GraphSavedModel": ((2, "meta_graphs", "repeated GraphMetaGraphDef"),),
     "SavedMetadataObject": (
         (2, "node_id", "int32"),
