@@ -8,7 +8,14 @@ configuration (or, for a SavedModel, the graph) and looks for:
 - function references outside Keras's modelling API (``os.system``, ``keras.utils.get_file``:
   the CVE-2025-1550 pattern of a crafted ``config.json``);
 - classes Keras does not ship (custom layers), unless ``--custom-objects FILE.py`` provides them;
-- SavedModel graph ops that call Python or touch files (``PyFunc``, ``ReadFile``, ``WriteFile``).
+- graph ops not known to be pure: in a SavedModel's graph and function library, any op off
+  the allowlist of side-effect-free TensorFlow ops (``PrintV2`` printing to a file, ``SaveV2``,
+  ``WriteFile``, summary writers, ``PyFunc``, ops nobody registered); in an ONNX model, any
+  operator outside the standard domains (``com.microsoft`` contrib ops, custom ops). See
+  ``bncheck/probe/pure_ops.py`` for the lists and how they were derived.
+
+A TorchScript archive is compiled code, not a graph of ops that could be checked: it is always
+reported here, and runs only with ``--unsafe``.
 
 If any is found the probe is skipped, and the report says why. The finding is then an error: the
 check that was asked for did not run, so a CI gate must not pass as if it had (a model whose
@@ -20,7 +27,8 @@ How to fix: keep model files free of code (replace Lambda layers by registered c
 Keras ops layers), and pass your own layers with ``--custom-objects``.
 
 Passing: a functional model of Conv2D, BatchNormalization, ReLU and Dense layers.
-Failing: ``layers.Lambda(lambda t: t * 3)`` anywhere in the model.
+Failing: ``layers.Lambda(lambda t: t * 3)`` anywhere in the model; a SavedModel whose serving
+function calls ``tf.print(x, output_stream="file:///tmp/log")``.
 """
 
 from __future__ import annotations
