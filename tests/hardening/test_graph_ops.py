@@ -209,3 +209,18 @@ def test_onnx_constant_with_data_outside_its_folder_is_refused(
     assert result.code == 3
     [line] = result.err.splitlines()
     assert "not inside the model's folder" in line and "model.onnx" in line
+
+
+def test_the_allowlists_match_the_registries_they_were_derived_from() -> None:
+    """Every allowed op exists, and every op of the computation list is declared stateless."""
+    pytest.importorskip("tensorflow")
+    onnx_defs = pytest.importorskip("onnx.defs")
+    from tensorflow.python.framework import op_def_registry
+
+    missing = sorted(op for op in pure_ops.TF_PURE_OPS if op_def_registry.get(op) is None)
+    assert missing == []
+    stateful = sorted(op for op in pure_ops.TF_COMPUTE_OPS if op_def_registry.get(op).is_stateful)
+    assert stateful == []
+    schemas = {(schema.domain, schema.name) for schema in onnx_defs.get_all_schemas_with_history()}
+    assert {("", op) for op in pure_ops.ONNX_OPS} <= schemas
+    assert {("ai.onnx.ml", op) for op in pure_ops.ONNX_ML_OPS} <= schemas
