@@ -13,10 +13,7 @@ import importlib.util
 import os
 import pkgutil
 import re
-import subprocess
 import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +22,7 @@ import pytest
 
 from tests.hardening import hostile
 from tests.hardening.hostile import CANARY, HostileCase
+from tests.hardening.processes import run_measured
 
 REPO = Path(__file__).resolve().parents[2]
 #: Only a hang fails a case on time: speed lives in benchmarks/, not in a test a loaded machine
@@ -55,6 +53,7 @@ def test_the_corpus_covers_every_family() -> None:
 @dataclass(frozen=True)
 class Outcome:
     code: int | None
+    """``None`` when the run was killed for hanging."""
     out: str
     err: str
     seconds: float
@@ -72,31 +71,6 @@ def snapshot(root: Path) -> dict[str, str]:
     return found
 
 
-def tree_rss_bytes(root: int) -> int:
-    """The resident memory of ``root`` and all its descendants now."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    total, stack = 0, [root]
-    page = os.sysconf("SC_PAGE_SIZE")
-    while stack:
-        pid = stack.pop()
-        try:
-            with open(f"/proc/{pid}/statm") as handle:
-                total += int(handle.read().split()[1]) * page
-        except OSError:
-            pass
-        stack += children.get(pid, [])
-    return total
-
-
 def run_case(case: HostileCase, folder: Path, argv: list[str]) -> Outcome:
     cap = f"({ADDRESS_SPACE}, {ADDRESS_SPACE})"
     limit = f"import resource; resource.setrlimit(resource.RLIMIT_AS, {cap});"
@@ -104,38 +78,8 @@ def run_case(case: HostileCase, folder: Path, argv: list[str]) -> Outcome:
         limit = ""
     code = f"{limit}import sys; from bncheck.cli import main; main(sys.argv[1:])"
     env = dict(os.environ, HOME=str(folder / "home"), PYTHONPATH=str(REPO))
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-c", code, *argv],
-        cwd=folder,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-    )
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, tree_rss_bytes(process.pid))
-            done.wait(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        out, err = process.communicate(timeout=HANG_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-        return Outcome(None, out, err, HANG_SECONDS, peak / 2**20)
-    finally:
-        done.set()
-        sampler.join()
-    return Outcome(process.returncode, out, err, time.perf_counter() - start, peak / 2**20)
+    done = run_measured([sys.executable, "-c", code, *argv], folder, env, HANG_SECONDS)
+    return Outcome(done.code, done.out, done.err, done.seconds, done.peak_rss_mib)
 
 
 def broken_promises(case: HostileCase, root: Path) -> list[str]:
