@@ -1,8 +1,8 @@
 """Every case of the hostile corpus (``tests/hardening/hostile/``) keeps every promise.
 
-Each case runs ``bncheck`` in its own process, in the case's folder (also its ``HOME``), under an
-address-space cap where the command needs no framework, while this process samples the resident
-memory of the whole process tree (bncheck may read in child processes of its own).
+Each case runs ``bncheck`` in its own process, in the case's folder, with a ``HOME`` of its own,
+under an address-space cap where the command needs no framework, while this process samples the
+resident memory of the whole process tree (bncheck may read in child processes of its own).
 """
 
 from __future__ import annotations
@@ -71,24 +71,27 @@ def snapshot(root: Path) -> dict[str, str]:
     return found
 
 
-def run_case(case: HostileCase, folder: Path, argv: list[str]) -> Outcome:
+def run_case(case: HostileCase, folder: Path, home: Path, argv: list[str]) -> Outcome:
     cap = f"({ADDRESS_SPACE}, {ADDRESS_SPACE})"
     limit = f"import resource; resource.setrlimit(resource.RLIMIT_AS, {cap});"
     if case.needs != "core":
         limit = ""
     code = f"{limit}import sys; from bncheck.cli import main; main(sys.argv[1:])"
-    env = dict(os.environ, HOME=str(folder / "home"), PYTHONPATH=str(REPO))
+    env = dict(os.environ, HOME=str(home), PYTHONPATH=str(REPO))
     done = run_measured([sys.executable, "-c", code, *argv], folder, env, HANG_SECONDS)
     return Outcome(done.code, done.out, done.err, done.seconds, done.peak_rss_mib)
 
 
 def broken_promises(case: HostileCase, root: Path) -> list[str]:
-    folder = root / "case"
-    (folder / "home").mkdir(parents=True)
+    folder, home = root / "case", root / "home"
+    folder.mkdir(parents=True)
+    home.mkdir()
     argv = [str(arg) for arg in case.build(folder)]
     before = snapshot(folder)
-    outcome = run_case(case, folder, argv)
-    return judge(case, outcome, before, snapshot(folder), canary=any(folder.rglob(CANARY)))
+    outcome = run_case(case, folder, home, argv)
+    # The frameworks keep caches in HOME (Keras's keras.json, onnxruntime's device id): only
+    # the case's own folder must stay as it was, and no canary may appear anywhere.
+    return judge(case, outcome, before, snapshot(folder), canary=any(root.rglob(CANARY)))
 
 
 def judge(
