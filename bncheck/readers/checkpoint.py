@@ -4,15 +4,19 @@
 A checkpoint is a prefix ``P`` with an index ``P.index`` and data shards
 ``P.data-00000-of-00001``. The user may name the prefix, the index, a data shard, the directory, or
 its ``checkpoint`` state file (whose recorded path may be relative, stale, or absolute from the
-machine that trained). Only the index and the BatchNorm variables are read, never the rest of the
-data, and without TensorFlow (``tensor_bundle.py``).
+machine that trained); a state file that leads out of its folder is refused. Only the index and the
+BatchNorm variables are read, never the rest of the data, and without TensorFlow
+(``tensor_bundle.py``).
 """
 
 from __future__ import annotations
 
+import glob
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from math import prod
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ from bncheck.model import (
 from bncheck.readers import tf_graph
 from bncheck.readers.checkpoint_layout import (
     OBJECT_GRAPH_KEY,
+    check_graph_size,
     graph_variables,
     name_scope_groups,
     natural_key,
@@ -45,6 +50,14 @@ _RECORDED_PATH = re.compile(
     r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"\s*$', re.MULTILINE
 )
 _ESCAPE = re.compile(r"\\(.)")
+#: Largest ``checkpoint`` state file read: a few lines per checkpoint kept.
+MAX_STATE_FILE_BYTES = 1 << 20
+#: Largest serialized object graph read: a few hundred bytes per variable, and parsing costs
+#: some twenty times its size at worst.
+MAX_OBJECT_GRAPH_BYTES = 16 << 20
+#: Most values of the BatchNorm arrays read, all layers together (each layer counts its own
+#: arrays, shared or not): millions of channels, far beyond any real network.
+MAX_TOTAL_BN_VALUES = 1 << 24
 
 
 def no_config_note(format_name: str) -> str:
@@ -103,6 +116,7 @@ def _prefix_in_directory(directory: Path) -> tuple[str, list[str]]:
         recorded_here = directory / recorded
         for candidate in (directory / name, recorded_here):
             if Path(f"{candidate}{INDEX_SUFFIX}").is_file():
+                _refuse_outside(directory, str(candidate), recorded)
                 moved = candidate.resolve() != recorded_here.resolve()
                 note = f"the checkpoint file records {recorded}; read {name} beside it instead"
                 return str(candidate), [note] if moved else []
@@ -117,6 +131,7 @@ def _prefix_in_directory(directory: Path) -> tuple[str, list[str]]:
             )
         raise ModelReadError(f"no checkpoint index (*{INDEX_SUFFIX}) in {directory}")
     latest = prefixes[-1]
+    _refuse_outside(directory, latest, None)
     notes = []
     if recorded is not None:
         notes.append(
@@ -131,9 +146,29 @@ def _prefix_in_directory(directory: Path) -> tuple[str, list[str]]:
     return latest, notes
 
 
+def _refuse_outside(directory: Path, prefix: str, recorded: str | None) -> None:
+    """A checkpoint found through a folder must lie in it: its index and data shards, once
+    ``..``, absolute paths and links are resolved."""
+    folder = directory.resolve()
+    head, name = os.path.split(prefix)  # "" for an index named ".index"
+    shards = Path(head).glob(f"{glob.escape(name)}.data-*")
+    files = [Path(f"{prefix}{INDEX_SUFFIX}"), *shards]
+    for file in files:
+        if not file.resolve().is_relative_to(folder):
+            what = f"the checkpoint file records {recorded}, which" if recorded else file.name
+            raise ModelReadError(
+                f"{what} leads outside the checkpoint's folder {directory}: refused"
+            )
+
+
 def _recorded_path(state: Path) -> str | None:
     """``model_checkpoint_path`` of a ``checkpoint`` state file (protobuf text format)."""
     try:
+        if state.stat().st_size > MAX_STATE_FILE_BYTES:
+            raise ModelReadError(
+                f"the checkpoint file {state} is larger than {MAX_STATE_FILE_BYTES >> 20} MiB: "
+                "not a checkpoint state file"
+            )
         text = state.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise ModelReadError(f"cannot read {state} ({exc.strerror or exc})") from None
@@ -157,7 +192,12 @@ class CheckpointFile:
             return None
         from google.protobuf.message import DecodeError
 
-        strings = self._bundle.read_strings(OBJECT_GRAPH_KEY)
+        if prod(self.shapes[OBJECT_GRAPH_KEY]) != 1:
+            raise ModelReadError(
+                f"the checkpoint's object graph is of shape {list(self.shapes[OBJECT_GRAPH_KEY])}"
+                ", not one string"
+            )
+        strings = self._bundle.read_strings(OBJECT_GRAPH_KEY, MAX_OBJECT_GRAPH_BYTES)
         if len(strings) != 1:
             raise ModelReadError(
                 f"the checkpoint's object graph is {len(strings)} strings, not one"
@@ -167,10 +207,17 @@ class CheckpointFile:
             graph.ParseFromString(strings[0])
         except DecodeError as exc:
             raise ModelReadError(f"the checkpoint's object graph is corrupt ({exc})") from None
+        check_graph_size(graph, "the checkpoint's object graph")
         return graph
 
     def read_arrays(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         """BatchNorm arrays, as floats."""
+        total = sum(prod(self.shapes[key]) for key in keys)
+        if total > MAX_TOTAL_BN_VALUES:
+            raise ModelReadError(
+                f"the checkpoint's {len(keys)} BatchNorm arrays hold {total} values, more than "
+                f"the {MAX_TOTAL_BN_VALUES} bncheck reads"
+            )
         for key in keys:
             size = int(np.prod(self.shapes[key]))
             if size == 0:

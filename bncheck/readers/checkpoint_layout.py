@@ -33,6 +33,9 @@ _BATCHNORM_NAME = re.compile(
     r"(?:^|[^a-z])(?:bn|batch_?norm(?:alization)?)(?:_?v?\d+)?(?:$|[^a-z])", re.IGNORECASE
 )
 _DIGITS = re.compile(r"(\d+)")
+#: Most nodes, children and attributes, all together, of an object graph bncheck walks: a few
+#: per variable of the largest models.
+MAX_GRAPH_ITEMS = 1 << 20
 
 BY_KERAS_METADATA = "keras metadata"
 BY_VARIABLE_NAMES = "variable names"
@@ -87,6 +90,22 @@ def graph_variables(graph: Any, shapes: Mapping[str, Sequence[int]]) -> list[Gra
     return variables
 
 
+def check_graph_size(graph: Any, what: str) -> None:
+    """Refuse an object graph (``TrackableObjectGraph`` or ``SavedObjectGraph``) of more nodes,
+    children and attributes than ``MAX_GRAPH_ITEMS``, before anything walks it."""
+    nodes = graph.nodes
+    items = len(nodes)
+    has_attributes = items > 0 and hasattr(nodes[0], "attributes")
+    for node in nodes:
+        if items > MAX_GRAPH_ITEMS:
+            break
+        items += len(node.children) + (len(node.attributes) if has_attributes else 0)
+    if items > MAX_GRAPH_ITEMS:
+        raise ModelReadError(
+            f"{what} holds more than {MAX_GRAPH_ITEMS} nodes, children and attributes"
+        )
+
+
 def depth_first(graph: Any) -> Iterator[int]:
     """Node ids reachable from the root, each once, in depth-first pre-order."""
     nodes = graph.nodes
@@ -105,13 +124,20 @@ def depth_first(graph: Any) -> Iterator[int]:
         stack.extend(reversed(children))
 
 
-def resolve_node(graph: Any, local_names: Iterable[str]) -> int | None:
-    """The node reached from the root by following children by name; ``None`` if none is."""
+def resolve_node(
+    graph: Any, local_names: Iterable[str], children_by_name: dict[int, dict[str, int]]
+) -> int | None:
+    """The node reached from the root by following children by name; ``None`` if none is.
+    ``children_by_name`` keeps each node's children by name once looked at, so that many
+    lookups through one node cost its children once."""
     node_id = 0
     for local_name in local_names:
-        node_id = next(
-            (c.node_id for c in graph.nodes[node_id].children if c.local_name == local_name), -1
-        )
+        if node_id not in children_by_name:
+            named: dict[str, int] = {}
+            for child in graph.nodes[node_id].children:
+                named.setdefault(child.local_name, child.node_id)
+            children_by_name[node_id] = named
+        node_id = children_by_name[node_id].get(local_name, -1)
         if not 0 <= node_id < len(graph.nodes):
             return None
     return node_id
@@ -160,14 +186,28 @@ def _without_copies(scopes: list[VariableScope]) -> list[VariableScope]:
     """Drop optimizer slots named after the variable they shadow (tf.keras: ``Adam/m/bn1/gamma``
     beside ``bn1/gamma``): a scope without moving statistics that ends with another scope."""
     names = {scope.scope for scope in scopes}
-    return [
-        scope
-        for scope in scopes
-        if scope.is_batchnorm
-        or not any(
-            len(other) < len(scope.scope) and scope.scope[-len(other) :] == other for other in names
+    hashed = {_suffix_hashes(scope.scope)[0] for scope in scopes if scope.scope}
+    kept = []
+    for scope in scopes:
+        # Each proper suffix's hash, built from the end in one pass: a scope costs its depth,
+        # and only a matching hash costs a comparison.
+        shadows = any(
+            suffix in hashed and scope.scope[-suffix[0] :] in names
+            for suffix in _suffix_hashes(scope.scope)[1:]
         )
-    ]
+        if scope.is_batchnorm or not shadows:
+            kept.append(scope)
+    return kept
+
+
+def _suffix_hashes(scope: tuple[str, ...]) -> list[tuple[int, int]]:
+    """``(length, hash)`` of every suffix of ``scope``, longest first."""
+    hashes = []
+    running = 0
+    for length, part in enumerate(reversed(scope), start=1):
+        running = hash((part, running))
+        hashes.append((length, running))
+    return hashes[::-1]
 
 
 def _aliases(scope: VariableScope, names: Mapping[str, tuple[tuple[str, ...], str]]) -> list[str]:

@@ -20,6 +20,9 @@ _MASK_DELTA = 0xA282EAD8
 #: Below this many bytes the lanes cost more than they save.
 _MIN_LANE_INPUT = 1024
 _MIN_LANE_BYTES = 16
+#: Buffers at least this long gain nothing from advancing together, and joining them for it
+#: would copy them: each is checksummed alone.
+_ALONE_BYTES = 1 << 20
 
 
 def _byte_table() -> list[int]:
@@ -70,6 +73,10 @@ def crc32c_many(buffers: Sequence[bytes]) -> list[int]:
     for position, buffer in enumerate(buffers):
         by_length.setdefault(len(buffer), []).append(position)
     for length, positions in by_length.items():
+        if length >= _ALONE_BYTES:
+            for position in positions:
+                results[position] = crc32c(buffers[position])
+            continue
         same = [buffers[position] for position in positions]
         for position, crc in zip(positions, _same_length(same, length), strict=True):
             results[position] = crc

@@ -20,6 +20,7 @@ from bncheck.errors import ModelReadError
 from bncheck.model import CheckpointContents, CheckpointGroup, ModelDescription
 from bncheck.readers import tf_graph
 from bncheck.readers.checkpoint import (
+    MAX_OBJECT_GRAPH_BYTES,
     CheckpointFile,
     LayerSettings,
     describe,
@@ -27,6 +28,8 @@ from bncheck.readers.checkpoint import (
 )
 from bncheck.readers.checkpoint_layout import (
     BY_KERAS_METADATA,
+    MAX_GRAPH_ITEMS,
+    check_graph_size,
     depth_first,
     group_from_keys,
     resolve_node,
@@ -41,11 +44,15 @@ from bncheck.readers.keras_config import (
     walk_layers,
 )
 from bncheck.readers.tensor_bundle import INDEX_SUFFIX
-from bncheck.readers.tf_protos import message_class
+from bncheck.readers.tf_protos import WireError, length_delimited, message_class
 
 KERAS_METADATA = "keras_metadata.pb"
 VARIABLES_PREFIX = ("variables", "variables")
 _KERAS_IDENTIFIER = "_tf_keras"
+#: Deepest Keras object read: a layer inside nested models, a few levels down.
+MAX_KERAS_DEPTH = 64
+#: Most fields of a SavedModel or a meta graph looked through to find the object graph.
+_MAX_OUTER_FIELDS = 1 << 16
 NO_VARIABLES_NOTE = (
     "the SavedModel's variables/ folder holds no variables (as a frozen graph's), so no "
     "BatchNorm statistics to check"
@@ -109,24 +116,32 @@ def keras_nodes(root: Path) -> tuple[list[KerasNode], list[str]]:
     graph_file = root / "saved_model.pb"
     if not graph_file.is_file():
         graph_file = root / "saved_model.pbtxt"
-    if graph_file.stat().st_size > MAX_CONFIG_BYTES:
-        # Large graphs are frozen constants, not tf.keras SavedModels of TensorFlow <= 2.4.
+    # Large graphs are frozen constants, not tf.keras SavedModels of TensorFlow <= 2.4; a text
+    # graph is parsed whole, so it is held to the object graph's own size.
+    limit = MAX_CONFIG_BYTES if graph_file.suffix == ".pb" else MAX_OBJECT_GRAPH_BYTES
+    if graph_file.stat().st_size > limit:
         return [], [
-            f"{graph_file.name} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not searched "
-            "for Keras metadata"
+            f"{graph_file.name} is larger than {limit >> 20} MiB: not searched for Keras metadata"
         ]
-    return list(_nodes_from_object_graph(_saved_model(graph_file))), []
+    return list(_nodes_from_object_graph(_saved_object_graph(graph_file))), []
 
 
 def _nodes_from_metadata_file(metadata_file: Path) -> Iterator[KerasNode]:
     from google.protobuf.message import DecodeError
 
+    data = _read_bytes(metadata_file)
     saved = message_class("SavedMetadata")()
     try:
-        saved.ParseFromString(_read_bytes(metadata_file))
-    except DecodeError as exc:
+        # Counted before parsing: a parsed node costs far more than its bytes.
+        length_delimited(data, 1, MAX_GRAPH_ITEMS)
+        saved.ParseFromString(data)
+    except (DecodeError, WireError) as exc:
         raise ModelReadError(f"{KERAS_METADATA} is corrupt ({exc})") from None
     for node in saved.nodes:
+        if node.node_path.count(".") > MAX_KERAS_DEPTH:
+            raise ModelReadError(
+                f"{KERAS_METADATA} nests a node more than {MAX_KERAS_DEPTH} objects deep"
+            )
         path = node.node_path.split(".")
         if path[0] != "root":
             raise ModelReadError(f"{KERAS_METADATA} has a node path {node.node_path!r}")
@@ -136,52 +151,93 @@ def _nodes_from_metadata_file(metadata_file: Path) -> Iterator[KerasNode]:
         )
 
 
-def _nodes_from_object_graph(saved_model: Any) -> Iterator[KerasNode]:
-    if not saved_model.meta_graphs:
+def _nodes_from_object_graph(graph: Any | None) -> Iterator[KerasNode]:
+    if graph is None:
         return
-    graph = saved_model.meta_graphs[0].object_graph_def
-    paths = _first_paths(graph)
+    parents = _parents(graph)
     for node_id, node in enumerate(graph.nodes):
         user_object = node.user_object if node.HasField("user_object") else None
         if user_object is None or not user_object.identifier.startswith(_KERAS_IDENTIFIER):
             continue
-        if user_object.metadata and node_id in paths:
+        path = _first_path(parents, node_id)
+        if user_object.metadata and path is not None:
             yield KerasNode(
-                paths[node_id],
+                path,
                 parse_json_config(user_object.metadata, f"the Keras metadata of node {node_id}"),
             )
 
 
-def _first_paths(graph: Any) -> dict[int, tuple[str, ...]]:
-    """Breadth-first: the shortest path of local names to each node, the one its variables'
-    checkpoint keys follow."""
-    paths: dict[int, tuple[str, ...]] = {0: ()} if graph.nodes else {}
+def _parents(graph: Any) -> dict[int, tuple[int, str]]:
+    """Breadth-first: each node's parent and local name on the shortest path from the root,
+    the path its variables' checkpoint keys follow. Parents, not paths: a chain of nodes would
+    make the paths quadratic."""
+    parents: dict[int, tuple[int, str]] = {0: (-1, "")} if graph.nodes else {}
     queue = [0] if graph.nodes else []
     for node_id in queue:
         for child in graph.nodes[node_id].children:
-            if child.node_id not in paths and 0 <= child.node_id < len(graph.nodes):
-                paths[child.node_id] = (*paths[node_id], child.local_name)
+            if child.node_id not in parents and 0 <= child.node_id < len(graph.nodes):
+                parents[child.node_id] = (node_id, child.local_name)
                 queue.append(child.node_id)
-    return paths
+    return parents
 
 
-def _saved_model(graph_file: Path) -> Any:
+def _first_path(parents: Mapping[int, tuple[int, str]], node_id: int) -> tuple[str, ...] | None:
+    """The local names from the root to a node; ``None`` if the root does not reach it."""
+    if node_id not in parents:
+        return None
+    names: list[str] = []
+    while node_id:
+        if len(names) >= MAX_KERAS_DEPTH:
+            raise ModelReadError(
+                f"the SavedModel's object graph nests a Keras object more than "
+                f"{MAX_KERAS_DEPTH} objects deep"
+            )
+        node_id, local_name = parents[node_id]
+        names.append(local_name)
+    return tuple(reversed(names))
+
+
+def _saved_object_graph(graph_file: Path) -> Any | None:
+    """The object graph of a SavedModel's first meta graph; ``None`` if it has none. Its size
+    is checked before it is parsed, and the rest of the file is never parsed."""
     from google.protobuf import text_format
     from google.protobuf.message import DecodeError
 
-    saved_model = message_class("SavedModel")()
+    graph = message_class("SavedObjectGraph")()
     try:
         if graph_file.suffix == ".pb":
-            saved_model.ParseFromString(graph_file.read_bytes())
+            data = graph_file.read_bytes()
+            meta_graphs = length_delimited(data, 2, _MAX_OUTER_FIELDS)
+            if not meta_graphs:
+                return None
+            found = length_delimited(meta_graphs[0], 7, _MAX_OUTER_FIELDS)
+            if not found:
+                return None
+            _check_object_graph_bytes(graph_file, len(found[-1]))
+            graph.ParseFromString(found[-1])
         else:
+            _check_object_graph_bytes(graph_file, graph_file.stat().st_size)
             # Only the object graph's Keras objects are defined (tf_protos): skip the rest.
+            saved_model = message_class("SavedModel")()
             text_format.Parse(
                 graph_file.read_text(encoding="utf-8"), saved_model, allow_unknown_field=True
             )
-    except (DecodeError, text_format.ParseError, UnicodeDecodeError) as exc:
+            if not saved_model.meta_graphs:
+                return None
+            graph = saved_model.meta_graphs[0].object_graph_def
+    except (DecodeError, WireError, text_format.ParseError, UnicodeDecodeError) as exc:
         reason = " ".join(str(exc).split())
         raise ModelReadError(f"{graph_file.name} is corrupt ({reason})") from None
-    return saved_model
+    check_graph_size(graph, f"the object graph of {graph_file.name}")
+    return graph
+
+
+def _check_object_graph_bytes(graph_file: Path, size: int) -> None:
+    if size > MAX_OBJECT_GRAPH_BYTES:
+        raise ModelReadError(
+            f"the object graph of {graph_file.name} is {size} bytes, more than "
+            f"{MAX_OBJECT_GRAPH_BYTES >> 20} MiB"
+        )
 
 
 def _metadata_groups(
@@ -202,6 +258,8 @@ def _metadata_layers(
 ) -> Iterator[tuple[int | None, CheckpointGroup, LayerSettings]]:
     by_path = {node.path: node for node in nodes}
     call_kwargs = _call_kwargs_by_layer(by_path.get(()))
+    children_by_name: dict[int, dict[str, int]] = {}
+    keys_by_node: dict[int, dict[str, str]] = {}
     for node in nodes:
         class_name = node.metadata.get("class_name")
         if class_name not in BN_CLASSES:
@@ -222,8 +280,12 @@ def _metadata_layers(
             ),
             call_kwargs=call_kwargs.get(names, ()),
         )
-        node_id = resolve_node(graph, node.path)
-        keys = variable_children(graph, node_id) if node_id is not None else {}
+        node_id = resolve_node(graph, node.path, children_by_name)
+        keys: dict[str, str] = {}
+        if node_id is not None:
+            if node_id not in keys_by_node:
+                keys_by_node[node_id] = variable_children(graph, node_id)
+            keys = keys_by_node[node_id]
         group = group_from_keys("/".join(names), keys, shapes, BY_KERAS_METADATA)
         yield node_id, group, LayerSettings(str(class_name), bn_settings(layer))
 

@@ -15,6 +15,11 @@ class SnappyError(ValueError):
     """The compressed data is malformed."""
 
 
+def uncompressed_length(data: bytes) -> int:
+    """The length the data declares it inflates to, before any of it is inflated."""
+    return _preamble(data)[0]
+
+
 def decompress(data: bytes) -> bytes:
     expected, position = _preamble(data)
     if expected > MAX_UNCOMPRESSED:

@@ -8,8 +8,9 @@ count, byte order, format version) and whose every other entry is a ``BundleEntr
 tensor's type, shape, shard, offset, size and masked CRC-32C.
 
 Opening a bundle reads and checks the whole index and the size of every shard; a tensor's bytes
-are read, and checked against their checksum, only when asked for. Anything that does not fit
-raises ``ModelReadError`` with one line saying what.
+are read, and checked against their checksum, only when asked for. Tensors placed on the same
+bytes are read once, and the bytes one call reads are capped. Anything that does not fit raises
+``ModelReadError`` with one line saying what.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ INDEX_SUFFIX = ".index"
 MAX_INDEX_BYTES = 256 << 20
 #: Largest string tensor bncheck reads: the object graph, a few bytes per object.
 MAX_STRING_BYTES = 256 << 20
+#: Most distinct stored bytes one ``read_arrays`` call reads: BatchNorm arrays are small.
+MAX_READ_BYTES = 256 << 20
 #: ``kTensorBundleVersion``: the bundle format version this reader implements.
 BUNDLE_VERSION = 1
 _LITTLE_ENDIAN, _BIG_ENDIAN = 0, 1
@@ -135,28 +138,45 @@ class TensorBundle:
     def read_arrays(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         """Numeric tensors in their stored type, except bfloat16, which numpy lacks: float32
         (exactly: bfloat16 is the upper half of a float32). Their checksums are verified
-        together, which costs little more than one."""
+        together, which costs little more than one. Tensors placed on the same bytes are read
+        once and share one read-only array."""
         entries = [self.entries[key] for key in keys]
+        regions: dict[tuple[int, int, int], str] = {}
         for key, entry in zip(keys, entries, strict=True):
             self._refuse_slices(key, entry)
             if entry.type.numpy_code is None:
                 raise ModelReadError(f"{key} has non-numeric type {entry.type.name}")
-        stored = [self._tensor_bytes(key, entry) for key, entry in zip(keys, entries, strict=True)]
-        crcs = crc32c_many(stored)
+            regions.setdefault((entry.shard, entry.offset, entry.size), key)
+        total = sum(size for _, _, size in regions)
+        if total > MAX_READ_BYTES:
+            raise ModelReadError(
+                f"the checkpoint {self._name} places the {len(keys)} tensors to read on {total} "
+                f"bytes, more than {MAX_READ_BYTES >> 20} MiB"
+            )
+        stored = {
+            region: self._tensor_bytes(key, self.entries[key]) for region, key in regions.items()
+        }
+        crcs = dict(zip(stored, crc32c_many(list(stored.values())), strict=True))
         order = ">" if self.big_endian else "<"
+        converted: dict[tuple[tuple[int, int, int], int], np.ndarray] = {}
         arrays = {}
-        for key, entry, data, crc in zip(keys, entries, stored, crcs, strict=True):
-            if crc != unmask(entry.masked_crc32c):
+        for key, entry in zip(keys, entries, strict=True):
+            region = (entry.shard, entry.offset, entry.size)
+            if crcs[region] != unmask(entry.masked_crc32c):
                 raise self._data_error(key, "checksum mismatch")
-            array = np.frombuffer(data, np.dtype(f"{order}{entry.type.numpy_code}"))
-            if entry.dtype == DT_BFLOAT16:
-                array = (array.astype(np.uint32) << 16).view(np.float32)
-            else:
-                array = array.astype(array.dtype.newbyteorder("="))
+            array = converted.get((region, entry.dtype))
+            if array is None:
+                array = np.frombuffer(stored[region], np.dtype(f"{order}{entry.type.numpy_code}"))
+                if entry.dtype == DT_BFLOAT16:
+                    array = (array.astype(np.uint32) << 16).view(np.float32)
+                else:
+                    array = array.astype(array.dtype.newbyteorder("="))
+                array.flags.writeable = False
+                converted[region, entry.dtype] = array
             arrays[key] = array.reshape(entry.shape)
         return arrays
 
-    def read_strings(self, key: str) -> list[bytes]:
+    def read_strings(self, key: str, max_bytes: int = MAX_STRING_BYTES) -> list[bytes]:
         """A string tensor's elements, flattened.
 
         Stored as every element's length (varint64), a masked CRC-32C of those lengths (each
@@ -170,7 +190,9 @@ class TensorBundle:
         count = prod(entry.shape)
         if entry.size == 0 and count == 0:
             return []
-        if entry.size > MAX_STRING_BYTES or count > entry.size:  # each length takes a byte
+        if entry.size > max_bytes:
+            raise self._data_error(key, f"{entry.size} bytes, more than {max_bytes >> 20} MiB")
+        if count > entry.size:  # each length takes a byte
             raise self._data_error(key, f"{count} strings in {entry.size} bytes")
         data = self._tensor_bytes(key, entry)
         order = ">" if self.big_endian else "<"
@@ -245,13 +267,10 @@ class TensorBundle:
             proto.ParseFromString(value)
         except DecodeError:
             raise self._corrupt(f"entry for key {key} not parseable") from None
+        if len(proto.shape.dim) > _MAX_RANK:
+            raise self._corrupt(f"a shape of {len(proto.shape.dim)} dimensions for {key}")
         dims = tuple(dim.size for dim in proto.shape.dim)
-        if (
-            proto.shape.unknown_rank
-            or len(dims) > _MAX_RANK
-            or any(d < 0 for d in dims)
-            or prod(dims) >= 1 << 63
-        ):
+        if proto.shape.unknown_rank or any(d < 0 for d in dims) or prod(dims) >= 1 << 63:
             raise self._corrupt(f"invalid tensor shape {list(dims)} for {key}")
         entry = BundleEntry(
             dtype=proto.dtype,

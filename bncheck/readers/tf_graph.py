@@ -19,10 +19,13 @@ from typing import Any
 import numpy as np
 
 from bncheck.model import BatchMoments
-from bncheck.readers.tf_protos import message_class
+from bncheck.readers.tf_protos import WireError, length_delimited, message_class
 
 #: Graphs larger than this are not searched (a frozen graph's constants, not its structure).
 MAX_GRAPH_BYTES = 256 << 20
+#: Graphs of more nodes than this, functions included, are not searched either: counted on the
+#: wire before parsing, since a parsed node costs many times its bytes.
+MAX_GRAPH_NODES = 1 << 19
 _INT32, _INT64 = 3, 9
 #: A traced function's name: tf.keras names a layer's call ``__inference_<layer>_layer_call_fn_12``
 #: (or ``..._layer_call_and_return_conditional_losses_12``); others end in a trace number too.
@@ -33,7 +36,8 @@ _TRACED = re.compile(r"^__inference_(.+?)_\d+$")
 def batch_moments(graph_file: Path, saved_model: bool) -> tuple[BatchMoments, ...]:
     """Every batch-moments computation over a 4-D or 5-D input in the graph file, in graph
     order; empty when the file is missing, too large or not a graph bncheck can parse (the
-    graph is evidence for an advisory rule, never needed to read the variables)."""
+    graph is evidence for an advisory rule, never needed to read the variables). Nodes are
+    looked up by name, never followed from one to the next: a long chain costs its length."""
     from google.protobuf.message import DecodeError
 
     try:
@@ -41,6 +45,12 @@ def batch_moments(graph_file: Path, saved_model: bool) -> tuple[BatchMoments, ..
             return ()
         data = graph_file.read_bytes()
     except OSError:
+        return ()
+    try:
+        meta_graphs_bytes = length_delimited(data, 2, MAX_GRAPH_NODES) if saved_model else [data]
+        if _count_nodes(meta_graphs_bytes) > MAX_GRAPH_NODES:
+            return ()
+    except WireError:
         return ()
     try:
         if saved_model:
@@ -63,6 +73,24 @@ def batch_moments(graph_file: Path, saved_model: bool) -> tuple[BatchMoments, ..
             for moments in _moments_in(_function_name(function), nodes):
                 found.setdefault((moments.function, moments.scope), moments)
     return tuple(found.values())
+
+
+def _count_nodes(meta_graphs: Sequence[memoryview | bytes]) -> int:
+    """Nodes of the meta graphs' graphs and their functions, counted up to just past
+    ``MAX_GRAPH_NODES`` (``GraphDef.node`` 1, ``.library`` 2, ``FunctionDefLibrary.function``
+    1, ``FunctionDef.node_def`` 3)."""
+    count = 0
+    for meta_graph in meta_graphs:
+        for graph in length_delimited(meta_graph, 2, MAX_GRAPH_NODES):
+            count += len(length_delimited(graph, 1, MAX_GRAPH_NODES - count + 2))
+            for library in length_delimited(graph, 2, MAX_GRAPH_NODES):
+                for function in length_delimited(library, 1, MAX_GRAPH_NODES):
+                    count += len(length_delimited(function, 3, MAX_GRAPH_NODES - count + 2))
+                    if count > MAX_GRAPH_NODES:
+                        return count
+            if count > MAX_GRAPH_NODES:
+                return count
+    return count
 
 
 def _moments_in(function: str, nodes: Sequence[Any]) -> Iterator[BatchMoments]:

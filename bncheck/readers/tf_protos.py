@@ -143,3 +143,56 @@ def _classes() -> dict[str, Any]:
         name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
         for name in _MESSAGES
     }
+
+
+class WireError(ValueError):
+    """The bytes are not protocol buffer wire format, or hold more fields than allowed."""
+
+
+_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
+
+
+def length_delimited(data: bytes | memoryview, number: int, max_fields: int) -> list[memoryview]:
+    """The payloads of field ``number`` (a message, string or bytes field) of the message in
+    ``data``, without parsing them: how much a message holds is checked before any of it is
+    parsed. At most ``max_fields`` fields, of any number, are looked at; past that, or on bytes
+    that are not wire format, ``WireError``."""
+    view = memoryview(data)
+    payloads = []
+    position = fields = 0
+    while position < len(view):
+        fields += 1
+        if fields > max_fields:
+            raise WireError(f"more than {max_fields} fields in one message")
+        tag, position = _varint(view, position)
+        wire_type = tag & 7
+        if wire_type == _VARINT:
+            _, position = _varint(view, position)
+        elif wire_type == _FIXED64:
+            position += 8
+        elif wire_type == _FIXED32:
+            position += 4
+        elif wire_type == _LENGTH_DELIMITED:
+            length, position = _varint(view, position)
+            if tag >> 3 == number:
+                payloads.append(view[position : position + length])
+            position += length
+        else:
+            raise WireError(f"wire type {wire_type}")
+        if position > len(view):
+            raise WireError("a field runs past the end")
+    return payloads
+
+
+def _varint(view: memoryview, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while shift < 64:
+        if position >= len(view):
+            raise WireError("a number runs past the end")
+        byte = view[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+    raise WireError("a number longer than 64 bits")
