@@ -52,9 +52,9 @@ _RECORDED_PATH = re.compile(
 _ESCAPE = re.compile(r"\\(.)")
 #: Largest ``checkpoint`` state file read: a few lines per checkpoint kept.
 MAX_STATE_FILE_BYTES = 1 << 20
-#: Largest serialized object graph read: a few hundred bytes per variable, and parsing costs
-#: some twenty times its size at worst.
-MAX_OBJECT_GRAPH_BYTES = 16 << 20
+#: Largest serialized object graph read: a few hundred bytes per variable (some 30,000
+#: variables), and parsing costs twenty-odd times its size at worst.
+MAX_OBJECT_GRAPH_BYTES = 8 << 20
 #: Most values of the BatchNorm arrays read, all layers together (each layer counts its own
 #: arrays, shared or not): millions of channels, far beyond any real network.
 MAX_TOTAL_BN_VALUES = 1 << 24
