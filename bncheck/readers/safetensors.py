@@ -6,13 +6,15 @@ optional ``__metadata__`` of strings), then the tensors' bytes; offsets count fr
 header. It holds no code and no architecture.
 
 The header length is checked against the file and the format's 100 MB limit, and every entry's
-offsets against the file size and its byte count against its shape and type, before any tensor
-is read. Then only the BatchNorm tensors are read. BatchNorm layers are found by PyTorch's tensor
+offsets against the file size, its shape (at most ``MAX_DIMENSIONS`` sizes) and byte count
+against its type, and the entries against each other (no two share bytes), before any tensor is
+read. Then only the BatchNorm tensors are read. BatchNorm layers are found by PyTorch's tensor
 names (``layer1.0.bn1.running_mean``), as in a state dict, whose conventions they follow.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import struct
@@ -121,7 +123,20 @@ def read_header(handle: Any, file_size: int) -> tuple[int, dict[str, Entry]]:
         for name, value in header.items()
         if name != "__metadata__"
     }
+    _check_disjoint(entries)
     return 8 + length, entries
+
+
+def _check_disjoint(entries: dict[str, Entry]) -> None:
+    """Refuses entries that share bytes: the format lays tensors one after another, so each byte
+    belongs to one tensor and reading every BatchNorm tensor costs at most the file's size."""
+    ordered = sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end))
+    for (before, first), (after, second) in itertools.pairwise(ordered):
+        if second.begin < first.end:
+            raise ModelReadError(
+                f"safetensors entries {before!r} and {after!r} share bytes; the format lays "
+                "tensors one after another"
+            )
 
 
 def _entry(name: str, value: Any, data_size: int) -> Entry:
@@ -130,7 +145,12 @@ def _entry(name: str, value: Any, data_size: int) -> Entry:
     dtype, shape, offsets = value.get("dtype"), value.get("shape"), value.get("data_offsets")
     if not isinstance(dtype, str) or (dtype not in DTYPES and dtype not in _OTHER_SIZES):
         raise ModelReadError(f"safetensors entry {name!r} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(_natural(size) for size in shape):
+    if not isinstance(shape, list) or len(shape) > tensor_bytes.MAX_DIMENSIONS:
+        raise ModelReadError(
+            f"safetensors entry {name!r} has an invalid shape (a list of at most "
+            f"{tensor_bytes.MAX_DIMENSIONS} sizes)"
+        )
+    if not all(_natural(size) for size in shape):
         raise ModelReadError(f"safetensors entry {name!r} has an invalid shape")
     if (
         not isinstance(offsets, list)
@@ -143,7 +163,8 @@ def _entry(name: str, value: Any, data_size: int) -> Entry:
             f"{data_size} data bytes"
         )
     itemsize = tensor_bytes.itemsize(DTYPES[dtype]) if dtype in DTYPES else _OTHER_SIZES[dtype]
-    expected = int(np.prod(shape, dtype=object)) * itemsize
+    count = tensor_bytes.element_count(shape, itemsize, data_size, f"safetensors entry {name!r}")
+    expected = count * itemsize
     if offsets[1] - offsets[0] != expected:
         raise ModelReadError(
             f"safetensors entry {name!r} spans {offsets[1] - offsets[0]} bytes, its shape "

@@ -5,6 +5,8 @@ NumPy has no bfloat16: its values are the upper half of a float32, so they are w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from bncheck.errors import ModelReadError
@@ -24,6 +26,10 @@ _NUMPY = {
 }
 
 INTEGER_TYPES = frozenset({"int64", "int32", "int16", "int8", "uint8"})
+#: Most dimensions a tensor may have. NumPy makes no array of more (64 since NumPy 2, 32 before)
+#: and PyTorch none of more than 64, so no framework writes one; a file claiming 100,000 would
+#: otherwise cost time quadratic in the count just to multiply its sizes.
+MAX_DIMENSIONS = 64
 
 
 def itemsize(dtype: str) -> int:
@@ -31,6 +37,25 @@ def itemsize(dtype: str) -> int:
     if dtype not in _NUMPY:
         raise ModelReadError(f"unsupported tensor element type {dtype}")
     return np.dtype(_NUMPY[dtype]).itemsize
+
+
+def element_count(shape: Sequence[int], item_bytes: int, present: int, what: str) -> int:
+    """Elements of a tensor of ``shape`` (non-negative sizes), refused with ``ModelReadError``
+    when it has more than ``MAX_DIMENSIONS`` or needs more than the ``present`` bytes at
+    ``item_bytes`` each: the product stops growing as soon as it passes what is there."""
+    if len(shape) > MAX_DIMENSIONS:
+        raise ModelReadError(
+            f"{what} has {len(shape)} dimensions; no framework writes more than {MAX_DIMENSIONS}"
+        )
+    if 0 in shape:
+        return 0
+    most = present // max(item_bytes, 1)
+    count = 1
+    for size in shape:
+        count *= size
+        if count > most:
+            raise ModelReadError(f"{what}: its shape needs more than the {present} bytes present")
+    return count
 
 
 def decode(raw: bytes, dtype: str, big_endian: bool = False) -> np.ndarray:
