@@ -164,10 +164,13 @@ def _module_path(node: Any) -> str | None:
 
 
 class Values:
-    """The constant tensors of a graph by name, read on demand."""
+    """The constant tensors of a graph by name, read on demand, each once: a tensor shared by
+    many nodes is decoded once and handed to each as the same read-only array."""
 
     def __init__(self, graph: Any, directory: Path) -> None:
         self.directory = directory
+        self.external = ExternalReads(directory)
+        self.arrays: dict[str, np.ndarray] = {}
         self.tensors: dict[str, Any] = {tensor.name: tensor for tensor in graph.initializer}
         self.aliases: dict[str, str] = {}
         for node in graph.node:
@@ -180,48 +183,71 @@ class Values:
                     if attribute.name == "value" and attribute.HasField("t"):
                         self.tensors[node.output[0]] = attribute.t
 
-    def tensor(self, name: str) -> Any | None:
+    def stored_name(self, name: str) -> str | None:
         """The stored tensor a value name stands for, through Identity nodes; ``None`` when the
         graph computes it."""
         for _ in range(_MAX_ALIASES):
             if name in self.tensors:
-                return self.tensors[name]
+                return name
             if name not in self.aliases:
                 return None
             name = self.aliases[name]
         return None
 
+    def tensor(self, name: str) -> Any | None:
+        stored = self.stored_name(name)
+        return None if stored is None else self.tensors[stored]
+
     def array(self, name: str) -> np.ndarray | None:
-        tensor = self.tensor(name)
-        return None if tensor is None else tensor_array(tensor, self.directory)
+        stored = self.stored_name(name)
+        if stored is None:
+            return None
+        if stored not in self.arrays:
+            array = tensor_array(self.tensors[stored], self.directory, self.external)
+            array.flags.writeable = False
+            self.arrays[stored] = array
+        return self.arrays[stored]
 
 
-def _layout(tensor: Any) -> tuple[str, list[int], int]:
-    """A tensor's element type, dimensions and value count, checked."""
+def _layout(tensor: Any) -> tuple[str, list[int]]:
+    """A tensor's element type and dimensions, checked (at most ``MAX_DIMENSIONS``)."""
     dtype = onnx_proto.ELEMENT_TYPES.get(tensor.data_type)
     if dtype is None:
         raise ModelReadError(f"tensor {tensor.name!r} has unsupported data type {tensor.data_type}")
+    if len(tensor.dims) > tensor_bytes.MAX_DIMENSIONS:
+        raise ModelReadError(
+            f"tensor {tensor.name!r} has {len(tensor.dims)} dimensions; no framework writes more "
+            f"than {tensor_bytes.MAX_DIMENSIONS}"
+        )
     dims = list(tensor.dims)
     if any(dim < 0 for dim in dims):
         raise ModelReadError(f"tensor {tensor.name!r} has a negative dimension")
-    return dtype, dims, int(np.prod(dims, dtype=object))
+    return dtype, dims
 
 
-def tensor_array(tensor: Any, directory: Path) -> np.ndarray:
+def _count(tensor: Any, dtype: str, dims: list[int], present: int) -> int:
+    """The values ``dims`` needs, refused as soon as it passes the ``present`` bytes."""
+    item_bytes = tensor_bytes.itemsize(dtype)
+    return tensor_bytes.element_count(dims, item_bytes, present, f"tensor {tensor.name!r}")
+
+
+def tensor_array(tensor: Any, directory: Path, external: ExternalReads | None = None) -> np.ndarray:
     """A ``TensorProto``'s values, from ``raw_data``, the typed fields or an external file."""
-    dtype, dims, count = _layout(tensor)
-    expected = count * tensor_bytes.itemsize(dtype)
+    dtype, dims = _layout(tensor)
     if tensor.data_location == onnx_proto.EXTERNAL:
-        values = tensor_bytes.decode(external_bytes(tensor, directory), dtype)
+        reads = external if external is not None else ExternalReads(directory)
+        values = tensor_bytes.decode(reads.read(tensor), dtype)
     elif tensor.HasField("raw_data"):
-        if len(tensor.raw_data) != expected:
+        present = len(tensor.raw_data)
+        expected = _count(tensor, dtype, dims, present) * tensor_bytes.itemsize(dtype)
+        if present != expected:
             raise ModelReadError(
-                f"tensor {tensor.name!r} holds {len(tensor.raw_data)} bytes, its shape needs "
-                f"{expected}"
+                f"tensor {tensor.name!r} holds {present} bytes, its shape needs {expected}"
             )
         values = tensor_bytes.decode(tensor.raw_data, dtype)
     else:
         values = _typed_values(tensor, dtype)
+        count = _count(tensor, dtype, dims, values.size * tensor_bytes.itemsize(dtype))
         if values.size != count:
             raise ModelReadError(
                 f"tensor {tensor.name!r} holds {values.size} values, its shape needs {count}"
@@ -248,26 +274,53 @@ def _typed_values(tensor: Any, dtype: str) -> np.ndarray:
 def external_bytes(tensor: Any, directory: Path) -> bytes:
     """The bytes of a tensor kept in an external file, from inside the model's directory only and
     checked against the tensor's shape and the file's size."""
-    dtype, _, count = _layout(tensor)
-    expected = count * tensor_bytes.itemsize(dtype)
-    entries = {entry.key: entry.value for entry in tensor.external_data}
-    location = entries.get("location", "")
-    target = external_path(location, directory)
-    try:
-        offset = int(entries.get("offset", "0"))
-        length = int(entries.get("length", str(expected)))
-    except ValueError:
-        raise ModelReadError(f"tensor {tensor.name!r} has a non-numeric external offset") from None
-    if length != expected or offset < 0:
-        raise ModelReadError(
-            f"tensor {tensor.name!r}: external length {length} at offset {offset}, its shape "
-            f"needs {expected} bytes"
-        )
-    if offset + length > target.stat().st_size:
-        raise ModelReadError(f"tensor {tensor.name!r}: external range runs past {location!r}")
-    with open(target, "rb") as handle:
-        handle.seek(offset)
-        return handle.read(length)
+    return ExternalReads(directory).read(tensor)
+
+
+class ExternalReads:
+    """Reads of external data for one model. Each file's ranges are read once; ranges that
+    overlap without being equal may not add up to more than the file holds, so tensors that all
+    name the same bytes cannot make bncheck decode them once per tensor."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.read_bytes: dict[Path, int] = {}
+        self.ranges: dict[tuple[Path, int, int], bytes] = {}
+
+    def read(self, tensor: Any) -> bytes:
+        dtype, dims = _layout(tensor)
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        location = entries.get("location", "")
+        target = external_path(location, self.directory)
+        size = target.stat().st_size
+        expected = _count(tensor, dtype, dims, size) * tensor_bytes.itemsize(dtype)
+        try:
+            offset = int(entries.get("offset", "0"))
+            length = int(entries.get("length", str(expected)))
+        except ValueError:
+            raise ModelReadError(
+                f"tensor {tensor.name!r} has a non-numeric external offset"
+            ) from None
+        if length != expected or offset < 0:
+            raise ModelReadError(
+                f"tensor {tensor.name!r}: external length {length} at offset {offset}, its shape "
+                f"needs {expected} bytes"
+            )
+        if offset + length > size:
+            raise ModelReadError(f"tensor {tensor.name!r}: external range runs past {location!r}")
+        key = (target, offset, length)
+        if key not in self.ranges:
+            total = self.read_bytes.get(target, 0) + length
+            if total > size:
+                raise ModelReadError(
+                    f"tensor {tensor.name!r}: the tensors read from {location!r} overlap, "
+                    f"{total} bytes from a file of {size}"
+                )
+            self.read_bytes[target] = total
+            with open(target, "rb") as handle:
+                handle.seek(offset)
+                self.ranges[key] = handle.read(length)
+        return self.ranges[key]
 
 
 def external_path(location: str, directory: Path) -> Path:
