@@ -145,7 +145,15 @@ def test_deep_nesting_is_built_without_recursion() -> None:
     assert depth == 199_999
 
 
-def test_millions_of_calls_are_counted_not_listed() -> None:
+def test_calls_are_counted_and_each_function_listed_once() -> None:
     data = b"\x80\x02cposix\nsystem\nq\x00)" + b"h\x00)R0" * 200_000 + b"N."
     _, log = load(data)
-    assert log.call_count == 200_000 and len(log.calls) == pickle_vm.MAX_LISTED_CALLS
+    assert log.call_count == 200_000
+    assert [(call.target, call.position) for call in log.calls] == [("posix.system", 22)]
+
+
+def test_the_functions_listed_are_capped() -> None:
+    calls = b"".join(b"cm\nf%d\n)R0" % index for index in range(pickle_vm.MAX_LISTED_CALLS + 50))
+    _, log = load(b"\x80\x02" + calls + b"N.")
+    assert log.call_count == pickle_vm.MAX_LISTED_CALLS + 50
+    assert len(log.calls) == pickle_vm.MAX_LISTED_CALLS and log.calls[-1].target == "m.f99"

@@ -17,10 +17,18 @@ one a meaning of its own:
 
 Dictionary keys are restricted to flat values, so a crafted key cannot make hashing explode, and
 sets are kept as lists for the same reason.
+
+A pickle is a program, and a few bytes of it can ask for a lot of work: a million ``EMPTY_DICT``
+opcodes are a million objects, and one large list given to ``OrderedDict`` over and over is
+copied each time. The machine therefore runs on a budget (``Budget``): steps (each opcode, and
+each item a rebuild or ``BUILD`` copies), bytes copied, objects created, and the sizes of the
+stack and the memo. A pickle that exceeds one is refused, in one line, before it costs seconds
+or hundreds of MB. Calls are logged once per function, with a count.
 """
 
 from __future__ import annotations
 
+import itertools
 import pickletools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -126,7 +134,7 @@ class CallRecord:
     """Byte offset of the ``REDUCE`` opcode in the pickle."""
 
 
-#: Calls listed one by one; a pickle can ask for millions, which are counted instead.
+#: Functions whose calls are listed; a pickle can ask for millions of calls, which are counted.
 MAX_LISTED_CALLS = 100
 
 
@@ -135,21 +143,46 @@ class PickleLog:
     """What a pickle asked for beyond plain data."""
 
     calls: list[CallRecord] = field(default_factory=list)
-    """Calls of anything bncheck does not know as plain data, in pickle order (the first
-    ``MAX_LISTED_CALLS``)."""
+    """Calls of anything bncheck does not know as plain data: the first call of each function,
+    in pickle order (the first ``MAX_LISTED_CALLS`` functions)."""
     call_count: int = 0
     """All such calls, listed or not."""
     class_names: dict[str, None] = field(default_factory=dict)
     """Classes instances were made of, each once, in pickle order."""
+    listed_targets: set[str] = field(default_factory=set)
 
     @property
     def classes(self) -> list[str]:
         return list(self.class_names)
 
-    def add_call(self, call: CallRecord) -> None:
+    def add_call(self, target: str, arguments: Callable[[], str], position: int) -> None:
+        """Counts a call; lists it if it is the first of its function (``arguments`` renders
+        the arguments, only then)."""
         self.call_count += 1
-        if len(self.calls) < MAX_LISTED_CALLS:
-            self.calls.append(call)
+        if target not in self.listed_targets and len(self.calls) < MAX_LISTED_CALLS:
+            self.listed_targets.add(target)
+            self.calls.append(CallRecord(target, arguments(), position))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work one pickle may ask for. PyTorch's pickles of the largest state dicts
+    (about 100,000 tensors) stay well inside each limit; a few MB of crafted opcodes would
+    otherwise take minutes or GBs."""
+
+    steps: int = 3_000_000
+    """Opcodes run, plus the items each rebuild or ``BUILD`` copies: about 5 s of work."""
+    copied_bytes: int = 256 << 20
+    """Bytes of text or bytes that rebuilds copy (``_codecs.encode``)."""
+    objects: int = 1_000_000
+    """Containers, instances, calls and names created."""
+    stack: int = 1_000_000
+    """Items on the stack at once."""
+    memo: int = 1_000_000
+    """Memo entries."""
+
+
+DEFAULT_BUDGET = Budget()
 
 
 #: Element type of each PyTorch storage class.
@@ -342,6 +375,8 @@ def short(value: Any, depth: int = 2) -> str:
         return f"{short(value.target, 0)}(...)"
     if isinstance(value, (TensorRef, StorageRef)):
         return type(value).__name__
+    if isinstance(value, (str, bytes)):
+        value = value[: _MAX_ARGUMENTS_TEXT + 1]  # never render more of a long text than shown
     if isinstance(value, (str, bytes, int, float, bool, type(None))):
         text = repr(value)
         return text if len(text) <= _MAX_ARGUMENTS_TEXT else text[: _MAX_ARGUMENTS_TEXT - 3] + "..."
@@ -352,7 +387,7 @@ def short(value: Any, depth: int = 2) -> str:
         more = ", ..." if len(value) > 4 else ""
         return f"({inner}{more})" if isinstance(value, tuple) else f"[{inner}{more}]"
     if isinstance(value, dict):
-        items = list(value.items())[:4]
+        items = list(itertools.islice(value.items(), 4))
         inner = ", ".join(f"{short(k, 0)}: {short(v, depth - 1)}" for k, v in items)
         return "{" + inner + (", ..." if len(value) > 4 else "") + "}"
     return type(value).__name__
@@ -364,11 +399,12 @@ def _global(module: str, name: str) -> Any:
     return REBUILDERS.get(dotted) or GlobalRef(module, name)
 
 
-def _describe_target(target: Any) -> str:
+def _describe_target(target: Any, depth: int = 2) -> str:
     if isinstance(target, GlobalRef):
         return target.dotted
     if isinstance(target, PickledObject):
-        return f"the result of {_describe_target(target.target)}(...)"
+        inner = _describe_target(target.target, depth - 1) if depth > 0 else "..."
+        return f"the result of {inner}(...)"
     return short(target)
 
 
@@ -378,11 +414,44 @@ _MARK = object()
 class _Machine:
     """The pickle stack machine, with bncheck's meaning for each opcode."""
 
-    def __init__(self, persistent_load: Callable[[Any], Any]) -> None:
+    def __init__(self, persistent_load: Callable[[Any], Any], budget: Budget) -> None:
         self.persistent_load = persistent_load
         self.stack: list[Any] = []
         self.memo: dict[int, Any] = {}
         self.log = PickleLog()
+        self.budget = budget
+        self.steps = 0
+        self.copied_bytes = 0
+        self.objects = 0
+
+    def charge(self, steps: int) -> None:
+        """Counts work against the budget; refuses the pickle once it is spent."""
+        self.steps += steps
+        if self.steps > self.budget.steps:
+            raise PickleRefused(
+                f"the pickle asks for more than {self.budget.steps} steps of work "
+                "(opcodes and copied items); no PyTorch file needs that many"
+            )
+
+    def charge_copies(self, arguments: tuple[Any, ...]) -> None:
+        """Charges a rebuild for the items and bytes its arguments make it copy."""
+        for argument in arguments:
+            if isinstance(argument, (list, tuple, dict)):
+                self.charge(len(argument))
+            elif isinstance(argument, (str, bytes)):
+                self.copied_bytes += len(argument)
+                if self.copied_bytes > self.budget.copied_bytes:
+                    raise PickleRefused(
+                        f"the pickle asks to copy more than {self.budget.copied_bytes} bytes"
+                    )
+
+    def created(self) -> None:
+        self.objects += 1
+        if self.objects > self.budget.objects:
+            raise PickleRefused(
+                f"the pickle creates more than {self.budget.objects} objects; no PyTorch file "
+                "needs that many"
+            )
 
     def pop_mark(self) -> list[Any]:
         for index in range(len(self.stack) - 1, -1, -1):
@@ -405,7 +474,8 @@ class _Machine:
     def call(self, target: Any, arguments: Any, position: int) -> Any:
         if not isinstance(arguments, tuple):
             raise PickleRefused(f"call arguments are not a tuple: {short(arguments)}")
-        if callable(target) and target in REBUILDERS.values():
+        if callable(target) and target in _REBUILDER_FUNCTIONS:
+            self.charge_copies(arguments)
             return target(*arguments)
         if not isinstance(target, (GlobalRef, PickledObject)):
             raise PickleRefused(f"pickle calls {short(target)}, which is not callable")
@@ -418,10 +488,14 @@ class _Machine:
         if dotted in _INSTANCE_MAKERS and arguments and isinstance(arguments[0], GlobalRef):
             return self.instance(arguments[0], arguments[1:])
         if dotted not in DATA_CALLS:
-            described = ", ".join(short(argument) for argument in arguments[:3])
-            if len(described) > _MAX_ARGUMENTS_TEXT:
-                described = described[: _MAX_ARGUMENTS_TEXT - 3] + "..."
-            self.log.add_call(CallRecord(_describe_target(target), described, position))
+
+            def described() -> str:
+                text = ", ".join(short(argument) for argument in arguments[:3])
+                if len(text) > _MAX_ARGUMENTS_TEXT:
+                    text = text[: _MAX_ARGUMENTS_TEXT - 3] + "..."
+                return text
+
+            self.log.add_call(_describe_target(target), described, position)
         return PickledObject(target, arguments, "call")
 
     def instance(self, target: Any, arguments: tuple[Any, ...]) -> PickledObject:
@@ -436,6 +510,7 @@ class _Machine:
         elif isinstance(target, StateDict):
             attributes = state[0] if isinstance(state, tuple) and len(state) == 2 else state
             if isinstance(attributes, dict):
+                self.charge(len(attributes))
                 target.attributes.update(attributes)
         elif not isinstance(target, TensorRef):
             raise PickleRefused(f"pickle sets the state of a {type(target).__name__}")
@@ -447,13 +522,22 @@ class _Machine:
             target[_key(items[index])] = items[index + 1]
 
     def run(self, opcodes: Iterator[tuple[pickletools.OpcodeInfo, Any, int | None]]) -> Any:
+        stack, memo, budget = self.stack, self.memo, self.budget
         for opcode, argument, position in opcodes:
             name = opcode.name
             handler = _HANDLERS.get(name)
             if handler is None:
                 raise PickleRefused(f"pickle opcode {name} is not supported")
+            self.charge(1)
+            if name in _CREATING:
+                self.created()
             if handler(self, argument, position or 0):
                 return self.pop()
+            if len(stack) > budget.stack or len(memo) > budget.memo:
+                raise PickleRefused(
+                    f"the pickle holds more than {budget.stack} values on its stack or "
+                    f"{budget.memo} in its memo; no PyTorch file needs that many"
+                )
         raise PickleRefused("pickle ends without STOP")
 
 
@@ -672,6 +756,15 @@ _HANDLERS: dict[str, Callable[[_Machine, Any, int], bool]] = {
     "LONG_BINPUT": _op(_memo_put),
     "MEMOIZE": _op(_memoize),
 }
+#: Opcodes that create an object (a container, an instance, a call's record, a name).
+_CREATING = frozenset(
+    {
+        "EMPTY_LIST", "LIST", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_DICT", "DICT",
+        "EMPTY_SET", "FROZENSET", "GLOBAL", "STACK_GLOBAL", "REDUCE", "NEWOBJ", "NEWOBJ_EX",
+        "INST", "OBJ", "PERSID", "BINPERSID", "BYTEARRAY8",
+    }
+)  # fmt: skip
+_REBUILDER_FUNCTIONS = frozenset(REBUILDERS.values())
 # Not handled, so refused: EXT1/2/4 (a process-wide registry of names), NEXT_BUFFER and
 # READONLY_BUFFER (out-of-band buffers): no PyTorch file uses them.
 
@@ -696,12 +789,14 @@ class BoundedReader:
 
 
 def load(
-    source: bytes | BoundedReader, persistent_load: Callable[[Any], Any]
+    source: bytes | BoundedReader,
+    persistent_load: Callable[[Any], Any],
+    budget: Budget = DEFAULT_BUDGET,
 ) -> tuple[Any, PickleLog, int]:
     """The object a pickle describes, what it asked for beyond data, and where it ended (the
     offset just past ``STOP``, from the start of ``source``'s file for a reader).
-    ``persistent_load`` maps a persistent id to a storage."""
-    machine = _Machine(persistent_load)
+    ``persistent_load`` maps a persistent id to a storage; ``budget`` bounds the work."""
+    machine = _Machine(persistent_load, budget)
     end = 0
 
     def opcodes() -> Iterator[tuple[pickletools.OpcodeInfo, Any, int | None]]:
