@@ -70,6 +70,13 @@ def describe(path: str, torch_file: TorchFile, member: str) -> ModelDescription:
     """The BatchNorm layers of an opened PyTorch file (its tensors read while it is open)."""
     found = [(root, torch_layers.candidates(root.tensors)) for root in find_roots(torch_file.root)]
     found = [(root, candidates) for root, candidates in found if candidates]
+    # All at once, so that each storage is read in one pass however many layers share it.
+    torch_file.read_tensors(
+        root.tensors[name]
+        for root, candidates in found
+        for candidate in candidates
+        for name in candidate.names.values()
+    )
     layers: list[BNLayer] = []
     for root, candidates in found:
         for candidate in candidates:

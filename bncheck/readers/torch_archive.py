@@ -9,17 +9,23 @@
   pickled list of storage keys, then each storage as an 8-byte little-endian element count and
   its bytes, in that order.
 
-The pickle goes through ``pickle_vm``, which runs nothing. Only the bytes of the tensors asked
-for are read, each checked against its storage and the storage against the file.
+The pickle goes through ``pickle_vm``, which runs nothing and works within a budget. Only the
+bytes of the tensors asked for are read, each checked against its storage and the storage
+against the file. Each storage is read at most once, in one forward pass over the views asked
+for, and each distinct view is decoded once: a storage shared by hundreds of layers costs its
+size once. Distinct views of one storage may not add up to more than the storage holds, and a
+deflated member is inflated only as far as those views need, and not beyond
+``MAX_INFLATION_RATIO`` times its compressed size (PyTorch stores members uncompressed).
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 import struct
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -35,6 +41,16 @@ _LEGACY_PROTOCOL = 1001
 MAX_PICKLE_BYTES = 256 << 20
 #: Storage keys are short tokens; anything else could name another member.
 _STORAGE_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+#: How many times its compressed size a deflated member may inflate to, beyond
+#: ``_SMALL_INFLATION``. Real weights barely compress; a crafted run of zeros inflates a
+#: thousandfold, so 1 MB on disk would cost a GiB of inflation.
+MAX_INFLATION_RATIO = 100
+_SMALL_INFLATION = 1 << 20
+
+#: A distinct view of a storage: its key, first byte, byte count, element type and shape.
+ViewKey = tuple[str, int, int, str, tuple[int, ...]]
+#: Reads byte ranges (sorted, disjoint) of the storage with the given key, in one pass.
+RangeReader = Callable[[str, list[tuple[int, int]]], list[bytes]]
 
 
 @dataclass
@@ -46,7 +62,65 @@ class TorchFile:
     log: PickleLog
     container: str
     """``zip``, ``torchscript`` or ``legacy``."""
-    read_tensor: Callable[[TensorRef], np.ndarray]
+    roots: dict[str, StorageRef]
+    """Each storage by key, as the pickle first declared it (its whole size)."""
+    read_ranges: RangeReader
+    big_endian: bool = False
+    arrays: dict[ViewKey, np.ndarray] = field(default_factory=dict)
+    """Each view read so far, decoded once and read-only."""
+    read_bytes: dict[str, int] = field(default_factory=dict)
+    """Bytes of the distinct views read from each storage."""
+
+    def read_tensors(self, tensors: Iterable[TensorRef]) -> None:
+        """Reads the views of ``tensors`` not read yet: each storage once, in one pass."""
+        wanted: dict[str, dict[ViewKey, TensorRef]] = {}
+        for tensor in tensors:
+            key = self._view(tensor)
+            if key not in self.arrays:
+                wanted.setdefault(key[0], {})[key] = tensor
+        for storage_key, views in wanted.items():
+            root = self.roots[storage_key]
+            total = self.read_bytes.get(storage_key, 0) + sum(view[2] for view in views)
+            size = root.numel * tensor_bytes.itemsize(root.dtype)
+            if total > size:
+                raise ModelReadError(
+                    f"the tensors read from storage {storage_key} overlap: {total} bytes of "
+                    f"views of a storage of {size}"
+                )
+            self.read_bytes[storage_key] = total
+            ranges = _merged((view[1], view[2]) for view in views)
+            found = self.read_ranges(storage_key, ranges)
+            firsts = [first for first, _ in ranges]
+            for view, tensor in views.items():
+                start, length = view[1], view[2]
+                index = bisect.bisect_right(firsts, start) - 1
+                skip = start - firsts[index]
+                raw = found[index][skip : skip + length]
+                array = _view(raw, tensor, self.big_endian)
+                array.flags.writeable = False
+                self.arrays[view] = array
+
+    def read_tensor(self, tensor: TensorRef) -> np.ndarray:
+        self.read_tensors([tensor])
+        return self.arrays[self._view(tensor)]
+
+    def _view(self, tensor: TensorRef) -> ViewKey:
+        root = self.roots.get(tensor.storage.key)
+        if root is None:
+            raise ModelReadError(f"storage {tensor.storage.key} is not in the file")
+        start, length = _byte_span(tensor, tensor.storage)
+        return (root.key, start, length, tensor.dtype, tensor.shape)
+
+
+def _merged(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, disjoint (start, length) ranges covering ``spans``."""
+    merged: list[list[int]] = []
+    for start, length in sorted(spans):
+        if merged and start <= merged[-1][0] + merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], start + length - merged[-1][0])
+        else:
+            merged.append([start, length])
+    return [(start, length) for start, length in merged]
 
 
 def open_zip(archive: zipfile.ZipFile) -> TorchFile:
@@ -66,14 +140,13 @@ def open_zip(archive: zipfile.ZipFile) -> TorchFile:
             raise ModelReadError(f"unsupported persistent id in {member}: {pickle_vm.short(pid)}")
         _, storage_type, key, _location, numel = pid
         storage = StorageRef(_storage_key(key), _storage_dtype(storage_type), _count(numel))
-        storages.setdefault(storage.key, storage)
-        return storage
+        return storages.setdefault(storage.key, storage)
 
     root, log, _ = pickle_vm.load(_read_member(archive, member), persistent_load)
 
-    def read_tensor(tensor: TensorRef) -> np.ndarray:
-        storage = storages[tensor.storage.key]
-        name = f"{top}/data/{storage.key}"
+    def read_ranges(key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        storage = storages[key]
+        name = f"{top}/data/{key}"
         try:
             info = archive.getinfo(name)
         except KeyError:
@@ -83,14 +156,28 @@ def open_zip(archive: zipfile.ZipFile) -> TorchFile:
             raise ModelReadError(
                 f"storage {name} holds {info.file_size} bytes, the pickle says {size}"
             )
-        start, length = _byte_span(tensor, storage)
+        _check_inflation(info, ranges[-1][0] + ranges[-1][1])
+        found = []
         with archive.open(info) as handle:
-            handle.seek(start)
-            raw = handle.read(length)
-        return _view(raw, tensor, big_endian)
+            for start, length in ranges:  # sorted: a deflated member is inflated once
+                handle.seek(start)
+                found.append(handle.read(length))
+        return found
 
     container = "torchscript" if torchscript else "zip"
-    return TorchFile(root, log, container, read_tensor)
+    return TorchFile(root, log, container, storages, read_ranges, big_endian)
+
+
+def _check_inflation(info: zipfile.ZipInfo, needed: int) -> None:
+    """Refuses to inflate ``needed`` bytes of a deflated member when that is more than
+    ``MAX_INFLATION_RATIO`` times its compressed size."""
+    if info.compress_type == zipfile.ZIP_STORED or needed <= _SMALL_INFLATION:
+        return
+    if needed > MAX_INFLATION_RATIO * max(info.compress_size, 1):
+        raise ModelReadError(
+            f"{info.filename} would inflate {info.compress_size} compressed bytes to {needed}, "
+            f"more than {MAX_INFLATION_RATIO} times; PyTorch stores its members uncompressed"
+        )
 
 
 def open_legacy(handle: BinaryIO, file_size: int) -> TorchFile:
@@ -132,16 +219,16 @@ def open_legacy(handle: BinaryIO, file_size: int) -> TorchFile:
         raise ModelReadError("the legacy file's storage key list is malformed")
     starts = _legacy_storage_starts(handle, handle.tell(), file_size, keys, roots)
 
-    def read_tensor(tensor: TensorRef) -> np.ndarray:
-        storage = tensor.storage
-        if storage.key not in starts:
-            raise ModelReadError(f"storage {storage.key} is not in the file")
-        start, length = _byte_span(tensor, storage)
-        handle.seek(starts[storage.key] + start)
-        raw = handle.read(length)
-        return _view(raw, tensor, big_endian=False)
+    def read_ranges(key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        if key not in starts:
+            raise ModelReadError(f"storage {key} is not in the file")
+        found = []
+        for start, length in ranges:
+            handle.seek(starts[key] + start)
+            found.append(handle.read(length))
+        return found
 
-    return TorchFile(root_object, log, "legacy", read_tensor)
+    return TorchFile(root_object, log, "legacy", roots, read_ranges)
 
 
 def _legacy_storage_starts(
@@ -178,12 +265,14 @@ def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:
     info = archive.getinfo(name)
     if info.file_size > MAX_PICKLE_BYTES:
         raise ModelReadError(f"{name} is {info.file_size} bytes, more than any PyTorch pickle")
+    _check_inflation(info, info.file_size)
     return archive.read(info)
 
 
 def _byteorder(archive: zipfile.ZipFile, name: str) -> str:
     try:
-        text = archive.read(name)[:16].decode("ascii", "replace").strip()
+        with archive.open(name) as handle:
+            text = handle.read(16).decode("ascii", "replace").strip()
     except KeyError:
         return "little"  # archives before PyTorch 1.10 have no byteorder member: little-endian
     if text not in ("little", "big"):
