@@ -29,10 +29,11 @@ or hundreds of MB. Calls are logged once per function, with a count.
 from __future__ import annotations
 
 import itertools
+import mmap
 import pickletools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 from bncheck.errors import ModelReadError
 
@@ -769,33 +770,15 @@ _REBUILDER_FUNCTIONS = frozenset(REBUILDERS.values())
 # READONLY_BUFFER (out-of-band buffers): no PyTorch file uses them.
 
 
-class BoundedReader:
-    """A file read up to a limit: a length a pickle claims cannot make one read allocate more
-    than the file holds."""
-
-    def __init__(self, handle: BinaryIO, limit: int) -> None:
-        self.handle = handle
-        self.limit = limit
-
-    def read(self, count: int = -1) -> bytes:
-        left = max(self.limit - self.handle.tell(), 0)
-        return self.handle.read(left if count < 0 else min(count, left))
-
-    def readline(self) -> bytes:
-        return self.handle.readline(max(self.limit - self.handle.tell(), 0))
-
-    def tell(self) -> int:
-        return self.handle.tell()
-
-
 def load(
-    source: bytes | BoundedReader,
+    source: bytes | mmap.mmap,
     persistent_load: Callable[[Any], Any],
     budget: Budget = DEFAULT_BUDGET,
 ) -> tuple[Any, PickleLog, int]:
     """The object a pickle describes, what it asked for beyond data, and where it ended (the
-    offset just past ``STOP``, from the start of ``source``'s file for a reader).
-    ``persistent_load`` maps a persistent id to a storage; ``budget`` bounds the work."""
+        offset just past ``STOP``, from the start of the file for a mapped file, read from where it
+    stands).
+        ``persistent_load`` maps a persistent id to a storage; ``budget`` bounds the work."""
     machine = _Machine(persistent_load, budget)
     end = 0
 
