@@ -87,6 +87,7 @@ def read(path: str) -> ModelDescription:
     estimator = "unbiased" if model.producer_name == "pytorch" else None
     layers = []
     nodes = batchnorm_nodes(model.graph)
+    channels = 0
     for bn in nodes:
         arrays = {}
         for name, input_name in zip(PARAMETERS, list(bn.node.input)[1:5], strict=False):
@@ -99,6 +100,8 @@ def read(path: str) -> ModelDescription:
         if set(arrays) != set(PARAMETERS):
             raise ModelReadError(f"{bn.path}: BatchNormalization node has too few inputs")
         _check_channels(bn.path, arrays)
+        channels += arrays["moving_mean"].size
+        tensor_bytes.check_channel_total(channels)
         training = bn.attribute("training_mode", 0) == 1
         layers.append(
             BNLayer.without_config(

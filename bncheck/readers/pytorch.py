@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from bncheck.model import BNLayer, ModelDescription, PickledCall
-from bncheck.readers import torch_archive, torch_layers
+from bncheck.readers import tensor_bytes, torch_archive, torch_layers
 from bncheck.readers.framework_signatures import LEGACY_MAGIC, data_pickle_member
 from bncheck.readers.pickle_vm import PickledObject, TensorRef, short
 from bncheck.readers.torch_archive import TorchFile
@@ -70,6 +70,13 @@ def describe(path: str, torch_file: TorchFile, member: str) -> ModelDescription:
     """The BatchNorm layers of an opened PyTorch file (its tensors read while it is open)."""
     found = [(root, torch_layers.candidates(root.tensors)) for root in find_roots(torch_file.root)]
     found = [(root, candidates) for root, candidates in found if candidates]
+    tensor_bytes.check_channel_total(
+        sum(
+            root.tensors[candidate.names["running_mean"]].numel
+            for root, candidates in found
+            for candidate in candidates
+        )
+    )
     # All at once, so that each storage is read in one pass however many layers share it.
     torch_file.read_tensors(
         root.tensors[name]
@@ -137,7 +144,8 @@ def _notes(
     log = torch_file.log
     if log.call_count > len(log.calls):
         notes.append(
-            f"the pickle asks for {log.call_count} calls; the first {len(log.calls)} are listed"
+            f"the pickle asks for {log.call_count} calls; {len(log.calls)} are listed, the "
+            "first of each function"
         )
     reset = torch_layers.pre_041_note(layers)
     if reset is not None:

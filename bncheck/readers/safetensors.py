@@ -82,6 +82,10 @@ def read(path: str) -> ModelDescription:
             raw = handle.read(entry.end - entry.begin)
             return tensor_bytes.decode(raw, DTYPES[entry.dtype]).reshape(entry.shape)
 
+        found = torch_layers.candidates(entries)
+        tensor_bytes.check_channel_total(
+            sum(_numel(entries[candidate.names["running_mean"]].shape) for candidate in found)
+        )
         layers = [
             torch_layers.bn_layer(
                 candidate,
@@ -89,7 +93,7 @@ def read(path: str) -> ModelDescription:
                 path=candidate.prefix or "(top level)",
                 source=", ".join(candidate.names.values()),
             )
-            for candidate in torch_layers.candidates(entries)
+            for candidate in found
         ]
     notes = [NOTE]
     reset = torch_layers.pre_041_note(layers)
@@ -171,6 +175,14 @@ def _entry(name: str, value: Any, data_size: int) -> Entry:
             f"{shape} of {dtype} needs {expected}"
         )
     return Entry(dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    """Elements of a checked entry's shape (bounded by the file, so the product is small)."""
+    count = 1
+    for size in shape:
+        count *= size
+    return count
 
 
 def _natural(value: Any) -> bool:

@@ -30,6 +30,10 @@ INTEGER_TYPES = frozenset({"int64", "int32", "int16", "int8", "uint8"})
 #: and PyTorch none of more than 64, so no framework writes one; a file claiming 100,000 would
 #: otherwise cost time quadratic in the count just to multiply its sizes.
 MAX_DIMENSIONS = 64
+#: Most channels a model's BatchNorm layers may have in all. The largest real networks have a
+#: few hundred thousand; each channel costs every rule some work, so a small file whose layers
+#: all share one huge tensor would otherwise take minutes to judge.
+MAX_BATCHNORM_CHANNELS = 4_000_000
 
 
 def itemsize(dtype: str) -> int:
@@ -56,6 +60,16 @@ def element_count(shape: Sequence[int], item_bytes: int, present: int, what: str
         if count > most:
             raise ModelReadError(f"{what}: its shape needs more than the {present} bytes present")
     return count
+
+
+def check_channel_total(total: int) -> None:
+    """Refuses a model whose BatchNorm layers have more than ``MAX_BATCHNORM_CHANNELS``
+    channels in all."""
+    if total > MAX_BATCHNORM_CHANNELS:
+        raise ModelReadError(
+            f"the BatchNorm layers have more than {MAX_BATCHNORM_CHANNELS} channels in all "
+            f"({total} so far); no real network has that many"
+        )
 
 
 def decode(raw: bytes, dtype: str, big_endian: bool = False) -> np.ndarray:
