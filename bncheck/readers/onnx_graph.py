@@ -219,8 +219,8 @@ def _layout(tensor: Any) -> tuple[str, list[int]]:
         raise ModelReadError(f"tensor {tensor.name!r} has unsupported data type {tensor.data_type}")
     if len(tensor.dims) > tensor_bytes.MAX_DIMENSIONS:
         raise ModelReadError(
-            f"tensor {tensor.name!r} has {len(tensor.dims)} dimensions; no framework writes more "
-            f"than {tensor_bytes.MAX_DIMENSIONS}"
+            f"tensor {tensor.name!r} has {len(tensor.dims)} dimensions; bncheck reads at most "
+            f"{tensor_bytes.MAX_DIMENSIONS}"
         )
     dims = list(tensor.dims)
     if any(dim < 0 for dim in dims):

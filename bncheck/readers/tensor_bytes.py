@@ -26,9 +26,9 @@ _NUMPY = {
 }
 
 INTEGER_TYPES = frozenset({"int64", "int32", "int16", "int8", "uint8"})
-#: Most dimensions a tensor may have. NumPy makes no array of more (64 since NumPy 2, 32 before)
-#: and PyTorch none of more than 64, so no framework writes one; a file claiming 100,000 would
-#: otherwise cost time quadratic in the count just to multiply its sizes.
+#: Most dimensions a tensor may have. NumPy, which holds every tensor bncheck reads, makes no array
+#: of more (64 since NumPy 2, 32 before), and no real model comes near; a file claiming 100,000
+#: would otherwise cost time quadratic in the count just to multiply its sizes.
 MAX_DIMENSIONS = 64
 #: Most channels a model's BatchNorm layers may have in all. The largest real networks have a
 #: few hundred thousand; each channel costs every rule some work, so a small file whose layers
@@ -49,7 +49,7 @@ def element_count(shape: Sequence[int], item_bytes: int, present: int, what: str
     ``item_bytes`` each: the product stops growing as soon as it passes what is there."""
     if len(shape) > MAX_DIMENSIONS:
         raise ModelReadError(
-            f"{what} has {len(shape)} dimensions; no framework writes more than {MAX_DIMENSIONS}"
+            f"{what} has {len(shape)} dimensions; bncheck reads at most {MAX_DIMENSIONS}"
         )
     if 0 in shape:
         return 0
