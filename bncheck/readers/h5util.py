@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 import json
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
 
 import h5py
 import numpy as np
@@ -15,58 +19,181 @@ from bncheck.errors import ModelReadError
 #: it would only waste memory (or be a decompression bomb).
 MAX_BN_VALUES = 1 << 24
 
-#: Largest JSON configuration bncheck will parse.
+#: Largest file bncheck parses as a whole as JSON (kept for the readers of other formats).
 MAX_CONFIG_BYTES = 256 << 20
+
+#: Largest Keras JSON configuration (``config.json``, ``model_config``, a shard index): the
+#: configuration of a model of tens of thousands of layers is a few MiB.
+MAX_JSON_BYTES = 32 << 20
+
+#: Deepest nesting of a JSON configuration; a model nested in a model adds a handful of levels.
+MAX_JSON_DEPTH = 200
+
+#: Links bncheck visits in one HDF5 file, all lookups and walks together.
+MAX_LINKS = 1_000_000
+
+#: Deepest group nesting bncheck walks.
+MAX_DEPTH = 64
+
+#: Bytes of arrays bncheck reads out of one HDF5 file: every BatchNorm array of the largest
+#: model is a few MiB.
+MAX_READ_BYTES = 256 << 20
+
+#: The most a compressed dataset may expand (values declared per byte stored); Keras never
+#: compresses its datasets, and deflate cannot pass about 1000.
+MAX_COMPRESSION = 100
+
+#: Values a dataset may declare beyond what it stores: a fill value, or a compression header.
+_SLACK_BYTES = 64 << 10
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
+NO_LINKS = "bncheck follows no links, so it refuses a file that holds one where it reads"
 
-def lookup(group: h5py.Group, path: str, _links_followed: int = 0) -> object | None:
-    """The object at ``path`` below ``group``; ``None`` when there is none.
 
-    Links inside the file are followed; a link to another file is refused, so that reading a
-    model never makes HDF5 open some other file on disk.
-    """
-    if _links_followed > 16:
-        raise ModelReadError(f"{path}: too many nested links")
-    current: object = group.file if path.startswith("/") else group
-    parts = [part for part in path.split("/") if part]
-    for part in parts:
+@dataclass
+class _FileBudget:
+    """What has been spent on one open HDF5 file."""
+
+    links: int = 0
+    read_bytes: int = 0
+    arrays: dict[int, tuple[str, np.ndarray]] = field(default_factory=dict)
+    """Each dataset read, by object address: the name it was read by, and its values."""
+
+
+_BUDGETS: contextvars.ContextVar[dict[int, _FileBudget] | None] = contextvars.ContextVar(
+    "bncheck_h5_budgets", default=None
+)
+
+
+@contextlib.contextmanager
+def budgeted() -> Iterator[None]:
+    """Share one budget per open file among every read inside the block, so that a dataset is
+    read once and a file's limits count all its lookups and walks together."""
+    token = _BUDGETS.set({})
+    try:
+        yield
+    finally:
+        _BUDGETS.reset(token)
+
+
+def _budget(obj: h5py.HLObject) -> _FileBudget:
+    budgets = _BUDGETS.get()
+    if budgets is None:
+        return _FileBudget()  # outside `budgeted`: each call on its own
+    return budgets.setdefault(obj.id.fileno, _FileBudget())
+
+
+def address(obj: h5py.HLObject) -> int:
+    """The object's address in its file: its identity, whatever name reached it."""
+    return int(h5py.h5o.get_info(obj.id).addr)
+
+
+def name_parts(path: str, what: str) -> list[str]:
+    """The components of a path below a group. A path that HDF5 would resolve anywhere else (a
+    leading ``/`` goes to the file's root, ``//`` and ``.`` are skipped) is refused, so that a
+    name means one object, the same for every reader and the writer."""
+    parts = path.split("/")
+    if any(part in ("", ".") or "\0" in part for part in parts):
+        raise ModelReadError(
+            f"{what} names {path!r}, which is not a plain path below its group "
+            "(an empty, '.' or '/'-rooted component); bncheck resolves no such name"
+        )
+    return parts
+
+
+def lookup(group: h5py.Group, path: str) -> object | None:
+    """The object at ``path`` below ``group`` through hard links only; ``None`` when there is
+    none. A soft link or a link to another file on the way is refused: bncheck follows no link,
+    so that a name cannot lead out of the file or to another object than the one it names."""
+    if path == "":
+        return group
+    current: object = group
+    for part in name_parts(path, _where(group, "")):
         if not isinstance(current, h5py.Group):
             return None
-        if _is_hard_link(current, part):  # the common case, without building link objects
-            current = current[part]
-            continue
-        link = current.get(part, getlink=True)
-        if link is None:
+        current = child(current, part)
+        if current is None:
             return None
-        where = f"{current.name.rstrip('/')}/{part}".lstrip("/")
-        if isinstance(link, h5py.ExternalLink):
-            raise ModelReadError(
-                f"{where} links to another file ({link.filename}); only the given file is read"
-            )
-        if isinstance(link, h5py.SoftLink):
-            target = lookup(current, link.path, _links_followed + 1)
-            if target is None:
-                raise ModelReadError(f"{where} is a link to {link.path}, which does not exist")
-            current = target
-        else:
-            current = current[part]
     return current
 
 
-def _is_hard_link(group: h5py.Group, name: str) -> bool:
+def child(group: h5py.Group, name: str) -> object | None:
+    """The object ``group`` holds as ``name`` (one component), when it is a hard link."""
+    budget = _budget(group)
+    budget.links += 1
+    if budget.links > MAX_LINKS:
+        raise ModelReadError(f"the file holds more than {MAX_LINKS} links to visit")
     encoded = name.encode()
     links = group.id.links
-    return (
-        b"\0" not in encoded
-        and links.exists(encoded)
-        and links.get_info(encoded).type == h5py.h5l.TYPE_HARD
-    )
+    if "/" in name or name in ("", ".") or b"\0" in encoded or not links.exists(encoded):
+        return None
+    kind = links.get_info(encoded).type
+    if kind != h5py.h5l.TYPE_HARD:
+        raise ModelReadError(f"{_where(group, name)} {_link_kind(group, name, kind)}; {NO_LINKS}")
+    return group[name]
 
 
-def read_bn_array(node: object, what: str) -> np.ndarray:
-    """Read a small numeric dataset (one BN array) into memory as a float array."""
+def _link_kind(group: h5py.Group, name: str, kind: int) -> str:
+    link = group.get(name, getlink=True)
+    if kind == h5py.h5l.TYPE_EXTERNAL and isinstance(link, h5py.ExternalLink):
+        return f"links to another file ({link.filename})"
+    if kind == h5py.h5l.TYPE_SOFT and isinstance(link, h5py.SoftLink):
+        return f"is a soft link (to {link.path})"
+    return "is a user-defined link"
+
+
+def children(group: h5py.Group) -> Iterator[tuple[str, object]]:
+    """The objects ``group`` holds, by name, each through a hard link (``child``)."""
+    for name in group:
+        found = child(group, name)
+        if found is not None:
+            yield name, found
+
+
+class Walk:
+    """One walk over a file's groups, each visited once: a group reached by a second name (hard
+    links that make a cycle or a shared subtree) or nested deeper than ``MAX_DEPTH`` is refused,
+    so that a walk is linear in the file."""
+
+    def __init__(self) -> None:
+        self._visited: set[int] = set()
+
+    def enter(self, group: h5py.Group, depth: int) -> None:
+        here = address(group)
+        if here in self._visited:
+            raise ModelReadError(
+                f"{_where(group, '')} is a group reached by a second name (a hard link); "
+                "bncheck reads files in which each group has one name"
+            )
+        self._visited.add(here)
+        if depth > MAX_DEPTH:
+            raise ModelReadError(f"groups are nested deeper than {MAX_DEPTH} levels")
+
+
+def walk_links(root: h5py.Group) -> Iterator[tuple[str, object]]:
+    """Every object below ``root`` with its path, in name order, a group's content after it
+    (the order of ``h5py.Group.visit_links``), through hard links only (``child``)."""
+    walk = Walk()
+
+    def below(group: h5py.Group, prefix: str, depth: int) -> Iterator[tuple[str, object]]:
+        walk.enter(group, depth)
+        for name, found in children(group):
+            yield f"{prefix}{name}", found
+            if isinstance(found, h5py.Group):
+                yield from below(found, f"{prefix}{name}/", depth + 1)
+
+    return below(root, "", 0)
+
+
+def _where(group: h5py.Group, name: str) -> str:
+    base = (group.name or "/").rstrip("/")
+    return f"{base}/{name}".strip("/") or "/"
+
+
+def read_values(node: object, what: str) -> np.ndarray:
+    """A small numeric dataset's values as stored, read once per file (``budgeted``), after its
+    declared size was checked against the bytes the file holds for it."""
     if not isinstance(node, h5py.Dataset):
         raise ModelReadError(f"{what} is not a dataset")
     if node.shape is None or node.size == 0:
@@ -77,24 +204,70 @@ def read_bn_array(node: object, what: str) -> np.ndarray:
         raise ModelReadError(
             f"{what} stores its values in another file; only the given file is read"
         )
-    dtype = node.dtype
-    if dtype.itemsize == 2 and _has_attr(node, "dtype") and node.attrs["dtype"] == "bfloat16":
+    if node.dtype.kind not in "fiu" and not is_bfloat16(node):
+        raise ModelReadError(f"{what} has non-numeric type {node.dtype}")
+    budget = _budget(node)
+    here = address(node)
+    if here in budget.arrays:
+        name, values = budget.arrays[here]
+        if name != node.name:
+            raise ModelReadError(
+                f"{what} is the same dataset as {name.lstrip('/')} (a hard link); bncheck "
+                "reads files in which each array has one name"
+            )
+        return values
+    declared = node.size * node.dtype.itemsize
+    _check_storage(node, declared, what)
+    budget.read_bytes += declared
+    if budget.read_bytes > MAX_READ_BYTES:
+        raise ModelReadError(
+            f"the file's arrays add up to more than {MAX_READ_BYTES >> 20} MiB; "
+            "BatchNorm arrays are far smaller"
+        )
+    values = np.asarray(node[()])
+    budget.arrays[here] = (node.name, values)
+    return values
+
+
+def _check_storage(node: h5py.Dataset, declared: int, what: str) -> None:
+    """Refuse a dataset that declares more values than the bytes stored for it can hold."""
+    stored = node.id.get_storage_size()
+    file_size = node.file.id.get_filesize()
+    if stored > file_size:
+        raise ModelReadError(f"{what} claims {stored} stored bytes in a file of {file_size}")
+    filtered = node.id.get_create_plist().get_nfilters() > 0
+    limit = stored * (MAX_COMPRESSION if filtered else 1) + _SLACK_BYTES
+    if declared > limit:
+        how = f"compressed more than {MAX_COMPRESSION}:1" if filtered else "not stored"
+        raise ModelReadError(
+            f"{what} declares {declared} bytes of values but the file stores {stored} bytes "
+            f"for it ({how}); refused before reading"
+        )
+
+
+def is_bfloat16(node: h5py.Dataset) -> bool:
+    """Whether Keras 3 stored the dataset as bfloat16 (16-bit words marked by a ``dtype``)."""
+    return node.dtype.itemsize == 2 and text_attr(node, "dtype") == "bfloat16"
+
+
+def read_bn_array(node: object, what: str) -> np.ndarray:
+    """Read a small numeric dataset (one BN array) into memory as a float array."""
+    values = read_values(node, what)
+    assert isinstance(node, h5py.Dataset)
+    if is_bfloat16(node):
         # Keras 3 stores bfloat16 as raw 16-bit words; they are the top half of a float32.
-        raw = np.frombuffer(node[()].tobytes(), dtype="<u2")
+        raw = np.frombuffer(values.tobytes(), dtype="<u2")
         return (raw.astype(np.uint32) << 16).view(np.float32).reshape(node.shape)
-    if dtype.kind not in "fiu":
-        raise ModelReadError(f"{what} has non-numeric type {dtype}")
-    array = np.asarray(node[()])
-    if dtype.kind != "f":
-        array = array.astype(np.float32)
-    return array
+    if values.dtype.kind != "f":
+        return values.astype(np.float32)
+    return values
 
 
 def text_attr(obj: h5py.HLObject, key: str) -> str | None:
     """A string attribute, decoded; ``None`` when absent."""
     if not _has_attr(obj, key):
         return None
-    value = obj.attrs[key]
+    value = attr_value(obj, key)
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     if isinstance(value, str):
@@ -107,11 +280,31 @@ def _has_attr(obj: h5py.HLObject, key: str) -> bool:
     return bool(h5py.h5a.exists(obj.id, key.encode()))
 
 
+#: Most values bncheck reads from one attribute (a list of names): Keras lists one per layer or
+#: variable.
+MAX_ATTR_VALUES = 1 << 18
+
+
+def attr_value(obj: h5py.HLObject, key: str) -> Any:
+    """An attribute's value, once its size is known to be modest and present in the file."""
+    attribute = h5py.h5a.open(obj.id, key.encode())
+    count = attribute.get_space().get_simple_extent_npoints()
+    if count > MAX_ATTR_VALUES:
+        raise ModelReadError(f"attribute {key!r} claims {count} values, more than bncheck reads")
+    try:
+        stored = attribute.get_storage_size()
+    except RuntimeError:  # HDF5 reports an empty attribute's size as an error
+        stored = 0
+    if stored > obj.file.id.get_filesize():
+        raise ModelReadError(f"attribute {key!r} claims more bytes than the file holds")
+    return obj.attrs[key]
+
+
 def text_list_attr(obj: h5py.HLObject, key: str) -> list[str] | None:
     """A list-of-strings attribute (``layer_names``, ``weight_names``); ``None`` when absent."""
-    if key not in obj.attrs:
+    if not _has_attr(obj, key):
         return None
-    values = obj.attrs[key]
+    values = attr_value(obj, key)
     out = []
     for value in np.asarray(values).ravel():
         if isinstance(value, bytes):
@@ -135,22 +328,49 @@ def names_attr(obj: h5py.HLObject, key: str) -> list[str] | None:
         return whole
     names: list[str] = []
     chunk = 0
-    while f"{key}{chunk}" in obj.attrs:
+    while _has_attr(obj, f"{key}{chunk}"):
         names += text_list_attr(obj, f"{key}{chunk}") or []
         chunk += 1
     return names if chunk else None
 
 
 def parse_json_config(text: str | bytes, what: str) -> dict[str, Any]:
-    if len(text) > MAX_CONFIG_BYTES:
-        raise ModelReadError(f"{what} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+    """A Keras JSON configuration, within ``MAX_JSON_BYTES`` and ``MAX_JSON_DEPTH``."""
+    if len(text) > MAX_JSON_BYTES:
+        raise ModelReadError(f"{what} is larger than {MAX_JSON_BYTES >> 20} MiB")
     try:
         config = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise ModelReadError(f"{what} is not valid JSON ({exc})") from None
     if not isinstance(config, dict):
         raise ModelReadError(f"{what} is not a JSON object")
+    if json_depth(config) > MAX_JSON_DEPTH:
+        raise ModelReadError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
     return config
+
+
+def json_depth(value: object) -> int:
+    """How deeply JSON containers nest in ``value``, walked without recursion."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                stack.extend((item, depth + 1) for item in node)
+    return deepest
+
+
+def read_capped(stream: IO[bytes], limit: int, what: str) -> bytes:
+    """All of ``stream``, refused as soon as it passes ``limit`` bytes (whatever size its
+    container declared)."""
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise ModelReadError(f"{what} is larger than {limit >> 20} MiB")
+    return data
 
 
 class FileWindow(io.RawIOBase):

@@ -18,7 +18,7 @@ import numpy as np
 
 from bncheck.errors import ModelReadError
 from bncheck.model import BNLayer
-from bncheck.readers.h5util import lookup, read_bn_array, text_attr
+from bncheck.readers.h5util import Walk, children, lookup, read_bn_array, text_attr
 
 #: Group names Keras 3 derives from the BatchNorm classes (``batch_normalization_3``).
 _BN_GROUP = re.compile(r"^(sync_)?batch_normalization(_v[12])?(_\d+)?$")
@@ -131,7 +131,7 @@ def scan_for_batchnorm(
     ``batch_normalization_3``) or the last array, a variance, is nowhere negative. A BatchNorm
     whose variance went negative is thus still found, and judged, when its names tell what it is.
     """
-    for segments, group in _layer_groups(root, ()):
+    for segments, group in _layer_groups(root, (), Walk()):
         if not segments or segments in claimed or segments in known:
             continue
         class_named = len(segments) >= 2 and _is_container(segments[-2])
@@ -166,16 +166,19 @@ def scan_for_batchnorm(
 
 
 def _layer_groups(
-    group: h5py.Group, segments: tuple[str, ...]
+    group: h5py.Group, segments: tuple[str, ...], walk: Walk
 ) -> Iterator[tuple[tuple[str, ...], h5py.Group]]:
-    """Every group that may be a layer, depth first, in Keras counter order within a level."""
+    """Every group that may be a layer, depth first, in Keras counter order within a level;
+    each once (``Walk``)."""
+    walk.enter(group, len(segments))
     yield segments, group
-    for key in sorted(group.keys(), key=_natural_key):
-        if key == "vars":
-            continue
-        child = lookup(group, key)
-        if isinstance(child, h5py.Group):
-            yield from _layer_groups(child, (*segments, key))
+    below = sorted(
+        ((key, found) for key, found in children(group) if key != "vars"),
+        key=lambda item: _natural_key(item[0]),
+    )
+    for key, found in below:
+        if isinstance(found, h5py.Group):
+            yield from _layer_groups(found, (*segments, key), walk)
 
 
 def _natural_key(name: str) -> tuple[str, int]:

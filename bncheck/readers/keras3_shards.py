@@ -9,12 +9,13 @@ later a list of them, so bncheck gathers every group from every shard the index 
 
 The shards are merged into one in-memory HDF5 file of the same layout, with every array small
 enough to be a BatchNorm array copied and larger ones standing in by shape and type only, and
-that file is read as a Keras 3 weights file.
+that file is read as a Keras 3 weights file. Every shard is read under the budgets of
+``h5util``: no link followed, each group once, sizes checked against the bytes present, and a
+dataset that is not numeric (Keras writes none) refused.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Iterable
@@ -26,7 +27,17 @@ import h5py
 from bncheck.errors import ModelReadError
 from bncheck.model import ModelDescription
 from bncheck.readers import weights_h5
-from bncheck.readers.h5util import MAX_BN_VALUES, MAX_CONFIG_BYTES, lookup
+from bncheck.readers.h5util import (
+    MAX_BN_VALUES,
+    MAX_JSON_BYTES,
+    Walk,
+    attr_value,
+    budgeted,
+    children,
+    is_bfloat16,
+    parse_json_config,
+    read_values,
+)
 
 #: ``_create_new_shard_file``: ``f"{base_name}_{index:05}.weights.h5"``.
 _SHARD_NAME = re.compile(r"^(?P<base>.+)_\d{5}\.weights\.h5$")
@@ -74,11 +85,11 @@ def read(path: str, shown_as: str | None = None) -> ModelDescription:
             f"the index names {len(missing)} shard(s) that are missing: {', '.join(missing[:3])}"
         )
     merged = h5py.File(f"{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False)
-    with merged:
+    with merged, budgeted():
         origin: dict[str, str] = {}
         for shard in shards:
             with h5py.File(shard, "r") as h5:
-                _merge(h5, merged, "", shard.name, origin)
+                _merge(h5, merged, "", shard.name, origin, Walk())
         description = weights_h5.read(shown_as or path, merged)
     layers = tuple(
         replace(
@@ -96,13 +107,10 @@ def read(path: str, shown_as: str | None = None) -> ModelDescription:
 
 def _weight_map(index: Path) -> dict[str, object] | None:
     """An index's ``weight_map``, or ``None`` when the JSON is no index."""
-    if index.stat().st_size > MAX_CONFIG_BYTES:
-        raise ModelReadError(f"{index.name} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
-    try:
-        content = json.loads(index.read_bytes())
-    except (ValueError, RecursionError) as exc:
-        raise ModelReadError(f"{index.name} is not valid JSON ({exc})") from None
-    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if index.stat().st_size > MAX_JSON_BYTES:
+        raise ModelReadError(f"{index.name} is larger than {MAX_JSON_BYTES >> 20} MiB")
+    content = parse_json_config(index.read_bytes(), index.name)
+    weight_map = content.get("weight_map")
     return weight_map if isinstance(weight_map, dict) else None
 
 
@@ -122,24 +130,34 @@ def _shards(index: Path) -> list[str] | None:
 
 
 def _merge(
-    source: h5py.Group, target: h5py.Group, path: str, shard: str, origin: dict[str, str]
+    source: h5py.Group,
+    target: h5py.Group,
+    path: str,
+    shard: str,
+    origin: dict[str, str],
+    walk: Walk,
 ) -> None:
     """Copy a shard's groups into ``target``: BatchNorm-sized arrays with their values, larger
-    ones by shape and type only. Links go through ``lookup``, which refuses other files."""
-    for key, value in source.attrs.items():
-        target.attrs.setdefault(key, value)
-    for key in source:
-        node = lookup(source, key)
+    ones by shape and type only. Only hard links are followed (``children``), each group once."""
+    walk.enter(source, path.count("/") + bool(path))
+    for key in source.attrs:
+        if key not in target.attrs:
+            target.attrs[key] = attr_value(source, key)
+    for key, node in children(source):
         where = f"{path}/{key}".lstrip("/")
         if isinstance(node, h5py.Group):
-            _merge(node, target.require_group(key), where, shard, origin)
+            _merge(node, target.require_group(key), where, shard, origin, walk)
         elif isinstance(node, h5py.Dataset) and key not in target:
-            if node.size <= MAX_BN_VALUES and not node.external and not node.is_virtual:
-                copied = target.create_dataset(key, data=node[()])
+            if node.dtype.kind not in "fiu" and not is_bfloat16(node):
+                raise ModelReadError(
+                    f"{shard}: {where} has non-numeric type {node.dtype}; Keras weights are numbers"
+                )
+            if node.size <= MAX_BN_VALUES:
+                copied = target.create_dataset(key, data=read_values(node, f"{shard}: {where}"))
             else:
                 copied = target.create_dataset(key, shape=node.shape, dtype=node.dtype, chunks=True)
-            for name, value in node.attrs.items():
-                copied.attrs[name] = value
+            for name in node.attrs:
+                copied.attrs[name] = attr_value(node, name)
             origin[where] = shard
 
 

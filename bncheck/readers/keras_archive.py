@@ -1,7 +1,11 @@
 """Keras 3 ``.keras`` archives: ``config.json`` plus ``model.weights.h5`` in a zip file.
 
 The weights file is read in place inside the archive (Keras stores it uncompressed), touching only
-the BatchNorm datasets, so inspection time does not grow with the size of the other weights.
+the BatchNorm datasets, so inspection time does not grow with the size of the other weights. A
+compressed one is inflated to a temporary file first, refused once it passes
+``max_inflated_size``; ``config.json`` is refused past ``MAX_JSON_BYTES``, counted as it inflates,
+whatever size the archive declares. A member zipfile cannot read (a bad CRC, deflate64, an
+encrypted one) is one line, as is an archive that names two members alike.
 
 ``saving_lib.save_model(..., weights_format="npz")`` writes ``model.weights.npz`` instead: one
 pickled dict of Keras variable objects per layer (``NpzIOStore``), which only unpickling, that is
@@ -13,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import struct
+import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from typing import IO
 
@@ -22,7 +28,16 @@ import h5py
 from bncheck.errors import ModelReadError
 from bncheck.model import BNLayer, IncompleteLayer, ModelDescription
 from bncheck.readers import keras3_layout
-from bncheck.readers.h5util import MAX_CONFIG_BYTES, FileWindow, lookup, parse_json_config
+from bncheck.readers.h5util import (
+    MAX_JSON_BYTES,
+    FileWindow,
+    budgeted,
+    child,
+    children,
+    lookup,
+    parse_json_config,
+    read_capped,
+)
 from bncheck.readers.keras3_layout import KnownLayer
 from bncheck.readers.keras_config import BN_CLASSES, LayerConfig, bn_settings, renorm, walk_layers
 
@@ -31,14 +46,75 @@ WEIGHTS_MEMBER = "model.weights.h5"
 NPZ_WEIGHTS_MEMBER = "model.weights.npz"
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 
+#: A compressed weights member may inflate to this much whatever its compressed size...
+MIN_INFLATED_LIMIT = 64 << 20
+#: ... and beyond it to this many times its compressed size: weights hardly compress, and
+#: Keras stores them uncompressed.
+MAX_WEIGHTS_COMPRESSION = 100
+
+#: What zipfile raises for a member it cannot read: a bad CRC or stream, an unsupported
+#: compression (deflate64) or encryption.
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
+_COPY_CHUNK = 1 << 20
+
 
 def read(path: str) -> ModelDescription:
+    try:
+        return _read(path)
+    except ZIP_ERRORS as exc:
+        raise ModelReadError(f"corrupt zip archive ({exc})") from None
+
+
+def members_by_name(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """The archive's members by name; two members of one name (readers would disagree on which
+    one is meant) are refused."""
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in archive.infolist():
+        if info.filename in members:
+            raise ModelReadError(f"the archive holds two members named {info.filename!r}")
+        members[info.filename] = info
+    return members
+
+
+def read_config(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict[str, object]:
+    """``config.json``, refused before inflating it when it declares more than
+    ``MAX_JSON_BYTES``, and as it inflates past that when the declared size lies."""
+    if info.file_size > MAX_JSON_BYTES:
+        raise ModelReadError(f"{CONFIG_MEMBER} is larger than {MAX_JSON_BYTES >> 20} MiB")
+    with archive.open(info) as member:
+        text = read_capped(member, MAX_JSON_BYTES, CONFIG_MEMBER)
+    return parse_json_config(text, CONFIG_MEMBER)
+
+
+def max_inflated_size(info: zipfile.ZipInfo) -> int:
+    """The most a compressed member may inflate to."""
+    return max(MIN_INFLATED_LIMIT, MAX_WEIGHTS_COMPRESSION * info.compress_size)
+
+
+def inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: IO[bytes]) -> None:
+    """Copy a member's bytes to ``target``, refused once they pass ``max_inflated_size`` (or
+    the size the archive declares): no bomb fills the disk or the memory."""
+    limit = min(max_inflated_size(info), info.file_size)
+    written = 0
+    with archive.open(info) as member:
+        while chunk := member.read(_COPY_CHUNK):
+            written += len(chunk)
+            if written > limit:
+                raise ModelReadError(
+                    f"{info.filename} inflates past {limit} bytes (it is stored compressed in "
+                    f"{info.compress_size}, declared {info.file_size}; at most "
+                    f"{MAX_WEIGHTS_COMPRESSION}x is read); store it uncompressed, as Keras does"
+                )
+            target.write(chunk)
+
+
+def _read(path: str) -> ModelDescription:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
         raise ModelReadError(f"not a valid zip archive ({exc})") from None
     with archive:
-        members = {info.filename: info for info in archive.infolist()}
+        members = members_by_name(archive)
         if CONFIG_MEMBER not in members:
             raise ModelReadError("zip archive has no config.json, so it is not a .keras model")
         if WEIGHTS_MEMBER not in members and NPZ_WEIGHTS_MEMBER in members:
@@ -52,15 +128,16 @@ def read(path: str) -> ModelDescription:
             raise ModelReadError(
                 f"the .keras archive has no {WEIGHTS_MEMBER}: its weights are missing"
             )
-        config_info = members[CONFIG_MEMBER]
-        if config_info.file_size > MAX_CONFIG_BYTES:
-            raise ModelReadError(f"config.json is larger than {MAX_CONFIG_BYTES >> 20} MiB")
-        config = parse_json_config(archive.read(config_info), CONFIG_MEMBER)
+        config = read_config(archive, members[CONFIG_MEMBER])
         notes: list[str] = []
         weights_info = members[WEIGHTS_MEMBER]
         if weights_info.compress_type != zipfile.ZIP_STORED:
             notes.append(f"{WEIGHTS_MEMBER} is compressed inside the archive, so reading is slower")
-        with _open_member(path, archive, weights_info) as fileobj, h5py.File(fileobj, "r") as h5:
+        with (
+            _open_member(path, archive, weights_info) as fileobj,
+            h5py.File(fileobj, "r") as h5,
+            budgeted(),
+        ):
             layers, incomplete = describe(h5, config, notes)
     # Keras 3 (the only writer of .keras archives) averages the biased batch variance.
     layers = [dataclasses.replace(layer, variance_estimator="biased") for layer in layers]
@@ -83,11 +160,12 @@ def describe(
     claimed: set[tuple[str, ...]] = set()
     known: dict[tuple[str, ...], KnownLayer] = {}
     relocated = []
+    saved_names: dict[tuple[str, ...], dict[str, tuple[str, h5py.Group]]] = {}
     for layer in walk_layers(config):
         known[layer.saving_path] = KnownLayer(layer.path, layer.trainable)
         if layer.class_name not in BN_CLASSES:
             continue
-        found = _layer_group(h5, layer)
+        found = _layer_group(h5, layer, saved_names)
         if found is None:
             notes.append(
                 f"{'/'.join(layer.path)} has no saved variables (the layer was never built)"
@@ -116,22 +194,36 @@ def describe(
     return layers + extra, incomplete
 
 
-def _layer_group(h5: h5py.File, layer: LayerConfig) -> tuple[tuple[str, ...], h5py.Group] | None:
-    """The weights group of ``layer``: Keras's naming scheme, checked against the saved name."""
+def _layer_group(
+    h5: h5py.File,
+    layer: LayerConfig,
+    saved_names: dict[tuple[str, ...], dict[str, tuple[str, h5py.Group]]],
+) -> tuple[tuple[str, ...], h5py.Group] | None:
+    """The weights group of ``layer``: Keras's naming scheme, checked against the saved name.
+    ``saved_names`` caches, per parent group, its children by saved name, so that many layers
+    found by name cost one pass over each parent."""
     segments = layer.saving_path
     group = lookup(h5, "/".join(segments))
     if isinstance(group, h5py.Group):
         recorded = keras3_layout.saved_name(group)
         if recorded is None or recorded == layer.name:
-            return (segments, group) if "vars" in group else None
+            return (segments, group) if child(group, "vars") is not None else None
     # The recorded name disagrees (or the group is missing): look for the sibling that Keras
     # 3.15+ labelled with this layer's name.
-    parent = lookup(h5, "/".join(segments[:-1])) if len(segments) > 1 else h5
-    if isinstance(parent, h5py.Group):
-        for key in parent:
-            sibling = lookup(parent, key)
-            if isinstance(sibling, h5py.Group) and keras3_layout.saved_name(sibling) == layer.name:
-                return (*segments[:-1], key), sibling
+    parent_path = segments[:-1]
+    if parent_path not in saved_names:
+        parent = lookup(h5, "/".join(parent_path))
+        named: dict[str, tuple[str, h5py.Group]] = {}
+        if isinstance(parent, h5py.Group):
+            for key, sibling in children(parent):
+                if isinstance(sibling, h5py.Group):
+                    name = keras3_layout.saved_name(sibling)
+                    if name is not None:
+                        named.setdefault(name, (key, sibling))
+        saved_names[parent_path] = named
+    if layer.name in saved_names[parent_path]:
+        key, sibling = saved_names[parent_path][layer.name]
+        return (*parent_path, key), sibling
     raise ModelReadError(
         f"cannot find the weights of {'/'.join(layer.path)} (expected group {'/'.join(segments)})"
     )
@@ -170,10 +262,13 @@ def _bn_layer(
 
 @contextlib.contextmanager
 def _open_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[IO[bytes]]:
-    """A seekable file object over one archive member; in place when it is stored uncompressed."""
+    """A seekable file object over one archive member: in place when it is stored uncompressed,
+    else inflated (within ``max_inflated_size``) to a temporary file."""
     if info.compress_type != zipfile.ZIP_STORED:
-        with archive.open(info) as member:
-            yield member
+        with tempfile.TemporaryFile(prefix="bncheck-") as inflated:
+            inflate(archive, info, inflated)
+            inflated.seek(0)
+            yield inflated
         return
     raw = open(path, "rb")  # noqa: SIM115 - closed by FileWindow.close
     with FileWindow(raw, _data_offset(raw, info), info.file_size) as window:

@@ -21,7 +21,14 @@ import numpy as np
 
 from bncheck.errors import ModelReadError
 from bncheck.model import BNLayer, IncompleteLayer, ModelDescription
-from bncheck.readers.h5util import lookup, names_attr, parse_json_config, read_bn_array, text_attr
+from bncheck.readers.h5util import (
+    budgeted,
+    lookup,
+    names_attr,
+    parse_json_config,
+    read_bn_array,
+    text_attr,
+)
 from bncheck.readers.keras3_layout import bn_roles, check_shapes
 from bncheck.readers.keras_config import (
     BN_CLASSES,
@@ -54,6 +61,11 @@ def is_full_model(h5: h5py.File) -> bool:
 
 
 def read(path: str, h5: h5py.File) -> ModelDescription:
+    with budgeted():
+        return _read(path, h5)
+
+
+def _read(path: str, h5: h5py.File) -> ModelDescription:
     config_text = text_attr(h5, "model_config")
     if not config_text:
         raise ModelReadError("the model_config attribute is empty")

@@ -25,7 +25,15 @@ from bncheck.model import (
     ModelDescription,
 )
 from bncheck.readers import keras3_layout
-from bncheck.readers.h5util import lookup, names_attr, read_bn_array, text_attr
+from bncheck.readers.h5util import (
+    budgeted,
+    child,
+    lookup,
+    names_attr,
+    read_bn_array,
+    text_attr,
+    walk_links,
+)
 from bncheck.readers.keras3_layout import KnownLayer, check_shapes
 from bncheck.readers.varnames import (
     LEAF_ROLES,
@@ -49,10 +57,15 @@ KERAS1_NOTE = (
 
 
 def is_keras3_layout(h5: h5py.File) -> bool:
-    return "layers" in h5 or "vars" in h5
+    return child(h5, "layers") is not None or child(h5, "vars") is not None
 
 
 def read(path: str, h5: h5py.File) -> ModelDescription:
+    with budgeted():
+        return _read(path, h5)
+
+
+def _read(path: str, h5: h5py.File) -> ModelDescription:
     legacy = names_attr(h5, "layer_names") is not None
     notes = [NO_CONFIG_NOTE]
     incomplete: list[IncompleteLayer] = []
@@ -87,11 +100,8 @@ def _named_entries(h5: h5py.File) -> Iterator[tuple[tuple[str, ...], str, str]]:
     """``(scope, leaf, dataset path)`` for every variable, in model order when it is recorded."""
     layer_names = names_attr(h5, "layer_names")
     if layer_names is None:
-        # Every link, soft and external ones included: reading goes through `lookup`, which
-        # follows links inside the file and refuses links out of it.
-        names: list[str] = []
-        h5.visit_links(names.append)
-        for name in names:
+        # Every object, each group once; a soft or external link on the way is refused.
+        for name, _ in walk_links(h5):
             scope, leaf = split_name(name)
             yield collapse_repeats(scope), leaf, name
         return
