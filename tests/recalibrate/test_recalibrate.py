@@ -199,8 +199,9 @@ def test_a_failed_write_leaves_nothing_behind(
     result = run_cli(
         "recalibrate", PROBE / "stale_stats.keras", "--data", DIGITS, "--force", "-o", out
     )
-    assert result.code == 2
-    assert result.err == f"bncheck: error: cannot write {out}: No space left on device\n"
+    assert result.code == 3
+    model = PROBE / "stale_stats.keras"
+    assert result.err == (f"bncheck: error: {model}: cannot write {out}: No space left on device\n")
     assert list(tmp_path.iterdir()) == []
 
 
