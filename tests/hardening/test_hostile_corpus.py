@@ -32,6 +32,8 @@ HANG_SECONDS = 120.0
 ADDRESS_SPACE = 3 << 30
 #: Control characters other than tab and newline, C1 controls and the Unicode line breaks and
 #: direction overrides a terminal or a log viewer acts on.
+#: A command of bncheck's GitHub reporter: its properties escape every colon.
+ANNOTATION = re.compile(r"::(error|warning|notice) file=[^:]*,title=[^:]*::")
 CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
@@ -91,7 +93,9 @@ def broken_promises(case: HostileCase, root: Path) -> list[str]:
     outcome = run_case(case, folder, home, argv)
     # The frameworks keep caches in HOME (Keras's keras.json, onnxruntime's device id): only
     # the case's own folder must stay as it was, and no canary may appear anywhere.
-    return judge(case, outcome, before, snapshot(folder), canary=any(root.rglob(CANARY)))
+    annotations = "github" in argv  # --format github: the reporter's own commands start lines
+    canary = any(root.rglob(CANARY))
+    return judge(case, outcome, before, snapshot(folder), canary=canary, annotations=annotations)
 
 
 def judge(
@@ -100,8 +104,11 @@ def judge(
     before: dict[str, str],
     after: dict[str, str],
     canary: bool,
+    annotations: bool = False,
 ) -> list[str]:
-    """Every promise ``outcome`` broke, given the case folder's files before and after."""
+    """Every promise ``outcome`` broke, given the case folder's files before and after. With
+    ``annotations``, stdout may hold the GitHub reporter's own commands, whose properties cannot
+    hold a colon; any other line starting with ``::`` came from a file."""
     if outcome.code is None:
         return [f"hung for {HANG_SECONDS:g} s"]
     broken = []
@@ -115,7 +122,9 @@ def judge(
             break
     for stream, text in (("stdout", outcome.out), ("stderr", outcome.err)):
         for line in text.split("\n"):
-            if line.startswith("::"):
+            if line.startswith("::") and not (
+                annotations and stream == "stdout" and ANNOTATION.match(line)
+            ):
                 broken.append(f"{stream} line starts with '::': {line[:200]!r}")
             if CONTROL.search(line):
                 broken.append(f"{stream} line holds a control character: {line[:200]!r}")
@@ -150,6 +159,14 @@ def test_the_judge_sees_every_broken_promise() -> None:
         "files",
         "the",
         "peak",
+    ]
+    github = Outcome(
+        1, "::error file=m.h5,title=BN001 x::a \\x3a:error::b\n::warning::c\n", "", 0, 0
+    )
+    broken = judge(case, github, {}, {}, canary=False, annotations=True)
+    assert broken == [
+        "exit code 1 (expected [3])",
+        "stdout line starts with '::': '::warning::c'",
     ]
     hung = Outcome(None, "", "", HANG_SECONDS, 0.0)
     assert judge(case, hung, {}, {}, canary=False) == [f"hung for {HANG_SECONDS:g} s"]
