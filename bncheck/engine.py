@@ -7,7 +7,6 @@ checkpoint rules a checkpoint's variable groups. When a probe is asked for, the 
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Iterable
 from dataclasses import replace
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from bncheck.errors import ModelReadError
 from bncheck.findings import Finding, ModelResult, Problem, Report
+from bncheck.isolation import read_all, read_contained
 from bncheck.model import ModelDescription, with_loaded_settings
 from bncheck.probe.options import ProbeOptions, StepReporter
 from bncheck.readers import detect, read_checkpoint, read_model
@@ -40,7 +40,8 @@ def inspect_paths(
 ) -> Report:
     """Inspect every path, searching folders for models, and probe each model when asked; an
     unreadable input becomes a result with an error. With ``jobs`` > 1, static inspection runs in
-    that many processes; the report's order is the same either way: inputs as given, each
+    that many processes (each file is read in a worker process either way, where a crash or a
+    hang fails only that file); the report's order is the same either way: inputs as given, each
     folder's models sorted."""
     inputs: list[str | ModelResult] = []
     for path in paths:
@@ -63,16 +64,17 @@ def _inspect_all(
 ) -> list[ModelResult]:
     # Probes run here, one at a time: each loads a model with TensorFlow, which already uses
     # every core, and reports progress to this process's terminal.
-    if probe is not None or jobs <= 1 or len(paths) <= 1:
+    if probe is not None:
         return [inspect_path(path, settings, probe, step) for path in paths]
-    # Processes, not threads: h5py serialises all HDF5 calls behind one global lock. "spawn"
-    # starts clean workers even when the parent has imported TensorFlow (and its threads).
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(jobs, len(paths)), mp_context=context) as pool:
-        return list(pool.map(inspect_path, paths, itertools.repeat(settings)))
+    # Each file is read in a worker process (processes, not threads: h5py serialises all HDF5
+    # calls behind one global lock), where a crash fails only that file.
+    outcomes = read_all(read_model, paths, jobs)
+    return [
+        ModelResult(path=path, format=None, error=str(outcome))
+        if isinstance(outcome, ModelReadError)
+        else judged(path, outcome, settings)
+        for path, outcome in zip(paths, outcomes, strict=True)
+    ]
 
 
 def inspect_path(
@@ -83,9 +85,11 @@ def inspect_path(
 ) -> ModelResult:
     """Read and judge one model; with ``probe``, also run it and judge the measurements."""
     try:
-        description = read_model(path)
+        description = read_contained(read_model, path)
     except ModelReadError as exc:
         return ModelResult(path=path, format=None, error=str(exc))
+    # The probe loads the file with its framework, in this process: only a file the static
+    # reading survived gets that far.
     result = judged(path, description, settings)
     if probe is None:
         return result
@@ -116,11 +120,11 @@ def check_checkpoint(path: str, model_path: str | None, settings: Settings) -> R
     from bncheck.matching import match_layers
 
     try:
-        description = read_checkpoint(path)
+        description = read_contained(read_checkpoint, path)
         contents = description.checkpoint
         if model_path is not None and contents is not None:
             try:
-                model = read_model(model_path)
+                model = read_contained(read_model, model_path)
             except ModelReadError as exc:
                 failed = ModelResult(path=model_path, format=None, error=str(exc))
                 return Report(models=(failed,), fail_on=settings.fail_on)

@@ -1,0 +1,232 @@
+"""Reading untrusted files where a native crash, a hang or a memory blow-up cannot take the
+command down.
+
+The readers parse hostile bytes, partly in native code (libhdf5 through h5py) that can crash the
+process or loop forever on a malformed file. Each reading therefore runs in a worker process
+with a limit on its address space and on its time. A worker that dies, runs out of memory or
+takes too long fails only the input it was reading, as one ``ModelReadError``; it is replaced and
+the other inputs go on.
+
+Workers are forked from a fork server that has already imported the readers (numpy, h5py), and
+each worker reads input after input until one kills it: a folder of healthy models costs a fork
+or two, not an interpreter start per file. The fork server is a fresh interpreter, so it is safe
+even when this process has already imported TensorFlow (and started its threads).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from bncheck.errors import ModelReadError
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+    from multiprocessing.process import BaseProcess
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one reading may use."""
+
+    seconds: float = 30.0
+    """Wall time for one input. Static reading reads the BatchNorm layers' arrays only: the
+    largest healthy models read in a second or two, and the corpus of hostile files is meant
+    to end within 10 s each."""
+    memory_mib: int = 1024
+    """Address space the reading may add to the worker's own (the interpreter with numpy and
+    h5py imported). Readers budget their allocations to stay under 500 MB resident; address
+    space runs above resident memory (allocator arenas, libhdf5's caches), hence the margin."""
+
+
+DEFAULT_LIMITS = Limits()
+
+#: Imported by the fork server once, so that each worker starts with them.
+PRELOAD = ["bncheck.readers"]
+
+
+def read_contained(reader: Callable[[str], T], path: str, limits: Limits | None = None) -> T:
+    """``reader(path)`` in a worker process; a crash, a hang or running out of memory there
+    raises ``ModelReadError`` with one line saying which. ``reader`` must be picklable (a
+    module-level function)."""
+    [outcome] = read_all(reader, [path], 1, limits)
+    if isinstance(outcome, ModelReadError):
+        raise outcome
+    return outcome
+
+
+def read_all(
+    reader: Callable[[str], T], paths: Sequence[str], jobs: int, limits: Limits | None = None
+) -> list[T | ModelReadError]:
+    """``reader(path)`` for every path, ``jobs`` at a time, each in a worker process; each
+    outcome is the reader's result or the ``ModelReadError`` that says why it has none, in the
+    order of ``paths``. Any other exception from a reader is a bug and is raised here.
+    ``limits`` defaults to ``DEFAULT_LIMITS``."""
+    limits = limits or DEFAULT_LIMITS
+    outcomes: dict[int, T | ModelReadError] = {}
+    pending = deque(enumerate(paths))
+    busy: dict[Any, _Task] = {}  # by the worker's connection
+    try:
+        while pending or busy:
+            while pending and len(busy) < max(1, jobs):
+                index, path = pending.popleft()
+                task = _Task(_POOL.take(limits), index, time.monotonic() + limits.seconds)
+                task.worker.send((reader, path))
+                busy[task.worker.conn] = task
+            timeout = max(0.0, min(task.deadline for task in busy.values()) - time.monotonic())
+            for conn in wait(list(busy), timeout):
+                task = busy.pop(conn)
+                outcomes[task.index] = task.worker.receive(limits)
+                if task.worker.alive:
+                    _POOL.give_back(task.worker, limits)
+            now = time.monotonic()
+            for conn, task in list(busy.items()):
+                if task.deadline <= now:
+                    del busy[conn]
+                    task.worker.kill()
+                    outcomes[task.index] = ModelReadError(
+                        f"reading took longer than {limits.seconds:g} s"
+                    )
+    finally:
+        for task in busy.values():  # interrupted: these workers are mid-read
+            task.worker.kill()
+    return [outcomes[index] for index in range(len(paths))]
+
+
+@dataclass
+class _Task:
+    worker: _Worker
+    index: int
+    deadline: float
+
+
+class _Worker:
+    """One worker process and the pipe it takes readings from."""
+
+    def __init__(self, context: BaseContext, limits: Limits) -> None:
+        self.conn, child = context.Pipe()
+        self.process: BaseProcess = context.Process(  # type: ignore[attr-defined]
+            target=_serve, args=(child, limits.memory_mib << 20), daemon=True
+        )
+        self.process.start()
+        child.close()
+        self.alive = True
+
+    def send(self, task: tuple[Callable[[str], Any], str]) -> None:
+        self.conn.send(task)
+
+    def receive(self, limits: Limits) -> Any:
+        try:
+            kind, value = self.conn.recv()
+        except (EOFError, OSError):
+            self.kill()
+            return ModelReadError(_death(self.process.exitcode))
+        if kind == "ok":
+            return value
+        if kind == "error":
+            return ModelReadError(value)
+        self.kill()  # after a MemoryError or a bug, start the next input afresh
+        if kind == "memory":
+            return ModelReadError(f"reading needed more than {limits.memory_mib} MiB")
+        raise value
+
+    def kill(self) -> None:
+        self.alive = False
+        self.conn.close()
+        if self.process.exitcode is None:
+            self.process.kill()
+        self.process.join()
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"the reader crashed (signal {-exitcode}: {name}) on this file"
+    return f"the reader's process ended (exit code {exitcode}) while reading this file"
+
+
+class _Pool:
+    """Idle workers, kept for the next reading of this command."""
+
+    def __init__(self) -> None:
+        self._idle: dict[Limits, list[_Worker]] = {}
+        self._context: BaseContext | None = None
+
+    def take(self, limits: Limits) -> _Worker:
+        idle = self._idle.get(limits, [])
+        while idle:
+            worker = idle.pop()
+            if worker.process.is_alive():
+                return worker
+            worker.kill()
+        return _Worker(self._start(), limits)
+
+    def give_back(self, worker: _Worker, limits: Limits) -> None:
+        self._idle.setdefault(limits, []).append(worker)
+
+    def _start(self) -> BaseContext:
+        if self._context is None:
+            if "forkserver" in multiprocessing.get_all_start_methods():
+                server = multiprocessing.get_context("forkserver")
+                server.set_forkserver_preload(PRELOAD)
+                self._context = server
+            else:  # Windows: no fork at all
+                self._context = multiprocessing.get_context("spawn")
+        return self._context
+
+
+_POOL = _Pool()
+
+
+def _serve(conn: Connection, memory: int) -> None:
+    """A worker's loop: read what the parent sends until the pipe closes."""
+    if memory:
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        limit = _address_space() + memory
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)  # a cap set from outside stays the cap
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    while True:
+        try:
+            reader, path = conn.recv()
+        except EOFError:
+            return
+        outcome: tuple[str, Any]
+        try:
+            outcome = ("ok", reader(path))
+        except ModelReadError as exc:
+            outcome = ("error", str(exc))
+        except MemoryError:
+            outcome = ("memory", None)
+        except Exception as exc:  # a bug: the parent raises it
+            outcome = ("bug", exc)
+        try:
+            conn.send(outcome)
+        except MemoryError:
+            conn.send(("memory", None))
+        except Exception as exc:  # an unpicklable result or exception is a bug too
+            conn.send(("bug", RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+def _address_space() -> int:
+    """This process's address space now, in bytes."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) << 10
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10  # a lower bound: fine
