@@ -22,6 +22,7 @@ from bncheck.reporters import REPORTERS
 from bncheck.reporters.options import RenderOptions
 from bncheck.rules import RULES
 from bncheck.settings import resolve_rule
+from bncheck.text import shown
 
 if TYPE_CHECKING:
     from bncheck.recalibrate.options import RecalibrateOptions
@@ -90,7 +91,7 @@ def finish(report: Report, output: OutputOptions) -> int:
     """Name each unreadable input on stderr, write the report, return the exit code."""
     for model in report.models:
         if model.error is not None:
-            click.echo(f"bncheck: error: {model.path}: {model.error}", err=True)
+            click.echo(f"bncheck: error: {shown(model.path)}: {shown(model.error)}", err=True)
     write_report(REPORTERS[output.format](report, output.render), output)
     return int(report.exit_code)
 
@@ -138,7 +139,7 @@ def run_plot(options: PlotOptions) -> int:
     finally:
         progress.done()
     if result.error is not None:
-        click.echo(f"bncheck: error: {result.path}: {result.error}", err=True)
+        click.echo(f"bncheck: error: {shown(result.path)}: {shown(result.error)}", err=True)
         return ExitCode.UNREADABLE
     from bncheck.plot import plot_model, probe_overlay  # matplotlib costs a second to import
 
@@ -148,7 +149,7 @@ def run_plot(options: PlotOptions) -> int:
         plot_model(result, options.output, overlay)
     except OSError as exc:
         raise UsageError(f"cannot write --output {options.output}: {exc.strerror or exc}") from None
-    click.echo(f"wrote {options.output}")
+    click.echo(f"wrote {shown(options.output)}")
     return ExitCode.OK
 
 
@@ -173,7 +174,7 @@ def run_recalibrate(options: RecalibrateOptions, config: ConfigOptions) -> int:
     try:
         result = recalibrate(options, progress)
     except ModelReadError as exc:
-        click.echo(f"bncheck: error: {options.model}: {exc}", err=True)
+        click.echo(f"bncheck: error: {shown(options.model)}: {shown(str(exc))}", err=True)
         return int(ExitCode.UNREADABLE)
     finally:
         progress.done()

@@ -29,6 +29,7 @@ from bncheck.findings import ExitCode, FailOn
 from bncheck.probe.options import DEFAULT_SAMPLES, ProbeOptions
 from bncheck.reporters import REPORTERS
 from bncheck.reporters.options import RenderOptions
+from bncheck.text import shown
 
 
 def use_color(output: str | None, stream: IO[str], environ: Mapping[str, str]) -> bool:
@@ -666,10 +667,11 @@ def main(argv: list[str] | None = None) -> None:
         code = ExitCode.USAGE
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "bncheck"
-        click.echo(f"bncheck: error: {exc.format_message()} (see '{command} --help')", err=True)
+        message = shown(exc.format_message())
+        click.echo(f"bncheck: error: {message} (see '{shown(command)} --help')", err=True)
         code = ExitCode.USAGE
     except UsageError as exc:
-        click.echo(f"bncheck: error: {exc}", err=True)
+        click.echo(f"bncheck: error: {shown(str(exc))}", err=True)
         code = ExitCode.USAGE
     except click.exceptions.Abort:
         click.echo("bncheck: interrupted", err=True)

@@ -7,17 +7,21 @@ with a limit on its address space and on its time. A worker that dies, runs out 
 takes too long fails only the input it was reading, as one ``ModelReadError``; it is replaced and
 the other inputs go on.
 
-Workers are forked from a fork server that has already imported the readers (numpy, h5py), and
-each worker reads input after input until one kills it: a folder of healthy models costs a fork
-or two, not an interpreter start per file. The fork server is a fresh interpreter, so it is safe
-even when this process has already imported TensorFlow (and started its threads).
+Each worker reads input after input until one kills it: a folder of healthy models costs a fork
+or two, not an interpreter start per file. A worker is forked from this process while it has no
+other thread; once TensorFlow or torch is loaded (a probe, recalibrate), from a fork server, a
+fresh interpreter that has imported the readers (numpy, h5py) once.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing
+import os
 import resource
 import signal
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -80,7 +84,7 @@ def read_all(
             while pending and len(busy) < max(1, jobs):
                 index, path = pending.popleft()
                 task = _Task(_POOL.take(limits), index, time.monotonic() + limits.seconds)
-                task.worker.send((reader, path))
+                task.worker.send((reader, path, os.getcwd()))
                 busy[task.worker.conn] = task
             timeout = max(0.0, min(task.deadline for task in busy.values()) - time.monotonic())
             for conn in wait(list(busy), timeout):
@@ -121,7 +125,7 @@ class _Worker:
         child.close()
         self.alive = True
 
-    def send(self, task: tuple[Callable[[str], Any], str]) -> None:
+    def send(self, task: tuple[Callable[[str], Any], str, str]) -> None:
         self.conn.send(task)
 
     def receive(self, limits: Limits) -> Any:
@@ -162,7 +166,6 @@ class _Pool:
 
     def __init__(self) -> None:
         self._idle: dict[Limits, list[_Worker]] = {}
-        self._context: BaseContext | None = None
 
     def take(self, limits: Limits) -> _Worker:
         idle = self._idle.get(limits, [])
@@ -177,14 +180,24 @@ class _Pool:
         self._idle.setdefault(limits, []).append(worker)
 
     def _start(self) -> BaseContext:
-        if self._context is None:
-            if "forkserver" in multiprocessing.get_all_start_methods():
-                server = multiprocessing.get_context("forkserver")
-                server.set_forkserver_preload(PRELOAD)
-                self._context = server
-            else:  # Windows: no fork at all
-                self._context = multiprocessing.get_context("spawn")
-        return self._context
+        """Fork this process while it has no other thread (the usual case: static inspection
+        imports neither TensorFlow nor torch), which costs no interpreter start; otherwise fork
+        from the fork server, a fresh interpreter started once."""
+        if _forkable():
+            return multiprocessing.get_context("fork")
+        if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows
+            return multiprocessing.get_context("spawn")
+        server = multiprocessing.get_context("forkserver")
+        server.set_forkserver_preload(PRELOAD)
+        return server
+
+
+def _forkable() -> bool:
+    return (
+        sys.platform.startswith("linux")
+        and threading.active_count() == 1
+        and not any(name in sys.modules for name in ("tensorflow", "torch", "jax"))
+    )
 
 
 _POOL = _Pool()
@@ -192,6 +205,7 @@ _POOL = _Pool()
 
 def _serve(conn: Connection, memory: int) -> None:
     """A worker's loop: read what the parent sends until the pipe closes."""
+    faulthandler.disable()  # a crash is the parent's one line, not a dump of this process
     if memory:
         hard = resource.getrlimit(resource.RLIMIT_AS)[1]
         limit = _address_space() + memory
@@ -200,9 +214,10 @@ def _serve(conn: Connection, memory: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     while True:
         try:
-            reader, path = conn.recv()
+            reader, path, cwd = conn.recv()
         except EOFError:
             return
+        os.chdir(cwd)  # a relative path means what it means to the command
         outcome: tuple[str, Any]
         try:
             outcome = ("ok", reader(path))

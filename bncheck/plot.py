@@ -26,6 +26,7 @@ import numpy as np
 from bncheck.findings import Finding, ModelResult, Severity
 from bncheck.model import BNLayer
 from bncheck.rules import bn005_dead_channels, bn013_inference_collapse
+from bncheck.text import shown
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -170,7 +171,7 @@ def _title(result: ModelResult) -> str:
     )
     # Layers without moving statistics (a checkpoint that lost them) count, as in the report.
     layers = _count(result.description.layer_count, "BatchNorm layer")
-    return f"{result.path} ({result.format}): {layers}; {counts}"
+    return f"{_label(result.path)} ({result.format}): {layers}; {counts}"
 
 
 def _count(number: int, noun: str) -> str:
@@ -288,10 +289,16 @@ def _shade(ax: Axes, flagged: Mapping[int, list[Finding]]) -> None:
 def _model_findings(findings: Sequence[Finding]) -> list[str]:
     """Findings about the model as a whole (no layer to shade), for under the title."""
     listed = [f for f in findings if f.layer is None]
-    lines = [f"{f.severity} {f.rule} {f.name}: {_shorten(f.message)}" for f in listed[:4]]
+    lines = [f"{f.severity} {f.rule} {f.name}: {_label(_shorten(f.message))}" for f in listed[:4]]
     if len(listed) > 4:
         lines.append(f"... and {len(listed) - 4} more")
     return lines
+
+
+def _label(text: str) -> str:
+    """Text from the file, for the picture: control characters as escapes, and no ``$`` that
+    would make matplotlib parse the rest as mathematics."""
+    return shown(text).replace("$", r"\$")
 
 
 def _shorten(text: str, limit: int = 150) -> str:
@@ -313,13 +320,13 @@ def _x_labels(
         named = sorted({*flagged, *also})
     else:
         named = sorted(also)
-    where = f" (paths below {prefix}/)" if prefix else ""
+    where = f" (paths below {_label(prefix)}/)" if prefix else ""
     ax.set_xlabel(f"BatchNorm layers in depth order{where}", fontsize=9)
     if not named:
         return
     labels = []
     for i in named:
-        label = layers[i].path[len(prefix) + 1 if prefix else 0 :]
+        label = _label(layers[i].path[len(prefix) + 1 if prefix else 0 :])
         if i in flagged:
             label += "  " + ",".join(dict.fromkeys(f.rule for f in flagged[i]))
         labels.append(label)

@@ -6,6 +6,8 @@ import sys
 import time
 from typing import TextIO
 
+from bncheck.text import shown
+
 
 class Progress:
     """One status line, rewritten in place; nothing at all unless the stream is a terminal."""
@@ -18,8 +20,8 @@ class Progress:
         self._label = ""
 
     def step(self, text: str) -> None:
-        """Show what is happening now."""
-        self._show(text)
+        """Show what is happening now (its names may come from a file: shown escaped)."""
+        self._show(shown(text))
 
     def start_batches(self, label: str) -> None:
         self._label = label

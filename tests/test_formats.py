@@ -307,7 +307,7 @@ def test_markdown_cells_hold_hostile_names() -> None:
     row = text.splitlines()[-1]
     assert row == (
         "| error | BN004 `negative-variance` | `m,1:x.keras` | ``m/a`b\\|c`` | "
-        "line one line &lt;b&gt;two&lt;/b&gt; \\| three |"
+        "line one\\\\nline &lt;b&gt;two&lt;/b&gt; \\| three |"
     )
 
 
@@ -336,7 +336,7 @@ def test_github_annotation_escaping() -> None:
     [line, _] = github.render(synthetic("m/bn", "100% sure\r\nsecond: line")).splitlines()
     assert line == (
         "::error file=m%2C1%3Ax.keras,title=BN004 negative-variance::"
-        "m/bn: 100%25 sure%0D%0Asecond: line"
+        "m/bn: 100%25 sure\\r\\nsecond: line"
     )
 
 

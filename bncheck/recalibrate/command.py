@@ -27,6 +27,7 @@ from typing import Any
 
 from bncheck.engine import inspect_path
 from bncheck.errors import ModelReadError, UsageError
+from bncheck.isolation import read_contained
 from bncheck.model import BNLayer, ModelDescription, with_loaded_settings
 from bncheck.probe import data as probe_data
 from bncheck.probe import safety
@@ -342,7 +343,7 @@ def writable_description(path: str) -> ModelDescription:
             f"{path}: recalibrate reads and writes .keras and .h5 models; {kind} files are "
             "checked by 'bncheck inspect' (and --probe) only"
         )
-    description = read_model(path) if kind in ("zip", "hdf5") else None
+    description = read_contained(read_model, path) if kind in ("zip", "hdf5") else None
     if description is None or description.format not in WRITABLE:
         what = kind if description is None else description.format
         raise UsageError(

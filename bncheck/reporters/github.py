@@ -8,6 +8,7 @@ from __future__ import annotations
 from bncheck.findings import Report, Severity
 from bncheck.reporters.options import PLAIN, RenderOptions
 from bncheck.reporters.table import verdict
+from bncheck.text import shown
 
 COMMANDS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
@@ -36,8 +37,10 @@ def _command(command: str, path: str, title: str, message: str) -> str:
 
 
 def _data(text: str) -> str:
-    """Escape a command's message the way the Actions runner unescapes it."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """Escape a command's message the way the Actions runner unescapes it, after showing the
+    control characters of names from a file as escapes (``shown``): an annotation is one line
+    of text, not a terminal."""
+    return shown(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def _property(text: str) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from bncheck.findings import ModelResult, Report, Severity
 from bncheck.reporters.options import PLAIN, RenderOptions
 from bncheck.reporters.table import verdict
+from bncheck.text import shown
 
 _SEVERITIES = (Severity.ERROR, Severity.WARNING, Severity.INFO)
 
@@ -80,7 +81,8 @@ def _cell(text: str) -> str:
 
 
 def _code(text: str) -> str:
-    """A code span that survives backticks in the text."""
+    """A code span that survives backticks in the text; its content is shown literally."""
+    text = shown(text)
     longest = max((len(run) for run in re.findall("`+", text)), default=0)
     fence = "`" * (longest + 1)
     padded = f" {text} " if text.startswith("`") or text.endswith("`") else text
@@ -88,5 +90,8 @@ def _code(text: str) -> str:
 
 
 def _text(text: str) -> str:
-    """Plain text: no HTML from names read out of a file."""
-    return html.escape(text, quote=False)
+    """Plain text: no HTML, links or images from names read out of a file. Escaping the
+    brackets (and the backslash that could escape them back) leaves ``[x](url)`` and
+    ``![x](url)`` as the characters they are."""
+    text = html.escape(shown(text), quote=False)
+    return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")

@@ -9,18 +9,19 @@ from tabulate import tabulate
 from bncheck.recalibrate.results import KEPT_BECAUSE, LayerChange, Recalibration, Verification
 from bncheck.reporters import table
 from bncheck.reporters.options import PLAIN, RenderOptions
+from bncheck.text import shown
 
 _HEADERS = ["layer", "status", "mean moved (sd) [max]", "variance off by [worst old/new]"]
 
 
 def render(result: Recalibration, options: RenderOptions = PLAIN) -> str:
     if result.verification is None:
-        head = f"{result.model}: nothing recalibrated: {result.refusal}"
+        head = f"{shown(result.model)}: nothing recalibrated: {shown(result.refusal or '')}"
     else:
         # Whether the result is written is said below, after the verification.
         head = (
-            f"re-estimated {result.model}: {result.samples} samples in {result.batches} "
-            f"batch{'es' if result.batches != 1 else ''} of {result.data}"
+            f"re-estimated {shown(result.model)}: {result.samples} samples in {result.batches} "
+            f"batch{'es' if result.batches != 1 else ''} of {shown(result.data)}"
         )
     rows = [_row(change) for change in result.layers]
     changes = tabulate(rows, headers=_HEADERS, tablefmt="simple", disable_numparse=True)
@@ -37,9 +38,9 @@ def render(result: Recalibration, options: RenderOptions = PLAIN) -> str:
 
 def _row(change: LayerChange) -> list[str]:
     if change.mean_shift is None or change.variance_factor is None:
-        return [change.path, change.status, "-", "-"]
+        return [shown(change.path), change.status, "-", "-"]
     return [
-        change.path,
+        shown(change.path),
         change.status,
         f"{change.mean_shift:.3g} [{change.max_mean_shift:.3g}]",
         f"{change.variance_factor:.3g}x [{change.worst_variance_ratio:.3g}]",
@@ -50,22 +51,25 @@ def _verified(check: Verification) -> str:
     metric = check.metric
     if metric is not None and metric.reestimated is not None:
         return (
-            f"verified on {check.described}: {metric.name} {metric.format(metric.stored)} "
+            f"verified on {shown(check.described)}: {metric.name} {metric.format(metric.stored)} "
             f"with the stored statistics, {metric.format(metric.reestimated)} with the new ones"
         )
     if check.changed_predictions is not None:
         changed = f"the top-1 class of {check.changed_predictions:.1%} of the samples changes"
     else:
         changed = f"the outputs change by {check.relative_change:.3g} relative to their norm"
-    return f"compared on {check.described}, without labels: {changed}"
+    return f"compared on {shown(check.described)}, without labels: {changed}"
 
 
 def _outcome(result: Recalibration) -> str:
     if result.writer is not None:
-        return f"not written here: {result.writer} writes {result.output}"
+        return f"not written here: {result.writer} writes {shown(str(result.output))}"
     if result.written_to is None:
         if result.refusal is None:
             return "nothing written (no output asked for)"
-        return f"not written: {result.refusal}; pass --force to write {result.output} anyway"
-    forced = f" although {result.refusal} (--force)" if result.refusal is not None else ""
-    return f"wrote {result.output}{forced}"
+        return (
+            f"not written: {shown(result.refusal)}; pass --force to write "
+            f"{shown(str(result.output))} anyway"
+        )
+    forced = f" although {shown(result.refusal)} (--force)" if result.refusal is not None else ""
+    return f"wrote {shown(str(result.output))}{forced}"

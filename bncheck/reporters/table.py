@@ -11,6 +11,7 @@ from tabulate import tabulate
 from bncheck.findings import ModelResult, Report, Severity
 from bncheck.model import ArraySummary, BNLayer, CheckpointContents
 from bncheck.reporters.options import PLAIN, RenderOptions
+from bncheck.text import shown
 
 if TYPE_CHECKING:
     from bncheck.probe.results import Metric, OutputMeasurement, ProbeData, ProbeResult
@@ -54,9 +55,10 @@ def _model_block(model: ModelResult, options: RenderOptions) -> str:
     description = model.description
     assert description is not None  # a result without error has a description
     lines = [
-        f"{model.path} ({description.format}): {_count(description.layer_count, 'BatchNorm layer')}"
+        f"{shown(model.path)} ({description.format}): "
+        f"{_count(description.layer_count, 'BatchNorm layer')}"
     ]
-    lines += [f"  note: {note}" for note in description.notes]
+    lines += [f"  note: {shown(note)}" for note in description.notes]
     if description.layers:
         rows = [_row(layer) for layer in description.layers]
         lines.append(tabulate(rows, headers=_HEADERS, tablefmt="simple", disable_numparse=True))
@@ -71,8 +73,8 @@ def _model_block(model: ModelResult, options: RenderOptions) -> str:
         ordered = sorted(model.findings, key=lambda f: -f.severity)
         lines.append("")
         lines += [
-            f"{_severity(f.severity, options)} {f.rule} {f.name}  {f.layer or '(model)'}: "
-            f"{f.message}"
+            f"{_severity(f.severity, options)} {f.rule} {f.name}  {shown(f.layer or '(model)')}: "
+            f"{shown(f.message)}"
             for f in ordered
         ]
     return "\n".join(lines)
@@ -97,15 +99,15 @@ def _matches_table(contents: CheckpointContents) -> str:
     for match in contents.matches:
         group = match.group
         if group is None:
-            rows.append([match.layer, str(match.channels), "-", "-", "-"])
+            rows.append([shown(match.layer), str(match.channels), "-", "-", "-"])
             continue
         rows.append(
             [
-                match.layer,
+                shown(match.layer),
                 str(match.channels),
-                group.path,
+                shown(group.path),
                 match.matched_by or "",
-                _arrays(group.shapes),
+                shown(_arrays(group.shapes)),
             ]
         )
     headers = ["model layer", "ch", "checkpoint variables", "matched by", "arrays [shape]"]
@@ -123,7 +125,7 @@ def _arrays(shapes: Mapping[str, tuple[int, ...]]) -> str:
 def probe_lines(probe: ProbeResult) -> list[str]:
     """The probe's data, modes and output figures, or why it was skipped."""
     if probe.skipped is not None:
-        return [f"  probe: skipped: {probe.skipped}"]
+        return [f"  probe: skipped: {shown(probe.skipped)}"]
     lines = []
     data = probe.data
     if data is not None:
@@ -135,7 +137,7 @@ def probe_lines(probe: ProbeResult) -> list[str]:
         lines.append(f"  probe: output {_output_figures(output)}")
         if output.metric is not None:
             lines.append(f"  probe: output {output.name!r}: {metric_line(output.metric)}")
-    lines += [f"  probe note: {note}" for note in probe.notes]
+    lines += [f"  probe note: {shown(note)}" for note in probe.notes]
     return lines
 
 
@@ -149,7 +151,7 @@ def data_line(data: ProbeData) -> str:
         else ""
     )
     batches = f" in {_count(data.batches, 'batch')} of {data.batch_size}" if data.real else ""
-    return f"{kind} ({data.source}{labelled}), {data.samples}{of} samples{batches}"
+    return f"{kind} ({shown(data.source)}{labelled}), {data.samples}{of} samples{batches}"
 
 
 def metric_line(metric: Metric) -> str:
@@ -180,8 +182,8 @@ def _output_figures(output: OutputMeasurement) -> str:
 
 def _row(layer: BNLayer) -> list[str]:
     return [
-        layer.path,
-        _class_label(layer),
+        shown(layer.path),
+        shown(_class_label(layer)),
         str(layer.channels),
         _number(layer.momentum),
         _number(layer.epsilon),
