@@ -364,6 +364,53 @@ def folder_scan(workdir: Path, repeat: int) -> list[Target]:
     ]
 
 
+# `bncheck inspect` as it read before containment: every file in the command's own process.
+IN_PROCESS = INSPECT.replace(
+    "from bncheck.cli import main",
+    "from bncheck import engine\n"
+    "from bncheck.errors import ModelReadError\n"
+    "def read_all(reader, paths, jobs, limits=None):\n"
+    "    outcomes = []\n"
+    "    for path in paths:\n"
+    "        try:\n"
+    "            outcomes.append(reader(path))\n"
+    "        except ModelReadError as exc:\n"
+    "            outcomes.append(exc)\n"
+    "    return outcomes\n"
+    "engine.read_all = read_all\n"
+    "from bncheck.cli import main",
+)
+
+
+def containment(workdir: Path, repeat: int) -> list[Target]:
+    """`bncheck inspect FOLDER` reading each model in a worker process, against reading them
+    all in the command's own process."""
+    model = workdir / "mobilenetv2.keras"
+    make_model("mobilenetv2", model)
+    folder = workdir / "contained"
+    folder.mkdir()
+    for i in range(FOLDER_MODELS):
+        shutil.copy(model, folder / f"model_{i:02}.keras")
+    wall, cpu = interleaved(
+        {"contained": (INSPECT, [str(folder)]), "in-process": (IN_PROCESS, [str(folder)])},
+        repeat,
+    )
+    return [
+        Target(
+            "containment",
+            f"{FOLDER_MODELS} MobileNetV2 .keras files: `bncheck inspect FOLDER` reading in "
+            "worker processes, over reading in-process (wall time)",
+            ratio=wall["contained"] / wall["in-process"],
+            threshold=1.10,
+            higher_is_better=False,
+            medians={
+                "contained": f"{wall['contained']:.2f} s ({cpu['contained']:.2f} s CPU)",
+                "in-process": f"{wall['in-process']:.2f} s ({cpu['in-process']:.2f} s CPU)",
+            },
+        )
+    ]
+
+
 # The probe over N samples of real data (after loading: both sweeps, the comparison with
 # re-estimated statistics, the rules) against the least a user could run to see both modes on the
 # same samples: one compiled inference pass and one compiled training-mode pass. Each repeat loads
@@ -740,6 +787,7 @@ BENCHMARKS: dict[str, Callable[[Path, int], list[Target]]] = {
     "memory": large_file_memory,
     "checkpoint": checkpoint_size_independence,
     "folder": folder_scan,
+    "containment": containment,
     "probe": probe_cost,
     "recalibrate": recalibrate_vs_forward,
     "pytorch": pytorch_vs_torch_load,
