@@ -14,7 +14,7 @@ import click
 from bncheck.config import ConfigOptions, resolve_settings
 from bncheck.engine import check_checkpoint, inspect_path, inspect_paths
 from bncheck.errors import ModelReadError, UsageError
-from bncheck.extras import require, require_probe
+from bncheck.extras import require
 from bncheck.findings import ExitCode, Report
 from bncheck.probe.options import ProbeOptions
 from bncheck.progress import Progress
@@ -72,7 +72,6 @@ class CheckpointOptions:
 
 
 def run_inspect(options: InspectOptions) -> int:
-    require_probe(options.probe)
     settings = resolve_settings(options.config, Path.cwd())
     progress = Progress()
     try:
@@ -131,7 +130,6 @@ def run_plot(options: PlotOptions) -> int:
     if not options.output.lower().endswith(PLOT_SUFFIXES):
         raise UsageError(f"--output must end in {' or '.join(PLOT_SUFFIXES)}: {options.output}")
     require("plot", "bncheck plot")
-    require_probe(options.probe)
     settings = resolve_settings(options.config, Path.cwd())
     progress = Progress()
     try:

@@ -1,7 +1,9 @@
 """bncheck's optional parts, and the one-line answer when one is not installed.
 
-The core reads every format without them. Running models (``--probe``, ``--data``,
-``recalibrate``) needs TensorFlow and Keras, ``bncheck plot`` needs matplotlib.
+The core reads every format without them. Running a model (``--probe``, ``--data``) needs the
+extra of its format's runtime (``bncheck.formats.RUNTIMES``): TensorFlow for Keras files and
+SavedModels, onnxruntime for ONNX, PyTorch for TorchScript; ``recalibrate`` needs TensorFlow,
+``bncheck plot`` matplotlib.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 from importlib.util import find_spec
 
 from bncheck.errors import UsageError
-from bncheck.probe.options import ProbeOptions
 
 #: Extra -> (what it brings, the modules it must provide); names as in pyproject.toml.
 EXTRAS = {
     "tensorflow": ("TensorFlow", ("tensorflow", "keras")),
+    "onnx": ("onnxruntime", ("onnxruntime",)),
+    "torch": ("PyTorch", ("torch",)),
     "plot": ("matplotlib", ("matplotlib",)),
 }
 
@@ -24,9 +27,3 @@ def require(extra: str, purpose: str) -> None:
     what, modules = EXTRAS[extra]
     if any(find_spec(module) is None for module in modules):
         raise UsageError(f'{purpose} needs {what}: pip install "bncheck[{extra}]"')
-
-
-def require_probe(probe: ProbeOptions | None) -> None:
-    """When models are to be run, TensorFlow must be there."""
-    if probe is not None:
-        require("tensorflow", "--data" if probe.data is not None else "--probe")

@@ -12,6 +12,7 @@ from bncheck import extras
 from tests.conftest import FIXTURES, CliResult
 
 MODEL = FIXTURES / "keras3/nested.keras"
+PYTORCH = FIXTURES / "pytorch"
 TENSORFLOW = 'needs TensorFlow: pip install "bncheck[tensorflow]"'
 MATPLOTLIB = 'bncheck plot needs matplotlib: pip install "bncheck[plot]"'
 
@@ -33,6 +34,21 @@ def without(*missing: str) -> Callable[[str], Any]:
         ),
         (("matplotlib",), ["plot", MODEL, "-o", "x.png"], MATPLOTLIB),
         (("tensorflow",), ["plot", MODEL, "-o", "x.png", "--probe"], f"--probe {TENSORFLOW}"),
+        (
+            ("tensorflow",),
+            ["inspect", FIXTURES / "probe/tf_keras_savedmodel", "--probe"],
+            f"--probe {TENSORFLOW}",
+        ),
+        (
+            ("onnxruntime",),
+            ["inspect", PYTORCH / "healthy.onnx", "--data", "x.npy"],
+            '--data needs onnxruntime: pip install "bncheck[onnx]"',
+        ),
+        (
+            ("torch",),
+            ["inspect", PYTORCH / "healthy_torchscript.pt", "--probe", "--unsafe"],
+            '--probe needs PyTorch: pip install "bncheck[torch]"',
+        ),
     ],
 )
 def test_missing_extra_is_a_usage_error_naming_the_install(
@@ -55,3 +71,28 @@ def test_static_inspect_needs_no_extra(
     monkeypatch.setattr(extras, "find_spec", without("tensorflow", "keras", "matplotlib"))
     assert run_cli("inspect", MODEL).code == 0
     assert run_cli("checkpoint", FIXTURES / "checkpoints/tf1_saver_all").code == 0
+
+
+@pytest.mark.parametrize(
+    ("model", "installed"),
+    [
+        # Each runtime needs its own extra only, asked for once the format is known.
+        (PYTORCH / "healthy.onnx", "onnxruntime"),
+        # Formats nothing runs say why, with no extra at all.
+        (PYTORCH / "healthy.safetensors", None),
+        (PYTORCH / "healthy.pt", None),
+        (FIXTURES / "eras/keras3_sharded.weights.json", None),
+    ],
+)
+def test_a_probe_needs_only_its_runtimes_extra(
+    model: Any,
+    installed: str | None,
+    run_cli: Callable[..., CliResult],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    missing = {"tensorflow", "keras", "onnxruntime", "torch"} - {installed}
+    monkeypatch.setattr(extras, "find_spec", without(*missing))
+    result = run_cli("inspect", model, "--probe", "--input-shape", "1,8,8", "--format", "json")
+    assert result.code == 0, result.err
+    [report] = result.json()["models"]
+    assert report["error"] is None

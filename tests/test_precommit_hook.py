@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from bncheck.readers.detect import MODEL_SUFFIXES
+from bncheck.formats import model_suffixes, precommit_pattern
 from tests.conftest import FIXTURES, REPO, CliResult, fixture_manifest
 
 
@@ -26,9 +26,13 @@ def test_manifest_declares_the_hook() -> None:
     assert entry["entry"].split() == ["bncheck", "inspect"]
 
 
+def test_hook_pattern_is_the_one_the_format_registry_derives() -> None:
+    assert hook()["files"] == precommit_pattern()
+
+
 def test_hook_selects_model_files_only() -> None:
     files = re.compile(hook()["files"])
-    model_files = [name for name in fixture_manifest() if name.endswith(MODEL_SUFFIXES)]
+    model_files = [name for name in fixture_manifest() if name.endswith(model_suffixes())]
     assert model_files
     assert all(files.search(f"models/{name}") for name in model_files)
     assert files.search("exports/MODEL.H5")

@@ -33,8 +33,6 @@ from bncheck.readers import detect
 #: Called after each BatchNorm call with the layer's path, the layer, its input and its output.
 CallObserver = Callable[[str, Any, Any, Any], None]
 
-_SUFFIXES = {"zip": ".keras", "hdf5": ".h5"}
-
 
 def load_custom_objects(path: str) -> dict[str, Any]:
     """Run the user's ``--custom-objects`` file and collect what it defines or registers.
@@ -96,9 +94,10 @@ def load_model(path: str, unsafe: bool, custom_objects: dict[str, Any]) -> Any:
     """
     import keras
 
-    suffix = _SUFFIXES.get(detect.sniff(path))
-    if suffix is None:
+    found = detect.sniff(path)
+    if found.runtime != "keras":
         raise ModelReadError("Keras cannot load this kind of file")
+    suffix = found.suffixes[0]
     try:
         with _named_like(path, suffix) as keras_path, warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from bncheck.errors import ModelReadError, UsageError
-from bncheck.probe import pure_ops, runner
+from bncheck.probe import pure_ops, safety
+from bncheck.probe.batches import data_notes, first_batch
 from bncheck.probe.data import InputSpec
 from bncheck.probe.measure import Outputs, compare_outputs, spread
 from bncheck.probe.options import ProbeOptions, StepReporter
@@ -71,11 +72,11 @@ def probe(
     model = onnx_graph.load(path)
     content = scan_graph(model)
     if content and not options.unsafe:
-        return ProbeResult(path, None, content, options.unsafe, skipped=runner.refusal(content))
+        return ProbeResult(path, None, content, options.unsafe, skipped=safety.refusal(content))
     _inline_external_data(model, directory)
     nodes = onnx_graph.batchnorm_nodes(model.graph)
     specs = [_input_spec(value) for value in _graph_inputs(model)]
-    first, described = runner.first_batch(specs, options)
+    first, described = first_batch(specs, options)
     batch = first.inputs
     names = [spec.name for spec in specs]
     step(f"running {described.samples} samples with onnxruntime")
@@ -83,7 +84,7 @@ def probe(
     inferred, seen = inference.run(batch)
     half = [array[: len(array) // 2] for array in batch] if described.samples >= 2 else None
     alone = inference.run(half)[0] if half is not None else None
-    notes = list(runner.data_notes(described.real))
+    notes = list(data_notes(described.real))
     if half is None:
         notes.append("a batch of one sample cannot show batch-dependent inference (BN016)")
     trained: Outputs | None = None

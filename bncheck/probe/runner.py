@@ -7,18 +7,20 @@ reads the configuration (or the SavedModel graph) before Keras or TensorFlow loa
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bncheck.errors import UsageError
-from bncheck.probe import data as probe_data
+from bncheck import formats
+from bncheck.extras import require
 from bncheck.probe import safety
+from bncheck.probe.batches import BatchPlan, data_notes, sweep_progress
 from bncheck.probe.options import ProbeOptions, StepReporter
-from bncheck.probe.results import CodeReference, ProbeData, ProbeResult
+from bncheck.probe.results import CodeReference, ProbeResult
 
-#: Told after each batch of a sweep: the sweep's name and the batches done.
-SweepProgress = Callable[[str, int], None]
+#: A runtime's probe (``formats.Runtime.probe``): the file, the options, where to report
+#: progress, and which layers' statistics never updated, by layer path.
+RuntimeProbe = Callable[[str, ProbeOptions, StepReporter, Mapping[str, bool]], ProbeResult]
 
 
 def run_probe(
@@ -27,30 +29,29 @@ def run_probe(
     step: StepReporter,
     untouched: Mapping[str, bool] | None = None,
 ) -> ProbeResult:
-    """Probe one model. ``untouched`` gives, by layer path, whether the static description found
-    the layer's statistics never updated. Unloadable models raise ``ModelReadError``, bad data
+    """Probe one model with the runtime its format names. ``untouched`` gives, by layer path,
+    whether the static description found the layer's statistics never updated. Unloadable
+    models raise ``ModelReadError``; bad data, or a runtime whose extra is not installed,
     ``UsageError``."""
-    from bncheck.probe import other_frameworks
-    from bncheck.probe.backend import import_keras
     from bncheck.readers import detect
 
-    kind = detect.sniff(path)
-    if kind in other_frameworks.KINDS:  # run by their own frameworks, without Keras
-        return other_frameworks.probe(path, kind, options, step, untouched or {})
-    import_keras()
-    if kind == "savedmodel":
-        return _probe_savedmodel(path, options, step)
-    if kind == "checkpoint":
-        return ProbeResult(
-            path, None, (), options.unsafe, skipped="a checkpoint holds no architecture to run"
-        )
-    return _probe_keras(path, options, step, untouched or {})
+    found = detect.sniff(path)
+    if found.runtime is None:
+        return ProbeResult(path, None, (), options.unsafe, skipped=found.not_run)
+    runtime = formats.RUNTIMES[found.runtime]
+    require(runtime.extra, "--data" if options.data is not None else "--probe")
+    probe: RuntimeProbe = formats.load(runtime.probe)
+    return probe(path, options, step, untouched or {})
 
 
-def _probe_keras(
+def probe_keras_file(
     path: str, options: ProbeOptions, step: StepReporter, untouched: Mapping[str, bool]
 ) -> ProbeResult:
+    """The probe of a ``.keras`` or ``.h5`` file, loaded with Keras."""
     from bncheck.probe import keras_model
+    from bncheck.probe.backend import import_keras
+
+    import_keras()
 
     config = safety.model_config(path)
     if config is None:
@@ -89,7 +90,7 @@ def probe_keras_model(
         source.batches,
         reestimate=lambda _, layer: bool(layer.trainable),
         untouched=untouched,
-        progress=_progress(step, source),
+        progress=sweep_progress(step, source),
         real=source.real,
     )
     return ProbeResult(
@@ -108,18 +109,25 @@ def probe_keras_model(
     )
 
 
-def _probe_savedmodel(path: str, options: ProbeOptions, step: StepReporter) -> ProbeResult:
+def probe_savedmodel(
+    path: str, options: ProbeOptions, step: StepReporter, untouched: Mapping[str, bool]
+) -> ProbeResult:
+    """The probe of a SavedModel, loaded with TensorFlow; its layers are not visible, so
+    ``untouched`` plays no part."""
     from bncheck.probe import measure, savedmodel
+    from bncheck.probe.backend import import_keras
+
+    import_keras()
 
     step("checking the SavedModel graph")
     content = savedmodel.scan_graph(path)
-    refused = None if options.unsafe else refusal(content)
+    refused = None if options.unsafe else safety.refusal(content)
     if refused is not None:
         return ProbeResult(path, None, content, options.unsafe, skipped=refused)
     step("loading with TensorFlow")
     subject = savedmodel.SavedModelSubject(path)
     source = BatchPlan(subject.specs, options)
-    measured = measure.measure_savedmodel(subject, source.batches, _progress(step, source))
+    measured = measure.measure_savedmodel(subject, source.batches, sweep_progress(step, source))
     notes = [
         "the layers inside a SavedModel are not visible: per-layer measurements (BN014, BN015, "
         "where BN013 starts) need the .keras or .h5 file"
@@ -159,28 +167,7 @@ def scan_keras_config(
 
     custom = _custom_objects(custom_objects) if custom_objects else {}
     content = safety.scan_config(config, set(custom), keras_model.builtin_layer_names())
-    return ContentScan(content, custom, None if unsafe else refusal(content))
-
-
-def refusal(content: Sequence[CodeReference]) -> str | None:
-    """Why a model holding ``content`` must not be loaded without ``--unsafe``."""
-    if not content:
-        return None
-    custom = sorted({ref.detail for ref in content if ref.kind == "custom-class"})
-    code = [ref for ref in content if ref.kind != "custom-class"]
-    reasons = []
-    if code:
-        listed = "; ".join(ref.describe for ref in code[:3])
-        more = f" and {len(code) - 3} more" if len(code) > 3 else ""
-        reasons.append(
-            f"the file holds code ({listed}{more}); pass --unsafe to run it if you trust the file"
-        )
-    if custom:
-        reasons.append(
-            f"it needs custom classes bncheck does not have ({', '.join(custom[:5])}); pass "
-            "--custom-objects FILE.py defining them"
-        )
-    return "; ".join(reasons)
+    return ContentScan(content, custom, None if unsafe else safety.refusal(content))
 
 
 @functools.lru_cache(maxsize=4)
@@ -188,107 +175,3 @@ def _custom_objects(path: str) -> dict[str, Any]:
     from bncheck.probe import keras_model
 
     return keras_model.load_custom_objects(path)
-
-
-class BatchPlan:
-    """The batches a probe runs: real data (capped at ``--samples``) or one synthetic batch."""
-
-    def __init__(self, specs: Sequence[probe_data.InputSpec] | None, options: ProbeOptions) -> None:
-        self.options = options
-        self.dataset: probe_data.Dataset | None = None
-        source = probe_data.chosen_source(options)
-        if source is not None:
-            self.dataset = probe_data.open_data(source, specs)
-            self.specs = self.dataset.specs
-            self._synthetic: probe_data.Batch | None = None
-        else:
-            self.specs = list(specs or _undeclared_inputs(options))
-            self._synthetic = probe_data.synthetic_batch(
-                self.specs, options.batch_size, options.seed, options.input_shapes
-            )
-
-    @property
-    def real(self) -> bool:
-        return self.dataset is not None
-
-    @property
-    def integer_inputs(self) -> list[str]:
-        return [] if self.dataset is None else self.dataset.integer_inputs
-
-    @property
-    def expected_batches(self) -> int | None:
-        if self.dataset is None:
-            return 1
-        if self.dataset.available is None:
-            return None
-        count = min(self.dataset.available, self.options.samples)
-        return max(1, count // self.options.batch_size)
-
-    def batches(self) -> Iterator[probe_data.Batch]:
-        if self.dataset is None:
-            assert self._synthetic is not None
-            yield self._synthetic
-            return
-        yield from self.dataset.batches(
-            self.options.batch_size, self.options.seed, self.options.samples
-        )
-
-    def describe(self, samples: int, batches: int) -> ProbeData:
-        if self.dataset is None:
-            assert self._synthetic is not None
-            return probe_data.describe_synthetic(self._synthetic, self.specs, self.options.seed)
-        if samples == 0:
-            raise UsageError(f"{self.dataset.source} holds no samples")
-        # Fewer samples than a batch make one batch of them all.
-        batch_size = (
-            min(self.options.batch_size, samples) if batches == 1 else self.options.batch_size
-        )
-        return self.dataset.describe(batches, samples, batch_size)
-
-
-def _progress(step: StepReporter, source: BatchPlan) -> SweepProgress:
-    total = source.expected_batches
-
-    def report(sweep: str, done: int) -> None:
-        if source.real and (done == 1 or done % 10 == 0 or done == total):
-            of = f"/{total}" if total is not None else ""
-            step(f"{sweep}: batch {done}{of}")
-
-    return report
-
-
-def _undeclared_inputs(options: ProbeOptions) -> list[probe_data.InputSpec]:
-    """A subclassed model declares no inputs: take their shape from ``--input-shape``."""
-    if set(options.input_shapes) == {None}:
-        return [probe_data.InputSpec("input", (None, *options.input_shapes[None]), "float32")]
-    raise UsageError(
-        "the model declares no inputs (a subclassed model): pass --data with a .npy file "
-        "or --input-shape D1,D2,..."
-    )
-
-
-def first_batch(
-    specs: Sequence[probe_data.InputSpec] | None, options: ProbeOptions
-) -> tuple[probe_data.Batch, ProbeData]:
-    """One batch of the data (or the synthetic batch), for probes that judge a single batch."""
-    source = BatchPlan(specs, options)
-    batch = next(iter(source.batches()), None)
-    if batch is None:
-        assert source.dataset is not None  # the synthetic batch is never empty
-        raise UsageError(f"{source.dataset.source} holds no samples")
-    return batch, source.describe(batch.size, 1)
-
-
-def data_notes(real: bool, integer_inputs: Sequence[str] = ()) -> tuple[str, ...]:
-    if real:
-        if not integer_inputs:
-            return ()
-        return (
-            f"the data gives input(s) {', '.join(integer_inputs)} whole numbers: if the model "
-            "trained on scaled inputs (pixels in [0, 1], standardised values), scale the data "
-            "the same way, or the statistics and every verdict describe other inputs",
-        )
-    return (
-        "synthetic data: staleness (BN014) and what recalibrating would change (BN015) need real "
-        "data (--data); collapse (BN013) and batch-dependent inference (BN016) are judged",
-    )

@@ -21,7 +21,7 @@ the scan walks the whole configuration Keras would deserialise (everything but
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import h5py
@@ -51,8 +51,8 @@ _SKIPPED_KEYS = frozenset({"compile_config"})
 def model_config(path: str) -> dict[str, Any] | None:
     """The configuration Keras would load from a ``.keras`` or ``.h5`` file; ``None`` for a file
     without one (weights only) or a SavedModel directory."""
-    kind = detect.sniff(path)
-    if kind == "zip":
+    kind = detect.sniff(path).name
+    if kind == "keras":
         with zipfile.ZipFile(path) as archive:
             try:
                 info = archive.getinfo(CONFIG_MEMBER)
@@ -179,3 +179,24 @@ def _lambda_function(config: object) -> str:
     if isinstance(function, str):
         return f"calling {function}"
     return "with an unreadable function"
+
+
+def refusal(content: Sequence[CodeReference]) -> str | None:
+    """Why a model holding ``content`` must not be loaded without ``--unsafe``."""
+    if not content:
+        return None
+    custom = sorted({ref.detail for ref in content if ref.kind == "custom-class"})
+    code = [ref for ref in content if ref.kind != "custom-class"]
+    reasons = []
+    if code:
+        listed = "; ".join(ref.describe for ref in code[:3])
+        more = f" and {len(code) - 3} more" if len(code) > 3 else ""
+        reasons.append(
+            f"the file holds code ({listed}{more}); pass --unsafe to run it if you trust the file"
+        )
+    if custom:
+        reasons.append(
+            f"it needs custom classes bncheck does not have ({', '.join(custom[:5])}); pass "
+            "--custom-objects FILE.py defining them"
+        )
+    return "; ".join(reasons)

@@ -13,18 +13,18 @@ outputs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from bncheck.errors import ModelReadError, UsageError
-from bncheck.model import ModelDescription
-from bncheck.probe import runner
+from bncheck.probe.batches import data_notes, first_batch
 from bncheck.probe.data import LABELS_KEY, InputSpec, load_arrays
 from bncheck.probe.measure import Outputs, compare_outputs
 from bncheck.probe.options import ProbeOptions, StepReporter
 from bncheck.probe.results import INFERENCE, TRAINING, CodeReference, ProbeResult
+from bncheck.readers import read_model
 
 LOADER = "torch.jit"
 INSTALL_HINT = "probing TorchScript archives needs PyTorch: pip install 'bncheck[torch]'"
@@ -39,8 +39,11 @@ NOTES = (
 
 
 def probe(
-    path: str, description: ModelDescription, options: ProbeOptions, step: StepReporter
+    path: str, options: ProbeOptions, step: StepReporter, untouched: Mapping[str, bool]
 ) -> ProbeResult:
+    """Run the archive in both modes on one batch (``--unsafe`` only). TorchScript modules
+    take no hooks, so the layers, and ``untouched``, play no part."""
+    description = read_model(path)
     if description.pickled_calls:
         skipped = "its pickle asks for calls (BN019), so bncheck does not hand it to PyTorch"
         return ProbeResult(path, None, (CODE,), options.unsafe, skipped=skipped)
@@ -54,7 +57,7 @@ def probe(
     except Exception as exc:  # a corrupt or hostile archive may fail anywhere in PyTorch
         raise ModelReadError(f"torch.jit.load failed ({_one_line(exc)})") from None
     specs = _input_specs(options)
-    first, described = runner.first_batch(specs, options)
+    first, described = first_batch(specs, options)
     batch = first.inputs
     step(f"running {described.samples} samples in inference and training mode")
     batchnorms = [
@@ -73,7 +76,7 @@ def probe(
     finally:
         module.load_state_dict(saved)
         module.eval()
-    notes = [*runner.data_notes(described.real), *NOTES]
+    notes = [*data_notes(described.real), *NOTES]
     if not batchnorms:
         notes.append("no BatchNorm modules: there is no training mode to compare with")
     return ProbeResult(

@@ -1,30 +1,23 @@
 """Readers: one per format, each turning a path into a ``ModelDescription``.
 
-None imports TensorFlow or any other framework; the readers of checkpoints, SavedModels, PyTorch,
-safetensors and ONNX files load only when such a file is read.
+None imports TensorFlow or any other framework. ``bncheck.formats`` names each format's reader,
+which loads only when a file of that format is read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
+from typing import TypeVar
 
-import h5py
-
+from bncheck import formats
 from bncheck.errors import ModelReadError
 from bncheck.model import ModelDescription
-from bncheck.readers import detect, keras3_shards, keras_archive, legacy_h5, weights_h5
+from bncheck.readers import detect
 
 _MAX_REASON = 300
-CHECKPOINT_KINDS = ("checkpoint", "savedmodel")
-_KIND_NAMES = {
-    "zip": "a .keras archive",
-    "hdf5": "an HDF5 file",
-    "keras-shards": "sharded Keras weights",
-    "pytorch": "a PyTorch file",
-    "safetensors": "a safetensors file",
-    "onnx": "an ONNX model",
-}
+_T = TypeVar("_T")
+#: What ``bncheck checkpoint`` reads.
+CHECKPOINT_FORMATS = ("checkpoint", "savedmodel")
 
 
 def read_model(path: str) -> ModelDescription:
@@ -34,10 +27,15 @@ def read_model(path: str) -> ModelDescription:
 
 def read_checkpoint(path: str) -> ModelDescription:
     """Describe a checkpoint or SavedModel; other models are refused with a ``ModelReadError``."""
-    return _guarded(_read_checkpoint, path)
+    found = _guarded(detect.sniff, path)
+    if found.name not in CHECKPOINT_FORMATS:
+        raise ModelReadError(
+            f"not a checkpoint or SavedModel but {found.called}; 'bncheck inspect' reads it"
+        )
+    return _guarded(lambda _: _read_as(found, path), path)
 
 
-def _guarded(reader: Callable[[str], ModelDescription], path: str) -> ModelDescription:
+def _guarded(reader: Callable[[str], _T], path: str) -> _T:
     try:
         return reader(path)
     except ModelReadError:
@@ -49,53 +47,13 @@ def _guarded(reader: Callable[[str], ModelDescription], path: str) -> ModelDescr
 
 
 def _read(path: str) -> ModelDescription:
-    return _read_kind(path, detect.sniff(path))
+    return _read_as(detect.sniff(path), path)
 
 
-def _read_checkpoint(path: str) -> ModelDescription:
-    kind = detect.sniff(path)
-    if kind not in CHECKPOINT_KINDS:
-        raise ModelReadError(
-            f"not a checkpoint or SavedModel but {_KIND_NAMES.get(kind, kind)}; "
-            "'bncheck inspect' reads it"
-        )
-    return _read_kind(path, kind)
-
-
-def _read_kind(path: str, kind: str) -> ModelDescription:
-    if kind == "zip":
-        return keras_archive.read(path)
-    if kind == "keras-shards":
-        return keras3_shards.read(path)
-    # The readers of other frameworks' formats load only for them.
-    if kind == "pytorch":
-        from bncheck.readers import pytorch
-
-        return pytorch.read(path)
-    if kind == "safetensors":
-        from bncheck.readers import safetensors
-
-        return safetensors.read(path)
-    if kind == "onnx":
-        from bncheck.readers import onnx_graph
-
-        return onnx_graph.read(path)
-    if kind == "hdf5":
-        index = keras3_shards.index_of_shard(Path(path))
-        if index is not None:
-            return keras3_shards.read(str(index), shown_as=path)
-        with h5py.File(path, "r") as h5:
-            if legacy_h5.is_full_model(h5):
-                return legacy_h5.read(path, h5)
-            return weights_h5.read(path, h5)
-    # Imported here, so that their modules (and protobuf) load only for them.
-    if kind == "savedmodel":
-        from bncheck.readers import savedmodel
-
-        return savedmodel.read(path)
-    from bncheck.readers import checkpoint
-
-    return checkpoint.read(path)
+def _read_as(found: formats.Format, path: str) -> ModelDescription:
+    # The reader's module, and whatever it imports, loads only for its format.
+    reader: Callable[[str], ModelDescription] = formats.load(found.reader)
+    return reader(path)
 
 
 def one_line(exc: BaseException) -> str:

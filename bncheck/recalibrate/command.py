@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from bncheck import formats
 from bncheck.engine import inspect_path
 from bncheck.errors import ModelReadError, UsageError
 from bncheck.isolation import read_contained
@@ -337,30 +338,19 @@ def _kept_all(layers: int) -> str:
 
 def writable_description(path: str) -> ModelDescription:
     # A model of another format is readable; recalibrate does not apply to it (a usage error).
-    kind = detect.sniff(path)
-    if kind in ("pytorch", "safetensors", "onnx"):
+    found = detect.sniff(path)
+    if found.writer is None:
         raise UsageError(
-            f"{path}: recalibrate reads and writes .keras and .h5 models; {kind} files are "
-            "checked by 'bncheck inspect' (and --probe) only"
+            f"{path}: recalibrate reads and writes {formats.writable_models()}, not "
+            f"{found.called}; {found.not_written}"
         )
-    description = read_contained(read_model, path) if kind in ("zip", "hdf5") else None
-    if description is None or description.format not in WRITABLE:
-        what = kind if description is None else description.format
+    description = read_contained(read_model, path)
+    if description.format not in WRITABLE:
         raise UsageError(
-            f"{path}: recalibrate reads and writes .keras and .h5 models, not {what} inputs; "
-            f"{_CONVERT.get(what, _CONVERT['weights-h5'])}"
+            f"{path}: recalibrate reads and writes {formats.writable_models()}, not "
+            f"{description.format} inputs; {formats.WEIGHTS_ONLY}"
         )
     return description
-
-
-#: How to make a model recalibrate writes from a file it does not.
-_CONVERT = {
-    "savedmodel": "recalibrate the .keras or .h5 model it was exported from, or, for a "
-    "tf.keras SavedModel (model.save(DIR)), load it with tf_keras.models.load_model (Keras 3 "
-    "cannot) and save it as .h5",
-    "weights-h5": "it holds weights only: build the model in Keras, load_weights(FILE), and save "
-    "it as .keras",
-}
 
 
 def load(

@@ -139,7 +139,7 @@ def test_a_missing_onnxruntime_is_a_usage_error_naming_the_extra(
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     result = run_cli("inspect", PYTORCH / "healthy.onnx", "--probe")
     assert result.code == 2
-    assert result.err.strip().endswith("pip install 'bncheck[onnx]'")
+    assert result.err == 'bncheck: error: --probe needs onnxruntime: pip install "bncheck[onnx]"\n'
 
 
 @pytest.mark.parametrize("fixture", ["healthy.pt", "healthy.safetensors", "healthy.onnx"])

@@ -271,7 +271,7 @@ def test_samples_limit_the_data(run_cli: Run, tmp_path: Path) -> None:
         ("probe/lambda_layer.keras", ["--data", str(DIGITS), "-o", "{tmp}/o.keras"], 2,
          "pass --unsafe to run it if you trust the file"),
         ("probe/tf_keras_savedmodel", ["--data", str(DIGITS), "-o", "{tmp}/o"], 2,
-         "recalibrate reads and writes .keras and .h5 models, not savedmodel inputs"),
+         "recalibrate reads and writes .keras and .h5 models, not a SavedModel directory"),
         ("weights/healthy_cnn.weights.h5", ["--data", str(DIGITS), "-o", "{tmp}/o.h5"], 2,
          "not weights-h5 inputs"),
         ("probe/missing.keras", ["--data", str(DIGITS), "-o", "{tmp}/o.keras"], 3,
