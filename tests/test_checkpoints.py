@@ -468,11 +468,23 @@ def test_position_matches_are_a_finding_the_configuration_controls(run_cli: Run)
     assert ignored.code == 0 and "position only" not in ignored.out
 
 
-def test_checkpoint_command_refuses_other_models(run_cli: Run) -> None:
-    result = run_cli("checkpoint", KERAS3_MODEL)
-    assert result.code == 3
+@pytest.mark.parametrize(
+    ("model", "called"),
+    [
+        (KERAS3_MODEL, "a .keras archive"),
+        (FIXTURES / "pytorch/healthy.pt", "a PyTorch file"),
+        (FIXTURES / "pytorch/healthy_torchscript.pt", "a TorchScript archive"),
+        (FIXTURES / "pytorch/healthy.onnx", "an ONNX model"),
+    ],
+)
+def test_checkpoint_command_does_not_apply_to_other_models(
+    run_cli: Run, model: Path, called: str
+) -> None:
+    result = run_cli("checkpoint", model)
+    assert result.code == 2
+    assert result.out == ""
     assert result.err == (
-        f"bncheck: error: {KERAS3_MODEL}: not a checkpoint or SavedModel but a .keras archive; "
+        f"bncheck: error: {model}: not a checkpoint or SavedModel but {called}; "
         "'bncheck inspect' reads it\n"
     )
 

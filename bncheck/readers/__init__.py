@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from bncheck import formats
-from bncheck.errors import ModelReadError
+from bncheck.errors import ModelReadError, UsageError
 from bncheck.model import ModelDescription
 from bncheck.readers import detect
 
@@ -26,11 +26,12 @@ def read_model(path: str) -> ModelDescription:
 
 
 def read_checkpoint(path: str) -> ModelDescription:
-    """Describe a checkpoint or SavedModel; other models are refused with a ``ModelReadError``."""
+    """Describe a checkpoint or SavedModel. Another model is refused with a ``UsageError`` (the
+    command does not apply to it); an unreadable path is a ``ModelReadError``."""
     found = _guarded(detect.sniff, path)
     if found.name not in CHECKPOINT_FORMATS:
-        raise ModelReadError(
-            f"not a checkpoint or SavedModel but {found.called}; 'bncheck inspect' reads it"
+        raise UsageError(
+            f"{path}: not a checkpoint or SavedModel but {found.called}; 'bncheck inspect' reads it"
         )
     return _guarded(lambda _: _read_as(found, path), path)
 
