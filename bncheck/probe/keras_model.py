@@ -9,8 +9,6 @@ training mode while every other layer (Dropout, noise) stays in inference mode.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.util
 import inspect
 import json
 import os
@@ -19,15 +17,14 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from bncheck import layer_paths
-from bncheck.errors import ModelReadError, UsageError
+from bncheck.errors import ModelReadError
 from bncheck.probe.data import InputSpec
+from bncheck.probe.foreign import describe_error, run_user_file
 from bncheck.readers import detect
 
 #: Called after each BatchNorm call with the layer's path, the layer, its input and its output.
@@ -57,25 +54,6 @@ def load_custom_objects(path: str) -> dict[str, Any]:
         if name not in registered_before
     }
     return {**defined, **registered}
-
-
-def run_user_file(path: str, option: str) -> ModuleType:
-    """Run a Python file of the user's, named by ``option`` (``--custom-objects``,
-    ``--dataset-fn``): the user's own code, trusted explicitly. Any failure is one line."""
-    target = Path(path)
-    if not target.is_file():
-        raise UsageError(f"{option} {path}: no such file")
-    digest = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:12]
-    module_name = f"bncheck_{option.strip('-').replace('-', '_')}_{digest}"
-    spec = importlib.util.spec_from_file_location(module_name, target)
-    if spec is None or spec.loader is None:
-        raise UsageError(f"{option} {path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # the user's file may fail in any way; report it on one line
-        raise UsageError(f"{option} {path} failed ({describe_error(exc)})") from None
-    return module
 
 
 def builtin_layer_names() -> frozenset[str]:
@@ -127,14 +105,6 @@ def _writer_hint(path: str) -> str:
         f"; the file was written by tf.keras {version}, whose .keras files Keras 3 does not always "
         "load: save the model with tf_keras as .h5 (model.save('model.h5')), which it does"
     )
-
-
-def describe_error(exc: BaseException, limit: int = 300) -> str:
-    """``Type: message`` on one line, shortened: Keras errors quote whole configurations."""
-    text = " ".join(str(exc).split())
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ import numpy as np
 from bncheck.errors import ModelReadError
 from bncheck.probe import pure_ops
 from bncheck.probe.data import InputSpec
-from bncheck.probe.keras_model import describe_error
+from bncheck.probe.foreign import describe_error
 from bncheck.probe.results import CodeReference
 
 TF_KERAS = "tf-keras SavedModel"

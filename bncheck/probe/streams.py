@@ -500,7 +500,7 @@ def open_dataset_fn(function: DatasetFunction, specs: Sequence[InputSpec] | None
     """Run the user's ``--dataset-fn`` file (their own code, trusted explicitly like
     ``--custom-objects``; the model file never is) and stream what its function returns. A
     function returning an iterator is called again for each pass over the data."""
-    from bncheck.probe.keras_model import describe_error, run_user_file
+    from bncheck.probe.foreign import describe_error, run_user_file
 
     where = f"--dataset-fn {function.describe()}"
     make = getattr(run_user_file(function.path, "--dataset-fn"), function.name, None)

@@ -1,0 +1,38 @@
+"""Code bncheck does not own: the user's Python files (``--custom-objects``, ``--dataset-fn``),
+and the one line that tells what such code, Keras or TensorFlow raised."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+from bncheck.errors import UsageError
+
+
+def run_user_file(path: str, option: str) -> ModuleType:
+    """Run a Python file of the user's, named by ``option`` (``--custom-objects``,
+    ``--dataset-fn``): the user's own code, trusted explicitly. Any failure is one line."""
+    target = Path(path)
+    if not target.is_file():
+        raise UsageError(f"{option} {path}: no such file")
+    digest = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:12]
+    module_name = f"bncheck_{option.strip('-').replace('-', '_')}_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, target)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{option} {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's file may fail in any way; report it on one line
+        raise UsageError(f"{option} {path} failed ({describe_error(exc)})") from None
+    return module
+
+
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line, shortened: Keras errors quote whole configurations."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
