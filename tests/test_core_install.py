@@ -180,6 +180,11 @@ def test_checkpoint_command(core_env: Path) -> None:
             ["inspect", "keras3/nested.keras", "--probe"],
             '--probe needs TensorFlow: pip install "bncheck[tensorflow]"',
         ),
+        # The probe asks for the extra of the file's own runtime.
+        (
+            ["inspect", "pytorch/healthy.onnx", "--probe"],
+            '--probe needs onnxruntime: pip install "bncheck[onnx]"',
+        ),
         (
             ["plot", "keras3/nested.keras", "-o", "x.png"],
             'bncheck plot needs matplotlib: pip install "bncheck[plot]"',
