@@ -179,6 +179,12 @@ class _Pool:
     def give_back(self, worker: _Worker, limits: Limits) -> None:
         self._idle.setdefault(limits, []).append(worker)
 
+    def close(self) -> None:
+        for workers in self._idle.values():
+            for worker in workers:
+                worker.kill()
+        self._idle.clear()
+
     def _start(self) -> BaseContext:
         """Fork this process while it has no other thread (the usual case: static inspection
         imports neither TensorFlow nor torch), which costs no interpreter start; otherwise fork
@@ -201,6 +207,12 @@ def _forkable() -> bool:
 
 
 _POOL = _Pool()
+
+
+def close_idle_workers() -> None:
+    """End the idle workers. A worker is a fork of this process as it was: a process that
+    changes what reading depends on (the format registry, say) starts afresh after this."""
+    _POOL.close()
 
 
 def _serve(conn: Connection, memory: int) -> None:

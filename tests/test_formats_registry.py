@@ -7,13 +7,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bncheck import formats
+from bncheck import formats, isolation
 from bncheck.errors import ModelReadError
 from bncheck.model import BNLayer, ModelDescription
 from bncheck.probe.options import ProbeOptions
@@ -59,9 +59,13 @@ TOY = formats.Format(
 
 
 @pytest.fixture
-def toy_registered(monkeypatch: pytest.MonkeyPatch) -> formats.Format:
+def toy_registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[formats.Format]:
+    # Reading workers are forks of this process: the toy format exists in those forked after
+    # it is registered, and must not outlive this test in any.
+    isolation.close_idle_workers()
     monkeypatch.setitem(formats.FORMATS, TOY.name, TOY)
-    return TOY
+    yield TOY
+    isolation.close_idle_workers()
 
 
 def toy_file(path: Path, mean: tuple[float, float] = (0.5, -0.5)) -> Path:
