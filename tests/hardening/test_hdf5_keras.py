@@ -18,6 +18,7 @@ import pytest
 from bncheck.readers import read_model
 from bncheck.recalibrate import write
 from bncheck.recalibrate.write import NewStatistics, WriteError, write_model
+from tests.h5_tools import datasets
 from tests.hardening.hostile import HostileCase
 from tests.hardening.hostile.hdf5_keras import CASES, KERAS2_H5, KERAS3_ARCHIVE
 
@@ -151,26 +152,13 @@ def new_statistics(path: Path) -> dict[str, NewStatistics]:
     }
 
 
-def every_dataset(path: Path) -> dict[str, bytes]:
-    found: dict[str, bytes] = {}
-    with h5py.File(path, "r") as h5:
-        h5.visititems(
-            lambda name, node: (
-                found.__setitem__(name, node[()].tobytes())
-                if isinstance(node, h5py.Dataset)
-                else None
-            )
-        )
-    return found
-
-
 def test_the_writer_changes_the_statistics_it_was_given_and_nothing_else(tmp_path: Path) -> None:
     model, out = tmp_path / "model.h5", tmp_path / "out.h5"
     model.write_bytes(KERAS2_H5.read_bytes())
     updates = new_statistics(model)
     write_model(str(model), str(out), "h5", updates)
     assert model.read_bytes() == KERAS2_H5.read_bytes()
-    old, new = every_dataset(model), every_dataset(out)
+    old, new = datasets(model), datasets(out)
     changed = {name for name in old if old[name] != new[name]}
     written = {s.mean_location for s in updates.values()} | {
         s.variance_location for s in updates.values()

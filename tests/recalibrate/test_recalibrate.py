@@ -16,6 +16,7 @@ import pytest
 
 from bncheck.readers import read_model
 from tests.conftest import FIXTURES, CliResult, user_module
+from tests.h5_tools import datasets
 
 Run = Callable[..., CliResult]
 PROBE = FIXTURES / "probe"
@@ -32,24 +33,6 @@ def accuracies(path: Path) -> tuple[float, float]:
         [model(x[i : i + 32], training=True).numpy() for i in range(0, len(x), 32)]
     )
     return float(np.mean(inference.argmax(1) == y)), float(np.mean(training.argmax(1) == y))
-
-
-def datasets(path: Path) -> dict[str, bytes]:
-    """Every dataset of an HDF5 file (or of a .keras archive's weights), as raw bytes."""
-    if zipfile.is_zipfile(path):
-        inner = path.with_suffix(".weights.h5")
-        inner.write_bytes(zipfile.ZipFile(path).read("model.weights.h5"))
-        path = inner
-    found: dict[str, bytes] = {}
-    with h5py.File(path, "r") as h5:
-        h5.visititems(
-            lambda name, node: (
-                found.__setitem__(name, node[()].tobytes())
-                if isinstance(node, h5py.Dataset)
-                else None
-            )
-        )
-    return found
 
 
 def digest(path: Path) -> str:
