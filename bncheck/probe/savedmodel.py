@@ -2,10 +2,42 @@
 
 A SavedModel holds TensorFlow graphs, not Python code, so loading one runs no Python from the
 file; but a graph can call back into Python (``PyFunc``), print to any file (``PrintV2``), write
-checkpoints, summaries and datasets, or read files. So before anything is loaded, every op of the
-graph and of its function library is checked against an allowlist of pure ops (``pure_ops``),
+checkpoints, summaries and datasets, or read files. So before anything is loaded, the ops that
+TensorFlow's loader may run are checked against an allowlist of pure ops (``pure_ops``),
 without TensorFlow; anything else is reported like a Lambda layer in a Keras file (BN017), and
 the probe runs only with ``--unsafe``.
+
+What the loader may run decides what is checked, never the edges of the graph, which the file's
+author chooses. ``tf.saved_model.load`` (``tensorflow/python/saved_model/load.py``,
+``load_partial``) takes one of two paths:
+
+- **A SavedModel of one meta graph with an object graph** (``object_graph_def``: everything
+  ``tf.saved_model.save``, Keras 3's ``export`` and tf-keras write) goes to ``Loader``. It
+  imports every function of the library without running any, builds the objects of the object
+  graph, and restores the variables from ``variables/`` with ops of its own
+  (``TrackableSaver.restore``), calling the restore functions of saveable objects and the
+  initialisers of resources, which are functions the object graph names. It never runs the
+  graph's top-level nodes (it reads attributes of the ``Const`` nodes that saved constants
+  name) nor the functions ``saver_def`` names. What it and the probe may run is therefore the
+  concrete functions the object graph names (``concrete_functions``, a function's or a bare
+  concrete function's, a captured tensor's), the signatures among them, and every function
+  they call through an attribute, nested ones included. So every library function must be
+  pure, and so must every top-level node, with a single exception: the functions that only
+  the saver's two nodes call (its save and restore functions), named by nothing else -- no
+  object, no gradient, no other node and no other function -- may also save and restore
+  checkpoints (``SaveV2``, ``RestoreV2``, ...), since this loader never runs them. The saver
+  functions are found from the attributes of exactly the nodes ``saver_def`` names, not from
+  their inputs: no edge added to the graph widens them, and a function both the saver and
+  anything else call is judged pure.
+- **Anything else** (a TF1 SavedModel: no object graph, or several meta graphs) goes to
+  ``load_v1_in_v2``, which runs top-level nodes: the saver's restore op, the init and main ops
+  that collections and signatures name, table initialisers, and the subgraphs signatures
+  fetch. Which nodes those are depends on edges and collections the file's author writes,
+  and every TF1 saver holds ``SaveV2`` among them; rather than trust that reckoning, bncheck
+  does not run a TF1 SavedModel without ``--unsafe`` (BN017 says so).
+
+Before any of this, ``saved_model.pb`` is sized and its fields are counted on the wire, so a
+small file of millions of empty messages is refused in one line before it is parsed.
 
 What a restored SavedModel can do depends on who wrote it:
 
@@ -31,34 +63,43 @@ from bncheck.probe import pure_ops
 from bncheck.probe.data import InputSpec
 from bncheck.probe.foreign import describe_error
 from bncheck.probe.results import CodeReference
+from bncheck.readers.checkpoint import MAX_OBJECT_GRAPH_BYTES
+from bncheck.readers.tf_graph import MAX_GRAPH_BYTES, MAX_GRAPH_NODES
 
 TF_KERAS = "tf-keras SavedModel"
 KERAS_EXPORT = "Keras export SavedModel"
 SIGNATURE = "SavedModel serving signature"
 #: Where a reference to a top-level graph node says it is.
 GRAPH = "graph"
-#: What each part of a graph may run: the saver's functions may also save or restore.
-_PURE, _RESTORE, _SAVE = "pure", "restore", "save"
-_ALLOWED = {
-    _PURE: pure_ops.TF_PURE_OPS,
-    _RESTORE: pure_ops.TF_PURE_OPS | pure_ops.TF_RESTORE_OPS,
-    _SAVE: pure_ops.TF_PURE_OPS | pure_ops.TF_SAVE_OPS,
-}
+#: What a TF1 SavedModel is refused as: its loader runs top-level nodes.
+TF1_GRAPH = "TF1 graph (its loader runs the graph's restore and init ops)"
+#: Most fields of ``saved_model.pb`` read, nested ones and packed numbers included: a parsed
+#: field costs many times its bytes, so a small file of many empty fields is refused unparsed.
+MAX_GRAPH_FIELDS = 1 << 22
+#: Deepest nesting of messages read (the protobuf parser's own limit).
+_MAX_DEPTH = 100
+_PURE_OPS = pure_ops.TF_PURE_OPS
+_SAVER_OPS = pure_ops.TF_PURE_OPS | pure_ops.TF_SAVE_OPS | pure_ops.TF_RESTORE_OPS
 
 
 def scan_graph(path: str) -> tuple[CodeReference, ...]:
-    """Every op in the SavedModel's graphs and functions that is not known to be pure, once per
-    op name, without loading it (and without TensorFlow)."""
+    """Every op that ``tf.saved_model.load`` and the probe may run from the SavedModel and
+    that is not known to be pure, once per op name, without loading it (and without
+    TensorFlow); a TF1 SavedModel, whose loader runs top-level nodes, as one reference."""
+    saved_model = _read_graphs(Path(path))
+    meta_graphs = saved_model.meta_graphs
+    if len(meta_graphs) != 1 or not meta_graphs[0].HasField("object_graph_def"):
+        return (CodeReference("graph-op", "saved_model.pb", TF1_GRAPH),)
     found: dict[str, str] = {}
-    for meta_graph in _read_graphs(Path(path)).meta_graphs:
-        for where, op in _GraphScan(meta_graph).refused():
-            found.setdefault(op, where)
+    for where, op in _GraphScan(meta_graphs[0]).refused():
+        found.setdefault(op, where)
     return tuple(CodeReference("graph-op", where, op) for op, where in found.items())
 
 
 def _read_graphs(root: Path) -> Any:
     """``saved_model.pb`` (or, as TensorFlow falls back to it, ``saved_model.pbtxt``), parsed
-    for its graphs: the file TensorFlow itself would load."""
+    for its graphs: the file TensorFlow itself would load. Its size and its fields are checked
+    first, on the wire (or, for text, by counting the characters that open a field)."""
     from google.protobuf import text_format
 
     from bncheck.readers.tf_protos import message_class
@@ -67,81 +108,153 @@ def _read_graphs(root: Path) -> Any:
     binary, text = root / "saved_model.pb", root / "saved_model.pbtxt"
     try:
         if binary.is_file() or not text.is_file():
-            message.ParseFromString(binary.read_bytes())
+            _check_size(binary, MAX_GRAPH_BYTES)
+            data = binary.read_bytes()
+            _check_fields(data, message.DESCRIPTOR)
+            message.ParseFromString(data)
         else:
-            text_format.Parse(text.read_text(encoding="utf-8"), message, allow_unknown_field=True)
+            _check_size(text, MAX_OBJECT_GRAPH_BYTES)
+            content = text.read_text(encoding="utf-8")
+            # Every field of the text format holds one of these, once at least.
+            if sum(content.count(mark) for mark in ":{<,") > MAX_GRAPH_FIELDS:
+                raise ModelReadError(f"{text.name} holds more than {MAX_GRAPH_FIELDS} fields")
+            text_format.Parse(content, message, allow_unknown_field=True)
+    except ModelReadError:
+        raise
     except Exception as exc:  # a corrupt protobuf may fail in several ways
         raise ModelReadError(f"unreadable saved_model.pb ({describe_error(exc)})") from None
     return message
 
 
-class _GraphScan:
-    """One MetaGraphDef's ops, judged where they can run.
+def _check_size(path: Path, limit: int) -> None:
+    size = path.stat().st_size
+    if size > limit:
+        raise ModelReadError(
+            f"{path.name} is {size} bytes, more than the {limit >> 20} MiB whose ops bncheck "
+            "checks before a probe"
+        )
 
-    Top-level nodes and every library function must be pure, except the saver's: the nodes
-    that ``saver_def`` names (and their inputs), and the functions only they call, may also
-    save (the save function, which no loader runs) or restore (run by TF1 loaders on the
-    SavedModel's own variables). A function or node reached from both is judged by both. Each
-    node and function is visited once per kind of scope, so the scan is linear."""
+
+def _check_fields(data: bytes, descriptor: Any) -> None:
+    """Walk the message's wire format as the parser will, through the fields ``descriptor``
+    declares, and refuse it (one line) past ``MAX_GRAPH_FIELDS`` fields or
+    ``MAX_GRAPH_NODES`` nodes and functions, before anything is parsed."""
+    from bncheck.readers.tf_protos import WireError, _varint
+
+    counts = {"fields": 0, "nodes and functions": 0}
+    limits = {"fields": MAX_GRAPH_FIELDS, "nodes and functions": MAX_GRAPH_NODES}
+
+    def count(what: str, more: int = 1) -> None:
+        counts[what] += more
+        if counts[what] > limits[what]:
+            raise ModelReadError(f"saved_model.pb holds more than {limits[what]} {what}")
+
+    pending = [(memoryview(data), descriptor, 0)]
+    while pending:
+        view, message, depth = pending.pop()
+        if depth > _MAX_DEPTH:
+            raise ModelReadError(f"saved_model.pb nests messages more than {_MAX_DEPTH} deep")
+        position = 0
+        while position < len(view):
+            count("fields")
+            tag, position = _varint(view, position)
+            wire_type = tag & 7
+            if wire_type == 0:
+                _, position = _varint(view, position)
+            elif wire_type in (1, 5):
+                position += 8 if wire_type == 1 else 4
+            elif wire_type == 2:
+                length, position = _varint(view, position)
+                end = position + length
+                field = message.fields_by_number.get(tag >> 3)
+                if end <= len(view) and field is not None:
+                    if field.message_type is not None:
+                        if field.message_type.name in ("NodeDef", "FunctionDef"):
+                            count("nodes and functions")
+                        pending.append((view[position:end], field.message_type, depth + 1))
+                    elif field.type not in (field.TYPE_STRING, field.TYPE_BYTES):
+                        count("fields", length)  # packed numbers: one or more bytes each
+                position = end
+            else:
+                raise WireError(f"wire type {wire_type}")
+            if position > len(view):
+                raise WireError("a field runs past the end")
+
+
+class _GraphScan:
+    """The ops of one object-based meta graph that its loader or the probe may run.
+
+    Every top-level node and every library function must be pure, except the saver-only
+    functions: those called (through attributes, nested) from the two nodes ``saver_def``
+    names, and from nothing else the loader or another node or function could reach. They may
+    also save and restore. A function is judged once, in one scope, so the scan is linear."""
 
     def __init__(self, meta_graph: Any) -> None:
         graph = meta_graph.graph_def
         self.functions = {function.signature.name: function for function in graph.library.function}
-        self.nodes = {node.name: node for node in graph.node}
+        self.nodes = list(graph.node)
         saver = meta_graph.saver_def
         self.saver_nodes = {
-            _SAVE: self._inputs_closure([_node_name(saver.save_tensor_name)]),
-            _RESTORE: self._inputs_closure([_node_name(saver.restore_op_name)]),
-        }
+            _node_name(saver.save_tensor_name),
+            _node_name(saver.restore_op_name),
+        } - {""}
+        self.object_graph = meta_graph.object_graph_def
+        self.gradients = graph.library
         self.found: dict[tuple[str, str], None] = {}
-        self.visited: dict[str, set[str]] = {_PURE: set(), _RESTORE: set(), _SAVE: set()}
 
     def refused(self) -> Iterator[tuple[str, str]]:
-        saver_only: set[str] = set()
-        for scope, nodes in self.saver_nodes.items():
-            self._walk(scope, [node for name in nodes if (node := self.nodes.get(name))])
-            saver_only |= nodes
-        pure_nodes = self._inputs_closure(name for name in self.nodes if name not in saver_only)
-        saver_functions = self.visited[_SAVE] | self.visited[_RESTORE]
-        self._walk(
-            _PURE,
-            [self.nodes[name] for name in pure_nodes if name in self.nodes],
-            [name for name in self.functions if name not in saver_functions],
-        )
+        saver_calls: list[str] = []
+        other_calls: list[str] = list(self._loader_functions())
+        for node in self.nodes:
+            if node.name in self.saver_nodes:
+                saver_calls.extend(_called_functions(node))
+                self._check(GRAPH, node.op, _PURE_OPS)
+            else:
+                other_calls.extend(_called_functions(node))
+                for called in (node.op, *_called_functions(node)):
+                    self._check(GRAPH, called, _PURE_OPS)
+        saver_reach = self._reachable(saver_calls)
+        other_calls.extend(name for name in self.functions if name not in saver_reach)
+        saver_only = saver_reach - self._reachable(other_calls)
+        for name, function in self.functions.items():
+            allowed = _SAVER_OPS if name in saver_only else _PURE_OPS
+            for node in function.node_def:
+                for called in (node.op, *_called_functions(node)):
+                    self._check(name, called, allowed)
         return iter(self.found)
 
-    def _inputs_closure(self, roots: Iterable[str]) -> set[str]:
-        """The named top-level nodes and every node they take an input from."""
-        closure: set[str] = set()
-        queue = [name for name in roots if name in self.nodes]
-        closure.update(queue)
-        while queue:
-            for reference in self.nodes[queue.pop()].input:
-                name = _node_name(reference)
-                if name in self.nodes and name not in closure:
-                    closure.add(name)
-                    queue.append(name)
-        return closure
+    def _loader_functions(self) -> Iterator[str]:
+        """Every function the object graph names (which the loader may run), and every
+        gradient function (which differentiation may run)."""
+        graph = self.object_graph
+        yield from (entry.key for entry in graph.concrete_functions)
+        for saved in graph.nodes:
+            yield from saved.function.concrete_functions
+            yield saved.bare_concrete_function.concrete_function_name
+            yield saved.captured_tensor.concrete_function
+        yield from (gradient.gradient_func for gradient in self.gradients.gradient)
+        yield from (gradient.gradient_func for gradient in self.gradients.registered_gradients)
 
-    def _walk(self, scope: str, nodes: Sequence[Any], functions: Sequence[str] = ()) -> None:
-        allowed, visited = _ALLOWED[scope], self.visited[scope]
-        pending = [(GRAPH, node) for node in nodes]
-        calls = list(functions)
-        while pending or calls:
-            if calls:
-                name = calls.pop()
-                if name in visited:
-                    continue
-                visited.add(name)
-                pending.extend((name, node) for node in self.functions[name].node_def)
+    def _reachable(self, roots: Iterable[str]) -> set[str]:
+        """The library functions named by ``roots``, and every function they call."""
+        reached: set[str] = set()
+        queue = [name for name in roots if name in self.functions]
+        while queue:
+            name = queue.pop()
+            if name in reached:
                 continue
-            where, node = pending.pop()
-            for called in (node.op, *_called_functions(node)):
-                if called in self.functions:
-                    if called not in visited:
-                        calls.append(called)
-                elif called not in allowed:
-                    self.found[(where, called)] = None
+            reached.add(name)
+            for node in self.functions[name].node_def:
+                for called in (node.op, *_called_functions(node)):
+                    if called in self.functions and called not in reached:
+                        queue.append(called)
+        return reached
+
+    def _check(self, where: str, called: str, allowed: frozenset[str]) -> None:
+        """A call naming a library function is judged with that function; a call naming an
+        op (a node's op, or an attribute naming a registered op) must be allowed."""
+        if called not in self.functions and called not in allowed:
+            self.found[(where, called)] = None
 
 
 def _called_functions(node: Any) -> Iterator[str]:

@@ -87,7 +87,13 @@ _MESSAGES: dict[str, tuple[tuple[int, str, str], ...]] = {
     ),
     "OpDef": ((1, "name", "string"),),
     "FunctionDef": ((1, "signature", "OpDef"), (3, "node_def", "repeated NodeDef")),
-    "FunctionDefLibrary": ((1, "function", "repeated FunctionDef"),),
+    "GradientDef": ((1, "function_name", "string"), (2, "gradient_func", "string")),
+    "RegisteredGradient": ((1, "gradient_func", "string"),),
+    "FunctionDefLibrary": (
+        (1, "function", "repeated FunctionDef"),
+        (2, "gradient", "repeated GradientDef"),
+        (3, "registered_gradients", "repeated RegisteredGradient"),
+    ),
     "GraphDef": ((1, "node", "repeated NodeDef"), (2, "library", "FunctionDefLibrary")),
     "MetaGraphDef": ((7, "object_graph_def", "SavedObjectGraph"),),
     "SavedModel": (
@@ -96,7 +102,26 @@ _MESSAGES: dict[str, tuple[tuple[int, str, str], ...]] = {
     ),
     # The same files read for their graphs (a ``.meta`` file is one MetaGraphDef): separate
     # messages, so that reading the object graph parses no graph.
-    "GraphMetaGraphDef": ((2, "graph_def", "GraphDef"), (3, "saver_def", "SaverDef")),
+    "GraphMetaGraphDef": (
+        (2, "graph_def", "GraphDef"),
+        (3, "saver_def", "SaverDef"),
+        (7, "object_graph_def", "LoaderObjectGraph"),
+    ),
+    # The object graph as ``tf.saved_model.load`` reads it for the functions it may run (the
+    # probe's scan): the names of concrete functions, wherever an object names one.
+    "LoaderObjectGraph": (
+        (1, "nodes", "repeated LoaderObject"),
+        (2, "concrete_functions", "repeated LoaderFunctionEntry"),
+    ),
+    "LoaderFunctionEntry": ((1, "key", "string"),),
+    "LoaderObject": (
+        (6, "function", "LoaderFunction"),
+        (8, "bare_concrete_function", "LoaderBareFunction"),
+        (12, "captured_tensor", "LoaderCapturedTensor"),
+    ),
+    "LoaderFunction": ((1, "concrete_functions", "repeated string"),),
+    "LoaderBareFunction": ((1, "concrete_function_name", "string"),),
+    "LoaderCapturedTensor": ((2, "concrete_function", "string"),),
     "SaverDef": ((2, "save_tensor_name", "string"), (3, "restore_op_name", "string")),
     "GraphSavedModel": ((2, "meta_graphs", "repeated GraphMetaGraphDef"),),
     "SavedMetadataObject": (

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bncheck.errors import ModelReadError
 from bncheck.probe import pure_ops, savedmodel
 from bncheck.readers.tf_protos import message_class
 from tests.conftest import FIXTURES, CliResult
@@ -59,7 +60,10 @@ def _write(
     functions: dict[str, list[Any]],
     save: str = "",
     restore: str = "",
+    objects: tuple[str, ...] | None = (),
 ) -> str:
+    """A SavedModel of one meta graph whose object graph names ``objects`` as concrete
+    functions (``None``: no object graph, as TF1 writes)."""
     saved = message_class("GraphSavedModel")()
     meta = saved.meta_graphs.add()
     meta.graph_def.node.extend(nodes)
@@ -69,6 +73,10 @@ def _write(
         function.node_def.extend(body)
     meta.saver_def.save_tensor_name = save
     meta.saver_def.restore_op_name = restore
+    if objects is not None:
+        meta.object_graph_def.SetInParent()
+        for name in objects:
+            meta.object_graph_def.concrete_functions.add(key=name)
     folder.mkdir()
     (folder / "saved_model.pb").write_bytes(saved.SerializeToString())
     return str(folder)
@@ -78,30 +86,72 @@ def _refused(path: str) -> list[tuple[str, str]]:
     return [(ref.detail, ref.where) for ref in savedmodel.scan_graph(path)]
 
 
-def test_the_savers_functions_may_save_and_restore_and_nothing_else(tmp_path: Path) -> None:
+SAVE_OPS = [("MergeV2Checkpoints", "traced_save"), ("SaveV2", "traced_save")]
+
+
+def test_only_functions_nothing_but_the_saver_calls_may_save_and_restore(tmp_path: Path) -> None:
     save_body = [_node("s", "SaveV2"), _node("m", "MergeV2Checkpoints")]
     saver = {"traced_save": save_body, "traced_restore": [_node("r", "RestoreV2")]}
+    functions = {**saver, "serve": [_node("mul", "Mul")]}
     nodes = [
         _node("filename", "Placeholder"),
+        _node("call", "StatefulPartitionedCall", (), "serve"),
         _node("save", "StatefulPartitionedCall", ("filename",), "traced_save"),
         _node("restore", "StatefulPartitionedCall", ("filename",), "traced_restore"),
     ]
-    healthy = _write(tmp_path / "healthy", nodes, saver, "save:0", "restore")
-    assert _refused(healthy) == []
-    # Saving where TF1 loaders restore is refused (and restoring where nothing runs).
-    swapped = _write(tmp_path / "swapped", nodes, saver, "restore:0", "save")
-    assert sorted(_refused(swapped)) == [
-        ("MergeV2Checkpoints", "traced_save"),
-        ("RestoreV2", "traced_restore"),
-        ("SaveV2", "traced_save"),
+
+    def refused(name: str, **changes: Any) -> list[tuple[str, str]]:
+        arguments: dict[str, Any] = {
+            "nodes": nodes, "functions": functions, "save": "save:0", "restore": "restore",
+            "objects": ("serve",), **changes,
+        }  # fmt: skip
+        return sorted(_refused(_write(tmp_path / name, **arguments)))
+
+    assert refused("healthy") == []
+    # No edge of the top-level graph makes a function the saver's: the serving call (and the
+    # saver's own node) as inputs of the save node changes nothing.
+    inputs = ("filename", "^call", "call:0", "^restore")
+    edges = [*nodes[:2], _node("save", "StatefulPartitionedCall", inputs, "traced_save")]
+    assert refused("edges", nodes=[*edges, nodes[3]]) == []
+    # A save function also called by the serving function, by an object, by another node, by
+    # a function called from anywhere else, or named as a gradient, is judged pure.
+    calls_save = {**functions, "serve": [_node("c", "PartitionedCall", (), "traced_save")]}
+    assert refused("called", functions=calls_save) == SAVE_OPS
+    assert refused("object", objects=("serve", "traced_save")) == SAVE_OPS
+    extra_node = _node("other", "PartitionedCall", (), "traced_save")
+    assert refused("node", nodes=[*nodes, extra_node]) == SAVE_OPS
+    nested = {**functions, "orphan": [_node("c", "If", (), "traced_save")]}
+    assert refused("nested", functions=nested) == SAVE_OPS
+    # The saver node calling the serving function (and no other node calling it) does not
+    # make it the saver's either: the object graph names it.
+    serve_saves = {"serve": save_body, "traced_restore": saver["traced_restore"]}
+    hijack = [_node("save", "StatefulPartitionedCall", (), "serve"), nodes[3]]
+    assert refused("hijack", nodes=hijack, functions=serve_saves) == [
+        ("MergeV2Checkpoints", "serve"),
+        ("SaveV2", "serve"),
     ]
-    # The same save function, also called by the serving function, is refused.
-    serving = {**saver, "serve": [_node("call", "PartitionedCall", (), "traced_save")]}
-    called = _write(tmp_path / "called", nodes, serving, "save:0", "restore")
-    assert sorted(_refused(called)) == [
-        ("MergeV2Checkpoints", "traced_save"),
-        ("SaveV2", "traced_save"),
-    ]
+    # Nor is a save function that no saver node calls.
+    assert refused("orphan", nodes=[node for node in nodes if node.name != "save"]) == SAVE_OPS
+    # The saver's functions may save and restore, and nothing else.
+    loud = {**functions, "traced_save": [*save_body, _node("w", "WriteFile")]}
+    assert refused("loud", functions=loud) == [("WriteFile", "traced_save")]
+    # A top-level node is never the saver's exception, even a saver node's own op.
+    top_level = [*nodes, _node("w", "SaveV2", ("^save",))]
+    assert refused("top", nodes=top_level) == [("SaveV2", "graph")]
+
+
+def test_a_tf1_savedmodel_is_refused_as_a_whole(tmp_path: Path) -> None:
+    """Its loader runs the graph's restore and init ops, whose closure edges decide."""
+    nodes = [_node("x", "Placeholder"), _node("y", "Neg", ("x",))]
+    tf1 = _write(tmp_path / "tf1", nodes, {}, objects=None)
+    assert _refused(tf1) == [(savedmodel.TF1_GRAPH, "saved_model.pb")]
+    # Two meta graphs also send tf.saved_model.load to the TF1 loader.
+    two = Path(_write(tmp_path / "two", nodes, {}))
+    saved = message_class("GraphSavedModel")()
+    saved.ParseFromString((two / "saved_model.pb").read_bytes())
+    saved.meta_graphs.add().CopyFrom(saved.meta_graphs[0])
+    (two / "saved_model.pb").write_bytes(saved.SerializeToString())
+    assert _refused(str(two)) == [(savedmodel.TF1_GRAPH, "saved_model.pb")]
 
 
 def test_ops_named_by_attributes_and_top_level_nodes_are_checked(tmp_path: Path) -> None:
@@ -140,6 +190,82 @@ def test_unreadable_graph_is_one_line(run_cli: Run, tmp_path: Path) -> None:
         savedmodel.scan_graph(str(tmp_path / "model"))
 
 
+SCAN_IN_CHILD = """
+import json, sys
+from bncheck.errors import ModelReadError
+from bncheck.probe import savedmodel
+from tests.hardening._child import peak_rss_kib
+try:
+    savedmodel.scan_graph(sys.argv[1])
+    message = ""
+except ModelReadError as error:
+    message = str(error)
+print(json.dumps({"message": message, "rss_mib": peak_rss_kib() / 1024}))
+"""
+
+
+def _scan_in_child(path: Path) -> dict[str, Any]:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", SCAN_IN_CHILD, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def _wire(number: int, payload: bytes) -> bytes:
+    return bytes([number << 3 | 2]) + graph_ops._varint(len(payload)) + payload
+
+
+def test_graph_bombs_are_refused_before_parsing_in_bounded_memory(tmp_path: Path) -> None:
+    # Millions of empty nodes (parsed: over 100 bytes each), of empty inputs of one node, of
+    # packed numbers in one node's tensor: refused unparsed, in a process without TensorFlow.
+    graph_ops.graph_bomb(tmp_path)
+    inputs = _wire(1, b"\x1a\x00" * 5_000_000)  # GraphDef.node: NodeDef.input ""
+    tensor = _wire(1, _wire(5, _wire(2, _wire(8, _wire(7, b"\x01" * 20_000_000)))))
+    for name, graph, refusal in (
+        ("model", None, f"more than {savedmodel.MAX_GRAPH_NODES} nodes"),
+        ("inputs", inputs, f"more than {savedmodel.MAX_GRAPH_FIELDS} fields"),
+        ("tensor", tensor, f"more than {savedmodel.MAX_GRAPH_FIELDS} fields"),
+    ):
+        folder = tmp_path / name
+        if graph is not None:
+            folder.mkdir()
+            (folder / "saved_model.pb").write_bytes(_wire(2, _wire(2, graph)))
+        outcome = _scan_in_child(folder)
+        assert refusal in outcome["message"] and "saved_model.pb" in outcome["message"]
+        assert outcome["rss_mib"] < 400
+
+
+def test_oversized_graph_files_are_refused_by_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = Path(_write(tmp_path / "model", [_node("x", "Placeholder")], {}))
+    monkeypatch.setattr(savedmodel, "MAX_GRAPH_BYTES", 10)
+    with pytest.raises(ModelReadError, match=r"saved_model.pb is \d+ bytes, more than"):
+        savedmodel.scan_graph(str(model))
+    (model / "saved_model.pb").rename(model / "elsewhere.pb")
+    (model / "saved_model.pbtxt").write_text("meta_graphs { graph_def { node { } } }\n" * 9)
+    monkeypatch.setattr(savedmodel, "MAX_GRAPH_FIELDS", 20)
+    with pytest.raises(ModelReadError, match="saved_model.pbtxt holds more than 20 fields"):
+        savedmodel.scan_graph(str(model))
+
+
+def test_a_graph_bomb_probe_is_one_line(run_cli: Run, tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    result = run_cli(*CASES["savedmodel-graph-bomb"].build(tmp_path))
+    assert result.code == 3
+    [line] = result.err.splitlines()
+    assert f"more than {savedmodel.MAX_GRAPH_NODES} nodes" in line
+
+
 def _listing(folder: Path) -> list[str]:
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
 
@@ -172,6 +298,11 @@ def test_savedmodel_ops_with_effects_are_refused(run_cli: Run, tmp_path: Path, n
         result = run_cli(*args, "--unsafe")
         assert result.code == 0, result.err
         assert (tmp_path / CANARY).read_text().strip() != ""
+    if name == "savedmodel-save-v2-laundered-through-saver":
+        # So is the laundered one: the loader runs the serving function, which saves.
+        result = run_cli(*args, "--unsafe")
+        assert result.code == 0, result.err
+        assert (tmp_path / f"{CANARY}.index").is_file()
 
 
 def test_plain_tf_module_probes_through_its_signature(run_cli: Run, tmp_path: Path) -> None:

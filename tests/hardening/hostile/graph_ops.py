@@ -8,10 +8,12 @@ SavedModel's op would create ``CANARY`` (a file or a folder) in the case's folde
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import FIXTURES
 from tests.hardening.hostile import CANARY, HostileCase
 
 #: TensorFlow alone takes about 1 GiB.
@@ -24,7 +26,12 @@ SAVEDMODEL_OPS = {
     "savedmodel-write-file": "WriteFile",
     "savedmodel-summary-writer": "CreateSummaryFileWriter",
     "savedmodel-unknown-op": "BncheckUnheardOfOp",
+    "savedmodel-save-v2-laundered-through-saver": "SaveV2",
+    "savedmodel-merge-checkpoints-laundered-through-saver": "MergeV2Checkpoints",
 }
+#: Empty nodes appended to a healthy ``saved_model.pb`` by the graph bomb: 2 bytes each on the
+#: wire, many times that parsed.
+BOMB_NODES = 5_000_000
 #: The ONNX contrib op the custom-domain case runs (onnxruntime has it: it would run).
 CONTRIB_OP = "com.microsoft.FusedMatMul"
 
@@ -33,9 +40,10 @@ def _probe(model: Path) -> list[str]:
     return ["inspect", str(model), "--probe", "--format", "json"]
 
 
-def save_module(folder: Path, effect: Callable[[Any, Path], None]) -> Path:
+def save_module(folder: Path, effect: Callable[[Any, Path], Any]) -> Path:
     """A ``tf.Module`` SavedModel whose serving signature doubles its input after running
-    ``effect(x, folder)``; tracing runs nothing, so nothing is written while saving."""
+    ``effect(x, folder)`` (and the op it returns, if any); tracing runs nothing, so nothing
+    is written while saving."""
     import tensorflow as tf
 
     class Module(tf.Module):  # type: ignore[misc]
@@ -45,8 +53,10 @@ def save_module(folder: Path, effect: Callable[[Any, Path], None]) -> Path:
 
         @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
         def __call__(self, x: Any) -> Any:
-            effect(x, folder)
-            return {"y": x * self.scale}
+            done = effect(x, folder)
+            # An op without outputs (SaveV2) runs only as a control dependency of the result.
+            with tf.control_dependencies([] if done is None else [done]):
+                return {"y": x * self.scale}
 
     module = Module()
     path = folder / "model"
@@ -70,10 +80,10 @@ def _print_inside_cond(x: Any, folder: Path) -> None:
     tf.cond(tf.reduce_sum(x) > -1e30, loud, lambda: tf.constant(0.0))
 
 
-def _save_v2(x: Any, folder: Path) -> None:
+def _save_v2(x: Any, folder: Path) -> Any:
     import tensorflow as tf
 
-    tf.raw_ops.SaveV2(
+    return tf.raw_ops.SaveV2(
         prefix=str(folder / CANARY), tensor_names=["x"], shape_and_slices=[""], tensors=[x]
     )
 
@@ -98,11 +108,74 @@ def _summary_writer(x: Any, folder: Path) -> None:
     tf.raw_ops.FlushSummaryWriter(writer=writer)
 
 
+def _merge_checkpoints(x: Any, folder: Path) -> Any:
+    """``MergeV2Checkpoints``, which renames checkpoint files and deletes their folders."""
+    import tensorflow as tf
+
+    return tf.raw_ops.MergeV2Checkpoints(
+        checkpoint_prefixes=[str(folder / "model" / "variables" / "variables")],
+        destination_prefix=str(folder / CANARY / "merged"),
+        delete_old_dirs=True,
+    )
+
+
+def laundered_through_saver(
+    effect: Callable[[Any, Path], Any],
+) -> Callable[[Path], Sequence[str]]:
+    """A module whose serving function runs ``effect``, with every top-level call node made a
+    control input of the saver's save node: a scan that judged the save node's inputs (and the
+    functions they call) as the saver's, free to save, would let the serving function write.
+    ``tf.saved_model.load`` runs no top-level node: it runs the serving function from the
+    object graph."""
+
+    def build(folder: Path) -> Sequence[str]:
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        path = save_module(folder, effect)
+        saved = saved_model_pb2.SavedModel()
+        saved.ParseFromString((path / "saved_model.pb").read_bytes())
+        meta = saved.meta_graphs[0]
+        saver_nodes = {
+            meta.saver_def.save_tensor_name.split(":")[0],
+            meta.saver_def.restore_op_name.split(":")[0],
+        }
+        nodes = {node.name: node for node in meta.graph_def.node}
+        save_node = nodes[meta.saver_def.save_tensor_name.split(":")[0]]
+        for node in meta.graph_def.node:
+            if node.name not in saver_nodes and node.op.endswith("PartitionedCall"):
+                save_node.input.append(f"^{node.name}")
+        (path / "saved_model.pb").write_bytes(saved.SerializeToString())
+        return _probe(path)
+
+    return build
+
+
+def graph_bomb(folder: Path) -> Sequence[str]:
+    """A healthy Keras export whose ``saved_model.pb`` gains a second meta graph of
+    ``BOMB_NODES`` empty nodes: 10 MB on disk, over 100 bytes each once parsed."""
+    path = folder / "model"
+    shutil.copytree(FIXTURES / "checkpoints" / "keras3_export", path)
+    nodes = b"\x0a\x00" * BOMB_NODES  # GraphDef.node (1): an empty NodeDef
+    graph = b"\x12" + _varint(len(nodes)) + nodes  # MetaGraphDef.graph_def (2)
+    with (path / "saved_model.pb").open("ab") as handle:
+        handle.write(b"\x12" + _varint(len(graph)) + graph)  # SavedModel.meta_graphs (2)
+    return _probe(path)
+
+
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, number = number & 0x7F, number >> 7
+        out.append(low | (0x80 if number else 0))
+        if not number:
+            return bytes(out)
+
+
 def _nothing(x: Any, folder: Path) -> None:
     return None
 
 
-def _savedmodel_case(effect: Callable[[Any, Path], None]) -> Callable[[Path], Sequence[str]]:
+def _savedmodel_case(effect: Callable[[Any, Path], Any]) -> Callable[[Path], Sequence[str]]:
     return lambda folder: _probe(save_module(folder, effect))
 
 
@@ -190,6 +263,14 @@ CASES: list[HostileCase] = [
         )
     ),
     HostileCase("savedmodel-unknown-op", unknown_op, frozenset({1}), "tensorflow", TF_RSS_MIB),
+    *(
+        HostileCase(name, laundered_through_saver(effect), frozenset({1}), "tensorflow", TF_RSS_MIB)
+        for name, effect in (
+            ("savedmodel-save-v2-laundered-through-saver", _save_v2),
+            ("savedmodel-merge-checkpoints-laundered-through-saver", _merge_checkpoints),
+        )
+    ),
+    HostileCase("savedmodel-graph-bomb", graph_bomb, frozenset({3}), "tensorflow", TF_RSS_MIB),
     HostileCase("onnx-contrib-domain-op", onnx_contrib_op, frozenset({1}), "onnxruntime"),
     HostileCase(
         "onnx-constant-external-data-up-a-level",
