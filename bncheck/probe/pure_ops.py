@@ -32,10 +32,11 @@ How the lists were derived (TensorFlow 2.21, ``onnx`` 1.23; rerun when either ad
   TensorArray ops of TF1 while loops.
 - ``TF_SAVE_OPS`` and ``TF_RESTORE_OPS``: every SavedModel carries its saver, the functions
   its ``saver_def`` names, which write and read checkpoints (``SaveV2``, ``RestoreV2``).
-  They are allowed there and only there: ``tf.saved_model.load`` never runs the save function
-  (it restores with ops of its own), and only a TF1 SavedModel's loader runs the restore
-  function, which reads the SavedModel's own ``variables/`` folder. A file-writing op anywhere
-  else, or an op in the saver beyond these, refuses the probe.
+  They are allowed there and only there, in functions that nothing but the saver's two nodes
+  calls: ``tf.saved_model.load`` never runs them (it restores with ops of its own), and a TF1
+  SavedModel, whose loader runs top-level nodes, is not probed without ``--unsafe`` at all
+  (``savedmodel`` says why). A file-writing op anywhere else, or an op in the saver beyond
+  these, refuses the probe.
 - ``ONNX_OPS``: ``onnx.defs.get_all_schemas_with_history()`` of the default domain
   (``""``, also spelt ``ai.onnx``), less the random generators (``RandomNormal``,
   ``RandomUniform`` and their ``*Like``, ``Multinomial``, ``Bernoulli``): two runs of
@@ -206,8 +207,8 @@ TF_STATEFUL_OPS = frozenset(
 #: Run anywhere in a graph.
 TF_PURE_OPS = TF_COMPUTE_OPS | TF_STATEFUL_OPS
 
-#: Allowed in the saver's save function only (which no loader runs): what tf.train.Saver and
-#: TensorFlow 2's object-based saver write.
+#: Allowed only in functions that nothing but the saver's nodes calls (which the loader never
+#: runs): what tf.train.Saver and TensorFlow 2's object-based saver write.
 TF_SAVE_OPS = frozenset(
     {
         "SaveV2",
@@ -218,7 +219,7 @@ TF_SAVE_OPS = frozenset(
         "StaticRegexFullMatch",
     }
 )
-#: Allowed in the saver's restore function only.
+#: Allowed in the saver's functions only.
 TF_RESTORE_OPS = frozenset({"RestoreV2"})
 
 ONNX_OPS = _names(
