@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +21,17 @@ from tests.hardening.mutations import (
     build_other_frameworks_corpus,
     build_tensorflow_corpus,
 )
+from tests.hardening.processes import run_measured
 
 CHILD = Path(__file__).with_name("_child.py")
 REPO = Path(__file__).resolve().parents[2]
 #: Only a hang fails a case: how fast each one is read is measured in benchmarks/, not here, where
 #: a loaded CI machine would make a timing flaky.
 HANG_SECONDS = 60.0
+BATCH_SECONDS = 900.0
 MAX_RSS_MIB = 400.0
-
-
-def inspect_case(case: Case) -> dict[str, Any]:
-    command = [sys.executable, str(CHILD), "inspect", str(case.path), "--format", "json"]
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=HANG_SECONDS, cwd=REPO, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return {"problem": f"hung for {HANG_SECONDS:g} s"}
-    if done.returncode != 0:
-        return {"problem": f"process died ({done.returncode}): {done.stderr[-500:]}"}
-    outcome: dict[str, Any] = json.loads(done.stdout)
-    outcome["problem"] = judge(case, outcome)
-    return outcome
+#: The batch process and bncheck's reading workers together.
+MAX_TREE_RSS_MIB = 500.0
 
 
 def judge(case: Case, outcome: dict[str, Any]) -> str | None:
@@ -70,6 +57,34 @@ def judge(case: Case, outcome: dict[str, Any]) -> str | None:
     return f"exit code {code}"
 
 
+def run_batch(cases: list[Case], directory: Path, static: bool) -> list[dict[str, Any]]:
+    """Inspect every case in one child process (under the memory cap with ``static``, where no
+    framework loads) and judge each; a crash or hang of that process names its case. Reading
+    runs in bncheck's own workers, so one case's crash in a native library is that case's
+    error line, not the end of the batch."""
+    listing = directory / "cases.json"
+    listing.write_text(json.dumps([["inspect", str(c.path), "--format", "json"] for c in cases]))
+    mode = "--static-batch" if static else "--batch"
+    done = run_measured(
+        [sys.executable, str(CHILD), mode, str(listing)], REPO, os.environ, BATCH_SECONDS
+    )
+    outcomes = [json.loads(line) for line in done.out.splitlines()]
+    if len(outcomes) < len(cases):
+        stopped = "hung" if done.code is None else f"died ({done.code})"
+        pytest.fail(f"the process {stopped} on {cases[len(outcomes)].name}: {done.err[-1000:]}")
+    failures = [
+        f"{case.name}: {problem}"
+        for case, outcome in zip(cases, outcomes, strict=True)
+        if (problem := judge(case, outcome))
+    ]
+    assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(
+        failures[:40]
+    )
+    if static:
+        assert done.peak_rss_mib <= MAX_TREE_RSS_MIB, f"peak memory {done.peak_rss_mib:.0f} MiB"
+    return outcomes
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
     extra = int(os.environ.get("BNCHECK_MUTATIONS", "0"))
@@ -89,79 +104,25 @@ def test_corpus_is_large_and_deterministic(corpus: list[Case], tmp_path: Path) -
     )
 
 
-def test_every_corrupted_input_is_handled(corpus: list[Case]) -> None:
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        outcomes = list(pool.map(inspect_case, corpus))
-    failures = [
-        f"{case.name}: {outcome['problem']}"
-        for case, outcome in zip(corpus, outcomes, strict=True)
-        if outcome["problem"]
-    ]
-    assert not failures, f"{len(failures)} of {len(corpus)} cases failed:\n" + "\n".join(
-        failures[:40]
-    )
+def test_every_corrupted_input_is_handled(corpus: list[Case], tmp_path: Path) -> None:
+    outcomes = run_batch(corpus, tmp_path, static=True)
     # The corpus must exercise both outcomes, or it tests less than it claims.
     codes = {outcome["code"] for outcome in outcomes}
     assert 3 in codes and codes & {0, 1}
 
 
 def test_every_corrupted_checkpoint_and_savedmodel_is_handled(tmp_path: Path) -> None:
-    """One process reads every case; a crash names its case."""
+    """One process reads every case, without the memory cap."""
     cases = build_tensorflow_corpus(tmp_path / "cases")
-    commands = [["inspect", str(case.path), "--format", "json"] for case in cases]
-    listing = tmp_path / "cases.json"
-    listing.write_text(json.dumps(commands))
-    done = subprocess.run(
-        [sys.executable, str(CHILD), "--batch", str(listing)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-        check=False,
-    )
-    outcomes = [json.loads(line) for line in done.stdout.splitlines()]
-    if len(outcomes) < len(cases):
-        pytest.fail(
-            f"the process died ({done.returncode}) on {cases[len(outcomes)].name}: "
-            f"{done.stderr[-1000:]}"
-        )
-    failures = [
-        f"{case.name}: {problem}"
-        for case, outcome in zip(cases, outcomes, strict=True)
-        if (problem := judge(case, outcome))
-    ]
-    assert not failures, "\n".join(failures)
+    outcomes = run_batch(cases, tmp_path, static=False)
     assert {outcome["code"] for outcome in outcomes} >= {3}
 
 
 def test_every_corrupted_pytorch_safetensors_and_onnx_file_is_handled(tmp_path: Path) -> None:
-    """One process, without TensorFlow, reads every case; a crash names its case."""
+    """One process, without TensorFlow, reads every case."""
     extra = int(os.environ.get("BNCHECK_MUTATIONS", "0"))
     cases = build_other_frameworks_corpus(tmp_path, extra=extra)
     assert len(cases) >= 150
-    listing = tmp_path / "cases.json"
-    listing.write_text(json.dumps([["inspect", str(c.path), "--format", "json"] for c in cases]))
-    done = subprocess.run(
-        [sys.executable, str(CHILD), "--static-batch", str(listing)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-        check=False,
-    )
-    outcomes = [json.loads(line) for line in done.stdout.splitlines()]
-    if len(outcomes) < len(cases):
-        pytest.fail(
-            f"the process died ({done.returncode}) on {cases[len(outcomes)].name}: "
-            f"{done.stderr[-1000:]}"
-        )
-    failures = [
-        f"{case.name}: {problem}"
-        for case, outcome in zip(cases, outcomes, strict=True)
-        if (problem := judge(case, outcome))
-    ]
-    assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(
-        failures[:40]
-    )
+    outcomes = run_batch(cases, tmp_path, static=True)
     codes = {outcome["code"] for outcome in outcomes}
     assert 3 in codes and codes & {0, 1}
