@@ -4,6 +4,7 @@ one entry."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -73,9 +74,25 @@ def toy_file(path: Path, mean: tuple[float, float] = (0.5, -0.5)) -> Path:
     return path
 
 
-def test_a_new_format_is_one_entry(
-    toy_registered: formats.Format, tmp_path: Path, run_cli: Run
-) -> None:
+def run_with_toy(*args: object) -> CliResult:
+    """``bncheck ARGS`` in a fresh process that registers the toy format first: bncheck reads
+    files in worker processes, which must know the format as the command does."""
+    register = (
+        "import sys; from tests.test_formats_registry import TOY; from bncheck import formats; "
+        "formats.FORMATS[TOY.name] = TOY; from bncheck.cli import main; main(sys.argv[1:])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", register, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        check=False,
+    )
+    return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+def test_a_new_format_is_one_entry(toy_registered: formats.Format, tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     model = toy_file(tmp_path / "models/net.toy")
     renamed = toy_file(tmp_path / "models/net.bin")
@@ -93,7 +110,7 @@ def test_a_new_format_is_one_entry(
     with pytest.raises(ModelReadError, match=r"\(expected .* or a toy model\)"):
         detect.sniff(str(notes))
 
-    result = run_cli("inspect", tmp_path / "models", "--format", "json")
+    result = run_with_toy("inspect", tmp_path / "models", "--format", "json")
     assert result.code == 3  # the broken one, read by the toy reader
     assert result.err.startswith(f"bncheck: error: {broken}: a toy model holds a mean")
     found = {m["path"]: m for m in result.json()["models"]}
@@ -101,7 +118,7 @@ def test_a_new_format_is_one_entry(
 
     probed = run_probe(str(model), ProbeOptions(), lambda _: None)
     assert probed.skipped == "a toy model has no runtime"
-    recalibrated = run_cli("recalibrate", model, "--data", "x.npy", "-o", tmp_path / "o.toy")
+    recalibrated = run_with_toy("recalibrate", model, "--data", "x.npy", "-o", tmp_path / "o.toy")
     assert recalibrated.code == 2
     assert recalibrated.err == (
         f"bncheck: error: {model}: recalibrate reads and writes .keras and .h5 models, not a toy "

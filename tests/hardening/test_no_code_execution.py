@@ -50,7 +50,7 @@ def commands(model: Path, work: Path) -> dict[str, tuple[list[object], set[int]]
     return {
         "inspect": (["inspect", model], {0, 1}),
         "inspect --probe": (["inspect", model, "--probe"], {0, 1}),
-        "checkpoint": (["checkpoint", model], {3}),
+        "checkpoint": (["checkpoint", model], {2}),  # a model, not a checkpoint: does not apply
         "checkpoint --model": (
             ["checkpoint", FIXTURES / "checkpoints/keras3_object", "--model", model],
             {0, 1},
