@@ -26,7 +26,12 @@ from bncheck.app import (
 from bncheck.config import ConfigOptions
 from bncheck.errors import UsageError
 from bncheck.findings import ExitCode, FailOn
-from bncheck.probe.options import DEFAULT_SAMPLES, ProbeOptions
+from bncheck.probe.options import (
+    DEFAULT_MEMORY_MIB,
+    DEFAULT_SAMPLES,
+    DEFAULT_TIMEOUT,
+    ProbeOptions,
+)
 from bncheck.reporters import REPORTERS
 from bncheck.reporters.options import RenderOptions
 from bncheck.text import shown
@@ -121,7 +126,31 @@ _custom_objects_option = click.option(
     metavar="FILE.py",
     help="Python file defining your own custom layers (it is run; the model file never is).",
 )
+
+
+def _limit_options(command: Callable[..., int]) -> Callable[..., int]:
+    """The limits of the worker process that loads and runs the model."""
+    command = click.option(
+        "--probe-memory",
+        type=click.IntRange(min=0),
+        default=DEFAULT_MEMORY_MIB,
+        show_default=True,
+        metavar="MIB",
+        help="Stop running a model whose process needs more resident memory (0: no limit).",
+    )(command)
+    return click.option(
+        "--probe-timeout",
+        type=click.FloatRange(min=0),
+        default=DEFAULT_TIMEOUT,
+        show_default=True,
+        metavar="SECONDS",
+        help="Stop running a model that takes longer, loading included (0: no limit).",
+    )(command)
+
+
 _PROBE_ONLY = (
+    "--probe-timeout",
+    "--probe-memory",
     "--labels",
     "--feature",
     "--label",
@@ -253,6 +282,7 @@ def _probe_options(command: Callable[..., int]) -> Callable[..., int]:
         ),
         _unsafe_option,
         _custom_objects_option,
+        _limit_options,
         click.pass_context,
     ]
     for decorator in reversed(decorators):
@@ -277,6 +307,8 @@ def _probe_from(
     input_shapes: tuple[str, ...],
     unsafe: bool,
     custom_objects: str | None,
+    probe_timeout: float,
+    probe_memory: int,
 ) -> ProbeOptions | None:
     """How to run the models, or ``None`` when neither --probe nor data asks for it."""
     if not probe and data is None and tfrecord is None and dataset_fn is None:
@@ -298,6 +330,8 @@ def _probe_from(
         custom_objects=custom_objects,
         records=parse_records(tfrecord, features, label),
         dataset_fn=parse_dataset_fn(dataset_fn),
+        timeout=probe_timeout or None,
+        memory_mib=probe_memory or None,
     )
 
 
@@ -343,6 +377,8 @@ def inspect(
     input_shapes: tuple[str, ...],
     unsafe: bool,
     custom_objects: str | None,
+    probe_timeout: float,
+    probe_memory: int,
 ) -> int:
     """Report the health of every BatchNorm layer in models, checkpoints and SavedModels.
 
@@ -374,6 +410,8 @@ def inspect(
         input_shapes,
         unsafe,
         custom_objects,
+        probe_timeout,
+        probe_memory,
     )
     return run_inspect(
         InspectOptions(
@@ -488,6 +526,8 @@ def plot(
     input_shapes: tuple[str, ...],
     unsafe: bool,
     custom_objects: str | None,
+    probe_timeout: float,
+    probe_memory: int,
 ) -> int:
     """Draw the BatchNorm layers of MODEL in depth order: the spread of the moving statistics,
     dead channels, and the layers with findings. With --probe or --data, also each layer's
@@ -514,6 +554,8 @@ def plot(
                 input_shapes,
                 unsafe,
                 custom_objects,
+                probe_timeout,
+                probe_memory,
             ),
         )
     )
@@ -676,4 +718,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("bncheck: interrupted", err=True)
         code = 130
+    except Exception as exc:  # a bug: still one line, escaped (it may quote a file)
+        from bncheck.isolation import one_line
+
+        problem = shown(one_line(f"{type(exc).__name__}: {exc}"))
+        click.echo(f"bncheck: error: internal error: {problem}; please report it", err=True)
+        code = ExitCode.UNREADABLE
     sys.exit(int(code or 0))

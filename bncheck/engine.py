@@ -88,17 +88,18 @@ def inspect_path(
         description = read_contained(read_model, path)
     except ModelReadError as exc:
         return ModelResult(path=path, format=None, error=str(exc))
-    # The probe loads the file with its framework, in this process: only a file the static
-    # reading survived gets that far.
+    # The probe loads the file with its framework in a worker process under time and memory
+    # limits: only a file the static reading survived gets that far, and its report stays
+    # whatever the probe does.
     result = judged(path, description, settings)
     if probe is None:
         return result
-    from bncheck.probe.runner import run_probe  # the probe's modules, only when it runs
+    from bncheck.probe.runner import run_probe_contained
 
     show = step or (lambda _: None)
     untouched = {layer.path: bool(untouched_while_trained(layer)) for layer in description.layers}
     try:
-        measured = run_probe(path, probe, lambda text: show(f"{path}: {text}"), untouched)
+        measured = run_probe_contained(path, probe, lambda text: show(f"{path}: {text}"), untouched)
     except ModelReadError as exc:
         return replace(result, error=f"probe: {exc}")
     if measured.loader == "keras":

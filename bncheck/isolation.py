@@ -1,5 +1,5 @@
-"""Reading untrusted files where a native crash, a hang or a memory blow-up cannot take the
-command down.
+"""Reading untrusted files, and running models, where a native crash, a hang or a memory
+blow-up cannot take the command down.
 
 The readers parse hostile bytes, partly in native code (libhdf5 through h5py) that can crash the
 process or loop forever on a malformed file. Each reading therefore runs in a worker process
@@ -11,6 +11,10 @@ Each worker reads input after input until one kills it: a folder of healthy mode
 or two, not an interpreter start per file. A worker is forked from this process while it has no
 other thread; once TensorFlow or torch is loaded (a probe, recalibrate), from a fork server, a
 fresh interpreter that has imported the readers (numpy, h5py) once.
+
+A model run (the probe, recalibrate's estimate) loads the model with its framework in a fresh
+worker of its own (``run_contained``), under a wall-time and a resident-memory limit: this
+process never imports TensorFlow, torch or onnxruntime for it, and stays forkable.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bncheck.errors import ModelReadError
+from bncheck.errors import ModelReadError, UsageError
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -257,3 +261,185 @@ def _address_space() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10  # a lower bound: fine
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """What one contained run of a model (a probe, a recalibration) may use; ``None``: no
+    limit. The defaults are ``--probe-timeout`` and ``--probe-memory``'s (``docs/probe.md``)."""
+
+    seconds: float | None = 600.0
+    """Wall time of the whole run: the safety scan, loading and every pass."""
+    memory_mib: int | None = 8192
+    """Resident memory of the worker process. TensorFlow reserves far more address space than
+    it touches, so this is resident memory, polled, not an address-space limit."""
+
+
+#: How often the parent looks at the worker's resident memory: a bomb that fills pages as fast
+#: as the kernel hands them out gets about this long past the limit.
+_POLL_SECONDS = 0.02
+
+#: Where a contained run's messages stop: one line, not a framework's whole error.
+_MESSAGE_CHARS = 300
+
+#: Messages a contained function sends while it runs (progress), relayed by the parent.
+Reporter = Callable[[Any], None]
+
+
+def run_contained(
+    function: Callable[..., T],
+    args: tuple[Any, ...],
+    limits: RunLimits,
+    on_report: Reporter,
+    what: str = "the probe",
+) -> T:
+    """``function(report, *args)`` in a fresh worker process, which alone imports the
+    framework it needs, and whose ``report(message)`` calls reach ``on_report`` here. Over
+    ``limits`` the worker is killed; an exception there, a crash or a limit is one line:
+    ``UsageError`` stays ``UsageError``, anything else is ``ModelReadError``. ``function`` must
+    be a module-level function and its result picklable.
+
+    The worker's standard output and error (TensorFlow's C++ logging, onnxruntime's logger,
+    Python warnings, all of which quote names from the file raw) go to a file that only the
+    message of a crash quotes from, escaped like any other message. Keras, matplotlib and
+    onnxruntime keep their caches in a temporary folder, removed afterwards, instead of the home
+    folder, unless the user chose where (``KERAS_HOME``, ``MPLCONFIGDIR``, ``XDG_CACHE_HOME``).
+    """
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="bncheck-run-")
+    context = _POOL._start()
+    conn, child = context.Pipe()
+    process: BaseProcess = context.Process(  # type: ignore[attr-defined]
+        target=_run, args=(child, function, args, scratch, os.getcwd()), daemon=True
+    )
+    try:
+        process.start()
+        child.close()
+        return _watch(conn, process, limits, on_report, what, scratch)
+    finally:
+        conn.close()
+        if process.exitcode is None and process.pid is not None:
+            process.kill()
+        if process.pid is not None:
+            process.join()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _watch(
+    conn: Connection,
+    process: BaseProcess,
+    limits: RunLimits,
+    on_report: Reporter,
+    what: str,
+    scratch: str,
+) -> Any:
+    deadline = None if limits.seconds is None else time.monotonic() + limits.seconds
+    memory = None if limits.memory_mib is None else limits.memory_mib << 20
+    while True:
+        if conn.poll(_POLL_SECONDS):
+            try:
+                kind, value = conn.recv()
+            except (EOFError, OSError):
+                process.join(1)
+                raise ModelReadError(_died(what, process.exitcode, scratch)) from None
+            if kind == "report":
+                on_report(value)
+                continue
+            if kind == "ok":
+                return value
+            if kind == "usage":
+                raise UsageError(value)
+            if kind == "memory":
+                raise ModelReadError(f"{what} ran out of memory")
+            raise ModelReadError(value)
+        if memory is not None and process.pid is not None and _resident(process.pid) > memory:
+            process.kill()
+            raise ModelReadError(
+                f"{what} needed more than {limits.memory_mib} MiB (--probe-memory)"
+            )
+        if deadline is not None and time.monotonic() > deadline:
+            process.kill()
+            raise ModelReadError(f"{what} took longer than {limits.seconds:g} s (--probe-timeout)")
+
+
+def _run(
+    conn: Connection, function: Callable[..., Any], args: tuple[Any, ...], scratch: str, cwd: str
+) -> None:
+    """A contained run's worker: quiet, with its caches in ``scratch``; sends the outcome."""
+    faulthandler.disable()  # a crash is the parent's one line, not a dump of this process
+    os.chdir(cwd)
+    os.environ.setdefault("KERAS_HOME", os.path.join(scratch, "keras"))
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(scratch, "matplotlib"))
+    os.environ.setdefault("XDG_CACHE_HOME", os.path.join(scratch, "cache"))  # onnxruntime's
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log = os.open(os.path.join(scratch, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+
+    def report(message: Any) -> None:
+        conn.send(("report", message))
+
+    outcome: tuple[str, Any]
+    try:
+        outcome = ("ok", function(report, *args))
+    except UsageError as exc:
+        outcome = ("usage", str(exc))
+    except ModelReadError as exc:
+        outcome = ("error", str(exc))
+    except MemoryError:
+        outcome = ("memory", None)
+    except Exception as exc:  # a framework's own error, whatever the file made it raise
+        outcome = ("error", f"{type(exc).__name__}: {one_line(str(exc))}")
+    try:
+        conn.send(outcome)
+    except Exception as exc:  # an unpicklable result: a bug, still one line
+        conn.send(("error", f"cannot return the result ({type(exc).__name__}: {exc})"))
+
+
+def one_line(text: str, limit: int = _MESSAGE_CHARS) -> str:
+    """``text`` (a framework's message, which may quote the file) on one line, at most
+    ``limit`` characters; whoever shows it escapes it (``bncheck.text.shown``)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _died(what: str, exitcode: int | None, scratch: str) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "unknown signal"
+        message = f"{what} crashed (signal {-exitcode}: {name})"
+    else:
+        message = f"{what}'s process ended (exit code {exitcode})"
+    last = _last_line(os.path.join(scratch, "output.log"))
+    return f"{message}; its last output: {one_line(last)}" if last else message
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 4096))
+            lines = log.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    return next((line for line in reversed(lines) if line.strip()), "")
+
+
+def _resident(pid: int) -> int:
+    """Resident memory of process ``pid`` in bytes; 0 once it is gone or where ``/proc`` is
+    not (then only the time limit holds)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) << 10
+    except OSError:
+        pass
+    return 0

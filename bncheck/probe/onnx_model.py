@@ -121,7 +121,8 @@ def _import_onnxruntime() -> Any:
         import onnxruntime
     except ImportError:
         raise UsageError(INSTALL_HINT) from None
-    onnxruntime.set_default_logger_severity(3)
+    # Its logger prints node names raw, and node names come from the file: fatal only.
+    onnxruntime.set_default_logger_severity(4)
     return onnxruntime
 
 
@@ -132,8 +133,10 @@ class _Session:
         self.inputs = inputs
         self.outputs = [output.name for output in model.graph.output]
         try:
+            quiet = ort.SessionOptions()
+            quiet.log_severity_level = 4
             self.session = ort.InferenceSession(
-                model.SerializeToString(), providers=["CPUExecutionProvider"]
+                model.SerializeToString(), quiet, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime reports unsupported graphs in many ways
             raise ModelReadError(f"onnxruntime cannot run the model ({_one_line(exc)})") from None

@@ -8,6 +8,16 @@ from dataclasses import dataclass, field
 #: Reports a probe step ("loading", "inference pass", ...) to whoever shows progress.
 StepReporter = Callable[[str], None]
 
+#: ``--probe-timeout``: a probe of a real model on real data (load, four passes over 2048
+#: samples) takes seconds to a few minutes on a CPU; a graph that loops forever ends here.
+DEFAULT_TIMEOUT = 600.0
+
+#: ``--probe-memory``, resident memory of the probe's process in MiB: TensorFlow and Keras take
+#: about 600 MiB before any model, a MobileNetV2 probed at 224x224 peaks at 2.1 GiB, and real
+#: data adds its decoded samples (2048 images of 224x224x3 are 1.2 GiB); a bomb (a huge Fill, a
+#: Dense of 10^8 units) stops here, below the 16 GiB of a CI runner.
+DEFAULT_MEMORY_MIB = 8192
+
 #: Samples the probe runs by default: enough that population statistics and prediction changes
 #: are estimated to a few percent, few enough to take seconds on small models.
 DEFAULT_SAMPLES = 2048
@@ -75,3 +85,7 @@ class ProbeOptions:
     """TFRecord files to run instead of ``data``."""
     dataset_fn: DatasetFunction | None = None
     """The user's function returning a dataset to run instead of ``data``."""
+    timeout: float | None = DEFAULT_TIMEOUT
+    """``--probe-timeout``: seconds the whole probe of one model may take; ``None``: no limit."""
+    memory_mib: int | None = DEFAULT_MEMORY_MIB
+    """``--probe-memory``: resident memory the probe's process may use; ``None``: no limit."""

@@ -44,6 +44,31 @@ def run_probe(
     return probe(path, options, step, untouched or {})
 
 
+def run_probe_contained(
+    path: str,
+    options: ProbeOptions,
+    step: StepReporter,
+    untouched: Mapping[str, bool] | None = None,
+) -> ProbeResult:
+    """``run_probe`` in a worker process (``bncheck.isolation.run_contained``) under
+    ``options``' time and memory limits, its progress relayed to ``step``: this process never
+    imports the framework, and whatever the model does there (a hang, a memory bomb, a crash, a
+    framework's exception quoting names from the file) is one ``ModelReadError`` line."""
+    from bncheck.isolation import RunLimits, run_contained
+
+    limits = RunLimits(options.timeout, options.memory_mib)
+    result: ProbeResult = run_contained(
+        _probe_in_worker, (path, options, dict(untouched or {})), limits, step
+    )
+    return result
+
+
+def _probe_in_worker(
+    report: StepReporter, path: str, options: ProbeOptions, untouched: Mapping[str, bool]
+) -> ProbeResult:
+    return run_probe(path, options, report, untouched)
+
+
 def probe_keras_file(
     path: str, options: ProbeOptions, step: StepReporter, untouched: Mapping[str, bool]
 ) -> ProbeResult:
