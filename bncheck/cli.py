@@ -3,6 +3,7 @@ one function there that runs each command. No logic beyond wiring."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -128,8 +129,12 @@ _custom_objects_option = click.option(
 )
 
 
-def _limit_options(command: Callable[..., int]) -> Callable[..., int]:
+def _limit_options(timeout: float) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """The limits of the worker process that loads and runs the model."""
+    return functools.partial(_add_limit_options, timeout=timeout)
+
+
+def _add_limit_options(command: Callable[..., int], timeout: float) -> Callable[..., int]:
     command = click.option(
         "--probe-memory",
         type=click.IntRange(min=0),
@@ -141,7 +146,7 @@ def _limit_options(command: Callable[..., int]) -> Callable[..., int]:
     return click.option(
         "--probe-timeout",
         type=click.FloatRange(min=0),
-        default=DEFAULT_TIMEOUT,
+        default=timeout,
         show_default=True,
         metavar="SECONDS",
         help="Stop running a model that takes longer, loading included (0: no limit).",
@@ -282,7 +287,7 @@ def _probe_options(command: Callable[..., int]) -> Callable[..., int]:
         ),
         _unsafe_option,
         _custom_objects_option,
-        _limit_options,
+        _limit_options(DEFAULT_TIMEOUT),
         click.pass_context,
     ]
     for decorator in reversed(decorators):
@@ -608,6 +613,9 @@ def plot(
 @_seed_option
 @_unsafe_option
 @_custom_objects_option
+# Recalibration runs over all the data by default, for as long as that takes: no time limit
+# unless asked for (the memory limit holds).
+@_limit_options(0)
 @click.option(
     "--strategy",
     type=click.Choice(["mirrored", "multi-worker"]),
@@ -644,6 +652,8 @@ def recalibrate(
     seed: int,
     unsafe: bool,
     custom_objects: str | None,
+    probe_timeout: float,
+    probe_memory: int,
     strategy: str | None,
     devices: str | None,
     fail_on: str | None,
@@ -685,6 +695,8 @@ def recalibrate(
             dataset_fn=parse_dataset_fn(dataset_fn),
             strategy=strategy,
             devices=tuple(device.strip() for device in (devices or "").split(",") if device),
+            timeout=probe_timeout or None,
+            memory_mib=probe_memory or None,
         ),
         _config(config, (), (), fail_on),
     )

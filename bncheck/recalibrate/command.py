@@ -28,7 +28,7 @@ from typing import Any
 from bncheck import formats
 from bncheck.engine import inspect_path
 from bncheck.errors import ModelReadError, UsageError
-from bncheck.isolation import read_contained
+from bncheck.isolation import Reporter, RunLimits, read_contained, run_contained
 from bncheck.model import BNLayer, ModelDescription, with_loaded_settings
 from bncheck.probe import data as probe_data
 from bncheck.probe import safety
@@ -74,13 +74,40 @@ class Plan:
 def recalibrate(options: RecalibrateOptions, progress: Progress) -> Recalibration:
     """The command: estimate, verify, and write ``-o OUT`` (on a cluster, the chief does), then
     inspect what was written."""
-    from bncheck.probe import keras_model
-
     description = writable_description(options.model)
     output = _output_path(options, description.format)
-    source = probe_data.chosen_source(options)
-    if source is None:
+    if probe_data.chosen_source(options) is None:
         raise UsageError("recalibrate needs data: --data, --tfrecord or --dataset-fn")
+    # Loading and estimating run the model: in a worker process under the limits, like the
+    # probe, so that whatever the model does there is one line. Writing stays here.
+    limits = RunLimits(options.timeout, options.memory_mib)
+    try:
+        result, chief = run_contained(
+            _estimate, (options, description, output), limits, lambda m: _relay(progress, m)
+        )
+    except ModelReadError as exc:
+        raise ModelReadError(f"recalibrate: {exc}") from None
+    if result.verification is None:
+        return result
+    if result.refusal is not None and not options.force:
+        return result
+    if not chief:
+        return replace(result, writer="the chief")
+    progress.step(f"{options.model}: writing {output}")
+    write_model(options.model, output, description.format, updates(description, result))
+    repaired = inspect_path(output, options.settings, _probe_options(options), progress.step)
+    return result.written(output, repaired)
+
+
+def _estimate(
+    report: Reporter, options: RecalibrateOptions, description: ModelDescription, output: str
+) -> tuple[Recalibration, bool]:
+    """Steps 1 to 3 in the worker process: the result, and whether this process writes."""
+    from bncheck.probe import keras_model
+
+    progress = _RelayedProgress(report)
+    source = probe_data.chosen_source(options)
+    assert source is not None  # checked before the worker started
     strategy = make_strategy(options.strategy, options.devices)
     model = load(options.model, options.unsafe, options.custom_objects, progress, strategy)
     dataset = probe_data.open_data(source, keras_model.input_specs(model))
@@ -96,16 +123,37 @@ def recalibrate(options: RecalibrateOptions, progress: Progress) -> Recalibratio
     result = reestimate(
         model, description, dataset, validation, plan, progress, strategy, options.model, output
     )
-    if result.verification is None:
-        return result
-    if result.refusal is not None and not options.force:
-        return result
-    if not is_chief(strategy):
-        return replace(result, writer="the chief")
-    progress.step(f"{options.model}: writing {output}")
-    write_model(options.model, output, description.format, updates(description, result))
-    repaired = inspect_path(output, options.settings, _probe_options(options), progress.step)
-    return result.written(output, repaired)
+    return result, is_chief(strategy)
+
+
+#: The ``Progress`` calls a worker relays to the terminal's ``Progress``.
+_RELAYED = ("step", "start_batches", "batch", "done")
+
+
+class _RelayedProgress(Progress):
+    """The worker's progress: each call goes to the parent process, which shows it."""
+
+    def __init__(self, report: Reporter) -> None:
+        self._report = report
+        self.enabled = True
+
+    def step(self, text: str) -> None:
+        self._report(("step", (text,)))
+
+    def start_batches(self, label: str) -> None:
+        self._report(("start_batches", (label,)))
+
+    def batch(self, done: int, total: int | None, samples: int | None = None) -> None:
+        self._report(("batch", (done, total, samples)))
+
+    def done(self) -> None:
+        self._report(("done", ()))
+
+
+def _relay(progress: Progress, message: Any) -> None:
+    name, args = message
+    if name in _RELAYED:
+        getattr(progress, name)(*args)
 
 
 def reestimate(
@@ -292,6 +340,8 @@ def _probe_options(options: RecalibrateOptions) -> ProbeOptions:
         "rescale": options.rescale,
         "unsafe": options.unsafe,
         "custom_objects": options.custom_objects,
+        "timeout": options.timeout,
+        "memory_mib": options.memory_mib,
     }
     if options.validate is not None:
         return ProbeOptions(data=options.validate, labels=options.validate_labels, **common)
