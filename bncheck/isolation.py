@@ -291,11 +291,11 @@ def run_contained(
     args: tuple[Any, ...],
     limits: RunLimits,
     on_report: Reporter,
-    what: str = "the probe",
 ) -> T:
     """``function(report, *args)`` in a fresh worker process, which alone imports the
     framework it needs, and whose ``report(message)`` calls reach ``on_report`` here. Over
-    ``limits`` the worker is killed; an exception there, a crash or a limit is one line:
+    ``limits`` the worker is killed; an exception there, a crash or a limit is one line (which
+    the caller prefixes with what was running, ``probe:``):
     ``UsageError`` stays ``UsageError``, anything else is ``ModelReadError``. ``function`` must
     be a module-level function and its result picklable.
 
@@ -317,7 +317,7 @@ def run_contained(
     try:
         process.start()
         child.close()
-        return _watch(conn, process, limits, on_report, what, scratch)
+        return _watch(conn, process, limits, on_report, scratch)
     finally:
         conn.close()
         if process.exitcode is None and process.pid is not None:
@@ -332,7 +332,6 @@ def _watch(
     process: BaseProcess,
     limits: RunLimits,
     on_report: Reporter,
-    what: str,
     scratch: str,
 ) -> Any:
     deadline = None if limits.seconds is None else time.monotonic() + limits.seconds
@@ -343,7 +342,7 @@ def _watch(
                 kind, value = conn.recv()
             except (EOFError, OSError):
                 process.join(1)
-                raise ModelReadError(_died(what, process.exitcode, scratch)) from None
+                raise ModelReadError(_died(process.exitcode, scratch)) from None
             if kind == "report":
                 on_report(value)
                 continue
@@ -352,16 +351,14 @@ def _watch(
             if kind == "usage":
                 raise UsageError(value)
             if kind == "memory":
-                raise ModelReadError(f"{what} ran out of memory")
+                raise ModelReadError("ran out of memory")
             raise ModelReadError(value)
         if memory is not None and process.pid is not None and _resident(process.pid) > memory:
             process.kill()
-            raise ModelReadError(
-                f"{what} needed more than {limits.memory_mib} MiB (--probe-memory)"
-            )
+            raise ModelReadError(f"needed more than {limits.memory_mib} MiB (--probe-memory)")
         if deadline is not None and time.monotonic() > deadline:
             process.kill()
-            raise ModelReadError(f"{what} took longer than {limits.seconds:g} s (--probe-timeout)")
+            raise ModelReadError(f"took longer than {limits.seconds:g} s (--probe-timeout)")
 
 
 def _run(
@@ -380,6 +377,9 @@ def _run(
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
+    # Python's own streams too, whatever they were (a test's capture, say).
+    sys.stdout = open(1, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
 
     def report(message: Any) -> None:
         conn.send(("report", message))
@@ -394,7 +394,7 @@ def _run(
     except MemoryError:
         outcome = ("memory", None)
     except Exception as exc:  # a framework's own error, whatever the file made it raise
-        outcome = ("error", f"{type(exc).__name__}: {one_line(str(exc))}")
+        outcome = ("error", one_line(f"{type(exc).__name__}: {exc}"))
     try:
         conn.send(outcome)
     except Exception as exc:  # an unpicklable result: a bug, still one line
@@ -408,15 +408,15 @@ def one_line(text: str, limit: int = _MESSAGE_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _died(what: str, exitcode: int | None, scratch: str) -> str:
+def _died(exitcode: int | None, scratch: str) -> str:
     if exitcode is not None and exitcode < 0:
         try:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = "unknown signal"
-        message = f"{what} crashed (signal {-exitcode}: {name})"
+        message = f"crashed (signal {-exitcode}: {name})"
     else:
-        message = f"{what}'s process ended (exit code {exitcode})"
+        message = f"its process ended (exit code {exitcode})"
     last = _last_line(os.path.join(scratch, "output.log"))
     return f"{message}; its last output: {one_line(last)}" if last else message
 

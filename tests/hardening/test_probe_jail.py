@@ -1,0 +1,244 @@
+"""The probe and recalibrate run the model in a worker process under limits.
+
+``run_contained`` itself is tested with small functions (no framework); the commands with the
+hostile corpus's own builders (``tests/hardening/hostile/probe_limits.py``), each run as the user
+runs bncheck, in its own process with a ``HOME`` of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bncheck.errors import ModelReadError, UsageError
+from bncheck.isolation import RunLimits, run_contained
+from tests.hardening.hostile import probe_limits
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "fixtures"
+NO_LIMITS = RunLimits(None, None)
+#: Enough for any of these functions to start on a loaded machine; a hang ends long before.
+GENEROUS = 120.0
+
+
+def _sleep(report: Callable[[Any], None], seconds: float) -> None:
+    report("sleeping")
+    time.sleep(seconds)
+
+
+def _allocate(report: Callable[[Any], None], mib: int) -> int:
+    block = bytearray(mib << 20)  # zero pages: touch each one so that it is resident
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
+    time.sleep(GENEROUS)
+    return len(block)
+
+
+def _fail(report: Callable[[Any], None], error: Exception) -> None:
+    raise error
+
+
+def _noisy(report: Callable[[Any], None], text: str) -> dict[str, str]:
+    os.write(1, text.encode())
+    os.write(2, text.encode())
+    print(text, file=sys.stderr, flush=True)
+    for step in ("one", "two", "three"):
+        report(step)
+    return {name: os.environ[name] for name in ("KERAS_HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME")}
+
+
+def _crash(report: Callable[[Any], None], text: str) -> None:
+    os.write(2, text.encode())
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_a_run_over_its_time_is_killed_and_one_line() -> None:
+    started = time.monotonic()
+    with pytest.raises(ModelReadError) as raised:
+        run_contained(_sleep, (GENEROUS,), RunLimits(seconds=2.0, memory_mib=None), print)
+    assert str(raised.value) == "took longer than 2 s (--probe-timeout)"
+    assert time.monotonic() - started < GENEROUS / 2
+
+
+def test_a_run_over_its_memory_is_killed_and_one_line() -> None:
+    limits = RunLimits(seconds=GENEROUS, memory_mib=200)
+    started = time.monotonic()
+    with pytest.raises(ModelReadError) as raised:
+        run_contained(_allocate, (400,), limits, print)
+    assert str(raised.value) == "needed more than 200 MiB (--probe-memory)"
+    assert time.monotonic() - started < GENEROUS / 2
+
+
+def test_within_its_limits_a_run_returns_its_result_and_relays_its_reports(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    reports: list[Any] = []
+    caches = run_contained(_noisy, (probe_limits.EVIL,), RunLimits(), reports.append)
+    assert reports == ["one", "two", "three"]
+    # The worker's own output (a framework's logging) never reaches this process's streams.
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+    # Keras, matplotlib and onnxruntime cached in a temporary folder, gone now.
+    folders = {Path(folder).parent for folder in caches.values()}
+    assert len(folders) == 1
+    assert not folders.pop().exists()
+
+
+def test_caches_the_user_placed_stay_where_the_user_placed_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    caches = run_contained(_noisy, ("",), NO_LIMITS, lambda _: None)
+    assert caches["KERAS_HOME"] == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("error", "raised", "message"),
+    [
+        (ValueError(probe_limits.EVIL), ModelReadError, "ValueError: x ::error title=forged"),
+        (ModelReadError("bad file"), ModelReadError, "bad file"),
+        (UsageError("--data x.npy holds no samples"), UsageError, "--data x.npy holds"),
+        (RuntimeError("y" * 5000), ModelReadError, "RuntimeError: yyy"),
+    ],
+)
+def test_every_exception_of_a_run_is_one_short_line(
+    error: Exception, raised: type[Exception], message: str
+) -> None:
+    with pytest.raises(raised) as caught:
+        run_contained(_fail, (error,), NO_LIMITS, print)
+    text = str(caught.value)
+    assert text.startswith(message)
+    assert "\n" not in text
+    assert len(text) <= 300
+
+
+def test_a_crash_is_one_line_quoting_the_last_output() -> None:
+    with pytest.raises(ModelReadError) as raised:
+        run_contained(_crash, ("first\nF0000 check failed: x\n",), NO_LIMITS, print)
+    assert str(raised.value) == (
+        "crashed (signal 11: SIGSEGV); its last output: F0000 check failed: x"
+    )
+
+
+def _bncheck(argv: Sequence[str], home: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, HOME=str(home), PYTHONPATH=str(REPO))
+    for name in ("KERAS_HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME"):
+        env.pop(name, None)
+    code = "import sys; from bncheck.cli import main; main(sys.argv[1:])"
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+
+
+def _one_line(done: subprocess.CompletedProcess[str], path: Path, problem: str) -> None:
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.startswith(f"bncheck: error: {path}: {problem}"), done.stderr
+    assert done.stderr.count("\n") == 1
+    assert "\x1b" not in done.stderr and "\n::" not in done.stderr
+
+
+def _case(build: Callable[[Path], Sequence[str]], tmp_path: Path) -> tuple[list[str], Path]:
+    folder, home = tmp_path / "case", tmp_path / "home"
+    folder.mkdir()
+    home.mkdir()
+    return [str(arg) for arg in build(folder)], home
+
+
+def test_an_onnx_loop_that_never_ends_stops_at_the_probe_timeout(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    argv, home = _case(probe_limits.onnx_loop_forever, tmp_path)
+    argv[argv.index("--probe-timeout") + 1] = "3"
+    done = _bncheck([*argv, "--format", "json"], home)
+    _one_line(done, Path(argv[1]), "probe: took longer than 3 s (--probe-timeout)")
+    assert '"format": "onnx"' in done.stdout  # the static report of the model stays
+
+
+def test_an_onnx_tensor_of_gigabytes_stops_at_the_probe_memory(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    argv, home = _case(probe_limits.onnx_constant_of_shape_bomb, tmp_path)
+    argv[argv.index("--probe-memory") + 1] = "400"
+    done = _bncheck(argv, home)
+    _one_line(done, Path(argv[1]), "probe: needed more than 400 MiB (--probe-memory)")
+
+
+def test_onnxruntime_logs_no_node_name(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    argv, home = _case(probe_limits.onnx_log_injection, tmp_path)
+    done = _bncheck(argv, home)
+    _one_line(done, Path(argv[1]), "probe: onnxruntime failed on the batch")
+    assert "::error title=forged" in done.stderr  # quoted within the one line, escaped
+
+
+@pytest.mark.parametrize("command", ["inspect", "recalibrate"])
+def test_a_layer_name_tensorflow_rejects_is_one_escaped_line(tmp_path: Path, command: str) -> None:
+    pytest.importorskip("tensorflow")
+    build = {
+        "inspect": probe_limits.keras_hostile_name_probe,
+        "recalibrate": probe_limits.keras_hostile_name_recalibrate,
+    }[command]
+    argv, home = _case(build, tmp_path)
+    done = _bncheck(argv, home)
+    step = "probe" if command == "inspect" else "recalibrate"
+    _one_line(done, Path(argv[1]), f"{step}: ValueError: ")
+    assert "is not a valid scope name" in done.stderr
+    assert not list(home.rglob("*")), "Keras wrote its cache into HOME"
+    assert not (tmp_path / "case" / "OUT.keras").exists()
+
+
+def test_the_probe_reports_its_steps_from_the_worker_and_imports_no_framework_here(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("tensorflow")
+    model = FIXTURES / "probe" / "stale_stats.keras"
+    code = (
+        "import sys\n"
+        "from bncheck.engine import inspect_path\n"
+        "from bncheck.probe.options import ProbeOptions\n"
+        "from bncheck.settings import Settings\n"
+        "steps = []\n"
+        "result = inspect_path(sys.argv[1], Settings(), ProbeOptions(samples=64), steps.append)\n"
+        "assert result.error is None and result.probe is not None and result.probe.ran\n"
+        "print(steps[:2], 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(model)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HOME=str(tmp_path), PYTHONPATH=str(REPO)),
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    steps = [f"{model}: checking the model for code", f"{model}: loading with Keras"]
+    assert done.stdout == f"{steps} False False\n"
+
+
+def test_an_unexpected_error_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bncheck import cli
+
+    def broken(*args: Any) -> int:
+        raise KeyError("x\n::error::forged")
+
+    monkeypatch.setattr(cli, "run_inspect", broken)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["inspect", str(FIXTURES / "probe" / "stale_stats.keras")])
+    assert exited.value.code == 3
+    err = capsys.readouterr().err
+    assert err == (
+        "bncheck: error: internal error: KeyError: 'x\\n::error::forged'; please report it\n"
+    )
