@@ -266,11 +266,11 @@ def _address_space() -> int:
 @dataclass(frozen=True)
 class RunLimits:
     """What one contained run of a model (a probe, a recalibration) may use; ``None``: no
-    limit. The defaults are ``--probe-timeout`` and ``--probe-memory``'s (``docs/probe.md``)."""
+    limit. The commands take them from ``--probe-timeout`` and ``--probe-memory``."""
 
-    seconds: float | None = 600.0
+    seconds: float | None
     """Wall time of the whole run: the safety scan, loading and every pass."""
-    memory_mib: int | None = 8192
+    memory_mib: int | None
     """Resident memory of the worker process. TensorFlow reserves far more address space than
     it touches, so this is resident memory, polled, not an address-space limit."""
 

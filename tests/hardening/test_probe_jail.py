@@ -81,7 +81,7 @@ def test_within_its_limits_a_run_returns_its_result_and_relays_its_reports(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     reports: list[Any] = []
-    caches = run_contained(_noisy, (probe_limits.EVIL,), RunLimits(), reports.append)
+    caches = run_contained(_noisy, (probe_limits.EVIL,), RunLimits(60.0, 1024), reports.append)
     assert reports == ["one", "two", "three"]
     # The worker's own output (a framework's logging) never reaches this process's streams.
     out, err = capfd.readouterr()
