@@ -39,7 +39,7 @@ def run_probe(
     if found.runtime is None:
         return ProbeResult(path, None, (), options.unsafe, skipped=found.not_run)
     runtime = formats.RUNTIMES[found.runtime]
-    require(runtime.extra, "--data" if options.data is not None else "--probe")
+    require(runtime.extra, _purpose(options))
     probe: RuntimeProbe = formats.load(runtime.probe)
     return probe(path, options, step, untouched or {})
 
@@ -55,12 +55,22 @@ def run_probe_contained(
     imports the framework, and whatever the model does there (a hang, a memory bomb, a crash, a
     framework's exception quoting names from the file) is one ``ModelReadError`` line."""
     from bncheck.isolation import RunLimits, run_contained
+    from bncheck.readers import detect
 
+    found = detect.sniff(path)
+    if found.runtime is None:
+        return ProbeResult(path, None, (), options.unsafe, skipped=found.not_run)
+    # A missing extra is a usage error said here, before any worker starts.
+    require(formats.RUNTIMES[found.runtime].extra, _purpose(options))
     limits = RunLimits(options.timeout, options.memory_mib)
     result: ProbeResult = run_contained(
         _probe_in_worker, (path, options, dict(untouched or {})), limits, step
     )
     return result
+
+
+def _purpose(options: ProbeOptions) -> str:
+    return "--data" if options.data is not None else "--probe"
 
 
 def _probe_in_worker(
