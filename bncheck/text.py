@@ -3,18 +3,26 @@
 Layer names, class names, pickle globals, paths and error reasons quoting a file come from
 whoever made the file. Shown raw, a newline forges report lines, an escape sequence rewrites the
 terminal, and a line starting with ``::`` is a GitHub Actions workflow command (``::add-mask::``,
-``::error::``). ``shown`` is the one escaping every reporter applies to such text; the structured
-formats (JSON, SARIF, JUnit) keep the exact text, their encoders escape it.
+``::error::``). ``shown`` is the one escaping every reporter applies to such text; JSON and SARIF
+keep the exact text, which their encoders escape onto one line. JUnit XML keeps newlines as
+they are in its text, and the tools that show it print that text: it is escaped with ``shown``.
 """
 
 from __future__ import annotations
 
 import re
 
-#: Characters shown as escapes: C0 controls, DEL, C1 controls, the Unicode line and paragraph
-#: separators, and the bidirectional embeddings, overrides and isolates that reorder what a
-#: reader sees.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+#: Characters shown as escapes: every control (Cc: C0, DEL, C1), the Unicode line and paragraph
+#: separators (Zl, Zp), and every format character (Cf): the bidirectional marks, embeddings,
+#: overrides and isolates that reorder what a reader sees, zero-width characters, the byte-order
+#: mark, invisible operators and tags. The ranges are Unicode 15's Cf, written out so that
+#: importing this module costs nothing; a test checks them against ``unicodedata``.
+_CONTROL = re.compile(
+    "[\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"
+    "\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]"
+)
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 #: A workflow command at the start of a line (the runner trims leading blanks first), and the

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import re
+import sys
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from bncheck.progress import Progress
 from bncheck.text import shown
 from tests.conftest import CliResult
+from tests.hardening.hostile import HIDDEN
 from tests.hardening.hostile.containment_output import (
     HOSTILE_NAMES,
     hostile_names_safetensors,
@@ -22,13 +25,12 @@ from tests.hardening.hostile.containment_output import (
 
 Run = Callable[..., CliResult]
 
-RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 ANNOTATION = re.compile(r"^::(error|warning|notice) file=[^:]*,title=[^:]*::")
 
 
 def assert_safe(text: str, annotations: bool = False) -> None:
     for line in text.split("\n"):
-        assert not RAW.search(line), line
+        assert not HIDDEN.search(line), line
         assert "##[" not in line, line
         if line.lstrip().startswith("::"):
             assert annotations and ANNOTATION.match(line), line
@@ -53,7 +55,17 @@ def test_shown_escapes_what_could_forge_output(text: str, expected: str) -> None
     assert shown(text) == expected
 
 
-@pytest.mark.parametrize("format", ["table", "markdown", "github"])
+def test_every_control_and_format_character_is_escaped() -> None:
+    hidden = [
+        chr(code)
+        for code in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(code)) in ("Cc", "Cf", "Zl", "Zp")
+    ]
+    assert len(hidden) > 200
+    assert [c for c in hidden if shown(c) == c] == []
+
+
+@pytest.mark.parametrize("format", ["table", "markdown", "github", "junit"])
 def test_layer_names_cannot_forge_report_lines(run_cli: Run, tmp_path: Path, format: str) -> None:
     model = hostile_names_safetensors(tmp_path / "names.safetensors")
     result = run_cli("inspect", model, "--format", format)
@@ -71,6 +83,7 @@ def test_markdown_shows_links_and_images_as_text(run_cli: Run, tmp_path: Path) -
     outside_code = re.sub(r"(`+).*?\1", "", result.out)
     assert "](" not in outside_code.replace("\\](", "")
     assert "<img" not in outside_code  # a code span shows HTML as text
+    assert "://" not in outside_code and "www." not in outside_code  # GitHub would link them
     assert "- `" + str(bad) + "`: safetensors entry" in result.out
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from bncheck.findings import FailOn, Finding, ModelResult, Report
 from bncheck.reporters.options import PLAIN, RenderOptions
+from bncheck.text import shown
 
 MODEL_CASE = "(model)"
 """Name of the test case for model-level findings and read errors."""
@@ -74,14 +75,18 @@ def _judge(case: ET.Element, findings: list[Finding], fail_on: FailOn) -> None:
     if failing:
         rules = ", ".join(dict.fromkeys(f"{f.rule} {f.name}" for f in failing))
         failure = ET.SubElement(case, "failure", type=failing[0].rule, message=_xml(rules))
-        failure.text = _xml(_lines(failing))
+        failure.text = _lines(failing)
     if passing:
-        ET.SubElement(case, "system-out").text = _xml(_lines(passing))
+        ET.SubElement(case, "system-out").text = _lines(passing)
 
 
 def _lines(findings: Iterable[Finding]) -> str:
-    return "\n".join(f"{f.severity} {f.rule} {f.name}: {f.message}" for f in findings)
+    """One line per finding: the text between them is ours, each finding's is escaped."""
+    return "\n".join(_xml(f"{f.severity} {f.rule} {f.name}: {f.message}") for f in findings)
 
 
 def _xml(text: str) -> str:
-    return _NOT_XML.sub("\ufffd", text)
+    """Text from a file as one line XML can carry. Tools print a JUnit report's names and
+    failure texts as they are (a CI log that shows the file, a summary that renders it), so
+    they are escaped as every other text report escapes them (``shown``)."""
+    return _NOT_XML.sub("\ufffd", shown(text))

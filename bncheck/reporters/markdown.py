@@ -92,6 +92,14 @@ def _code(text: str) -> str:
 def _text(text: str) -> str:
     """Plain text: no HTML, links or images from names read out of a file. Escaping the
     brackets (and the backslash that could escape them back) leaves ``[x](url)`` and
-    ``![x](url)`` as the characters they are."""
+    ``![x](url)`` as the characters they are; addresses GitHub would link by themselves
+    (``https://...``, ``www.``) are shown defanged, ``https[:]//``, ``www[.]``."""
     text = html.escape(shown(text), quote=False)
-    return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+    text = text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+    text = _SCHEME.sub(r"\\[:\\]//", text)
+    return _WWW.sub(lambda m: m.group(0)[:3] + r"\[.\]", text)
+
+
+#: Where GitHub's extended autolinks start: a scheme's ``://`` and a leading ``www.``.
+_SCHEME = re.compile(r"(?<=[A-Za-z0-9])://")
+_WWW = re.compile(r"(?i)\bwww\.")

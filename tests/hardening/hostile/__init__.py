@@ -14,9 +14,19 @@ every case in a child process under a memory cap and a time limit and checks eve
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+#: What no output line may hold raw: control characters other than tab and newline, the Unicode
+#: line and paragraph separators, and every format character (bidi controls, zero widths, ...).
+HIDDEN = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029"
+    + "".join(chr(c) for c in range(0xA0, 0xE0080) if unicodedata.category(chr(c)) == "Cf")
+    + "]"
+)
 
 #: A file a hostile case tries to create by running code or writing where it must not; its
 #: existence after the run means a promise broke.

@@ -40,6 +40,8 @@ HOSTILE_NAMES = [
     "line\u2028separator",
     "\u202eoverride",
     "tab\there\rcarriage",
+    "visit https://e.example/x or www.e.example",
+    "left\u200eto\u200fright\ufeffzero\u200bwidth",
 ]
 
 
