@@ -119,10 +119,11 @@ def run_rules() -> int:
     return ExitCode.OK
 
 
-def run_explain(rule_key: str) -> int:
+def run_explain(rule_key: str, framework: str = "keras") -> int:
+    from bncheck.model import VOCABULARIES
     from bncheck.rules.docs import explain as explain_rule
 
-    click.echo(explain_rule(RULES[resolve_rule(rule_key)]), nl=False)
+    click.echo(explain_rule(RULES[resolve_rule(rule_key)], VOCABULARIES[framework]), nl=False)
     return ExitCode.OK
 
 

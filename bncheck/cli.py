@@ -494,9 +494,16 @@ def rules() -> int:
 
 @cli.command()
 @click.argument("rule")
-def explain(rule: str) -> int:
+@click.option(
+    "--framework",
+    type=click.Choice(["keras", "tensorflow", "pytorch", "onnx"]),
+    default="keras",
+    show_default=True,
+    help="Explain it in this framework's words (running_mean, model.train() for PyTorch).",
+)
+def explain(rule: str, framework: str) -> int:
     """Explain a rule (by ID or name): what it means, why it matters, how to fix it."""
-    return run_explain(rule)
+    return run_explain(rule, framework)
 
 
 @cli.command()

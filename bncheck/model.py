@@ -6,6 +6,7 @@ imports TensorFlow or Keras.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -15,6 +16,130 @@ import numpy as np
 
 #: The four arrays of a BatchNormalization layer, in the order Keras creates them.
 ARRAY_NAMES = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """How one framework names a BatchNorm layer's arrays, modes and momentum, for messages and
+    ``bncheck explain``. bncheck's own names (the JSON keys among them) are Keras's; a report
+    speaks to each model in the words of the framework that wrote it."""
+
+    framework: str
+    """Who speaks this way, as a user names it: ``Keras``, ``PyTorch``, ``ONNX``."""
+    arrays: Mapping[str, str]
+    """bncheck's array name (``moving_mean``, ``moving_variance``, ``gamma``, ``beta``) -> the
+    framework's."""
+    statistics: str
+    """The stored statistics as a whole: ``moving statistics``, ``running statistics``."""
+    training_call: str
+    """How a user runs the layers with batch statistics: ``training=True``, ``model.train()``."""
+    inference_mode: str
+    """The mode that normalises with the stored statistics: ``inference mode``, ``eval mode``."""
+    inference_call: str
+    """How a user asks for that mode: ``training=False``, ``model.eval()``."""
+    fit: str
+    """What trains a model: ``model.fit``, ``the training loop``."""
+    momentum_keeps_history: bool
+    """True when momentum is the weight the old statistics keep (Keras, ONNX); False when it is
+    the weight of each new batch (PyTorch, whose 0.1 is Keras's 0.9)."""
+
+    def array(self, name: str) -> str:
+        """The framework's name of one of bncheck's arrays."""
+        return self.arrays.get(name, name)
+
+    def momentum(self, keras_momentum: float) -> float:
+        """A momentum given in Keras's convention, in this framework's."""
+        return keras_momentum if self.momentum_keeps_history else 1.0 - keras_momentum
+
+    @property
+    def momentum_meaning(self) -> str:
+        if self.momentum_keeps_history:
+            return "the weight the old statistics keep at each update"
+        return "the weight of each new batch at each update (1 - Keras's momentum)"
+
+    def translate(self, text: str) -> str:
+        """Text written in Keras's words (a rule's documentation), in this framework's: array
+        names, statistics, modes and training calls. Keras's own text comes back unchanged."""
+        if self is KERAS_WORDS:
+            return text
+        for pattern, replacement in self._phrases():
+            text = pattern.sub(replacement, text)
+        return text
+
+    def _phrases(self) -> list[tuple[re.Pattern[str], str]]:
+        phrases = [
+            (r"``model\(x, training=True\)``", f"``{self.training_call}``"),
+            (r"``model\.fit``|``fit\(\)``|``fit``", self.fit),
+            (r"\bmodel\.fit\b|\bfit\(\)", self.fit),
+            (r"``training=True``", f"``{self.training_call}``"),
+            # Not inside a call such as ``bn(x, training=True)``, which stays Keras code.
+            (r"(?<!, )(?<!\()\btraining=True\b", self.training_call),
+            (r"\bmoving statistics\b", self.statistics),
+            (r"\bmoving mean\b", self.statistics.replace("statistics", "mean")),
+            (r"\bmoving variance\b", self.statistics.replace("statistics", "variance")),
+            (r"\binference mode\b", self.inference_mode),
+        ]
+        phrases += [(rf"\b{name}\b", own) for name, own in self.arrays.items() if name != own]
+        return [(re.compile(pattern), replacement) for pattern, replacement in phrases]
+
+
+#: The framework whose words each format speaks, where its layers do not say.
+FORMAT_FRAMEWORKS: Mapping[str, str] = {
+    "pytorch": "pytorch",
+    "torchscript": "pytorch",
+    "onnx": "onnx",
+}
+
+KERAS_WORDS = Vocabulary(
+    framework="Keras",
+    arrays={name: name for name in ARRAY_NAMES},
+    statistics="moving statistics",
+    training_call="training=True",
+    inference_mode="inference mode",
+    inference_call="training=False",
+    fit="model.fit",
+    momentum_keeps_history=True,
+)
+PYTORCH_WORDS = Vocabulary(
+    framework="PyTorch",
+    arrays={
+        "gamma": "weight",
+        "beta": "bias",
+        "moving_mean": "running_mean",
+        "moving_variance": "running_var",
+    },
+    statistics="running statistics",
+    training_call="model.train()",
+    inference_mode="eval mode",
+    inference_call="model.eval()",
+    fit="the training loop",
+    momentum_keeps_history=False,
+)
+#: ONNX's own words, for graphs other producers wrote: the ``BatchNormalization`` operator's
+#: inputs, and its ``training_mode`` attribute; its ``momentum`` keeps Keras's convention.
+ONNX_WORDS = Vocabulary(
+    framework="ONNX",
+    arrays={
+        "gamma": "scale",
+        "beta": "B",
+        "moving_mean": "input_mean",
+        "moving_variance": "input_var",
+    },
+    statistics="stored statistics (input_mean, input_var)",
+    training_call="training_mode=1",
+    inference_mode="inference mode (training_mode=0)",
+    inference_call="training_mode=0",
+    fit="training",
+    momentum_keeps_history=True,
+)
+#: One vocabulary per framework, by the name ``BNLayer.framework`` and ``explain --framework``
+#: use. TensorFlow checkpoints and SavedModels speak Keras's words, as TensorFlow's own layers do.
+VOCABULARIES: Mapping[str, Vocabulary] = {
+    "keras": KERAS_WORDS,
+    "tensorflow": KERAS_WORDS,
+    "pytorch": PYTORCH_WORDS,
+    "onnx": ONNX_WORDS,
+}
 
 
 @dataclass(frozen=True)
@@ -121,6 +246,14 @@ class BNLayer:
     variance_estimator: str | None = None
     """How ``moving_variance`` averages each batch's variance: ``unbiased`` (divided by n - 1,
     PyTorch's ``running_var``) or ``biased`` (divided by n, Keras 3); ``None`` when unknown."""
+    words: str | None = None
+    """Whose words messages about the layer use, when not ``framework``'s: ``pytorch`` for a
+    graph PyTorch exported to ONNX."""
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The words messages about this layer use (see ``VOCABULARIES``)."""
+        return VOCABULARIES.get(self.words or self.framework, KERAS_WORDS)
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], **fields: Any) -> BNLayer:
@@ -244,6 +377,14 @@ class ModelDescription:
     pickled_calls: tuple[PickledCall, ...] = ()
     """For PyTorch pickles: the calls ``torch.load`` (without ``weights_only``) would make
     beyond rebuilding tensors and plain data. bncheck made none of them."""
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The words a report about this model uses: its layers' framework's, else its
+        format's."""
+        if self.layers:
+            return self.layers[0].vocabulary
+        return VOCABULARIES.get(FORMAT_FRAMEWORKS.get(self.format, "keras"), KERAS_WORDS)
 
     @property
     def layer_count(self) -> int:

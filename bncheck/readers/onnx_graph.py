@@ -84,7 +84,8 @@ def load(path: str) -> Any:
 def read(path: str) -> ModelDescription:
     model = load(path)
     values = Values(model.graph, Path(path).parent.resolve())
-    estimator = "unbiased" if model.producer_name == "pytorch" else None
+    from_pytorch = model.producer_name == "pytorch"
+    estimator = "unbiased" if from_pytorch else None
     layers = []
     nodes = batchnorm_nodes(model.graph)
     channels = 0
@@ -116,6 +117,7 @@ def read(path: str) -> ModelDescription:
                 source=", ".join(list(bn.node.input)[1:5]),
                 framework="onnx",
                 variance_estimator=estimator,
+                words="pytorch" if from_pytorch else None,
             )
         )
     notes = [

@@ -16,18 +16,9 @@ from bncheck.text import shown
 if TYPE_CHECKING:
     from bncheck.probe.results import Metric, OutputMeasurement, ProbeData, ProbeResult
 
-_HEADERS = [
-    "layer",
-    "class",
-    "ch",
-    "momentum",
-    "epsilon",
-    "trainable",
-    "moving_mean",
-    "moving_variance",
-    "gamma",
-    "beta",
-]
+_HEADERS = ["layer", "class", "ch", "momentum", "epsilon", "trainable"]
+#: The array columns, by bncheck's names; each model's table heads them in its framework's words.
+_ARRAY_COLUMNS = ("moving_mean", "moving_variance", "gamma", "beta")
 
 
 #: Terminal colour and boldness of each severity and verdict, when colour is on.
@@ -61,7 +52,9 @@ def _model_block(model: ModelResult, options: RenderOptions) -> str:
     lines += [f"  note: {shown(note)}" for note in description.notes]
     if description.layers:
         rows = [_row(layer) for layer in description.layers]
-        lines.append(tabulate(rows, headers=_HEADERS, tablefmt="simple", disable_numparse=True))
+        words = description.vocabulary
+        headers = [*_HEADERS, *(words.array(name) for name in _ARRAY_COLUMNS)]
+        lines.append(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
     contents = description.checkpoint
     if contents is not None:
         if contents.matches:
@@ -185,14 +178,17 @@ def _row(layer: BNLayer) -> list[str]:
         shown(layer.path),
         shown(_class_label(layer)),
         str(layer.channels),
-        _number(layer.momentum),
+        _number(_momentum(layer)),
         _number(layer.epsilon),
         {True: "yes", False: "no", None: "?"}[layer.trainable],
-        *(
-            _stats(layer.summaries[name])
-            for name in ("moving_mean", "moving_variance", "gamma", "beta")
-        ),
+        *(_stats(layer.summaries[name]) for name in _ARRAY_COLUMNS),
     ]
+
+
+def _momentum(layer: BNLayer) -> float | None:
+    """The layer's momentum in the convention of the words its model is reported in."""
+    kept = layer.keras_momentum
+    return None if kept is None else layer.vocabulary.momentum(kept)
 
 
 def _class_label(layer: BNLayer) -> str:

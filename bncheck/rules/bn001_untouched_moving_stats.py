@@ -64,7 +64,7 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
         return
     frozen_look_alike = layer.framework == "pytorch" and layer.num_batches_tracked is None
     yield Problem(
-        message=(
+        message=layer.vocabulary.translate(
             f"moving_mean and moving_variance are still at their initial values "
             f"({layer.initial.moving_mean:g} and {layer.initial.moving_variance:g}) in all "
             f"{layer.channels} channels, but {' and '.join(trained)} trained: the statistics "

@@ -37,7 +37,7 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
     if not all(at_initial(layer, name, options["tolerance"]) for name in names):
         return
     yield Problem(
-        message=(
+        message=layer.vocabulary.translate(
             f"{', '.join(names)} are all still at their initial values: the layer never trained"
         ),
         layer=layer.path,

@@ -42,4 +42,5 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
         f"{name} has {c['nan']} NaN and {c['inf']} infinite of {c['channels']} values"
         for name, c in counts.items()
     )
-    yield Problem(message=described, layer=layer.path, details={"arrays": counts})
+    message = layer.vocabulary.translate(described)
+    yield Problem(message=message, layer=layer.path, details={"arrays": counts})

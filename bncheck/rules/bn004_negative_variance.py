@@ -36,7 +36,7 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
     if negative.size == 0:
         return
     yield Problem(
-        message=(
+        message=layer.vocabulary.translate(
             f"moving_variance is negative in {negative.size} of {variance.size} channels "
             f"(lowest {variance[negative].min():.4g})"
         ),

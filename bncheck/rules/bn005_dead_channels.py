@@ -45,7 +45,7 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
         return
     fraction = dead.size / variance.size
     yield Problem(
-        message=(
+        message=layer.vocabulary.translate(
             f"{dead.size} of {variance.size} channels ({fraction:.0%}) have moving_variance below "
             f"{options['max_variance']:g}: their input never varied"
         ),

@@ -60,7 +60,7 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
         return
     worst = int(unstable[np.argmax(gain[unstable])])
     yield Problem(
-        message=(
+        message=layer.vocabulary.translate(
             f"{unstable.size} of {variance.size} channels have gain |gamma|/sqrt(var+eps) above "
             f"{options['max_gain']:g} (worst: channel {worst}, gain {gain[worst]:.4g}, "
             f"moving_variance {variance[worst]:.3g})"

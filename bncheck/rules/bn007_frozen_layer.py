@@ -35,7 +35,7 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
     if layer.trainable is not False:
         return
     yield Problem(
-        message=(
+        message=layer.vocabulary.translate(
             "trainable=False: the layer runs in inference mode even inside fit(), using and "
             "never updating its moving statistics"
         ),

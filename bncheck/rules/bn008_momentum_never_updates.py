@@ -44,7 +44,10 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
     if layer.momentum is None or kept is None or kept < 1.0:
         return
     effect = "never change" if kept == 1.0 else "diverge"
-    convention = " (PyTorch: the weight of each new batch)" if layer.framework == "pytorch" else ""
+    words = layer.vocabulary
+    convention = ""
+    if not words.momentum_keeps_history:
+        convention = f" ({words.framework}: the weight of each new batch)"
     untouched = untouched_while_trained(layer)
     never_moved = bool(
         at_initial(layer, "moving_mean", 1e-6) and at_initial(layer, "moving_variance", 1e-6)
@@ -64,8 +67,8 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
         # serve inference as they are: the momentum matters only to further training.
         state = "; they hold values from before, which inference uses as they are"
     yield Problem(
-        message=(
-            f"momentum={layer.momentum:g}{convention}: the moving statistics {effect} during "
+        message=words.translate(
+            f"momentum={words.momentum(kept):g}{convention}: the moving statistics {effect} during "
             f"training{state}"
         ),
         layer=layer.path,

@@ -39,17 +39,19 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
     kept = layer.keras_momentum
     if layer.momentum is None or kept is None or kept >= options["min_momentum"]:
         return
-    if layer.framework == "pytorch":
+    words = layer.vocabulary
+    if not words.momentum_keeps_history:
+        own = words.momentum(kept)
         message = (
-            f"momentum={layer.momentum:g} keeps only {kept:.0%} of the old statistics at each "
-            f"step; in PyTorch momentum weighs the new batch (Keras's momentum={layer.momentum:g} "
-            f"is PyTorch's {kept:g}; PyTorch's default is 0.1)"
+            f"momentum={own:g} keeps only {kept:.0%} of the old statistics at each "
+            f"step; in {words.framework} momentum weighs the new batch (Keras's momentum={own:g} "
+            f"is {words.framework}'s {kept:g}; PyTorch's default is 0.1)"
         )
     else:
         message = (
             f"momentum={kept:g} keeps only {kept:.0%} of the old statistics at each step; "
-            f"in Keras momentum weighs the history (PyTorch's momentum={kept:g} is Keras's "
-            f"{1 - kept:g})"
+            f"in {words.framework} momentum weighs the history (PyTorch's momentum={kept:g} is "
+            f"{words.framework}'s {1 - kept:g})"
         )
     yield Problem(
         message=message,

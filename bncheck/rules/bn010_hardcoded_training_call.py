@@ -42,7 +42,9 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
         else "so it normalises with batch statistics when called as model(x) at inference"
     )
     yield Problem(
-        message=f"the saved graph calls the layer with training=True, {effect}",
+        message=layer.vocabulary.translate(
+            f"the saved graph calls the layer with training=True, {effect}"
+        ),
         layer=layer.path,
         details={"calls": calls, "frozen": frozen},
         escalation=Escalation.MITIGATED if frozen else None,

@@ -28,6 +28,7 @@ import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bncheck.model import KERAS_WORDS, Vocabulary
 from bncheck.rules import Rule
 
 SECTIONS = ("Why it happens", "How to fix", "Options", "Passing", "Failing")
@@ -145,15 +146,17 @@ def _fill(item: list[str], width: int) -> str:
     )
 
 
-def explain(rule: Rule) -> str:
+def explain(rule: Rule, words: Vocabulary = KERAS_WORDS) -> str:
     """The text ``bncheck explain`` prints: identity, defaults, the documentation, and where to
-    configure the rule, as plain text that fits a 100-column terminal."""
+    configure the rule, as plain text that fits a 100-column terminal, in ``words``."""
     doc = rule_doc(rule)
     needs = NEEDS_MEANING.get(rule.NEEDS, rule.NEEDS)
     head = [
         f"{rule.ID} {rule.NAME}",
         f"default severity: {rule.DEFAULT_SEVERITY}; needs: {rule.NEEDS} ({needs})",
     ]
+    if words is not KERAS_WORDS:
+        head.append(words_line(words))
     lines = [doc.summary]
     if doc.description:
         lines += ["", doc.description]
@@ -166,7 +169,23 @@ def explain(rule: Rule) -> str:
     settable = ", ".join(["severity", *rule.OPTIONS])
     lines += ["", f"Configure: [tool.bncheck.rules.{rule.ID}] ({settable})."]
     tail = f'Turn off: --ignore {rule.ID}, or ignore = ["{rule.ID}"] in the configuration.'
-    return "\n".join(head) + "\n\n" + reflow(plain("\n".join(lines))) + "\n" + tail + "\n"
+    text = plain(words.translate("\n".join(lines)))
+    return "\n".join(head) + "\n\n" + reflow(text) + "\n" + tail + "\n"
+
+
+def words_line(words: Vocabulary) -> str:
+    """What ``explain`` says when it speaks a framework's words other than Keras's."""
+    arrays = ", ".join(words.array(name) for name in ARRAY_ORDER)
+    momentum = f"momentum is {words.momentum_meaning}"
+    if not words.momentum_keeps_history:
+        momentum += "; figures quoted from Keras models keep Keras's momentum"
+    return reflow(
+        f"words: {words.framework}'s: {arrays}; {words.training_call} and "
+        f"{words.inference_call}; {momentum}"
+    )
+
+
+ARRAY_ORDER = ("moving_mean", "moving_variance", "gamma", "beta")
 
 
 def default_note(rule: Rule, option: str) -> str:
