@@ -353,6 +353,34 @@ class IncompleteLayer:
 
 
 @dataclass(frozen=True)
+class BatchStatisticsLayer:
+    """A BatchNorm layer that keeps no running statistics (PyTorch's
+    ``track_running_stats=False``, or an ONNX node fed the batch's own mean and variance): it
+    normalises every batch with that batch's statistics, in inference too.
+
+    Readers record it; the ``model`` rule BN022 judges it. It is not in
+    ``ModelDescription.layers``, whose layers always have both stored statistics.
+    """
+
+    path: str
+    """The layer's module path (``features.1``), or the ONNX node's name."""
+    class_name: str
+    """``BatchNorm2d``, ``BatchNormalization``, ..."""
+    framework: str
+    """``pytorch`` or ``onnx``, as for ``BNLayer.framework``."""
+    evidence: str
+    """What in the file shows it, for the finding: e.g. ``track_running_stats=False``."""
+    channels: int | None = None
+    """Channel count, from ``weight`` or ``num_features``; ``None`` when the file does not say."""
+    words: str | None = None
+    """As ``BNLayer.words``."""
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return VOCABULARIES.get(self.words or self.framework, KERAS_WORDS)
+
+
+@dataclass(frozen=True)
 class ModelDescription:
     """Everything bncheck knows about a model file without running it."""
 
@@ -377,6 +405,9 @@ class ModelDescription:
     pickled_calls: tuple[PickledCall, ...] = ()
     """For PyTorch pickles: the calls ``torch.load`` (without ``weights_only``) would make
     beyond rebuilding tensors and plain data. bncheck made none of them."""
+    batch_statistics: tuple[BatchStatisticsLayer, ...] = ()
+    """For PyTorch files and ONNX graphs: BatchNorm layers that keep no running statistics and
+    normalise with each batch's own, at inference too."""
 
     @property
     def vocabulary(self) -> Vocabulary:
@@ -384,16 +415,18 @@ class ModelDescription:
         format's."""
         if self.layers:
             return self.layers[0].vocabulary
+        if self.batch_statistics:
+            return self.batch_statistics[0].vocabulary
         return VOCABULARIES.get(FORMAT_FRAMEWORKS.get(self.format, "keras"), KERAS_WORDS)
 
     @property
     def layer_count(self) -> int:
         """BatchNorm layers found: for a checkpoint or SavedModel every group of BatchNorm
         variables (or, with ``--model``, every layer of the model), complete or not; otherwise
-        the layers read and those the file holds in part."""
+        the layers read, those the file holds in part, and those that keep no statistics."""
         if self.checkpoint is not None:
             return self.checkpoint.coverage.bn_layers
-        return len(self.layers) + len(self.incomplete)
+        return len(self.layers) + len(self.incomplete) + len(self.batch_statistics)
 
 
 def with_loaded_settings(

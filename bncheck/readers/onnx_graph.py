@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bncheck.errors import ModelReadError
-from bncheck.model import BNLayer, ModelDescription
+from bncheck.model import BatchStatisticsLayer, BNLayer, ModelDescription
 from bncheck.readers import onnx_proto, tensor_bytes
 
 BATCHNORM = "BatchNormalization"
@@ -40,6 +40,8 @@ FOLDED_NOTE = (
 )
 NO_BATCHNORM_NOTE = "no BatchNormalization nodes: nothing to check"
 _CONVOLUTIONS = frozenset({"Conv", "ConvTranspose"})
+#: Ops between a batch mean and the BatchNormalization node that only reshape or cast it.
+_PASS_THROUGH = frozenset({"Identity", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Cast"})
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,14 @@ def read(path: str) -> ModelDescription:
     from_pytorch = model.producer_name == "pytorch"
     estimator = "unbiased" if from_pytorch else None
     layers = []
+    batch_statistics = []
     nodes = batchnorm_nodes(model.graph)
+    producers = {output: node for node in model.graph.node for output in node.output}
     channels = 0
     for bn in nodes:
+        if all(_batch_moment(producers, name) for name in list(bn.node.input)[3:5]):
+            batch_statistics.append(_batch_statistics_layer(bn, values, from_pytorch))
+            continue
         arrays = {}
         for name, input_name in zip(PARAMETERS, list(bn.node.input)[1:5], strict=False):
             array = values.array(input_name)
@@ -126,7 +133,44 @@ def read(path: str) -> ModelDescription:
     if not nodes:
         folded = any(node.op_type in _CONVOLUTIONS for node in model.graph.node)
         notes.append(FOLDED_NOTE if folded else NO_BATCHNORM_NOTE)
-    return ModelDescription(path=path, format="onnx", layers=tuple(layers), notes=tuple(notes))
+    return ModelDescription(
+        path=path,
+        format="onnx",
+        layers=tuple(layers),
+        notes=tuple(notes),
+        batch_statistics=tuple(batch_statistics),
+    )
+
+
+def _batch_moment(producers: dict[str, Any], name: str) -> bool:
+    """Whether the graph computes ``name`` as a mean over the batch (``ReduceMean``, through
+    ops that only reshape or cast it), as PyTorch exports ``track_running_stats=False``."""
+    for _ in range(_MAX_ALIASES):
+        node = producers.get(name)
+        if node is None or node.domain not in _ONNX_DOMAINS:
+            return False
+        if node.op_type == "ReduceMean":
+            return True
+        if node.op_type not in _PASS_THROUGH or not node.input:
+            return False
+        name = node.input[0]
+    return False
+
+
+def _batch_statistics_layer(
+    bn: BatchNormNode, values: Values, from_pytorch: bool
+) -> BatchStatisticsLayer:
+    """A node normalising with the batch's own mean and variance."""
+    scale = values.array(bn.node.input[1]) if len(bn.node.input) > 1 else None
+    prefix, _, leaf = bn.node.input[1].rpartition(".") if len(bn.node.input) > 1 else ("", "", "")
+    return BatchStatisticsLayer(
+        path=prefix if leaf == "weight" and prefix else bn.path,
+        class_name=BATCHNORM,
+        framework="onnx",
+        evidence="the graph computes each batch's mean and variance with ReduceMean",
+        channels=None if scale is None else int(scale.size),
+        words="pytorch" if from_pytorch else None,
+    )
 
 
 def _opset(model: Any) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.model import BNLayer, ModelDescription, PickledCall
+from bncheck.model import BatchStatisticsLayer, BNLayer, ModelDescription, PickledCall
 from bncheck.readers import tensor_bytes, torch_archive, torch_layers
 from bncheck.readers.framework_signatures import LEGACY_MAGIC, data_pickle_member
 from bncheck.readers.pickle_vm import PickledObject, TensorRef, short
@@ -68,8 +68,10 @@ def read(path: str) -> ModelDescription:
 
 def describe(path: str, torch_file: TorchFile, member: str) -> ModelDescription:
     """The BatchNorm layers of an opened PyTorch file (its tensors read while it is open)."""
-    found = [(root, torch_layers.candidates(root.tensors)) for root in find_roots(torch_file.root)]
+    roots = find_roots(torch_file.root)
+    found = [(root, torch_layers.candidates(root.tensors)) for root in roots]
     found = [(root, candidates) for root, candidates in found if candidates]
+    batch_statistics = _batch_statistics_layers(roots)
     tensor_bytes.check_channel_total(
         sum(
             root.tensors[candidate.names["running_mean"]].numel
@@ -111,7 +113,27 @@ def describe(path: str, torch_file: TorchFile, member: str) -> ModelDescription:
             PickledCall(call.target, call.arguments, f"{member}, byte {call.position}")
             for call in torch_file.log.calls
         ),
+        batch_statistics=batch_statistics,
     )
+
+
+def _batch_statistics_layers(roots: list[Root]) -> tuple[BatchStatisticsLayer, ...]:
+    """The BatchNorm modules of pickled module trees (full pickles, TorchScript) that keep no
+    running statistics. A state dict cannot show them: such a layer leaves only weight and
+    bias, like any affine layer."""
+    found = []
+    trees = [root for root in roots if root.modules]
+    for root in trees:
+        outer = "/".join(root.path)
+        for prefix, module in root.modules.items():
+            if len(trees) > 1 and outer:
+                path = f"{outer}/{prefix}" if prefix else outer
+            else:
+                path = prefix or outer or "(top level)"
+            layer = torch_layers.batch_statistics_layer(prefix, module, root.tensors, path)
+            if layer is not None:
+                found.append(layer)
+    return tuple(found)
 
 
 def _read_named(torch_file: TorchFile, tensors: dict[str, TensorRef], name: str) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from bncheck.errors import ModelReadError
-from bncheck.model import BNLayer, InitialValues
+from bncheck.model import BatchStatisticsLayer, BNLayer, InitialValues
 
 #: PyTorch's name of each array -> bncheck's (Keras's) name.
 ARRAYS = {
@@ -42,6 +42,11 @@ class ModuleInfo:
     """PyTorch's momentum: the weight of each new batch; ``None`` when not recorded (or PyTorch's
     ``momentum=None``, a cumulative average)."""
     epsilon: float | None = None
+    num_features: int | None = None
+    """The channel count the module was built with (pickled modules only)."""
+    tracks_running_stats: bool | None = None
+    """The module's ``track_running_stats``; ``None`` when not recorded (TorchScript keeps it as
+    a constant of its code)."""
 
 
 @dataclass
@@ -140,4 +145,42 @@ def module_info(state: Mapping[Any, Any], class_name: str) -> ModuleInfo:
             return None
         return float(value)
 
-    return ModuleInfo(class_name, momentum=number("momentum"), epsilon=number("eps"))
+    features = number("num_features")
+    tracks = state.get("track_running_stats")
+    return ModuleInfo(
+        class_name,
+        momentum=number("momentum"),
+        epsilon=number("eps"),
+        num_features=int(features) if features is not None and features.is_integer() else None,
+        tracks_running_stats=tracks if isinstance(tracks, bool) else None,
+    )
+
+
+def batch_statistics_layer(
+    prefix: str, module: ModuleInfo, tensors: Mapping[str, Any], path: str
+) -> BatchStatisticsLayer | None:
+    """The BatchNorm module at ``prefix`` as a layer without running statistics, when it is one:
+    its class is a BatchNorm and it holds no running statistics (``track_running_stats=False``
+    leaves them ``None``; TorchScript's trace drops them)."""
+    if "BatchNorm" not in module.class_name or module.tracks_running_stats is True:
+        return None
+
+    def tensor(leaf: str) -> Any:
+        return tensors.get(f"{prefix}.{leaf}" if prefix else leaf)
+
+    if tensor("running_mean") is not None or tensor("running_var") is not None:
+        return None
+    channels = getattr(tensor("weight"), "numel", None)
+    if module.tracks_running_stats is False:
+        evidence = "track_running_stats=False"
+    else:
+        # TorchScript keeps the flag in its code: scripting leaves the statistics None,
+        # tracing drops them.
+        evidence = "the module holds none: track_running_stats=False"
+    return BatchStatisticsLayer(
+        path=path,
+        class_name=module.class_name,
+        framework="pytorch",
+        evidence=evidence,
+        channels=channels if isinstance(channels, int) else module.num_features,
+    )

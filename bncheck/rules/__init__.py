@@ -40,6 +40,7 @@ from bncheck.rules import (
     bn019_pickled_code,
     bn020_matched_by_position,
     bn021_unfused_batchnorm,
+    bn022_batch_statistics_at_inference,
 )
 
 
@@ -80,6 +81,7 @@ RULES: dict[str, Rule] = _registry(
     bn019_pickled_code,
     bn020_matched_by_position,
     bn021_unfused_batchnorm,
+    bn022_batch_statistics_at_inference,
 )
 
 
