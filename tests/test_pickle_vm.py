@@ -136,6 +136,31 @@ def test_dictionary_keys_that_would_hash_for_ever_are_refused() -> None:
         load(data)
 
 
+@pytest.mark.parametrize("key", ["int", "tuple"])
+def test_dictionary_keys_built_to_collide_do_not_share_a_hash(key: str) -> None:
+    from tests.hardening.hostile.torch_onnx import hash_collision_flood
+
+    root, _ = load(hash_collision_flood(20_000, key))
+    assert isinstance(root, dict) and len(root) == 20_000
+    # In CPython every one of these keys hashes to 0: a dict of them fills in quadratic time.
+    assert len({hash(stored) for stored in root}) == 20_000
+    first = next(iter(root))
+    assert isinstance(first, pickle_vm.SaltedKey)
+    value = 2**61 - 1
+    assert first.value == (value if key == "int" else (value,))
+    assert pickle_vm.short(first) == (str(value) if key == "int" else f"({value})")
+
+
+def test_ordinary_dictionary_keys_are_kept_as_they_are() -> None:
+    data = pickle.dumps({"a": 1, 3: 2, -1: 3, 2.0: 4, True: 5, None: 6, b"b": 7}, protocol=2)
+    root, _ = load(data)
+    assert root == {"a": 1, 3: 2, -1: 3, 2.0: 4, True: 5, None: 6, b"b": 7}
+    odd, _ = load(pickle.dumps({0.5: 1, (1, "x"): 2, 2**70: 3}, protocol=2))
+    assert isinstance(odd, dict)
+    assert {key.value for key in odd} == {0.5, (1, "x"), 2**70}
+    assert pickle_vm.SaltedKey((1, "x")) in odd and pickle_vm.SaltedKey((1.0, "x")) not in odd
+
+
 def test_deep_nesting_is_built_without_recursion() -> None:
     data = b"\x80\x02" + b"]" * 200_000 + b"a" * 199_999 + b"."
     root, _ = load(data)

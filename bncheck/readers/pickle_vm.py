@@ -16,7 +16,11 @@ one a meaning of its own:
   even ``__setstate__``; calls are logged with their position so the report can name them.
 
 Dictionary keys are restricted to flat values, so a crafted key cannot make hashing explode, and
-sets are kept as lists for the same reason.
+sets are kept as lists for the same reason. Nor can keys be chosen to collide: Python hashes
+numbers and tuples of numbers predictably (``k * (2**61 - 1)`` hashes to 0 for every ``k``), so a
+dict of such keys would take quadratic time to fill. Keys whose hash a pickle could steer (ints
+beyond 2**61, floats that are not small integers, tuples) are held as ``SaltedKey``, hashed by a
+keyed digest with a per-process secret.
 
 A pickle is a program, and a few bytes of it can ask for a lot of work: a million ``EMPTY_DICT``
 opcodes are a million objects, and one large list given to ``OrderedDict`` over and over is
@@ -28,9 +32,12 @@ or hundreds of MB. Calls are logged once per function, with a count.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import mmap
+import os
 import pickletools
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -358,13 +365,74 @@ REBUILDERS: dict[str, Callable[..., Any]] = {
 }
 
 
+#: Ints below this size hash to themselves (but -1, which hashes as -2): distinct such keys
+#: never share a hash, so a dict of them cannot be filled in quadratic time.
+_SAFE_INT = 2**61 - 1
+#: The per-process secret of ``SaltedKey``'s hash.
+_SALT = os.urandom(16)
+
+
+class SaltedKey:
+    """A dictionary key whose Python hash a pickle could choose (an int beyond 2**61, a float
+    that is not a small integer, a tuple): hashed by a keyed digest of its canonical bytes, so
+    that no pickle can make many keys share one hash. Equal when of the same types and values."""
+
+    __slots__ = ("value", "_canonical", "_hash")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self._canonical = _canonical(value)
+        digest = hashlib.blake2b(self._canonical, digest_size=8, key=_SALT).digest()
+        self._hash = int.from_bytes(digest, "little", signed=True)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SaltedKey) and self._canonical == other._canonical
+
+    def __repr__(self) -> str:
+        return f"SaltedKey({short(self.value)})"
+
+
+def _canonical(value: Any) -> bytes:
+    """Bytes that tell keys apart: equal exactly when the (flat) values are of the same types
+    and equal; linear in the value's size."""
+    if isinstance(value, tuple):
+        parts = [_canonical(item) for item in value]
+        return b"t" + b"".join(struct.pack("<Q", len(part)) + part for part in parts)
+    if isinstance(value, bool) or value is None:
+        return repr(value).encode()
+    if isinstance(value, int):
+        return b"i" + value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+    if isinstance(value, float):
+        return b"f" + struct.pack("<d", value)
+    if isinstance(value, str):
+        return b"s" + value.encode("utf-8", "surrogatepass")
+    if isinstance(value, bytes):
+        return b"b" + value
+    if isinstance(value, GlobalRef):
+        return (
+            b"g"
+            + value.module.encode("utf-8", "surrogatepass")
+            + b"\0"
+            + value.name.encode("utf-8", "surrogatepass")
+        )
+    return b"o" + struct.pack("<Q", id(value))  # compared by identity, as Python does
+
+
 def _key(value: Any) -> Any:
-    """A dictionary key, refused unless hashing it is cheap and cannot run code."""
+    """A dictionary key, refused unless hashing it is cheap and cannot run code; held as a
+    ``SaltedKey`` when a pickle could choose its hash."""
     flat = (str, bytes, int, float, bool, type(None), GlobalRef, PickledObject, TensorRef)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not (value.is_integer() and abs(value) < _SAFE_INT):
+            return SaltedKey(value)
+        return value if abs(value) < _SAFE_INT else SaltedKey(value)
     if isinstance(value, flat):
         return value
     if isinstance(value, tuple) and len(value) <= 16 and all(isinstance(v, flat) for v in value):
-        return value
+        return SaltedKey(value)
     raise PickleRefused(f"dictionary key {short(value)} is not a plain value")
 
 
@@ -372,6 +440,8 @@ def short(value: Any, depth: int = 2) -> str:
     """A short, printable rendering of pickled data, safe for self-referencing structures."""
     if isinstance(value, GlobalRef):
         return value.dotted
+    if isinstance(value, SaltedKey):
+        return short(value.value, depth)
     if isinstance(value, PickledObject):
         return f"{short(value.target, 0)}(...)"
     if isinstance(value, (TensorRef, StorageRef)):

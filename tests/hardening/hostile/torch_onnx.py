@@ -165,6 +165,24 @@ def logged_call_flood(calls: int = 200_000, argument_bytes: int = 4 << 20) -> by
     return _flood(b"h\x00h\x01R0" * calls, setup)
 
 
+#: Every multiple of this prime hashes to 0 in CPython.
+_HASH_MODULUS = 2**61 - 1
+
+
+def _long1(value: int) -> bytes:
+    encoded = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(encoded)]) + encoded
+
+
+def hash_collision_flood(pairs: int = 200_000, key: str = "int") -> bytes:
+    """One dict of ``pairs`` keys that all hash to 0 (multiples of 2**61 - 1, or 1-tuples of
+    them): filling a plain dict with them takes quadratic time, minutes for a 2 MB pickle."""
+    items = bytearray()
+    for index in range(1, pairs + 1):
+        items += _long1(index * _HASH_MODULUS) + (b"\x85" if key == "tuple" else b"") + b"N"
+    return _PROTO2 + b"}(" + bytes(items) + b"u."
+
+
 def call_chain(depth: int = 200_000) -> bytes:
     """Each call made on the result of the one before: naming each target walks the chain."""
     return _flood(b")R" * depth + b"0", b"cposix\nsystem\n")
@@ -341,13 +359,15 @@ def _pickle_case(
 
 
 #: Floods that exceed the pickle budget are refused; calls that are only logged make a report
-#: whose BN019 lists each function once (exit 1).
+#: whose BN019 lists each function once (exit 1); keys built to collide are read (no layers).
 _FLOODS: dict[str, tuple[Callable[[], bytes], frozenset[int]]] = {
     "empty-dict-flood": (empty_dict_flood, frozenset({3})),
     "ordered-dict-rebuilds": (ordered_dict_rebuilds, frozenset({3})),
     "build-flood": (build_flood, frozenset({3})),
     "logged-call-flood": (logged_call_flood, frozenset({1})),
     "call-chain": (call_chain, frozenset({1})),
+    "hash-collision-int-keys": (hash_collision_flood, frozenset({0})),
+    "hash-collision-tuple-keys": (lambda: hash_collision_flood(key="tuple"), frozenset({0})),
 }
 
 CASES: list[HostileCase] = [
