@@ -48,7 +48,10 @@ def inspect_paths(
         if not os.path.isdir(path) or detect.is_model_directory(path):
             inputs.append(path)
         else:
-            inputs += detect.find_models(path) or [ModelResult(path, None, error=NO_MODELS)]
+            try:
+                inputs += detect.find_models(path) or [ModelResult(path, None, error=NO_MODELS)]
+            except ModelReadError as exc:
+                inputs.append(ModelResult(path, None, error=str(exc)))
     models = [i for i in inputs if isinstance(i, str)]
     results = iter(_inspect_all(models, settings, jobs, probe, step))
     found = tuple(i if isinstance(i, ModelResult) else next(results) for i in inputs)

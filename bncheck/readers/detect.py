@@ -27,6 +27,8 @@ def sniff(path: str) -> formats.Format:
         raise ModelReadError("not a regular file")
     if not candidate.head:
         raise ModelReadError("the file is empty")
+    if candidate.zip_refusal is not None:
+        raise ModelReadError(candidate.zip_refusal)
     raise ModelReadError(f"not a model file bncheck can read (expected {_expected()})")
 
 
@@ -43,6 +45,13 @@ def is_model_directory(path: str) -> bool:
         return False
 
 
+#: The deepest a searched folder may nest: models sit a few levels down, and a scan that skipped
+#: deeper levels could miss one that a check must see.
+MAX_FOLDER_DEPTH = 64
+#: The most files and folders a search looks at.
+MAX_FOLDER_ENTRIES = 100_000
+
+
 def find_models(folder: str) -> list[str]:
     """Every model under ``folder``, recursively, in sorted order.
 
@@ -50,31 +59,57 @@ def find_models(folder: str) -> list[str]:
     name ends in a format's suffix, except a file that another stands for (a shard its index
     names); a folder a format recognises (a SavedModel, a checkpoint) is one model.
     Hidden files and directories (``.git``) are skipped, and each real directory is searched once.
+    A folder nested more than ``MAX_FOLDER_DEPTH`` levels deep, or holding more than
+    ``MAX_FOLDER_ENTRIES`` entries, is refused (``ModelReadError``) rather than searched in part.
+    The walk keeps its own stack, so its cost is linear in the entries, whatever the depth.
     """
     found: list[str] = []
     seen: set[str] = set()
-
-    def search(directory: str) -> None:
-        real = os.path.realpath(directory)
+    visited = 0
+    # Entries still to look at, the next one last: (path, is a directory, depth).
+    pending: list[tuple[str, bool, int]] = [(folder, True, 0)]
+    while pending:
+        path, is_dir, depth = pending.pop()
+        if not is_dir:
+            if _is_model_file(path):
+                found.append(path)
+            continue
+        if depth and is_model_directory(path):
+            found.append(path)
+            continue
+        if depth > MAX_FOLDER_DEPTH:
+            raise ModelReadError(
+                f"folders nest more than {MAX_FOLDER_DEPTH} levels deep; name the models or a "
+                "shallower folder"
+            )
+        real = os.path.realpath(path)
         if real in seen:
-            return
+            continue
         seen.add(real)
         try:
-            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+            with os.scandir(path) as listing:
+                entries = sorted(
+                    (entry for entry in listing if not entry.name.startswith(".")),
+                    key=lambda entry: entry.name,
+                )
         except OSError:
-            return
+            continue
+        visited += len(entries)
+        if visited > MAX_FOLDER_ENTRIES:
+            raise ModelReadError(
+                f"folder holds more than {MAX_FOLDER_ENTRIES} files and folders; name the "
+                "models or a smaller folder"
+            )
+        children = []
         for entry in entries:
-            if entry.name.startswith("."):
+            try:
+                if entry.is_dir():
+                    children.append((entry.path, True, depth + 1))
+                elif entry.is_file():
+                    children.append((entry.path, False, depth + 1))
+            except OSError:
                 continue
-            if entry.is_dir():
-                if is_model_directory(entry.path):
-                    found.append(entry.path)
-                else:
-                    search(entry.path)
-            elif entry.is_file() and _is_model_file(entry.path):
-                found.append(entry.path)
-
-    search(folder)
+        pending.extend(reversed(children))
     return found
 
 

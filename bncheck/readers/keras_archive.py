@@ -25,6 +25,7 @@ from typing import IO
 
 import h5py
 
+from bncheck import formats
 from bncheck.errors import ModelReadError
 from bncheck.model import BNLayer, IncompleteLayer, ModelDescription
 from bncheck.readers import keras3_layout
@@ -110,7 +111,7 @@ def inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: IO[bytes]) 
 
 def _read(path: str) -> ModelDescription:
     try:
-        archive = zipfile.ZipFile(path)
+        archive = formats.open_zip(path)
     except zipfile.BadZipFile as exc:
         raise ModelReadError(f"not a valid zip archive ({exc})") from None
     with archive:

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import functools
 import os
-import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from bncheck import formats
 from bncheck.model import BatchStatisticsLayer, BNLayer, ModelDescription, PickledCall
 from bncheck.readers import tensor_bytes, torch_archive, torch_layers
 from bncheck.readers.framework_signatures import LEGACY_MAGIC, data_pickle_member
@@ -61,7 +61,7 @@ def read(path: str) -> ModelDescription:
     with open(path, "rb") as handle:
         if handle.read(len(LEGACY_MAGIC)) == LEGACY_MAGIC:
             return describe(path, torch_archive.open_legacy(handle, size), "the pickle")
-    with zipfile.ZipFile(path) as archive:
+    with formats.open_zip(path) as archive:
         member = data_pickle_member(archive.namelist()) or "data.pkl"
         return describe(path, torch_archive.open_zip(archive), member)
 
