@@ -2,7 +2,8 @@
 own process, before any worker: a suffix-less zip archive that is only a central directory of
 1.5 million members (zipfile would list it for 10 s and 600 MB while recognising it), the same
 declared through a zip64 end record, and a folder nested 300 levels deep (the scan recursed
-once per level, and broke at about 1,000). Each is refused in one line (exit 3), within the corpus's bounds.
+once per level, and broke at about 1,000). Each is refused in one line (exit 3), within the
+corpus's bounds.
 """
 
 from __future__ import annotations
