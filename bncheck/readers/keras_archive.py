@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import struct
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO
 
 import h5py
@@ -77,6 +78,30 @@ def members_by_name(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     return members
 
 
+def _check_inflated_sizes(members: Iterable[zipfile.ZipInfo], archive_size: int) -> None:
+    """Every member but the configuration and the weights (which have limits of their own)
+    inflates within the ratio weights may, and all of them together within that ratio of the
+    archive: Keras extracts every member, assets included, and recalibrate copies them. zipfile
+    stops a member at its declared size, so declared sizes bound the work."""
+    total = 0
+    for info in members:
+        if info.filename in (CONFIG_MEMBER, WEIGHTS_MEMBER):
+            continue
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > max_inflated_size(info):
+            raise ModelReadError(
+                f"member {info.filename!r} of the .keras archive would inflate to "
+                f"{info.file_size} bytes from {info.compress_size} (at most "
+                f"{MAX_WEIGHTS_COMPRESSION}x is read)"
+            )
+        total += info.file_size
+    limit = max(MIN_INFLATED_LIMIT, MAX_WEIGHTS_COMPRESSION * archive_size)
+    if total > limit:
+        raise ModelReadError(
+            f"the .keras archive's members would inflate to {total} bytes from {archive_size} "
+            f"(at most {MAX_WEIGHTS_COMPRESSION}x is read)"
+        )
+
+
 def read_config(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict[str, object]:
     """``config.json``, refused before inflating it when it declares more than
     ``MAX_JSON_BYTES``, and as it inflates past that when the declared size lies."""
@@ -116,6 +141,7 @@ def _read(path: str) -> ModelDescription:
         raise ModelReadError(f"not a valid zip archive ({exc})") from None
     with archive:
         members = members_by_name(archive)
+        _check_inflated_sizes(members.values(), os.path.getsize(path))
         if CONFIG_MEMBER not in members:
             raise ModelReadError("zip archive has no config.json, so it is not a .keras model")
         if WEIGHTS_MEMBER not in members and NPZ_WEIGHTS_MEMBER in members:

@@ -69,6 +69,21 @@ class KerasNode:
     """The object's metadata: ``class_name``, ``name``, ``trainable``, ``config``, ..."""
 
 
+def _refuse_outside(root: Path, prefix: Path) -> None:
+    """Every file the SavedModel is read from lies in its folder once links are resolved, as a
+    checkpoint's must: a folder from elsewhere may not make bncheck read (and print the
+    statistics of) files beside it."""
+    folder = root.resolve()
+    files = [root / name for name in ("saved_model.pb", "saved_model.pbtxt", KERAS_METADATA)]
+    files += [prefix.parent, Path(f"{prefix}{INDEX_SUFFIX}")]
+    files += prefix.parent.glob(f"{prefix.name}.data-*")
+    for file in files:
+        if (file.exists() or file.is_symlink()) and not file.resolve().is_relative_to(folder):
+            raise ModelReadError(
+                f"{file.relative_to(root)} leads outside the SavedModel's folder {root}: refused"
+            )
+
+
 def read(path: str) -> ModelDescription:
     root = Path(path)
     prefix = root.joinpath(*VARIABLES_PREFIX)
@@ -77,6 +92,7 @@ def read(path: str) -> ModelDescription:
         raise ModelReadError(
             f"the SavedModel has no {prefix.parent.name}/ folder: its variables are missing"
         )
+    _refuse_outside(root, prefix)
     nodes, notes = keras_nodes(root)
     if not Path(f"{prefix}{INDEX_SUFFIX}").is_file():
         if any(prefix.parent.glob(f"{prefix.name}.data-*")):

@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -118,7 +119,9 @@ def _atomic_target(source: str, target: str) -> Iterator[str]:
     os.close(handle)
     try:
         yield temporary
-        shutil.copymode(source, temporary)
+        # MODEL's permissions, less what a file from elsewhere should not hand on: setuid,
+        # setgid, sticky, and writing by others.
+        os.chmod(temporary, stat.S_IMODE(os.stat(source).st_mode) & 0o755)
         os.replace(temporary, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

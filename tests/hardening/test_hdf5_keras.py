@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import subprocess
 import sys
 import zipfile
@@ -124,6 +126,8 @@ def test_recalibrate_writes_nothing_for_hostile_files(case: HostileCase, tmp_pat
         # Keras's loader reads every member before the writer would: one line either way.
         "keras-extra-member-bad-crc": "Bad CRC-32 for file 'extra.bin'",
         "keras-extra-member-deflate64": "That compression method is not supported",
+        # Refused before Keras would extract 96 MiB or the writer would copy it.
+        "keras-asset-bomb": "member 'assets/blob.bin' of the .keras archive would inflate to",
     }[case.name]
     assert expected in line
 
@@ -150,6 +154,14 @@ def new_statistics(path: Path) -> dict[str, NewStatistics]:
         )
         for layer in read_model(str(path)).layers
     }
+
+
+def test_out_does_not_inherit_setuid_or_writing_by_others(tmp_path: Path) -> None:
+    model, out = tmp_path / "model.h5", tmp_path / "out.h5"
+    model.write_bytes(KERAS2_H5.read_bytes())
+    os.chmod(model, 0o6777)
+    write_model(str(model), str(out), "h5", new_statistics(model))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
 
 
 def test_the_writer_changes_the_statistics_it_was_given_and_nothing_else(tmp_path: Path) -> None:

@@ -46,6 +46,8 @@ REASONS = {
     "ckpt-state-file-dot-dot": "records ../outside/victim, which leads outside",
     "ckpt-state-file-absolute": "outside/victim, which leads outside the checkpoint's folder",
     "ckpt-state-file-symlink": "records victim, which leads outside the checkpoint's folder",
+    "savedmodel-variables-linked-outside": "variables leads outside the SavedModel's folder",
+    "savedmodel-index-linked-outside": "variables.index leads outside the SavedModel's folder",
 }
 
 

@@ -203,6 +203,14 @@ def _keras_archive(path: Path, members: Sequence[tuple[str, bytes | None]], pad:
             target.writestr(name, data or b"", zipfile.ZIP_DEFLATED)
 
 
+def asset_bomb(folder: Path) -> Sequence[str]:
+    """An asset Keras would extract and recalibrate would copy: 96 MiB of zeros, deflated to
+    about 100 KB."""
+    model = folder / "model.keras"
+    _keras_archive(model, [("assets/blob.bin", bytes(96 << 20))])
+    return _recalibrate(folder, model)
+
+
 def config_bomb(folder: Path) -> Sequence[str]:
     """A 200 MB config.json deflated into about 200 KB."""
     path = folder / "model.keras"
@@ -296,6 +304,7 @@ CASES: list[HostileCase] = [
     HostileCase("h5-compressed-bomb", compressed_bomb, REFUSED),
     HostileCase("shards-not-numeric", shard_not_numeric, REFUSED),
     HostileCase("keras-config-bomb", config_bomb, REFUSED),
+    HostileCase("keras-asset-bomb", asset_bomb, REFUSED, "tensorflow", max_rss_mib=2500),
     HostileCase("keras-config-too-deep", config_too_deep, REFUSED),
     HostileCase("keras-padded-weights", padded_weights, REFUSED),
     HostileCase("keras-duplicate-weights-member", duplicate_weights_member, REFUSED),

@@ -9,6 +9,7 @@ folder. Each is read in seconds and modest memory, refused in one line or report
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from bncheck.readers.crc32c import crc32c, mask
 from bncheck.readers.sstable import TABLE_MAGIC
 from bncheck.readers.tf_protos import message_class
 from tests.bundle_tools import DT_FLOAT, DT_STRING, Tensor, tensor_bytes, varint, write_table
+from tests.conftest import FIXTURES
 from tests.hardening.hostile import HostileCase
 
 OBJECT_GRAPH_KEY = b"_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -319,6 +321,27 @@ def state_file_symlink(folder: Path) -> list[str]:
     return args
 
 
+def savedmodel_variables_outside(folder: Path) -> list[str]:
+    """A SavedModel whose variables/ is a link to a folder beside it: reading would print the
+    statistics of a checkpoint the folder's maker chose, from anywhere the runner can read."""
+    model, outside = folder / "model", folder / "outside"
+    shutil.copytree(FIXTURES / "checkpoints/keras3_export", model)
+    shutil.move(model / "variables", outside)
+    (model / "variables").symlink_to(outside)
+    return ["inspect", str(model)]
+
+
+def savedmodel_index_outside(folder: Path) -> list[str]:
+    """The same with variables.index and its data shard linked one by one."""
+    model, outside = folder / "model", folder / "outside"
+    shutil.copytree(FIXTURES / "checkpoints/keras3_export", model)
+    outside.mkdir()
+    for file in sorted((model / "variables").iterdir()):
+        shutil.move(file, outside / file.name)
+        file.symlink_to(outside / file.name)
+    return ["inspect", str(model)]
+
+
 REFUSED = frozenset({3})
 REPORTED = frozenset({0, 1})
 
@@ -338,4 +361,6 @@ CASES: list[HostileCase] = [
     HostileCase("ckpt-state-file-dot-dot", state_file_dot_dot, REFUSED),
     HostileCase("ckpt-state-file-absolute", state_file_absolute, REFUSED),
     HostileCase("ckpt-state-file-symlink", state_file_symlink, REFUSED),
+    HostileCase("savedmodel-variables-linked-outside", savedmodel_variables_outside, REFUSED),
+    HostileCase("savedmodel-index-linked-outside", savedmodel_index_outside, REFUSED),
 ]
