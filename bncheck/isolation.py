@@ -312,7 +312,9 @@ def run_contained(
     context = _POOL._start()
     conn, child = context.Pipe()
     process: BaseProcess = context.Process(  # type: ignore[attr-defined]
-        target=_run, args=(child, function, args, scratch, os.getcwd()), daemon=True
+        target=_run,
+        args=(child, function, args, scratch, os.getcwd(), dict(os.environ)),
+        daemon=True,
     )
     try:
         process.start()
@@ -362,11 +364,20 @@ def _watch(
 
 
 def _run(
-    conn: Connection, function: Callable[..., Any], args: tuple[Any, ...], scratch: str, cwd: str
+    conn: Connection,
+    function: Callable[..., Any],
+    args: tuple[Any, ...],
+    scratch: str,
+    cwd: str,
+    environment: dict[str, str],
 ) -> None:
     """A contained run's worker: quiet, with its caches in ``scratch``; sends the outcome."""
     faulthandler.disable()  # a crash is the parent's one line, not a dump of this process
     os.chdir(cwd)
+    # The command's environment as it is now: a worker from the fork server would otherwise
+    # have the server's, as it was when the server started.
+    os.environ.clear()
+    os.environ.update(environment)
     os.environ.setdefault("KERAS_HOME", os.path.join(scratch, "keras"))
     os.environ.setdefault("MPLCONFIGDIR", os.path.join(scratch, "matplotlib"))
     os.environ.setdefault("XDG_CACHE_HOME", os.path.join(scratch, "cache"))  # onnxruntime's
