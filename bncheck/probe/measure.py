@@ -20,17 +20,17 @@ batch. The model's variables are the same afterwards as before (``Passes`` resto
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bncheck.errors import UsageError
 from bncheck.probe import keras_model
 from bncheck.probe.data import Batch
-from bncheck.probe.passes import ESTIMATED, STORED, TRAINING, CallFigures, Moments, Passes
 from bncheck.probe.results import (
     INFERENCE,
     LayerMeasurement,
@@ -39,7 +39,19 @@ from bncheck.probe.results import (
 )
 from bncheck.probe.results import TRAINING as TRAINING_MODE
 from bncheck.probe.results import Population as PopulationEstimate
+from bncheck.probe.runtime import (
+    ESTIMATED,
+    STORED,
+    TRAINING,
+    CallFigures,
+    LayerInfo,
+    Moments,
+    Runner,
+)
 from bncheck.probe.savedmodel import SavedModelSubject
+
+if TYPE_CHECKING:
+    from bncheck.probe.passes import Passes
 
 #: Reads the data from the start, batch by batch; called once per sweep.
 BatchSource = Callable[[], Iterable[Batch]]
@@ -368,127 +380,209 @@ def measure_keras(
     progress: Progress = lambda _, __: None,
     real: bool = True,
 ) -> Measured:
-    """Measure ``model`` over ``batches``. ``reestimate(path, layer)`` says which layers the
-    comparison gives re-estimated statistics; ``untouched`` says, by layer path, whether the
-    static description found the layer's statistics at their initial values while gamma or beta
-    trained. Synthetic data (``real`` False) gets the first sweep only: its statistics describe
-    nothing."""
+    """Measure a live Keras ``model`` (see ``measure``); ``reestimate(path, layer)`` is asked of
+    the Keras layer."""
+    from bncheck.probe.keras_runner import KerasRunner
+
     layers = keras_model.batchnorm_layers(model)
-    stored = {
-        path: (np.asarray(layer.moving_mean.numpy()), np.asarray(layer.moving_variance.numpy()))
-        for path, layer in layers
-    }
-    inference: dict[str, _LayerFigures] = {}
-    training: dict[str, _LayerFigures] = {}
-    outputs: dict[str, OutputSums] = {}
-    metrics = {key: MetricSums() for key in (STORED, TRAINING, ESTIMATED)}
-    sums: dict[str, MomentSums] = {}
-    halves: tuple[dict[str, MomentSums], dict[str, MomentSums]] = ({}, {})
-    kept: list[list[np.ndarray]] | None = []
-    notes: list[str] = []
-    count = samples = 0
-    first: Batch | None = None
-    with warnings.catch_warnings(), Passes(model, layers) as passes:
+    chosen = {path for path, layer in layers if reestimate(path, layer)}
+    with warnings.catch_warnings(), KerasRunner(model, layers) as runner:
         warnings.simplefilter("ignore")  # Keras's input-structure notes are not for users
-        for batch in batches():
-            if first is None:
-                first = batch
-            stored_pass, training_pass = passes.run(batch.inputs, STORED, TRAINING)
-            for moments in training_pass.moments:
-                sums.setdefault(moments.path, MomentSums()).add(moments)
-                halves[count % 2].setdefault(moments.path, MomentSums()).add(moments)
-            _add_figures(inference, stored_pass.figures)
-            _add_figures(training, training_pass.figures)
-            for (name, inferred), (_, trained) in zip(
-                stored_pass.outputs, training_pass.outputs, strict=True
-            ):
-                totals = outputs.setdefault(name, OutputSums())
-                totals.add_inference(inferred)
-                totals.add_training(inferred, trained)
-            kept = _keep(kept, stored_pass.outputs)
-            if count == 0:
-                notes += _batch_dependence(passes, batch, stored_pass, outputs)
-            _add_metrics(metrics, STORED, stored_pass, batch)
-            _add_metrics(metrics, TRAINING, training_pass, batch)
-            count += 1
-            samples += batch.size
-            progress("inference and training mode", count)
-        populations = {path: total.population() for path, total in sums.items()} if real else {}
-        targets = {
-            path: populations[path]
-            for path, layer in layers
-            if path in populations and reestimate(path, layer)
-        }
-        split = bool(targets) and count == 1 and first is not None and _splits(first)
-        if split:
-            assert first is not None
-            halves = _half_moments(passes, first)
-        done = 0
-        for half, estimates in _cross_fitted(targets, halves, 2 if split else count):
-            passes.use_estimates({path: (e.mean, e.variance) for path, e in estimates.items()})
-            for number, rows, batch in _batches_for(half, batches, first if split else None):
-                if kept is not None:
-                    [estimated] = passes.run(batch.inputs, ESTIMATED)
-                    before = [values[rows] for values in kept[number]]
-                else:
-                    stored_pass, estimated = passes.run(batch.inputs, STORED, ESTIMATED)
-                    before = [values for _, values in stored_pass.outputs]
-                for values, (name, after) in zip(before, estimated.outputs, strict=True):
-                    outputs[name].add_estimated(values, after)
-                _add_metrics(metrics, ESTIMATED, estimated, batch)
-                done += 1
-                progress("re-estimated statistics", done)
-    if real and count == 1 and split:
+        return measure(runner, batches, lambda info: info.path in chosen, untouched, progress, real)
+
+
+def measure(
+    runner: Runner,
+    batches: BatchSource,
+    reestimate: Callable[[LayerInfo], bool],
+    untouched: Mapping[str, bool],
+    progress: Progress = lambda _, __: None,
+    real: bool = True,
+) -> Measured:
+    """Measure the model ``runner`` runs over ``batches``, in its three modes (see the module's
+    docstring). ``reestimate`` says which layers the comparison gives re-estimated statistics;
+    ``untouched`` says, by layer path, whether the static description found the layer's
+    statistics at their initial values while gamma or beta trained. Synthetic data (``real``
+    False) gets the first sweep only: its statistics describe nothing."""
+    first = _first_sweep(runner, batches, progress)
+    populations = {path: total.population() for path, total in first.sums.items()} if real else {}
+    targets = {
+        layer.path: populations[layer.path]
+        for layer in runner.layers
+        if layer.path in populations and reestimate(layer)
+    }
+    split = bool(targets) and first.count == 1 and first.batch is not None
+    split = split and first.batch is not None and _splits(first.batch)
+    if split:
+        assert first.batch is not None
+        first.halves = _half_moments(runner, first.batch)
+    _reestimated_sweep(runner, batches, first, targets, split, progress)
+    return _assemble(runner, first, populations, targets, split, untouched, real)
+
+
+@dataclass
+class _Sweep:
+    """What the sweeps summed: per layer, per output, per metric."""
+
+    inference: dict[str, _LayerFigures] = field(default_factory=dict)
+    training: dict[str, _LayerFigures] = field(default_factory=dict)
+    outputs: dict[str, OutputSums] = field(default_factory=dict)
+    metrics: dict[str, MetricSums] = field(
+        default_factory=lambda: {key: MetricSums() for key in (STORED, TRAINING, ESTIMATED)}
+    )
+    sums: dict[str, MomentSums] = field(default_factory=dict)
+    halves: tuple[dict[str, MomentSums], dict[str, MomentSums]] = field(
+        default_factory=lambda: ({}, {})
+    )
+    kept: list[list[np.ndarray]] | None = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    count: int = 0
+    samples: int = 0
+    batch: Batch | None = None
+    """The first batch."""
+
+
+def _first_sweep(runner: Runner, batches: BatchSource, progress: Progress) -> _Sweep:
+    """Inference with the stored statistics and batch-statistics mode, batch by batch: the
+    outputs both ways, each layer's figures, and its input moments summed."""
+    sweep = _Sweep()
+    for batch in batches():
+        if sweep.batch is None:
+            sweep.batch = batch
+        stored_pass, training_pass = runner.run(batch.inputs, STORED, TRAINING)
+        for moments in training_pass.moments:
+            sweep.sums.setdefault(moments.path, MomentSums()).add(moments)
+            sweep.halves[sweep.count % 2].setdefault(moments.path, MomentSums()).add(moments)
+        _add_figures(sweep.inference, stored_pass.figures)
+        _add_figures(sweep.training, training_pass.figures)
+        for (name, inferred), (_, trained) in zip(
+            stored_pass.outputs, training_pass.outputs, strict=True
+        ):
+            totals = sweep.outputs.setdefault(name, OutputSums())
+            totals.add_inference(inferred)
+            totals.add_training(inferred, trained)
+        sweep.kept = _keep(sweep.kept, stored_pass.outputs)
+        if sweep.count == 0:
+            sweep.notes += _batch_dependence(runner, batch, stored_pass, sweep.outputs)
+        _add_metrics(sweep.metrics, STORED, stored_pass, batch)
+        _add_metrics(sweep.metrics, TRAINING, training_pass, batch)
+        sweep.count += 1
+        sweep.samples += batch.size
+        progress("inference and training mode", sweep.count)
+    return sweep
+
+
+def _reestimated_sweep(
+    runner: Runner,
+    batches: BatchSource,
+    sweep: _Sweep,
+    targets: Mapping[str, PopulationEstimate],
+    split: bool,
+    progress: Progress,
+) -> None:
+    """Inference with re-estimated statistics, cross-fitted, compared with the first sweep's
+    stored-statistics outputs (kept, or computed again when they were too many)."""
+    done = 0
+    lone = sweep.batch if split else None
+    for half, estimates in _cross_fitted(targets, sweep.halves, 2 if split else sweep.count):
+        runner.use_estimates({path: (e.mean, e.variance) for path, e in estimates.items()})
+        for number, rows, batch in _batches_for(half, batches, lone):
+            if sweep.kept is not None:
+                [estimated] = runner.run(batch.inputs, ESTIMATED)
+                before = [values[rows] for values in sweep.kept[number]]
+            else:
+                stored_pass, estimated = runner.run(batch.inputs, STORED, ESTIMATED)
+                before = [values for _, values in stored_pass.outputs]
+            for values, (name, after) in zip(before, estimated.outputs, strict=True):
+                sweep.outputs[name].add_estimated(values, after)
+            _add_metrics(sweep.metrics, ESTIMATED, estimated, batch)
+            done += 1
+            progress("re-estimated statistics", done)
+
+
+def _assemble(
+    runner: Runner,
+    sweep: _Sweep,
+    populations: Mapping[str, PopulationEstimate],
+    targets: Mapping[str, PopulationEstimate],
+    split: bool,
+    untouched: Mapping[str, bool],
+    real: bool,
+) -> Measured:
+    notes = list(sweep.notes)
+    if real and sweep.count == 1 and split:
         notes.append(
             "one batch: the noise of its statistics is unknown, so staleness (BN014) is not "
             "judged; what re-estimating would change (BN015) is measured on its two halves, each "
             "with statistics estimated from the other"
         )
-    elif real and count == 1:
+    elif real and sweep.count == 1:
         notes.append(
             "one batch: the noise of its statistics is unknown, so staleness (BN014) and what "
             "re-estimating would change (BN015) are not judged; give more samples than "
             "--batch-size"
         )
-    silent = [path for path, _ in layers if path not in inference]
+    seen = set(sweep.inference) | set(sweep.training) | set(sweep.sums)
+    silent = [layer.path for layer in runner.layers if layer.path not in seen]
     if silent:
         notes.append(
             f"{len(silent)} BatchNorm layer(s) did not run or could not be observed: "
             + ", ".join(silent[:5])
         )
-    metric = _metric(metrics, list(outputs), notes)
+    metric = _metric(sweep.metrics, list(sweep.outputs), notes)
     return Measured(
         split_batch=split,
-        modes=(INFERENCE, TRAINING_MODE),
+        # Without BatchNorm layers there is no batch-statistics mode to compare with.
+        modes=(INFERENCE, TRAINING_MODE) if runner.layers else (INFERENCE,),
         outputs=tuple(
-            totals.measurement(name, True, bool(targets), metric if index == 0 else None)
-            for index, (name, totals) in enumerate(outputs.items())
+            totals.measurement(
+                name, bool(runner.layers), bool(targets), metric if index == 0 else None
+            )
+            for index, (name, totals) in enumerate(sweep.outputs.items())
         ),
         layers=tuple(
-            LayerMeasurement(
-                path=path,
-                calls=max(1, inference[path].calls // max(count, 1)),
-                trainable=bool(layer.trainable),
-                epsilon=float(layer.epsilon),
-                moving_mean=stored[path][0],
-                moving_variance=stored[path][1],
-                inference_spread=inference[path].spread / inference[path].calls,
-                inference_rms=inference[path].rms / inference[path].calls,
-                inference_nonfinite=inference[path].nonfinite,
-                moving_stats_error=inference[path].error,
-                training_spread=training[path].spread / training[path].calls,
-                training_rms=training[path].rms / training[path].calls,
-                population=populations.get(path),
-                reestimated=path in targets,
-                momentum=float(layer.momentum),
-                untouched=untouched.get(path, False),
-            )
-            for path, layer in layers
-            if path in inference and path in training
+            _layer_measurement(layer, sweep, populations, targets, untouched)
+            for layer in runner.layers
+            if layer.path in seen
         ),
         notes=tuple(notes),
-        samples=samples,
-        batches=count,
+        samples=sweep.samples,
+        batches=sweep.count,
+    )
+
+
+def _layer_measurement(
+    layer: LayerInfo,
+    sweep: _Sweep,
+    populations: Mapping[str, PopulationEstimate],
+    targets: Mapping[str, PopulationEstimate],
+    untouched: Mapping[str, bool],
+) -> LayerMeasurement:
+    """One layer's measurement; a figure its runtime could not observe is NaN."""
+    inference = sweep.inference.get(layer.path)
+    training = sweep.training.get(layer.path)
+    calls = (
+        inference.calls
+        if inference
+        else (sweep.sums[layer.path].calls if layer.path in sweep.sums else 1)
+    )
+    return LayerMeasurement(
+        path=layer.path,
+        calls=max(1, calls // max(sweep.count, 1)),
+        trainable=layer.trainable,
+        epsilon=layer.epsilon,
+        moving_mean=layer.moving_mean,
+        moving_variance=layer.moving_variance,
+        inference_spread=inference.spread / inference.calls if inference else math.nan,
+        inference_rms=inference.rms / inference.calls if inference else math.nan,
+        inference_nonfinite=inference.nonfinite if inference else 0,
+        moving_stats_error=inference.error if inference else math.nan,
+        training_spread=training.spread / training.calls if training else math.nan,
+        training_rms=training.rms / training.calls if training else math.nan,
+        population=populations.get(layer.path),
+        reestimated=layer.path in targets,
+        momentum=layer.momentum,
+        untouched=untouched.get(layer.path, False),
     )
 
 
@@ -553,13 +647,13 @@ def _rows_of(batch: Batch, rows: slice) -> Batch:
 
 
 def _half_moments(
-    passes: Passes, batch: Batch
+    runner: Runner, batch: Batch
 ) -> tuple[dict[str, MomentSums], dict[str, MomentSums]]:
     """Each half of a lone batch's per-layer moments, from a training-mode pass over it alone:
     with one batch there is no other batch to estimate its statistics from."""
     halves: tuple[dict[str, MomentSums], dict[str, MomentSums]] = ({}, {})
     for half in (0, 1):
-        [training_pass] = passes.run(_rows_of(batch, _half_rows(batch, half)).inputs, TRAINING)
+        [training_pass] = runner.run(_rows_of(batch, _half_rows(batch, half)).inputs, TRAINING)
         for moments in training_pass.moments:
             halves[half].setdefault(moments.path, MomentSums()).add(moments)
     return halves
@@ -604,13 +698,13 @@ def _metric(
 
 
 def _batch_dependence(
-    passes: Passes, batch: Batch, whole: Any, outputs: dict[str, OutputSums]
+    runner: Runner, batch: Batch, whole: Any, outputs: dict[str, OutputSums]
 ) -> list[str]:
     count = batch.size // 2
     if count < 1:
         return ["a batch of one sample cannot show batch-dependent inference (BN016)"]
     # The same compiled call as the whole batch's (its training pass is not used).
-    alone, _ = passes.run([array[:count] for array in batch.inputs], STORED, TRAINING)
+    alone, _ = runner.run([array[:count] for array in batch.inputs], STORED, TRAINING)
     for (name, within), (_, by_itself) in zip(whole.outputs, alone.outputs, strict=True):
         outputs[name].half_dependence = _ratio(
             _squared_norm(by_itself - within[:count]), _squared_norm(within[:count])

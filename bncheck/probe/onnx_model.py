@@ -23,24 +23,28 @@ inside, as in Keras models. The watched activations are held in memory for the w
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bncheck.errors import ModelReadError, UsageError
-from bncheck.probe import pure_ops, safety
-from bncheck.probe.batches import data_notes, first_batch
+from bncheck.probe import measure, pure_ops, safety
+from bncheck.probe.batches import BatchPlan, data_notes, sweep_progress
 from bncheck.probe.data import InputSpec
-from bncheck.probe.measure import Outputs, compare_outputs, spread
+from bncheck.probe.measure import Outputs
 from bncheck.probe.options import ProbeOptions, StepReporter
-from bncheck.probe.results import (
-    INFERENCE,
+from bncheck.probe.results import CodeReference, ProbeResult
+from bncheck.probe.runtime import (
+    STORED,
     TRAINING,
-    CodeReference,
-    LayerMeasurement,
-    Population,
-    ProbeResult,
+    CallFigures,
+    LayerInfo,
+    Moments,
+    PassResult,
+    Statistics,
+    figures_of,
 )
 from bncheck.readers import onnx_graph, onnx_proto
 from bncheck.readers.onnx_graph import BatchNormNode
@@ -64,56 +68,195 @@ Watched = dict[str, np.ndarray]
 def probe(
     path: str, options: ProbeOptions, step: StepReporter, untouched: Mapping[str, bool]
 ) -> ProbeResult:
-    """Run the graph in both modes on one batch. ``untouched`` gives, by layer path, whether the
-    static description found the layer's statistics never updated."""
+    """Measure the graph over the data (``measure.measure``). ``untouched`` gives, by layer
+    path, whether the static description found the layer's statistics never updated."""
     ort = _import_onnxruntime()
     step("reading the ONNX graph")
-    directory = Path(path).parent.resolve()
     model = onnx_graph.load(path)
     content = scan_graph(model)
     if content and not options.unsafe:
         return ProbeResult(path, None, content, options.unsafe, skipped=safety.refusal(content))
-    _inline_external_data(model, directory)
-    nodes = onnx_graph.batchnorm_nodes(model.graph)
+    _inline_external_data(model, Path(path).parent.resolve())
     specs = [_input_spec(value) for value in _graph_inputs(model)]
-    first, described = first_batch(specs, options)
-    batch = first.inputs
-    names = [spec.name for spec in specs]
-    step(f"running {described.samples} samples with onnxruntime")
-    inference = _Session(ort, _watching(model, nodes), names)
-    inferred, seen = inference.run(batch)
-    half = [array[: len(array) // 2] for array in batch] if described.samples >= 2 else None
-    alone = inference.run(half)[0] if half is not None else None
-    notes = list(data_notes(described.real))
-    if half is None:
-        notes.append("a batch of one sample cannot show batch-dependent inference (BN016)")
-    trained: Outputs | None = None
-    layers: tuple[LayerMeasurement, ...] = ()
-    if not nodes:
+    source = BatchPlan(specs, options)
+    runner = OnnxRunner(ort, model, Path(path).parent.resolve())
+    notes = list(data_notes(source.real, source.integer_inputs))
+    if not runner.layers:
         notes.append("no BatchNormalization nodes: there is no training mode to compare with")
-    else:
-        try:
-            training = _Session(ort, _watching(_training_graph(model, nodes, seen), nodes), names)
-            trained, seen_training = training.run(batch)
-        except ModelReadError as exc:
-            notes.append(f"the training-mode graph could not run ({exc}): inference mode only")
-        else:
-            values = onnx_graph.Values(model.graph, directory)
-            layers = tuple(
-                _layer(position, bn, values, seen, seen_training, untouched.get(bn.path, False))
-                for position, bn in enumerate(nodes)
-            )
+    step("running the graph with onnxruntime")
+    with runner:
+        measured = measure.measure(
+            runner,
+            source.batches,
+            lambda layer: layer.trainable,
+            untouched,
+            sweep_progress(step, source),
+            source.real,
+        )
     return ProbeResult(
         path=path,
         loader=LOADER,
         content=content,
         unsafe=options.unsafe,
-        data=described,
-        modes=(INFERENCE,) if trained is None else (INFERENCE, TRAINING),
-        outputs=compare_outputs(inferred, trained, alone),
-        layers=layers,
-        notes=tuple(notes),
+        data=replace(
+            source.describe(measured.samples, measured.batches),
+            split_batch=measured.split_batch,
+        ),
+        modes=measured.modes,
+        outputs=measured.outputs,
+        layers=measured.layers,
+        notes=(*notes, *runner.notes, *measured.notes),
     )
+
+
+class OnnxRunner:
+    """The runner protocol (``runtime.Runner``) over onnxruntime.
+
+    - ``stored``: the model as it is, in a session of its own, so its outputs are onnxruntime's
+      own inference outputs bit for bit. The layers' figures come from a second session that
+      also outputs every BatchNormalization node's input and output, run on the first batch
+      only (each layer's figures describe that batch);
+    - ``training``: a copy whose BatchNormalization nodes normalise with the batch's statistics
+      (``_Rewrite``), outputting each node's batch mean and variance and its input's shape;
+    - ``estimated``: a copy with the chosen nodes' mean and variance initializers replaced, a
+      session per ``use_estimates``: exactly the graph ``bncheck recalibrate`` would write.
+    """
+
+    def __init__(self, ort: Any, model: Any, directory: Path) -> None:
+        self.ort = ort
+        self.model = model
+        self.nodes = onnx_graph.batchnorm_nodes(model.graph)
+        self.names = [value.name for value in _graph_inputs(model)]
+        self.values = onnx_graph.Values(model.graph, directory)
+        initializers = {tensor.name for tensor in model.graph.initializer}
+        self.stored: dict[str, tuple[np.ndarray, ...]] = {}
+        self._layers: list[LayerInfo] = []
+        self.notes: list[str] = []
+        for bn in self.nodes:
+            gamma, beta, mean, variance = (
+                np.asarray(self.values.array(name)).ravel() for name in bn.node.input[1:5]
+            )
+            self.stored[bn.path] = (gamma, beta, mean, variance)
+            self._layers.append(
+                LayerInfo(
+                    path=bn.path,
+                    # Statistics held in initializers of their own can be replaced.
+                    trainable=all(name in initializers for name in bn.node.input[3:5]),
+                    epsilon=bn.attribute("epsilon", onnx_graph.DEFAULT_EPSILON),
+                    momentum=bn.attribute("momentum", onnx_graph.DEFAULT_MOMENTUM),
+                    moving_mean=mean,
+                    moving_variance=variance,
+                )
+            )
+        self._inference = _Session(ort, model, self.names)
+        self._watching: _Session | None = None
+        self._training: _Session | None = None
+        self._estimated: _Session | None = None
+        self._examples: Watched | None = None
+
+    @property
+    def layers(self) -> Sequence[LayerInfo]:
+        return self._layers
+
+    def __enter__(self) -> OnnxRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Nothing a pass does changes the model: each mode has its own graph.
+        self._estimated = None
+
+    def run(self, inputs: Sequence[np.ndarray], *modes: str) -> list[PassResult]:
+        results = []
+        for mode in modes:
+            if mode == STORED:
+                results.append(self._stored(inputs))
+            elif mode == TRAINING:
+                results.append(self._batch_statistics(inputs))
+            else:
+                if self._estimated is None:
+                    raise ValueError("no estimates to run with: call use_estimates first")
+                outputs, _ = self._estimated.run(inputs)
+                results.append(PassResult(outputs, [], []))
+        return results
+
+    def use_estimates(self, statistics: Statistics) -> None:
+        self._estimated = _Session(self.ort, self.with_statistics(statistics), self.names)
+
+    def with_statistics(self, statistics: Statistics) -> Any:
+        """A copy of the model whose chosen nodes' mean and variance initializers hold
+        ``statistics`` (by layer path), in their own element type."""
+        copy = _copy(self.model)
+        tensors = {tensor.name: tensor for tensor in copy.graph.initializer}
+        for bn in self.nodes:
+            if bn.path not in statistics:
+                continue
+            for name, value in zip(bn.node.input[3:5], statistics[bn.path], strict=True):
+                tensor = tensors[name]
+                dtype = np.dtype(onnx_proto.ELEMENT_TYPES[tensor.data_type])
+                new = np.asarray(value, dtype=dtype).reshape(tuple(tensor.dims))
+                for field in ("float_data", "double_data", "int32_data"):
+                    tensor.ClearField(field)
+                tensor.raw_data = new.tobytes()
+        return copy
+
+    def _stored(self, inputs: Sequence[np.ndarray]) -> PassResult:
+        outputs, _ = self._inference.run(inputs)
+        figures: list[CallFigures] = []
+        if self._examples is None and self.nodes:
+            if self._watching is None:
+                self._watching = _Session(self.ort, _watching(self.model, self.nodes), self.names)
+            _, self._examples = self._watching.run(inputs)
+            for position, bn in enumerate(self.nodes):
+                gamma, beta, mean, variance = self.stored[bn.path]
+                figures.append(
+                    figures_of(
+                        bn.path,
+                        self._examples[_watched(position, "output")],
+                        self._examples[_watched(position, "input")],
+                        (gamma, beta, mean, variance, self._layers[position].epsilon),
+                    )
+                )
+        return PassResult(outputs, figures, [])
+
+    def _batch_statistics(self, inputs: Sequence[np.ndarray]) -> PassResult:
+        if not self.nodes:
+            outputs, _ = self._inference.run(inputs)
+            return PassResult(outputs, [], [])
+        figures: list[CallFigures] = []
+        if self._training is None:
+            if self._examples is None:
+                self._stored(inputs)
+            assert self._examples is not None
+            try:
+                graph = _training_graph(self.model, self.nodes, self._examples)
+                self._training = _Session(self.ort, graph, self.names)
+                # The first batch also gives each layer's figures in this mode.
+                watching = _Session(self.ort, _watching(graph, self.nodes), self.names)
+            except ModelReadError as exc:
+                raise ModelReadError(f"the batch-statistics graph cannot run: {exc}") from None
+            outputs, seen = watching.run(inputs)
+            figures = [
+                figures_of(bn.path, seen[_watched(position, "output")])
+                for position, bn in enumerate(self.nodes)
+            ]
+        else:
+            outputs, seen = self._training.run(inputs)
+        moments = []
+        for position, bn in enumerate(self.nodes):
+            prefix = f"{_OWN}_training_{position}"
+            shape = seen[f"{prefix}_input_shape"]
+            channels = int(shape[1]) if len(shape) > 1 else 1
+            values = int(np.prod(shape)) // max(channels, 1)
+            moments.append(
+                Moments(
+                    bn.path,
+                    np.asarray(seen[f"{prefix}_mean"], dtype=np.float64).ravel(),
+                    np.asarray(seen[f"{prefix}_variance"], dtype=np.float64).ravel(),
+                    int(shape[0]),
+                    values,
+                )
+            )
+        return PassResult(outputs, figures, moments)
 
 
 def _import_onnxruntime() -> Any:
@@ -301,6 +444,14 @@ def _training_graph(model: Any, nodes: list[BatchNormNode], seen: Watched) -> An
     ]
     del copy.graph.node[:]
     copy.graph.node.extend(rebuilt)
+    node_class = onnx_proto.message_class("NodeProto")
+    for position, bn in enumerate(nodes):
+        prefix = f"{_OWN}_training_{position}"
+        copy.graph.node.append(
+            node_class(op_type="Shape", input=[bn.node.input[0]], output=[f"{prefix}_input_shape"])
+        )
+        for name in ("mean", "variance", "input_shape"):
+            copy.graph.output.add(name=f"{prefix}_{name}")
     return copy
 
 
@@ -380,69 +531,3 @@ class _Rewrite:
             axes = self.constant(f"{suffix}_axes", np.array(self.axes))
             return self.node("ReduceMean", [source, axes], suffix, keepdims=1)
         return self.node("ReduceMean", [source], suffix, axes=self.axes, keepdims=1)
-
-
-def _layer(
-    position: int,
-    bn: BatchNormNode,
-    values: onnx_graph.Values,
-    inference: Watched,
-    training: Watched,
-    untouched: bool,
-) -> LayerMeasurement:
-    """One node's figures from its watched input and output in both passes."""
-    x = np.asarray(inference[_watched(position, "input")], dtype=np.float64)
-    y = np.asarray(inference[_watched(position, "output")], dtype=np.float64)
-    gamma, beta, mean, variance = (
-        np.asarray(values.array(name), dtype=np.float64).ravel() for name in bn.node.input[1:5]
-    )
-    epsilon = bn.attribute("epsilon", onnx_graph.DEFAULT_EPSILON)
-    shape = [1, -1] + [1] * (x.ndim - 2)
-    expected = (x - mean.reshape(shape)) / np.sqrt(variance.reshape(shape) + epsilon)
-    expected = expected * gamma.reshape(shape) + beta.reshape(shape)
-    with np.errstate(all="ignore"):
-        scale = float(np.linalg.norm(y.ravel()))
-        difference = float(np.linalg.norm((y - expected).ravel()))
-    error = difference / scale if scale > 0 else (0.0 if difference == 0 else float("inf"))
-    inference_spread, inference_rms, nonfinite = spread(y)
-    training_spread, training_rms, _ = spread(training[_watched(position, "output")])
-    inputs = np.asarray(training[_watched(position, "input")], dtype=np.float64)
-    return LayerMeasurement(
-        path=bn.path,
-        calls=1,
-        trainable=True,
-        epsilon=epsilon,
-        moving_mean=mean,
-        moving_variance=variance,
-        inference_spread=inference_spread,
-        inference_rms=inference_rms,
-        inference_nonfinite=nonfinite,
-        moving_stats_error=error,
-        training_spread=training_spread,
-        training_rms=training_rms,
-        population=_one_batch_population(inputs),
-        momentum=bn.attribute("momentum", onnx_graph.DEFAULT_MOMENTUM),
-        untouched=untouched,
-    )
-
-
-def _one_batch_population(x: np.ndarray) -> Population | None:
-    """A layer's input statistics from one batch (samples x channels x positions), with their
-    noise from the spread across the batch's samples: each sample's mean, and its mean square
-    about the batch mean, per channel."""
-    if len(x) < 2:
-        return None
-    positions = tuple(range(2, x.ndim))
-    per_sample = x.mean(axis=positions) if positions else x
-    mean = per_sample.mean(axis=0)
-    shape = [1, -1] + [1] * len(positions)
-    squares = np.square(x - mean.reshape(shape))
-    per_sample_square = squares.mean(axis=positions) if positions else squares
-    values = x.size // x.shape[1]
-    return Population(
-        mean=mean,
-        variance=per_sample_square.mean(axis=0) * values / max(values - 1, 1),
-        mean_error=per_sample.std(axis=0, ddof=1) / np.sqrt(len(x)),
-        variance_error=per_sample_square.std(axis=0, ddof=1) / np.sqrt(len(x)),
-        batches=1,
-    )

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,55 +39,19 @@ import numpy as np
 from bncheck.errors import UsageError
 from bncheck.probe import keras_model
 from bncheck.probe.data import Batch
-
-STORED = "stored"
-TRAINING = "training"
-ESTIMATED = "estimated"
+from bncheck.probe.runtime import (
+    ESTIMATED,
+    STORED,
+    TRAINING,
+    CallFigures,
+    Moments,
+    PassResult,
+    Statistics,
+)
 
 #: Figures of one call's output: root mean square, mean standard deviation across the batch,
 #: non-finite values, and (stored mode) the distance from the moving statistics' normalisation.
 _FIGURES = ("rms", "deviation", "nonfinite", "error")
-
-
-@dataclass(frozen=True)
-class CallFigures:
-    """What one call of a BatchNorm layer did to one batch."""
-
-    path: str
-    spread: float
-    """Relative spread of the output across the batch (see ``OutputMeasurement``)."""
-    rms: float
-    nonfinite: int
-    moving_stats_error: float | None
-    """Stored mode only: ``|output - moving-statistics normalisation| / |output|``."""
-
-
-@dataclass(frozen=True)
-class Moments:
-    """One call's per-channel input statistics in training mode."""
-
-    path: str
-    mean: np.ndarray
-    variance: np.ndarray
-    """The biased variance the layer normalised the batch with."""
-    samples: int
-    values: int
-    """Values per channel the statistics are taken over (samples times positions)."""
-
-    @property
-    def unbiased_variance(self) -> np.ndarray:
-        """The variance with Bessel's correction: its average over batches estimates the
-        population variance whatever the batch size."""
-        return self.variance * (self.values / max(self.values - 1, 1))
-
-
-@dataclass(frozen=True)
-class PassResult:
-    """One model call: its outputs and what each BatchNorm call recorded."""
-
-    outputs: list[tuple[str, np.ndarray]]
-    figures: list[CallFigures]
-    moments: list[Moments]
 
 
 @dataclass(frozen=True)
@@ -97,9 +61,6 @@ class Step:
     size: int
     labels: np.ndarray | None
     results: list[PassResult]
-
-
-Statistics = Mapping[str, tuple[np.ndarray, np.ndarray]]
 
 
 class Passes:

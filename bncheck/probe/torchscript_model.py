@@ -5,25 +5,37 @@ only with ``--unsafe``, and never one whose pickle asks for calls beyond rebuild
 (BN019): that is no archive ``torch.jit.save`` writes.
 
 Inference mode is ``model.eval()``, as PyTorch serving code runs a model; training mode switches
-the BatchNorm modules alone to ``train()``, so the two passes differ by normalisation only. The
-running statistics that training mode updates are put back afterwards. TorchScript modules take
-no Python hooks once loaded, so the layers inside are not measured: BN013 and BN016 judge the
-outputs.
+the BatchNorm modules alone to ``train()``, so the two passes differ by normalisation only, and
+every layer's batch moments are read back from the running statistics that update
+(``TorchScriptRunner``), which are put back afterwards. The measurement is the one every runtime
+shares (``measure.measure``): all the data, population statistics with their noise (BN014), the
+cross-fitted effect of re-estimating them (BN015). TorchScript modules take no Python hooks once
+loaded, so the layers' output figures are not measured: BN013 judges the outputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from bncheck.errors import ModelReadError, UsageError
-from bncheck.probe.batches import data_notes, first_batch
+from bncheck.probe import measure
+from bncheck.probe.batches import BatchPlan, data_notes, sweep_progress
 from bncheck.probe.data import LABELS_KEY, InputSpec, load_arrays
-from bncheck.probe.measure import Outputs, compare_outputs
+from bncheck.probe.measure import Outputs
 from bncheck.probe.options import ProbeOptions, StepReporter
-from bncheck.probe.results import INFERENCE, TRAINING, CodeReference, ProbeResult
+from bncheck.probe.results import CodeReference, ProbeResult
+from bncheck.probe.runtime import (
+    ESTIMATED,
+    TRAINING,
+    LayerInfo,
+    Moments,
+    PassResult,
+    Statistics,
+)
 from bncheck.readers import read_model
 
 LOADER = "torch.jit"
@@ -32,8 +44,9 @@ CODE = CodeReference("torchscript", "code/", "compiled code")
 #: TorchScript keeps each module's original class name.
 BATCHNORM_CLASSES = frozenset({"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"})
 NOTES = (
-    "TorchScript modules take no hooks once loaded: per-layer measurements (BN014, where BN013 "
-    "starts) are not made",
+    "TorchScript modules take no hooks once loaded: each layer's batch moments are read from "
+    "the running statistics training mode updates, and its output figures (where BN013 "
+    "starts) are not measured",
     "inference mode is model.eval(); training mode switches the BatchNorm modules alone",
 )
 
@@ -41,8 +54,7 @@ NOTES = (
 def probe(
     path: str, options: ProbeOptions, step: StepReporter, untouched: Mapping[str, bool]
 ) -> ProbeResult:
-    """Run the archive in both modes on one batch (``--unsafe`` only). TorchScript modules
-    take no hooks, so the layers, and ``untouched``, play no part."""
+    """Measure the archive over the data (``measure.measure``; ``--unsafe`` only)."""
     description = read_model(path)
     if description.pickled_calls:
         skipped = "its pickle asks for calls (BN019), so bncheck does not hand it to PyTorch"
@@ -56,39 +68,160 @@ def probe(
         module = torch.jit.load(path, map_location="cpu")
     except Exception as exc:  # a corrupt or hostile archive may fail anywhere in PyTorch
         raise ModelReadError(f"torch.jit.load failed ({_one_line(exc)})") from None
-    specs = _input_specs(options)
-    first, described = first_batch(specs, options)
-    batch = first.inputs
-    step(f"running {described.samples} samples in inference and training mode")
-    batchnorms = [
-        child for _, child in module.named_modules() if child.original_name in BATCHNORM_CLASSES
-    ]
-    saved = {name: value.clone() for name, value in module.state_dict().items()}
-    half = [array[: len(array) // 2] for array in batch] if described.samples >= 2 else None
-    try:
-        with torch.no_grad():
-            module.eval()
-            inferred = _run(torch, module, batch)
-            alone = _run(torch, module, half) if half is not None else None
-            for batchnorm in batchnorms:
-                batchnorm.train()
-            trained = _run(torch, module, batch) if batchnorms else None
-    finally:
-        module.load_state_dict(saved)
-        module.eval()
-    notes = [*data_notes(described.real), *NOTES]
-    if not batchnorms:
+    source = BatchPlan(_input_specs(options), options)
+    runner = TorchScriptRunner(torch, module)
+    notes = [*data_notes(source.real, source.integer_inputs), *NOTES, *runner.notes]
+    if not runner.layers:
         notes.append("no BatchNorm modules: there is no training mode to compare with")
+    step("running the archive with PyTorch")
+    with runner:
+        measured = measure.measure(
+            runner,
+            source.batches,
+            lambda layer: layer.trainable,
+            untouched,
+            sweep_progress(step, source),
+            source.real,
+        )
     return ProbeResult(
         path=path,
         loader=LOADER,
         content=(CODE,),
         unsafe=True,
-        data=described,
-        modes=(INFERENCE, TRAINING) if trained is not None else (INFERENCE,),
-        outputs=compare_outputs(inferred, trained, alone),
-        notes=tuple(notes),
+        data=replace(
+            source.describe(measured.samples, measured.batches),
+            split_batch=measured.split_batch,
+        ),
+        modes=measured.modes,
+        outputs=measured.outputs,
+        layers=measured.layers,
+        notes=(*notes, *measured.notes),
     )
+
+
+class TorchScriptRunner:
+    """The runner protocol (``runtime.Runner``) over a loaded TorchScript module.
+
+    - ``stored``: ``model.eval()`` with the stored buffers, as PyTorch serving code runs it;
+    - ``training``: the BatchNorm modules alone switched to ``train()``. A loaded module takes
+      no hooks, so each layer's batch moments are read from the update training mode makes:
+      with ``running_mean`` and ``running_var`` set to zero and ``num_batches_tracked`` to 0
+      before the call, they hold the batch mean and unbiased variance times the update factor
+      (the momentum, or 1 for ``momentum=None``). A layer at momentum 0 keeps nothing to read,
+      and a module called twice in one forward pass mixes its calls: such layers are not
+      re-estimated;
+    - ``estimated``: ``model.eval()`` with some layers' buffers replaced.
+
+    The buffers are put back after every pass, and the module left in ``eval()``.
+    """
+
+    def __init__(self, torch: Any, module: Any) -> None:
+        self.torch = torch
+        self.module = module
+        self.notes: list[str] = []
+        self.batchnorms: list[tuple[str, Any]] = []
+        self._layers: list[LayerInfo] = []
+        for name, child in module.named_modules():
+            if child.original_name not in BATCHNORM_CLASSES:
+                continue
+            mean, variance = (
+                getattr(child, "running_mean", None),
+                getattr(child, "running_var", None),
+            )
+            if mean is None or variance is None:
+                continue  # track_running_stats=False: BN022 says it statically
+            momentum = child.momentum
+            self.batchnorms.append((name, child))
+            self._layers.append(
+                LayerInfo(
+                    path=name,
+                    trainable=momentum is None or float(momentum) > 0.0,
+                    epsilon=float(child.eps),
+                    momentum=None if momentum is None else float(momentum),
+                    moving_mean=mean.detach().cpu().numpy().astype(np.float64),
+                    moving_variance=variance.detach().cpu().numpy().astype(np.float64),
+                )
+            )
+        self._saved = {name: _buffers(child) for name, child in self.batchnorms}
+        self._estimates: Statistics = {}
+
+    @property
+    def layers(self) -> Sequence[LayerInfo]:
+        return self._layers
+
+    def __enter__(self) -> TorchScriptRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+        self.module.eval()
+
+    def use_estimates(self, statistics: Statistics) -> None:
+        self._estimates = dict(statistics)
+
+    def run(self, inputs: Sequence[np.ndarray], *modes: str) -> list[PassResult]:
+        results = []
+        with self.torch.no_grad():
+            for mode in modes:
+                if mode == TRAINING:
+                    results.append(self._batch_statistics(inputs))
+                    continue
+                self._restore()
+                if mode == ESTIMATED:
+                    for name, child in self.batchnorms:
+                        if name in self._estimates:
+                            mean, variance = self._estimates[name]
+                            child.running_mean.copy_(self.torch.from_numpy(np.asarray(mean)))
+                            child.running_var.copy_(self.torch.from_numpy(np.asarray(variance)))
+                self.module.eval()
+                results.append(PassResult(_run(self.torch, self.module, inputs), [], []))
+        self._restore()
+        return results
+
+    def _batch_statistics(self, inputs: Sequence[np.ndarray]) -> PassResult:
+        factors = {}
+        for (name, child), layer in zip(self.batchnorms, self._layers, strict=True):
+            child.running_mean.zero_()
+            child.running_var.zero_()
+            tracked = getattr(child, "num_batches_tracked", None)
+            if tracked is not None:
+                tracked.zero_()
+            factors[name] = 1.0 if layer.momentum is None else layer.momentum
+            child.train()
+        try:
+            outputs = _run(self.torch, self.module, inputs)
+        finally:
+            self.module.eval()
+        moments = [
+            Moments(
+                name,
+                child.running_mean.detach().cpu().numpy().astype(np.float64) / factors[name],
+                child.running_var.detach().cpu().numpy().astype(np.float64) / factors[name],
+                len(inputs[0]),
+                0,
+                corrected=True,
+            )
+            for name, child in self.batchnorms
+            if factors[name] > 0.0
+        ]
+        self._restore()
+        return PassResult(outputs, [], moments)
+
+    def _restore(self) -> None:
+        for name, child in self.batchnorms:
+            for buffer, value in zip(_live(child), self._saved[name], strict=True):
+                if buffer is not None and value is not None:
+                    buffer.copy_(value)
+
+
+def _live(child: Any) -> tuple[Any, ...]:
+    """A BatchNorm module's statistics buffers, ``num_batches_tracked`` ``None`` if absent."""
+    return (child.running_mean, child.running_var, getattr(child, "num_batches_tracked", None))
+
+
+def _buffers(child: Any) -> tuple[Any, ...]:
+    """A BatchNorm module's statistics buffers, cloned."""
+    return tuple(None if value is None else value.detach().clone() for value in _live(child))
 
 
 def _import_torch() -> Any:

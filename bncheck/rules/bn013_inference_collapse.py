@@ -40,6 +40,7 @@ loop without ``training=True``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 
 from bncheck.findings import Problem, Severity
@@ -60,15 +61,17 @@ def check(result: ProbeResult, options: Mapping[str, float]) -> Iterator[Problem
         failure = _output_failure(output, ratio, growth)
         if failure is None:
             continue
+        # Layers whose outputs the runtime could not see (TorchScript) have NaN figures.
+        observed = [layer for layer in result.layers if math.isfinite(layer.inference_spread)]
         start = next(
             (
                 (layer, how)
-                for layer in result.layers
+                for layer in observed
                 if (how := _layer_failure(layer, ratio, growth)) is not None
             ),
             None,
         )
-        if result.layers and start is None:
+        if observed and start is None:
             # The output saturates (e.g. one confident class for every random input) while no
             # BatchNorm layer loses its signal: not a normalisation failure.
             continue

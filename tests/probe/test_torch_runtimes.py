@@ -1,0 +1,126 @@
+"""The ONNX Runtime and TorchScript runners measure what PyTorch measures: every batch of the
+data, the metric from the labels, and the effect of re-estimating the statistics, held to
+PyTorch's own ``update_bn`` on networks trained the ways users train them (``torch_nets``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import CliResult
+
+torch = pytest.importorskip("torch", reason="the networks are made with the torch extra")
+pytest.importorskip("onnxruntime", reason="the ONNX probe needs the onnx extra")
+
+from tests import torch_nets  # noqa: E402
+
+Run = Callable[..., CliResult]
+KINDS = ("healthy", "stale", "eval_trained")
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    data = torch_nets.digits()
+    out = tmp_path_factory.mktemp("torch_runtimes")
+    # 18 whole batches of 32, so every sample is measured whatever the batching.
+    data = torch_nets.Digits(data.train_x, data.train_y, data.test_x[:576], data.test_y[:576])
+    np.savez(out / "heldout.npz", x=data.test_x, y=data.test_y)
+    found: dict[str, Any] = {"data": data, "heldout": out / "heldout.npz"}
+    for kind in KINDS:
+        net = torch_nets.trained(kind, data)
+        found[kind] = {
+            "net": net,
+            "stored": torch_nets.accuracy(net, data.test_x, data.test_y),
+            "reestimated": torch_nets.accuracy(
+                torch_nets.reestimated(net, data.test_x), data.test_x, data.test_y
+            ),
+            "onnx": torch_nets.export_onnx(net, out / f"{kind}.onnx"),
+            "torchscript": torch_nets.export_torchscript(net, out / f"{kind}.pt"),
+        }
+    return found
+
+
+def probe(run_cli: Run, path: Path, data: Path) -> tuple[dict[str, Any], dict[str, Any], int]:
+    result = run_cli("inspect", path, "--data", data, "--unsafe", "--format", "json")
+    model = result.json()["models"][0]
+    assert model["error"] is None, model["error"]
+    findings: dict[str, Any] = {}
+    for finding in model["findings"]:  # each rule's most severe finding
+        if finding["rule"] not in findings or finding["severity"] == "error":
+            findings[finding["rule"]] = finding
+    return model["probe"], findings, result.code
+
+
+@pytest.mark.parametrize("form", ["onnx", "torchscript"])
+def test_the_truth_of_each_network(run_cli: Run, nets: dict[str, Any], form: str) -> None:
+    """Measured by bncheck as PyTorch measures it: the stored-statistics accuracy exactly (the
+    same samples, the runtime's own inference), the re-estimated one within the noise of
+    cross-fitting on held-out data."""
+    truth = {kind: nets[kind] for kind in KINDS}
+    assert truth["stale"]["stored"] < 0.5 < truth["stale"]["reestimated"]
+    assert truth["eval_trained"]["reestimated"] < truth["eval_trained"]["stored"] - 0.2
+    for kind in KINDS:
+        probed, findings, code = probe(run_cli, truth[kind][form], nets["heldout"])
+        assert (probed["data"]["samples"], probed["data"]["batches"]) == (576, 18)
+        metric = probed["outputs"][0]["metric"]
+        assert metric["name"] == "accuracy"
+        assert metric["stored"] == pytest.approx(truth[kind]["stored"], abs=1e-9)
+        assert metric["reestimated"] == pytest.approx(truth[kind]["reestimated"], abs=0.04)
+        if kind == "healthy":
+            assert not {"BN014", "BN015"} & {
+                r for r, f in findings.items() if f["severity"] != "info"
+            }
+        elif kind == "stale":
+            assert findings["BN014"]["severity"] == "error" and code == 1
+            assert "bncheck recalibrate" in findings["BN015"]["message"]
+        else:
+            assert "do not recalibrate" in findings["BN015"]["message"]
+
+
+def test_onnx_inference_is_onnxruntimes_own(nets: dict[str, Any]) -> None:
+    import onnxruntime
+
+    from bncheck.probe.onnx_model import OnnxRunner
+    from bncheck.probe.runtime import STORED
+    from bncheck.readers import onnx_graph
+
+    path = nets["stale"]["onnx"]
+    batch = nets["data"].test_x[:32]
+    own = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    [expected] = own.run(None, {"image": batch})
+    with OnnxRunner(onnxruntime, onnx_graph.load(str(path)), path.parent) as runner:
+        [stored] = runner.run([batch], STORED)
+    assert np.array_equal(stored.outputs[0][1], expected)
+
+
+def test_torchscript_inference_is_evals_own_and_leaves_the_module_as_it_was(
+    nets: dict[str, Any],
+) -> None:
+    from bncheck.probe.runtime import ESTIMATED, STORED, TRAINING
+    from bncheck.probe.torchscript_model import TorchScriptRunner
+
+    module = torch.jit.load(str(nets["stale"]["torchscript"]))
+    before = {name: value.clone() for name, value in module.state_dict().items()}
+    batch = nets["data"].test_x[:32]
+    with torch.no_grad():
+        expected = module.eval()(torch.from_numpy(batch)).numpy()
+    with TorchScriptRunner(torch, module) as runner:
+        stored, training = runner.run([batch], STORED, TRAINING)
+        # The batch moments read back from the update are the batch's own.
+        [moments] = [m for m in training.moments if m.path == "features.1"]
+        runner.use_estimates({"features.1": (np.zeros(8), np.ones(8))})
+        runner.run([batch], ESTIMATED)
+    assert np.array_equal(stored.outputs[0][1], expected)
+    weight = before["features.0.weight"]
+    conv = torch.nn.functional.conv2d(torch.from_numpy(batch), weight, padding=1)
+    np.testing.assert_allclose(moments.mean, conv.mean((0, 2, 3)).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        moments.unbiased_variance, conv.var((0, 2, 3), unbiased=True).numpy(), rtol=1e-3
+    )
+    after = module.state_dict()
+    assert all(torch.equal(after[name], value) for name, value in before.items())
+    assert not module.training
