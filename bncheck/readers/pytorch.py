@@ -69,8 +69,7 @@ def read(path: str) -> ModelDescription:
 def describe(path: str, torch_file: TorchFile, member: str) -> ModelDescription:
     """The BatchNorm layers of an opened PyTorch file (its tensors read while it is open)."""
     roots = find_roots(torch_file.root)
-    found = [(root, torch_layers.candidates(root.tensors)) for root in roots]
-    found = [(root, candidates) for root, candidates in found if candidates]
+    found = _found(roots)
     batch_statistics = _batch_statistics_layers(roots)
     tensor_bytes.check_channel_total(
         sum(
@@ -86,23 +85,16 @@ def describe(path: str, torch_file: TorchFile, member: str) -> ModelDescription:
         for candidate in candidates
         for name in candidate.names.values()
     )
-    layers: list[BNLayer] = []
-    for root, candidates in found:
-        for candidate in candidates:
-            outer = "/".join(root.path)
-            if len(found) > 1 and outer:
-                layer_path = f"{outer}/{candidate.prefix}" if candidate.prefix else outer
-            else:
-                layer_path = candidate.prefix or outer or "(top level)"
-            layers.append(
-                torch_layers.bn_layer(
-                    candidate,
-                    functools.partial(_read_named, torch_file, root.tensors),
-                    path=layer_path,
-                    source=", ".join(candidate.names.values()),
-                    module=root.modules.get(candidate.prefix),
-                )
-            )
+    layers = [
+        torch_layers.bn_layer(
+            candidate,
+            functools.partial(_read_named, torch_file, root.tensors),
+            path=layer_path,
+            source=", ".join(candidate.names.values()),
+            module=root.modules.get(candidate.prefix),
+        )
+        for layer_path, root, candidate in _named_layers(found)
+    ]
     format_name = "torchscript" if torch_file.container == "torchscript" else "pytorch"
     return ModelDescription(
         path=path,
@@ -115,6 +107,32 @@ def describe(path: str, torch_file: TorchFile, member: str) -> ModelDescription:
         ),
         batch_statistics=batch_statistics,
     )
+
+
+def bn_tensors(torch_file: TorchFile) -> list[tuple[str, Root, torch_layers.Candidate]]:
+    """Each BatchNorm layer of an opened file: its path as ``describe`` names it, the state dict
+    or module tree holding it, and its tensors' names there."""
+    return _named_layers(_found(find_roots(torch_file.root)))
+
+
+def _found(roots: list[Root]) -> list[tuple[Root, list[torch_layers.Candidate]]]:
+    found = [(root, torch_layers.candidates(root.tensors)) for root in roots]
+    return [(root, candidates) for root, candidates in found if candidates]
+
+
+def _named_layers(
+    found: list[tuple[Root, list[torch_layers.Candidate]]],
+) -> list[tuple[str, Root, torch_layers.Candidate]]:
+    named = []
+    for root, candidates in found:
+        outer = "/".join(root.path)
+        for candidate in candidates:
+            if len(found) > 1 and outer:
+                layer_path = f"{outer}/{candidate.prefix}" if candidate.prefix else outer
+            else:
+                layer_path = candidate.prefix or outer or "(top level)"
+            named.append((layer_path, root, candidate))
+    return named
 
 
 def _batch_statistics_layers(roots: list[Root]) -> tuple[BatchStatisticsLayer, ...]:

@@ -105,6 +105,13 @@ class TorchFile:
         self.read_tensors([tensor])
         return self.arrays[self._view(tensor)]
 
+    def span(self, tensor: TensorRef) -> tuple[str, int, int]:
+        """The storage holding a BatchNorm tensor's bytes, and where in it they start and how
+        many they are; ``ModelReadError`` for a tensor that is not a contiguous vector inside
+        its storage."""
+        key, start, length, _, _ = self._view(tensor)
+        return key, start, length
+
     def _view(self, tensor: TensorRef) -> ViewKey:
         root = self.roots.get(tensor.storage.key)
         if root is None:
