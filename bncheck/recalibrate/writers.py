@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bncheck import formats
+from bncheck.errors import ModelReadError
 from bncheck.readers import detect
-from bncheck.recalibrate.splice import Statistics, guarded
+from bncheck.recalibrate.splice import Statistics
 from bncheck.recalibrate.write import WriteError
 
 #: Each format's writer, ``"module:function"`` taking ``(source, target, statistics)``, by the
@@ -34,8 +35,10 @@ WRITERS = {
 
 def write_statistics(model_path: str, out_path: str, statistics: Statistics) -> None:
     """Write ``out_path`` as ``model_path`` with ``statistics`` in place of the stored ones."""
-    with guarded(out_path):
+    try:
         found = detect.sniff(model_path)
+    except ModelReadError as exc:
+        raise WriteError(f"{model_path}: {exc}") from None
     if found.name not in WRITERS:
         raise WriteError(f"{model_path}: bncheck does not write {found.called} by its bytes")
     writer: Callable[[str, str, Statistics], None] = formats.load(WRITERS[found.name])
