@@ -267,3 +267,49 @@ def test_other_formats_are_not_written_by_their_bytes(tmp_path: Path) -> None:
     assert "does not write an HDF5 file by its bytes" in _refused(
         tmp_path / "weights.h5", tmp_path / "out.h5"
     )
+
+
+def test_onnx_statistics_in_float_data_are_written_there(saved: Path, tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(saved / "exported.onnx"))
+    for tensor in model.graph.initializer:
+        if tensor.name.startswith("5.running"):
+            values = numpy_helper.to_array(tensor)
+            tensor.ClearField("raw_data")
+            tensor.float_data.extend(values.tolist())
+    onnx.save(model, str(tmp_path / "typed.onnx"))
+    statistics = _new_statistics(5)
+    write_statistics(str(tmp_path / "typed.onnx"), str(tmp_path / "out.onnx"), statistics)
+    state = _state(tmp_path / "out.onnx")
+    assert state["5.running_var"].tobytes() == statistics["5"][1].astype("f4").tobytes()
+    assert state["1.running_mean"].tobytes() == statistics["1"][0].astype("f4").tobytes()
+
+
+def test_an_onnx_statistic_held_by_a_constant_node_is_refused(saved: Path, tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(saved / "exported.onnx"))
+    [tensor] = [t for t in model.graph.initializer if t.name == "1.running_mean"]
+    constant = helper.make_node("Constant", [], ["1.running_mean"], value=tensor)
+    model.graph.initializer.remove(tensor)
+    model.graph.node.insert(0, constant)
+    onnx.save(model, str(tmp_path / "constant.onnx"))
+    assert read_model(str(tmp_path / "constant.onnx")).layers[0].path == "1"
+    message = _refused(tmp_path / "constant.onnx", tmp_path / "out.onnx")
+    assert message.startswith("1: input_mean is held by a Constant node")
+
+
+def test_a_compressed_storage_member_is_refused(saved: Path, tmp_path: Path) -> None:
+    import zipfile
+
+    with (
+        zipfile.ZipFile(saved / "state_dict.pt") as original,
+        zipfile.ZipFile(tmp_path / "deflated.pt", "w", zipfile.ZIP_DEFLATED) as deflated,
+    ):
+        for info in original.infolist():
+            deflated.writestr(info.filename, original.read(info))
+    assert read_model(str(tmp_path / "deflated.pt")).layers
+    assert "is compressed" in _refused(tmp_path / "deflated.pt", tmp_path / "out.pt")
