@@ -1,0 +1,333 @@
+"""``bncheck.torch.watch``: the training-loop guard for PyTorch, on forward hooks.
+
+A forward hook on every BatchNorm module counts its calls in training and in eval mode and,
+every few calls, keeps its input's batch moments (on the device, without synchronising). Every
+``check_after_steps`` steps (or at ``check()``), the guard reads the modules and finds:
+
+- modules that never ran in training mode since the watch began while their ``weight`` or
+  ``bias`` changed: the loop trains with the model in ``eval()`` (``running_mean`` and
+  ``running_var`` never update);
+- ``momentum=0``, which keeps ``running_mean`` and ``running_var`` fixed in training mode too;
+- trainable modules whose running statistics disagree with the batch moments they saw recently,
+  beyond the moments' own noise, by BN014's limits;
+- and, as ``check_module`` does, every static rule's finding at or above ``fail-on``.
+
+Between checks a hook costs a counter; one call in ``check_after_steps // 8`` also takes the
+input's mean and variance.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import warnings
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from bncheck.api import judged_report, resolve
+from bncheck.findings import Report
+from bncheck.guard import MOVEMENT_RULES, BatchNormGuardError, BatchNormWarning, GuardResult
+from bncheck.probe.measure import MomentSums
+from bncheck.probe.results import Staleness, staleness
+from bncheck.torch.modules import (
+    TRACKING,
+    BatchNormModule,
+    batchnorm_modules,
+    describe,
+    frozen,
+    tensor,
+)
+from bncheck.torch.moments import batch_moments
+
+#: What the guard does when a check finds a problem.
+OnProblem = Literal["warn", "raise", "stop"]
+ON_PROBLEM = ("warn", "raise", "stop")
+
+#: Batch moments each module keeps between checks (the latest ones).
+KEPT_MOMENTS = 8
+
+
+@dataclass(frozen=True)
+class TorchGuardResult(GuardResult):
+    """What one check of the PyTorch guard found; ``stuck`` are the modules trained in eval
+    mode, ``fixed_by_momentum`` those with ``momentum=0``."""
+
+    stale: Mapping[str, Staleness] = field(default_factory=dict)
+    """Trainable modules whose running statistics disagree with their recent batch moments
+    beyond noise, with the figures."""
+
+    @property
+    def problem(self) -> bool:
+        return bool(self.stuck or self.fixed_by_momentum or self.stale or self.findings)
+
+    @property
+    def keys(self) -> frozenset[tuple[str, str | None]]:
+        return super().keys | frozenset(("stale", path) for path in self.stale)
+
+    @property
+    def message(self) -> str:
+        if not self.problem:
+            return ""
+        lines = []
+        when = f"after {self.steps} steps, " if self.steps else ""
+        if self.stuck:
+            lines.append(
+                f"{when}{_modules(len(self.stuck))} never ran in training mode while their "
+                "weight and bias trained, so running_mean and running_var never updated: call "
+                "model.train() before the training steps (model.eval() only to evaluate) "
+                f"({_named(self.stuck)})"
+            )
+        if self.fixed_by_momentum:
+            lines.append(
+                f"running_mean and running_var of {_modules(len(self.fixed_by_momentum))} cannot "
+                "update: momentum=0 keeps them fixed in model.train() too; use PyTorch's "
+                "default momentum=0.1, or momentum=None for a cumulative average "
+                f"({_named(self.fixed_by_momentum)})"
+            )
+        if self.stale:
+            worst = max(self.stale, key=lambda path: self.stale[path].score)
+            figures = self.stale[worst]
+            lines.append(
+                f"running_mean and running_var of {_modules(len(self.stale))} disagree with the "
+                "batches the modules saw recently, beyond noise (worst: "
+                f"{worst}, typical mean shift {figures.mean_shift:.3g} standard deviations, "
+                f"variance off by a factor of {figures.variance_factor:.3g}): they do not "
+                "describe the data the model trains on; check that nothing resets or loads them "
+                "and that momentum is not tiny, and re-estimate them with "
+                f"bncheck.torch.recalibrate ({_named(list(self.stale))})"
+            )
+        for finding in self.findings:
+            where = f" at {finding.layer}" if finding.layer else ""
+            lines.append(f"{finding.rule} {finding.name}{where}: {finding.message}")
+        if self.frozen:
+            lines.append(
+                f"({_modules(len(self.frozen))} frozen (requires_grad=False or FrozenBatchNorm): "
+                "not expected to update; not a problem)"
+            )
+        return "\n".join(lines)
+
+
+class _Tracked:
+    """What the hook of one module records between checks."""
+
+    def __init__(self, entry: BatchNormModule, every: int) -> None:
+        self.entry = entry
+        self.every = every
+        self.training_calls = 0
+        self.eval_calls = 0
+        self.calls = 0
+        self.moments: deque[tuple[torch.Tensor, torch.Tensor, int]] = deque(maxlen=KEPT_MOMENTS)
+        module = entry.module
+        self.parameters = {
+            name: getattr(module, name).detach().clone()
+            for name in ("weight", "bias")
+            if isinstance(getattr(module, name, None), torch.Tensor)
+        }
+
+    def hook(self, module: nn.Module, args: tuple[Any, ...], _: Any) -> None:
+        if module.training:
+            self.training_calls += 1
+        else:
+            self.eval_calls += 1
+        self.calls += 1
+        if self.calls % self.every == 0 and args and isinstance(args[0], torch.Tensor):
+            with torch.no_grad():
+                self.moments.append(batch_moments(args[0]))
+
+    def weights_changed(self) -> bool:
+        module = self.entry.module
+        return any(
+            not torch.equal(getattr(module, name).detach(), before)
+            for name, before in self.parameters.items()
+        )
+
+    def population(self) -> Any:
+        if len(self.moments) < 2:
+            return None
+        sums = MomentSums()
+        for mean, variance, samples in self.moments:
+            sums.mean = sums.mean + samples * mean.cpu().numpy()
+            sums.mean_squares = sums.mean_squares + samples * mean.cpu().numpy() ** 2
+            sums.variance = sums.variance + samples * variance.cpu().numpy()
+            sums.variance_squares = sums.variance_squares + samples * variance.cpu().numpy() ** 2
+            sums.weight += samples
+            sums.calls += 1
+        return sums.population()
+
+
+class BatchNormWatch:
+    """Watches one module's BatchNorm modules through forward hooks, from its creation until
+    ``close()`` (or the end of its ``with`` block), which removes the hooks.
+
+    Call ``step()`` after each training step (it checks every ``check_after_steps`` steps), or
+    ``check()`` when you like; as a context manager it also checks when the block ends without
+    an exception. On a problem it acts as ``on_problem`` says: ``"warn"`` issues a
+    ``BatchNormWarning``, ``"raise"`` raises ``BatchNormGuardError``, ``"stop"`` warns and sets
+    ``should_stop`` for the loop to test. Each problem is acted on once.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        check_after_steps: int = 100,
+        on_problem: OnProblem = "warn",
+        config: str | os.PathLike[str] | None = None,
+    ) -> None:
+        _validate(check_after_steps, on_problem)
+        self.module = module
+        """The module watched."""
+        self.check_after_steps = check_after_steps
+        self.on_problem = on_problem
+        self.steps = 0
+        """Training steps counted by ``step()`` so far."""
+        self.should_stop = False
+        """Set by a check that found a problem with ``on_problem="stop"``."""
+        self.last_result: TorchGuardResult | None = None
+        """What the latest check found; ``None`` before the first check."""
+        self._settings = resolve(None, None, config)
+        every = max(1, check_after_steps // KEPT_MOMENTS)
+        self._tracked = [
+            _Tracked(entry, every) for entry in batchnorm_modules(module) if entry.kind == TRACKING
+        ]
+        self._handles = [
+            tracked.entry.module.register_forward_hook(functools.partial(_Tracked.hook, tracked))
+            for tracked in self._tracked
+        ]
+        self._checked_at: int | None = None
+        self._reported: set[tuple[str, str | None]] = set()
+
+    def step(self, count: int = 1) -> TorchGuardResult | None:
+        """Count ``count`` training steps; check when the count reaches a multiple of
+        ``check_after_steps``. Returns the check's result, or ``None`` when it did not check."""
+        previous, self.steps = self.steps, self.steps + count
+        if self.steps // self.check_after_steps > previous // self.check_after_steps:
+            return self.check()
+        return None
+
+    def check(self) -> TorchGuardResult:
+        """Check now, act on any problem not acted on before, and return what was found."""
+        report = judged_report(describe(self.module), self._settings)
+        result = self._judge(report)
+        self._checked_at, self.last_result = self.steps, result
+        for tracked in self._tracked:
+            tracked.moments.clear()
+        if result.problem and not result.keys <= self._reported:
+            self._reported |= result.keys
+            self._act(result)
+        return result
+
+    def _judge(self, report: Report) -> TorchGuardResult:
+        limits = self._settings.rules["BN014"].options
+        stuck, fixed, stale_paths, frozen_paths, moved = [], [], [], [], []
+        stale: dict[str, Staleness] = {}
+        for tracked in self._tracked:
+            entry, module = tracked.entry, tracked.entry.module
+            if frozen(entry):
+                frozen_paths.append(entry.path)
+            elif module.momentum == 0:
+                fixed.append(entry.path)
+            elif tracked.training_calls:
+                moved.append(entry.path)
+            elif tracked.eval_calls and tracked.weights_changed():
+                stuck.append(entry.path)
+            if entry.path in stuck or entry.path in fixed or entry.path in frozen_paths:
+                continue
+            population = tracked.population()
+            if population is None:
+                continue
+            figures = staleness(
+                tensor(module, "running_mean").detach().cpu().numpy(),
+                tensor(module, "running_var").detach().cpu().numpy(),
+                population,
+                float(getattr(module, "eps", 1e-5)),
+            )
+            if figures is not None and (
+                figures.mean_shift > limits["max_mean_shift"]
+                or figures.variance_factor > limits["max_variance_factor"]
+            ):
+                stale[entry.path] = figures
+                stale_paths.append(entry.path)
+        covered = set(stuck) | set(fixed)
+        findings = tuple(
+            finding
+            for finding in report.failing()
+            if not (finding.rule in MOVEMENT_RULES and finding.layer in covered)
+        )
+        return TorchGuardResult(
+            steps=self.steps or None,
+            stuck=tuple(stuck),
+            fixed_by_momentum=tuple(fixed),
+            frozen=tuple(frozen_paths),
+            moved=tuple(moved),
+            findings=findings,
+            report=report,
+            stale=stale,
+        )
+
+    def _act(self, result: TorchGuardResult) -> None:
+        if self.on_problem == "raise":
+            raise BatchNormGuardError(result)
+        warnings.warn(result.message, BatchNormWarning, stacklevel=_caller_level())
+        if self.on_problem == "stop":
+            self.should_stop = True
+
+    def close(self) -> None:
+        """Remove the hooks; the watch checks no more."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> BatchNormWatch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None and self._checked_at != self.steps:
+                self.check()
+        finally:
+            self.close()
+
+
+def _modules(count: int) -> str:
+    return f"{count} BatchNorm module{'' if count == 1 else 's'}"
+
+
+def _named(paths: list[str] | tuple[str, ...]) -> str:
+    paths = list(paths)
+    shown = ", ".join(path or "(the module itself)" for path in paths[:3])
+    return shown if len(paths) <= 3 else f"{shown} and {len(paths) - 3} more"
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside bncheck."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _validate(check_after_steps: int, on_problem: str) -> None:
+    if isinstance(check_after_steps, bool) or not isinstance(check_after_steps, int):
+        raise TypeError(f"check_after_steps must be an int, not {check_after_steps!r}")
+    if check_after_steps < 1:
+        raise ValueError(f"check_after_steps must be at least 1, not {check_after_steps}")
+    if on_problem not in ON_PROBLEM:
+        raise ValueError(
+            f"on_problem must be one of {', '.join(map(repr, ON_PROBLEM))}, not {on_problem!r}"
+        )
