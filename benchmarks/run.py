@@ -779,6 +779,89 @@ def guard_overhead(workdir: Path, repeat: int) -> list[Target]:
     ]
 
 
+# The PyTorch guard's cost: training steps of a small CNN on the 10-class digits (upscaled to
+# 32x32, batch 32, one intra-op thread) inside bncheck.torch.watch(check_after_steps=100) against
+# the same steps without it, on the same model. Runs alternate in pairs, the order flipping each
+# pair; the target is the median of the pairs' ratios.
+TORCH_GUARD_OVERHEAD = textwrap.dedent(
+    """
+    import json, sys, time
+    import torch
+    from torch import nn
+    from sklearn.datasets import load_digits
+    import bncheck.torch
+
+    torch.set_num_threads(1)
+    pairs, steps = int(sys.argv[1]), int(sys.argv[2])
+    digits = load_digits()
+    images = torch.tensor(digits.images / 16.0, dtype=torch.float32)[:, None]
+    images = nn.functional.interpolate(images, size=32)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    order = order.repeat(steps * 32 // len(order) + 1)[: steps * 32]
+    x, y = images[order].split(32), torch.tensor(digits.target)[order].split(32)
+
+    torch.manual_seed(0)
+    layers = []
+    width_in = 1
+    for width in (32, 64, 128):
+        layers += [nn.Conv2d(width_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                   nn.ReLU(), nn.MaxPool2d(2)]
+        width_in = width
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+
+    def run(guarded):
+        guard = bncheck.torch.watch(model, on_problem="raise") if guarded else None
+        model.train()
+        start = time.perf_counter()
+        for images, labels in zip(x, y):
+            loss = nn.functional.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if guard is not None:
+                guard.step()
+        elapsed = time.perf_counter() - start
+        if guard is not None:
+            guard.close()
+            result = guard.last_result
+            assert result is not None and result.steps == steps and not result.problem
+        return elapsed
+
+    run(False), run(True)  # warm-up
+    runs = {False: [], True: []}
+    for index in range(pairs):
+        for guarded in ((False, True) if index % 2 == 0 else (True, False)):
+            runs[guarded].append(run(guarded))
+    print(json.dumps({"plain": runs[False], "guarded": runs[True]}))
+    """
+)
+
+
+def torch_guard_overhead(workdir: Path, repeat: int) -> list[Target]:
+    pairs = 3 * repeat
+    _, out = run_python(TORCH_GUARD_OVERHEAD, str(pairs), str(GUARD_STEPS))
+    runs = json.loads(out.strip().splitlines()[-1])
+    plain, guarded = runs["plain"], runs["guarded"]
+    pair_ratios = [g / p for p, g in zip(plain, guarded, strict=True)]
+    plain_wall = statistics.median(plain)
+    return [
+        Target(
+            "torch-guard-overhead",
+            f"training steps of a small PyTorch CNN on digits 32x32, batch 32, {GUARD_STEPS} "
+            "steps: inside bncheck.torch.watch(check_after_steps=100) over without (median of "
+            f"{pairs} pairs)",
+            ratio=statistics.median(pair_ratios),
+            threshold=1.01,  # the guard's goal: at most 1% of a training step
+            higher_is_better=False,
+            medians={
+                "step": f"{plain_wall / GUARD_STEPS * 1000:.1f} ms",
+                "pair ratios": f"{min(pair_ratios):.3f} to {max(pair_ratios):.3f}",
+            },
+        )
+    ]
+
+
 BENCHMARKS: dict[str, Callable[[Path, int], list[Target]]] = {
     "static": static_vs_keras,
     "floor": static_floor,
@@ -792,6 +875,7 @@ BENCHMARKS: dict[str, Callable[[Path, int], list[Target]]] = {
     "recalibrate": recalibrate_vs_forward,
     "pytorch": pytorch_vs_torch_load,
     "guard": guard_overhead,
+    "torch-guard": torch_guard_overhead,
 }
 
 

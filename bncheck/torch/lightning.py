@@ -23,7 +23,8 @@ _CLASSES: dict[type, type] = {}
 def _callback_base() -> type:
     for name in LIGHTNING_MODULES:
         try:
-            return importlib.import_module(name).Callback  # type: ignore[no-any-return]
+            base: type = importlib.import_module(name).Callback
+            return base
         except ImportError:
             continue
     raise UsageError(
