@@ -99,7 +99,8 @@ def test_fit_with_training_true_passes(digits: Any) -> None:
     assert guard.watch is not None and guard.watch.steps == 2 * STEPS_PER_EPOCH
     result = guard.watch.last_result
     assert result is not None and not result.problem and result.message == ""
-    assert result.steps == 100
+    # Checked at 50 and 100 steps, and as fit() ended.
+    assert result.steps == 2 * STEPS_PER_EPOCH
     assert result.moved == ("mlp/first_bn", "mlp/second_bn")
 
 
@@ -118,12 +119,17 @@ def test_fit_whose_train_step_forgets_training_true_raises_at_the_check(digits: 
 
 
 def test_a_frozen_base_is_not_expected_to_move(digits: Any) -> None:
-    guard = bncheck.keras.BatchNormGuard(check_after_steps=CHECK_AFTER, on_problem="raise")
-    fit(mlp(training=True, frozen_base=True), digits, guard)
+    guard = bncheck.keras.BatchNormGuard(check_after_steps=CHECK_AFTER)
+    # One epoch is short for momentum 0.99: the check as fit() ends may find the head's
+    # statistics stale, a separate question; the frozen base is never a problem.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bncheck.BatchNormWarning)
+        fit(mlp(training=True, frozen_base=True), digits, guard)
     result = guard.watch.last_result  # type: ignore[union-attr]
-    assert result is not None and not result.problem
+    assert result is not None and result.stuck == () and result.findings == ()
     assert result.frozen == ("mlp/base/base_bn",)
     assert result.moved == ("mlp/second_bn",)
+    assert "base_bn" not in "".join(result.message.splitlines()[:-1])
 
 
 @pytest.mark.parametrize(
