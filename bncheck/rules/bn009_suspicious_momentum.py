@@ -11,6 +11,10 @@ there momentum 0.1 (Keras's 0.9, PyTorch's default) passes, and the mistake is t
 Keras's 0.99 copied into PyTorch, which keeps 1% of the history (the threshold applies to the
 Keras equivalent, ``1 - momentum``).
 
+A file records the last momentum configured, not necessarily the one training used (a value
+set after ``compile()`` does not reach the compiled train step): ``bncheck.keras.BatchNormGuard``
+measures what the statistics did during training.
+
 How to fix: use ``momentum = 1 - pytorch_momentum`` (0.9 for PyTorch's default 0.1); Keras's own
 default is 0.99.
 
