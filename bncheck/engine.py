@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from bncheck import verdict
 from bncheck.errors import ModelReadError
 from bncheck.findings import Finding, ModelResult, Problem, Report
 from bncheck.isolation import read_all, read_contained
@@ -19,7 +20,6 @@ from bncheck.model import ModelDescription, with_loaded_settings
 from bncheck.probe.options import ProbeOptions, StepReporter
 from bncheck.readers import detect, read_checkpoint, read_model
 from bncheck.rules import RULES
-from bncheck.rules._arrays import untouched_while_trained
 from bncheck.settings import Settings
 
 if TYPE_CHECKING:
@@ -100,7 +100,9 @@ def inspect_path(
     from bncheck.probe.runner import run_probe_contained
 
     show = step or (lambda _: None)
-    untouched = {layer.path: bool(untouched_while_trained(layer)) for layer in description.layers}
+    untouched = {
+        layer.path: bool(verdict.statistics_never_moved(layer)) for layer in description.layers
+    }
     try:
         measured = run_probe_contained(path, probe, lambda text: show(f"{path}: {text}"), untouched)
     except ModelReadError as exc:
@@ -114,8 +116,10 @@ def inspect_path(
         filled = with_loaded_settings(description, loaded)
         if filled is not description:
             result = judged(path, filled, settings)
-    findings = result.findings + tuple(probe_findings(measured, settings))
-    return replace(result, findings=findings, probe=measured)
+    # Measurement settles the static suspicion: one finding per layer (``bncheck.verdict``).
+    measured_findings = result.findings + tuple(probe_findings(measured, settings))
+    findings = verdict.settle(measured_findings, measured, settings)
+    return replace(result, findings=tuple(findings), probe=measured)
 
 
 def check_checkpoint(path: str, model_path: str | None, settings: Settings) -> Report:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bncheck import verdict
 from bncheck.errors import BncheckError
 from bncheck.findings import Finding, Report
 from bncheck.model import BNLayer
@@ -273,7 +274,7 @@ def judge(
         elif start is None:
             continue
         elif _movement(layer, start) == 0.0:
-            fixed_now = layer.momentum is not None and layer.momentum >= 1.0
+            fixed_now = verdict.momentum_holds_statistics(layer.keras_momentum)
             (fixed if fixed_now else stuck).append(layer.path)
         else:
             moved.append(layer.path)

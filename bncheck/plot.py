@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bncheck import verdict
 from bncheck.findings import Finding, ModelResult, Severity
 from bncheck.model import BNLayer
 from bncheck.rules import bn005_dead_channels, bn013_inference_collapse
@@ -94,7 +95,7 @@ def probe_overlay(
     staleness = {}
     if probe.real_data:
         for layer in probe.layers:
-            figures = None if layer.untouched else layer.staleness()
+            figures = verdict.judged_staleness(layer)
             if figures is not None:
                 staleness[layer.path] = max(
                     figures.mean_shift / max_mean_shift,

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bncheck.errors import UsageError
-from bncheck.probe import keras_model
+from bncheck.probe import keras_model, uncertainty
 from bncheck.probe.data import Batch
 from bncheck.probe.results import (
     INFERENCE,
@@ -290,12 +290,17 @@ def _ratio(difference: float, reference: float) -> float:
 
 
 class MetricSums:
-    """A metric over labelled batches: accuracy for classifiers, mean squared error otherwise."""
+    """A metric over labelled batches: accuracy for classifiers, mean squared error otherwise.
+    Each sample's value (1 or 0 for a right or wrong class, its squared error) is kept, batch
+    by batch (one float per sample), for the paired bootstrap of a change
+    (``bncheck.probe.uncertainty``)."""
 
     def __init__(self) -> None:
         self.name: str | None = None
         self.total = 0.0
         self.samples = 0
+        self.per_batch: list[np.ndarray] = []
+        """Each added batch's per-sample values, in the order they were added."""
 
     def add(self, predictions: np.ndarray, labels: np.ndarray) -> None:
         labels = fitted_labels(predictions, labels)
@@ -309,11 +314,31 @@ class MetricSums:
                     f"the labels name classes the model's {classes} outputs do not have (e.g. "
                     f"{outside[0]:g}): give class numbers 0 to {classes - 1}"
                 )
-        self.total += metric_sum(self.name, predictions, labels)
+        values = self.per_sample(self.name, predictions, labels)
+        self.per_batch.append(values)
+        self.total += float(np.sum(values))
         self.samples += len(labels)
 
     def value(self) -> float | None:
         return None if self.samples == 0 else self.total / self.samples
+
+    def values(self, order: Sequence[int] | None = None) -> np.ndarray:
+        """Every sample's value, the batches in the order added or in ``order``."""
+        batches = self.per_batch if order is None else [self.per_batch[i] for i in order]
+        return np.concatenate(batches) if batches else np.zeros(0)
+
+    @staticmethod
+    def per_sample(name: str, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The metric of each sample of one batch (``metric_sum`` is their sum)."""
+        if name == "mean squared error":
+            difference = predictions.reshape(len(labels), -1) - labels.reshape(len(labels), -1)
+            return np.mean(np.square(difference, dtype=np.float64), axis=1)
+        if is_classifier(predictions):
+            truth = labels if labels.ndim == 1 else np.argmax(labels, axis=1)
+            return (np.argmax(predictions, axis=1) == truth).astype(np.float64)
+        scores = predictions.ravel()
+        threshold = 0.5 if scores.min() >= 0.0 and scores.max() <= 1.0 else 0.0
+        return ((scores > threshold) == (labels.ravel() > 0.5)).astype(np.float64)
 
 
 def fitted_labels(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -689,11 +714,24 @@ def _metric(
     if len(names) != 1:
         notes.append("labels need a model with one output: no metric measured")
         return None
+    estimated = metrics[ESTIMATED]
+    interval = None
+    if estimated.samples:
+        # The re-estimated sweep runs the even batches, then the odd ones (cross-fitting); a
+        # lone batch split in two runs as its two halves, in order.
+        count = len(stored.per_batch)
+        order = None
+        if len(estimated.per_batch) == count > 1:
+            order = [*range(0, count, 2), *range(1, count, 2)]
+        before, after = stored.values(order), estimated.values()
+        if before.size == after.size:
+            interval = uncertainty.paired_change(before, after)
     return Metric(
         name=stored.name,
         stored=float(stored.value() or 0.0),
-        reestimated=metrics[ESTIMATED].value(),
+        reestimated=estimated.value(),
         training=metrics[TRAINING].value(),
+        change=interval,
     )
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bncheck.probe.uncertainty import LEVEL, Interval
+
 #: The two modes the probe runs a model in.
 INFERENCE = "inference"
 TRAINING = "training"
@@ -90,6 +92,10 @@ class Metric:
     would write them; ``None`` when nothing was re-estimated."""
     training: float | None
     """Training mode: BatchNorm normalises each batch with that batch's own statistics."""
+    change: Interval | None = None
+    """The 95% interval of ``reestimated - stored`` by a paired bootstrap over the samples;
+    ``None`` when nothing was re-estimated (or, built by hand, when the spread is unknown: the
+    change is then taken at its value)."""
 
     @property
     def higher_is_better(self) -> bool:
@@ -105,11 +111,37 @@ class Metric:
     def format(self, value: float) -> str:
         return f"{value:.1%}" if self.higher_is_better else f"{value:.4g}"
 
-    def change(self, before: float, after: float) -> str:
+    def moved(self, before: float, after: float) -> str:
         """``"raise X from a to b"``: the verb follows the numbers, whichever way is better (a
         mean squared error that improves is lowered)."""
         verb = "raise" if after > before else "lower"
         return f"{verb} {self.name} from {self.format(before)} to {self.format(after)}"
+
+    def describe_change(self) -> str:
+        """``"+3.1 points, 95% interval -0.8 to +7.0"`` (accuracy) or ``"+1497, 95% interval
+        -210 to +3204"`` (mean squared error): the change re-estimated statistics make, and its
+        uncertainty where known."""
+        if self.reestimated is None:
+            return ""
+        text = self._signed(self.reestimated - self.stored)
+        if self.change is not None:
+            text += (
+                f", {LEVEL:.0%} interval {self._signed(self.change.low, unit=False)} to "
+                f"{self._signed(self.change.high, unit=False)}"
+            )
+        return text
+
+    def change_with_interval(self) -> str:
+        """``"raise accuracy from 90.0% to 93.1% (+3.1 points, 95% interval ...)"``; without an
+        interval, the two values alone."""
+        assert self.reestimated is not None
+        moved = self.moved(self.stored, self.reestimated)
+        return moved if self.change is None else f"{moved} ({self.describe_change()})"
+
+    def _signed(self, value: float, unit: bool = True) -> str:
+        if self.higher_is_better:
+            return f"{value * 100:+.1f}" + (" points" if unit else "")
+        return f"{value:+.4g}"
 
 
 @dataclass(frozen=True)
@@ -261,9 +293,9 @@ class LayerMeasurement:
     layers are, frozen ones keep theirs (as ``bncheck recalibrate`` does by default)."""
     momentum: float | None = None
     untouched: bool = False
-    """The stored statistics still equal their initial values while gamma or beta trained
-    (BN001's finding): the network learned with them, not with batch statistics, unless the
-    momentum (>= 1) kept them there."""
+    """The stored statistics still equal their initial values while gamma or beta trained, or
+    in a layer that has neither (``bncheck.verdict.statistics_never_moved``): the network learned
+    with them, not with batch statistics, unless the momentum (>= 1) kept them there."""
 
     def staleness(self) -> Staleness | None:
         if self.population is None:
@@ -272,8 +304,11 @@ class LayerMeasurement:
 
     @property
     def learned_without_batch_statistics(self) -> bool:
-        """Statistics untouched by a training loop whose momentum would have moved them."""
-        return self.untouched and (self.momentum is None or self.momentum < 1.0)
+        """Statistics untouched by a training loop whose momentum would have moved them (the
+        verdict is ``bncheck.verdict``'s)."""
+        from bncheck import verdict
+
+        return verdict.measured_learned_without_batch_statistics(self)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bncheck import formats
+from bncheck import formats, verdict
 from bncheck.engine import inspect_path
 from bncheck.errors import ModelReadError, UsageError
 from bncheck.isolation import Reporter, RunLimits, read_contained, run_contained
@@ -49,7 +49,6 @@ from bncheck.recalibrate.results import (
     Verification,
 )
 from bncheck.recalibrate.write import NewStatistics, write_model
-from bncheck.rules._arrays import untouched_while_trained
 from bncheck.settings import Settings
 
 #: The formats recalibration can write back; SavedModels and weights-only files are not.
@@ -261,6 +260,7 @@ def verify(
 ) -> Verification:
     """The model with its stored statistics against the model with the estimates, in inference
     mode, on every sample of ``dataset``."""
+    from bncheck.probe import uncertainty
     from bncheck.probe.measure import MetricSums, OutputSums
     from bncheck.probe.passes import ESTIMATED, STORED
 
@@ -283,7 +283,8 @@ def verify(
         progress.batch(number, total, samples)
     metric = None
     if before.name is not None:
-        metric = Metric(before.name, float(before.value() or 0.0), after.value(), None)
+        change = uncertainty.paired_change(before.values(), after.values(), seed=plan.seed)
+        metric = Metric(before.name, float(before.value() or 0.0), after.value(), None, change)
     measured = totals.measurement("output", trained=False, estimated=True, metric=metric)
     return Verification(
         on=dataset.source,
@@ -304,14 +305,22 @@ def _refusal(check: Verification, settings: Settings) -> str | None:
     metric = check.metric
     if metric is not None:
         gain = metric.gain()
-        if gain is not None and gain < 0:
-            assert metric.reestimated is not None
-            verb = "rise" if metric.reestimated > metric.stored else "fall"
-            return (
-                f"{metric.name} on {check.described} would {verb} from "
-                f"{metric.format(metric.stored)} to {metric.format(metric.reestimated)}"
-            )
-        return None
+        assert gain is not None and metric.reestimated is not None
+        verb = "rise" if metric.reestimated > metric.stored else "fall"
+        moved = (
+            f"{metric.name} on {check.described} would {verb} from "
+            f"{metric.format(metric.stored)} to {metric.format(metric.reestimated)}"
+        )
+        if metric.change is not None:
+            # A CI gate writes only what the data shows to be better: no change, or one the
+            # interval cannot tell from none, is no evidence for the new statistics.
+            if not metric.change.excludes_zero:
+                return (
+                    f"{moved} ({metric.describe_change()}): "
+                    f"{verdict.inconclusive_on(metric)} (--force writes it anyway)"
+                )
+            moved += f" ({metric.describe_change()})"
+        return moved if gain < 0 else None
     limits = settings.rules["BN015"].options
     if check.changed_predictions is not None:
         if check.changed_predictions > limits["max_changed_predictions"]:
@@ -497,7 +506,7 @@ def choose(
         if stored.trainable is False and not include_frozen:
             kept[path] = FROZEN
             continue
-        if _learned_with_initial_statistics(stored) and not include_untouched:
+        if verdict.learned_without_batch_statistics(stored) and not include_untouched:
             kept[path] = UNTOUCHED
             continue
         targets.append((path, layer))
@@ -506,8 +515,3 @@ def choose(
         if path not in kept and path not in chosen:
             kept[path] = NOT_LOADED
     return targets, kept
-
-
-def _learned_with_initial_statistics(layer: BNLayer) -> bool:
-    momentum_holds_them = layer.momentum is not None and layer.momentum >= 1.0
-    return bool(untouched_while_trained(layer)) and not momentum_holds_them

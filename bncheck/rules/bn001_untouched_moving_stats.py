@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+from bncheck import verdict
 from bncheck.findings import Escalation, Problem, Severity
 from bncheck.model import INFERRED_BY_NAMES, BNLayer
 from bncheck.rules._arrays import untouched_while_trained
@@ -56,8 +57,7 @@ OPTIONS: Mapping[str, float] = {"tolerance": 1e-6}
 
 
 def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
-    momentum = layer.keras_momentum
-    if momentum is not None and momentum >= 1.0:
+    if verdict.momentum_holds_statistics(layer.keras_momentum):
         return  # BN008: a momentum that cannot move them explains the initial values
     trained = untouched_while_trained(layer, options["tolerance"])
     if not trained:

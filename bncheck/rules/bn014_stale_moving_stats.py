@@ -17,11 +17,12 @@ from the spread of the batch statistics across batches, and the typical figures 
 over channels) have the noise's share taken out, so a healthy model is not reported because its
 data was small. The worst channels are named; problems come worst layer first.
 
-Layers whose statistics were never updated while gamma and beta trained are left to BN001 (the
-network may have learned with those statistics, so the population estimate is not the reference
-there) and BN008 (momentum 1.0); BN015 measures what replacing them would do. Frozen layers
-(``trainable=False``) are reported as information only: the layers after them learned with their
-stored statistics.
+Layers whose statistics were never updated while gamma and beta trained (or that have neither,
+``center=False, scale=False``) are left to BN001 and BN002 (the network may have learned with
+those statistics, so the population estimate is not the reference there) and BN008 (momentum
+1.0); BN015 measures what replacing them would do, and that measurement settles their finding.
+Frozen layers (``trainable=False``) are reported as information only: the layers after them
+learned with their stored statistics.
 
 Why it happens: the moving averages lag the weights (training too short for the momentum, a
 last epoch with a high learning rate, momentum 1.0), or the data at inference differs from the
@@ -53,6 +54,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
+from bncheck import verdict
 from bncheck.findings import Escalation, Problem, Severity
 from bncheck.probe.results import ProbeResult
 
@@ -75,9 +77,8 @@ def check(result: ProbeResult, options: Mapping[str, float]) -> Iterator[Problem
         return
     stale = []
     for layer in result.layers:
-        if layer.untouched:
-            continue  # BN001's or BN008's: statistics that never moved are not stale ones
-        figures = layer.staleness()
+        # None for statistics that never moved (BN001's, BN002's or BN008's: not stale ones).
+        figures = verdict.judged_staleness(layer)
         if figures is None:
             continue
         if (
