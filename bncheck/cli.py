@@ -7,6 +7,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import IO, Any
 
 import click
@@ -356,6 +357,14 @@ def _probe_from(
     show_default=True,
     help="Read this many models at once, each in its own process (static inspection only).",
 )
+@click.option(
+    "--fail-under",
+    "fail_under",
+    multiple=True,
+    metavar="METRIC=VALUE",
+    help="Fail (BN023, exit 1) when the metric with the stored statistics on the labelled --data "
+    "misses the bound: accuracy=0.9 (at least), mse=0.5 (at most).",
+)
 @_probe_options
 def inspect(
     ctx: click.Context,
@@ -367,6 +376,7 @@ def inspect(
     select: tuple[str, ...],
     ignore: tuple[str, ...],
     jobs: int,
+    fail_under: tuple[str, ...],
     probe: bool,
     data: str | None,
     labels: str | None,
@@ -418,10 +428,14 @@ def inspect(
         probe_timeout,
         probe_memory,
     )
+    if fail_under and probe_options is None:
+        raise UsageError("--fail-under needs labelled --data to measure the metric on")
     return run_inspect(
         InspectOptions(
             paths=paths,
-            config=_config(config, select, ignore, fail_on),
+            config=replace(
+                _config(config, select, ignore, fail_on), rule_options=_bounds(fail_under)
+            ),
             output=_output(output_format, output),
             jobs=jobs,
             probe=probe_options,
@@ -465,6 +479,35 @@ def checkpoint(
             output=_output(output_format, output),
         )
     )
+
+
+#: ``--fail-under`` metric names, and BN023's option each sets.
+_METRIC_BOUNDS = {
+    "accuracy": "min_accuracy",
+    "mse": "max_mean_squared_error",
+    "mean_squared_error": "max_mean_squared_error",
+}
+
+
+def _bounds(fail_under: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """BN023's options from ``--fail-under METRIC=VALUE`` flags."""
+    bounds: dict[str, float] = {}
+    for text in fail_under:
+        name, _, value = text.partition("=")
+        option = _METRIC_BOUNDS.get(name.strip().lower())
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if option is None or not 0.0 <= number < float("inf"):
+            raise UsageError(
+                f"--fail-under {text!r}: give METRIC=VALUE, METRIC accuracy or mse and VALUE a "
+                "number >= 0 (accuracy=0.9)"
+            )
+        if option == "min_accuracy" and number > 1.0:
+            raise UsageError(f"--fail-under {text!r}: accuracy is a fraction from 0 to 1")
+        bounds[option] = number
+    return {"BN023": bounds} if bounds else {}
 
 
 def _config(

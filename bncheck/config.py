@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +37,17 @@ class ConfigOptions:
     """``--ignore``: these rules are turned off as well."""
     fail_on: FailOn | None = None
     """``--fail-on``: replaces the file's ``fail-on`` when given."""
+    rule_options: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    """Rule options set by flags (``--fail-under`` sets BN023's bounds), over the file's."""
 
 
 def resolve_settings(options: ConfigOptions, cwd: Path) -> Settings:
     """Rule defaults, then the configuration file, then the flags."""
     path = Path(options.config) if options.config is not None else find_config(cwd)
     settings = settings_from_file(path) if path is not None else Settings()
-    settings = settings.with_overrides(select=options.select, ignore=options.ignore)
+    settings = settings.with_overrides(
+        select=options.select, ignore=options.ignore, options=options.rule_options
+    )
     if options.fail_on is not None:
         settings = replace(settings, fail_on=options.fail_on)
     return settings

@@ -41,6 +41,7 @@ from bncheck.rules import (
     bn020_matched_by_position,
     bn021_unfused_batchnorm,
     bn022_batch_statistics_at_inference,
+    bn023_metric_below_bound,
 )
 
 
@@ -82,6 +83,7 @@ RULES: dict[str, Rule] = _registry(
     bn020_matched_by_position,
     bn021_unfused_batchnorm,
     bn022_batch_statistics_at_inference,
+    bn023_metric_below_bound,
 )
 
 
