@@ -136,3 +136,31 @@ def test_measurement_that_says_recalibrate_keeps_the_worst_severity() -> None:
     [finding] = [f for f in settled(better, untouched=False) if f.layer == "m/bn"]
     assert finding.severity is Severity.ERROR  # BN014's severe staleness
     assert "recalibrate with --include-untouched" in finding.message
+
+
+def test_identical_findings_across_layers_are_one_line_of_the_text_report() -> None:
+    from bncheck.findings import ModelResult, Report
+    from bncheck.reporters import REPORTERS
+
+    untrained = tuple(
+        layer(
+            path=f"net/bn{index}",
+            gamma=[1.0] * 4,
+            beta=[0.0] * 4,
+            moving_mean=[0.0] * 4,
+            moving_variance=[1.0] * 4,
+        )
+        for index in range(53)
+    )
+    description = ModelDescription("m.keras", "keras", untrained)
+    findings = tuple(static_findings(description, Settings()))
+    assert len(findings) == 53
+    report = Report((ModelResult("m.keras", "keras", description, findings),), Settings().fail_on)
+    lines = [line for line in REPORTERS["table"](report).splitlines() if "BN002" in line]
+    assert lines == [
+        "warning  BN002 untrained-layer  53 layers (net/bn0, net/bn1, net/bn2 and 50 more): "
+        "gamma, beta, moving_mean, moving_variance are all still at their initial values: the "
+        "layer never trained"
+    ]
+    # JSON keeps one entry per layer.
+    assert REPORTERS["json"](report).count('"BN002"') == 53

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import click
 from tabulate import tabulate
 
-from bncheck.findings import ModelResult, Report, Severity
+from bncheck.findings import Finding, ModelResult, Report, Severity
 from bncheck.model import ArraySummary, BNLayer, CheckpointContents
 from bncheck.reporters.options import PLAIN, RenderOptions
 from bncheck.text import shown
@@ -63,14 +63,38 @@ def _model_block(model: ModelResult, options: RenderOptions) -> str:
     if model.probe is not None:
         lines += probe_lines(model.probe)
     if model.findings:
-        ordered = sorted(model.findings, key=lambda f: -f.severity)
         lines.append("")
-        lines += [
-            f"{_severity(f.severity, options)} {f.rule} {f.name}  {shown(f.layer or '(model)')}: "
-            f"{shown(f.message)}"
-            for f in ordered
-        ]
+        lines += [_finding_line(group, options) for group in grouped(model.findings)]
     return "\n".join(lines)
+
+
+#: Layers a grouped finding names before it abbreviates.
+NAMED_LAYERS = 3
+
+
+def grouped(findings: Sequence[Finding]) -> list[list[Finding]]:
+    """The findings, worst first, with those identical but for their layer (an untrained model's
+    BN002 on every layer) in one group, in the order of their first layer."""
+    groups: dict[tuple[object, ...], list[Finding]] = {}
+    for finding in sorted(findings, key=lambda f: -f.severity):
+        key: tuple[object, ...] = (finding.severity, finding.rule, finding.message)
+        if finding.layer is None:
+            key += (id(finding),)
+        groups.setdefault(key, []).append(finding)
+    return list(groups.values())
+
+
+def _finding_line(group: list[Finding], options: RenderOptions) -> str:
+    first = group[0]
+    if len(group) == 1:
+        where = shown(first.layer or "(model)")
+    else:
+        named = ", ".join(shown(f.layer or "") for f in group[:NAMED_LAYERS])
+        more = f" and {len(group) - NAMED_LAYERS} more" if len(group) > NAMED_LAYERS else ""
+        where = f"{len(group)} layers ({named}{more})"
+    return f"{_severity(first.severity, options)} {first.rule} {first.name}  {where}: " + shown(
+        first.message
+    )
 
 
 def coverage_line(contents: CheckpointContents, format_name: str) -> str:
