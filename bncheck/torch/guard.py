@@ -59,17 +59,17 @@ class TorchGuardResult(GuardResult):
     """What one check of the PyTorch guard found; ``stuck`` are the modules trained in eval
     mode, ``fixed_by_momentum`` those with ``momentum=0``."""
 
-    stale: Mapping[str, Staleness] = field(default_factory=dict)
+    stale_modules: Mapping[str, Staleness] = field(default_factory=dict)
     """Trainable modules whose running statistics disagree with their recent batch moments
     beyond noise, with the figures."""
 
     @property
     def problem(self) -> bool:
-        return bool(self.stuck or self.fixed_by_momentum or self.stale or self.findings)
+        return bool(self.stuck or self.fixed_by_momentum or self.stale_modules or self.findings)
 
     @property
     def keys(self) -> frozenset[tuple[str, str | None]]:
-        return super().keys | frozenset(("stale", path) for path in self.stale)
+        return super().keys | frozenset(("stale", path) for path in self.stale_modules)
 
     @property
     def message(self) -> str:
@@ -91,17 +91,18 @@ class TorchGuardResult(GuardResult):
                 "default momentum=0.1, or momentum=None for a cumulative average "
                 f"({_named(self.fixed_by_momentum)})"
             )
-        if self.stale:
-            worst = max(self.stale, key=lambda path: self.stale[path].score)
-            figures = self.stale[worst]
+        if self.stale_modules:
+            worst = max(self.stale_modules, key=lambda path: self.stale_modules[path].score)
+            figures = self.stale_modules[worst]
             lines.append(
-                f"running_mean and running_var of {_modules(len(self.stale))} disagree with the "
+                f"running_mean and running_var of {_modules(len(self.stale_modules))} disagree "
+                "with the "
                 "batches the modules saw recently, beyond noise (worst: "
                 f"{worst}, typical mean shift {figures.mean_shift:.3g} standard deviations, "
                 f"variance off by a factor of {figures.variance_factor:.3g}): they do not "
                 "describe the data the model trains on; check that nothing resets or loads them "
                 "and that momentum is not tiny, and re-estimate them with "
-                f"bncheck.torch.recalibrate ({_named(list(self.stale))})"
+                f"bncheck.torch.recalibrate ({_named(list(self.stale_modules))})"
             )
         for finding in self.findings:
             where = f" at {finding.layer}" if finding.layer else ""
@@ -269,7 +270,7 @@ class BatchNormWatch:
             moved=tuple(moved),
             findings=findings,
             report=report,
-            stale=stale,
+            stale_modules=stale,
         )
 
     def _act(self, result: TorchGuardResult) -> None:

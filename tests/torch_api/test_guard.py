@@ -76,7 +76,7 @@ def test_stale_running_statistics_are_found(train_batches: nets.Batches) -> None
             guard.step()
     guard.close()
     result = guard.last_result
-    assert result is not None and result.stale and "1" in result.stale
+    assert result is not None and result.stale_modules and "1" in result.stale_modules
     assert "bncheck.torch.recalibrate" in result.message
 
 
