@@ -46,7 +46,7 @@ class BatchPlan:
         if self.dataset.available is None:
             return None
         count = min(self.dataset.available, self.options.samples)
-        return max(1, count // self.options.batch_size)
+        return max(1, -(-count // self.options.batch_size))
 
     def batches(self) -> Iterator[probe_data.Batch]:
         if self.dataset is None:

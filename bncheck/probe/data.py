@@ -100,11 +100,12 @@ class Dataset:
     """Float inputs the data gives whole numbers (unscaled pixels, say)."""
 
     def batches(
-        self, batch_size: int, seed: int, samples: int | None, whole: bool = True
+        self, batch_size: int, seed: int, samples: int | None, whole: bool = False
     ) -> Iterator[Batch]:
-        """Shuffled (seeded) batches of ``batch_size`` covering at most ``samples`` samples.
-        With ``whole``, only full batches are served when there is at least one: in training
-        mode a short last batch would give its few samples' statistics the weight of a batch."""
+        """Shuffled (seeded) batches of ``batch_size`` covering at most ``samples`` samples,
+        every one of them: the last batch may be short, as in ``fit`` and ``predict`` (its
+        statistics weigh by its samples). With ``whole``, a short last batch after full ones is
+        left out."""
         raise NotImplementedError
 
     def describe(self, batches: Sequence[Batch] | int, samples: int, batch_size: int) -> ProbeData:
@@ -256,7 +257,7 @@ class ArrayData(Dataset):
         ]
 
     def batches(
-        self, batch_size: int, seed: int, samples: int | None, whole: bool = True
+        self, batch_size: int, seed: int, samples: int | None, whole: bool = False
     ) -> Iterator[Batch]:
         order = np.random.default_rng(seed).permutation(self.count)
         used = min(self.count, samples or self.count)
@@ -444,7 +445,7 @@ class ImageFolder(Dataset):
         self.available = None
 
     def batches(
-        self, batch_size: int, seed: int, samples: int | None, whole: bool = True
+        self, batch_size: int, seed: int, samples: int | None, whole: bool = False
     ) -> Iterator[Batch]:
         dataset = self._dataset(batch_size, seed)
         served = 0

@@ -107,6 +107,16 @@ class Passes:
         import tensorflow as tf
 
         self._snapshot = keras_model.Snapshot(self.model.variables)
+        if self._strategy is None:
+            # Calls inside a loop (a recurrent cell's BatchNorm) leave no tensor outside it: their
+            # moments are summed in a variable per layer, read and reset after each pass.
+            self._loop_sums = {
+                path: tf.Variable(
+                    tf.zeros([_LOOP_HEADER + 2 * int(layer.moving_mean.shape[0])], tf.float64),
+                    trainable=False,
+                )
+                for path, layer in self.layers
+            }
         if self._figures:
             self._compare = tf.Variable(True, trainable=False)
         self._unhook = _hook(self.layers, self._call)
@@ -253,8 +263,25 @@ class Passes:
         results, keys = [], []
         local = self._local
         for mode in modes:
-            local.mode, local.records = mode, []
-            outputs = self.model(keras_model.pack_inputs(self.model, inputs))
+            local.mode, local.records, local.looped = mode, [], {}
+            # As ``model.predict`` and ``fit``'s BatchNorm see it: ``training=False`` reaches
+            # every layer (augmentation, Dropout, noise and custom layers that default to
+            # ``training=True`` are off); in training mode the hooked BatchNorm layers alone
+            # normalise with batch statistics.
+            outputs = self.model(keras_model.pack_inputs(self.model, inputs), training=False)
+            if local.looped:
+                # A layer called in a loop is measured over the loop's calls alone: its call
+                # outside it, if any, is Keras tracing the first step for its output's shape.
+                local.records = [
+                    record
+                    for record in local.records
+                    if record[0] not in local.looped or record[1] != "moments"
+                ]
+                for path in local.looped:
+                    sums = self._loop_sums[path].read_value()
+                    local.records.append((path, "moments", _loop_moments(sums)))
+                    with tf.control_dependencies([sums]):
+                        self._loop_sums[path].assign(tf.zeros_like(sums))
             # Every recorded figure of the call in one flat vector: one transfer per call.
             pieces = [
                 tf.reshape(tf.cast(tensor, tf.float32), [-1])
@@ -313,9 +340,15 @@ class Passes:
                 records.append((path, "moments", list(moments)))
                 if self._figures:
                     records.append((path, "figures", _figures(outputs)))
+            elif not synchronised:
+                self._local.looped[path] = True
+                self._loop_sums[path].assign_add(_loop_terms(*moments))
             return outputs
         if mode == ESTIMATED and path in self._estimates and explicit is not True:
             return _normalise(layer, inputs, *self._estimates[path])
+        # A layer its caller hard-wires to ``training=True`` updates its moving statistics, in
+        # ``model.predict`` as here: the snapshot puts them back after the pass.
+        self._dirty = self._dirty or (explicit is True and bool(layer.trainable))
         outputs = original(inputs, *args, **kwargs)
         if observable and mode == STORED and self._figures:
             values = tf.cast(inputs, tf.float32)
@@ -434,16 +467,47 @@ def _counted(
 
     shape = tf.shape(values)
     per_channel = tf.reduce_prod(tf.gather(shape, _axes(layer, values)))
-    if not synchronised:
-        return mean, variance, shape[0], per_channel
     # Masked moments are taken over the unmasked positions only: that is their weight.
     weight = per_channel if mask is None else tf.reduce_sum(tf.cast(mask, tf.int32))
-    return _across_replicas(mean, variance, weight, shape[0], per_channel)
+    if not synchronised:
+        return mean, variance, shape[0], weight
+    return _across_replicas(mean, variance, weight, shape[0])
 
 
-def _across_replicas(
-    mean: Any, variance: Any, weight: Any, samples: Any, per_channel: Any
-) -> CountedMoments:
+#: A loop sum's leading values: the values per channel, the calls and the samples summed over
+#: them; then each channel's sum and sum of squares.
+_LOOP_HEADER = 3
+
+
+def _loop_terms(mean: Any, variance: Any, samples: Any, per_channel: Any) -> Any:
+    """One call's terms of a loop sum, in float64."""
+    import tensorflow as tf
+
+    count = tf.cast(per_channel, tf.float64)
+    mean = tf.cast(tf.reshape(mean, [-1]), tf.float64)
+    variance = tf.cast(tf.reshape(variance, [-1]), tf.float64)
+    header = tf.stack([count, tf.constant(1.0, tf.float64), tf.cast(samples, tf.float64)])
+    return tf.concat([header, count * mean, count * (variance + mean**2)], 0)
+
+
+def _loop_moments(sums: Any) -> list[Any]:
+    """A loop sum's moments, as one call records them (taken in float64)."""
+    import tensorflow as tf
+
+    count, calls, samples = tf.unstack(sums[:_LOOP_HEADER])
+    channels = (sums.shape[0] - _LOOP_HEADER) // 2
+    mean = tf.math.divide_no_nan(sums[_LOOP_HEADER : _LOOP_HEADER + channels], count)
+    squares = tf.math.divide_no_nan(sums[_LOOP_HEADER + channels :], count)
+    variance = tf.maximum(squares - mean**2, 0.0)
+    return [
+        tf.cast(mean, tf.float32),
+        tf.cast(variance, tf.float32),
+        tf.cast(tf.round(tf.math.divide_no_nan(samples, calls)), tf.int32),
+        tf.cast(count, tf.int32),
+    ]
+
+
+def _across_replicas(mean: Any, variance: Any, weight: Any, samples: Any) -> CountedMoments:
     """The global batch's moments from each replica's: the per-channel count, sum and sum of
     squares (``weight * mean`` and ``weight * (variance + mean**2)``), in float64, summed across
     replicas by one all-reduce. A replica's float32 moments and their products with a count are
@@ -459,20 +523,20 @@ def _across_replicas(
     channels = tf.size(local_mean)
     sums = tf.concat(
         [
-            tf.stack([count, tf.cast(samples, tf.float64), tf.cast(per_channel, tf.float64)]),
+            tf.stack([count, tf.cast(samples, tf.float64)]),
             tf.where(count > 0, count * local_mean, 0.0),
             tf.where(count > 0, count * (local_variance + local_mean**2), 0.0),
         ],
         0,
     )
     total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, sums)
-    global_mean = total[3 : 3 + channels] / total[0]
-    global_variance = tf.maximum(total[3 + channels :] / total[0] - global_mean**2, 0.0)
+    global_mean = total[2 : 2 + channels] / total[0]
+    global_variance = tf.maximum(total[2 + channels :] / total[0] - global_mean**2, 0.0)
     return (
         tf.reshape(tf.cast(global_mean, mean.dtype), tf.shape(mean)),
         tf.reshape(tf.cast(global_variance, variance.dtype), tf.shape(variance)),
         tf.cast(total[1], tf.int32),
-        tf.cast(total[2], tf.int32),
+        tf.cast(total[0], tf.int32),
     )
 
 
@@ -520,7 +584,7 @@ def _size(tensor: Any) -> int:
 def _pass_result(
     model: Any, outputs: Any, flat: np.ndarray, keys: list[tuple[str, str, list[int]]]
 ) -> PassResult:
-    figures, moments = [], []
+    figures, calls = [], []
     offset = 0
     for path, kind, sizes in keys:
         values = []
@@ -529,7 +593,7 @@ def _pass_result(
             offset += size
         if kind == "moments":
             mean, variance, samples, per_channel = values
-            moments.append(
+            calls.append(
                 Moments(
                     path,
                     mean.astype(np.float64),
@@ -543,4 +607,33 @@ def _pass_result(
         rms, deviation, nonfinite, error = (float(v) for v in stacked)
         spread = deviation / rms if int(batch[0]) >= 2 and rms > 0.0 else 0.0
         figures.append(CallFigures(path, spread, rms, int(nonfinite), None if error < 0 else error))
-    return PassResult(keras_model.output_arrays(model, outputs), figures, moments)
+    return PassResult(keras_model.output_arrays(model, outputs), figures, _pooled(calls))
+
+
+def _pooled(calls: list[Moments]) -> list[Moments]:
+    """One ``Moments`` per layer and pass: a layer called several times in one pass (inside
+    ``TimeDistributed``, which calls it once per timestep, or by a custom layer, on several
+    tensors) is measured over everything it normalised in the pass, its calls' moments
+    weighted by their values, so its population statistics are those of every position it
+    normalises at inference (the variance pooled over batch and time, not the per-timestep
+    variance averaged over time)."""
+    by_path: dict[str, list[Moments]] = {}
+    for moments in calls:
+        by_path.setdefault(moments.path, []).append(moments)
+    pooled = []
+    for path, group in by_path.items():
+        if len(group) == 1:
+            pooled.append(group[0])
+            continue
+        weights = np.array([moments.values for moments in group], dtype=np.float64)
+        total = max(float(weights.sum()), 1.0)
+        mean = sum(w * m.mean for w, m in zip(weights, group, strict=True)) / total
+        variance = (
+            sum(
+                w * (m.variance + (m.mean - mean) ** 2) for w, m in zip(weights, group, strict=True)
+            )
+            / total
+        )
+        samples = max(moments.samples for moments in group)
+        pooled.append(Moments(path, mean, variance, samples, int(weights.sum())))
+    return pooled

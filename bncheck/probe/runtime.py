@@ -49,12 +49,15 @@ class CallFigures:
 
 @dataclass(frozen=True)
 class Moments:
-    """One call's per-channel input statistics in training mode."""
+    """One layer's per-channel input statistics in one training-mode pass, pooled over all its
+    calls in the pass (a layer inside TimeDistributed, a recurrent cell or a custom layer calling
+    it twice)."""
 
     path: str
     mean: np.ndarray
     variance: np.ndarray
-    """The biased variance the layer normalised the batch with (unless ``corrected``)."""
+    """The biased variance over every value the layer normalised in the pass (unless
+    ``corrected``)."""
     samples: int
     values: int
     """Values per channel the statistics are taken over (samples times positions)."""

@@ -155,7 +155,7 @@ class StreamData(Dataset):
         self.integer_inputs = []  # streamed elements are typed by their source
 
     def batches(
-        self, batch_size: int, seed: int, samples: int | None, whole: bool = True
+        self, batch_size: int, seed: int, samples: int | None, whole: bool = False
     ) -> Iterator[Batch]:
         if self._endless and samples is None:
             raise UsageError(
@@ -455,7 +455,7 @@ class TFRecordData(Dataset):
         return matched
 
     def batches(
-        self, batch_size: int, seed: int, samples: int | None, whole: bool = True
+        self, batch_size: int, seed: int, samples: int | None, whole: bool = False
     ) -> Iterator[Batch]:
         yield from served(
             numpy_batches(self._dataset(batch_size, seed), self.labelled, self._where),

@@ -71,9 +71,9 @@ def test_statistics_recomputed_over_the_data_are_clean(run_cli: Run) -> None:
     probe = model["probe"]
     available = len(np.load(DIGITS))
     data = probe["data"]
-    # Every whole batch of the data, up to --samples: not one batch of 32.
+    # Every sample of the data, up to --samples, the short last batch too: not one batch of 32.
     assert data["real"] is True and data["available"] == available
-    assert data["samples"] == available - available % 32 and data["batches"] == available // 32
+    assert data["samples"] == available and data["batches"] == -(-available // 32)
     assert probe["modes"] == ["inference", "training"]
     assert [layer["path"] for layer in probe["layers"]] == ["cnn/bn1", "cnn/bn2", "cnn/bn3"]
     assert all(layer["population"]["batches"] == data["batches"] for layer in probe["layers"])
@@ -83,7 +83,7 @@ def test_statistics_recomputed_over_the_data_are_clean(run_cli: Run) -> None:
 def test_samples_caps_the_data(run_cli: Run) -> None:
     _, model = report(run_cli, PROBE / "recalibrated.keras", "--data", DIGITS, "--samples", 100)
     data = model["probe"]["data"]
-    assert (data["samples"], data["batches"], data["batch_size"]) == (96, 3, 32)
+    assert (data["samples"], data["batches"], data["batch_size"]) == (100, 4, 32)
 
 
 def test_briefly_trained_model_has_stale_statistics(run_cli: Run) -> None:
@@ -106,12 +106,20 @@ def test_synthetic_data_does_not_judge_staleness(run_cli: Run) -> None:
     assert "BN014 stale" not in result.out and "BN015 recal" not in result.out
 
 
-def test_hardcoded_training_call_is_batch_dependent(run_cli: Run) -> None:
-    code, model = report(run_cli, FIXTURES / "keras3/training_call.keras", "--probe")
+def test_a_training_call_in_the_graph_is_judged_as_predict_runs_it(run_cli: Run) -> None:
+    """``bn(x, training=True)`` in a functional graph: ``model.predict`` (``training=False``)
+    overrides it, so no sample depends on its batch there; BN010 names the call statically."""
+    path = FIXTURES / "keras3/training_call.keras"
+    code, model = report(run_cli, path, "--probe")
     assert code == 1
-    [finding] = [f for f in model["findings"] if f["rule"] == "BN016"]
-    assert finding["layer"] == "cnn/bn1"
-    assert finding["details"]["outputs"]["head"] > 1e-3
+    assert ("BN010", "cnn/bn1") in rules(model)
+    assert not [f for f in model["findings"] if f["rule"] == "BN016"]
+    loaded = keras.models.load_model(path, compile=False)
+    batch = np.random.default_rng(0).standard_normal((32, 8, 8, 1)).astype("float32")
+    alone = loaded.predict(batch[:16], batch_size=16, verbose=0)
+    within = loaded.predict(batch, batch_size=32, verbose=0)[:16]
+    assert np.array_equal(alone, within)
+    assert model["probe"]["outputs"][0]["batch_dependence"] < 1e-5
     # A healthy model is not batch dependent, to float round-off.
     _, healthy = report(run_cli, FIXTURES / "keras3/healthy_cnn.keras", "--probe")
     assert healthy["probe"]["outputs"][0]["batch_dependence"] < 1e-5

@@ -129,8 +129,10 @@ def test_tf_datasets_are_rebatched_in_their_order(batched: bool) -> None:
     assert numbers(everything) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     for batch in everything:
         assert np.array_equal(batch.inputs[0][:, 0, 0, 0] * 2, batch.labels)
-    assert numbers(list(data.batches(4, seed=0, samples=None))) == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert numbers(list(data.batches(4, seed=0, samples=6))) == [[0, 1, 2, 3]]
+    assert numbers(list(data.batches(4, seed=0, samples=None))) == numbers(everything)
+    whole = [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert numbers(list(data.batches(4, seed=0, samples=None, whole=True))) == whole
+    assert numbers(list(data.batches(4, seed=0, samples=6))) == [[0, 1, 2, 3], [4, 5]]
     assert numbers(list(data.batches(16, seed=0, samples=3))) == [[0, 1, 2]]
 
 
@@ -142,7 +144,7 @@ def test_python_iterables_of_batches_or_samples() -> None:
     assert np.array_equal(np.concatenate([b.labels for b in batches]), y)
     one_by_one = StreamData([{"image": image} for image in x], [IMAGE], "data")
     assert not one_by_one.labelled
-    assert numbers(list(one_by_one.batches(3, 0, None))) == [[0, 1, 2], [3, 4, 5]]
+    assert numbers(list(one_by_one.batches(3, 0, None))) == [[0, 1, 2], [3, 4, 5], [6]]
 
 
 def test_inputs_by_name_or_position() -> None:
@@ -202,7 +204,7 @@ def test_tf_datasets_that_do_not_fit() -> None:
     data = StreamData(endless, [ROWS], "data")
     with pytest.raises(UsageError, match="repeats without end: say how many samples"):
         list(data.batches(2, 0, None))
-    assert [batch.size for batch in data.batches(2, 0, samples=5)] == [2, 2]
+    assert [batch.size for batch in data.batches(2, 0, samples=5)] == [2, 2, 1]
 
 
 def test_served_keeps_whole_batches() -> None:
@@ -231,7 +233,8 @@ def test_tfrecords_read_every_record_once_shuffled_and_seeded(tmp_path: Path) ->
     assert [len(batch) for batch in first] == [8, 8, 8, 6]
     assert first == numbers(list(data.batches(8, seed=0, samples=None, whole=False)))
     assert first != numbers(list(data.batches(8, seed=1, samples=None, whole=False)))
-    assert numbers(list(data.batches(8, seed=0, samples=None)))[-1] == first[2]
+    assert numbers(list(data.batches(8, seed=0, samples=None))) == first
+    assert numbers(list(data.batches(8, seed=0, samples=None, whole=True)))[-1] == first[2]
 
 
 def test_tfrecord_problems_are_one_line(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -28,10 +29,10 @@ DATA = str(MODELS / "digits_train.npz")
 SWEEP = list(itertools.product(range(10), (8, 32, 128)))
 
 
-def sweep(name: str, plan: list[tuple[int, int]] = SWEEP) -> list[list[Finding]]:
+def sweep(name: str | Path, plan: list[tuple[int, int]] = SWEEP) -> list[list[Finding]]:
     """The findings of ``bncheck inspect MODEL --data DATA --seed S --batch-size B`` for each
-    (seed, batch size), the model loaded once."""
-    path = str(MODELS / f"{name}.keras")
+    (seed, batch size), the model (a fixture's name, or a path) loaded once."""
+    path = str(MODELS / f"{name}.keras" if isinstance(name, str) else name)
     settings = Settings()
     description = read_model(path)
     static = list(judged(path, description, settings).findings)
