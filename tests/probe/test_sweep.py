@@ -23,6 +23,7 @@ from bncheck.readers import read_model
 from bncheck.rules._arrays import untouched_while_trained
 from bncheck.settings import Settings
 from tests.conftest import FIXTURES
+from tests.probe import training_only
 
 MODELS = FIXTURES / "calibration"
 DATA = str(MODELS / "digits_train.npz")
@@ -55,6 +56,24 @@ def serious(findings: list[Finding]) -> list[tuple[str, str | None, str]]:
 def test_healthy_models_raise_no_warning_or_error(name: str) -> None:
     alarms = {plan: serious(found) for plan, found in zip(SWEEP, sweep(name), strict=True)}
     assert {plan: found for plan, found in alarms.items() if found} == {}
+
+
+#: Models trained here, with layers that act only in training: every seed, the batch sizes in
+#: turn (training each costs more than its sweep).
+TRAINED_SWEEP = [(seed, (8, 32, 128)[seed % 3]) for seed in range(6)]
+
+
+@pytest.mark.parametrize("name", sorted(training_only.MODELS))
+def test_healthy_models_with_training_only_layers_raise_no_warning_or_error(
+    name: str, tmp_path: Path
+) -> None:
+    """Dropout, noise and augmentation inside the model are off at inference, as in
+    ``model.predict``: they make no healthy model look batch-dependent or stale."""
+    path = tmp_path / f"{name}.keras"
+    training_only.trained(training_only.MODELS[name]).save(path)
+    found = sweep(path, TRAINED_SWEEP)
+    alarms = {plan: serious(f) for plan, f in zip(TRAINED_SWEEP, found, strict=True)}
+    assert {plan: f for plan, f in alarms.items() if f} == {}
 
 
 def rules_of(findings: list[Finding]) -> Counter[tuple[str, str]]:

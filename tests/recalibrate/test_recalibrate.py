@@ -133,7 +133,7 @@ def test_agrees_with_an_independent_precise_batchnorm(run_cli: Run, tmp_path: Pa
     composition, so upstream normalisation differs slightly (most for the Dense layer, whose few
     samples per batch make noisy variances), but the statistics must agree closely."""
     out = tmp_path / "fixed.keras"
-    # Batches of 40 use all 360 samples (bncheck runs whole batches only).
+    # Batches of 40 use all 360 samples.
     run_cli(
         "recalibrate", PROBE / "stale_stats.keras", "--data", DIGITS, "--batch-size", "40",
         "--force", "-o", out,

@@ -117,7 +117,7 @@ def test_batched_datasets_are_rebatched(run_cli: Run, tmp_path: Path) -> None:
         result = run_cli("recalibrate", MODEL, "--dataset-fn", f"{script}:{function}",
                          "-o", outs[-1], "--batch-size", "32", "--force")  # fmt: skip
         assert result.code == 0, result.err + result.out
-        assert "352 samples in 11 batches" in result.out
+        assert "360 samples in 12 batches" in result.out
     assert_same_statistics(outs[0], outs[1])
 
 
@@ -127,7 +127,7 @@ def test_inspect_runs_tfrecords(run_cli: Run, shards: Path) -> None:
     assert result.code == 1, result.err  # the stale statistics are found on the records
     [model] = result.json()["models"]
     assert model["probe"]["data"]["source"] == str(pattern)
-    assert model["probe"]["data"]["samples"] == 352
+    assert model["probe"]["data"]["samples"] == 360
     assert "BN014" in {finding["rule"] for finding in model["findings"]}
 
 
