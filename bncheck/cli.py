@@ -3,12 +3,13 @@ one function there that runs each command. No logic beyond wiring."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import click
 
@@ -45,6 +46,18 @@ def use_color(output: str | None, stream: IO[str], environ: Mapping[str, str]) -
     return output is None and not environ.get("NO_COLOR") and stream.isatty()
 
 
+_T = TypeVar("_T")
+
+
+def options_from(kind: Callable[..., _T], params: Mapping[str, Any], **derived: Any) -> _T:
+    """The option object ``kind`` (a dataclass) built by keyword: each field from the click
+    parameter of the same name, or from ``derived`` where a value combines several flags. A
+    field no flag sets keeps its default, so a new option is one declaration and one field."""
+    names = {field.name for field in dataclasses.fields(kind)}  # type: ignore[arg-type]
+    given = (names & params.keys()) - derived.keys()
+    return kind(**{name: params[name] for name in given}, **derived)
+
+
 def _rule_list(
     ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 ) -> tuple[str, ...]:
@@ -52,9 +65,30 @@ def _rule_list(
     return tuple(key.strip() for value in values for key in value.split(",") if key.strip())
 
 
+def _no_limit(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A limit of 0 is no limit."""
+    return value or None
+
+
+def _unless_empty(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """``nargs`` options that were not given arrive as ``()``."""
+    return value or None
+
+
+def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> FailOn | None:
+    return None if value is None else FailOn(value)
+
+
+def _device_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
+    return tuple(device.strip() for device in (value or "").split(",") if device)
+
+
+class _ProbeOnly(click.Option):
+    """An option of inspect and plot that only means something when the model is run."""
+
+
 _format_option = click.option(
     "--format",
-    "output_format",
     type=click.Choice(sorted(REPORTERS)),
     default="table",
     show_default=True,
@@ -66,6 +100,7 @@ _output_option = click.option(
 _fail_on_option = click.option(
     "--fail-on",
     type=click.Choice([level.value for level in FailOn]),
+    callback=_fail_on,
     help="Exit with 1 when a finding is at least this severe (default: the configuration's "
     "fail-on, else error).",
 )
@@ -109,6 +144,7 @@ _batch_size_option = click.option(
     default=32,
     show_default=True,
     help="Samples per batch (at least 2).",
+    cls=_ProbeOnly,
 )
 _seed_option = click.option(
     "--seed",
@@ -116,17 +152,20 @@ _seed_option = click.option(
     default=0,
     show_default=True,
     help="Seed for picking and shuffling samples (and for synthetic data).",
+    cls=_ProbeOnly,
 )
 _unsafe_option = click.option(
     "--unsafe",
     is_flag=True,
     help="Load and run models that hold code (Lambda layers, foreign functions). Only for "
     "files you trust.",
+    cls=_ProbeOnly,
 )
 _custom_objects_option = click.option(
     "--custom-objects",
     metavar="FILE.py",
     help="Python file defining your own custom layers (it is run; the model file never is).",
+    cls=_ProbeOnly,
 )
 
 
@@ -138,37 +177,26 @@ def _limit_options(timeout: float) -> Callable[[Callable[..., int]], Callable[..
 def _add_limit_options(command: Callable[..., int], timeout: float) -> Callable[..., int]:
     command = click.option(
         "--probe-memory",
+        "memory_mib",
         type=click.IntRange(min=0),
         default=DEFAULT_MEMORY_MIB,
         show_default=True,
         metavar="MIB",
+        callback=_no_limit,
         help="Stop running a model whose process needs more resident memory (0: no limit).",
+        cls=_ProbeOnly,
     )(command)
     return click.option(
         "--probe-timeout",
+        "timeout",
         type=click.FloatRange(min=0),
         default=timeout,
         show_default=True,
         metavar="SECONDS",
+        callback=_no_limit,
         help="Stop running a model that takes longer, loading included (0: no limit).",
+        cls=_ProbeOnly,
     )(command)
-
-
-_PROBE_ONLY = (
-    "--probe-timeout",
-    "--probe-memory",
-    "--labels",
-    "--feature",
-    "--label",
-    "--samples",
-    "--batch-size",
-    "--seed",
-    "--image-size",
-    "--rescale",
-    "--input-shape",
-    "--unsafe",
-    "--custom-objects",
-)
 
 
 class _Fraction(click.ParamType):
@@ -192,7 +220,10 @@ class _Fraction(click.ParamType):
 
 
 _rescale_option = click.option(
-    "--rescale", type=_Fraction(), help="Multiply pixel values, e.g. 1/255 (image folders)."
+    "--rescale",
+    type=_Fraction(),
+    help="Multiply pixel values, e.g. 1/255 (image folders).",
+    cls=_ProbeOnly,
 )
 
 
@@ -200,6 +231,7 @@ _labels_option = click.option(
     "--labels",
     metavar="FILE.npy",
     help="Labels for --data, one per sample, so that verdicts rest on a measured metric.",
+    cls=_ProbeOnly,
 )
 
 
@@ -211,6 +243,7 @@ def _samples_option(default: int | None, text: str) -> Callable[[Any], Any]:
         show_default=default is not None,
         metavar="N",
         help=f"{text}, in shuffled batches of --batch-size.",
+        cls=_ProbeOnly,
     )
 
 
@@ -219,7 +252,9 @@ _image_size_option = click.option(
     nargs=2,
     type=click.IntRange(min=1),
     metavar="H W",
+    callback=_unless_empty,
     help="Resize images to H x W (image folders).",
+    cls=_ProbeOnly,
 )
 
 
@@ -239,11 +274,13 @@ def _stream_options(command: Callable[..., int]) -> Callable[..., int]:
             metavar="NAME:DTYPE:D1,D2,...",
             help="A feature of the --tfrecord records (DTYPE float32 or int64), one per model "
             "input, matched by input name. Repeatable.",
+            cls=_ProbeOnly,
         ),
         click.option(
             "--label",
             metavar="NAME:DTYPE[:D1,...]",
             help="The feature of the --tfrecord records that holds the labels.",
+            cls=_ProbeOnly,
         ),
         click.option(
             "--dataset-fn",
@@ -255,6 +292,16 @@ def _stream_options(command: Callable[..., int]) -> Callable[..., int]:
     for decorator in reversed(decorators):
         command = decorator(command)
     return command
+
+
+def _streams(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The option fields that --tfrecord, --feature, --label and --dataset-fn make together."""
+    from bncheck.probe.streams import parse_dataset_fn, parse_records
+
+    return {
+        "records": parse_records(params["tfrecord"], params["features"], params["label"]),
+        "dataset_fn": parse_dataset_fn(params["dataset_fn"]),
+    }
 
 
 def _probe_options(command: Callable[..., int]) -> Callable[..., int]:
@@ -285,60 +332,44 @@ def _probe_options(command: Callable[..., int]) -> Callable[..., int]:
             metavar="[NAME=]D1,D2,...",
             help="Shape of an input without the batch dimension, for synthetic data where the "
             "model leaves dimensions unknown. Repeatable.",
+            cls=_ProbeOnly,
         ),
         _unsafe_option,
         _custom_objects_option,
         _limit_options(DEFAULT_TIMEOUT),
-        click.pass_context,
     ]
     for decorator in reversed(decorators):
         command = decorator(command)
     return command
 
 
-def _probe_from(
-    ctx: click.Context,
-    probe: bool,
-    data: str | None,
-    labels: str | None,
-    tfrecord: str | None,
-    features: tuple[str, ...],
-    label: str | None,
-    dataset_fn: str | None,
-    samples: int,
-    batch_size: int,
-    seed: int,
-    image_size: tuple[int, int] | None,
-    rescale: float | None,
-    input_shapes: tuple[str, ...],
-    unsafe: bool,
-    custom_objects: str | None,
-    probe_timeout: float,
-    probe_memory: int,
-) -> ProbeOptions | None:
+def _probe(params: Mapping[str, Any]) -> ProbeOptions | None:
     """How to run the models, or ``None`` when neither --probe nor data asks for it."""
-    if not probe and data is None and tfrecord is None and dataset_fn is None:
-        _reject_probe_only_options(ctx)
+    starts = (params[name] is not None for name in ("data", "tfrecord", "dataset_fn"))
+    if not params["probe"] and not any(starts):
+        _reject_probe_only_options(click.get_current_context())
         return None
     from bncheck.probe.data import parse_input_shape
-    from bncheck.probe.streams import parse_dataset_fn, parse_records
 
-    return ProbeOptions(
-        data=data,
-        labels=labels,
-        samples=samples,
-        batch_size=batch_size,
-        seed=seed,
-        image_size=image_size or None,
-        rescale=rescale,
-        input_shapes=dict(parse_input_shape(text) for text in input_shapes),
-        unsafe=unsafe,
-        custom_objects=custom_objects,
-        records=parse_records(tfrecord, features, label),
-        dataset_fn=parse_dataset_fn(dataset_fn),
-        timeout=probe_timeout or None,
-        memory_mib=probe_memory or None,
-    )
+    shapes = dict(parse_input_shape(text) for text in params["input_shapes"])
+    return options_from(ProbeOptions, params, input_shapes=shapes, **_streams(params))
+
+
+def _reject_probe_only_options(ctx: click.Context) -> None:
+    for param in ctx.command.params:
+        if not isinstance(param, _ProbeOnly) or param.name is None:
+            continue
+        if ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE:
+            raise UsageError(f"{param.opts[0]} only applies with --probe or --data")
+
+
+def _config(params: Mapping[str, Any]) -> ConfigOptions:
+    return options_from(ConfigOptions, params)
+
+
+def _output(params: Mapping[str, Any]) -> OutputOptions:
+    color = use_color(params["output"], sys.stdout, os.environ)
+    return options_from(OutputOptions, params, render=RenderOptions(color=color))
 
 
 @cli.command()
@@ -366,35 +397,7 @@ def _probe_from(
     "misses the bound: accuracy=0.9 (at least), mse=0.5 (at most).",
 )
 @_probe_options
-def inspect(
-    ctx: click.Context,
-    paths: tuple[str, ...],
-    output_format: str,
-    output: str | None,
-    fail_on: str | None,
-    config: str | None,
-    select: tuple[str, ...],
-    ignore: tuple[str, ...],
-    jobs: int,
-    fail_under: tuple[str, ...],
-    probe: bool,
-    data: str | None,
-    labels: str | None,
-    tfrecord: str | None,
-    features: tuple[str, ...],
-    label: str | None,
-    dataset_fn: str | None,
-    samples: int,
-    batch_size: int,
-    seed: int,
-    image_size: tuple[int, int],
-    rescale: float | None,
-    input_shapes: tuple[str, ...],
-    unsafe: bool,
-    custom_objects: str | None,
-    probe_timeout: float,
-    probe_memory: int,
-) -> int:
+def inspect(**params: Any) -> int:
     """Report the health of every BatchNorm layer in models, checkpoints and SavedModels.
 
     A folder is searched recursively for models, recognised by their content. Model files are
@@ -408,38 +411,12 @@ def inspect(
 
     'bncheck rules' lists the rules, 'bncheck explain RULE' explains one.
     """
-    probe_options = _probe_from(
-        ctx,
-        probe,
-        data,
-        labels,
-        tfrecord,
-        features,
-        label,
-        dataset_fn,
-        samples,
-        batch_size,
-        seed,
-        image_size,
-        rescale,
-        input_shapes,
-        unsafe,
-        custom_objects,
-        probe_timeout,
-        probe_memory,
-    )
-    if fail_under and probe_options is None:
+    probe = _probe(params)
+    if params["fail_under"] and probe is None:
         raise UsageError("--fail-under needs labelled --data to measure the metric on")
+    config = replace(_config(params), rule_options=_bounds(params["fail_under"]))
     return run_inspect(
-        InspectOptions(
-            paths=paths,
-            config=replace(
-                _config(config, select, ignore, fail_on), rule_options=_bounds(fail_under)
-            ),
-            output=_output(output_format, output),
-            jobs=jobs,
-            probe=probe_options,
-        )
+        options_from(InspectOptions, params, config=config, output=_output(params), probe=probe)
     )
 
 
@@ -456,28 +433,14 @@ def inspect(
 @_config_option
 @_select_option
 @_ignore_option
-def checkpoint(
-    path: str,
-    model: str | None,
-    output_format: str,
-    output: str | None,
-    fail_on: str | None,
-    config: str | None,
-    select: tuple[str, ...],
-    ignore: tuple[str, ...],
-) -> int:
+def checkpoint(**params: Any) -> int:
     """Verify that a checkpoint keeps every BatchNorm layer's moving statistics.
 
     CKPT is a checkpoint prefix (model.ckpt-5), its .index file, a directory holding a
     `checkpoint` file or .index files, or a SavedModel directory.
     """
     return run_checkpoint(
-        CheckpointOptions(
-            path=path,
-            model=model,
-            config=_config(config, select, ignore, fail_on),
-            output=_output(output_format, output),
-        )
+        options_from(CheckpointOptions, params, config=_config(params), output=_output(params))
     )
 
 
@@ -508,25 +471,6 @@ def _bounds(fail_under: tuple[str, ...]) -> dict[str, dict[str, float]]:
             raise UsageError(f"--fail-under {text!r}: accuracy is a fraction from 0 to 1")
         bounds[option] = number
     return {"BN023": bounds} if bounds else {}
-
-
-def _config(
-    config: str | None, select: tuple[str, ...], ignore: tuple[str, ...], fail_on: str | None
-) -> ConfigOptions:
-    return ConfigOptions(
-        config=config,
-        select=select,
-        ignore=ignore,
-        fail_on=FailOn(fail_on) if fail_on is not None else None,
-    )
-
-
-def _output(output_format: str, output: str | None) -> OutputOptions:
-    return OutputOptions(
-        format=output_format,
-        output=output,
-        render=RenderOptions(color=use_color(output, sys.stdout, os.environ)),
-    )
 
 
 @cli.command()
@@ -561,59 +505,12 @@ def explain(rule: str, framework: str) -> int:
 )
 @_config_option
 @_probe_options
-def plot(
-    ctx: click.Context,
-    model: str,
-    output: str,
-    config: str | None,
-    probe: bool,
-    data: str | None,
-    labels: str | None,
-    tfrecord: str | None,
-    features: tuple[str, ...],
-    label: str | None,
-    dataset_fn: str | None,
-    samples: int,
-    batch_size: int,
-    seed: int,
-    image_size: tuple[int, int],
-    rescale: float | None,
-    input_shapes: tuple[str, ...],
-    unsafe: bool,
-    custom_objects: str | None,
-    probe_timeout: float,
-    probe_memory: int,
-) -> int:
+def plot(**params: Any) -> int:
     """Draw the BatchNorm layers of MODEL in depth order: the spread of the moving statistics,
     dead channels, and the layers with findings. With --probe or --data, also each layer's
     staleness on the data and where an inference collapse starts."""
-    return run_plot(
-        PlotOptions(
-            model=model,
-            output=output,
-            config=ConfigOptions(config=config),
-            probe=_probe_from(
-                ctx,
-                probe,
-                data,
-                labels,
-                tfrecord,
-                features,
-                label,
-                dataset_fn,
-                samples,
-                batch_size,
-                seed,
-                image_size,
-                rescale,
-                input_shapes,
-                unsafe,
-                custom_objects,
-                probe_timeout,
-                probe_memory,
-            ),
-        )
-    )
+    probe = _probe(params)
+    return run_plot(options_from(PlotOptions, params, config=_config(params), probe=probe))
 
 
 @cli.command()
@@ -676,39 +573,12 @@ def plot(
 @click.option(
     "--devices",
     metavar="DEV,DEV,...",
+    callback=_device_list,
     help="The devices of --strategy mirrored, e.g. /gpu:0,/gpu:1 (default: every local GPU).",
 )
 @_fail_on_option
 @_config_option
-def recalibrate(
-    model: str,
-    data: str | None,
-    labels: str | None,
-    tfrecord: str | None,
-    features: tuple[str, ...],
-    label: str | None,
-    dataset_fn: str | None,
-    output: str | None,
-    in_place: bool,
-    validate: str | None,
-    validate_labels: str | None,
-    force: bool,
-    samples: int | None,
-    batch_size: int,
-    include_frozen: bool,
-    include_untouched: bool,
-    image_size: tuple[int, int],
-    rescale: float | None,
-    seed: int,
-    unsafe: bool,
-    custom_objects: str | None,
-    probe_timeout: float,
-    probe_memory: int,
-    strategy: str | None,
-    devices: str | None,
-    fail_on: str | None,
-    config: str | None,
-) -> int:
+def recalibrate(**params: Any) -> int:
     """Re-estimate the moving statistics of BatchNorm layers exactly from data, verified.
 
     Measures the model with the stored and with the re-estimated statistics (the metric on
@@ -719,47 +589,10 @@ def recalibrate(
 
     With --strategy the passes run through tf.distribute; see docs/distributed.md.
     """
-    from bncheck.probe.streams import parse_dataset_fn, parse_records
     from bncheck.recalibrate.options import RecalibrateOptions
 
-    return run_recalibrate(
-        RecalibrateOptions(
-            model=model,
-            data=data,
-            labels=labels,
-            output=output,
-            in_place=in_place,
-            validate=validate,
-            validate_labels=validate_labels,
-            force=force,
-            samples=samples,
-            batch_size=batch_size,
-            include_frozen=include_frozen,
-            include_untouched=include_untouched,
-            image_size=image_size or None,
-            rescale=rescale,
-            seed=seed,
-            unsafe=unsafe,
-            custom_objects=custom_objects,
-            records=parse_records(tfrecord, features, label),
-            dataset_fn=parse_dataset_fn(dataset_fn),
-            strategy=strategy,
-            devices=tuple(device.strip() for device in (devices or "").split(",") if device),
-            timeout=probe_timeout or None,
-            memory_mib=probe_memory or None,
-        ),
-        _config(config, (), (), fail_on),
-    )
-
-
-def _reject_probe_only_options(ctx: click.Context) -> None:
-    for param in ctx.command.params:
-        if not isinstance(param, click.Option) or param.name is None:
-            continue
-        source = ctx.get_parameter_source(param.name)
-        flag = param.opts[0]
-        if flag in _PROBE_ONLY and source is click.core.ParameterSource.COMMANDLINE:
-            raise UsageError(f"{flag} only applies with --probe or --data")
+    options = options_from(RecalibrateOptions, params, **_streams(params))
+    return run_recalibrate(options, _config(params))
 
 
 def main(argv: list[str] | None = None) -> None:
