@@ -10,16 +10,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, overload
 
 from bncheck import verdict
 from bncheck.errors import ModelReadError
 from bncheck.findings import Finding, ModelResult, Problem, Report
 from bncheck.isolation import read_all, read_contained
-from bncheck.model import ModelDescription, with_loaded_settings
+from bncheck.model import BNLayer, CheckpointContents, ModelDescription, with_loaded_settings
 from bncheck.probe.options import ProbeOptions, StepReporter
 from bncheck.readers import detect, read_checkpoint, read_model
-from bncheck.rules import RULES
+from bncheck.rules import RULES, Needs
 from bncheck.settings import Settings
 
 if TYPE_CHECKING:
@@ -171,7 +171,23 @@ def probe_findings(result: ProbeResult, settings: Settings) -> list[Finding]:
     return findings_for("probe", [result], settings)
 
 
-def findings_for(needs: str, subjects: Iterable[object], settings: Settings) -> list[Finding]:
+@overload
+def findings_for(
+    needs: Literal["static"], subjects: Iterable[BNLayer], settings: Settings
+) -> list[Finding]: ...
+@overload
+def findings_for(
+    needs: Literal["model"], subjects: Iterable[ModelDescription], settings: Settings
+) -> list[Finding]: ...
+@overload
+def findings_for(
+    needs: Literal["checkpoint"], subjects: Iterable[CheckpointContents], settings: Settings
+) -> list[Finding]: ...
+@overload
+def findings_for(
+    needs: Literal["probe"], subjects: Iterable[ProbeResult], settings: Settings
+) -> list[Finding]: ...
+def findings_for(needs: Needs, subjects: Iterable[object], settings: Settings) -> list[Finding]:
     """Run every enabled rule that judges this kind of subject over each of them."""
     subjects = list(subjects)
     findings = []

@@ -3,15 +3,20 @@ format."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from importlib import import_module
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from bncheck.findings import Report
     from bncheck.reporters.options import RenderOptions
 
-Reporter = Callable[["Report", "RenderOptions"], str]
+
+class Reporter(Protocol):
+    """A format: the ``render`` function of its module, pure, never looking at the terminal."""
+
+    def __call__(self, report: Report, options: RenderOptions, /) -> str: ...
+
 
 #: Format name -> the module whose ``render`` writes it.
 _MODULES = {
@@ -40,3 +45,17 @@ class _Reporters(Mapping[str, Reporter]):
 
 
 REPORTERS: Mapping[str, Reporter] = _Reporters()
+
+
+if TYPE_CHECKING:
+    # mypy checks every format's render against the protocol.
+    from bncheck.reporters import github, json_format, junit, markdown, sarif, table
+
+    _RENDERS: tuple[Reporter, ...] = (
+        table.render,
+        json_format.render,
+        sarif.render,
+        junit.render,
+        markdown.render,
+        github.render,
+    )

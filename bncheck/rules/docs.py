@@ -29,14 +29,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bncheck.model import KERAS_WORDS, Vocabulary
-from bncheck.rules import Rule
+from bncheck.rules import Needs, Rule
 
 SECTIONS = ("Why it happens", "How to fix", "Options", "Passing", "Failing")
 """Section labels, in the order they appear."""
 
 REQUIRED_SECTIONS = ("How to fix", "Passing", "Failing")
 
-NEEDS_MEANING: Mapping[str, str] = {
+NEEDS_MEANING: Mapping[Needs, str] = {
     "static": "the saved file alone",
     "model": "the saved file alone, as a whole: what it holds and lacks",
     "probe": "running the model: inspect --probe or --data",
