@@ -164,3 +164,46 @@ def test_the_header_length_is_checked(
     path.write_bytes(head)
     result = run_cli("inspect", path)
     assert result.code == 3 and reason in result.err, result.err
+
+
+#: Layouts of two 4-float tensors: (offsets of the first, offsets of the second, data bytes).
+LAYOUTS = {
+    "one after another": ((0, 16), (16, 32), 32),
+    "in the other order": ((16, 32), (0, 16), 32),
+    "a gap between": ((0, 16), (20, 36), 36),
+    "a gap before": ((4, 20), (20, 36), 36),
+    "bytes after": ((0, 16), (16, 32), 40),
+    "shared bytes": ((0, 16), (8, 24), 24),
+    "the same bytes": ((0, 16), (0, 16), 16),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_the_layout_is_refused_where_the_safetensors_library_refuses_it(
+    run_cli: Run, tmp_path: Path, layout: str
+) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    first, second, size = LAYOUTS[layout]
+    header = {
+        "bn.running_mean": entry(offsets=first),
+        "bn.running_var": entry(offsets=second),
+    }
+    data = np.arange(size // 4, dtype="<f4").tobytes()
+    path = write(tmp_path / "layout.safetensors", header, data)
+    try:
+        with safe_open(str(path), "np") as handle:
+            library = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except SafetensorError:
+        library = None
+    result = run_cli("inspect", path)
+    if library is None:
+        assert result.code == 3 and len(result.err.splitlines()) == 1, result.err
+        assert result.err.startswith(f"bncheck: error: {path}: safetensors "), result.err
+    else:
+        assert result.code in (0, 1) and result.err == "", result.err
+        layer = read_model(str(path)).layers[0]
+        np.testing.assert_array_equal(layer.moving_mean, library["bn.running_mean"])
+        np.testing.assert_array_equal(layer.moving_variance, library["bn.running_var"])
+    # The two layouts the format defines are read; every other one is refused by both.
+    assert (library is not None) == (layout in ("one after another", "in the other order"))

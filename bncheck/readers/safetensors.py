@@ -14,7 +14,6 @@ names (``layer1.0.bn1.running_mean``), as in a state dict, whose conventions the
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import struct
@@ -127,20 +126,33 @@ def read_header(handle: Any, file_size: int) -> tuple[int, dict[str, Entry]]:
         for name, value in header.items()
         if name != "__metadata__"
     }
-    _check_disjoint(entries)
+    _check_layout(entries, data_size)
     return 8 + length, entries
 
 
-def _check_disjoint(entries: dict[str, Entry]) -> None:
-    """Refuses entries that share bytes: the format lays tensors one after another, so each byte
-    belongs to one tensor and reading every BatchNorm tensor costs at most the file's size."""
+def _check_layout(entries: dict[str, Entry], data_size: int) -> None:
+    """Refuses a layout the safetensors library refuses: the tensors lie one after another from
+    the start of the data to its end, without gaps or shared bytes. So each byte belongs to one
+    tensor, and reading every BatchNorm tensor costs at most the file's size."""
     ordered = sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end))
-    for (before, first), (after, second) in itertools.pairwise(ordered):
-        if second.begin < first.end:
+    end, previous = 0, None
+    for name, entry in ordered:
+        if entry.begin < end:
             raise ModelReadError(
-                f"safetensors entries {before!r} and {after!r} share bytes; the format lays "
+                f"safetensors entries {previous!r} and {name!r} share bytes; the format lays "
                 "tensors one after another"
             )
+        if entry.begin > end:
+            raise ModelReadError(
+                f"safetensors entry {name!r} starts at byte {entry.begin} of the data, leaving "
+                f"a gap after byte {end}; the format lays tensors one after another"
+            )
+        end, previous = entry.end, name
+    if end != data_size:
+        raise ModelReadError(
+            f"safetensors data holds {data_size - end} bytes after its last tensor; the format "
+            "ends with the last tensor"
+        )
 
 
 def _entry(name: str, value: Any, data_size: int) -> Entry:
