@@ -78,7 +78,9 @@ def test_arrays_match_the_onnx_package(fixture: str) -> None:
 
 def test_the_same_statistics_as_the_pytorch_file() -> None:
     ours = {layer.path: layer for layer in read_model(str(PYTORCH / "healthy.onnx")).layers}
-    for layer in read_model(str(PYTORCH / "healthy.pt")).layers:
+    theirs = read_model(str(PYTORCH / "healthy.pt")).layers
+    assert theirs and sorted(ours) == sorted(layer.path for layer in theirs)
+    for layer in theirs:
         np.testing.assert_array_equal(ours[layer.path].moving_mean, layer.moving_mean)
 
 

@@ -8,13 +8,24 @@ an allocation bomb holds its memory long enough to be seen.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+#: Runs bncheck under an address-space cap and prints its outcome and peak memory as JSON.
+CHILD = Path(__file__).with_name("_child.py")
+REPO = Path(__file__).resolve().parents[2]
+#: Only a hang fails a case; how fast each is refused is not asserted (CI machines vary).
+HANG_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -93,3 +104,18 @@ def run_measured(
         done.set()
         sampler.join()
     return Measured(code, out, err, time.perf_counter() - start, peak / 2**20)
+
+
+def run_child(args: Sequence[str]) -> dict[str, Any]:
+    """bncheck's outcome on ``args`` in the capped child: ``code``, ``out``, ``err`` and
+    ``max_rss_mib``. A hang or a child that dies fails the test."""
+    command = [sys.executable, str(CHILD), *args]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=HANG_SECONDS, cwd=REPO, check=False
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hung for {HANG_SECONDS:g} s")
+    assert done.returncode == 0, f"process died ({done.returncode}): {done.stderr[-500:]}"
+    outcome: dict[str, Any] = json.loads(done.stdout)
+    return outcome

@@ -5,12 +5,8 @@ limit are still searched whole."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,24 +15,7 @@ from bncheck.errors import ModelReadError
 from bncheck.readers import detect
 from tests.hardening.hostile import HostileCase
 from tests.hardening.hostile import folders as hostile
-
-CHILD = Path(__file__).with_name("_child.py")
-REPO = Path(__file__).resolve().parents[2]
-#: Only a hang fails a case; how fast each is refused is not asserted (CI machines vary).
-HANG_SECONDS = 60.0
-
-
-def run_child(args: list[str]) -> dict[str, Any]:
-    command = [sys.executable, str(CHILD), *args]
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=HANG_SECONDS, cwd=REPO, check=False
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"hung for {HANG_SECONDS:g} s")
-    assert done.returncode == 0, f"process died ({done.returncode}): {done.stderr[-500:]}"
-    outcome: dict[str, Any] = json.loads(done.stdout)
-    return outcome
+from tests.hardening.processes import run_child
 
 
 @pytest.mark.parametrize("case", hostile.CASES, ids=lambda case: case.name)

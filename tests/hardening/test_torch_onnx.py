@@ -5,8 +5,6 @@ memory bound measured in a child process; and shared tensors are read once."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,32 +16,15 @@ from bncheck.readers import onnx_graph, pickle_vm, read_model
 from bncheck.readers.pickle_vm import Budget, PickleRefused
 from tests.hardening.hostile import HostileCase
 from tests.hardening.hostile import torch_onnx as hostile
+from tests.hardening.processes import run_child
 from tests.torch_files import Tensor, dumps
-
-CHILD = Path(__file__).with_name("_child.py")
-REPO = Path(__file__).resolve().parents[2]
-#: Only a hang fails a case; how fast each is refused is not asserted (CI machines vary).
-HANG_SECONDS = 60.0
-
-
-def run_child(args: list[str]) -> dict[str, Any]:
-    command = [sys.executable, str(CHILD), *args, "--format", "json"]
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=HANG_SECONDS, cwd=REPO, check=False
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"hung for {HANG_SECONDS:g} s")
-    assert done.returncode == 0, f"process died ({done.returncode}): {done.stderr[-500:]}"
-    outcome: dict[str, Any] = json.loads(done.stdout)
-    return outcome
 
 
 @pytest.mark.parametrize("case", hostile.CASES, ids=lambda case: case.name)
 def test_hostile_file_is_refused_or_read_within_bounds(case: HostileCase, tmp_path: Path) -> None:
     assert case.needs == "core"
     args = case.build(tmp_path)
-    outcome = run_child(args)
+    outcome = run_child([*args, "--format", "json"])
     code, err = outcome["code"], outcome["err"]
     assert "Traceback" not in outcome["out"] + err and "MemoryError" not in err, err[-500:]
     assert code in case.codes, (code, err[-500:])
