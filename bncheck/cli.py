@@ -310,7 +310,8 @@ def _probe_options(command: Callable[..., int]) -> Callable[..., int]:
         click.option(
             "--probe",
             is_flag=True,
-            help="Also run each model with Keras/TensorFlow in inference and training mode.",
+            help="Also run each model (Keras/TensorFlow, ONNX or TorchScript) in inference and "
+            "training mode.",
         ),
         click.option(
             "--data",
