@@ -96,6 +96,9 @@ class LiveModel:
             name=layer.name,
             class_name=layer_config.class_name,
             source=posixpath.dirname(layer.moving_mean.path),
+            # A live layer's arrays are located by its variables, as a file's are by datasets:
+            # recalibration writes the new statistics there.
+            locations={name: getattr(layer, name).path for name in arrays},
             # Keras 3 averages each batch's biased variance, as its .keras files record.
             variance_estimator="biased",
             **bn_settings(layer_config),

@@ -1,9 +1,10 @@
 """``bncheck.recalibrate``: the exact re-estimation of ``bncheck recalibrate``, called from
 Python on a file or a live model, on any data, on one device or across many.
 
-The engine is the command's (``command.reestimate``): the same choice of layers, the same
-estimate, the same verification and the same rules for writing. Heavy imports (NumPy, Keras,
-TensorFlow) happen inside the function.
+The pipeline is the command's (``command.recalibrate``): the same choice of layers, the same
+estimate, the same verification, the same checks of the output and the same rules for writing;
+only where the model and the data come from, and how a live model is written, differ. Heavy
+imports (NumPy, Keras, TensorFlow) happen inside the function.
 """
 
 from __future__ import annotations
@@ -12,14 +13,12 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bncheck.errors import ModelReadError, UsageError
 
 if TYPE_CHECKING:
-    from bncheck.model import ModelDescription
     from bncheck.probe.data import Dataset, InputSpec
     from bncheck.probe.results import Population
     from bncheck.recalibrate.results import Recalibration
@@ -112,80 +111,99 @@ def recalibrate(
         ModelReadError: a model file that cannot be read or loaded.
     """
     from bncheck.config import ConfigOptions, resolve_settings
+    from bncheck.live import describe
     from bncheck.probe import keras_model
     from bncheck.progress import Progress
     from bncheck.recalibrate import command, distribute
+    from bncheck.recalibrate.options import RecalibrateOptions
 
     if output is not None and in_place:
         raise UsageError("give output or in_place, not both")
-    settings = resolve_settings(
-        ConfigOptions(config=None if config is None else os.fspath(config)), Path.cwd()
+    source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    options = RecalibrateOptions(
+        model=str(model.name) if source is None else source,
+        data=None,
+        output=None if output is None else os.fspath(output),
+        in_place=in_place,
+        force=force,
+        samples=samples,
+        batch_size=batch_size,
+        include_frozen=include_frozen,
+        include_untouched=include_untouched,
+        image_size=image_size,
+        rescale=rescale,
+        seed=seed,
+        unsafe=unsafe,
+        custom_objects=None if custom_objects is None else os.fspath(custom_objects),
+        settings=resolve_settings(
+            ConfigOptions(config=None if config is None else os.fspath(config)), Path.cwd()
+        ),
     )
-    plan = command.Plan(batch_size, samples, seed, include_frozen, include_untouched, settings)
+    arguments = command.Spelling("output", "in_place=True", required=False)
     progress = Progress()
-    source: str | None = None
-    if isinstance(model, (str, os.PathLike)):
-        source = os.fspath(model)
+    if source is not None:
         try:
             description = command.writable_description(source)
-            target = source if in_place else _target(output, source)
-            custom = None if custom_objects is None else os.fspath(custom_objects)
-            model = command.load(source, unsafe, custom, progress, strategy)
+            target = command.output_path(
+                source, options.output, in_place, description.format, arguments
+            )
+            model = command.load(source, unsafe, options.custom_objects, progress, strategy)
         except ModelReadError as exc:
             # Readers give the reason; the command line adds the path, and so does this.
             raise ModelReadError(f"{source}: {exc}") from None
-        name = source
     else:
         if strategy is not None and not distribute.in_scope(strategy, model):
             raise UsageError(
                 "the model's variables were not created under strategy.scope(): build or load "
                 "it there"
             )
-        description = _describe_live(model)
-        name = str(model.name)
-        target = name if in_place else _target(output, None)
-    try:
-        dataset = _open(data, keras_model.input_specs(model), "data", image_size, rescale)
-        validation = None
-        if validate is not None:
-            validation = _open(validate, dataset.specs, "validate", image_size, rescale)
-            if not validation.labelled:
-                raise UsageError("validate has no labels: give (x, y) pairs")
-        result = command.reestimate(
-            model, description, dataset, validation, plan, progress, strategy, name, target
+        description = describe(model)
+        # A live model is written by its variables (in place) or by model.save (any suffix
+        # Keras saves to); there is no model file to protect.
+        target = (
+            options.model
+            if in_place
+            else command.output_path(None, options.output, False, None, arguments)
         )
-    finally:
-        progress.done()
-    if target is None or result.verification is None:
-        return result
-    if result.refusal is not None and not force:
-        return result
-    if source is None and in_place:
-        _assign(model, result.statistics)
+
+    def estimate() -> tuple[Recalibration, bool]:
+        try:
+            dataset = _open(data, keras_model.input_specs(model), "data", image_size, rescale)
+            validation = None
+            if validate is not None:
+                validation = _open(validate, dataset.specs, "validate", image_size, rescale)
+                if not validation.labelled:
+                    raise UsageError("validate has no labels: give (x, y) pairs")
+            result = command.reestimate(
+                model,
+                description,
+                dataset,
+                validation,
+                command.Plan.of(options),
+                progress,
+                strategy,
+                options.model,
+                target,
+            )
+        finally:
+            progress.done()
+        return result, distribute.is_chief(strategy)
+
+    def write(result: Recalibration) -> Recalibration:
+        assert target is not None
+        if source is not None:
+            from bncheck.recalibrate.write import write_model
+
+            updates = command.updates(description, result)
+            write_model(source, target, description.format, updates)
+        elif in_place:
+            _assign(model, result.statistics)
+        else:
+            _save_live(model, target, result.statistics)
         return result.written(target)
-    if not distribute.is_chief(strategy):
-        return replace(result, writer="the chief")
-    if source is not None:
-        from bncheck.recalibrate.write import write_model
 
-        write_model(source, target, description.format, command.updates(description, result))
-    else:
-        _save_live(model, target, result.statistics)
-    return result.written(target)
-
-
-def _target(output: PathLike | None, model: str | None) -> str | None:
-    """Where ``output`` asks to write: never over the model file, always in a folder that
-    exists."""
-    if output is None:
-        return None
-    target = os.fspath(output)
-    if model is not None and os.path.exists(target) and os.path.samefile(target, model):
-        raise UsageError(f"refusing to overwrite {model} (the model itself); pass in_place=True")
-    directory = os.path.dirname(os.path.abspath(target))
-    if not os.path.isdir(directory):
-        raise UsageError(f"cannot write {target}: no such directory {directory}")
-    return target
+    job = command.Job(estimate, target, write, on_every_worker=source is None and in_place)
+    return command.recalibrate(options, progress, job)
 
 
 def _open(
@@ -233,42 +251,6 @@ def _arrays(data: Any, specs: Sequence[InputSpec] | None) -> dict[str | None, An
         inputs = {spec.name: array for spec, array in zip(specs, inputs, strict=True)}
     found = _arrays(inputs, specs)
     return None if found is None or LABELS_KEY in found else {**found, LABELS_KEY: labels}
-
-
-def _describe_live(model: Any) -> ModelDescription:
-    """The BatchNorm layers of a live model, as a file's description gives them: what the
-    choice of layers reads (trainable, statistics and initial values, momentum, where the
-    statistics are)."""
-    import numpy as np
-
-    from bncheck.model import ARRAY_NAMES, BNLayer, ModelDescription
-    from bncheck.probe import keras_model
-    from bncheck.readers.keras_config import LayerConfig, bn_settings
-
-    layers = []
-    for path, layer in keras_model.batchnorm_layers(model):
-        names = tuple(path.split("/"))
-        config = LayerConfig(
-            layer.name, type(layer).__name__, layer.get_config(), names, (), layer.trainable, ()
-        )
-        arrays = {
-            name: np.asarray(getattr(layer, name).numpy())
-            for name in ARRAY_NAMES
-            if getattr(layer, name, None) is not None
-        }
-        # A live layer's arrays are located by its variables, as a file's are by datasets.
-        locations = {name: getattr(layer, name).path for name in arrays}
-        layers.append(
-            BNLayer.from_arrays(
-                arrays,
-                path=path,
-                name=layer.name,
-                class_name=config.class_name,
-                locations=locations,
-                **bn_settings(config),
-            )
-        )
-    return ModelDescription(path=str(model.name), format="live", layers=tuple(layers))
 
 
 def _assign(model: Any, statistics: Mapping[str, Population]) -> None:

@@ -14,14 +14,16 @@
    changed (``--force`` writes anyway); then inspect the written model like ``bncheck inspect
    --data`` does, which gives the exit code. On a cluster only the chief writes.
 
-Steps 1 to 3 (``reestimate``) are shared with ``bncheck.recalibrate`` (``api``).
+The command and ``bncheck.recalibrate`` (``api``) run this one pipeline (``recalibrate``): each
+gives it a ``Job``, which says how steps 1 to 3 run (the command loads MODEL in a worker process,
+the API works on the model and data it was given) and how the result is written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -69,33 +71,79 @@ class Plan:
     settings: Settings = field(default_factory=Settings)
     """BN015's limits decide whether an unlabelled result is verified."""
 
-
-def recalibrate(options: RecalibrateOptions, progress: Progress) -> Recalibration:
-    """The command: estimate, verify, and write ``-o OUT`` (on a cluster, the chief does), then
-    inspect what was written."""
-    description = writable_description(options.model)
-    output = _output_path(options, description.format)
-    if probe_data.chosen_source(options) is None:
-        raise UsageError("recalibrate needs data: --data, --tfrecord or --dataset-fn")
-    # Loading and estimating run the model: in a worker process under the limits, like the
-    # probe, so that whatever the model does there is one line. Writing stays here.
-    limits = RunLimits(options.timeout, options.memory_mib)
-    try:
-        result, chief = run_contained(
-            _estimate, (options, description, output), limits, lambda m: _relay(progress, m)
+    @classmethod
+    def of(cls, options: RecalibrateOptions) -> Plan:
+        return cls(
+            batch_size=options.batch_size,
+            samples=options.samples,
+            seed=options.seed,
+            include_frozen=options.include_frozen,
+            include_untouched=options.include_untouched,
+            settings=options.settings,
         )
-    except ModelReadError as exc:
-        raise ModelReadError(f"recalibrate: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One recalibration, however it was asked for: how to estimate and where the result goes."""
+
+    estimate: Callable[[], tuple[Recalibration, bool]]
+    """Steps 1 to 3: the result, and whether this process writes (on a cluster, the chief)."""
+    output: str | None
+    """Where the result is written; ``None``: nowhere, it is only measured."""
+    write: Callable[[Recalibration], Recalibration]
+    """Writes the result to ``output``; the result as written."""
+    on_every_worker: bool = False
+    """Every worker writes, not only the chief (a live model's own variables)."""
+
+
+def recalibrate(
+    options: RecalibrateOptions, progress: Progress, job: Job | None = None
+) -> Recalibration:
+    """Estimate, verify, and write (on a cluster, the chief does) unless the result is refused.
+    Without ``job``, the command's: MODEL estimated in a worker process, written to ``-o OUT``,
+    which is then inspected."""
+    if job is None:
+        job = command_job(options, progress)
+    result, chief = job.estimate()
+    if job.output is None:
+        return result
     if result.verification is None:
         return result
     if result.refusal is not None and not options.force:
         return result
-    if not chief:
+    if not chief and not job.on_every_worker:
         return replace(result, writer="the chief")
-    progress.step(f"{options.model}: writing {output}")
-    write_model(options.model, output, description.format, updates(description, result))
-    repaired = inspect_path(output, options.settings, _probe_options(options), progress.step)
-    return result.written(output, repaired)
+    progress.step(f"{result.model}: writing {job.output}")
+    return job.write(result)
+
+
+def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
+    """``bncheck recalibrate MODEL -o OUT``: everything that can be checked before the model
+    runs is checked here."""
+    description = writable_description(options.model)
+    output = output_path(options.model, options.output, options.in_place, description.format)
+    assert output is not None  # the command always writes
+    if probe_data.chosen_source(options) is None:
+        raise UsageError("recalibrate needs data: --data, --tfrecord or --dataset-fn")
+
+    def estimate() -> tuple[Recalibration, bool]:
+        # Loading and estimating run the model: in a worker process under the limits, like the
+        # probe, so that whatever the model does there is one line. Writing stays here.
+        limits = RunLimits(options.timeout, options.memory_mib)
+        try:
+            return run_contained(
+                _estimate, (options, description, output), limits, lambda m: _relay(progress, m)
+            )
+        except ModelReadError as exc:
+            raise ModelReadError(f"recalibrate: {exc}") from None
+
+    def write(result: Recalibration) -> Recalibration:
+        write_model(options.model, output, description.format, updates(description, result))
+        repaired = inspect_path(output, options.settings, _probe_options(options), progress.step)
+        return result.written(output, repaired)
+
+    return Job(estimate, output, write)
 
 
 def _estimate(
@@ -111,16 +159,16 @@ def _estimate(
     model = load(options.model, options.unsafe, options.custom_objects, progress, strategy)
     dataset = probe_data.open_data(source, keras_model.input_specs(model))
     validation = _validation(options, dataset.specs)
-    plan = Plan(
-        batch_size=options.batch_size,
-        samples=options.samples,
-        seed=options.seed,
-        include_frozen=options.include_frozen,
-        include_untouched=options.include_untouched,
-        settings=options.settings,
-    )
     result = reestimate(
-        model, description, dataset, validation, plan, progress, strategy, options.model, output
+        model,
+        description,
+        dataset,
+        validation,
+        Plan.of(options),
+        progress,
+        strategy,
+        options.model,
+        output,
     )
     return result, is_chief(strategy)
 
@@ -465,29 +513,54 @@ def _change(
 SUFFIXES = {"keras": (".keras",), "h5": (".h5", ".hdf5")}
 
 
-def _output_path(options: RecalibrateOptions, format_name: str) -> str:
-    if options.output is None:
-        if not options.in_place:
+@dataclass(frozen=True)
+class Spelling:
+    """How the messages name the output and the permission to overwrite: flags on the command
+    line, arguments in Python."""
+
+    output: str = "-o"
+    in_place: str = "--in-place to do so"
+    required: bool = True
+    """Whether the output must be given (the API only measures without one)."""
+
+
+COMMAND_LINE = Spelling()
+
+
+def output_path(
+    model: str | None,
+    output: str | None,
+    in_place: bool,
+    format_name: str | None,
+    spelling: Spelling = COMMAND_LINE,
+) -> str | None:
+    """Where to write, checked before any work is done: a file in a folder that exists, named
+    so that Keras loads it in ``format_name``'s format (``None``: any), never over the model
+    file ``model`` unless ``in_place``. ``None``: nothing is to be written."""
+    if output is None:
+        if in_place:
+            return model
+        if spelling.required:
             raise UsageError("recalibrate needs -o OUT (or --in-place to overwrite MODEL)")
-        return options.model
-    if os.path.isdir(options.output):
-        raise UsageError(f"-o {options.output} is a directory: give the file to write")
-    suffixes = SUFFIXES[format_name]
-    if not options.output.lower().endswith(suffixes):
+        return None
+    if os.path.isdir(output):
+        raise UsageError(f"{spelling.output} {output} is a directory: give the file to write")
+    suffixes = SUFFIXES.get(format_name or "")
+    if suffixes and not output.lower().endswith(suffixes):
         # OUT is MODEL's file with new statistics: Keras picks its loader by the suffix.
         raise UsageError(
-            f"-o {options.output}: MODEL is a {suffixes[0]} file and OUT keeps its format, so "
-            f"name it {' or '.join(suffixes)}"
+            f"{spelling.output} {output}: MODEL is a {suffixes[0]} file and OUT keeps its "
+            f"format, so name it {' or '.join(suffixes)}"
         )
-    same = os.path.exists(options.output) and os.path.samefile(options.output, options.model)
-    if same and not options.in_place:
+    same = model is not None and os.path.exists(output) and os.path.samefile(output, model)
+    if same and not in_place:
         raise UsageError(
-            f"refusing to overwrite {options.model} (the model itself); pass --in-place to do so"
+            f"refusing to overwrite {model} (the model itself); pass {spelling.in_place}"
         )
-    directory = os.path.dirname(os.path.abspath(options.output))
-    if not os.path.isdir(directory):  # known before any work is done
-        raise UsageError(f"cannot write {options.output}: no such directory {directory}")
-    return options.output
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory):
+        raise UsageError(f"cannot write {output}: no such directory {directory}")
+    return output
 
 
 def choose(
