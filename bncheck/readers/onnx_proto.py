@@ -11,94 +11,96 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from bncheck.readers.proto_tables import Table, message_classes
+
 PACKAGE = "bncheck.onnx"
 
-#: message -> (number, name, type, repeated, message type or None)
-_OPTIONAL, _REPEATED = False, True
-_MESSAGES: dict[str, list[tuple[int, str, str, bool, str | None]]] = {
-    "StringStringEntryProto": [
-        (1, "key", "string", _OPTIONAL, None),
-        (2, "value", "string", _OPTIONAL, None),
-    ],
-    "OperatorSetIdProto": [
-        (1, "domain", "string", _OPTIONAL, None),
-        (2, "version", "int64", _OPTIONAL, None),
-    ],
-    "Dimension": [
-        (1, "dim_value", "int64", _OPTIONAL, None),
-        (2, "dim_param", "string", _OPTIONAL, None),
-    ],
-    "TensorShapeProto": [(1, "dim", "message", _REPEATED, "Dimension")],
-    "TensorTypeProto": [
-        (1, "elem_type", "int32", _OPTIONAL, None),
-        (2, "shape", "message", _OPTIONAL, "TensorShapeProto"),
-    ],
-    "TypeProto": [(1, "tensor_type", "message", _OPTIONAL, "TensorTypeProto")],
-    "ValueInfoProto": [
-        (1, "name", "string", _OPTIONAL, None),
-        (2, "type", "message", _OPTIONAL, "TypeProto"),
-    ],
-    "TensorProto": [
-        (1, "dims", "int64", _REPEATED, None),
-        (2, "data_type", "int32", _OPTIONAL, None),
-        (4, "float_data", "float", _REPEATED, None),
-        (5, "int32_data", "int32", _REPEATED, None),
-        (7, "int64_data", "int64", _REPEATED, None),
-        (8, "name", "string", _OPTIONAL, None),
-        (9, "raw_data", "bytes", _OPTIONAL, None),
-        (10, "double_data", "double", _REPEATED, None),
-        (13, "external_data", "message", _REPEATED, "StringStringEntryProto"),
-        (14, "data_location", "int32", _OPTIONAL, None),
-    ],
-    "AttributeProto": [
-        (1, "name", "string", _OPTIONAL, None),
-        (2, "f", "float", _OPTIONAL, None),
-        (3, "i", "int64", _OPTIONAL, None),
-        (4, "s", "bytes", _OPTIONAL, None),
-        (5, "t", "message", _OPTIONAL, "TensorProto"),
-        (7, "floats", "float", _REPEATED, None),
-        (8, "ints", "int64", _REPEATED, None),
+#: The messages of onnx.proto bncheck reads (``proto_tables`` describes the format).
+_MESSAGES: Table = {
+    "StringStringEntryProto": (
+        (1, "key", "string"),
+        (2, "value", "string"),
+    ),
+    "OperatorSetIdProto": (
+        (1, "domain", "string"),
+        (2, "version", "int64"),
+    ),
+    "Dimension": (
+        (1, "dim_value", "int64"),
+        (2, "dim_param", "string"),
+    ),
+    "TensorShapeProto": ((1, "dim", "repeated Dimension"),),
+    "TensorTypeProto": (
+        (1, "elem_type", "int32"),
+        (2, "shape", "TensorShapeProto"),
+    ),
+    "TypeProto": ((1, "tensor_type", "TensorTypeProto"),),
+    "ValueInfoProto": (
+        (1, "name", "string"),
+        (2, "type", "TypeProto"),
+    ),
+    "TensorProto": (
+        (1, "dims", "repeated int64"),
+        (2, "data_type", "int32"),
+        # The data fields are packed, as onnx.proto declares them.
+        (4, "float_data", "packed float"),
+        (5, "int32_data", "packed int32"),
+        (7, "int64_data", "packed int64"),
+        (8, "name", "string"),
+        (9, "raw_data", "bytes"),
+        (10, "double_data", "packed double"),
+        (13, "external_data", "repeated StringStringEntryProto"),
+        (14, "data_location", "int32"),
+    ),
+    "AttributeProto": (
+        (1, "name", "string"),
+        (2, "f", "float"),
+        (3, "i", "int64"),
+        (4, "s", "bytes"),
+        (5, "t", "TensorProto"),
+        (7, "floats", "repeated float"),
+        (8, "ints", "repeated int64"),
         # Subgraphs (If, Loop, Scan bodies) and tensors that may keep their data elsewhere.
-        (6, "g", "message", _OPTIONAL, "GraphProto"),
-        (10, "tensors", "message", _REPEATED, "TensorProto"),
-        (11, "graphs", "message", _REPEATED, "GraphProto"),
-        (20, "type", "int32", _OPTIONAL, None),
-        (22, "sparse_tensor", "message", _OPTIONAL, "SparseTensorProto"),
-        (23, "sparse_tensors", "message", _REPEATED, "SparseTensorProto"),
-    ],
-    "SparseTensorProto": [
-        (1, "values", "message", _OPTIONAL, "TensorProto"),
-        (2, "indices", "message", _OPTIONAL, "TensorProto"),
-    ],
-    "NodeProto": [
-        (1, "input", "string", _REPEATED, None),
-        (2, "output", "string", _REPEATED, None),
-        (3, "name", "string", _OPTIONAL, None),
-        (4, "op_type", "string", _OPTIONAL, None),
-        (5, "attribute", "message", _REPEATED, "AttributeProto"),
-        (7, "domain", "string", _OPTIONAL, None),
-    ],
-    "GraphProto": [
-        (1, "node", "message", _REPEATED, "NodeProto"),
-        (2, "name", "string", _OPTIONAL, None),
-        (5, "initializer", "message", _REPEATED, "TensorProto"),
-        (11, "input", "message", _REPEATED, "ValueInfoProto"),
-        (12, "output", "message", _REPEATED, "ValueInfoProto"),
-        (15, "sparse_initializer", "message", _REPEATED, "SparseTensorProto"),
-    ],
-    "FunctionProto": [
-        (1, "name", "string", _OPTIONAL, None),
-        (7, "node", "message", _REPEATED, "NodeProto"),
-        (10, "domain", "string", _OPTIONAL, None),
-    ],
-    "ModelProto": [
-        (1, "ir_version", "int64", _OPTIONAL, None),
-        (2, "producer_name", "string", _OPTIONAL, None),
-        (3, "producer_version", "string", _OPTIONAL, None),
-        (7, "graph", "message", _OPTIONAL, "GraphProto"),
-        (8, "opset_import", "message", _REPEATED, "OperatorSetIdProto"),
-        (25, "functions", "message", _REPEATED, "FunctionProto"),
-    ],
+        (6, "g", "GraphProto"),
+        (10, "tensors", "repeated TensorProto"),
+        (11, "graphs", "repeated GraphProto"),
+        (20, "type", "int32"),
+        (22, "sparse_tensor", "SparseTensorProto"),
+        (23, "sparse_tensors", "repeated SparseTensorProto"),
+    ),
+    "SparseTensorProto": (
+        (1, "values", "TensorProto"),
+        (2, "indices", "TensorProto"),
+    ),
+    "NodeProto": (
+        (1, "input", "repeated string"),
+        (2, "output", "repeated string"),
+        (3, "name", "string"),
+        (4, "op_type", "string"),
+        (5, "attribute", "repeated AttributeProto"),
+        (7, "domain", "string"),
+    ),
+    "GraphProto": (
+        (1, "node", "repeated NodeProto"),
+        (2, "name", "string"),
+        (5, "initializer", "repeated TensorProto"),
+        (11, "input", "repeated ValueInfoProto"),
+        (12, "output", "repeated ValueInfoProto"),
+        (15, "sparse_initializer", "repeated SparseTensorProto"),
+    ),
+    "FunctionProto": (
+        (1, "name", "string"),
+        (7, "node", "repeated NodeProto"),
+        (10, "domain", "string"),
+    ),
+    "ModelProto": (
+        (1, "ir_version", "int64"),
+        (2, "producer_name", "string"),
+        (3, "producer_version", "string"),
+        (7, "graph", "GraphProto"),
+        (8, "opset_import", "repeated OperatorSetIdProto"),
+        (25, "functions", "repeated FunctionProto"),
+    ),
 }
 
 # TensorProto.DataType values bncheck reads, and the element type each means.
@@ -124,35 +126,15 @@ ATTRIBUTE_INT, ATTRIBUTE_INTS = 2, 7
 
 
 @cache
+def _classes() -> dict[str, Any]:
+    return message_classes("bncheck/onnx_subset.proto", PACKAGE, "proto2", _MESSAGES)
+
+
 def model_class() -> Any:
     """The ``ModelProto`` message class."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    field_type = descriptor_pb2.FieldDescriptorProto
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="bncheck/onnx_subset.proto", package=PACKAGE, syntax="proto2"
-    )
-    for message_name, fields in _MESSAGES.items():
-        message = proto.message_type.add(name=message_name)
-        for number, name, kind, repeated, type_name in fields:
-            added = message.field.add(
-                name=name,
-                number=number,
-                type=getattr(field_type, f"TYPE_{kind.upper()}"),
-                label=field_type.LABEL_REPEATED if repeated else field_type.LABEL_OPTIONAL,
-            )
-            if type_name is not None:
-                added.type_name = f".{PACKAGE}.{type_name}"
-            elif repeated and message_name == "TensorProto" and number != 1:
-                added.options.packed = True  # as onnx.proto declares the data fields
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.ModelProto"))
+    return _classes()["ModelProto"]
 
 
 def message_class(name: str) -> Any:
     """Another message class of the same file, e.g. ``NodeProto``."""
-    from google.protobuf import message_factory
-
-    descriptor = model_class().DESCRIPTOR.file.message_types_by_name[name]
-    return message_factory.GetMessageClass(descriptor)
+    return _classes()[name]

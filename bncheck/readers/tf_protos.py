@@ -14,12 +14,12 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-_PACKAGE = "bncheck.tensorflow"
-_SCALARS = ("int32", "int64", "fixed32", "bool", "string", "bytes")
+from bncheck.readers.proto_tables import Table, message_classes
 
-#: Message name -> fields as (number, name, type); a type is a scalar above or a message here,
-#: prefixed with "repeated " for a repeated field.
-_MESSAGES: dict[str, tuple[tuple[int, str, str], ...]] = {
+_PACKAGE = "bncheck.tensorflow"
+
+#: The messages bncheck reads (``proto_tables`` describes the format).
+_MESSAGES: Table = {
     "VersionDef": (
         (1, "producer", "int32"),
         (2, "min_consumer", "int32"),
@@ -141,33 +141,7 @@ def message_class(name: str) -> Any:
 
 @cache
 def _classes() -> dict[str, Any]:
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    field_type = descriptor_pb2.FieldDescriptorProto
-    scalar_types = {name: getattr(field_type, f"TYPE_{name.upper()}") for name in _SCALARS}
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="bncheck/tensorflow.proto", package=_PACKAGE, syntax="proto3"
-    )
-    for message_name, fields in _MESSAGES.items():
-        message = proto.message_type.add(name=message_name)
-        for number, field_name, declared in fields:
-            repeated, _, kind = declared.rpartition(" ")
-            field = message.field.add(
-                name=field_name,
-                number=number,
-                label=field_type.LABEL_REPEATED if repeated else field_type.LABEL_OPTIONAL,
-            )
-            if kind in scalar_types:
-                field.type = scalar_types[kind]
-            else:
-                field.type = field_type.TYPE_MESSAGE
-                field.type_name = f".{_PACKAGE}.{kind}"
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-        for name in _MESSAGES
-    }
+    return message_classes("bncheck/tensorflow.proto", _PACKAGE, "proto3", _MESSAGES)
 
 
 class WireError(ValueError):
