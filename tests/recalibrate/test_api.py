@@ -218,3 +218,16 @@ def test_a_missing_model_file_is_named_in_the_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope.keras"
     with pytest.raises(ModelReadError, match=r"nope\.keras: "):
         bncheck.recalibrate(missing, CALIBRATION / "digits_train.npz")
+
+
+def test_a_file_output_is_checked_as_the_command_checks_it(tmp_path: Path) -> None:
+    """One check of the output for the command and the API: before the model is loaded."""
+    cases = [
+        (tmp_path / "o.h5", r"MODEL is a \.keras file and OUT keeps its format, so name it"),
+        (tmp_path, "is a directory: give the file to write"),
+        (STALE, r"refusing to overwrite .* pass in_place=True"),
+    ]
+    for output, message in cases:
+        with pytest.raises(UsageError, match=message):
+            bncheck.recalibrate(STALE, (X, Y), output=output)
+    assert list(tmp_path.iterdir()) == []
