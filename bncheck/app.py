@@ -164,7 +164,6 @@ def write_report(text: str, output: OutputOptions) -> None:
 
 
 def run_recalibrate(options: RecalibrateOptions, config: ConfigOptions) -> int:
-    require("tensorflow", "bncheck recalibrate")
     from bncheck.recalibrate.command import recalibrate
     from bncheck.reporters import recalibration
 

@@ -538,6 +538,13 @@ def plot(**params: Any) -> int:
     help="Labels for a --validate .npy file, one per sample.",
 )
 @click.option(
+    "--runnable",
+    metavar="FILE",
+    help="For a MODEL that holds no architecture (a .pt/.pth state dict, a .safetensors file): "
+    "the same network exported to ONNX or TorchScript, run to estimate the statistics; layers "
+    "are matched by name.",
+)
+@click.option(
     "--force",
     is_flag=True,
     help="Write OUT even when the metric gets worse or the result cannot be verified.",
@@ -584,9 +591,13 @@ def recalibrate(**params: Any) -> int:
 
     Measures the model with the stored and with the re-estimated statistics (the metric on
     --validate, or on labelled --data; else how many predictions change) and writes OUT in
-    MODEL's format (.keras or .h5), with only moving_mean and moving_variance changed, unless the
+    MODEL's format, with only the moving statistics changed, unless the
     result measures worse or cannot be verified (then exit 1; --force writes anyway). Exits like
     inspect on the repaired model otherwise (probed on --validate, else on the data).
+
+    ONNX models run with onnxruntime and TorchScript archives with PyTorch (--unsafe); a state
+    dict or safetensors file is estimated through --runnable, its ONNX or TorchScript export.
+    Only running_mean and running_var change, in a copy of MODEL.
 
     With --strategy the passes run through tf.distribute; see docs/distributed.md.
     """

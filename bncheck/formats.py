@@ -372,7 +372,7 @@ FORMATS = {
             suffixes=(".pt", ".pth"),
             found_in_folders=_is_torchscript,
             runtime="torchscript",
-            not_written=_INSPECTED_ONLY,
+            writer="torchscript",
         ),
         Format(
             name="pytorch",
@@ -387,7 +387,7 @@ FORMATS = {
                 "classes' code, which bncheck never runs: export it to ONNX or TorchScript to "
                 "probe it"
             ),
-            not_written=_INSPECTED_ONLY,
+            writer="pytorch",
         ),
         Format(
             name="keras",
@@ -420,7 +420,7 @@ FORMATS = {
             suffixes=(".safetensors",),
             found_in_folders=_has_safetensors_header,
             not_run="a safetensors file holds tensors only, no architecture to run",
-            not_written=_INSPECTED_ONLY,
+            writer="safetensors",
         ),
         Format(
             name="onnx",
@@ -430,7 +430,7 @@ FORMATS = {
             reader="bncheck.readers.onnx_graph:read",
             suffixes=(".onnx",),
             runtime="onnxruntime",
-            not_written=_INSPECTED_ONLY,
+            writer="onnx",
         ),
     )
 }
@@ -460,6 +460,8 @@ def writable() -> list[Format]:
 
 def writable_models() -> str:
     """The files ``bncheck recalibrate`` writes, by their main suffix: ".keras and .h5 models"."""
-    suffixes = [entry.suffixes[0] for entry in writable()]
+    suffixes = list(dict.fromkeys(entry.suffixes[0] for entry in writable()))
+    # Keras's formats first, as the command's help lists them.
+    suffixes.sort(key=lambda suffix: suffix not in (".keras", ".h5"))
     listed = ", ".join(suffixes[:-1]) + f" and {suffixes[-1]}" if len(suffixes) > 1 else suffixes[0]
     return f"{listed} models"

@@ -121,8 +121,8 @@ def test_a_new_format_is_one_entry(toy_registered: formats.Format, tmp_path: Pat
     recalibrated = run_with_toy("recalibrate", model, "--data", "x.npy", "-o", tmp_path / "o.toy")
     assert recalibrated.code == 2
     assert recalibrated.err == (
-        f"bncheck: error: {model}: recalibrate reads and writes .keras and .h5 models, not a toy "
-        "model; toys are not written\n"
+        f"bncheck: error: {model}: recalibrate reads and writes {formats.writable_models()}, "
+        "not a toy model; toys are not written\n"
     )
 
 

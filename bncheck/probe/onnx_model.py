@@ -70,16 +70,13 @@ def probe(
 ) -> ProbeResult:
     """Measure the graph over the data (``measure.measure``). ``untouched`` gives, by layer
     path, whether the static description found the layer's statistics never updated."""
-    ort = _import_onnxruntime()
     step("reading the ONNX graph")
     model = onnx_graph.load(path)
     content = scan_graph(model)
     if content and not options.unsafe:
         return ProbeResult(path, None, content, options.unsafe, skipped=safety.refusal(content))
-    _inline_external_data(model, Path(path).parent.resolve())
-    specs = [_input_spec(value) for value in _graph_inputs(model)]
+    runner, specs = open_runner(path, model)
     source = BatchPlan(specs, options)
-    runner = OnnxRunner(ort, model, Path(path).parent.resolve())
     notes = list(data_notes(source.real, source.integer_inputs))
     if not runner.layers:
         notes.append("no BatchNormalization nodes: there is no training mode to compare with")
@@ -257,6 +254,16 @@ class OnnxRunner:
                 )
             )
         return PassResult(outputs, figures, moments)
+
+
+def open_runner(path: str, model: Any) -> tuple[OnnxRunner, list[InputSpec]]:
+    """The runner of ``model`` (read from ``path`` and checked with ``scan_graph``), its
+    external tensors inlined from inside its folder, and its inputs."""
+    ort = _import_onnxruntime()
+    directory = Path(path).parent.resolve()
+    _inline_external_data(model, directory)
+    specs = [_input_spec(value) for value in _graph_inputs(model)]
+    return OnnxRunner(ort, model, directory), specs
 
 
 def _import_onnxruntime() -> Any:

@@ -62,14 +62,9 @@ def probe(
     if not options.unsafe:
         skipped = "the archive holds compiled code; pass --unsafe to run it if you trust the file"
         return ProbeResult(path, None, (CODE,), options.unsafe, skipped=skipped)
-    torch = _import_torch()
     step("loading with torch.jit")
-    try:
-        module = torch.jit.load(path, map_location="cpu")
-    except Exception as exc:  # a corrupt or hostile archive may fail anywhere in PyTorch
-        raise ModelReadError(f"torch.jit.load failed ({_one_line(exc)})") from None
-    source = BatchPlan(_input_specs(options), options)
-    runner = TorchScriptRunner(torch, module)
+    runner = open_runner(path)
+    source = BatchPlan(input_specs(options.data, options.input_shapes), options)
     notes = [*data_notes(source.real, source.integer_inputs), *NOTES, *runner.notes]
     if not runner.layers:
         notes.append("no BatchNorm modules: there is no training mode to compare with")
@@ -224,6 +219,16 @@ def _buffers(child: Any) -> tuple[Any, ...]:
     return tuple(None if value is None else value.detach().clone() for value in _live(child))
 
 
+def open_runner(path: str) -> TorchScriptRunner:
+    """The runner of the archive at ``path``: only for a user who passed ``--unsafe``."""
+    torch = _import_torch()
+    try:
+        module = torch.jit.load(path, map_location="cpu")
+    except Exception as exc:  # a corrupt or hostile archive may fail anywhere in PyTorch
+        raise ModelReadError(f"torch.jit.load failed ({_one_line(exc)})") from None
+    return TorchScriptRunner(torch, module)
+
+
 def _import_torch() -> Any:
     try:
         import torch
@@ -232,15 +237,16 @@ def _import_torch() -> Any:
     return torch
 
 
-def _input_specs(options: ProbeOptions) -> list[InputSpec]:
-    """TorchScript declares no input shapes: one input, shaped by the data or --input-shape."""
-    if options.data is not None:
-        arrays = load_arrays(options.data, "--data")
+def input_specs(data: str | None, shapes: Mapping[str | None, tuple[int, ...]]) -> list[InputSpec]:
+    """TorchScript declares no input shapes: one input, shaped by the data (``--data``, a .npy
+    or .npz file) or ``--input-shape``."""
+    if data is not None:
+        arrays = load_arrays(data, "--data")
         arrays.pop(LABELS_KEY, None)
         if len(arrays) == 1:
             return [InputSpec("input", (None, *next(iter(arrays.values())).shape[1:]), "float32")]
-    elif set(options.input_shapes) == {None}:
-        return [InputSpec("input", (None, *options.input_shapes[None]), "float32")]
+    elif set(shapes) == {None}:
+        return [InputSpec("input", (None, *shapes[None]), "float32")]
     raise UsageError(
         "a TorchScript archive declares no input shapes: pass --data with a .npy file or "
         "--input-shape D1,D2,... (without the batch dimension, e.g. 1,8,8)"

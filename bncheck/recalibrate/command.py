@@ -50,6 +50,7 @@ from bncheck.recalibrate.results import (
     Recalibration,
     Verification,
 )
+from bncheck.recalibrate.runtimes import RUNS_ITSELF
 from bncheck.recalibrate.write import NewStatistics, write_model
 from bncheck.settings import Settings
 
@@ -124,6 +125,27 @@ def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
     description = writable_description(options.model)
     output = output_path(options.model, options.output, options.in_place, description.format)
     assert output is not None  # the command always writes
+    if description.format not in WRITABLE:
+        from bncheck.extras import require
+        from bncheck.recalibrate import runtimes
+
+        if os.path.realpath(output) == os.path.realpath(options.model):
+            raise UsageError(
+                f"{options.model}: a {description.format} file is written to a new OUT, never "
+                "in place: give -o OUT"
+            )
+        if options.strategy is not None:
+            raise UsageError("--strategy runs Keras models; this model runs in one process")
+        require(runtimes.extra(runtimes.runnable_path(options, description)), "recalibrate")
+    elif options.runnable is not None:
+        raise UsageError(
+            "--runnable is for a model that holds no architecture (.pt, .pth, .safetensors); a "
+            ".keras or .h5 model runs itself"
+        )
+    else:
+        from bncheck.extras import require
+
+        require("tensorflow", "bncheck recalibrate")
     if probe_data.chosen_source(options) is None:
         raise UsageError("recalibrate needs data: --data, --tfrecord or --dataset-fn")
 
@@ -139,7 +161,16 @@ def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
             raise ModelReadError(f"recalibrate: {exc}") from None
 
     def write(result: Recalibration) -> Recalibration:
-        write_model(options.model, output, description.format, updates(description, result))
+        if description.format in WRITABLE:
+            write_model(options.model, output, description.format, updates(description, result))
+        else:
+            from bncheck.recalibrate.writers import write_statistics
+
+            write_statistics(
+                options.model,
+                output,
+                {path: (pop.mean, pop.variance) for path, pop in result.statistics.items()},
+            )
         repaired = inspect_path(output, options.settings, _probe_options(options), progress.step)
         return result.written(output, repaired)
 
@@ -155,6 +186,8 @@ def _estimate(
     progress = _RelayedProgress(report)
     source = probe_data.chosen_source(options)
     assert source is not None  # checked before the worker started
+    if description.format not in WRITABLE:
+        return _estimate_with_runner(options, description, source, output, progress), True
     strategy = make_strategy(options.strategy, options.devices)
     model = load(options.model, options.unsafe, options.custom_objects, progress, strategy)
     dataset = probe_data.open_data(source, keras_model.input_specs(model))
@@ -171,6 +204,67 @@ def _estimate(
         output,
     )
     return result, is_chief(strategy)
+
+
+def _estimate_with_runner(
+    options: RecalibrateOptions,
+    description: ModelDescription,
+    source: probe_data.DataSource,
+    output: str,
+    progress: Progress,
+) -> Recalibration:
+    """Steps 1 to 3 for a model its runtime runs (``runtimes``): the layers matched, their
+    statistics estimated and verified as for a Keras model."""
+    from bncheck.probe.measure import estimate
+    from bncheck.recalibrate import runtimes
+
+    path = runtimes.runnable_path(options, description)
+    progress.step(f"{path}: loading")
+    runner, specs = runtimes.open_runner(path, options)
+    dataset = probe_data.open_data(source, specs)
+    validation = _validation(options, dataset.specs)
+    plan = Plan.of(options)
+    targets, kept = runtimes.choose(
+        description, runner.layers, plan.include_frozen, plan.include_untouched
+    )
+    if not targets:
+        return _nothing_to_do(
+            options.model, output, dataset.source, description, kept, plan.settings
+        )
+    sweeper = runtimes.Sweeper(runner)
+    with runner:
+        progress.start_batches(f"{options.model}: estimating")
+        total = _batch_count(dataset, plan.batch_size, plan.samples)
+        sums, batches, samples = estimate(
+            sweeper,  # type: ignore[arg-type]  # the runner swept as Passes sweeps
+            dataset.batches(plan.batch_size, plan.seed, plan.samples),
+            lambda done, seen: progress.batch(done, total, seen),
+        )
+        if batches == 0:
+            raise UsageError(f"{dataset.source} holds no samples")
+        chosen = {layer.path for layer in targets}
+        new = {path: sums[path].population() for path in chosen if path in sums}
+        runner.use_estimates({path: (pop.mean, pop.variance) for path, pop in new.items()})
+        progress.start_batches(f"{options.model}: verifying")
+        check = verify(sweeper, validation or dataset, plan, validation is not None, progress)
+    progress.done()
+    kept.update(dict.fromkeys(chosen - set(new), DID_NOT_RUN))
+    epsilons = {layer.path: layer.epsilon for layer in runner.layers}
+    return Recalibration(
+        model=options.model,
+        output=output,
+        data=dataset.source,
+        batches=batches,
+        samples=samples,
+        layers=tuple(
+            _change(layer, new, kept, epsilons.get(layer.path, 1e-5))
+            for layer in description.layers
+        ),
+        verification=check,
+        refusal=_refusal(check, plan.settings),
+        fail_on=plan.settings.fail_on,
+        statistics=new,
+    )
 
 
 #: The ``Progress`` calls a worker relays to the terminal's ``Progress``.
@@ -452,7 +546,7 @@ def writable_description(path: str) -> ModelDescription:
             f"{found.called}; {found.not_written}"
         )
     description = read_contained(read_model, path)
-    if description.format not in WRITABLE:
+    if description.format not in WRITABLE and description.format not in RUNS_ITSELF:
         raise UsageError(
             f"{path}: recalibrate reads and writes {formats.writable_models()}, not "
             f"{description.format} inputs; {formats.WEIGHTS_ONLY}"

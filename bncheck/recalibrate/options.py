@@ -39,6 +39,9 @@ class RecalibrateOptions:
     """Factor applied to image pixel values, e.g. 1/255 (image directories only)."""
     seed: int = 0
     unsafe: bool = False
+    runnable: str | None = None
+    """``--runnable``: the network's ONNX or TorchScript export, run to estimate the statistics
+    of a MODEL that holds no architecture (a state dict, a safetensors file)."""
     custom_objects: str | None = None
     settings: Settings = field(default_factory=Settings)
     """Rule configuration and ``--fail-on`` for the gate on the repaired model."""

@@ -142,11 +142,17 @@ def test_a_missing_onnxruntime_is_a_usage_error_naming_the_extra(
     assert result.err == 'bncheck: error: --probe needs onnxruntime: pip install "bncheck[onnx]"\n'
 
 
-@pytest.mark.parametrize("fixture", ["healthy.pt", "healthy.safetensors", "healthy.onnx"])
-def test_recalibrate_says_it_does_not_write_these_formats(
+@pytest.mark.parametrize("fixture", ["healthy.pt", "healthy.safetensors"])
+def test_recalibrate_asks_for_a_runnable_export_of_a_state_dict(
     run_cli: Run, fixture: str, tmp_path: Any
 ) -> None:
     output = tmp_path / fixture
     result = run_cli("recalibrate", PYTORCH / fixture, "--data", DATA, "-o", output)
-    assert result.code == 2 and "checked by 'bncheck inspect' (and --probe) only" in result.err
+    assert result.code == 2 and "give --runnable FILE" in result.err
     assert not output.exists()
+
+
+def test_recalibrate_writes_onnx_to_a_new_file_only(run_cli: Run) -> None:
+    model = PYTORCH / "healthy.onnx"
+    result = run_cli("recalibrate", model, "--data", DATA, "--in-place")
+    assert result.code == 2 and "never in place" in result.err

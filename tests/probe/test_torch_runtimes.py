@@ -4,6 +4,7 @@ PyTorch's own ``update_bn`` on networks trained the ways users train them (``tor
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,14 @@ def nets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             ),
             "onnx": torch_nets.export_onnx(net, out / f"{kind}.onnx"),
             "torchscript": torch_nets.export_torchscript(net, out / f"{kind}.pt"),
+            "state_dict": out / f"{kind}.pth",
         }
+        torch.save(net.state_dict(), out / f"{kind}.pth")
+    # Recalibration estimates from one half of the held-out data and verifies on the other.
+    np.savez(out / "calibration.npz", x=data.test_x[:288], y=data.test_y[:288])
+    np.savez(out / "validation.npz", x=data.test_x[288:], y=data.test_y[288:])
+    found["calibration"], found["validation"] = out / "calibration.npz", out / "validation.npz"
+    found["out"] = out
     return found
 
 
@@ -124,3 +132,100 @@ def test_torchscript_inference_is_evals_own_and_leaves_the_module_as_it_was(
     after = module.state_dict()
     assert all(torch.equal(after[name], value) for name, value in before.items())
     assert not module.training
+
+
+def recalibrated(
+    run_cli: Run, nets: dict[str, Any], model: Path, out: Path, *extra: object
+) -> CliResult:
+    return run_cli(
+        "recalibrate",
+        model,
+        "--data",
+        nets["calibration"],
+        "--validate",
+        nets["validation"],
+        "-o",
+        out,
+        *extra,
+    )
+
+
+def verified(text: str) -> tuple[float, float]:
+    """The accuracies before and after that recalibrate printed, as fractions."""
+    found = re.search(r"accuracy ([0-9.]+)% with the stored statistics, ([0-9.]+)% with the", text)
+    assert found is not None, text
+    return float(found.group(1)) / 100, float(found.group(2)) / 100
+
+
+def test_recalibrating_a_stale_onnx_model(run_cli: Run, nets: dict[str, Any]) -> None:
+    import onnxruntime
+
+    out = nets["out"] / "repaired.onnx"
+    result = recalibrated(run_cli, nets, nets["stale"]["onnx"], out)
+    assert result.code == 0, result.err
+    before, after = verified(result.out)
+    validation = np.load(nets["validation"])
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    [logits] = session.run(None, {"image": validation["x"]})
+    measured = float((logits.argmax(1) == validation["y"]).mean())
+    assert measured == pytest.approx(after, abs=0.0006) and after > before + 0.3
+
+
+def test_a_state_dict_is_recalibrated_through_its_runnable_export(
+    run_cli: Run, nets: dict[str, Any]
+) -> None:
+    out = nets["out"] / "repaired.pth"
+    result = recalibrated(
+        run_cli, nets, nets["stale"]["state_dict"], out, "--runnable", nets["stale"]["onnx"]
+    )
+    assert result.code == 0, result.err
+    before, after = verified(result.out)
+    net = torch_nets.Net(momentum=0.001)
+    net.load_state_dict(torch.load(out, weights_only=True))
+    validation = np.load(nets["validation"])
+    assert torch_nets.accuracy(net.eval(), validation["x"], validation["y"]) == pytest.approx(
+        after, abs=0.0006
+    )
+    # PyTorch's own update_bn on the same calibration data gives the same statistics, but for
+    # the batches' make-up (bncheck draws them shuffled): a layer after the first normalises
+    # each batch by its own statistics.
+    reference = torch_nets.reestimated(nets["stale"]["net"], np.load(nets["calibration"])["x"])
+    written = torch.load(out, weights_only=True)
+    for name, value in reference.state_dict().items():
+        if name.endswith(("running_mean", "running_var")):
+            np.testing.assert_allclose(written[name].numpy(), value.numpy(), rtol=1e-2, atol=1e-3)
+
+
+def test_a_worse_repair_of_an_eval_trained_network_is_refused(
+    run_cli: Run, nets: dict[str, Any]
+) -> None:
+    out = nets["out"] / "refused.pt"
+    result = recalibrated(
+        run_cli,
+        nets,
+        nets["eval_trained"]["torchscript"],
+        out,
+        "--unsafe",
+        "--include-untouched",
+    )
+    before, after = verified(result.out)
+    assert result.code == 1 and after < before - 0.2 and not out.exists()
+    assert "not written" in result.out
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "says"),
+    [
+        ("state_dict", (), "give --runnable FILE"),
+        ("torchscript", (), "pass --unsafe"),
+        ("state_dict", ("--runnable", "heldout"), "give the network's ONNX or TorchScript"),
+    ],
+)
+def test_what_cannot_run_is_one_line(
+    run_cli: Run, nets: dict[str, Any], model: str, extra: tuple[str, ...], says: str
+) -> None:
+    extra = tuple(str(nets[value]) if value in nets else value for value in extra)
+    out = nets["out"] / "never.pt"
+    result = recalibrated(run_cli, nets, nets["stale"][model], out, *extra)
+    assert result.code == 2 and says in result.err and len(result.err.splitlines()) == 1
+    assert not out.exists()

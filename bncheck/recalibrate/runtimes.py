@@ -1,0 +1,139 @@
+"""Recalibrating the models a runtime other than Keras runs, through the runner protocol
+(``bncheck.probe.runtime``):
+
+- an ONNX model runs itself with onnxruntime (its graph checked for ops not known to be pure, as
+  the probe checks it);
+- a TorchScript archive runs itself with PyTorch, only with ``--unsafe``;
+- a PyTorch state dict or pickled module (``.pt``, ``.pth``) or a safetensors file holds no
+  architecture bncheck runs: ``--runnable FILE`` names a runnable twin, the same network's ONNX
+  or TorchScript export, whose layers are matched with MODEL's by name and shape.
+
+The estimate and its verification are the Keras path's own (``command.estimate`` sums and
+``command.verify``), over the runner's batch-statistics and inference passes; the statistics are
+PyTorch's convention (the variance unbiased), and the writers (``writers.write_statistics``)
+change only their bytes in a copy of MODEL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from bncheck import formats
+from bncheck.errors import UsageError
+from bncheck.model import ModelDescription
+from bncheck.probe import data as probe_data
+from bncheck.probe import safety
+from bncheck.probe.runtime import LayerInfo, Runner
+from bncheck.readers import detect
+from bncheck.recalibrate.options import RecalibrateOptions
+from bncheck.recalibrate.results import FROZEN, NOT_LOADED, UNTOUCHED
+
+#: MODEL formats written through a runner, and whether MODEL runs itself.
+RUNS_ITSELF = {"onnx": True, "torchscript": True, "pytorch": False, "safetensors": False}
+#: The formats a runnable twin may be.
+RUNNABLE = ("onnx", "torchscript")
+
+
+def runnable_path(options: RecalibrateOptions, description: ModelDescription) -> str:
+    """The file that runs: MODEL itself, or its ``--runnable`` twin."""
+    if options.runnable is None:
+        if not RUNS_ITSELF[description.format]:
+            raise UsageError(
+                f"{options.model}: a {description.format} file holds no architecture to run: "
+                "give --runnable FILE, the same network exported to ONNX or TorchScript, to "
+                "estimate its statistics with"
+            )
+        return options.model
+    found = detect.sniff(options.runnable)
+    if found.name not in RUNNABLE:
+        raise UsageError(
+            f"--runnable {options.runnable}: give the network's ONNX or TorchScript export, not "
+            f"{found.called}"
+        )
+    return options.runnable
+
+
+def extra(path: str) -> str:
+    """The extra the runtime of ``path`` needs."""
+    runtime = detect.sniff(path).runtime
+    assert runtime is not None  # runnable_path admits only runnable formats
+    return formats.RUNTIMES[runtime].extra
+
+
+def open_runner(
+    path: str, options: RecalibrateOptions
+) -> tuple[Runner, list[probe_data.InputSpec]]:
+    """Load ``path`` with its runtime, after the checks the probe makes."""
+    found = detect.sniff(path)
+    if found.name == "onnx":
+        from bncheck.probe import onnx_model
+        from bncheck.readers import onnx_graph
+
+        model = onnx_graph.load(path)
+        content = onnx_model.scan_graph(model)
+        if content and not options.unsafe:
+            raise UsageError(f"{path}: {safety.refusal(content)}")
+        return onnx_model.open_runner(path, model)
+    from bncheck.probe import torchscript_model
+
+    if not options.unsafe:
+        raise UsageError(
+            f"{path}: the archive holds compiled code; pass --unsafe to run it if you trust the "
+            "file"
+        )
+    return torchscript_model.open_runner(path), torchscript_model.input_specs(options.data, {})
+
+
+def choose(
+    description: ModelDescription,
+    layers: Iterable[LayerInfo],
+    include_frozen: bool,
+    include_untouched: bool,
+) -> tuple[list[LayerInfo], dict[str, str]]:
+    """The runner's layers to re-estimate, matched with MODEL's by name and channel count, and
+    why each of MODEL's other layers keeps its statistics."""
+    from bncheck import verdict
+
+    in_file = {layer.path: layer for layer in description.layers}
+    targets: list[LayerInfo] = []
+    kept: dict[str, str] = {}
+    for layer in layers:
+        stored = in_file.get(layer.path)
+        if stored is None or np.size(stored.moving_mean) != np.size(layer.moving_mean):
+            continue
+        if not layer.trainable and not include_frozen:
+            kept[layer.path] = FROZEN
+        elif verdict.learned_without_batch_statistics(stored) and not include_untouched:
+            kept[layer.path] = UNTOUCHED
+        else:
+            targets.append(layer)
+    if description.layers and not targets and not kept:
+        raise UsageError(
+            "no BatchNorm layer of the runnable file matches MODEL's by name and channels "
+            f"(MODEL has {', '.join(list(in_file)[:3])}...): give the export of the same "
+            "network, its BatchNorm nodes kept (do_constant_folding=False)"
+        )
+    chosen = {layer.path for layer in targets}
+    for path in in_file:
+        if path not in chosen:
+            kept.setdefault(path, NOT_LOADED)
+    return targets, kept
+
+
+class Sweeper:
+    """A runner run batch by batch, as ``Passes.sweep`` runs a Keras model: what the Keras
+    path's estimate and verification read."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def sweep(
+        self, batches: Iterable[probe_data.Batch], *modes: str, outputs: bool = True
+    ) -> Iterator[Any]:
+        from bncheck.probe.passes import Step
+
+        for batch in batches:
+            yield Step(batch.size, batch.labels, self.runner.run(batch.inputs, *modes))
