@@ -868,6 +868,128 @@ def torch_guard_overhead(workdir: Path, repeat: int) -> list[Target]:
     ]
 
 
+# The shared measurement over the ONNX Runtime and TorchScript runners against the three plain
+# passes it needs, on the same in-memory batches: inference with the stored statistics, the
+# batch-statistics pass, inference with re-estimated statistics.
+RUNTIME_VS_PASSES = textwrap.dedent(
+    """
+    import json, statistics, sys, time, warnings
+    from pathlib import Path
+    import numpy as np
+    import onnxruntime, torch
+    from torch import nn
+    from bncheck.probe import measure
+    from bncheck.probe.data import Batch
+    from bncheck.probe.onnx_model import OnnxRunner, _training_graph, _Session
+    from bncheck.probe.runtime import STORED
+    from bncheck.probe.torchscript_model import TorchScriptRunner
+    from bncheck.readers import onnx_graph
+
+    workdir, samples, repeat = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    torch.manual_seed(0)
+
+    def block(inputs, outputs):
+        return [nn.Conv2d(inputs, outputs, 3, padding=1, bias=False), nn.BatchNorm2d(outputs),
+                nn.ReLU()]
+
+    net = nn.Sequential(*block(3, 32), *block(32, 32), nn.MaxPool2d(2), *block(32, 64),
+                        *block(64, 64), nn.MaxPool2d(2), *block(64, 128), *block(128, 128),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10)).eval()
+    onnx_path, script_path = f"{workdir}/cnn.onnx", f"{workdir}/cnn.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(2, 3, 32, 32),), onnx_path, dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "n"}},
+                          do_constant_folding=False)
+    torch.jit.script(net).save(script_path)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 32)
+    data = [Batch([rng.standard_normal((32, 3, 32, 32)).astype("float32")], labels)
+            for _ in range(samples // 32)]
+    batches = lambda: iter(data)
+
+    def onnx_measure():
+        model = onnx_graph.load(onnx_path)
+        start = time.perf_counter()
+        with OnnxRunner(onnxruntime, model, Path(workdir)) as runner:
+            measure.measure(runner, batches, lambda layer: True, {})
+        return time.perf_counter() - start
+
+    def onnx_passes():
+        model = onnx_graph.load(onnx_path)
+        start = time.perf_counter()
+        runner = OnnxRunner(onnxruntime, model, Path(workdir))
+        [first] = runner.run(data[0].inputs, STORED)  # what the rewrite needs to know
+        plain = _Session(onnxruntime, model, ["x"])
+        training = _Session(onnxruntime, _training_graph(model, runner.nodes, runner._examples),
+                            ["x"])
+        estimated = _Session(onnxruntime, runner.with_statistics({}), ["x"])
+        for session in (plain, training, estimated):
+            for batch in data:
+                session.run(batch.inputs)
+        return time.perf_counter() - start
+
+    def script_measure():
+        module = torch.jit.load(script_path)
+        start = time.perf_counter()
+        with TorchScriptRunner(torch, module) as runner:
+            measure.measure(runner, batches, lambda layer: True, {})
+        return time.perf_counter() - start
+
+    def script_passes():
+        module = torch.jit.load(script_path)
+        start = time.perf_counter()
+        with torch.no_grad():
+            for mode in ("eval", "train", "eval"):
+                for name, child in module.named_modules():
+                    if child.original_name == "BatchNorm2d":
+                        child.train(mode == "train")
+                for batch in data:
+                    module(torch.from_numpy(batch.inputs[0]))
+        return time.perf_counter() - start
+
+    pairs = {"onnx": (onnx_measure, onnx_passes), "torchscript": (script_measure, script_passes)}
+    for measured, plain in pairs.values():
+        measured(), plain()  # warm-up
+    times = {}
+    for name, (measured, plain) in pairs.items():
+        ratios, walls = [], []
+        for _ in range(repeat):
+            a, b = measured(), plain()
+            ratios.append(a / b)
+            walls.append((a, b))
+        times[name] = {
+            "ratio": statistics.median(ratios),
+            "measure": statistics.median(w[0] for w in walls),
+            "passes": statistics.median(w[1] for w in walls),
+        }
+    print(json.dumps(times))
+    """
+)
+
+RUNTIME_SAMPLES = 1024
+
+
+def runtime_cost(workdir: Path, repeat: int) -> list[Target]:
+    _, out = run_python(RUNTIME_VS_PASSES, str(workdir), str(RUNTIME_SAMPLES), str(repeat))
+    measured = json.loads(out.strip().splitlines()[-1])
+    return [
+        Target(
+            f"{name}-probe-cost",
+            f"a 6-BN CNN 32x32 exported from PyTorch, {RUNTIME_SAMPLES} samples in batches of 32: "
+            f"the probe's measurement over the {name} runner against its three plain passes",
+            ratio=figures["ratio"],
+            threshold=1.2,
+            higher_is_better=False,
+            medians={
+                "measurement": f"{figures['measure']:.2f} s",
+                "three passes": f"{figures['passes']:.2f} s",
+            },
+        )
+        for name, figures in measured.items()
+    ]
+
+
 BENCHMARKS: dict[str, Callable[[Path, int], list[Target]]] = {
     "static": static_vs_keras,
     "floor": static_floor,
@@ -878,6 +1000,7 @@ BENCHMARKS: dict[str, Callable[[Path, int], list[Target]]] = {
     "folder": folder_scan,
     "containment": containment,
     "probe": probe_cost,
+    "runtimes": runtime_cost,
     "recalibrate": recalibrate_vs_forward,
     "pytorch": pytorch_vs_torch_load,
     "guard": guard_overhead,

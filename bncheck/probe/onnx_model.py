@@ -125,7 +125,6 @@ class OnnxRunner:
         self.nodes = onnx_graph.batchnorm_nodes(model.graph)
         self.names = [value.name for value in _graph_inputs(model)]
         self.values = onnx_graph.Values(model.graph, directory)
-        initializers = {tensor.name for tensor in model.graph.initializer}
         self.stored: dict[str, tuple[np.ndarray, ...]] = {}
         self._layers: list[LayerInfo] = []
         self.notes: list[str] = []
@@ -137,8 +136,10 @@ class OnnxRunner:
             self._layers.append(
                 LayerInfo(
                     path=bn.path,
-                    # Statistics held in initializers of their own can be replaced.
-                    trainable=all(name in initializers for name in bn.node.input[3:5]),
+                    # Stored statistics can be replaced; computed ones are BN022's.
+                    trainable=all(
+                        self.values.tensor(name) is not None for name in bn.node.input[3:5]
+                    ),
                     epsilon=bn.attribute("epsilon", onnx_graph.DEFAULT_EPSILON),
                     momentum=bn.attribute("momentum", onnx_graph.DEFAULT_MOMENTUM),
                     moving_mean=mean,
@@ -180,20 +181,26 @@ class OnnxRunner:
         self._estimated = _Session(self.ort, self.with_statistics(statistics), self.names)
 
     def with_statistics(self, statistics: Statistics) -> Any:
-        """A copy of the model whose chosen nodes' mean and variance initializers hold
-        ``statistics`` (by layer path), in their own element type."""
+        """A copy of the model whose chosen nodes normalise with ``statistics`` (by layer path),
+        in their stored element type: each node reads new initializers of its own, since an
+        exporter may share one tensor between nodes whose statistics were equal (fresh ones)."""
         copy = _copy(self.model)
-        tensors = {tensor.name: tensor for tensor in copy.graph.initializer}
-        for bn in self.nodes:
+        for position, bn in enumerate(self.nodes):
             if bn.path not in statistics:
                 continue
-            for name, value in zip(bn.node.input[3:5], statistics[bn.path], strict=True):
-                tensor = tensors[name]
-                dtype = np.dtype(onnx_proto.ELEMENT_TYPES[tensor.data_type])
-                new = np.asarray(value, dtype=dtype).reshape(tuple(tensor.dims))
-                for field in ("float_data", "double_data", "int32_data"):
-                    tensor.ClearField(field)
-                tensor.raw_data = new.tobytes()
+            node = copy.graph.node[bn.index]
+            for slot, value in zip((3, 4), statistics[bn.path], strict=True):
+                stored = self.values.tensor(bn.node.input[slot])
+                assert stored is not None  # only layers whose statistics are stored are chosen
+                dtype = np.dtype(onnx_proto.ELEMENT_TYPES[stored.data_type])
+                name = f"{_OWN}_estimate_{position}_{slot}"
+                copy.graph.initializer.add(
+                    name=name,
+                    dims=list(stored.dims),
+                    data_type=stored.data_type,
+                    raw_data=np.asarray(value, dtype=dtype).reshape(tuple(stored.dims)).tobytes(),
+                )
+                node.input[slot] = name
         return copy
 
     def _stored(self, inputs: Sequence[np.ndarray]) -> PassResult:

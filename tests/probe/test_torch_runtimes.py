@@ -229,3 +229,32 @@ def test_what_cannot_run_is_one_line(
     result = recalibrated(run_cli, nets, nets["stale"][model], out, *extra)
     assert result.code == 2 and says in result.err and len(result.err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_statistics_an_export_shares_between_layers_are_re_estimated_per_layer(
+    run_cli: Run, tmp_path: Path
+) -> None:
+    """The exporter stores equal tensors once (fresh layers of one width share their zeros and
+    ones through Identity nodes): each layer still gets its own estimate."""
+    import onnx
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.Flatten(),
+    )
+    path = torch_nets.export_onnx(net, tmp_path / "fresh.onnx")
+    graph = onnx.load(str(path)).graph
+    initializers = {tensor.name for tensor in graph.initializer}
+    shared = [n for n in graph.node if n.op_type == "BatchNormalization"][1].input[3]
+    assert shared not in initializers  # read through an Identity of the other layer's tensor
+    data = tmp_path / "data.npy"
+    np.save(data, np.random.default_rng(0).standard_normal((256, 1, 8, 8)).astype("float32"))
+    result = run_cli("inspect", path, "--data", data, "--format", "json")
+    layers = result.json()["models"][0]["probe"]["layers"]
+    assert [layer["reestimated"] for layer in layers] == [True, True]
+    assert all(layer["population"] is not None for layer in layers)
