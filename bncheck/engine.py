@@ -117,7 +117,13 @@ def inspect_path(
         if filled is not description:
             result = judged(path, filled, settings)
     # Measurement settles the static suspicion: one finding per layer (``bncheck.verdict``).
-    measured_findings = result.findings + tuple(probe_findings(measured, settings))
+    # Probe rules speak Keras's words; a PyTorch or ONNX model's report speaks its own.
+    words = description.vocabulary
+    spoken = [
+        replace(finding, message=words.translate(finding.message))
+        for finding in probe_findings(measured, settings)
+    ]
+    measured_findings = result.findings + tuple(spoken)
     findings = verdict.settle(measured_findings, measured, settings)
     return replace(result, findings=tuple(findings), probe=measured)
 
