@@ -156,3 +156,28 @@ def test_recalibrate_writes_onnx_to_a_new_file_only(run_cli: Run) -> None:
     model = PYTORCH / "healthy.onnx"
     result = run_cli("recalibrate", model, "--data", DATA, "--in-place")
     assert result.code == 2 and "never in place" in result.err
+
+
+BLOCKED = """
+import sys
+for name in ("tensorflow", "keras", "torch", "tf_keras"):
+    sys.modules[name] = None  # importing any of them now fails, here and in forked workers
+from bncheck.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as done:
+    print("EXIT", done.code, file=sys.stderr)
+"""
+
+
+def test_recalibrating_onnx_needs_neither_tensorflow_nor_torch(tmp_path: Any) -> None:
+    out = tmp_path / "out.onnx"
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCKED, "recalibrate", str(PYTORCH / "healthy.onnx")]
+        + ["--data", str(DATA), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "EXIT 0" in done.stderr or "EXIT 1" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "re-estimated" in done.stdout, done.stdout
