@@ -378,9 +378,10 @@ def test_trainable_only_checkpoint(run_cli: Run) -> None:
     result = run_cli("checkpoint", TF1_TRAINABLE)
     assert result.code == 1
     assert "0/3 BN layers have moving statistics in the checkpoint" in result.out
-    findings = [line for line in result.out.splitlines() if line.startswith("error ")]
-    assert [line.split()[1:4] for line in findings] == [
-        ["BN011", "checkpoint-missing-moving-stats", f"{path}:"] for path in TF1_PATHS
+    assert "error    BN011 checkpoint-missing-moving-stats" in result.out
+    model = run_cli("checkpoint", TF1_TRAINABLE, "--format", "json").json()["models"][0]
+    assert [(f["rule"], f["layer"]) for f in model["findings"]] == [
+        ("BN011", path) for path in TF1_PATHS
     ]
 
 

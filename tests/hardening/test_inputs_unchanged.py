@@ -71,7 +71,15 @@ def test_pytorch_safetensors_and_onnx_files_are_left_untouched(
             ],
             {0, 1},
         ),
-        (["recalibrate", pytorch / "healthy.onnx", "--data", nchw, "-o", tmp_path / "r.onnx"], {2}),
+        (
+            ["recalibrate", pytorch / "healthy.onnx", "--data", nchw, "-o", tmp_path / "r.onnx"],
+            {0, 1},
+        ),
+        (
+            ["recalibrate", pytorch / "healthy.pt", "--runnable", pytorch / "healthy.onnx"]
+            + ["--data", nchw, "-o", tmp_path / "r.pt"],
+            {0, 1},
+        ),
         (["plot", pytorch / "healthy.onnx", "--data", nchw, "-o", tmp_path / "p.png"], {0}),
     ]
     if importlib.util.find_spec("torch") is not None:

@@ -50,7 +50,7 @@ def test_recalibration_closes_the_gap_between_modes(run_cli: Run, tmp_path: Path
     assert abs(after_training - after_inference) <= 0.03
     assert after_inference > before_inference + 0.2
     lines = result.out.splitlines()
-    assert lines[0] == f"re-estimated {model}: 352 samples in 11 batches of {DIGITS}"
+    assert lines[0] == f"re-estimated {model}: 360 samples in 12 batches of {DIGITS}"
     assert any(line.startswith("cnn/bn1  recalibrated") for line in lines)
     # The verification is measured on every sample, the short last batch included.
     assert (
@@ -235,7 +235,7 @@ def test_samples_limit_the_data(run_cli: Run, tmp_path: Path) -> None:
         "-o", tmp_path / "fixed.keras", "--samples", "40", "--batch-size", "16",
     )  # fmt: skip
     assert result.code == 0
-    assert ": 32 samples in 2 batches of" in result.out.splitlines()[0]
+    assert ": 40 samples in 3 batches of" in result.out.splitlines()[0]
 
 
 @pytest.mark.parametrize(
@@ -254,7 +254,7 @@ def test_samples_limit_the_data(run_cli: Run, tmp_path: Path) -> None:
         ("probe/lambda_layer.keras", ["--data", str(DIGITS), "-o", "{tmp}/o.keras"], 2,
          "pass --unsafe to run it if you trust the file"),
         ("probe/tf_keras_savedmodel", ["--data", str(DIGITS), "-o", "{tmp}/o"], 2,
-         "recalibrate reads and writes .keras and .h5 models, not a SavedModel directory"),
+         "not a SavedModel directory"),
         ("weights/healthy_cnn.weights.h5", ["--data", str(DIGITS), "-o", "{tmp}/o.h5"], 2,
          "not weights-h5 inputs"),
         ("probe/missing.keras", ["--data", str(DIGITS), "-o", "{tmp}/o.keras"], 3,
