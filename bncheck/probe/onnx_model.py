@@ -363,7 +363,9 @@ def scan_graph(model: Any) -> tuple[CodeReference, ...]:
     visited: set[tuple[str, str]] = set()
     for where, node in _nodes(model.graph.node, "graph"):
         key = (node.domain, node.op_type)
-        if key in functions:
+        # onnxruntime prefers a kernel it registers to a model-local function of the same name:
+        # a function in one of its domains is judged as the operator it shadows.
+        if key in functions and not _runtime_domain(node.domain):
             if key not in visited:
                 visited.add(key)
                 for function in functions[key]:
@@ -376,6 +378,18 @@ def scan_graph(model: Any) -> tuple[CodeReference, ...]:
         if node.op_type not in pure_ops.ONNX_DOMAINS.get(node.domain, ()):
             found.setdefault(_op_name(node), where)
     return tuple(CodeReference("graph-op", where, op) for op, where in found.items())
+
+
+#: Domains onnxruntime registers kernels in (ONNX's own, its contrib ops, internal layouts).
+_RUNTIME_DOMAINS = frozenset(
+    {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training"}
+)
+
+
+def _runtime_domain(domain: str) -> bool:
+    return domain in _RUNTIME_DOMAINS or domain.startswith(
+        ("com.microsoft", "com.ms.", "org.pytorch.")
+    )
 
 
 def _refused_nodes(nodes: Sequence[Any], where: str) -> Iterator[tuple[str, str]]:

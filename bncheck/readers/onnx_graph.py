@@ -222,6 +222,12 @@ class Values:
         self.arrays: dict[str, np.ndarray] = {}
         self.tensors: dict[str, Any] = {tensor.name: tensor for tensor in graph.initializer}
         self.aliases: dict[str, str] = {}
+        shadowed = {sparse.values.name for sparse in graph.sparse_initializer} & set(self.tensors)
+        if shadowed:
+            # onnxruntime reads the sparse one; bncheck would judge and write the other.
+            raise ModelReadError(
+                f"{sorted(shadowed)[0]!r} is both a dense and a sparse initializer"
+            )
         for node in graph.node:
             if node.domain not in _ONNX_DOMAINS or len(node.output) != 1:
                 continue

@@ -125,6 +125,7 @@ def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
     description = writable_description(options.model)
     output = output_path(options.model, options.output, options.in_place, description.format)
     assert output is not None  # the command always writes
+    _refuse_overwriting_inputs(options, output)
     if description.format not in WRITABLE:
         from bncheck.extras import require
         from bncheck.recalibrate import runtimes
@@ -621,6 +622,22 @@ class Spelling:
 COMMAND_LINE = Spelling()
 
 
+def _refuse_overwriting_inputs(options: RecalibrateOptions, output: str) -> None:
+    """OUT is none of the files the command reads besides MODEL: the runnable twin, the data,
+    the labels, the custom objects."""
+    for option, path in (
+        ("--runnable", options.runnable),
+        ("--data", options.data),
+        ("--labels", options.labels),
+        ("--validate", options.validate),
+        ("--validate-labels", options.validate_labels),
+        ("--custom-objects", options.custom_objects),
+    ):
+        exist = path is not None and os.path.exists(output) and os.path.exists(path)
+        if exist and os.path.samefile(output, str(path)):
+            raise UsageError(f"refusing to overwrite {path}, the {option} file, with OUT")
+
+
 def output_path(
     model: str | None,
     output: str | None,
@@ -637,6 +654,8 @@ def output_path(
         if spelling.required:
             raise UsageError("recalibrate needs -o OUT (or --in-place to overwrite MODEL)")
         return None
+    if not output.strip():
+        raise UsageError(f"{spelling.output} is empty: give the file to write")
     if os.path.isdir(output):
         raise UsageError(f"{spelling.output} {output} is a directory: give the file to write")
     suffixes = SUFFIXES.get(format_name or "")

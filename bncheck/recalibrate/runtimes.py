@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bncheck import formats
-from bncheck.errors import UsageError
+from bncheck.errors import ModelReadError, UsageError
 from bncheck.model import ModelDescription
 from bncheck.probe import data as probe_data
 from bncheck.probe import safety
@@ -47,7 +47,10 @@ def runnable_path(options: RecalibrateOptions, description: ModelDescription) ->
                 "estimate its statistics with"
             )
         return options.model
-    found = detect.sniff(options.runnable)
+    try:
+        found = detect.sniff(options.runnable)
+    except ModelReadError as exc:
+        raise ModelReadError(f"--runnable {options.runnable}: {exc}") from None
     if found.name not in RUNNABLE:
         raise UsageError(
             f"--runnable {options.runnable}: give the network's ONNX or TorchScript export, not "
@@ -83,6 +86,13 @@ def open_runner(
         raise UsageError(
             f"{path}: the archive holds compiled code; pass --unsafe to run it if you trust the "
             "file"
+        )
+    from bncheck.readers import read_model
+
+    if read_model(path).pickled_calls:
+        # Not even with --unsafe, as the probe (BN019): torch.jit.save writes no such file.
+        raise ModelReadError(
+            f"{path}: its pickle asks for calls (BN019), so bncheck does not hand it to PyTorch"
         )
     return torchscript_model.open_runner(path), torchscript_model.input_specs(options.data, {})
 

@@ -234,11 +234,21 @@ class WireField:
     end: int
 
 
-def wire_fields(data: bytes | memoryview, start: int, end: int) -> list[WireField]:
-    """The fields of the message serialized in ``data[start:end]``, in the order written."""
-    fields = []
+def wire_fields(
+    data: bytes | memoryview, start: int, end: int, limit: int | None = None
+) -> list[WireField]:
+    """The fields of the message serialized in ``data[start:end]``, in the order written. A
+    message of more than ``limit`` fields is refused before they are all walked: the parsed
+    message says how many it holds, and unknown or repeated fields beyond them would cost time
+    and memory in proportion to the file."""
+    fields: list[WireField] = []
     position = start
     while position < end:
+        if limit is not None and len(fields) >= limit:
+            raise WriteError(
+                f"a protocol buffer message holds more than the {limit} fields it was read "
+                "with (unknown or repeated fields); not written"
+            )
         tag, position = _varint(data, position, end)
         wire_type = tag & 7
         value_start = position

@@ -54,7 +54,7 @@ def write(source: str, target: str, statistics: Statistics) -> None:
         nodes = {bn.path: bn for bn in onnx_graph.batchnorm_nodes(graph)}
         check_layers(statistics, list(nodes), source)
         uses = _uses(graph, values)
-        spans = _initializer_spans(source, len(graph.initializer))
+        spans = _initializer_spans(source, model)
         indices: dict[str, list[int]] = {}
         for index, tensor in enumerate(graph.initializer):
             indices.setdefault(tensor.name, []).append(index)
@@ -133,17 +133,44 @@ def _graphs(attribute: Any) -> list[Any]:
     return ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
 
 
-def _initializer_spans(source: str, count: int) -> list[tuple[int, int]]:
+#: Fields a message may hold beyond the repeated ones the parsed model counts: its scalars.
+_SCALAR_FIELDS = 64
+
+
+def _repeated(message: Any, names: tuple[str, ...]) -> int:
+    """How many entries the parsed ``message`` holds in its repeated fields ``names``."""
+    return sum(len(getattr(message, name, ())) for name in names)
+
+
+def _initializer_spans(source: str, model: Any) -> list[tuple[int, int]]:
     """Where each initializer of the main graph lies in the file, in the graph's order."""
+    graph_proto = model.graph
+    count = len(graph_proto.initializer)
     with open(source, "rb") as handle:
         data = handle.read()
-    graphs = [f for f in wire_fields(data, 0, len(data)) if f.number == _GRAPH]
+    # bncheck's message classes know the fields it reads; any other counts as a scalar.
+    model_fields = _SCALAR_FIELDS + _repeated(
+        model, ("opset_import", "metadata_props", "functions", "training_info")
+    )
+    graph_fields = _SCALAR_FIELDS + _repeated(
+        graph_proto,
+        (
+            "node",
+            "initializer",
+            "sparse_initializer",
+            "input",
+            "output",
+            "value_info",
+            "quantization_annotation",
+        ),
+    )
+    graphs = [f for f in wire_fields(data, 0, len(data), model_fields) if f.number == _GRAPH]
     if len(graphs) != 1 or graphs[0].wire_type != LENGTH_DELIMITED:
         raise WriteError("the model's graph is not written as one message; not written")
     graph = graphs[0]
     spans = [
         (f.start, f.end)
-        for f in wire_fields(data, graph.start, graph.end)
+        for f in wire_fields(data, graph.start, graph.end, graph_fields)
         if f.number == _INITIALIZER and f.wire_type == LENGTH_DELIMITED
     ]
     if len(spans) != count:
@@ -167,7 +194,20 @@ def _patch(
     with open(source, "rb") as handle:
         handle.seek(span[0])
         message = handle.read(span[1] - span[0])
-    fields = wire_fields(message, 0, len(message))
+    repeated = _repeated(
+        tensor,
+        (
+            "dims",
+            "float_data",
+            "int32_data",
+            "string_data",
+            "int64_data",
+            "double_data",
+            "uint64_data",
+            "external_data",
+        ),
+    )
+    fields = wire_fields(message, 0, len(message), _SCALAR_FIELDS + repeated)
     names = [f for f in fields if f.number == _NAME]
     if [bytes(message[f.start : f.end]) for f in names] != [tensor.name.encode()]:
         raise WriteError(f"{what}: the initializer in the file is not the one read; not written")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import struct
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -132,6 +133,13 @@ def _refuse_shared(
     for key, views in by_storage.items():
         if len(views) > 1:
             raise WriteError(f"{views[0][2]} and {views[1][2]} share storage {key}; not written")
+    held = _references(torch_file.root)
+    for identity, what in ours.items():
+        if held[identity] > 1:
+            raise WriteError(
+                f"{what}: the pickle holds the same tensor under another name too, which "
+                "writing it would change; not written"
+            )
 
 
 def _tensors(top: Any) -> Iterator[TensorRef]:
@@ -145,14 +153,34 @@ def _tensors(top: Any) -> Iterator[TensorRef]:
         seen.add(id(node))
         if isinstance(node, TensorRef):
             yield node
-        elif isinstance(node, dict):
-            pending.extend(node.keys())
-            pending.extend(node.values())
-            pending.extend(getattr(node, "attributes", {}).values())
-        elif isinstance(node, (list, tuple, set, frozenset)):
-            pending.extend(node)
-        elif isinstance(node, PickledObject):
-            pending.extend((node.target, node.arguments, node.state))
+        else:
+            pending.extend(_children(node))
+
+
+def _references(top: Any) -> Counter[int]:
+    """How many places of the object the pickle describes hold each tensor (by identity): a
+    tensor the pickle memoised and put under two names is held twice."""
+    held: Counter[int] = Counter()
+    seen: set[int] = set()
+    pending = [top]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, TensorRef):
+            held[id(node)] += 1
+        elif id(node) not in seen:
+            seen.add(id(node))
+            pending.extend(_children(node))
+    return held
+
+
+def _children(node: Any) -> list[Any]:
+    if isinstance(node, dict):
+        return [*node.keys(), *node.values(), *getattr(node, "attributes", {}).values()]
+    if isinstance(node, (list, tuple, set, frozenset)):
+        return list(node)
+    if isinstance(node, PickledObject):
+        return [node.target, node.arguments, node.state]
+    return []
 
 
 def _member(archive: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
