@@ -292,6 +292,9 @@ class _Session:
         try:
             quiet = ort.SessionOptions()
             quiet.log_severity_level = 4
+            # The probe alternates sessions batch by batch: threads spinning in one session
+            # while another runs would take the cores from it.
+            quiet.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(
                 model.SerializeToString(), quiet, providers=["CPUExecutionProvider"]
             )
