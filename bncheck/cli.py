@@ -337,6 +337,14 @@ def _probe_options(command: Callable[..., int]) -> Callable[..., int]:
         ),
         _unsafe_option,
         _custom_objects_option,
+        click.option(
+            "--architecture",
+            metavar="MODEL",
+            help="For a weights-only file (.weights.h5, a ModelCheckpoint's weights): the .keras "
+            "or .h5 file of the same network, whose architecture the weights are loaded into to "
+            "run it.",
+            cls=_ProbeOnly,
+        ),
         _limit_options(DEFAULT_TIMEOUT),
     ]
     for decorator in reversed(decorators):

@@ -88,6 +88,29 @@ def load_model(path: str, unsafe: bool, custom_objects: dict[str, Any]) -> Any:
         ) from None
 
 
+def load_weights(model: Any, path: str) -> None:
+    """Load the weights-only file ``path`` into ``model`` as Keras's ``load_weights`` does: a
+    Keras 3 weights file (``.weights.h5``, its layers under ``layers`` or ``vars``) by the
+    model's structure, an older one (``save_weights`` to ``.h5``) by layer name and order.
+    Weights that do not fit the architecture are one line."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            keras3 = "layers" in handle or "vars" in handle
+    except OSError as exc:
+        raise ModelReadError(f"cannot read the weights ({describe_error(exc)})") from None
+    try:
+        suffix = ".weights.h5" if keras3 else ".h5"
+        with _named_like(path, suffix) as weights_path, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.load_weights(weights_path)
+    except Exception as exc:  # Keras raises many kinds for weights that do not fit
+        raise ModelReadError(
+            f"the weights do not fit the --architecture model ({describe_error(exc)})"
+        ) from None
+
+
 def _writer_hint(path: str) -> str:
     """What to do when the file is a ``.keras`` archive tf.keras (Keras 2) wrote: Keras 3 reads
     the format but not always tf.keras's configurations; tf.keras's ``.h5`` it loads."""

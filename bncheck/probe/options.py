@@ -80,6 +80,9 @@ class ProbeOptions:
     unsafe: bool = False
     """Load and run models that hold code (Lambda layers, foreign functions, unsafe ops)."""
     custom_objects: str | None = None
+    architecture: str | None = None
+    """``--architecture``: the .keras or .h5 file whose architecture a weights-only file's
+    weights are loaded into to run them."""
     """A Python file defining the user's own custom layers, trusted explicitly."""
     records: RecordOptions | None = None
     """TFRecord files to run instead of ``data``."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bncheck import formats
+from bncheck.errors import UsageError
 from bncheck.extras import require
 from bncheck.probe import safety
 from bncheck.probe.batches import BatchPlan, data_notes, sweep_progress
@@ -90,19 +91,49 @@ def probe_keras_file(
 
     config = safety.model_config(path)
     if config is None:
-        return ProbeResult(
-            path=path,
-            loader=None,
-            content=(),
-            unsafe=options.unsafe,
-            skipped="a weights-only file holds no architecture to run",
-        )
+        if options.architecture is None:
+            return ProbeResult(
+                path=path,
+                loader=None,
+                content=(),
+                unsafe=options.unsafe,
+                skipped="a weights-only file holds no architecture to run: pass --architecture "
+                "MODEL, the .keras or .h5 file of the same network, to run its weights",
+            )
+        return _probe_weights(path, options, step, untouched)
     step("checking the model for code")
     scan = scan_keras_config(config, options.unsafe, options.custom_objects)
     if scan.refusal is not None:
         return ProbeResult(path, None, scan.content, options.unsafe, skipped=scan.refusal)
     step("loading with Keras")
     model = keras_model.load_model(path, options.unsafe, scan.custom_objects)
+    source = BatchPlan(keras_model.input_specs(model), options)
+    return probe_keras_model(path, model, source, scan.content, options, step, untouched)
+
+
+def _probe_weights(
+    path: str, options: ProbeOptions, step: StepReporter, untouched: Mapping[str, bool]
+) -> ProbeResult:
+    """A weights-only file run in the architecture of ``--architecture``: the architecture is
+    checked for code as a model file is, then the weights are loaded into it as Keras's
+    ``load_weights`` loads them."""
+    from bncheck.probe import keras_model
+
+    architecture = options.architecture
+    assert architecture is not None
+    config = safety.model_config(architecture)
+    if config is None:
+        raise UsageError(
+            f"--architecture {architecture}: holds no architecture either: give the .keras or "
+            ".h5 file of the network"
+        )
+    step("checking the architecture for code")
+    scan = scan_keras_config(config, options.unsafe, options.custom_objects)
+    if scan.refusal is not None:
+        return ProbeResult(path, None, scan.content, options.unsafe, skipped=scan.refusal)
+    step("loading the architecture with Keras, then the weights")
+    model = keras_model.load_model(architecture, options.unsafe, scan.custom_objects)
+    keras_model.load_weights(model, path)
     source = BatchPlan(keras_model.input_specs(model), options)
     return probe_keras_model(path, model, source, scan.content, options, step, untouched)
 
