@@ -546,6 +546,12 @@ def plot(**params: Any) -> int:
     help="Labels for a --validate .npy file, one per sample.",
 )
 @click.option(
+    "--architecture",
+    metavar="MODEL",
+    help="For a weights-only MODEL (.weights.h5): the .keras or .h5 file of the same network, "
+    "whose architecture the weights are loaded into; OUT is the weights file, repaired.",
+)
+@click.option(
     "--runnable",
     metavar="FILE",
     help="For a MODEL that holds no architecture (a .pt/.pth state dict, a .safetensors file): "

@@ -56,6 +56,8 @@ from bncheck.settings import Settings
 
 #: The formats recalibration can write back; SavedModels and weights-only files are not.
 WRITABLE = ("keras", "h5")
+#: A weights-only Keras file: written as an HDF5 file, run in ``--architecture``'s model.
+WEIGHTS = "weights-h5"
 
 
 @dataclass(frozen=True)
@@ -122,11 +124,11 @@ def recalibrate(
 def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
     """``bncheck recalibrate MODEL -o OUT``: everything that can be checked before the model
     runs is checked here."""
-    description = writable_description(options.model)
+    description = writable_description(options.model, options.architecture)
     output = output_path(options.model, options.output, options.in_place, description.format)
     assert output is not None  # the command always writes
     _refuse_overwriting_inputs(options, output)
-    if description.format not in WRITABLE:
+    if description.format not in (*WRITABLE, WEIGHTS):
         from bncheck.extras import require
         from bncheck.recalibrate import runtimes
 
@@ -162,8 +164,9 @@ def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
             raise ModelReadError(f"recalibrate: {exc}") from None
 
     def write(result: Recalibration) -> Recalibration:
-        if description.format in WRITABLE:
-            write_model(options.model, output, description.format, updates(description, result))
+        if description.format in (*WRITABLE, WEIGHTS):
+            kind = "h5" if description.format == WEIGHTS else description.format
+            write_model(options.model, output, kind, updates(description, result))
         else:
             from bncheck.recalibrate.writers import write_statistics
 
@@ -187,10 +190,19 @@ def _estimate(
     progress = _RelayedProgress(report)
     source = probe_data.chosen_source(options)
     assert source is not None  # checked before the worker started
-    if description.format not in WRITABLE:
+    if description.format not in (*WRITABLE, WEIGHTS):
         return _estimate_with_runner(options, description, source, output, progress), True
     strategy = make_strategy(options.strategy, options.devices)
-    model = load(options.model, options.unsafe, options.custom_objects, progress, strategy)
+    model = load(
+        options.architecture or options.model,
+        options.unsafe,
+        options.custom_objects,
+        progress,
+        strategy,
+    )
+    if options.architecture is not None:
+        progress.step(f"{options.model}: loading the weights")
+        keras_model.load_weights(model, options.model)
     dataset = probe_data.open_data(source, keras_model.input_specs(model))
     validation = _validation(options, dataset.specs)
     result = reestimate(
@@ -454,14 +466,15 @@ def _refusal(check: Verification, settings: Settings) -> str | None:
             f"{metric.name} on {check.described} would {verb} from "
             f"{metric.format(metric.stored)} to {metric.format(metric.reestimated)}"
         )
+        if metric.reestimated == metric.stored:
+            moved = (
+                f"{metric.name} on {check.described} would stay at {metric.format(metric.stored)}"
+            )
         if metric.change is not None:
             # A CI gate writes only what the data shows to be better: no change, or one the
             # interval cannot tell from none, is no evidence for the new statistics.
             if not metric.change.excludes_zero:
-                return (
-                    f"{moved} ({metric.describe_change()}): "
-                    f"{verdict.inconclusive_on(metric)} (--force writes it anyway)"
-                )
+                return f"{moved} ({metric.describe_change()}): {verdict.inconclusive_on(metric)}"
             moved += f" ({metric.describe_change()})"
         return moved if gain < 0 else None
     limits = settings.rules["BN015"].options
@@ -492,6 +505,7 @@ def _probe_options(options: RecalibrateOptions) -> ProbeOptions:
         "rescale": options.rescale,
         "unsafe": options.unsafe,
         "custom_objects": options.custom_objects,
+        "architecture": options.architecture,
         "timeout": options.timeout,
         "memory_mib": options.memory_mib,
     }
@@ -538,7 +552,7 @@ def _kept_all(layers: int) -> str:
     return f"all {layers} BatchNorm layers keep their statistics"
 
 
-def writable_description(path: str) -> ModelDescription:
+def writable_description(path: str, architecture: str | None = None) -> ModelDescription:
     # A model of another format is readable; recalibrate does not apply to it (a usage error).
     found = detect.sniff(path)
     if found.writer is None:
@@ -547,6 +561,15 @@ def writable_description(path: str) -> ModelDescription:
             f"{found.called}; {found.not_written}"
         )
     description = read_contained(read_model, path)
+    if description.format == WEIGHTS:
+        if architecture is None:
+            raise UsageError(
+                f"{path}: a weights-only file holds no architecture to run: pass --architecture "
+                "MODEL, the .keras or .h5 file of the same network"
+            )
+        return description
+    if architecture is not None:
+        raise UsageError("--architecture is for a weights-only file (.weights.h5)")
     if description.format not in WRITABLE and description.format not in RUNS_ITSELF:
         raise UsageError(
             f"{path}: recalibrate reads and writes {formats.writable_models()}, not "
@@ -627,6 +650,7 @@ def _refuse_overwriting_inputs(options: RecalibrateOptions, output: str) -> None
     the labels, the custom objects."""
     for option, path in (
         ("--runnable", options.runnable),
+        ("--architecture", options.architecture),
         ("--data", options.data),
         ("--labels", options.labels),
         ("--validate", options.validate),

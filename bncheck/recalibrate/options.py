@@ -39,6 +39,9 @@ class RecalibrateOptions:
     """Factor applied to image pixel values, e.g. 1/255 (image directories only)."""
     seed: int = 0
     unsafe: bool = False
+    architecture: str | None = None
+    """``--architecture``: the .keras or .h5 file whose architecture a weights-only MODEL's
+    weights are loaded into."""
     runnable: str | None = None
     """``--runnable``: the network's ONNX or TorchScript export, run to estimate the statistics
     of a MODEL that holds no architecture (a state dict, a safetensors file)."""

@@ -20,7 +20,8 @@ NOT_LOADED = "kept (not in the loaded model)"
 KEPT_BECAUSE = {
     FROZEN: "trainable=False: the layers after it learned with its statistics "
     "(--include-frozen re-estimates it anyway)",
-    UNTOUCHED: "its statistics never moved while gamma and beta trained, so the network may have "
+    UNTOUCHED: "its statistics never moved while its scale and offset trained (gamma and beta; "
+    "weight and bias in PyTorch), so the network may have "
     "learned with them and new ones can make it worse (measure with bncheck inspect and labelled "
     "--data; --include-untouched re-estimates it anyway)",
     DID_NOT_RUN: "the layer did not run on the data, or ran where it cannot be observed",

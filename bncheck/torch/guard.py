@@ -242,7 +242,7 @@ class BatchNormWatch:
             if entry.path in stuck or entry.path in fixed or entry.path in frozen_paths:
                 continue
             population = tracked.population()
-            if population is None:
+            if population is None or _warming_up(module):
                 continue
             figures = staleness(
                 tensor(module, "running_mean").detach().cpu().numpy(),
@@ -300,6 +300,24 @@ class BatchNormWatch:
                 self.check()
         finally:
             self.close()
+
+
+#: The weight the initial statistics may still carry in the running ones before they are judged:
+#: early in training they are still moving from 0 and 1 towards the data, as they should.
+WARM_UP_WEIGHT = 0.01
+
+
+def _warming_up(module: nn.Module) -> bool:
+    """The running statistics may still carry more than ``WARM_UP_WEIGHT`` of their initial
+    values: ``(1 - momentum) ** num_batches_tracked``, with the momentum taken as at least
+    PyTorch's default 0.1. A smaller momentum gets no longer: statistics that lag for thousands
+    of steps are the stale statistics the guard is for (a cumulative average, ``momentum=None``,
+    is judged from the first batch)."""
+    momentum = getattr(module, "momentum", None)
+    tracked = getattr(module, "num_batches_tracked", None)
+    if momentum is None or tracked is None or not 0.0 < float(momentum) < 1.0:
+        return False
+    return bool((1.0 - max(float(momentum), 0.1)) ** int(tracked) > WARM_UP_WEIGHT)
 
 
 def _modules(count: int) -> str:

@@ -3,6 +3,7 @@ ModelCheckpoint(save_weights_only=True) file is kept beside the model it was tra
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     model.fit(x[:1200], y[:1200], epochs=3, batch_size=32, verbose=0, callbacks=[checkpoint])
     network(8).save(out / "narrower.keras")
     np.savez(out / "heldout.npz", x=x[1200:1776], y=y[1200:1776])
+    np.savez(out / "calibration.npz", x=x[:600], y=y[:600])
     predicted = model.predict(x[1200:1776], verbose=0).argmax(1)
     return {
         "dir": out,
@@ -97,3 +99,44 @@ def test_weights_that_do_not_fit_are_one_line(run_cli: Run, saved: dict[str, Any
     error = result.json()["models"][0]["error"]
     assert error.startswith("probe: ") and "do not fit the --architecture model" in error
     assert "\n" not in error and result.code == 3
+
+
+def test_recalibrate_repairs_the_weights_file(run_cli: Run, saved: dict[str, Any]) -> None:
+    import keras
+
+    out = saved["dir"]
+    repaired = out / "repaired.weights.h5"
+    result = run_cli(
+        "recalibrate",
+        out / "last.weights.h5",
+        "--architecture",
+        out / "architecture.keras",
+        "--data",
+        out / "calibration.npz",
+        "--validate",
+        out / "heldout.npz",
+        "-o",
+        repaired,
+        "--force",  # written whatever the verdict: the test checks what was written
+    )
+    assert result.code in (0, 1) and f"wrote {repaired}" in result.out, result.out + result.err
+    found = re.search(
+        r"accuracy ([0-9.]+)% with the stored statistics, ([0-9.]+)% with the", result.out
+    )
+    assert found is not None
+    model = keras.models.load_model(out / "architecture.keras", compile=False)
+    model.load_weights(repaired)
+    heldout = np.load(out / "heldout.npz")
+    accuracy = float(np.mean(model.predict(heldout["x"], verbose=0).argmax(1) == heldout["y"]))
+    assert accuracy == pytest.approx(float(found.group(2)) / 100, abs=0.0006)
+
+
+def test_recalibrating_weights_needs_their_architecture(
+    run_cli: Run, saved: dict[str, Any]
+) -> None:
+    out = saved["dir"]
+    result = run_cli(
+        "recalibrate", out / "last.weights.h5", "--data", out / "calibration.npz", "-o",
+        out / "never.weights.h5",
+    )  # fmt: skip
+    assert result.code == 2 and "pass --architecture MODEL" in result.err

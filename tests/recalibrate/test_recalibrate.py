@@ -256,7 +256,7 @@ def test_samples_limit_the_data(run_cli: Run, tmp_path: Path) -> None:
         ("probe/tf_keras_savedmodel", ["--data", str(DIGITS), "-o", "{tmp}/o"], 2,
          "not a SavedModel directory"),
         ("weights/healthy_cnn.weights.h5", ["--data", str(DIGITS), "-o", "{tmp}/o.h5"], 2,
-         "not weights-h5 inputs"),
+         "pass --architecture MODEL"),
         ("probe/missing.keras", ["--data", str(DIGITS), "-o", "{tmp}/o.keras"], 3,
          "no such file or directory"),
     ],

@@ -53,6 +53,18 @@ def test_healthy_training_is_silent(train_batches: nets.Batches) -> None:
     assert guard.steps == 88
 
 
+def test_early_checks_let_the_statistics_warm_up(train_batches: nets.Batches) -> None:
+    """Checked every 10 steps from the start, the running statistics are still moving from 0
+    and 1 towards the data, as they should: no warning until the default momentum has had the
+    steps to forget them."""
+    model = nets.net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bncheck.torch.BatchNormWarning)
+        with bncheck.torch.watch(model, check_after_steps=10) as guard:
+            nets.train(model, train_batches, epochs=2, after_step=guard.step)
+    assert guard.last_result is not None and not guard.last_result.problem
+
+
 def test_momentum_zero_warns_once_and_stops(train_batches: nets.Batches) -> None:
     model = nets.net(momentum=0.0)
     g = bncheck.torch.watch(model, check_after_steps=CHECK_AFTER, on_problem="stop")
