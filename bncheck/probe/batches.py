@@ -91,18 +91,6 @@ def _undeclared_inputs(options: ProbeOptions) -> list[probe_data.InputSpec]:
     )
 
 
-def first_batch(
-    specs: Sequence[probe_data.InputSpec] | None, options: ProbeOptions
-) -> tuple[probe_data.Batch, ProbeData]:
-    """One batch of the data (or the synthetic batch), for probes that judge a single batch."""
-    source = BatchPlan(specs, options)
-    batch = next(iter(source.batches()), None)
-    if batch is None:
-        assert source.dataset is not None  # the synthetic batch is never empty
-        raise UsageError(f"{source.dataset.source} holds no samples")
-    return batch, source.describe(batch.size, 1)
-
-
 def data_notes(real: bool, integer_inputs: Sequence[str] = ()) -> tuple[str, ...]:
     if real:
         if not integer_inputs:

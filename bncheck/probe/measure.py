@@ -253,26 +253,6 @@ def spread(values: np.ndarray) -> tuple[float, float, int]:
 Outputs = list[tuple[str, np.ndarray]]
 
 
-def compare_outputs(
-    inference: Outputs, training: Outputs | None, half: Outputs | None
-) -> tuple[OutputMeasurement, ...]:
-    """The output figures of a probe that judges one batch (the first half of it also alone)."""
-    measured = []
-    for index, (name, inferred) in enumerate(inference):
-        totals = OutputSums()
-        totals.add_inference(inferred)
-        if training is not None:
-            totals.add_training(inferred, training[index][1])
-        if half is not None:
-            alone = half[index][1]
-            totals.half_dependence = _ratio(
-                _squared_norm(alone - inferred[: len(alone)]),
-                _squared_norm(inferred[: len(alone)]),
-            )
-        measured.append(totals.measurement(name, training is not None, False, None))
-    return tuple(measured)
-
-
 def is_classifier(values: np.ndarray) -> bool:
     """A classifier-shaped output: one row of two or more class scores per sample."""
     return values.ndim == 2 and values.shape[1] >= 2
@@ -329,7 +309,7 @@ class MetricSums:
 
     @staticmethod
     def per_sample(name: str, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """The metric of each sample of one batch (``metric_sum`` is their sum)."""
+        """The metric of each sample of one batch: its squared error, or whether it is right."""
         if name == "mean squared error":
             difference = predictions.reshape(len(labels), -1) - labels.reshape(len(labels), -1)
             return np.mean(np.square(difference, dtype=np.float64), axis=1)
@@ -377,19 +357,6 @@ def metric_name(predictions: np.ndarray, labels: np.ndarray) -> str:
     if binary and labels.size == len(labels) and np.all(np.isin(labels, (0, 1))):
         return "accuracy"
     return "mean squared error"
-
-
-def metric_sum(name: str, predictions: np.ndarray, labels: np.ndarray) -> float:
-    """The metric summed over one batch's samples."""
-    if name == "mean squared error":
-        difference = predictions.reshape(len(labels), -1) - labels.reshape(len(labels), -1)
-        return float(np.sum(np.mean(np.square(difference, dtype=np.float64), axis=1)))
-    if is_classifier(predictions):
-        truth = labels if labels.ndim == 1 else np.argmax(labels, axis=1)
-        return float(np.sum(np.argmax(predictions, axis=1) == truth))
-    scores = predictions.ravel()
-    threshold = 0.5 if scores.min() >= 0.0 and scores.max() <= 1.0 else 0.0
-    return float(np.sum((scores > threshold) == (labels.ravel() > 0.5)))
 
 
 #: Stored-statistics outputs kept between the two sweeps up to this many values; beyond it the
