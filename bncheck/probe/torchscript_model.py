@@ -125,6 +125,12 @@ class TorchScriptRunner:
             )
             if mean is None or variance is None:
                 continue  # track_running_stats=False: BN022 says it statically
+            if not hasattr(child, "momentum") or not hasattr(child, "eps"):
+                raise ModelReadError(
+                    f"{name}: a traced archive (torch.jit.trace) keeps no momentum or eps, which "
+                    "reading the batch statistics back needs: script it (torch.jit.script) or "
+                    "export it to ONNX"
+                )
             momentum = child.momentum
             self.batchnorms.append((name, child))
             self._layers.append(

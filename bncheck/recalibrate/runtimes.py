@@ -114,6 +114,8 @@ def choose(
         stored = in_file.get(layer.path)
         if stored is None or np.size(stored.moving_mean) != np.size(layer.moving_mean):
             continue
+        _same_statistics(stored.moving_mean, layer.moving_mean, layer.path)
+        _same_statistics(stored.moving_variance, layer.moving_variance, layer.path)
         if not layer.trainable and not include_frozen:
             kept[layer.path] = FROZEN
         elif verdict.learned_without_batch_statistics(stored) and not include_untouched:
@@ -131,6 +133,20 @@ def choose(
         if path not in chosen:
             kept.setdefault(path, NOT_LOADED)
     return targets, kept
+
+
+def _same_statistics(in_model: Any, in_runner: Any, path: str) -> None:
+    """A runnable twin exported from MODEL holds MODEL's statistics: otherwise it is another
+    network (or another checkpoint of it), whose estimates would be written into MODEL and its
+    accuracy reported as MODEL's."""
+    ours = np.asarray(in_model, dtype=np.float64).ravel()
+    theirs = np.asarray(in_runner, dtype=np.float64).ravel()
+    if not np.allclose(ours, theirs, rtol=1e-5, atol=1e-7, equal_nan=True):
+        raise UsageError(
+            f"the runnable file's {path} holds other statistics than MODEL's: it is not an "
+            "export of MODEL (give the ONNX or TorchScript file exported from these very "
+            "weights)"
+        )
 
 
 class Sweeper:

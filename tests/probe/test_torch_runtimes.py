@@ -261,3 +261,23 @@ def test_statistics_an_export_shares_between_layers_are_re_estimated_per_layer(
     layers = result.json()["models"][0]["probe"]["layers"]
     assert [layer["reestimated"] for layer in layers] == [True, True]
     assert all(layer["population"] is not None for layer in layers)
+
+
+def test_a_runnable_exported_from_other_weights_is_refused(
+    run_cli: Run, nets: dict[str, Any]
+) -> None:
+    """Its estimates would be written into MODEL, and its accuracy shown as MODEL's."""
+    out = nets["out"] / "mismatched.pth"
+    result = recalibrated(
+        run_cli, nets, nets["healthy"]["state_dict"], out, "--runnable", nets["stale"]["onnx"]
+    )
+    assert result.code == 2 and "not an export of MODEL" in result.err and not out.exists()
+
+
+def test_a_traced_archive_says_how_to_export_it(run_cli: Run, nets: dict[str, Any]) -> None:
+    traced = nets["out"] / "traced.pt"
+    example = torch.from_numpy(nets["data"].test_x[:2])
+    torch.jit.trace(nets["healthy"]["net"], example).save(str(traced))
+    result = run_cli("inspect", traced, "--unsafe", "--data", nets["heldout"], "--format", "json")
+    error = result.json()["models"][0]["error"]
+    assert result.code == 3 and "traced archive" in error and "torch.jit.script" in error
