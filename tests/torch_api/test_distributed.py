@@ -41,14 +41,15 @@ def test_ranks_equal_one_process(
 ) -> None:
     stale, _, single = stale_and_single
     (tmp_path / "stale.pt").write_bytes(stale.read_bytes())
-    # Forked, not spawned: each rank starts with torch and bncheck imported (seconds each on
-    # a loaded machine); the ranks share nothing but the process group.
+    # Spawned, not forked: a fork of a process whose TensorFlow or torch threads already run
+    # (the rest of the suite loads both) can deadlock in the child. The ranks share nothing but
+    # the process group.
     mp.start_processes(
         distributed_child.run,
         args=(world, free_port(), str(tmp_path)),
         nprocs=world,
         join=True,
-        start_method="fork",
+        start_method="spawn",
     )
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
     assert len({rank["mine"] for rank in ranks}) == 2  # 47 batches: uneven shares
