@@ -78,7 +78,7 @@ def test_a_network_that_learned_without_batch_statistics_is_not_recalibrated(
     assert result.code == 1
     assert not out.exists()
     assert "nothing recalibrated: all 3 BatchNorm layers keep their statistics" in result.out
-    assert "kept (never updated): its statistics never moved while gamma and beta trained" in (
+    assert "kept (never updated): its statistics never moved while its scale and offset trained" in (
         result.out
     )
 
