@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,9 +33,11 @@ from bncheck.probe import keras_model, uncertainty
 from bncheck.probe.data import Batch
 from bncheck.probe.results import (
     INFERENCE,
+    CodeReference,
     LayerMeasurement,
     Metric,
     OutputMeasurement,
+    ProbeResult,
 )
 from bncheck.probe.results import TRAINING as TRAINING_MODE
 from bncheck.probe.results import Population as PopulationEstimate
@@ -51,6 +53,7 @@ from bncheck.probe.runtime import (
 from bncheck.probe.savedmodel import SavedModelSubject
 
 if TYPE_CHECKING:
+    from bncheck.probe.batches import BatchPlan
     from bncheck.probe.passes import Passes
 
 #: Reads the data from the start, batch by batch; called once per sweep.
@@ -362,6 +365,53 @@ def metric_name(predictions: np.ndarray, labels: np.ndarray) -> str:
 #: Stored-statistics outputs kept between the two sweeps up to this many values; beyond it the
 #: second sweep computes them again rather than hold them all in memory.
 KEEP_OUTPUT_VALUES = 16 << 20
+
+
+def probe_result(
+    runner: Runner,
+    source: BatchPlan,
+    found: ProbeFound,
+    untouched: Mapping[str, bool],
+    step: Callable[[str], None],
+    notes: Sequence[str] = (),
+) -> ProbeResult:
+    """The probe of a model a non-Keras runner runs: ``measure`` over ``source``'s batches,
+    every layer whose statistics can be replaced re-estimated, as ``found`` describes it."""
+    from bncheck.probe.batches import data_notes, sweep_progress
+
+    with runner:
+        measured = measure(
+            runner,
+            source.batches,
+            lambda layer: layer.trainable,
+            untouched,
+            sweep_progress(step, source),
+            source.real,
+        )
+    return ProbeResult(
+        path=found.path,
+        loader=found.loader,
+        content=found.content,
+        unsafe=found.unsafe,
+        data=replace(
+            source.describe(measured.samples, measured.batches),
+            split_batch=measured.split_batch,
+        ),
+        modes=measured.modes,
+        outputs=measured.outputs,
+        layers=measured.layers,
+        notes=(*data_notes(source.real, source.integer_inputs), *notes, *measured.notes),
+    )
+
+
+@dataclass(frozen=True)
+class ProbeFound:
+    """What a runtime's probe reports of the file beside the measurements."""
+
+    path: str
+    loader: str
+    content: tuple[CodeReference, ...]
+    unsafe: bool
 
 
 def measure_keras(

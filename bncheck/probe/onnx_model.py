@@ -23,7 +23,6 @@ inside, as in Keras models. The watched activations are held in memory for the w
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ import numpy as np
 
 from bncheck.errors import ModelReadError, UsageError
 from bncheck.probe import measure, pure_ops, safety
-from bncheck.probe.batches import BatchPlan, data_notes, sweep_progress
+from bncheck.probe.batches import BatchPlan
 from bncheck.probe.data import InputSpec
 from bncheck.probe.measure import Outputs
 from bncheck.probe.options import ProbeOptions, StepReporter
@@ -76,34 +75,12 @@ def probe(
     if content and not options.unsafe:
         return ProbeResult(path, None, content, options.unsafe, skipped=safety.refusal(content))
     runner, specs = open_runner(path, model)
-    source = BatchPlan(specs, options)
-    notes = list(data_notes(source.real, source.integer_inputs))
+    notes = list(runner.notes)
     if not runner.layers:
         notes.append("no BatchNormalization nodes: there is no training mode to compare with")
     step("running the graph with onnxruntime")
-    with runner:
-        measured = measure.measure(
-            runner,
-            source.batches,
-            lambda layer: layer.trainable,
-            untouched,
-            sweep_progress(step, source),
-            source.real,
-        )
-    return ProbeResult(
-        path=path,
-        loader=LOADER,
-        content=content,
-        unsafe=options.unsafe,
-        data=replace(
-            source.describe(measured.samples, measured.batches),
-            split_batch=measured.split_batch,
-        ),
-        modes=measured.modes,
-        outputs=measured.outputs,
-        layers=measured.layers,
-        notes=(*notes, *runner.notes, *measured.notes),
-    )
+    found = measure.ProbeFound(path, LOADER, content, options.unsafe)
+    return measure.probe_result(runner, BatchPlan(specs, options), found, untouched, step, notes)
 
 
 class OnnxRunner:

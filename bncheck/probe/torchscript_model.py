@@ -16,14 +16,13 @@ loaded, so the layers' output figures are not measured: BN013 judges the outputs
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from bncheck.errors import ModelReadError, UsageError
 from bncheck.probe import measure
-from bncheck.probe.batches import BatchPlan, data_notes, sweep_progress
+from bncheck.probe.batches import BatchPlan
 from bncheck.probe.data import LABELS_KEY, InputSpec, load_arrays
 from bncheck.probe.measure import Outputs
 from bncheck.probe.options import ProbeOptions, StepReporter
@@ -65,33 +64,12 @@ def probe(
     step("loading with torch.jit")
     runner = open_runner(path)
     source = BatchPlan(input_specs(options.data, options.input_shapes), options)
-    notes = [*data_notes(source.real, source.integer_inputs), *NOTES, *runner.notes]
+    notes = [*NOTES, *runner.notes]
     if not runner.layers:
         notes.append("no BatchNorm modules: there is no training mode to compare with")
     step("running the archive with PyTorch")
-    with runner:
-        measured = measure.measure(
-            runner,
-            source.batches,
-            lambda layer: layer.trainable,
-            untouched,
-            sweep_progress(step, source),
-            source.real,
-        )
-    return ProbeResult(
-        path=path,
-        loader=LOADER,
-        content=(CODE,),
-        unsafe=True,
-        data=replace(
-            source.describe(measured.samples, measured.batches),
-            split_batch=measured.split_batch,
-        ),
-        modes=measured.modes,
-        outputs=measured.outputs,
-        layers=measured.layers,
-        notes=(*notes, *measured.notes),
-    )
+    found = measure.ProbeFound(path, LOADER, (CODE,), True)
+    return measure.probe_result(runner, source, found, untouched, step, notes)
 
 
 class TorchScriptRunner:
