@@ -337,11 +337,7 @@ FORMATS = {
             recognise=_is_savedmodel,
             reader="bncheck.readers.savedmodel:read",
             runtime="savedmodel",
-            not_written=(
-                "recalibrate the .keras or .h5 model it was exported from, or, for a tf.keras "
-                "SavedModel (model.save(DIR)), load it with tf_keras.models.load_model (Keras 3 "
-                "cannot) and save it as .h5"
-            ),
+            writer="savedmodel",
         ),
         Format(
             name="checkpoint",
@@ -460,8 +456,14 @@ def writable() -> list[Format]:
 
 def writable_models() -> str:
     """The files ``bncheck recalibrate`` writes, by their main suffix: ".keras and .h5 models"."""
-    suffixes = list(dict.fromkeys(entry.suffixes[0] for entry in writable()))
+    suffixes = list(dict.fromkeys(entry.suffixes[0] for entry in writable() if entry.suffixes))
     # Keras's formats first, as the command's help lists them.
     suffixes.sort(key=lambda suffix: suffix not in (".keras", ".h5"))
     listed = ", ".join(suffixes[:-1]) + f" and {suffixes[-1]}" if len(suffixes) > 1 else suffixes[0]
-    return f"{listed} models"
+    # Formats that are folders, not files: "a SavedModel directory" -> "SavedModel directories".
+    folders = [
+        entry.called.split(" ", 1)[1].removesuffix("y") + "ies"
+        for entry in writable()
+        if not entry.suffixes
+    ]
+    return "".join([f"{listed} models", *(f", and {folder}" for folder in folders)])

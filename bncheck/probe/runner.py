@@ -178,10 +178,12 @@ def probe_keras_model(
 def probe_savedmodel(
     path: str, options: ProbeOptions, step: StepReporter, untouched: Mapping[str, bool]
 ) -> ProbeResult:
-    """The probe of a SavedModel, loaded with TensorFlow; its layers are not visible, so
-    ``untouched`` plays no part."""
-    from bncheck.probe import measure, savedmodel
+    """The probe of a SavedModel, loaded with TensorFlow: its serving signature's BatchNorm ops
+    measured like a Keras model's layers (``savedmodel_runner``); where it has no signature or
+    none of its ops is found, its outputs only."""
+    from bncheck.probe import measure, savedmodel, savedmodel_runner
     from bncheck.probe.backend import import_keras
+    from bncheck.readers import read_model
 
     import_keras()
 
@@ -191,12 +193,26 @@ def probe_savedmodel(
     if refused is not None:
         return ProbeResult(path, None, content, options.unsafe, skipped=refused)
     step("loading with TensorFlow")
+    description = read_model(path)
+    opened = savedmodel_runner.open_serving(path, description)
+    if opened is not None and opened[0].layers:
+        runner, specs = opened
+        step("running the serving signature with TensorFlow")
+        found = measure.ProbeFound(path, runner.loader, content, options.unsafe)
+        return measure.probe_result(
+            runner,
+            BatchPlan(specs, options),
+            found,
+            untouched,
+            step,
+            (savedmodel_runner.NOTE, *runner.notes),
+        )
     subject = savedmodel.SavedModelSubject(path)
     source = BatchPlan(subject.specs, options)
     measured = measure.measure_savedmodel(subject, source.batches, sweep_progress(step, source))
     notes = [
-        "the layers inside a SavedModel are not visible: per-layer measurements (BN014, BN015, "
-        "where BN013 starts) need the .keras or .h5 file"
+        "no BatchNorm op of the serving signature was found reading the layers' statistics: "
+        "per-layer measurements (BN014, BN015, where BN013 starts) need the .keras or .h5 file"
     ]
     if subject.can_train:
         notes.append("training mode switches every layer, Dropout included, not BatchNorm alone")

@@ -69,6 +69,7 @@ from bncheck.readers.tf_graph import MAX_GRAPH_BYTES, MAX_GRAPH_NODES
 TF_KERAS = "tf-keras SavedModel"
 KERAS_EXPORT = "Keras export SavedModel"
 SIGNATURE = "SavedModel serving signature"
+KERAS_METADATA = "keras_metadata.pb"
 #: Where a reference to a top-level graph node says it is.
 GRAPH = "graph"
 #: What a TF1 SavedModel is refused as: its loader runs top-level nodes.
@@ -287,7 +288,7 @@ class SavedModelSubject:
             raise ModelReadError(
                 f"TensorFlow cannot load the SavedModel ({describe_error(exc)})"
             ) from None
-        if (Path(path) / "keras_metadata.pb").is_file() and _call_functions(self.restored):
+        if (Path(path) / KERAS_METADATA).is_file() and _call_functions(self.restored):
             self.loader = TF_KERAS
             self._endpoint = _call_functions(self.restored)[0]
             self._structure = self._endpoint.structured_input_signature[0][0]

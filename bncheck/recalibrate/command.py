@@ -54,10 +54,13 @@ from bncheck.recalibrate.runtimes import RUNS_ITSELF
 from bncheck.recalibrate.write import NewStatistics, write_model
 from bncheck.settings import Settings
 
-#: The formats recalibration can write back; SavedModels and weights-only files are not.
+#: The formats recalibration writes back with Keras; the others are written by their bytes
+#: (``runtimes``), weights-only Keras files not at all.
 WRITABLE = ("keras", "h5")
 #: A weights-only Keras file: written as an HDF5 file, run in ``--architecture``'s model.
 WEIGHTS = "weights-h5"
+#: The formats that are folders: OUT is a new folder.
+FOLDERS = ("savedmodel",)
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,11 @@ def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
     """``bncheck recalibrate MODEL -o OUT``: everything that can be checked before the model
     runs is checked here."""
     description = writable_description(options.model, options.architecture)
+    if description.format in FOLDERS and options.output and os.path.lexists(options.output):
+        raise UsageError(
+            f"-o {options.output} exists: a SavedModel is written to a new folder OUT, never "
+            "over one"
+        )
     output = output_path(options.model, options.output, options.in_place, description.format)
     assert output is not None  # the command always writes
     _refuse_overwriting_inputs(options, output)

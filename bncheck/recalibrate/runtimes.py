@@ -3,6 +3,8 @@
 
 - an ONNX model runs itself with onnxruntime (its graph checked for ops not known to be pure, as
   the probe checks it);
+- a SavedModel runs its serving signature with TensorFlow, its BatchNorm ops rewritten
+  (``bncheck.probe.savedmodel_runner``), after the same check of its ops; OUT is a new folder;
 - a TorchScript archive runs itself with PyTorch, only with ``--unsafe``;
 - a PyTorch state dict or pickled module (``.pt``, ``.pth``) or a safetensors file holds no
   architecture bncheck runs: ``--runnable FILE`` names a runnable twin, the same network's ONNX
@@ -32,7 +34,13 @@ from bncheck.recalibrate.options import RecalibrateOptions
 from bncheck.recalibrate.results import FROZEN, NOT_LOADED, UNTOUCHED
 
 #: MODEL formats written through a runner, and whether MODEL runs itself.
-RUNS_ITSELF = {"onnx": True, "torchscript": True, "pytorch": False, "safetensors": False}
+RUNS_ITSELF = {
+    "onnx": True,
+    "torchscript": True,
+    "savedmodel": True,
+    "pytorch": False,
+    "safetensors": False,
+}
 #: The formats a runnable twin may be.
 RUNNABLE = ("onnx", "torchscript")
 
@@ -80,6 +88,8 @@ def open_runner(
         if content and not options.unsafe:
             raise UsageError(f"{path}: {safety.refusal(content)}")
         return onnx_model.open_runner(path, model)
+    if found.name == "savedmodel":
+        return _open_savedmodel(path, options)
     from bncheck.probe import torchscript_model
 
     if not options.unsafe:
@@ -95,6 +105,22 @@ def open_runner(
             f"{path}: its pickle asks for calls (BN019), so bncheck does not hand it to PyTorch"
         )
     return torchscript_model.open_runner(path), torchscript_model.input_specs(options.data, {})
+
+
+def _open_savedmodel(
+    path: str, options: RecalibrateOptions
+) -> tuple[Runner, list[probe_data.InputSpec]]:
+    """A SavedModel's serving signature, its ops checked before TensorFlow loads it."""
+    from bncheck.probe import savedmodel, savedmodel_runner
+    from bncheck.probe.backend import import_keras
+    from bncheck.readers import read_model
+
+    content = savedmodel.scan_graph(path)
+    if content and not options.unsafe:
+        raise UsageError(f"{path}: {safety.refusal(content)}")
+    import_keras()
+    runner, specs = savedmodel_runner.open_runner(path, read_model(path))
+    return runner, specs
 
 
 def choose(
