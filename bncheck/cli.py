@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import shutil
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -36,7 +37,7 @@ from bncheck.probe.options import (
     ProbeOptions,
 )
 from bncheck.reporters import REPORTERS
-from bncheck.reporters.options import RenderOptions
+from bncheck.reporters.options import DEFAULT_WIDTH, RenderOptions
 from bncheck.text import shown
 
 
@@ -378,7 +379,11 @@ def _config(params: Mapping[str, Any]) -> ConfigOptions:
 
 def _output(params: Mapping[str, Any]) -> OutputOptions:
     color = use_color(params["output"], sys.stdout, os.environ)
-    return options_from(OutputOptions, params, render=RenderOptions(color=color))
+    # The text report wraps to the terminal it is read on; a file or pipe has no width of its
+    # own, and a fixed one keeps what CI logs and saved reports show the same everywhere.
+    on_terminal = params["output"] is None and sys.stdout.isatty()
+    width = shutil.get_terminal_size().columns if on_terminal else DEFAULT_WIDTH
+    return options_from(OutputOptions, params, render=RenderOptions(color=color, width=width))
 
 
 @cli.command()

@@ -4,6 +4,8 @@ fixtures with exact expectations."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,7 @@ from bncheck.rules import RULES
 from bncheck.rules.docs import rule_doc
 from bncheck.settings import Settings
 from tests.conftest import FIXTURES, REPO, CliResult
+from tests.report_text import unwrapped
 
 Run = Callable[..., CliResult]
 
@@ -338,6 +341,93 @@ def test_table_colours_severities_and_verdict_only_when_asked() -> None:
     assert "\x1b[36minfo\x1b[0m     BN007 frozen-layer  cnn/bn1:" in coloured
     assert coloured.rstrip().splitlines()[-1].startswith("\x1b[31m\x1b[1mFAIL\x1b[0m: 0 errors")
     assert click.unstyle(coloured) == plain
+
+
+def finding_lines(text: str) -> list[str]:
+    """The lines of a text report that belong to findings: a severity, or a wrapped line."""
+    severities = tuple(f"{str(severity):<8} " for severity in Severity)
+    return [
+        line
+        for line in click.unstyle(text).splitlines()
+        if line.startswith((*severities, table.CONTINUATION))
+    ]
+
+
+LONG_MESSAGE = (
+    "statistics that never moved while gamma and beta trained mean the network learned with "
+    "BatchNorm in inference mode, so re-estimating them would change what every later layer "
+    "was trained on; measure on held-out data before repairing, and keep the stored ones if "
+    "the accuracy with them is what training reached"
+)
+
+
+@pytest.mark.parametrize("width", [40, 60, 80, 100, 160])
+@pytest.mark.parametrize("color", [False, True])
+def test_table_wraps_findings_to_the_width_and_joining_gives_them_back(
+    width: int, color: bool
+) -> None:
+    report = report_for(UNTOUCHED, UNSTABLE, FROZEN_CALL, fail_on=FailOn.WARNING)
+    long_one = synthetic("m/bn", LONG_MESSAGE)
+    for case in (report, long_one):
+        text = table.render(case, RenderOptions(color=color, width=width))
+        lines = finding_lines(text)
+        assert max(len(line) for line in lines) <= width
+        if width < 100:
+            assert any(line.startswith(table.CONTINUATION) for line in lines)
+        joined = finding_lines(unwrapped(click.unstyle(text)))
+        findings = [
+            finding
+            for model in case.models
+            for finding in sorted(model.findings, key=lambda f: -f.severity)
+        ]
+        for line, finding in zip(joined, findings, strict=True):
+            # The message comes back exactly; the two spaces before the layer are one where a
+            # narrow terminal breaks the line there.
+            assert line.endswith(f": {finding.message}")
+            head = f"{finding.severity!s:<8} {finding.rule} {finding.name}  {finding.layer}:"
+            assert line.split()[: len(head.split())] == head.split()
+
+
+def test_table_keeps_a_name_longer_than_a_line_whole() -> None:
+    name = "block/" * 20 + "bn"
+    text = table.render(synthetic(name, LONG_MESSAGE), RenderOptions(width=60))
+    lines = finding_lines(text)
+    assert [line for line in lines if len(line) > 60] == [f"{table.CONTINUATION}{name}:"]
+    assert unwrapped(text).count(f"{name}: {LONG_MESSAGE}") == 1
+
+
+def test_a_wrapped_line_never_starts_a_workflow_command() -> None:
+    """A name quoted in a message can land at the start of a wrapped line; the runner trims the
+    indentation, so the name is escaped there as at the start of any line."""
+    message = "the layer " + " ".join(["word"] * 30) + " ::error::forged and more text"
+    starts = set()
+    for width in range(40, 120):
+        for line in finding_lines(
+            table.render(synthetic("m/bn", message), RenderOptions(width=width))
+        ):
+            assert not line.lstrip().startswith("::")
+            starts.add(line.lstrip()[:4])
+    assert "\\x3a" in starts  # some width did put the name first on a line
+
+
+def test_the_command_wraps_to_the_terminal_and_to_100_columns_elsewhere(
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    piped = run_cli("inspect", FIXTURES / "keras3/untouched_stats.keras")
+    assert max(len(line) for line in finding_lines(piped.out)) <= 100
+    assert any(len(line) > 80 for line in finding_lines(piped.out))
+    monkeypatch.setenv("COLUMNS", "60")  # what the terminal reports its width as
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    terminal = run_cli("inspect", FIXTURES / "keras3/untouched_stats.keras")
+    assert max(len(line) for line in finding_lines(terminal.out)) <= 60
+    assert unwrapped(terminal.out) == unwrapped(piped.out)
+    saved = tmp_path / "report.txt"
+    run_cli("inspect", FIXTURES / "keras3/untouched_stats.keras", "--output", saved)
+    assert saved.read_text() == piped.out
 
 
 def test_every_format_is_available_on_the_command_line(run_cli: Run) -> None:

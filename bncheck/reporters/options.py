@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DEFAULT_WIDTH = 100
+"""The columns of text written anywhere but a terminal: files, pipes, CI logs."""
+
 
 @dataclass(frozen=True)
 class RenderOptions:
@@ -16,6 +19,9 @@ class RenderOptions:
     color: bool = False
     """Colour severities and the verdict with ANSI escapes (formats for people only)."""
 
+    width: int = DEFAULT_WIDTH
+    """Columns the text report wraps its findings to: the terminal's width on a terminal."""
+
 
 PLAIN = RenderOptions()
-"""No colour: files, pipes, and ``NO_COLOR``."""
+"""No colour, ``DEFAULT_WIDTH`` columns: files, pipes, and ``NO_COLOR``."""

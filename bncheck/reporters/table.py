@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -84,7 +85,18 @@ def grouped(findings: Sequence[Finding]) -> list[list[Finding]]:
     return list(groups.values())
 
 
+#: Where a finding's text starts, after its severity column; its wrapped lines start there too,
+#: so that the severities stay alone in their column.
+CONTINUATION = " " * 9
+
+#: The fewest columns a finding's text wraps to, however narrow the terminal.
+_NARROWEST_TEXT = 30
+
+
 def _finding_line(group: list[Finding], options: RenderOptions) -> str:
+    """The severity, rule, layers and message, wrapped to ``options.width`` with each following
+    line indented by ``CONTINUATION``. Lines break only at spaces: a name longer than a line
+    keeps its own line whole, and joining the lines with single spaces gives the text back."""
     first = group[0]
     if len(group) == 1:
         where = shown(first.layer or "(model)")
@@ -92,9 +104,17 @@ def _finding_line(group: list[Finding], options: RenderOptions) -> str:
         named = ", ".join(shown(f.layer or "") for f in group[:NAMED_LAYERS])
         more = f" and {len(group) - NAMED_LAYERS} more" if len(group) > NAMED_LAYERS else ""
         where = f"{len(group)} layers ({named}{more})"
-    return f"{_severity(first.severity, options)} {first.rule} {first.name}  {where}: " + shown(
-        first.message
+    text = f"{first.rule} {first.name}  {where}: {shown(first.message)}"
+    lines = textwrap.wrap(
+        text,
+        width=max(options.width - len(CONTINUATION), _NARROWEST_TEXT),
+        break_long_words=False,
+        break_on_hyphens=False,
     )
+    # A line of its own could start with text from a file: escaped again at its new start, so
+    # that a name cannot begin a CI log line as a workflow command (``::error::``).
+    head = f"{_severity(first.severity, options)} {lines[0]}"
+    return "\n".join([head, *(CONTINUATION + shown(line) for line in lines[1:])])
 
 
 def coverage_line(contents: CheckpointContents, format_name: str) -> str:
