@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bncheck.errors import ModelReadError
-from bncheck.model import ModelDescription
+from bncheck.model import CheckpointContents, ModelDescription
 from bncheck.readers import read_model
 from bncheck.readers.savedmodel import keras_nodes
 from tests.conftest import FIXTURES, CliResult
@@ -30,6 +30,12 @@ TFKERAS_SAVEDMODEL = CHECKPOINTS / "tfkeras_savedmodel"
 KERAS3_MODEL = CHECKPOINTS / "keras3_cnn.keras"
 KERAS3_REVISED = CHECKPOINTS / "keras3_cnn_revised.keras"
 TF1_PATHS = ["conv1/BatchNorm", "conv2/batch_normalization", "fc/bn"]
+
+
+def contents(description: ModelDescription) -> CheckpointContents:
+    """What a checkpoint or SavedModel holds, which every description of one carries."""
+    assert description.checkpoint is not None
+    return description.checkpoint
 
 
 def arrays(description: ModelDescription) -> dict[str, dict[str, bytes]]:
@@ -78,7 +84,7 @@ def test_object_checkpoint_and_export_hold_the_models_own_arrays() -> None:
     for path in (KERAS3_OBJECT, KERAS3_EXPORT):
         description = read_model(str(path))
         assert arrays(description) == model
-        assert {g.found_by for g in description.checkpoint.groups} == {"variable names"}
+        assert {g.found_by for g in contents(description).groups} == {"variable names"}
 
 
 def test_tf_keras_savedmodel_configuration_comes_from_keras_metadata() -> None:
@@ -89,7 +95,7 @@ def test_tf_keras_savedmodel_configuration_comes_from_keras_metadata() -> None:
     assert top.class_name == "BatchNormalization" and top.momentum == 0.9
     assert top.epsilon == 0.001 and top.trainable is True and not top.initial.assumed
     assert frozen.trainable is False and frozen.channels == 16
-    assert {g.found_by for g in description.checkpoint.groups} == {"keras metadata"}
+    assert {g.found_by for g in contents(description).groups} == {"keras metadata"}
     assert description.notes == ()
 
 
@@ -142,7 +148,7 @@ def test_plain_tf_module_savedmodel_is_read_by_object_graph(tmp_path: Path) -> N
     [layer] = description.layers
     assert layer.path == "bn" and layer.class_name == "BatchNormalization (by variable names)"
     np.testing.assert_array_equal(layer.moving_variance, [3.0, 3.0, 3.0])
-    groups = description.checkpoint.groups
+    groups = contents(description).groups
     assert [(g.path, g.found_by, g.missing_moving_stats) for g in groups] == [
         ("bn", "object graph", ()),
         ("head_bn", "object graph", ("moving_mean", "moving_variance")),
@@ -176,13 +182,13 @@ def test_savedmodel_without_variables(tmp_path: Path) -> None:
 
     tf.saved_model.save(tf.Module(), str(tmp_path / "empty"))
     description = read_model(str(tmp_path / "empty"))
-    assert description.layers == () and description.checkpoint.groups == ()
+    assert description.layers == () and contents(description).groups == ()
     assert description.notes == ()
     # TF1 builders leave the folder empty when a graph has no variables (frozen into constants).
     for path in (tmp_path / "empty" / "variables").iterdir():
         path.unlink()
     description = read_model(str(tmp_path / "empty"))
-    assert description.layers == () and description.checkpoint.groups == ()
+    assert description.layers == () and contents(description).groups == ()
     assert any("variables/ folder holds no variables" in note for note in description.notes)
 
 
@@ -248,7 +254,7 @@ def test_checkpoint_locations(case: str, tmp_path: Path) -> None:
     if case == "several checkpoints, no state file":
         expected = {}  # the latest one is the trainable-only checkpoint
     assert arrays(description) == expected
-    assert [g.path for g in description.checkpoint.groups] == TF1_PATHS
+    assert [g.path for g in contents(description).groups] == TF1_PATHS
     notes = [n for n in description.notes if "no layer configuration" not in n]
     if note is None:
         assert notes == []
@@ -261,7 +267,7 @@ def test_absolute_stale_path_in_the_state_file_of_a_moved_checkpoint() -> None:
     state = (TF1_TRAINABLE / "checkpoint").read_text()
     assert 'model_checkpoint_path: "/' in state  # recorded on the machine that trained
     description = read_model(str(TF1_TRAINABLE))
-    assert description.checkpoint.prefix == str(TF1_TRAINABLE / "model.ckpt-300")
+    assert contents(description).prefix == str(TF1_TRAINABLE / "model.ckpt-300")
     assert any("read model.ckpt-300 beside it instead" in note for note in description.notes)
 
 

@@ -134,7 +134,8 @@ def test_a_keras3_archive_missing_one_variable_is_a_finding(run_cli: Run, tmp_pa
 
 
 def test_a_keras_archive_in_npz_weights_is_refused_without_unpickling(tmp_path: Path) -> None:
-    keras = pytest.importorskip("keras")
+    pytest.importorskip("keras")
+    import keras
     from keras.src.saving import saving_lib
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
@@ -147,7 +148,8 @@ def test_a_keras_archive_in_npz_weights_is_refused_without_unpickling(tmp_path: 
 def keras3_block(negative_variance: bool, attribute: str) -> object:
     """A Keras 3 model whose BatchNorm-like layer sits inside a custom layer under
     ``attribute``: a real BatchNorm, or four per-channel vectors of another kind."""
-    keras = pytest.importorskip("keras")
+    pytest.importorskip("keras")
+    import keras
 
     @keras.saving.register_keras_serializable(package="bncheck_eras_tests")
     class FourVectors(keras.layers.Layer):

@@ -15,6 +15,7 @@ from bncheck.findings import ModelResult, Report
 from bncheck.model import ModelDescription
 from bncheck.recalibrate.results import LayerChange, Recalibration, Verification
 from bncheck.reporters import REPORTERS, recalibration
+from bncheck.reporters.options import PLAIN
 from bncheck.settings import Settings
 from tests.rules.conftest import measured_layer, measured_output, population, probe_result
 
@@ -38,7 +39,7 @@ def report(settings: Settings) -> Report:
 
 def said(report: Report) -> dict[str, str]:
     """Each reporter's text, and the recalibration report's around the same findings."""
-    texts = {name: render(report) for name, render in REPORTERS.items()}
+    texts = {name: render(report, PLAIN) for name, render in REPORTERS.items()}
     check = Verification("x.npz", True, 100, None, 0.6, 1.0)
     result = Recalibration(
         "m.keras", "o.keras", "x.npz", 1, 32, (LayerChange("m/bn1", "recalibrated"),), check,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -25,7 +26,7 @@ EXPORTS = ["healthy.onnx", "eval_trained.onnx", "nan_variance.onnx", "training_m
 
 def bn_model(
     values: dict[str, np.ndarray] | None = None,
-    attributes: dict[str, object] | None = None,
+    attributes: dict[str, Any] | None = None,
     through_identity: bool = False,
 ) -> onnx.ModelProto:
     """Conv -> BatchNormalization over 4 channels, parameters as initializers."""

@@ -188,7 +188,9 @@ def test_a_probe_run_gives_the_overlay_its_staleness_and_collapse_point() -> Non
     overlay = probe_overlay(stale, max_mean_shift=0.5, max_variance_factor=2.0)
     assert overlay is not None and overlay.collapse_layer is None
     assert set(overlay.staleness) == {"cnn/bn1", "cnn/bn2", "cnn/bn3"}
-    reported = {f.layer: f.details for f in stale.findings if f.rule == "BN014"}
+    reported = {
+        f.layer: f.details for f in stale.findings if f.rule == "BN014" and f.layer is not None
+    }
     assert set(reported) == {path for path, value in overlay.staleness.items() if value > 1}
     for path, details in reported.items():
         expected = max(

@@ -137,7 +137,8 @@ def test_archive_whose_weights_do_not_match_the_config(tmp_path: Path) -> None:
 
 
 def test_batchnorm_inside_a_custom_layer_is_found_by_its_variables(tmp_path: Path) -> None:
-    keras = pytest.importorskip("keras")
+    pytest.importorskip("keras")
+    import keras
 
     @keras.saving.register_keras_serializable(package="bncheck_tests")
     class ConvBlock(keras.layers.Layer):
@@ -211,7 +212,9 @@ def test_layers_a_custom_layer_creates_have_the_same_paths_in_the_file_and_the_l
 ) -> None:
     """Attributes, lists of layers and layers inside them: the reader and the live walk (the
     probe's, recalibrate's and the guard's) name each BatchNorm alike, by what holds it."""
-    keras = pytest.importorskip("keras")
+    pytest.importorskip("keras")
+    import keras
+
     from bncheck.layer_paths import batchnorm_layers
 
     @keras.saving.register_keras_serializable(package="bncheck_tests")

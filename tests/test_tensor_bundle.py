@@ -203,7 +203,7 @@ def mutated_copies(directory: Path, seed: int = 5) -> list[tuple[str, Path]]:
     """Each fixture bundle with one bit flipped, or cut short, at random places in its index,
     its data shard and (SavedModels) its saved_model.pb."""
     rng = random.Random(seed)
-    cases = []
+    cases: list[tuple[str, Path]] = []
     for model in MODELS:
         source = Path(model)
         prefix = "variables/variables" if (source / "variables").is_dir() else None

@@ -58,16 +58,18 @@ def run(argv: list[str]) -> dict[str, Any]:
 
 
 def main() -> None:
+    stdout = sys.__stdout__  # the pipe to the parent, whatever a reader does to sys.stdout
+    assert stdout is not None
     if sys.argv[1:2] in (["--batch"], ["--static-batch"]):
         if sys.argv[1] == "--static-batch":
             resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
         with open(sys.argv[2]) as handle:
             for argv in json.load(handle):
-                sys.__stdout__.write(json.dumps(run(argv)) + "\n")
-                sys.__stdout__.flush()
+                stdout.write(json.dumps(run(argv)) + "\n")
+                stdout.flush()
         return
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
-    sys.__stdout__.write(json.dumps(run(sys.argv[1:])))
+    stdout.write(json.dumps(run(sys.argv[1:])))
 
 
 if __name__ == "__main__":

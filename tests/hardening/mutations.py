@@ -169,6 +169,16 @@ def _set_bn(key: str, value: Any) -> ConfigEdit:
     return edit
 
 
+def _set_first_bn(key: str, value: Any) -> ConfigEdit:
+    """Replace a key of the first BatchNormalization node itself, beside its ``config``."""
+
+    def edit(config: dict[str, Any]) -> dict[str, Any]:
+        _first_bn(config)[key] = value
+        return config
+
+    return edit
+
+
 def _set_top(path: list[str], value: Any) -> ConfigEdit:
     def edit(config: dict[str, Any]) -> dict[str, Any]:
         node = config
@@ -222,12 +232,11 @@ CONFIG_EDITS: dict[str, ConfigEdit] = {
     ),
     "BN name is null": _set_bn("name", None),
     "BN name points elsewhere": _rename_bn,
-    "BN config is a list": lambda config: (_first_bn(config).__setitem__("config", [1]), config)[1],
-    "BN inbound nodes are text": lambda c: (_first_bn(c).__setitem__("inbound_nodes", "x"), c)[1],
-    "BN inbound nodes are odd": lambda c: (
-        _first_bn(c).__setitem__("inbound_nodes", [[1, [2]], {"args": 5, "kwargs": []}]),
-        c,
-    )[1],
+    "BN config is a list": _set_first_bn("config", [1]),
+    "BN inbound nodes are text": _set_first_bn("inbound_nodes", "x"),
+    "BN inbound nodes are odd": _set_first_bn(
+        "inbound_nodes", [[1, [2]], {"args": 5, "kwargs": []}]
+    ),
 }
 
 RAW_CONFIGS = {
@@ -376,9 +385,10 @@ def build_tensorflow_corpus(directory: Path) -> list[Case]:
         corpus.add_path(f"{source}: {name}", target)
 
     def truncate(fraction: float) -> Callable[[Path], None]:
-        return lambda path: path.write_bytes(
-            path.read_bytes()[: int(path.stat().st_size * fraction)]
-        )
+        def cut(path: Path) -> None:
+            path.write_bytes(path.read_bytes()[: int(path.stat().st_size * fraction)])
+
+        return cut
 
     def flip(path: Path) -> None:
         data = bytearray(path.read_bytes())

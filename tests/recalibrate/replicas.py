@@ -67,6 +67,7 @@ def run_cases(workdir: Path, strategy: Any, label: str, found: dict[str, Any]) -
         prefix = f"{case}/{label}"
         found[f"{prefix}/size"] = np.array([result.batches, result.samples])
         check = result.verification
+        assert check is not None  # every case is verified
         found[f"{prefix}/verification"] = np.array(
             [
                 check.samples,

@@ -18,7 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -157,7 +157,9 @@ def test_two_workers_give_the_single_device_statistics(workdir: Path, tmp_path: 
             assert_equal_statistics(found, single, (f"{case}/replicas", f"{case}/single"))
 
 
-def test_the_chief_writes_and_the_other_worker_says_so(run_cli, tmp_path: Path) -> None:
+def test_the_chief_writes_and_the_other_worker_says_so(
+    run_cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
     """``bncheck recalibrate --strategy multi-worker`` run on each worker of a cluster."""
     out = tmp_path / "fixed.keras"
     arguments = [str(STALE), "--data", str(DIGITS), "--labels", str(LABELS), "-o", str(out)]
@@ -199,7 +201,8 @@ def test_the_chief_writes_and_the_other_worker_says_so(run_cli, tmp_path: Path) 
     ],
 )  # fmt: skip
 def test_strategy_mistakes_are_one_line(
-    run_cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: list[str],
+    run_cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    args: list[str],
     env: dict[str, str], message: str,
 ) -> None:  # fmt: skip
     for name, value in env.items():

@@ -104,6 +104,7 @@ def test_safetensors_and_in_place(
     assert model.training and all(
         m.momentum == 0.001 for m in model if isinstance(m, nn.BatchNorm2d)
     )
+    assert result.verification is not None and result.verification.metric is not None
     assert nets.accuracy(model, held_out) == pytest.approx(result.verification.metric.reestimated)
     assert bncheck.inspect(saved).exit_code == 0
 

@@ -46,7 +46,7 @@ def save_module(folder: Path, effect: Callable[[Any, Path], Any]) -> Path:
     is written while saving."""
     import tensorflow as tf
 
-    class Module(tf.Module):  # type: ignore[misc]
+    class Module(tf.Module):
         def __init__(self) -> None:
             super().__init__()
             self.scale = tf.Variable(2.0)

@@ -42,7 +42,7 @@ def _save_module(folder: Path, serve: Callable[[Any], Any]) -> Path:
     """A ``tf.Module`` SavedModel whose serving signature is ``serve`` over (N, 4) floats."""
     import tensorflow as tf
 
-    class Module(tf.Module):  # type: ignore[misc]
+    class Module(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
         def __call__(self, x: Any) -> Any:
             return {"y": serve(x)}
