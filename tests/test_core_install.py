@@ -70,12 +70,12 @@ def link_distributions(names: list[str], target: Path) -> None:
         for file in distribution.files or []:
             if file.parts[0] == "..":
                 continue
-            source = Path(distribution.locate_file(file.parts[0]))
+            source = Path(str(distribution.locate_file(file.parts[0])))
             depth = 2 if source.is_dir() and not _is_package_or_data(source) else 1
             link = target.joinpath(*file.parts[:depth])
             if not link.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(distribution.locate_file(Path(*file.parts[:depth])))
+                link.symlink_to(str(distribution.locate_file(Path(*file.parts[:depth]))))
 
 
 def _is_package_or_data(path: Path) -> bool:

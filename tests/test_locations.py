@@ -34,4 +34,5 @@ def test_every_array_is_where_the_reader_says(fixture: str, tmp_path: Path) -> N
             assert set(layer.locations) == set(layer.arrays()), layer.path
             for role, location in layer.locations.items():
                 stored = np.asarray(h5[location][()])
-                assert np.array_equal(stored, layer.array(role), equal_nan=True), location
+                read = layer.array(role)
+                assert read is not None and np.array_equal(stored, read, equal_nan=True), location

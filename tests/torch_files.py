@@ -12,7 +12,7 @@ import io
 import pickle
 import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,10 @@ class _Storage:
     numel: int
 
 
-class _Pickler(pickle._Pickler):  # type: ignore[name-defined,misc]
+class _Pickler(pickle._Pickler):
+    # pickle's __init__ sets it from the file; typeshed does not declare it.
+    write: Callable[[bytes], object]
+
     def __init__(self, file: io.BytesIO, legacy: bool) -> None:
         super().__init__(file, protocol=2)
         self.legacy = legacy
@@ -93,7 +96,7 @@ class _Pickler(pickle._Pickler):  # type: ignore[name-defined,misc]
             self.save(obj.state)
             self.write(pickle.BUILD)
             return
-        super().save(obj, save_persistent_id)
+        super().save(obj, save_persistent_id)  # type: ignore[misc]  # undeclared in typeshed
 
 
 def dumps(obj: Any, legacy: bool = False) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def varied(shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
     return np.random.default_rng(0).random(shape).astype(dtype)
 
 
-def data(path: Path, specs: list[InputSpec] | None = None, **options: object) -> ArrayData:
+def data(path: Path, specs: list[InputSpec] | None = None, **options: Any) -> ArrayData:
     opened = open_data(DataOptions(str(path), **options), [IMAGE] if specs is None else specs)
     assert isinstance(opened, ArrayData)
     return opened
@@ -55,6 +56,7 @@ def test_npz_with_x_and_y_is_labelled_data(tmp_path: Path) -> None:
     opened = data(path)
     assert opened.labelled
     [batch] = list(opened.batches(6, seed=0, samples=None))
+    assert batch.labels is not None
     assert sorted(batch.labels.tolist()) == list(range(6))
 
 
@@ -67,6 +69,7 @@ def test_labels_file_goes_with_an_npy(tmp_path: Path) -> None:
     opened = data(tmp_path / "x.npy", labels=str(tmp_path / "y.npy"))
     for batch in opened.batches(4, seed=3, samples=None):
         # each sample keeps its own label through the shuffle
+        assert batch.labels is not None
         assert np.array_equal(batch.inputs[0][:, 0, 0, 0] * 2, batch.labels)
 
 

@@ -128,6 +128,7 @@ def test_tf_datasets_are_rebatched_in_their_order(batched: bool) -> None:
     everything = list(data.batches(4, seed=0, samples=None, whole=False))
     assert numbers(everything) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     for batch in everything:
+        assert batch.labels is not None
         assert np.array_equal(batch.inputs[0][:, 0, 0, 0] * 2, batch.labels)
     assert numbers(list(data.batches(4, seed=0, samples=None))) == numbers(everything)
     whole = [[0, 1, 2, 3], [4, 5, 6, 7]]

@@ -54,12 +54,15 @@ def test_momentum_zero_none_and_keras_momentum_in_pytorch() -> None:
     model = nn.Sequential(
         nn.BatchNorm1d(4, momentum=0.0), nn.BatchNorm1d(4, momentum=None), nn.BatchNorm1d(4)
     )
-    model[2].momentum = 0.99  # Keras's convention copied into PyTorch
+    copied = model[2]
+    assert isinstance(copied, nn.BatchNorm1d)
+    copied.momentum = 0.99  # Keras's convention copied into PyTorch
     report = bncheck.torch.check_module(model)
     [result] = report.models
     # Fresh layers: BN002 (never trained) on each, and the momentum rules.
     rules = {(f.rule, f.layer) for f in result.findings if f.rule != "BN002"}
     assert rules == {("BN008", "0"), ("BN009", "2")}
+    assert result.description is not None
     assert any("momentum=None in 1" in note for note in result.description.notes)
 
 
@@ -72,6 +75,11 @@ def test_track_running_stats_false_is_bn022() -> None:
 
 class FrozenBatchNorm2d(nn.Module):
     """torchvision's FrozenBatchNorm2d: four buffers and no counter."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -86,6 +94,7 @@ def test_frozen_sync_lazy_and_wrappers(tmp_path: Path) -> None:
     frozen.weight.fill_(2.0)  # statistics folded into weight and bias, at 0 and 1 on purpose
     sync = nn.SyncBatchNorm(3)
     with torch.no_grad():  # as after training
+        assert sync.running_mean is not None and sync.num_batches_tracked is not None
         sync.running_mean.fill_(0.5), sync.weight.fill_(1.5), sync.num_batches_tracked.fill_(9)
     model = nn.Sequential(frozen, sync, nn.LazyBatchNorm2d())
     for wrapped in (model, nn.DataParallel(model), torch.compile(model)):
