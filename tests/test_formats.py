@@ -4,7 +4,6 @@ fixtures with exact expectations."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable

@@ -18,6 +18,7 @@ onnx = pytest.importorskip("onnx", reason="the ONNX files are made with the onnx
 pytest.importorskip("onnxruntime", reason="recalibrating ONNX needs the onnx extra")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from torch import nn  # noqa: E402
 
 Run = Callable[..., CliResult]
 CHANNELS = 4
@@ -25,7 +26,7 @@ CENTRES = np.array([5.0, -5.0, 3.0, 0.0], np.float32)
 NAMES = ("bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")
 
 
-class Net(torch.nn.Module):  # type: ignore[misc]
+class Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.bn = torch.nn.BatchNorm1d(CHANNELS)
