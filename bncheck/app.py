@@ -19,6 +19,7 @@ from bncheck.findings import ExitCode, Report
 from bncheck.probe.options import ProbeOptions
 from bncheck.progress import Progress
 from bncheck.reporters import REPORTERS
+from bncheck.reporters.options import PLAIN as PLAIN_RENDER
 from bncheck.reporters.options import RenderOptions
 from bncheck.rules import RULES
 from bncheck.settings import resolve_rule
@@ -163,7 +164,9 @@ def write_report(text: str, output: OutputOptions) -> None:
         raise UsageError(f"cannot write --output {output.output}: {exc.strerror or exc}") from None
 
 
-def run_recalibrate(options: RecalibrateOptions, config: ConfigOptions) -> int:
+def run_recalibrate(
+    options: RecalibrateOptions, config: ConfigOptions, render: RenderOptions = PLAIN_RENDER
+) -> int:
     from bncheck.recalibrate.command import recalibrate
     from bncheck.reporters import recalibration
 
@@ -176,5 +179,5 @@ def run_recalibrate(options: RecalibrateOptions, config: ConfigOptions) -> int:
         return int(ExitCode.UNREADABLE)
     finally:
         progress.done()
-    click.echo(recalibration.render(result), nl=False)
+    click.echo(recalibration.render(result, render), nl=False)
     return int(result.exit_code)

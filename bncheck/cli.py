@@ -381,9 +381,14 @@ def _output(params: Mapping[str, Any]) -> OutputOptions:
     color = use_color(params["output"], sys.stdout, os.environ)
     # The text report wraps to the terminal it is read on; a file or pipe has no width of its
     # own, and a fixed one keeps what CI logs and saved reports show the same everywhere.
-    on_terminal = params["output"] is None and sys.stdout.isatty()
-    width = shutil.get_terminal_size().columns if on_terminal else DEFAULT_WIDTH
+    width = _text_width(sys.stdout) if params["output"] is None else DEFAULT_WIDTH
     return options_from(OutputOptions, params, render=RenderOptions(color=color, width=width))
+
+
+def _text_width(output: IO[str]) -> int:
+    """The columns text wraps to: the terminal's, or ``DEFAULT_WIDTH`` in a file or a pipe,
+    whose readers (CI logs, saved reports) have no width of their own."""
+    return shutil.get_terminal_size().columns if output.isatty() else DEFAULT_WIDTH
 
 
 @cli.command()
@@ -623,7 +628,10 @@ def recalibrate(**params: Any) -> int:
     from bncheck.recalibrate.options import RecalibrateOptions
 
     options = options_from(RecalibrateOptions, params, **_streams(params))
-    return run_recalibrate(options, _config(params))
+    render = RenderOptions(
+        color=use_color(None, sys.stdout, os.environ), width=_text_width(sys.stdout)
+    )
+    return run_recalibrate(options, _config(params), render)
 
 
 def main(argv: list[str] | None = None) -> None:

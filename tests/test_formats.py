@@ -3,6 +3,7 @@ fixtures with exact expectations."""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import xml.etree.ElementTree as ET
@@ -435,3 +436,21 @@ def test_every_format_is_available_on_the_command_line(run_cli: Run) -> None:
         result = run_cli("inspect", FIXTURES / "keras3/untouched_stats.keras", "--format", name)
         assert result.code == 1, name
         assert "BN001" in result.out, name
+
+
+def test_recalibrate_wraps_to_the_terminal_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """recalibrate's report of the written model wraps as inspect's does: the terminal's width
+    on a terminal, 100 columns in a pipe."""
+    from bncheck import cli
+
+    class Stream(io.StringIO):
+        def __init__(self, tty: bool) -> None:
+            super().__init__()
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    monkeypatch.setenv("COLUMNS", "60")
+    assert cli._text_width(Stream(tty=True)) == 60
+    assert cli._text_width(Stream(tty=False)) == 100
