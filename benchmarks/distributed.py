@@ -40,10 +40,10 @@ MEASURE = textwrap.dedent(
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)]
         )
-    from bncheck.probe import keras_model
+    from bncheck.probe.runtimes import keras_model
     from bncheck.probe.data import Batch
     from bncheck.probe.measure import estimate
-    from bncheck.probe.passes import Passes
+    from bncheck.probe.runtimes.passes import Passes
 
     rng = np.random.default_rng(0)
     data = [

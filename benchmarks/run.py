@@ -419,12 +419,12 @@ PROBE_VS_PASSES = textwrap.dedent(
     """
     import json, statistics, sys, time
     import numpy as np
-    from bncheck.probe.backend import import_keras
+    from bncheck.probe.runtimes.backend import import_keras
     import_keras()
     import keras
     import tensorflow as tf
     from bncheck.engine import probe_findings
-    from bncheck.probe import keras_model
+    from bncheck.probe.runtimes import keras_model
     from bncheck.probe.options import ProbeOptions
     from bncheck.probe.runner import BatchPlan, probe_keras_model
     from bncheck.settings import Settings
@@ -498,14 +498,14 @@ RECALIBRATE_VS_FORWARD = textwrap.dedent(
     """
     import json, statistics, sys, time
     import numpy as np
-    from bncheck.probe.backend import import_keras
+    from bncheck.probe.runtimes.backend import import_keras
     import_keras()
     import keras
     import tensorflow as tf
-    from bncheck.probe import keras_model
+    from bncheck.probe.runtimes import keras_model
     from bncheck.probe.data import Batch
     from bncheck.probe.measure import estimate
-    from bncheck.probe.passes import Passes
+    from bncheck.probe.runtimes.passes import Passes
 
     path, repeat = sys.argv[1], int(sys.argv[2])
     rng = np.random.default_rng(0)
@@ -669,7 +669,7 @@ GUARD_OVERHEAD = textwrap.dedent(
     """
     import json, sys, time
     import numpy as np
-    from bncheck.probe.backend import import_keras
+    from bncheck.probe.runtimes.backend import import_keras
     import_keras()
     import warnings
     import keras
@@ -880,10 +880,10 @@ RUNTIME_VS_PASSES = textwrap.dedent(
     from torch import nn
     from bncheck.probe import measure
     from bncheck.probe.data import Batch
-    from bncheck.probe.onnx_model import OnnxRunner, _training_graph, _Session
+    from bncheck.probe.runtimes.onnx_model import OnnxRunner, _training_graph, _Session
     from bncheck.probe.runtime import STORED
-    from bncheck.probe.torchscript_model import TorchScriptRunner
-    from bncheck.readers import onnx_graph
+    from bncheck.probe.runtimes.torchscript_model import TorchScriptRunner
+    from bncheck.readers.onnx import onnx_graph
 
     workdir, samples, repeat = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     torch.manual_seed(0)

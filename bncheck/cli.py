@@ -297,7 +297,7 @@ def _stream_options(command: Callable[..., int]) -> Callable[..., int]:
 
 def _streams(params: Mapping[str, Any]) -> dict[str, Any]:
     """The option fields that --tfrecord, --feature, --label and --dataset-fn make together."""
-    from bncheck.probe.streams import parse_dataset_fn, parse_records
+    from bncheck.probe.data.streams import parse_dataset_fn, parse_records
 
     return {
         "records": parse_records(params["tfrecord"], params["features"], params["label"]),

@@ -229,13 +229,13 @@ def _is_checkpoint(candidate: Candidate) -> bool:
 
 def _is_keras_shards_index(candidate: Candidate) -> bool:
     """a `.json` file whose `weight_map` lists the shards"""
-    from bncheck.readers import keras3_shards
+    from bncheck.readers.keras import keras3_shards
 
     return keras3_shards.is_index(candidate.path)
 
 
 def _is_keras_shard(path: Path) -> bool:
-    from bncheck.readers import keras3_shards
+    from bncheck.readers.keras import keras3_shards
 
     return keras3_shards.index_of_shard(path) is not None
 
@@ -316,12 +316,12 @@ RUNTIMES = {
     for runtime in (
         Runtime("keras", "Keras", "tensorflow", "bncheck.probe.runner:probe_keras_file"),
         Runtime("savedmodel", "TensorFlow", "tensorflow", "bncheck.probe.runner:probe_savedmodel"),
-        Runtime("onnxruntime", "onnxruntime", "onnx", "bncheck.probe.onnx_model:probe"),
+        Runtime("onnxruntime", "onnxruntime", "onnx", "bncheck.probe.runtimes.onnx_model:probe"),
         Runtime(
             "torchscript",
             "torch.jit, with --unsafe",
             "torch",
-            "bncheck.probe.torchscript_model:probe",
+            "bncheck.probe.runtimes.torchscript_model:probe",
         ),
     )
 }
@@ -335,7 +335,7 @@ FORMATS = {
             called="a SavedModel directory",
             framework="TensorFlow",
             recognise=_is_savedmodel,
-            reader="bncheck.readers.savedmodel:read",
+            reader="bncheck.readers.tensorflow.savedmodel:read",
             runtime="savedmodel",
             writer="savedmodel",
         ),
@@ -344,7 +344,7 @@ FORMATS = {
             called="a checkpoint",
             framework="TensorFlow",
             recognise=_is_checkpoint,
-            reader="bncheck.readers.checkpoint:read",
+            reader="bncheck.readers.tensorflow.checkpoint:read",
             not_run="a checkpoint holds no architecture to run",
             not_written=WEIGHTS_ONLY,
         ),
@@ -353,7 +353,7 @@ FORMATS = {
             called="the .json index of sharded weights",
             framework="Keras",
             recognise=_is_keras_shards_index,
-            reader="bncheck.readers.keras3_shards:read",
+            reader="bncheck.readers.keras.keras3_shards:read",
             found_in_folders=_is_keras_shards_index,
             stands_for=_is_keras_shard,
             not_run="a weights-only file holds no architecture to run",
@@ -364,7 +364,7 @@ FORMATS = {
             called="a TorchScript archive",
             framework="PyTorch",
             recognise=_is_torchscript,
-            reader="bncheck.readers.pytorch:read",
+            reader="bncheck.readers.pytorch.torch_files:read",
             suffixes=(".pt", ".pth"),
             found_in_folders=_is_torchscript,
             runtime="torchscript",
@@ -375,7 +375,7 @@ FORMATS = {
             called="a PyTorch file",
             framework="PyTorch",
             recognise=_is_pytorch,
-            reader="bncheck.readers.pytorch:read",
+            reader="bncheck.readers.pytorch.torch_files:read",
             suffixes=(".pt", ".pth"),
             found_in_folders=_is_pytorch,
             not_run=(
@@ -390,7 +390,7 @@ FORMATS = {
             called="a .keras archive",
             framework="Keras",
             recognise=_is_zip,  # any other zip archive: the reader says what it lacks
-            reader="bncheck.readers.keras_archive:read",
+            reader="bncheck.readers.keras.keras_archive:read",
             suffixes=(".keras",),
             found_in_folders=_is_keras_archive,
             runtime="keras",
@@ -401,7 +401,7 @@ FORMATS = {
             called="an HDF5 file",
             framework="Keras",
             recognise=_is_hdf5,
-            reader="bncheck.readers.hdf5_file:read",
+            reader="bncheck.readers.keras.hdf5_file:read",
             suffixes=(".h5", ".hdf5"),
             found_in_folders=_is_hdf5,
             runtime="keras",
@@ -412,7 +412,7 @@ FORMATS = {
             called="a safetensors file",
             framework="safetensors",
             recognise=_is_safetensors,
-            reader="bncheck.readers.safetensors:read",
+            reader="bncheck.readers.pytorch.safetensors:read",
             suffixes=(".safetensors",),
             found_in_folders=_has_safetensors_header,
             not_run="a safetensors file holds tensors only, no architecture to run",
@@ -423,7 +423,7 @@ FORMATS = {
             called="an ONNX model",
             framework="ONNX",
             recognise=_is_onnx,
-            reader="bncheck.readers.onnx_graph:read",
+            reader="bncheck.readers.onnx.onnx_graph:read",
             suffixes=(".onnx",),
             runtime="onnxruntime",
             writer="onnx",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bncheck.readers.keras_config import to_snake_case
+from bncheck.readers.keras.keras_config import to_snake_case
 
 #: The attribute under which wrappers (TimeDistributed, Bidirectional, ...) hold the layer their
 #: configuration describes.

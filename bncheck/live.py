@@ -16,7 +16,7 @@ import numpy as np
 
 from bncheck.layer_paths import batchnorm_layers
 from bncheck.model import ARRAY_NAMES, BNLayer, ModelDescription
-from bncheck.readers.keras_config import LayerConfig, _call_kwargs, bn_settings
+from bncheck.readers.keras.keras_config import LayerConfig, _call_kwargs, bn_settings
 
 #: ``ModelDescription.format`` of a model described in memory.
 LIVE_FORMAT = "live"

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.readers.crc32c import crc32c, mask
-from bncheck.readers.sstable import TABLE_MAGIC
+from bncheck.readers.codecs.crc32c import crc32c, mask
+from bncheck.readers.tensorflow.sstable import TABLE_MAGIC
 
 #: ``tensorflow.DataType`` numbers of the types written here.
 DT_FLOAT, DT_DOUBLE, DT_INT32, DT_UINT8, DT_STRING, DT_INT64 = 1, 2, 3, 4, 7, 9

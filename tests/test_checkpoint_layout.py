@@ -12,7 +12,7 @@ import pytest
 
 from bncheck.matching import match_layers
 from bncheck.model import BNLayer, CheckpointContents
-from bncheck.readers.checkpoint_layout import (
+from bncheck.readers.tensorflow.checkpoint_layout import (
     GraphVariable,
     depth_first,
     looks_like_batchnorm,

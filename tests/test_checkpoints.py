@@ -16,7 +16,7 @@ import pytest
 from bncheck.errors import ModelReadError
 from bncheck.model import CheckpointContents, ModelDescription
 from bncheck.readers import read_model
-from bncheck.readers.savedmodel import keras_nodes
+from bncheck.readers.tensorflow.savedmodel import keras_nodes
 from tests.conftest import FIXTURES, CliResult
 from tests.report_text import unwrapped
 
@@ -169,7 +169,7 @@ def test_text_format_savedmodel(tmp_path: Path) -> None:
 
 
 def test_huge_graph_is_not_searched_for_keras_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bncheck.readers import savedmodel
+    from bncheck.readers.tensorflow import savedmodel
 
     monkeypatch.setattr(savedmodel, "MAX_CONFIG_BYTES", 1024)
     description = read_model(str(KERAS3_EXPORT))

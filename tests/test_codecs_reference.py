@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from bncheck.readers import crc32c, snappy
+from bncheck.readers.codecs import crc32c, snappy
 
 
 def _inputs() -> dict[str, bytes]:

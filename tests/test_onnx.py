@@ -205,7 +205,7 @@ def test_broken_models_are_one_line(run_cli: Run, tmp_path: Path, data: bytes, r
 
 @pytest.mark.parametrize("fixture", ["healthy.onnx", "training_mode.onnx", "healthy_folded.onnx"])
 def test_bncheck_messages_keep_every_field_they_do_not_name(fixture: str) -> None:
-    from bncheck.readers import onnx_proto
+    from bncheck.readers.onnx import onnx_proto
 
     data = (PYTORCH / fixture).read_bytes()
     model = onnx_proto.model_class()()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from bncheck.errors import ModelReadError
-from bncheck.readers import pickle_vm
-from bncheck.readers.pickle_vm import GlobalRef, PickledObject, PickleRefused, StateDict
+from bncheck.readers.pytorch import pickle_vm
+from bncheck.readers.pytorch.pickle_vm import GlobalRef, PickledObject, PickleRefused, StateDict
 from tests.hardening import canary_module
 
 

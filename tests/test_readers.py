@@ -13,7 +13,7 @@ import pytest
 
 from bncheck.errors import ModelReadError
 from bncheck.readers import read_model
-from bncheck.readers.h5util import FileWindow
+from bncheck.readers.codecs.h5util import FileWindow
 from tests.conftest import FIXTURES
 
 NESTED = FIXTURES / "keras3/nested.keras"

@@ -17,13 +17,13 @@ import pytest
 
 from bncheck.errors import ModelReadError
 from bncheck.model import ModelDescription
-from bncheck.readers import checkpoint as checkpoint_reader
 from bncheck.readers import read_model
-from bncheck.readers import savedmodel as savedmodel_reader
-from bncheck.readers.crc32c import crc32c, crc32c_many, mask, unmask
-from bncheck.readers.snappy import SnappyError, decompress
-from bncheck.readers.sstable import TableError, read_table
-from bncheck.readers.tensor_bundle import TensorBundle
+from bncheck.readers.codecs.crc32c import crc32c, crc32c_many, mask, unmask
+from bncheck.readers.codecs.snappy import SnappyError, decompress
+from bncheck.readers.tensorflow import checkpoint as checkpoint_reader
+from bncheck.readers.tensorflow import savedmodel as savedmodel_reader
+from bncheck.readers.tensorflow.sstable import TableError, read_table
+from bncheck.readers.tensorflow.tensor_bundle import TensorBundle
 from tests.bundle_tools import (
     DT_BFLOAT16,
     DT_DOUBLE,

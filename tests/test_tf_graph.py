@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bncheck.readers import read_model, tf_graph
-from bncheck.readers.tf_protos import message_class
+from bncheck.readers import read_model
+from bncheck.readers.tensorflow import tf_graph
+from bncheck.readers.tensorflow.tf_protos import message_class
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "fixtures" / "checkpoints"
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bncheck.errors import UsageError
-from bncheck.probe import keras_model, uncertainty
+from bncheck.probe import uncertainty
 from bncheck.probe.data import Batch
 from bncheck.probe.results import (
     INFERENCE,
@@ -50,11 +50,12 @@ from bncheck.probe.runtime import (
     Moments,
     Runner,
 )
-from bncheck.probe.savedmodel import SavedModelSubject
+from bncheck.probe.runtimes import keras_model
+from bncheck.probe.runtimes.savedmodel import SavedModelSubject
 
 if TYPE_CHECKING:
-    from bncheck.probe.batches import BatchPlan
-    from bncheck.probe.passes import Passes
+    from bncheck.probe.data.batches import BatchPlan
+    from bncheck.probe.runtimes.passes import Passes
 
 #: Reads the data from the start, batch by batch; called once per sweep.
 BatchSource = Callable[[], Iterable[Batch]]
@@ -377,7 +378,7 @@ def probe_result(
 ) -> ProbeResult:
     """The probe of a model a non-Keras runner runs: ``measure`` over ``source``'s batches,
     every layer whose statistics can be replaced re-estimated, as ``found`` describes it."""
-    from bncheck.probe.batches import data_notes, sweep_progress
+    from bncheck.probe.data.batches import data_notes, sweep_progress
 
     with runner:
         measured = measure(
@@ -424,7 +425,7 @@ def measure_keras(
 ) -> Measured:
     """Measure a live Keras ``model`` (see ``measure``); ``reestimate(path, layer)`` is asked of
     the Keras layer."""
-    from bncheck.probe.keras_runner import KerasRunner
+    from bncheck.probe.runtimes.keras_runner import KerasRunner
 
     layers = keras_model.batchnorm_layers(model)
     chosen = {path for path, layer in layers if reestimate(path, layer)}

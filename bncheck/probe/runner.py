@@ -15,7 +15,7 @@ from bncheck import formats
 from bncheck.errors import UsageError
 from bncheck.extras import require
 from bncheck.probe import safety
-from bncheck.probe.batches import BatchPlan, data_notes, sweep_progress
+from bncheck.probe.data.batches import BatchPlan, data_notes, sweep_progress
 from bncheck.probe.options import ProbeOptions, StepReporter
 from bncheck.probe.results import CodeReference, ProbeResult
 
@@ -84,8 +84,8 @@ def probe_keras_file(
     path: str, options: ProbeOptions, step: StepReporter, untouched: Mapping[str, bool]
 ) -> ProbeResult:
     """The probe of a ``.keras`` or ``.h5`` file, loaded with Keras."""
-    from bncheck.probe import keras_model
-    from bncheck.probe.backend import import_keras
+    from bncheck.probe.runtimes import keras_model
+    from bncheck.probe.runtimes.backend import import_keras
 
     import_keras()
 
@@ -117,7 +117,7 @@ def _probe_weights(
     """A weights-only file run in the architecture of ``--architecture``: the architecture is
     checked for code as a model file is, then the weights are loaded into it as Keras's
     ``load_weights`` loads them."""
-    from bncheck.probe import keras_model
+    from bncheck.probe.runtimes import keras_model
 
     architecture = options.architecture
     assert architecture is not None
@@ -181,8 +181,9 @@ def probe_savedmodel(
     """The probe of a SavedModel, loaded with TensorFlow: its serving signature's BatchNorm ops
     measured like a Keras model's layers (``savedmodel_runner``); where it has no signature or
     none of its ops is found, its outputs only."""
-    from bncheck.probe import measure, savedmodel, savedmodel_runner
-    from bncheck.probe.backend import import_keras
+    from bncheck.probe import measure
+    from bncheck.probe.runtimes import savedmodel, savedmodel_runner
+    from bncheck.probe.runtimes.backend import import_keras
     from bncheck.readers import read_model
 
     import_keras()
@@ -245,7 +246,7 @@ class ContentScan:
 def scan_keras_config(
     config: Mapping[str, Any], unsafe: bool, custom_objects: str | None
 ) -> ContentScan:
-    from bncheck.probe import keras_model
+    from bncheck.probe.runtimes import keras_model
 
     custom = _custom_objects(custom_objects) if custom_objects else {}
     content = safety.scan_config(config, set(custom), keras_model.builtin_layer_names())
@@ -254,6 +255,6 @@ def scan_keras_config(
 
 @functools.lru_cache(maxsize=4)
 def _custom_objects(path: str) -> dict[str, Any]:
-    from bncheck.probe import keras_model
+    from bncheck.probe.runtimes import keras_model
 
     return keras_model.load_custom_objects(path)

@@ -29,8 +29,8 @@ import h5py
 from bncheck.errors import ModelReadError
 from bncheck.probe.results import CodeReference
 from bncheck.readers import detect
-from bncheck.readers.h5util import MAX_CONFIG_BYTES, parse_json_config, text_attr
-from bncheck.readers.keras_archive import CONFIG_MEMBER
+from bncheck.readers.codecs.h5util import MAX_CONFIG_BYTES, parse_json_config, text_attr
+from bncheck.readers.keras.keras_archive import CONFIG_MEMBER
 
 #: Top-level packages whose classes Keras itself imports by module name.
 KERAS_PACKAGES = frozenset({"keras", "keras_hub", "keras_cv", "keras_nlp"})

@@ -112,7 +112,7 @@ def recalibrate(
     """
     from bncheck.config import ConfigOptions, resolve_settings
     from bncheck.live import describe
-    from bncheck.probe import keras_model
+    from bncheck.probe.runtimes import keras_model
     from bncheck.progress import Progress
     from bncheck.recalibrate import command, distribute
     from bncheck.recalibrate.options import RecalibrateOptions
@@ -215,7 +215,7 @@ def _open(
 ) -> Dataset:
     """``data`` in any form the API takes, matched to the model's inputs."""
     from bncheck.probe.data import ArrayData, DataOptions, open_data
-    from bncheck.probe.streams import StreamData
+    from bncheck.probe.data.streams import StreamData
 
     if isinstance(data, (str, os.PathLike)):
         return open_data(DataOptions(os.fspath(data), None, image_size, rescale, where), specs)
@@ -254,7 +254,7 @@ def _arrays(data: Any, specs: Sequence[InputSpec] | None) -> dict[str | None, An
 
 
 def _assign(model: Any, statistics: Mapping[str, Population]) -> None:
-    from bncheck.probe import keras_model
+    from bncheck.probe.runtimes import keras_model
 
     for path, layer in keras_model.batchnorm_layers(model):
         if path in statistics:
@@ -266,7 +266,7 @@ def _save_live(model: Any, target: str, statistics: Mapping[str, Population]) ->
     """``model.save(target)`` with the new statistics, the model keeping its own: saved to a
     temporary file in the target's folder and renamed over it, so a failure leaves no half
     file."""
-    from bncheck.probe import keras_model
+    from bncheck.probe.runtimes import keras_model
 
     old = {
         path: (layer.moving_mean.numpy(), layer.moving_variance.numpy())

@@ -193,7 +193,7 @@ def _estimate(
     report: Reporter, options: RecalibrateOptions, description: ModelDescription, output: str
 ) -> tuple[Recalibration, bool]:
     """Steps 1 to 3 in the worker process: the result, and whether this process writes."""
-    from bncheck.probe import keras_model
+    from bncheck.probe.runtimes import keras_model
 
     progress = _RelayedProgress(report)
     source = probe_data.chosen_source(options)
@@ -332,9 +332,9 @@ def reestimate(
     """Choose the layers of ``model`` (described by ``description``), estimate their statistics
     over ``dataset`` and verify them on ``validation`` (else on ``dataset``), on one device or
     with ``strategy``, under whose scope ``model`` was loaded. Writes nothing."""
-    from bncheck.probe import keras_model
     from bncheck.probe.measure import estimate
-    from bncheck.probe.passes import Passes
+    from bncheck.probe.runtimes import keras_model
+    from bncheck.probe.runtimes.passes import Passes
 
     layers = keras_model.batchnorm_layers(model)
     description = with_loaded_settings(
@@ -425,7 +425,7 @@ def verify(
     mode, on every sample of ``dataset``."""
     from bncheck.probe import uncertainty
     from bncheck.probe.measure import MetricSums, OutputSums
-    from bncheck.probe.passes import ESTIMATED, STORED
+    from bncheck.probe.runtimes.passes import ESTIMATED, STORED
 
     totals = OutputSums()
     before, after = MetricSums(), MetricSums()
@@ -591,8 +591,8 @@ def load(
 ) -> Any:
     """Check the file for code, then load it with Keras (as the probe does), under
     ``strategy``'s scope when there is one."""
-    from bncheck.probe import keras_model
-    from bncheck.probe.backend import import_keras
+    from bncheck.probe.runtimes import keras_model
+    from bncheck.probe.runtimes.backend import import_keras
 
     progress.step(f"{path}: checking the model for code")
     import_keras()

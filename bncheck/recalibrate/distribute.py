@@ -3,7 +3,7 @@
 ``mirrored`` is ``tf.distribute.MirroredStrategy`` over every local GPU (or ``--devices``);
 ``multi-worker`` is ``tf.distribute.MultiWorkerMirroredStrategy`` over the cluster that
 ``TF_CONFIG`` describes, one process per machine, each using its local GPUs. The model is loaded
-under the strategy's scope; ``bncheck.probe.passes`` splits each global batch across the
+under the strategy's scope; ``bncheck.probe.runtimes.passes`` splits each global batch across the
 replicas and synchronises BatchNorm's batch moments across them, so the statistics are those
 one device computes on the same batches (see ``docs/distributed.md``). Only the chief writes.
 """
@@ -31,7 +31,7 @@ def make_strategy(name: str | None, devices: Sequence[str] = ()) -> Any:
         return None
     if name not in STRATEGIES:
         raise UsageError(f"--strategy {name!r}: choose {' or '.join(STRATEGIES)}")
-    from bncheck.probe.backend import import_keras
+    from bncheck.probe.runtimes.backend import import_keras
 
     import_keras()
     import tensorflow as tf

@@ -4,7 +4,8 @@
 - an ONNX model runs itself with onnxruntime (its graph checked for ops not known to be pure, as
   the probe checks it);
 - a SavedModel runs its serving signature with TensorFlow, its BatchNorm ops rewritten
-  (``bncheck.probe.savedmodel_runner``), after the same check of its ops; OUT is a new folder;
+  (``bncheck.probe.runtimes.savedmodel_runner``), after the same check of its ops; OUT is a
+  new folder;
 - a TorchScript archive runs itself with PyTorch, only with ``--unsafe``;
 - a PyTorch state dict or pickled module (``.pt``, ``.pth``) or a safetensors file holds no
   architecture bncheck runs: ``--runnable FILE`` names a runnable twin, the same network's ONNX
@@ -80,8 +81,8 @@ def open_runner(
     """Load ``path`` with its runtime, after the checks the probe makes."""
     found = detect.sniff(path)
     if found.name == "onnx":
-        from bncheck.probe import onnx_model
-        from bncheck.readers import onnx_graph
+        from bncheck.probe.runtimes import onnx_model
+        from bncheck.readers.onnx import onnx_graph
 
         model = onnx_graph.load(path)
         content = onnx_model.scan_graph(model)
@@ -90,7 +91,7 @@ def open_runner(
         return onnx_model.open_runner(path, model)
     if found.name == "savedmodel":
         return _open_savedmodel(path, options)
-    from bncheck.probe import torchscript_model
+    from bncheck.probe.runtimes import torchscript_model
 
     if not options.unsafe:
         raise UsageError(
@@ -111,8 +112,8 @@ def _open_savedmodel(
     path: str, options: RecalibrateOptions
 ) -> tuple[Runner, list[probe_data.InputSpec]]:
     """A SavedModel's serving signature, its ops checked before TensorFlow loads it."""
-    from bncheck.probe import savedmodel, savedmodel_runner
-    from bncheck.probe.backend import import_keras
+    from bncheck.probe.runtimes import savedmodel, savedmodel_runner
+    from bncheck.probe.runtimes.backend import import_keras
     from bncheck.readers import read_model
 
     content = savedmodel.scan_graph(path)
@@ -185,7 +186,7 @@ class Sweeper:
     def sweep(
         self, batches: Iterable[probe_data.Batch], *modes: str, outputs: bool = True
     ) -> Iterator[Any]:
-        from bncheck.probe.passes import Step
+        from bncheck.probe.runtimes.passes import Step
 
         for batch in batches:
             yield Step(batch.size, batch.labels, self.runner.run(batch.inputs, *modes))

@@ -134,7 +134,7 @@ def check_read_back(
 ) -> None:
     """The layers bncheck's reader found in the written file hold, bit for bit, the statistics
     written: each array read back decodes as the bytes written decode."""
-    from bncheck.readers import tensor_bytes
+    from bncheck.readers.codecs import tensor_bytes
 
     found = {layer.path: layer for layer in layers}
     for path, stored in written.items():

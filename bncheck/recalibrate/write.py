@@ -42,8 +42,8 @@ import h5py
 import numpy as np
 
 from bncheck.errors import ModelReadError
-from bncheck.readers.h5util import is_bfloat16, lookup
-from bncheck.readers.keras_archive import (
+from bncheck.readers.codecs.h5util import is_bfloat16, lookup
+from bncheck.readers.keras.keras_archive import (
     WEIGHTS_MEMBER,
     ZIP_ERRORS,
     inflate,

@@ -10,7 +10,7 @@ OUT is a new folder: a copy of the SavedModel in which only these bytes differ:
 
 So ``tf.train.load_checkpoint`` reads back the new values of the written tensors and, bit for
 bit, the old values of every other one. Each layer's variables are the ones bncheck's reader
-found for it (``bncheck.readers.savedmodel``), by the layer paths it reports.
+found for it (``bncheck.readers.tensorflow.savedmodel``), by the layer paths it reports.
 
 Refused, with one line: a SavedModel holding a link or anything but files and folders (every
 file is copied, and none from elsewhere), an OUT that exists, a compressed index block, a
@@ -27,11 +27,11 @@ from math import prod
 from pathlib import Path
 
 from bncheck.model import ModelDescription
-from bncheck.readers import savedmodel
-from bncheck.readers.crc32c import crc32c, mask
-from bncheck.readers.sstable import FOOTER_BYTES, read_table, varint
-from bncheck.readers.tensor_bundle import INDEX_SUFFIX, TensorBundle, data_shard_name
-from bncheck.readers.tf_protos import message_class
+from bncheck.readers.codecs.crc32c import crc32c, mask
+from bncheck.readers.tensorflow import savedmodel
+from bncheck.readers.tensorflow.sstable import FOOTER_BYTES, read_table, varint
+from bncheck.readers.tensorflow.tensor_bundle import INDEX_SUFFIX, TensorBundle, data_shard_name
+from bncheck.readers.tensorflow.tf_protos import message_class
 from bncheck.recalibrate.splice import (
     FIXED32,
     Patch,

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bncheck.readers import onnx_graph, onnx_proto
+from bncheck.readers.onnx import onnx_graph, onnx_proto
 from bncheck.recalibrate.splice import (
     LENGTH_DELIMITED,
     Patch,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from bncheck.readers import safetensors, torch_layers
+from bncheck.readers.pytorch import safetensors, torch_layers
 from bncheck.recalibrate.splice import (
     Patch,
     Statistics,

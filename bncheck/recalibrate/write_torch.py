@@ -24,9 +24,10 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from bncheck import formats
-from bncheck.readers import pytorch, torch_archive
 from bncheck.readers.framework_signatures import LEGACY_MAGIC, data_pickle_member
-from bncheck.readers.pickle_vm import PickledObject, TensorRef
+from bncheck.readers.pytorch import torch_archive
+from bncheck.readers.pytorch import torch_files as pytorch
+from bncheck.readers.pytorch.pickle_vm import PickledObject, TensorRef
 from bncheck.recalibrate.splice import (
     Patch,
     Statistics,

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bncheck.model import BatchStatisticsLayer, BNLayer, InitialValues, ModelDescription
-from bncheck.readers.torch_layers import SYNCHRONIZED_CLASSES, pre_041_note
+from bncheck.readers.pytorch.torch_layers import SYNCHRONIZED_CLASSES, pre_041_note
 
 #: ``ModelDescription.format`` of a model described in memory, as for live Keras models.
 LIVE_FORMAT = "live"

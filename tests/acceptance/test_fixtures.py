@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bncheck.readers import keras3_shards
+from bncheck.readers.keras import keras3_shards
 from tests.conftest import FIXTURES, CliResult, fixture_manifest
 
 MANIFEST = fixture_manifest()

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from bncheck.errors import ModelReadError
-from bncheck.probe import pure_ops, savedmodel
-from bncheck.readers.tf_protos import message_class
+from bncheck.probe import pure_ops
+from bncheck.probe.runtimes import savedmodel
+from bncheck.readers.tensorflow.tf_protos import message_class
 from tests.conftest import FIXTURES, CliResult
 from tests.hardening.hostile import CANARY, graph_ops
 
@@ -193,7 +194,7 @@ def test_unreadable_graph_is_one_line(run_cli: Run, tmp_path: Path) -> None:
 SCAN_IN_CHILD = """
 import json, sys
 from bncheck.errors import ModelReadError
-from bncheck.probe import savedmodel
+from bncheck.probe.runtimes import savedmodel
 from tests.hardening._child import peak_rss_kib
 try:
     savedmodel.scan_graph(sys.argv[1])

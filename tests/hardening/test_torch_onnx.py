@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bncheck.readers import onnx_graph, pickle_vm, read_model
-from bncheck.readers.pickle_vm import Budget, PickleRefused
+from bncheck.readers import read_model
+from bncheck.readers.onnx import onnx_graph
+from bncheck.readers.pytorch import pickle_vm
+from bncheck.readers.pytorch.pickle_vm import Budget, PickleRefused
 from tests.hardening.hostile import HostileCase
 from tests.hardening.hostile import torch_onnx as hostile
 from tests.hardening.processes import run_child

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bncheck.probe.passes import _figures
+from bncheck.probe.runtimes.passes import _figures
 
 
 def figures(outputs: np.ndarray, expected: np.ndarray | None, compare: bool) -> np.ndarray:

@@ -130,7 +130,8 @@ def digest(path: Path) -> str:
 
 
 def test_probe_never_changes_the_model(run_cli: Run, tmp_path: Path) -> None:
-    from bncheck.probe import keras_model, measure
+    from bncheck.probe import measure
+    from bncheck.probe.runtimes import keras_model
 
     model_path = tmp_path / "stale.keras"
     model_path.write_bytes((PROBE / "stale_stats.keras").read_bytes())
@@ -401,7 +402,7 @@ def keras_3_load_error(tmp_path: Path) -> str:
     """The load error of a Keras 3 archive whose configuration names a class nobody
     registered (not even another test of this session)."""
     from bncheck.errors import ModelReadError
-    from bncheck.probe.keras_model import load_model
+    from bncheck.probe.runtimes.keras_model import load_model
 
     source, target = PROBE / "stale_stats.keras", tmp_path / "unknown_class.keras"
     with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w") as out:

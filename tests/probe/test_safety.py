@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bncheck.probe import keras_model
+from bncheck.probe.runtimes import keras_model
 from bncheck.probe.safety import model_config, scan_config
 from tests.conftest import FIXTURES, fixture_manifest
 

@@ -86,8 +86,8 @@ def inspect(run_cli: Run, model: Path, data: Path) -> tuple[int, dict[str, Any]]
 def test_stored_outputs_are_the_serving_signature_s_bit_for_bit(
     exported: dict[str, Any],
 ) -> None:
-    from bncheck.probe import savedmodel_runner
     from bncheck.probe.runtime import ESTIMATED, STORED, TRAINING
+    from bncheck.probe.runtimes import savedmodel_runner
     from bncheck.readers import read_model
 
     folder = exported["out"] / "stale"

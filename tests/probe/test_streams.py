@@ -11,8 +11,7 @@ import tensorflow as tf
 
 from bncheck.errors import UsageError
 from bncheck.probe.data import Batch, InputSpec, data_source, open_data
-from bncheck.probe.options import DatasetFunction, FeatureSpec, RecordOptions
-from bncheck.probe.streams import (
+from bncheck.probe.data.streams import (
     StreamData,
     TFRecordData,
     parse_dataset_fn,
@@ -20,6 +19,7 @@ from bncheck.probe.streams import (
     parse_records,
     served,
 )
+from bncheck.probe.options import DatasetFunction, FeatureSpec, RecordOptions
 
 IMAGE = InputSpec("image", (None, 4, 4, 1), "float32")
 ROWS = InputSpec("rows", (None, 3), "float32")

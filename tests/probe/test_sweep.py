@@ -16,9 +16,9 @@ import pytest
 
 from bncheck.engine import judged, probe_findings
 from bncheck.findings import Finding, Severity
-from bncheck.probe import keras_model
 from bncheck.probe.options import ProbeOptions
 from bncheck.probe.runner import BatchPlan, probe_keras_model
+from bncheck.probe.runtimes import keras_model
 from bncheck.readers import read_model
 from bncheck.rules._arrays import untouched_while_trained
 from bncheck.settings import Settings

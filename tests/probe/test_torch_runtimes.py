@@ -95,9 +95,9 @@ def test_the_truth_of_each_network(run_cli: Run, nets: dict[str, Any], form: str
 def test_onnx_inference_is_onnxruntimes_own(nets: dict[str, Any]) -> None:
     import onnxruntime
 
-    from bncheck.probe.onnx_model import OnnxRunner
     from bncheck.probe.runtime import STORED
-    from bncheck.readers import onnx_graph
+    from bncheck.probe.runtimes.onnx_model import OnnxRunner
+    from bncheck.readers.onnx import onnx_graph
 
     path = nets["stale"]["onnx"]
     batch = nets["data"].test_x[:32]
@@ -112,7 +112,7 @@ def test_torchscript_inference_is_evals_own_and_leaves_the_module_as_it_was(
     nets: dict[str, Any],
 ) -> None:
     from bncheck.probe.runtime import ESTIMATED, STORED, TRAINING
-    from bncheck.probe.torchscript_model import TorchScriptRunner
+    from bncheck.probe.runtimes.torchscript_model import TorchScriptRunner
 
     module = torch.jit.load(str(nets["stale"]["torchscript"]))
     before = {name: value.clone() for name, value in module.state_dict().items()}

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from keras import layers
 
-from bncheck.probe import keras_model
 from bncheck.probe.measure import estimate
-from bncheck.probe.passes import STORED, TRAINING, Passes
+from bncheck.probe.runtimes import keras_model
+from bncheck.probe.runtimes.passes import STORED, TRAINING, Passes
 from tests.conftest import CliResult
 from tests.probe import training_only
 from tests.probe.training_only import digits

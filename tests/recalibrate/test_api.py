@@ -16,7 +16,7 @@ import tensorflow as tf
 
 import bncheck
 from bncheck.errors import UsageError
-from bncheck.probe import keras_model
+from bncheck.probe.runtimes import keras_model
 from bncheck.readers import read_model
 from bncheck.recalibrate.results import FROZEN, RECALIBRATED, Recalibration, Verification
 from tests.conftest import FIXTURES

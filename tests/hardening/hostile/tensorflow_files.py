@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bncheck.readers.checkpoint import MAX_OBJECT_GRAPH_BYTES
-from bncheck.readers.crc32c import crc32c, mask
-from bncheck.readers.sstable import TABLE_MAGIC
-from bncheck.readers.tf_protos import message_class
+from bncheck.readers.codecs.crc32c import crc32c, mask
+from bncheck.readers.tensorflow.checkpoint import MAX_OBJECT_GRAPH_BYTES
+from bncheck.readers.tensorflow.sstable import TABLE_MAGIC
+from bncheck.readers.tensorflow.tf_protos import message_class
 from tests.bundle_tools import DT_FLOAT, DT_STRING, Tensor, tensor_bytes, varint, write_table
 from tests.conftest import FIXTURES
 from tests.hardening.hostile import HostileCase
@@ -220,7 +220,7 @@ def _with_object_graph(
 
 
 def _bn_entries(prefix: Path) -> list[tuple[bytes, bytes]]:
-    from bncheck.readers.sstable import read_table
+    from bncheck.readers.tensorflow.sstable import read_table
 
     table = read_table(Path(f"{prefix}.index").read_bytes())
     return [(key, value) for key, value in table.items() if key]

@@ -229,7 +229,7 @@ def safetensors_nested_header(folder: Path) -> list[str]:
 
 
 def _onnx_model(nodes: list[Any], initializers: list[Any]) -> bytes:
-    from bncheck.readers import onnx_proto
+    from bncheck.readers.onnx import onnx_proto
 
     model = onnx_proto.model_class()(ir_version=8, producer_name="hostile")
     model.opset_import.add(domain="", version=15)
@@ -240,7 +240,7 @@ def _onnx_model(nodes: list[Any], initializers: list[Any]) -> bytes:
 
 
 def _bn_node(index: int, parameters: Sequence[str]) -> Any:
-    from bncheck.readers import onnx_proto
+    from bncheck.readers.onnx import onnx_proto
 
     node = onnx_proto.message_class("NodeProto")(
         op_type="BatchNormalization", name=f"bn{index}", input=[f"x{index}", *parameters]
@@ -250,7 +250,7 @@ def _bn_node(index: int, parameters: Sequence[str]) -> Any:
 
 
 def _tensor(name: str, dims: Sequence[int], **fields: Any) -> Any:
-    from bncheck.readers import onnx_proto
+    from bncheck.readers.onnx import onnx_proto
 
     return onnx_proto.message_class("TensorProto")(name=name, dims=dims, data_type=1, **fields)
 
@@ -273,7 +273,7 @@ def onnx_shared_initializer(folder: Path) -> list[str]:
 
 def onnx_overlapping_external_ranges(folder: Path) -> list[str]:
     """Hundreds of initializers, each naming almost the same external bytes (4 bytes apart)."""
-    from bncheck.readers import onnx_proto
+    from bncheck.readers.onnx import onnx_proto
 
     count = SHARED_LAYERS * 4
     (folder / "weights.bin").write_bytes(np.ones(SHARED_CHANNELS + count, "<f4").tobytes())

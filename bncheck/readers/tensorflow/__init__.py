@@ -1,0 +1,2 @@
+"""Readers of TensorFlow files: checkpoints, SavedModels, tensor bundles and graphs, read
+without TensorFlow."""
