@@ -756,14 +756,30 @@ def _metric(
 def _batch_dependence(
     runner: Runner, batch: Batch, whole: Any, outputs: dict[str, OutputSums]
 ) -> list[str]:
+    # The same compiled call as the whole batch's (its training pass is not used).
+    return _half_alone(
+        batch,
+        whole.outputs,
+        lambda inputs: runner.run(inputs, STORED, TRAINING)[0].outputs,
+        outputs,
+    )
+
+
+def _half_alone(
+    batch: Batch,
+    within: Sequence[tuple[str, np.ndarray]],
+    run: Callable[[list[np.ndarray]], Sequence[tuple[str, np.ndarray]]],
+    outputs: dict[str, OutputSums],
+) -> list[str]:
+    """BN016's measurement: each output of the first half of ``batch`` run alone (``run``)
+    against the same rows within the whole batch (``within``), relative to their norm."""
     count = batch.size // 2
     if count < 1:
         return ["a batch of one sample cannot show batch-dependent inference (BN016)"]
-    # The same compiled call as the whole batch's (its training pass is not used).
-    alone, _ = runner.run([array[:count] for array in batch.inputs], STORED, TRAINING)
-    for (name, within), (_, by_itself) in zip(whole.outputs, alone.outputs, strict=True):
+    alone = run([array[:count] for array in batch.inputs])
+    for (name, whole), (_, by_itself) in zip(within, alone, strict=True):
         outputs[name].half_dependence = _ratio(
-            _squared_norm(by_itself - within[:count]), _squared_norm(within[:count])
+            _squared_norm(by_itself - whole[:count]), _squared_norm(whole[:count])
         )
     return []
 
@@ -791,13 +807,12 @@ def measure_savedmodel(
                 if trained is not None:
                     totals.add_training(values, trained[index][1])
             if count == 0:
-                half = batch.size // 2
-                if half >= 1:
-                    alone = subject.run([array[:half] for array in batch.inputs], training=False)
-                    for (name, within), (_, by_itself) in zip(inferred, alone, strict=True):
-                        outputs[name].half_dependence = _ratio(
-                            _squared_norm(by_itself - within[:half]), _squared_norm(within[:half])
-                        )
+                notes += _half_alone(
+                    batch,
+                    inferred,
+                    lambda inputs: subject.run(inputs, training=False),
+                    outputs,
+                )
             if batch.labels is not None and len(inferred) == 1:
                 metrics[STORED].add(inferred[0][1], batch.labels)
                 if trained is not None:
