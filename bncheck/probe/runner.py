@@ -7,8 +7,9 @@ reads the configuration (or the SavedModel graph) before Keras or TensorFlow loa
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from bncheck import formats
@@ -150,29 +151,14 @@ def probe_keras_model(
     """Measure a loaded Keras model on the data (see ``measure``). The comparison re-estimates
     the statistics of trainable layers, as ``bncheck recalibrate`` does by default."""
     from bncheck.probe import measure
+    from bncheck.probe.runtimes import keras_model
+    from bncheck.probe.runtimes.keras_runner import KerasRunner
 
-    measured = measure.measure_keras(
-        model,
-        source.batches,
-        reestimate=lambda _, layer: bool(layer.trainable),
-        untouched=untouched,
-        progress=sweep_progress(step, source),
-        real=source.real,
-    )
-    return ProbeResult(
-        path=path,
-        loader="keras",
-        content=content,
-        unsafe=options.unsafe,
-        data=replace(
-            source.describe(measured.samples, measured.batches),
-            split_batch=measured.split_batch,
-        ),
-        modes=measured.modes,
-        outputs=measured.outputs,
-        layers=measured.layers,
-        notes=data_notes(source.real, source.integer_inputs) + measured.notes,
-    )
+    runner = KerasRunner(model, keras_model.batchnorm_layers(model))
+    found = measure.ProbeFound(path, "keras", content, options.unsafe)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras's input-structure notes are not for users
+        return measure.probe_result(runner, source, found, untouched, step)
 
 
 def probe_savedmodel(
