@@ -140,7 +140,7 @@ class GuardResult:
             line = (
                 f"{when} the moving statistics of {_layers(len(self.stuck))} have not moved: "
                 f"does your training loop call the model with training=True? "
-                f"({_named(self.stuck)})"
+                f"({named_paths(self.stuck)})"
             )
             if self.moved:
                 line += (
@@ -153,13 +153,11 @@ class GuardResult:
             lines.append(
                 f"the moving statistics of {_layers(len(paths))} cannot move: "
                 f"momentum={momentum} {effect}; use momentum 0.99, and trainable=False to "
-                f"freeze a layer ({_named(paths)})"
+                f"freeze a layer ({named_paths(paths)})"
             )
         lines += _ignored_lines(self.ignored_momentum)
         lines += stale_lines(self.stale, KERAS_GUARD_WORDS)
-        for finding in self.findings:
-            where = f" at {finding.layer}" if finding.layer else ""
-            lines.append(f"{finding.rule} {finding.name}{where}: {finding.message}")
+        lines += finding_lines(self.findings)
         if self.frozen:
             lines.append(
                 f"({_layers(len(self.frozen))} frozen with trainable=False: not expected to "
@@ -560,9 +558,18 @@ def stale_lines(stale: Sequence[Staleness], words: GuardWords) -> list[str]:
             f"{worst.disagreement:.2f} standard deviations (RMS), {_times(worst)} what one "
             f"batch's statistics differ from the others' ({worst.spread:.2f}), which is all "
             f"training accustoms the network to; {_cause(worst, words)}; or re-estimate them "
-            f"after training ({words.re_estimate}) ({_named(item.layer for item in group)})"
+            f"after training ({words.re_estimate}) ({named_paths(item.layer for item in group)})"
         )
     return lines
+
+
+def finding_lines(findings: Iterable[Finding]) -> list[str]:
+    """The static rules' findings, one line each, as both guards list them."""
+    return [
+        f"{finding.rule} {finding.name}{f' at {finding.layer}' if finding.layer else ''}: "
+        f"{finding.message}"
+        for finding in findings
+    ]
 
 
 def _times(item: Staleness) -> str:
@@ -626,7 +633,8 @@ def _layers(count: int) -> str:
     return f"{count} BatchNorm layer{'' if count == 1 else 's'}"
 
 
-def _named(paths: Iterable[str]) -> str:
-    paths = list(paths)
+def named_paths(paths: Iterable[str]) -> str:
+    """The first ``NAMED_LAYERS`` paths, then how many more; both guards name layers so."""
+    paths = [path or "(the model itself)" for path in paths]
     shown = ", ".join(paths[:NAMED_LAYERS])
     return shown if len(paths) <= NAMED_LAYERS else f"{shown} and {len(paths) - NAMED_LAYERS} more"

@@ -43,7 +43,9 @@ from bncheck.guard import (
     GuardResult,
     GuardWords,
     Staleness,
+    finding_lines,
     measure_fit,
+    named_paths,
     stale_layers,
     stale_lines,
 )
@@ -83,28 +85,27 @@ class TorchGuardResult(GuardResult):
         if not self.problem:
             return ""
         lines = []
+        units = TORCH_GUARD_WORDS.units
         when = f"after {self.steps} steps, " if self.steps else ""
         if self.stuck:
             lines.append(
-                f"{when}{_modules(len(self.stuck))} never ran in training mode while their "
+                f"{when}{units(len(self.stuck))} never ran in training mode while their "
                 "weight and bias trained, so running_mean and running_var never updated: call "
                 "model.train() before the training steps (model.eval() only to evaluate) "
-                f"({_named(self.stuck)})"
+                f"({named_paths(self.stuck)})"
             )
         if self.fixed_by_momentum:
             lines.append(
-                f"running_mean and running_var of {_modules(len(self.fixed_by_momentum))} cannot "
+                f"running_mean and running_var of {units(len(self.fixed_by_momentum))} cannot "
                 "update: momentum=0 keeps them fixed in model.train() too; use PyTorch's "
                 "default momentum=0.1, or momentum=None for a cumulative average "
-                f"({_named(self.fixed_by_momentum)})"
+                f"({named_paths(self.fixed_by_momentum)})"
             )
         lines += stale_lines(self.stale, TORCH_GUARD_WORDS)
-        for finding in self.findings:
-            where = f" at {finding.layer}" if finding.layer else ""
-            lines.append(f"{finding.rule} {finding.name}{where}: {finding.message}")
+        lines += finding_lines(self.findings)
         if self.frozen:
             lines.append(
-                f"({_modules(len(self.frozen))} frozen (requires_grad=False or FrozenBatchNorm): "
+                f"({units(len(self.frozen))} frozen (requires_grad=False or FrozenBatchNorm): "
                 "not expected to update; not a problem)"
             )
         return "\n".join(lines)
@@ -344,16 +345,6 @@ def _warming_up(module: nn.Module) -> bool:
     if momentum is None or tracked is None or not 0.0 < float(momentum) < 1.0:
         return False
     return bool((1.0 - max(float(momentum), 0.1)) ** int(tracked) > WARM_UP_WEIGHT)
-
-
-def _modules(count: int) -> str:
-    return f"{count} BatchNorm module{'' if count == 1 else 's'}"
-
-
-def _named(paths: list[str] | tuple[str, ...]) -> str:
-    paths = list(paths)
-    shown = ", ".join(path or "(the module itself)" for path in paths[:3])
-    return shown if len(paths) <= 3 else f"{shown} and {len(paths) - 3} more"
 
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
