@@ -18,14 +18,15 @@ is the noise a comparison has to beat.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from bncheck import verdict
 from bncheck.errors import BncheckError
 from bncheck.findings import Finding, Report
-from bncheck.model import BNLayer
+from bncheck.model import KERAS_WORDS, BNLayer, Vocabulary
 
 #: A layer's moving mean and moving variance.
 MovingStats = tuple[np.ndarray, np.ndarray]
@@ -37,18 +38,21 @@ MOVEMENT_RULES = frozenset({"BN001", "BN008"})
 #: Layer paths a message names before it abbreviates.
 NAMED_LAYERS = 3
 
-#: Inference-mode outputs off by less than this many standard deviations (RMS over channels) are
-#: not stale, whatever the noise: the smallest disagreement worth a warning.
-MIN_DISAGREEMENT = 0.3
+#: Inference-mode outputs off by less than this many standard deviations (RMS over channels)
+#: never matter: a floor for layers whose batches all have the same statistics (full-batch
+#: training), where noise is zero.
+NEGLIGIBLE = 0.05
 
-#: A disagreement counts only beyond this many times what batch noise alone explains.
+#: A disagreement counts only beyond this many times what the estimate's own noise explains.
 NOISE_FACTOR = 3.0
 
-#: Layers beyond noise are stale together when the root of the sum of their squared
-#: disagreements passes this: errors compound through the network. Calibrated on the digits: MLPs
-#: at 0.37 and 0.61 lost 0.7 and 1 point in inference mode; CNNs at 0.77 to 1.33 fell from 96-99%
-#: in training mode to 10-22% in inference mode (one at 0.69, at 26%, stays below).
-MODEL_DISAGREEMENT = 0.65
+#: A disagreement matters beyond this many times one batch's own disagreement with the others:
+#: training normalises every step with its own batch's statistics, so the network is used to
+#: that much; several times more, it meets inputs it never met. Calibrated on a matrix of digits
+#: models (docs/guard.md): stale fits that lost 8 to 87 points in inference mode measured 5 to 64
+#: times their spread, healthy ones (dropout, augmentation, momentum 0.9 and 0.99, batch 8 to
+#: 128) at most 3.1 times.
+SPREAD_FACTOR = 4.0
 
 #: Mid-training, the statistics are judged once the starting values keep less than this weight
 #: (``momentum ** steps``); before that the warm-up dominates and fades by itself.
@@ -95,7 +99,9 @@ class GuardResult:
     """Layers whose statistics moved (or stayed) against what their configured momentum
     allows: training runs with another momentum than the layer's attribute says."""
     stale: tuple[Staleness, ...] = ()
-    """Layers whose moving statistics do not fit the inputs of recent batches beyond noise."""
+    """Layers whose moving statistics do not fit the inputs of recent batches beyond noise and
+    beyond what one batch's own statistics differ from the others' (``stale_layers``); judged
+    as training ends (the PyTorch guard: at every check)."""
     measured: tuple[Staleness, ...] = ()
     """Every layer whose fit with recent batches this check measured, stale or not."""
 
@@ -134,7 +140,7 @@ class GuardResult:
             line = (
                 f"{when} the moving statistics of {_layers(len(self.stuck))} have not moved: "
                 f"does your training loop call the model with training=True? "
-                f"({_named(self.stuck)})"
+                f"({named_paths(self.stuck)})"
             )
             if self.moved:
                 line += (
@@ -147,13 +153,11 @@ class GuardResult:
             lines.append(
                 f"the moving statistics of {_layers(len(paths))} cannot move: "
                 f"momentum={momentum} {effect}; use momentum 0.99, and trainable=False to "
-                f"freeze a layer ({_named(paths)})"
+                f"freeze a layer ({named_paths(paths)})"
             )
         lines += _ignored_lines(self.ignored_momentum)
-        lines += _stale_lines(self.stale)
-        for finding in self.findings:
-            where = f" at {finding.layer}" if finding.layer else ""
-            lines.append(f"{finding.rule} {finding.name}{where}: {finding.message}")
+        lines += stale_lines(self.stale, KERAS_GUARD_WORDS)
+        lines += finding_lines(self.findings)
         if self.frozen:
             lines.append(
                 f"({_layers(len(self.frozen))} frozen with trainable=False: not expected to "
@@ -202,6 +206,12 @@ class IgnoredMomentum:
     momentum of 1.0 or more, 0 under a lower one that followed 1.0."""
 
 
+#: Why statistics do not fit: starting values that still weigh too much (a run too short for
+#: its momentum), a network that changed faster than the momentum averages, or statistics that
+#: were not updated while the batches ran (PyTorch modules run in eval mode).
+Cause = Literal["warm-up", "lag", "not updated"]
+
+
 @dataclass(frozen=True)
 class Staleness:
     """How well one layer's moving statistics fit the inputs of recent training batches."""
@@ -212,24 +222,33 @@ class Staleness:
     """How far inference-mode outputs are from training-mode outputs on those inputs: the RMS
     over channels, in standard deviations of the layer's output."""
     noise: float
-    """The disagreement that batch-to-batch noise alone explains."""
+    """The disagreement that the estimate's noise alone explains."""
+    spread: float
+    """One recent batch's own disagreement with the others (RMS over the batches): the
+    perturbation of its normalisation that the network meets at every training step."""
     batches: int
     """The recent batches measured."""
-    momentum: float
-    """The layer's momentum."""
+    momentum: float | None
+    """The layer's momentum in Keras's convention (the weight the old statistics keep);
+    ``None`` for a cumulative average (PyTorch's ``momentum=None``)."""
     steps: int
     """Training steps since the snapshot."""
     start_weight: float
     """The weight the statistics still give their values at the snapshot: ``momentum ** steps``."""
-    warm_up: bool = field(default=False)
-    """Whether the starting values' remaining weight explains the disagreement: without them the
-    statistics would fit."""
+    cause: Cause = "lag"
+    """Why they do not fit, when they do not."""
+
+    @property
+    def warm_up(self) -> bool:
+        """Whether the starting values' remaining weight explains the disagreement: without
+        them the statistics would fit."""
+        return self.cause == "warm-up"
 
     @property
     def stale(self) -> bool:
-        """Whether the disagreement is beyond noise and not negligible; whether it matters is
-        judged over all layers together (``GuardResult.stale``)."""
-        return _beyond_noise(self.disagreement, self.noise)
+        """Whether the disagreement is beyond the estimate's noise and beyond what the network
+        meets at every training step (``SPREAD_FACTOR`` times one batch's spread)."""
+        return _beyond_noise(self.disagreement, self.noise, self.spread)
 
 
 def snapshot(layers: Iterable[BNLayer]) -> dict[str, MovingStats]:
@@ -252,8 +271,11 @@ def judge(
     are not constants (so that its starting point is unknown) is left out of the movement check.
     ``changes`` are the momentum changes seen during training, by layer path (the latest each);
     ``window`` the moving statistics read after consecutive training steps, ending now, from
-    which each layer's fit with recent batches is measured. Mid-training (``final`` false) the
-    starting values' remaining weight is discounted: the warm-up fades by itself.
+    which each layer's fit with recent batches is measured. Stale statistics are a problem only
+    as training ends (``final``): mid-training they are measured (``GuardResult.measured``, the
+    starting values' remaining weight discounted) but not reported, since a network that still
+    learns fast outruns any slow average for a while, and the fit as training ends is what
+    inference gets.
     """
     changes = changes or {}
     stuck: list[str] = []
@@ -297,7 +319,7 @@ def judge(
         findings=findings,
         report=report,
         ignored_momentum=tuple(ignored),
-        stale=_stale(measured),
+        stale=stale_layers(measured) if final else (),
         measured=tuple(measured),
     )
 
@@ -377,6 +399,37 @@ def disagreement(
     return float(np.sqrt(np.mean(squared)))
 
 
+def measure_fit(
+    moving: MovingStats,
+    batch_means: np.ndarray,
+    batch_variances: np.ndarray,
+    epsilon: float,
+    averaged: float,
+) -> tuple[float, float, float]:
+    """The fit of ``moving`` with recent batches (one row of means and variances per batch, as
+    training mode normalises them): the disagreement, the noise that explains, and one batch's
+    own disagreement with the others (the spread). ``averaged`` is about how many batches the
+    moving statistics average (``(1 + m) / (1 - m)`` for Keras's momentum ``m``): their own
+    noise adds to that of the pool of recent batches. Both guards judge with this."""
+    count = len(batch_means)
+    spread = np.sqrt(
+        np.mean(
+            [
+                disagreement(
+                    (batch_means[k], batch_variances[k]),
+                    np.delete(batch_means, k, axis=0),
+                    np.delete(batch_variances, k, axis=0),
+                    epsilon,
+                )
+                ** 2
+                for k in range(count)
+            ]
+        )
+    )
+    noise = float(spread * np.sqrt(1.0 / count + 1.0 / max(averaged, 1.0)))
+    return disagreement(moving, batch_means, batch_variances, epsilon), noise, float(spread)
+
+
 def staleness(
     layer: BNLayer,
     window: Sequence[Mapping[str, MovingStats]],
@@ -394,24 +447,6 @@ def staleness(
     if batches is None:
         return None
     batch_means, batch_variances = batches
-    count = len(batch_means)
-    # One batch's own disagreement with the others: what a single batch's noise is; the moving
-    # average (about (1 + m) / (1 - m) batches) and the pool of recent batches have less.
-    single = np.sqrt(
-        np.mean(
-            [
-                disagreement(
-                    (batch_means[k], batch_variances[k]),
-                    np.delete(batch_means, k, axis=0),
-                    np.delete(batch_variances, k, axis=0),
-                    epsilon,
-                )
-                ** 2
-                for k in range(count)
-            ]
-        )
-    )
-    noise = float(single * np.sqrt(1.0 / count + (1.0 - momentum) / (1.0 + momentum)))
     weight = momentum**steps
     current = (np.asarray(reads[-1][0], "float64"), np.asarray(reads[-1][1], "float64"))
     debiased = None
@@ -424,35 +459,39 @@ def staleness(
         if debiased is None:
             return None
         current = (debiased[0], debiased[1])
-    measured = disagreement(current, batch_means, batch_variances, epsilon)
-    warm_up = bool(
-        final
-        and debiased is not None
-        and _beyond_noise(measured, noise)
-        and not _beyond_noise(
-            disagreement((debiased[0], debiased[1]), batch_means, batch_variances, epsilon), noise
-        )
-    )
+    averaged = (1.0 + momentum) / (1.0 - momentum)
+    measured, noise, spread = measure_fit(current, batch_means, batch_variances, epsilon, averaged)
+    cause: Cause = "lag"
+    if final and _beyond_noise(measured, noise, spread):
+        if debiased is None:
+            cause = "warm-up"
+        else:
+            unbiased = disagreement(
+                (debiased[0], debiased[1]), batch_means, batch_variances, epsilon
+            )
+            if not _beyond_noise(unbiased, noise, spread):
+                cause = "warm-up"
     return Staleness(
         layer=layer.path,
         disagreement=measured,
         noise=noise,
-        batches=count,
+        spread=spread,
+        batches=len(batch_means),
         momentum=momentum,
         steps=steps,
         start_weight=weight,
-        warm_up=warm_up or (final and debiased is None and _beyond_noise(measured, noise)),
+        cause=cause,
     )
 
 
-def _stale(measured: Sequence[Staleness]) -> tuple[Staleness, ...]:
-    beyond = [item for item in measured if item.stale]
-    total = float(np.sqrt(sum(item.disagreement**2 for item in beyond)))
-    return tuple(beyond) if total > MODEL_DISAGREEMENT else ()
+def stale_layers(measured: Sequence[Staleness]) -> tuple[Staleness, ...]:
+    """The layers whose statistics do not fit recent batches beyond noise, by the one rule both
+    guards apply."""
+    return tuple(item for item in measured if item.stale)
 
 
-def _beyond_noise(disagreement: float, noise: float) -> bool:
-    return disagreement > max(MIN_DISAGREEMENT, NOISE_FACTOR * noise)
+def _beyond_noise(disagreement: float, noise: float, spread: float) -> bool:
+    return disagreement > max(NEGLIGIBLE, NOISE_FACTOR * noise, SPREAD_FACTOR * spread)
 
 
 def _ignored_lines(ignored: Sequence[IgnoredMomentum]) -> list[str]:
@@ -483,33 +522,87 @@ def _ignored_lines(ignored: Sequence[IgnoredMomentum]) -> list[str]:
     return lines
 
 
-def _stale_lines(stale: Sequence[Staleness]) -> list[str]:
+@dataclass(frozen=True)
+class GuardWords:
+    """How a guard's messages name things in its framework."""
+
+    statistics: str
+    """The stored statistics as the user's code names them: ``the moving statistics``."""
+    unit: str
+    """What holds them: ``BatchNorm layer``, ``BatchNorm module``."""
+    vocabulary: Vocabulary
+    """The framework's words for modes and momentum."""
+    re_estimate: str
+    """How to re-estimate the statistics after training."""
+
+    def units(self, count: int) -> str:
+        return f"{count} {self.unit}{'' if count == 1 else 's'}"
+
+
+KERAS_GUARD_WORDS = GuardWords(
+    "the moving statistics", "BatchNorm layer", KERAS_WORDS, "bncheck recalibrate MODEL --data DATA"
+)
+
+
+def stale_lines(stale: Sequence[Staleness], words: GuardWords) -> list[str]:
+    """One line per cause of stale statistics, in the framework's words; both guards use it."""
     lines = []
-    for warm_up in (True, False):
-        group = [item for item in stale if item.warm_up is warm_up]
+    for cause in ("warm-up", "lag", "not updated"):
+        group = [item for item in stale if item.cause == cause]
         if not group:
             continue
-        worst = max(group, key=lambda item: item.disagreement)
-        if warm_up:
-            cause = (
-                f"after {worst.steps} steps at momentum={worst.momentum:g} they still give "
-                f"{worst.start_weight:.0%} weight to their starting values: the run is too short "
-                "for this momentum; train longer or use a lower momentum (0.9)"
-            )
-        else:
-            window = round((1.0 + worst.momentum) / (1.0 - worst.momentum))
-            cause = (
-                f"the network changed faster than momentum={worst.momentum:g} averages (about "
-                f"the last {window} batches); let the learning rate decay at the end of training"
-            )
+        worst = max(group, key=lambda item: item.disagreement / max(item.spread, 1e-12))
         lines.append(
-            f"the moving statistics of {_layers(len(group))} do not fit the inputs of the last "
-            f"{worst.batches} training batches: inference-mode outputs are off by up to "
-            f"{worst.disagreement:.2f} standard deviations (RMS) where batch noise explains "
-            f"{worst.noise:.2f}; {cause}; or re-estimate them after training (bncheck "
-            f"recalibrate MODEL --data DATA) ({_named(item.layer for item in group)})"
+            f"{words.statistics} of {words.units(len(group))} do not fit the inputs of the last "
+            f"{worst.batches} batches: {words.vocabulary.inference_mode} outputs are off by "
+            f"{worst.disagreement:.2f} standard deviations (RMS), {_times(worst)} what one "
+            f"batch's statistics differ from the others' ({worst.spread:.2f}), which is all "
+            f"training accustoms the network to; {_cause(worst, words)}; or re-estimate them "
+            f"after training ({words.re_estimate}) ({named_paths(item.layer for item in group)})"
         )
     return lines
+
+
+def finding_lines(findings: Iterable[Finding]) -> list[str]:
+    """The static rules' findings, one line each, as both guards list them."""
+    return [
+        f"{finding.rule} {finding.name}{f' at {finding.layer}' if finding.layer else ''}: "
+        f"{finding.message}"
+        for finding in findings
+    ]
+
+
+def _times(item: Staleness) -> str:
+    if item.spread <= 0.0:
+        return "beyond"
+    return f"{item.disagreement / item.spread:.0f} times"
+
+
+def _cause(item: Staleness, words: GuardWords) -> str:
+    vocabulary = words.vocabulary
+    if item.cause == "not updated":
+        return (
+            f"they ran these batches in {vocabulary.inference_mode} "
+            f"({vocabulary.inference_call}), which leaves them as they were"
+        )
+    if item.momentum is None:
+        return (
+            "a cumulative average (momentum=None) weighs the first batches as much as the "
+            "latest, and the network changed since; use a momentum "
+            f"({vocabulary.momentum(0.9):g})"
+        )
+    shown = f"momentum={vocabulary.momentum(item.momentum):g}"
+    if item.cause == "warm-up":
+        return (
+            f"after {item.steps} steps at {shown} they still give {item.start_weight * 100:.2g}% "
+            "weight to their starting values: the run is too short for this momentum; train "
+            f"longer or use momentum={vocabulary.momentum(0.9):g}"
+        )
+    window = round((1.0 + item.momentum) / (1.0 - item.momentum))
+    return (
+        f"the network changed faster than {shown} averages (about the last {window} "
+        "batches); let the learning rate decay at the end of training"
+    )
 
 
 def _layers_of(report: Report) -> tuple[BNLayer, ...]:
@@ -540,7 +633,8 @@ def _layers(count: int) -> str:
     return f"{count} BatchNorm layer{'' if count == 1 else 's'}"
 
 
-def _named(paths: Iterable[str]) -> str:
-    paths = list(paths)
+def named_paths(paths: Iterable[str]) -> str:
+    """The first ``NAMED_LAYERS`` paths, then how many more; both guards name layers so."""
+    paths = [path or "(the model itself)" for path in paths]
     shown = ", ".join(paths[:NAMED_LAYERS])
     return shown if len(paths) <= NAMED_LAYERS else f"{shown} and {len(paths) - NAMED_LAYERS} more"

@@ -3,8 +3,9 @@
 ``BatchNormGuard`` is a Keras callback for ``fit()``; ``watch(model)`` gives custom training
 loops the same check. Both snapshot every BatchNorm layer's moving statistics when training
 starts and, every ``check_after_steps`` steps, check that the statistics of every trainable layer
-moved as their momentum allows, that no momentum keeps them fixed, that they fit the inputs of
-the latest batches, and run the static rules of ``bncheck.check_model``.
+moved as their momentum allows, that no momentum keeps them fixed, and run the static rules of
+``bncheck.check_model``; as training ends, that the statistics fit the inputs of the latest
+batches beyond noise.
 
 Reading a model's variables costs a transfer from the device (and, under JAX, a sync of the
 whole training state back into the model), so the guard reads the moving statistics only in the
@@ -203,8 +204,9 @@ def watch(
 class BatchNormGuard(keras.callbacks.Callback):
     """A ``fit()`` callback that checks, every ``check_after_steps`` training batches and when
     ``fit()`` ends, that the moving statistics of every trainable BatchNorm layer moved since
-    training began as their momentum allows, that no momentum keeps them fixed, that they fit
-    the inputs of the latest batches, and that the static rules find no problem.
+    training began as their momentum allows, that no momentum keeps them fixed, that the static
+    rules find no problem and, as ``fit()`` ends, that they fit the inputs of the latest batches
+    beyond noise.
 
     Example::
 

@@ -1,19 +1,22 @@
 """``bncheck.torch.watch``: the training-loop guard for PyTorch, on forward hooks.
 
-A forward hook on every BatchNorm module counts its calls in training and in eval mode and,
-every few calls, keeps its input's batch moments (on the device, without synchronising). Every
-``check_after_steps`` steps (or at ``check()``), the guard reads the modules and finds:
+A forward hook on every BatchNorm module counts its calls in training and in eval mode and, in
+the last ``KEPT_MOMENTS`` steps before each check and every few calls otherwise, keeps its
+input's batch moments (on the device, without synchronising). Every ``check_after_steps``
+steps (or at ``check()``), the guard reads the modules and finds:
 
 - modules that never ran in training mode since the watch began while their ``weight`` or
   ``bias`` changed: the loop trains with the model in ``eval()`` (``running_mean`` and
   ``running_var`` never update);
 - ``momentum=0``, which keeps ``running_mean`` and ``running_var`` fixed in training mode too;
-- trainable modules whose running statistics disagree with the batch moments they saw recently,
-  beyond the moments' own noise, by BN014's limits;
+- trainable modules whose running statistics do not fit the batches they saw recently, by the
+  rule the Keras guard applies (``bncheck.guard.stale_layers``): beyond the estimate's noise and
+  several times what one batch's statistics differ from the others';
 - and, as ``check_module`` does, every static rule's finding at or above ``fail-on``.
 
-Between checks a hook costs a counter; one call in ``check_after_steps // 8`` also takes the
-input's mean and variance.
+Between checks a hook costs a counter; the calls of the last ``KEPT_MOMENTS`` steps before a
+check, and one call in ``check_after_steps // KEPT_MOMENTS`` otherwise, also take the input's
+mean and variance.
 """
 
 from __future__ import annotations
@@ -23,19 +26,30 @@ import os
 import sys
 import warnings
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 from bncheck.api import judged_report, resolve
 from bncheck.findings import Report
-from bncheck.guard import MOVEMENT_RULES, BatchNormGuardError, BatchNormWarning, GuardResult
-from bncheck.probe.measure import MomentSums
-from bncheck.probe.results import Staleness, staleness
+from bncheck.guard import (
+    MOVEMENT_RULES,
+    BatchNormGuardError,
+    BatchNormWarning,
+    GuardResult,
+    GuardWords,
+    Staleness,
+    finding_lines,
+    measure_fit,
+    named_paths,
+    stale_layers,
+    stale_lines,
+)
+from bncheck.model import PYTORCH_WORDS
 from bncheck.torch.modules import (
     TRACKING,
     BatchNormModule,
@@ -44,7 +58,6 @@ from bncheck.torch.modules import (
     frozen,
     tensor,
 )
-from bncheck.torch.moments import batch_moments
 
 #: What the guard does when a check finds a problem.
 OnProblem = Literal["warn", "raise", "stop"]
@@ -53,63 +66,46 @@ ON_PROBLEM = ("warn", "raise", "stop")
 #: Batch moments each module keeps between checks (the latest ones).
 KEPT_MOMENTS = 8
 
+TORCH_GUARD_WORDS = GuardWords(
+    "running_mean and running_var", "BatchNorm module", PYTORCH_WORDS, "bncheck.torch.recalibrate"
+)
+
 
 @dataclass(frozen=True)
 class TorchGuardResult(GuardResult):
     """What one check of the PyTorch guard found; ``stuck`` are the modules trained in eval
     mode, ``fixed_by_momentum`` those with ``momentum=0``."""
 
-    stale_modules: Mapping[str, Staleness] = field(default_factory=dict)
-    """Trainable modules whose running statistics disagree with their recent batch moments
-    beyond noise, with the figures."""
-
     @property
     def problem(self) -> bool:
-        return bool(self.stuck or self.fixed_by_momentum or self.stale_modules or self.findings)
-
-    @property
-    def keys(self) -> frozenset[tuple[str, str | None]]:
-        return super().keys | frozenset(("stale", path) for path in self.stale_modules)
+        return bool(self.stuck or self.fixed_by_momentum or self.stale or self.findings)
 
     @property
     def message(self) -> str:
         if not self.problem:
             return ""
         lines = []
+        units = TORCH_GUARD_WORDS.units
         when = f"after {self.steps} steps, " if self.steps else ""
         if self.stuck:
             lines.append(
-                f"{when}{_modules(len(self.stuck))} never ran in training mode while their "
+                f"{when}{units(len(self.stuck))} never ran in training mode while their "
                 "weight and bias trained, so running_mean and running_var never updated: call "
                 "model.train() before the training steps (model.eval() only to evaluate) "
-                f"({_named(self.stuck)})"
+                f"({named_paths(self.stuck)})"
             )
         if self.fixed_by_momentum:
             lines.append(
-                f"running_mean and running_var of {_modules(len(self.fixed_by_momentum))} cannot "
+                f"running_mean and running_var of {units(len(self.fixed_by_momentum))} cannot "
                 "update: momentum=0 keeps them fixed in model.train() too; use PyTorch's "
                 "default momentum=0.1, or momentum=None for a cumulative average "
-                f"({_named(self.fixed_by_momentum)})"
+                f"({named_paths(self.fixed_by_momentum)})"
             )
-        if self.stale_modules:
-            worst = max(self.stale_modules, key=lambda path: self.stale_modules[path].score)
-            figures = self.stale_modules[worst]
-            lines.append(
-                f"running_mean and running_var of {_modules(len(self.stale_modules))} disagree "
-                "with the "
-                "batches the modules saw recently, beyond noise (worst: "
-                f"{worst}, typical mean shift {figures.mean_shift:.3g} standard deviations, "
-                f"variance off by a factor of {figures.variance_factor:.3g}): they do not "
-                "describe the data the model trains on; check that nothing resets or loads them "
-                "and that momentum is not tiny, and re-estimate them with "
-                f"bncheck.torch.recalibrate ({_named(list(self.stale_modules))})"
-            )
-        for finding in self.findings:
-            where = f" at {finding.layer}" if finding.layer else ""
-            lines.append(f"{finding.rule} {finding.name}{where}: {finding.message}")
+        lines += stale_lines(self.stale, TORCH_GUARD_WORDS)
+        lines += finding_lines(self.findings)
         if self.frozen:
             lines.append(
-                f"({_modules(len(self.frozen))} frozen (requires_grad=False or FrozenBatchNorm): "
+                f"({units(len(self.frozen))} frozen (requires_grad=False or FrozenBatchNorm): "
                 "not expected to update; not a problem)"
             )
         return "\n".join(lines)
@@ -124,7 +120,9 @@ class _Tracked:
         self.training_calls = 0
         self.eval_calls = 0
         self.calls = 0
-        self.moments: deque[tuple[torch.Tensor, torch.Tensor, int]] = deque(maxlen=KEPT_MOMENTS)
+        self.recording = False
+        """Set by the watch in the steps just before a check: every call keeps its moments."""
+        self.moments: deque[tuple[torch.Tensor, torch.Tensor, bool]] = deque(maxlen=KEPT_MOMENTS)
         module = entry.module
         self.parameters = {
             name: getattr(module, name).detach().clone()
@@ -138,9 +136,15 @@ class _Tracked:
         else:
             self.eval_calls += 1
         self.calls += 1
-        if self.calls % self.every == 0 and args and isinstance(args[0], torch.Tensor):
-            with torch.no_grad():
-                self.moments.append(batch_moments(args[0]))
+        if (self.recording or self.calls % self.every == 0) and args:
+            inputs = args[0]
+            if isinstance(inputs, torch.Tensor) and inputs.dim() >= 2 and inputs.numel():
+                with torch.no_grad():
+                    values = inputs.detach().to(torch.float64)
+                    axes = [0, *range(2, values.dim())]
+                    # Training mode normalises with the biased variance.
+                    variance, mean = torch.var_mean(values, dim=axes, correction=0)
+                    self.moments.append((mean, variance, bool(module.training)))
 
     def weights_changed(self) -> bool:
         module = self.entry.module
@@ -149,18 +153,44 @@ class _Tracked:
             for name, before in self.parameters.items()
         )
 
-    def population(self) -> Any:
-        if len(self.moments) < 2:
+    def fit(self, steps: int) -> Staleness | None:
+        """How the running statistics fit the batches kept; ``None`` with fewer than three."""
+        if len(self.moments) < 3:
             return None
-        sums = MomentSums()
-        for mean, variance, samples in self.moments:
-            sums.mean = sums.mean + samples * mean.cpu().numpy()
-            sums.mean_squares = sums.mean_squares + samples * mean.cpu().numpy() ** 2
-            sums.variance = sums.variance + samples * variance.cpu().numpy()
-            sums.variance_squares = sums.variance_squares + samples * variance.cpu().numpy() ** 2
-            sums.weight += samples
-            sums.calls += 1
-        return sums.population()
+        module = self.entry.module
+        means = torch.stack([mean for mean, _, _ in self.moments]).cpu().numpy()
+        variances = torch.stack([variance for _, variance, _ in self.moments]).cpu().numpy()
+        running = (
+            tensor(module, "running_mean").detach().to(torch.float64).cpu().numpy(),
+            tensor(module, "running_var").detach().to(torch.float64).cpu().numpy(),
+        )
+        if running[0].shape != means.shape[1:]:
+            return None
+        momentum = getattr(module, "momentum", None)
+        tracked = int(getattr(module, "num_batches_tracked", 0) or 0)
+        if momentum is None:
+            averaged, keras_momentum, weight = float(max(tracked, 1)), None, 0.0
+        else:
+            keras_momentum = 1.0 - float(momentum)
+            averaged = (1.0 + keras_momentum) / max(1.0 - keras_momentum, 1e-12)
+            weight = keras_momentum**tracked
+        measured, noise, spread = measure_fit(
+            running, means, variances, float(getattr(module, "eps", 1e-5)), averaged
+        )
+        if not all(map(np.isfinite, (measured, noise, spread))):
+            return None
+        updated = any(training for _, _, training in self.moments)
+        return Staleness(
+            layer=self.entry.path,
+            disagreement=measured,
+            noise=noise,
+            spread=spread,
+            batches=len(self.moments),
+            momentum=keras_momentum,
+            steps=steps,
+            start_weight=weight,
+            cause="lag" if updated else "not updated",
+        )
 
 
 class BatchNormWatch:
@@ -198,6 +228,8 @@ class BatchNormWatch:
         self._tracked = [
             _Tracked(entry, every) for entry in batchnorm_modules(module) if entry.kind == TRACKING
         ]
+        for tracked in self._tracked:
+            tracked.recording = -1 % check_after_steps < KEPT_MOMENTS
         self._handles = [
             tracked.entry.module.register_forward_hook(functools.partial(_Tracked.hook, tracked))
             for tracked in self._tracked
@@ -209,9 +241,14 @@ class BatchNormWatch:
         """Count ``count`` training steps; check when the count reaches a multiple of
         ``check_after_steps``. Returns the check's result, or ``None`` when it did not check."""
         previous, self.steps = self.steps, self.steps + count
+        result = None
         if self.steps // self.check_after_steps > previous // self.check_after_steps:
-            return self.check()
-        return None
+            result = self.check()
+        # The next step is one of the last KEPT_MOMENTS before a check: keep all its moments.
+        recording = -(self.steps + 1) % self.check_after_steps < KEPT_MOMENTS
+        for tracked in self._tracked:
+            tracked.recording = recording
+        return result
 
     def check(self) -> TorchGuardResult:
         """Check now, act on any problem not acted on before, and return what was found."""
@@ -226,9 +263,8 @@ class BatchNormWatch:
         return result
 
     def _judge(self, report: Report) -> TorchGuardResult:
-        limits = self._settings.rules["BN014"].options
-        stuck, fixed, stale_paths, frozen_paths, moved = [], [], [], [], []
-        stale: dict[str, Staleness] = {}
+        stuck, fixed, frozen_paths, moved = [], [], [], []
+        measured: list[Staleness] = []
         for tracked in self._tracked:
             entry, module = tracked.entry, tracked.entry.module
             if frozen(entry):
@@ -241,21 +277,11 @@ class BatchNormWatch:
                 stuck.append(entry.path)
             if entry.path in stuck or entry.path in fixed or entry.path in frozen_paths:
                 continue
-            population = tracked.population()
-            if population is None or _warming_up(module):
+            if _warming_up(module):
                 continue
-            figures = staleness(
-                tensor(module, "running_mean").detach().cpu().numpy(),
-                tensor(module, "running_var").detach().cpu().numpy(),
-                population,
-                float(getattr(module, "eps", 1e-5)),
-            )
-            if figures is not None and (
-                figures.mean_shift > limits["max_mean_shift"]
-                or figures.variance_factor > limits["max_variance_factor"]
-            ):
-                stale[entry.path] = figures
-                stale_paths.append(entry.path)
+            fit = tracked.fit(self.steps)
+            if fit is not None:
+                measured.append(fit)
         covered = set(stuck) | set(fixed)
         findings = tuple(
             finding
@@ -270,7 +296,8 @@ class BatchNormWatch:
             moved=tuple(moved),
             findings=findings,
             report=report,
-            stale_modules=stale,
+            stale=stale_layers(measured),
+            measured=tuple(measured),
         )
 
     def _act(self, result: TorchGuardResult) -> None:
@@ -318,16 +345,6 @@ def _warming_up(module: nn.Module) -> bool:
     if momentum is None or tracked is None or not 0.0 < float(momentum) < 1.0:
         return False
     return bool((1.0 - max(float(momentum), 0.1)) ** int(tracked) > WARM_UP_WEIGHT)
-
-
-def _modules(count: int) -> str:
-    return f"{count} BatchNorm module{'' if count == 1 else 's'}"
-
-
-def _named(paths: list[str] | tuple[str, ...]) -> str:
-    paths = list(paths)
-    shown = ", ".join(path or "(the module itself)" for path in paths[:3])
-    return shown if len(paths) <= 3 else f"{shown} and {len(paths) - 3} more"
 
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
