@@ -107,6 +107,16 @@ def inspect_path(
         measured = run_probe_contained(path, probe, lambda text: show(f"{path}: {text}"), untouched)
     except ModelReadError as exc:
         return replace(result, error=f"probe: {exc}")
+    if probe.architecture is not None and measured.ran:
+        # The weights ran in the architecture's model: the static rules judge them with its
+        # layer paths, momentum, epsilon and trainable flags, which a weights file lacks.
+        from bncheck.probe.runtimes.architecture import paired, read_architecture
+
+        try:
+            description = paired(description, read_architecture(probe.architecture))
+        except ModelReadError as exc:
+            return replace(result, error=f"--architecture: {exc}")
+        result = judged(path, description, settings)
     if measured.loader == "keras":
         loaded = {
             layer.path: (layer.momentum, layer.epsilon)

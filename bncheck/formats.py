@@ -202,6 +202,10 @@ class Format:
     """What ``bncheck recalibrate`` writes it with; ``None`` when it does not write the format."""
     not_written: str = ""
     """What to do instead, when ``writer`` is ``None``: ``recalibrate`` says it."""
+    runs_with_architecture: bool = False
+    """Whether a weights-only file of this format runs in Keras once ``--architecture`` names
+    a ``.keras`` or full ``.h5`` file of the same network
+    (``bncheck.probe.runtimes.architecture``)."""
 
 
 def _is_savedmodel(candidate: Candidate) -> bool:
@@ -308,6 +312,12 @@ def _named(candidate: Candidate, suffix: str) -> bool:
 WEIGHTS_ONLY = (
     "it holds weights only: build the model in Keras, load_weights(FILE), and save it as .keras"
 )
+#: What the probe and recalibrate say of a Keras weights-only file given without
+#: ``--architecture`` (``Format.runs_with_architecture``).
+NEEDS_ARCHITECTURE = (
+    "a weights-only file holds no architecture to run: pass --architecture MODEL, the .keras or "
+    "full .h5 file of the same network"
+)
 #: What recalibrate says of the formats of other frameworks.
 _INSPECTED_ONLY = "it is checked by 'bncheck inspect' (and --probe) only"
 
@@ -356,8 +366,12 @@ FORMATS = {
             reader="bncheck.readers.keras.keras3_shards:read",
             found_in_folders=_is_keras_shards_index,
             stands_for=_is_keras_shard,
-            not_run="a weights-only file holds no architecture to run",
-            not_written=WEIGHTS_ONLY,
+            not_run="a weights-only file holds no architecture to run by itself",
+            not_written=(
+                "sharded weights are not written back: load them into the model (load_weights), "
+                "save_weights to one .weights.h5 file, and recalibrate that with --architecture"
+            ),
+            runs_with_architecture=True,
         ),
         Format(
             name="torchscript",
@@ -406,6 +420,7 @@ FORMATS = {
             found_in_folders=_is_hdf5,
             runtime="keras",
             writer="keras",
+            runs_with_architecture=True,
         ),
         Format(
             name="safetensors",

@@ -37,6 +37,10 @@ def table() -> str:
             runtime = RUNTIMES[entry.runtime]
             probe = f'{runtime.called} (`pip install "bncheck[{runtime.extra}]"`)'
         written = "re-estimated and written" if entry.writer else entry.not_written
+        if entry.runs_with_architecture:
+            probe += "; weights only: Keras, with `--architecture MODEL`"
+            if entry.writer:
+                written += " (weights only: with `--architecture MODEL`)"
         lines.append(
             f"| {entry.called} | {entry.framework} | {recognised} | {named} | {probe} | {written} |"
         )

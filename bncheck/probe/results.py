@@ -325,6 +325,9 @@ class ProbeResult:
     """``--unsafe`` was given."""
     skipped: str | None = None
     """Why the probe did not run; ``None`` when it ran."""
+    needs: str | None = None
+    """The option that would let a probe that did not run run (``--architecture`` for a
+    weights-only file); ``None`` when it ran or no option would."""
     data: ProbeData | None = None
     modes: tuple[str, ...] = ()
     """The modes the model ran in: ``inference`` and, where the format allows, ``training``."""

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from bncheck import formats
-from bncheck.errors import UsageError
+from bncheck.errors import ModelReadError, UsageError
 from bncheck.extras import require
 from bncheck.probe import safety
 from bncheck.probe.data.batches import BatchPlan, data_notes, sweep_progress
 from bncheck.probe.options import ProbeOptions, StepReporter
 from bncheck.probe.results import CodeReference, ProbeResult
+from bncheck.text import shown
 
 #: A runtime's probe (``formats.Runtime.probe``): the file, the options, where to report
 #: progress, and which layers' statistics never updated, by layer path.
@@ -35,12 +36,10 @@ def run_probe(
     whether the static description found the layer's statistics never updated. Unloadable
     models raise ``ModelReadError``; bad data, or a runtime whose extra is not installed,
     ``UsageError``."""
-    from bncheck.readers import detect
-
-    found = detect.sniff(path)
-    if found.runtime is None:
-        return ProbeResult(path, None, (), options.unsafe, skipped=found.not_run)
-    runtime = formats.RUNTIMES[found.runtime]
+    found = runtime_of(path, options)
+    if found is None:
+        return _not_run(path, options)
+    runtime = formats.RUNTIMES[found]
     require(runtime.extra, _purpose(options))
     probe: RuntimeProbe = formats.load(runtime.probe)
     return probe(path, options, step, untouched or {})
@@ -57,18 +56,52 @@ def run_probe_contained(
     imports the framework, and whatever the model does there (a hang, a memory bomb, a crash, a
     framework's exception quoting names from the file) is one ``ModelReadError`` line."""
     from bncheck.isolation import RunLimits, run_contained
-    from bncheck.readers import detect
 
-    found = detect.sniff(path)
-    if found.runtime is None:
-        return ProbeResult(path, None, (), options.unsafe, skipped=found.not_run)
+    found = runtime_of(path, options)
+    if found is None:
+        return _not_run(path, options)
     # A missing extra is a usage error said here, before any worker starts.
-    require(formats.RUNTIMES[found.runtime].extra, _purpose(options))
+    require(formats.RUNTIMES[found].extra, _purpose(options))
     limits = RunLimits(options.timeout, options.memory_mib)
     result: ProbeResult = run_contained(
         _probe_in_worker, (path, options, dict(untouched or {})), limits, step
     )
     return result
+
+
+def runtime_of(path: str, options: ProbeOptions) -> str | None:
+    """The key in ``formats.RUNTIMES`` of what runs ``path``; ``None`` when nothing does. With
+    ``--architecture``, a Keras weights-only file runs in Keras
+    (``probe.runtimes.architecture``), and the option given for a file of another format is a
+    usage error."""
+    from bncheck.readers import detect
+
+    found = detect.sniff(path)
+    if options.architecture is None:
+        return found.runtime
+    if not found.runs_with_architecture:
+        raise UsageError(
+            f"--architecture is for Keras weights-only files (.weights.h5, a save_weights .h5, "
+            f".weights.json), not {found.called}: {path}"
+        )
+    return "keras"
+
+
+def _not_run(path: str, options: ProbeOptions) -> ProbeResult:
+    """Why the probe of ``path`` did not run; ``needs`` names the option that would run it."""
+    from bncheck.readers import detect
+
+    found = detect.sniff(path)
+    if found.runs_with_architecture:
+        return ProbeResult(
+            path,
+            None,
+            (),
+            options.unsafe,
+            skipped=formats.NEEDS_ARCHITECTURE,
+            needs="--architecture",
+        )
+    return ProbeResult(path, None, (), options.unsafe, skipped=found.not_run)
 
 
 def _purpose(options: ProbeOptions) -> str:
@@ -90,18 +123,11 @@ def probe_keras_file(
 
     import_keras()
 
+    if options.architecture is not None:
+        return _probe_weights(path, options.architecture, options, step)
     config = safety.model_config(path)
     if config is None:
-        if options.architecture is None:
-            return ProbeResult(
-                path=path,
-                loader=None,
-                content=(),
-                unsafe=options.unsafe,
-                skipped="a weights-only file holds no architecture to run: pass --architecture "
-                "MODEL, the .keras or .h5 file of the same network, to run its weights",
-            )
-        return _probe_weights(path, options, step, untouched)
+        return _not_run(path, options)
     step("checking the model for code")
     scan = scan_keras_config(config, options.unsafe, options.custom_objects)
     if scan.refusal is not None:
@@ -113,30 +139,46 @@ def probe_keras_file(
 
 
 def _probe_weights(
-    path: str, options: ProbeOptions, step: StepReporter, untouched: Mapping[str, bool]
+    path: str, architecture: str, options: ProbeOptions, step: StepReporter
 ) -> ProbeResult:
     """A weights-only file run in the architecture of ``--architecture``: the architecture is
-    checked for code as a model file is, then the weights are loaded into it as Keras's
-    ``load_weights`` loads them."""
+    checked for code as a model file is, the weights are loaded into it as Keras's
+    ``load_weights`` loads them, and each layer's moving statistics must then be, value for
+    value, those the weights file holds for the layer its description pairs with it."""
+    from bncheck.probe.runtimes import architecture as pairing
     from bncheck.probe.runtimes import keras_model
+    from bncheck.readers import read_model
 
-    architecture = options.architecture
-    assert architecture is not None
-    config = safety.model_config(architecture)
-    if config is None:
+    weights = read_model(path)
+    if weights.format != pairing.WEIGHTS_ONLY:
         raise UsageError(
-            f"--architecture {architecture}: holds no architecture either: give the .keras or "
-            ".h5 file of the network"
+            f"{path} holds its own architecture: --architecture is for weights-only files"
         )
-    step("checking the architecture for code")
+    shape = pairing.read_architecture(architecture, contained=False)
+    config = safety.model_config(architecture)
+    assert config is not None  # a .keras or full .h5 model: read_architecture checked it
+    step(f"checking the architecture {architecture} for code")
     scan = scan_keras_config(config, options.unsafe, options.custom_objects)
     if scan.refusal is not None:
         return ProbeResult(path, None, scan.content, options.unsafe, skipped=scan.refusal)
-    step("loading the architecture with Keras, then the weights")
-    model = keras_model.load_model(architecture, options.unsafe, scan.custom_objects)
+    step(f"loading the architecture {architecture} with Keras, then the weights")
+    model = load_architecture(architecture, options.unsafe, scan.custom_objects)
     keras_model.load_weights(model, path)
+    description = pairing.paired(weights, shape)
+    pairing.check_loaded(keras_model.batchnorm_layers(model), description)
     source = BatchPlan(keras_model.input_specs(model), options)
+    untouched = pairing.untouched(description)
     return probe_keras_model(path, model, source, scan.content, options, step, untouched)
+
+
+def load_architecture(architecture: str, unsafe: bool, custom_objects: dict[str, Any]) -> Any:
+    """The model ``--architecture`` holds, loaded by Keras; a failure names that file."""
+    from bncheck.probe.runtimes import keras_model
+
+    try:
+        return keras_model.load_model(architecture, unsafe, custom_objects)
+    except ModelReadError as exc:
+        raise ModelReadError(f"--architecture {shown(architecture)}: {exc}") from None
 
 
 def probe_keras_model(

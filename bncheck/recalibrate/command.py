@@ -133,7 +133,7 @@ def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
             f"-o {options.output} exists: a SavedModel is written to a new folder OUT, never "
             "over one"
         )
-    output = output_path(options.model, options.output, options.in_place, description.format)
+    output = output_path(options.model, options.output, options.in_place, _written_as(description))
     assert output is not None  # the command always writes
     _refuse_overwriting_inputs(options, output)
     if description.format not in (*WRITABLE, WEIGHTS):
@@ -209,8 +209,13 @@ def _estimate(
         strategy,
     )
     if options.architecture is not None:
+        from bncheck.probe.runtimes.architecture import check_loaded
+
         progress.step(f"{options.model}: loading the weights")
         keras_model.load_weights(model, options.model)
+        # The statistics are written where the description read them: only if Keras loaded
+        # those very values into each layer is that where this layer's statistics are stored.
+        check_loaded(keras_model.batchnorm_layers(model), description)
     dataset = probe_data.open_data(source, keras_model.input_specs(model))
     validation = _validation(options, dataset.specs)
     result = reestimate(
@@ -571,13 +576,16 @@ def writable_description(path: str, architecture: str | None = None) -> ModelDes
     description = read_contained(read_model, path)
     if description.format == WEIGHTS:
         if architecture is None:
-            raise UsageError(
-                f"{path}: a weights-only file holds no architecture to run: pass --architecture "
-                "MODEL, the .keras or .h5 file of the same network"
-            )
-        return description
+            raise UsageError(f"{path}: {formats.NEEDS_ARCHITECTURE}")
+        from bncheck.probe.runtimes.architecture import paired, read_architecture
+
+        # The layers named and set as the architecture's, at the weights file's locations.
+        return paired(description, read_architecture(architecture))
     if architecture is not None:
-        raise UsageError("--architecture is for a weights-only file (.weights.h5)")
+        raise UsageError(
+            f"{path} holds its own architecture: --architecture is for a weights-only file "
+            "(.weights.h5, a save_weights .h5)"
+        )
     if description.format not in WRITABLE and description.format not in RUNS_ITSELF:
         raise UsageError(
             f"{path}: recalibrate reads and writes {formats.writable_models()}, not "
@@ -635,8 +643,26 @@ def _change(
     )
 
 
-#: The suffixes Keras loads each writable format from.
-SUFFIXES = {"keras": (".keras",), "h5": (".h5", ".hdf5")}
+#: The suffixes Keras loads each writable format from: ``weights.h5`` is Keras 3's weights
+#: layout, which ``load_weights`` reads from no other name.
+SUFFIXES = {"keras": (".keras",), "h5": (".h5", ".hdf5"), "weights.h5": (".weights.h5",)}
+
+
+def _written_as(description: ModelDescription) -> str:
+    """The key in ``SUFFIXES`` (or the format) OUT is named by: a weights-only file keeps its
+    layout, Keras 3's or the legacy ``save_weights`` one, and so the name Keras loads it by."""
+    if description.format != WEIGHTS:
+        return description.format
+    # Keras 3 keeps every variable under ``layers/`` or ``vars/``, the legacy layout under
+    # each layer's name (``weights_h5.is_keras3_layout``).
+    tops = {
+        location.split("/", 1)[0]
+        for layer in description.layers
+        for location in layer.locations.values()
+    }
+    if not tops:
+        return WEIGHTS  # nothing is written where nothing was read: any name
+    return "weights.h5" if tops <= {"layers", "vars"} else "h5"
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from bncheck.rules import (
     bn021_unfused_batchnorm,
     bn022_batch_statistics_at_inference,
     bn023_metric_below_bound,
+    bn024_probe_not_run,
 )
 
 if TYPE_CHECKING:
@@ -124,6 +125,7 @@ RULES: dict[str, Rule] = _registry(
     bn021_unfused_batchnorm,
     bn022_batch_statistics_at_inference,
     bn023_metric_below_bound,
+    bn024_probe_not_run,
 )
 
 
@@ -165,4 +167,6 @@ if TYPE_CHECKING:
         bn015_recalibration_effect,
         bn016_batch_dependent_inference,
         bn017_unsafe_model_content,
+        bn023_metric_below_bound,
+        bn024_probe_not_run,
     )

@@ -310,12 +310,13 @@ def test_failing_custom_objects_file_is_one_line(run_cli: Run, tmp_path: Path) -
     assert result.err == f"bncheck: error: --custom-objects {bad} failed (RuntimeError: nope)\n"
 
 
-def test_weights_only_file_cannot_be_probed(run_cli: Run) -> None:
+def test_weights_only_file_without_its_architecture_fails_the_probe(run_cli: Run) -> None:
     code, model = report(run_cli, FIXTURES / "weights/healthy_cnn.weights.h5", "--probe")
-    assert code == 0
+    assert code == 1
     assert model["probe"]["skipped"].startswith(
         "a weights-only file holds no architecture to run: pass --architecture MODEL"
     )
+    assert [(f["rule"], f["severity"]) for f in model["findings"]] == [("BN024", "error")]
 
 
 SUBCLASSED = """

@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import json
 import os
+import re
 import tempfile
 import warnings
 import zipfile
@@ -88,27 +89,61 @@ def load_model(path: str, unsafe: bool, custom_objects: dict[str, Any]) -> Any:
         ) from None
 
 
+#: Where Keras's message names the object whose weights did not load, and how they differ.
+_FAILED_OBJECT = re.compile(r"for object <(\w+) name=([^,>]+)")
+_SHAPES = re.compile(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))")
+#: The name Keras loads sharded weights from: it finds the shards beside the index.
+SHARDS_SUFFIX = ".weights.json"
+
+
 def load_weights(model: Any, path: str) -> None:
     """Load the weights-only file ``path`` into ``model`` as Keras's ``load_weights`` does: a
-    Keras 3 weights file (``.weights.h5``, its layers under ``layers`` or ``vars``) by the
-    model's structure, an older one (``save_weights`` to ``.h5``) by layer name and order.
-    Weights that do not fit the architecture are one line."""
+    Keras 3 weights file (``.weights.h5``, its layers under ``layers`` or ``vars``, or sharded
+    ``.weights.json``) by the model's structure, an older one (``save_weights`` to ``.h5``) by
+    layer name and order. Keras picks its loader by the name, so a file named otherwise is
+    loaded through a link with the name its layout needs. Weights that do not fit raise
+    ``ModelReadError`` naming the first layer Keras could not load."""
     import h5py
 
-    try:
-        with h5py.File(path, "r") as handle:
-            keras3 = "layers" in handle or "vars" in handle
-    except OSError as exc:
-        raise ModelReadError(f"cannot read the weights ({describe_error(exc)})") from None
-    try:
+    from bncheck.readers.keras import weights_h5
+
+    if detect.sniff(path).name == "keras-shards":
+        if not path.endswith(SHARDS_SUFFIX):
+            raise ModelReadError(
+                f"Keras loads sharded weights from an index named {SHARDS_SUFFIX}, beside its "
+                "shards: rename the index"
+            )
+        suffix = SHARDS_SUFFIX
+    else:
+        try:
+            with h5py.File(path, "r") as handle:
+                keras3 = weights_h5.is_keras3_layout(handle)
+        except OSError as exc:
+            raise ModelReadError(f"cannot read the weights ({describe_error(exc)})") from None
         suffix = ".weights.h5" if keras3 else ".h5"
+    try:
         with _named_like(path, suffix) as weights_path, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model.load_weights(weights_path)
     except Exception as exc:  # Keras raises many kinds for weights that do not fit
         raise ModelReadError(
-            f"the weights do not fit the --architecture model ({describe_error(exc)})"
+            f"the weights do not fit the --architecture model: {_misfit(exc)}"
         ) from None
+
+
+def _misfit(exc: Exception) -> str:
+    """The first layer Keras could not load and why, from its message, without the arrays it
+    quotes."""
+    text = str(exc)
+    failed = _FAILED_OBJECT.search(text)
+    if failed is None:
+        return describe_error(exc)
+    where = f"layer {failed[2]} ({failed[1]})"
+    shapes = _SHAPES.search(text)
+    if shapes is not None:
+        return f"{where} has a variable of shape {shapes[1]}, the weights file {shapes[2]}"
+    detail = text[failed.end() :].lstrip(">:, \n").split("\n", 1)[0]
+    return f"{where}: {detail[:300]}"
 
 
 def _writer_hint(path: str) -> str:
@@ -132,7 +167,9 @@ def _writer_hint(path: str) -> str:
 
 @contextlib.contextmanager
 def _named_like(path: str, suffix: str) -> Iterator[str]:
-    if path.endswith((suffix, ".hdf5") if suffix == ".h5" else suffix):
+    # A legacy weights file named .weights.h5 would reach Keras 3's loader by its name.
+    legacy_named_keras3 = suffix == ".h5" and path.endswith(".weights.h5")
+    if path.endswith((suffix, ".hdf5") if suffix == ".h5" else suffix) and not legacy_named_keras3:
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="bncheck-") as tmp:
