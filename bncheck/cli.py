@@ -582,9 +582,9 @@ def plot(**params: Any) -> int:
 @_seed_option
 @_unsafe_option
 @_custom_objects_option
-# Recalibration runs over all the data by default, for as long as that takes: no time limit
-# unless asked for (the memory limit holds).
-@_limit_options(0)
+# Loading and estimating run the model like a probe, so the same limits hold: a graph that loops
+# forever stops at --probe-timeout (0 lifts it for a long run over much data).
+@_limit_options(DEFAULT_TIMEOUT)
 @click.option(
     "--strategy",
     type=click.Choice(["mirrored", "multi-worker"]),
