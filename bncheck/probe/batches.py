@@ -17,8 +17,16 @@ SweepProgress = Callable[[str, int], None]
 class BatchPlan:
     """The batches a probe runs: real data (capped at ``--samples``) or one synthetic batch."""
 
-    def __init__(self, specs: Sequence[probe_data.InputSpec] | None, options: ProbeOptions) -> None:
+    def __init__(
+        self,
+        specs: Sequence[probe_data.InputSpec] | None,
+        options: ProbeOptions,
+        whole: bool = False,
+    ) -> None:
+        """``whole``: only full batches of ``options.batch_size`` (a model that takes no other
+        size); a short last batch is left out."""
         self.options = options
+        self.whole = whole
         self.dataset: probe_data.Dataset | None = None
         source = probe_data.chosen_source(options)
         if source is not None:
@@ -46,6 +54,8 @@ class BatchPlan:
         if self.dataset.available is None:
             return None
         count = min(self.dataset.available, self.options.samples)
+        if self.whole:
+            return max(1, count // self.options.batch_size)
         return max(1, -(-count // self.options.batch_size))
 
     def batches(self) -> Iterator[probe_data.Batch]:
@@ -54,7 +64,7 @@ class BatchPlan:
             yield self._synthetic
             return
         yield from self.dataset.batches(
-            self.options.batch_size, self.options.seed, self.options.samples
+            self.options.batch_size, self.options.seed, self.options.samples, self.whole
         )
 
     def describe(self, samples: int, batches: int) -> ProbeData:

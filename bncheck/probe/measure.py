@@ -759,8 +759,14 @@ def _batch_dependence(
     if count < 1:
         return ["a batch of one sample cannot show batch-dependent inference (BN016)"]
     # The same compiled call as the whole batch's (its training pass is not used).
-    alone, _ = runner.run([array[:count] for array in batch.inputs], STORED, TRAINING)
+    halves = [array[:count] for array in batch.inputs]
+    if getattr(runner, "fixed_batch", None) is not None:
+        # A graph that takes one batch size only: the first half with other companions (itself
+        # again) in a batch of the same size, where inference must not tell the difference.
+        halves = [np.concatenate([half, half, half[: batch.size - 2 * count]]) for half in halves]
+    alone, _ = runner.run(halves, STORED, TRAINING)
     for (name, within), (_, by_itself) in zip(whole.outputs, alone.outputs, strict=True):
+        by_itself = by_itself[:count]
         outputs[name].half_dependence = _ratio(
             _squared_norm(by_itself - within[:count]), _squared_norm(within[:count])
         )

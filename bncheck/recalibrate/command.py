@@ -73,6 +73,9 @@ class Plan:
     include_untouched: bool = False
     settings: Settings = field(default_factory=Settings)
     """BN015's limits decide whether an unlabelled result is verified."""
+    whole: bool = False
+    """Only full batches (a model that takes no other batch size): a short last one is left
+    out."""
 
     @classmethod
     def of(cls, options: RecalibrateOptions) -> Plan:
@@ -236,7 +239,7 @@ def _estimate_with_runner(
     runner, specs = runtimes.open_runner(path, options)
     dataset = probe_data.open_data(source, specs)
     validation = _validation(options, dataset.specs)
-    plan = Plan.of(options)
+    plan = runtimes.fitted(Plan.of(options), runner, progress)
     targets, kept = runtimes.choose(
         description, runner.layers, plan.include_frozen, plan.include_untouched
     )
@@ -250,7 +253,7 @@ def _estimate_with_runner(
         total = _batch_count(dataset, plan.batch_size, plan.samples)
         sums, batches, samples = estimate(
             sweeper,  # type: ignore[arg-type]  # the runner swept as Passes sweeps
-            dataset.batches(plan.batch_size, plan.seed, plan.samples),
+            dataset.batches(plan.batch_size, plan.seed, plan.samples, plan.whole),
             lambda done, seen: progress.batch(done, total, seen),
         )
         if batches == 0:
@@ -424,7 +427,7 @@ def verify(
     samples = 0
     total = None if dataset.available is None else -(-dataset.available // plan.batch_size)
     steps = passes.sweep(
-        dataset.batches(plan.batch_size, plan.seed, None, whole=False), STORED, ESTIMATED
+        dataset.batches(plan.batch_size, plan.seed, None, whole=plan.whole), STORED, ESTIMATED
     )
     for number, step in enumerate(steps, 1):
         stored, estimated = step.results
