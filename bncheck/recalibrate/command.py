@@ -462,8 +462,7 @@ def _refusal(check: Verification, settings: Settings) -> str | None:
     """Why the output must not be written without ``--force``; ``None`` when it may."""
     metric = check.metric
     if metric is not None:
-        gain = metric.gain()
-        assert gain is not None and metric.reestimated is not None
+        assert metric.reestimated is not None
         verb = "rise" if metric.reestimated > metric.stored else "fall"
         moved = (
             f"{metric.name} on {check.described} would {verb} from "
@@ -473,13 +472,16 @@ def _refusal(check: Verification, settings: Settings) -> str | None:
             moved = (
                 f"{metric.name} on {check.described} would stay at {metric.format(metric.stored)}"
             )
+        # BN015's rule (``verdict.metric_advice``): written only what the data shows to be
+        # better; no change, or one the interval cannot tell from none, is no evidence.
+        advice = verdict.metric_advice(metric, settings.rules[verdict.EFFECT_RULE].options)
+        if advice is verdict.Advice.RECALIBRATE:
+            return None
         if metric.change is not None:
-            # A CI gate writes only what the data shows to be better: no change, or one the
-            # interval cannot tell from none, is no evidence for the new statistics.
-            if not metric.change.excludes_zero:
-                return f"{moved} ({metric.describe_change()}): {verdict.inconclusive_on(metric)}"
             moved += f" ({metric.describe_change()})"
-        return moved if gain < 0 else None
+        if advice is verdict.Advice.KEEP:
+            return moved
+        return f"{moved}: {verdict.inconclusive_on(metric)}"
     limits = settings.rules["BN015"].options
     if check.changed_predictions is not None:
         if check.changed_predictions > limits["max_changed_predictions"]:
