@@ -124,3 +124,25 @@ def test_inspect_advises_the_small_significant_gain_recalibrate_writes(
     written = run_cli("recalibrate", model, "--data", digits["heldout_npz"], "-o", out)
     assert f"wrote {out}" in written.out, written.out + written.err
     assert written.code == 0
+
+
+def test_a_significant_loss_beyond_max_metric_gain_fails_the_gate(
+    run_cli: Run, digits: dict[str, Any]
+) -> None:
+    """Statistics that cost the network more than BN015's max_metric_gain (5 points), shown by
+    the interval, are an error, as BN014's severe staleness is: the gate fails."""
+    net = _slightly_stale(digits, 0.25)
+    data = digits["data"]
+    stored = torch_nets.accuracy(net, data.test_x, data.test_y)
+    refitted = torch_nets.accuracy(
+        torch_nets.reestimated(net, data.test_x), data.test_x, data.test_y
+    )
+    assert 0.05 < refitted - stored < 0.1  # below the former severe_metric_gain
+    model = torch_nets.export_onnx(net, digits["out"] / "stale.onnx")
+    inspected = run_cli("inspect", model, "--data", digits["heldout_npz"], "--format", "json")
+    found = inspected.json()["models"][0]["findings"]
+    [bn015] = [f for f in found if f["rule"] == "BN015"]
+    low, _ = bn015["details"]["change_interval"]
+    assert low > 0 and bn015["details"]["gain"] > 0.05, bn015
+    assert bn015["severity"] == "error"
+    assert inspected.code == 1
