@@ -31,6 +31,12 @@ class BatchPlan:
         source = probe_data.chosen_source(options)
         if source is not None:
             self.dataset = probe_data.open_data(source, specs)
+            if options.labels_needed_by is not None and not self.dataset.labelled:
+                raise UsageError(
+                    f"{options.labels_needed_by} needs labels to measure the metric on, and "
+                    f"{self.dataset.source} has none: give --labels FILE.npy, an .npz holding "
+                    f"'{probe_data.LABELS_KEY}', or a folder of class subfolders"
+                )
             self.specs = self.dataset.specs
             self._synthetic: probe_data.Batch | None = None
         else:
