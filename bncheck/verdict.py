@@ -44,6 +44,16 @@ def momentum_holds_statistics(momentum: float | None) -> bool:
     return momentum is not None and momentum >= 1.0
 
 
+def layer_momentum_holds_statistics(layer: BNLayer) -> bool:
+    """Whether the momentum the file records kept the layer's statistics where they are. Not
+    for an ONNX graph's momentum of exactly 1.0: an inference graph records nothing about how
+    training ran, and PyTorch's exporter writes ``1 - momentum``, so 1.0 for ``momentum=None``,
+    the cumulative average, under which the statistics do move."""
+    if layer.framework == "onnx" and layer.momentum == 1.0:
+        return False
+    return momentum_holds_statistics(layer.keras_momentum)
+
+
 def statistics_never_moved(layer: BNLayer, tolerance: float = 1e-6) -> list[str]:
     """What shows a layer trained while its statistics stayed at their initial values: the
     affine arrays that moved (``gamma``, ``beta``), or ``["no affine arrays"]`` for a layer that
@@ -64,7 +74,7 @@ def learned_without_batch_statistics(layer: BNLayer, tolerance: float = 1e-6) ->
     """The static verdict: statistics at their initial values although the momentum would have
     moved them, in a layer that trained (or has nothing else to train). The network then learned
     with those statistics; re-estimating them can break it, so only measurement may say to."""
-    if momentum_holds_statistics(layer.keras_momentum):
+    if layer_momentum_holds_statistics(layer):
         return False
     return bool(statistics_never_moved(layer, tolerance))
 

@@ -89,6 +89,13 @@ def probe(
     return measure.probe_result(runner, plan, found, untouched, step, notes)
 
 
+def _momentum(recorded: float) -> float | None:
+    """The momentum that governed training, where the graph tells: ``None`` for exactly 1.0,
+    which PyTorch's exporter writes for ``momentum=None`` (a cumulative average that moves), so
+    it cannot mean statistics held still (``verdict.layer_momentum_holds_statistics``)."""
+    return None if recorded == 1.0 else recorded
+
+
 def fixed_batch(model: Any) -> int | None:
     """The batch size the graph's inputs are declared with (an export without a dynamic batch
     dimension), or ``None`` where it takes any. onnxruntime refuses a batch of another size, and
@@ -165,7 +172,7 @@ class OnnxRunner:
                         self.values.tensor(name) is not None for name in bn.node.input[3:5]
                     ),
                     epsilon=bn.attribute("epsilon", onnx_graph.DEFAULT_EPSILON),
-                    momentum=bn.attribute("momentum", onnx_graph.DEFAULT_MOMENTUM),
+                    momentum=_momentum(bn.attribute("momentum", onnx_graph.DEFAULT_MOMENTUM)),
                     moving_mean=mean,
                     moving_variance=variance,
                 )
