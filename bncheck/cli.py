@@ -431,8 +431,13 @@ def inspect(**params: Any) -> int:
     'bncheck rules' lists the rules, 'bncheck explain RULE' explains one.
     """
     probe = _probe(params)
-    if params["fail_under"] and probe is None:
-        raise UsageError("--fail-under needs labelled --data to measure the metric on")
+    if params["fail_under"]:
+        # A bound that cannot be measured is a mistake in the command, not a failing model.
+        if probe is None or not any(
+            params[name] is not None for name in ("data", "tfrecord", "dataset_fn")
+        ):
+            raise UsageError("--fail-under needs labelled --data to measure the metric on")
+        probe = replace(probe, labels_needed_by="--fail-under")
     config = replace(_config(params), rule_options=_bounds(params["fail_under"]))
     return run_inspect(
         options_from(InspectOptions, params, config=config, output=_output(params), probe=probe)
@@ -592,9 +597,9 @@ def plot(**params: Any) -> int:
 @_seed_option
 @_unsafe_option
 @_custom_objects_option
-# Recalibration runs over all the data by default, for as long as that takes: no time limit
-# unless asked for (the memory limit holds).
-@_limit_options(0)
+# Loading and estimating run the model like a probe, so the same limits hold: a graph that loops
+# forever stops at --probe-timeout (0 lifts it for a long run over much data).
+@_limit_options(DEFAULT_TIMEOUT)
 @click.option(
     "--strategy",
     type=click.Choice(["mirrored", "multi-worker"]),

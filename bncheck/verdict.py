@@ -44,6 +44,16 @@ def momentum_holds_statistics(momentum: float | None) -> bool:
     return momentum is not None and momentum >= 1.0
 
 
+def layer_momentum_holds_statistics(layer: BNLayer) -> bool:
+    """Whether the momentum the file records kept the layer's statistics where they are. Not
+    for an ONNX graph's momentum of exactly 1.0: an inference graph records nothing about how
+    training ran, and PyTorch's exporter writes ``1 - momentum``, so 1.0 for ``momentum=None``,
+    the cumulative average, under which the statistics do move."""
+    if layer.framework == "onnx" and layer.momentum == 1.0:
+        return False
+    return momentum_holds_statistics(layer.keras_momentum)
+
+
 def statistics_never_moved(layer: BNLayer, tolerance: float = 1e-6) -> list[str]:
     """What shows a layer trained while its statistics stayed at their initial values: the
     affine arrays that moved (``gamma``, ``beta``), or ``["no affine arrays"]`` for a layer that
@@ -64,7 +74,7 @@ def learned_without_batch_statistics(layer: BNLayer, tolerance: float = 1e-6) ->
     """The static verdict: statistics at their initial values although the momentum would have
     moved them, in a layer that trained (or has nothing else to train). The network then learned
     with those statistics; re-estimating them can break it, so only measurement may say to."""
-    if momentum_holds_statistics(layer.keras_momentum):
+    if layer_momentum_holds_statistics(layer):
         return False
     return bool(statistics_never_moved(layer, tolerance))
 
@@ -85,19 +95,19 @@ def judged_staleness(layer: LayerMeasurement) -> Staleness | None:
 
 
 class Advice(enum.Enum):
-    """What a measured change of the metric says about re-estimating the statistics."""
+    """What a measured change of the metric says about re-estimating the statistics: BN015's
+    advice and, the same decision, whether ``bncheck recalibrate`` (and
+    ``bncheck.torch.recalibrate``) writes them."""
 
     RECALIBRATE = "recalibrate"
-    """Re-estimated statistics do better, beyond the noise and by more than
-    ``max_metric_gain``."""
-    SMALL_GAIN = "small gain"
-    """Better beyond the noise, but by no more than ``max_metric_gain``: no call to repair."""
+    """Re-estimated statistics do better, beyond the noise: advised, and written."""
     KEEP = "do not recalibrate"
-    """Re-estimated statistics do worse, beyond the noise."""
+    """Re-estimated statistics do worse, beyond the noise: not written."""
     INCONCLUSIVE = "inconclusive"
-    """The change's interval includes no change: the data cannot tell."""
+    """The change's interval includes no change: the data cannot tell; not written."""
     NO_CHANGE = "no change"
-    """A change below ``min_metric_change``: nothing to report."""
+    """A change below ``min_metric_change`` that the data cannot tell from none: nothing to
+    report, and nothing to write."""
 
 
 def relative_gain(metric: Metric) -> float:
@@ -109,19 +119,17 @@ def relative_gain(metric: Metric) -> float:
 
 
 def metric_advice(metric: Metric, options: Mapping[str, float]) -> Advice:
-    """BN015's verdict on a labelled measurement (``options`` are BN015's): advice only where
-    the 95% interval of the change excludes no change."""
+    """The one rule for a labelled measurement (``options`` are BN015's): a change whose 95%
+    interval excludes no change advises (and writes) re-estimated statistics that do better, and
+    keeps those that do worse, whatever its size; any other change is inconclusive, or nothing
+    where it is below ``min_metric_change``. A metric built without an interval (its spread
+    unknown) is taken at its value, ``min_metric_change`` standing in for the noise."""
     relative = relative_gain(metric)
-    shown = metric.change is None or metric.change.excludes_zero
-    if abs(relative) < options["min_metric_change"]:
-        return Advice.NO_CHANGE
+    small = abs(relative) < options["min_metric_change"]
+    shown = not small if metric.change is None else metric.change.excludes_zero
     if not shown:
-        return Advice.INCONCLUSIVE
-    if relative < 0:
-        return Advice.KEEP
-    if relative <= options["max_metric_gain"]:
-        return Advice.SMALL_GAIN
-    return Advice.RECALIBRATE
+        return Advice.NO_CHANGE if small else Advice.INCONCLUSIVE
+    return Advice.RECALIBRATE if relative > 0 else Advice.KEEP
 
 
 def inconclusive_on(metric: Metric) -> str:

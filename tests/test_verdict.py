@@ -83,6 +83,34 @@ def test_recalibrate_refuses_what_it_cannot_show_to_be_better() -> None:
     assert worse is not None and "would fall from 95.0% to 60.0%" in worse
 
 
+@pytest.mark.parametrize(
+    ("stored", "reestimated", "low", "high"),
+    [
+        (0.90, 0.925, 0.004, 0.046),  # a significant +2.5 points, below max_metric_gain
+        (0.90, 0.905, 0.001, 0.009),  # significant, below min_metric_change
+        (0.20, 0.95, 0.70, 0.80),
+        (0.90, 0.931, -0.008, 0.070),  # the interval includes no change
+        (0.90, 0.90, 0.0, 0.0),  # unchanged
+        (0.95, 0.60, -0.40, -0.30),
+        (0.95, 0.94, -0.02, -0.001),  # a significant small loss
+    ],
+)
+def test_inspect_advises_exactly_what_recalibrate_writes(
+    stored: float, reestimated: float, low: float, high: float
+) -> None:
+    """One rule: BN015 advises recalibrating where, and only where, recalibrate writes; its
+    finding is never information calling a change too small that recalibrate writes."""
+    metric = labelled(stored, reestimated, low, high, 300)
+    probe = probe_result(outputs=(measured_output(metric=metric),))
+    problems = list(bn015_recalibration_effect.check(probe, bn015_recalibration_effect.OPTIONS))
+    advised = [p for p in problems if "bncheck recalibrate writes them" in p.message]
+    written = _refusal(Verification("held.npz", True, 300, metric, None, 0.5), Settings()) is None
+    assert bool(advised) is written
+    assert written is (low > 0)
+    for problem in advised:
+        assert problem.escalation is not Escalation.MITIGATED
+
+
 #: A ``BatchNormalization(center=False, scale=False)`` whose statistics never moved.
 PLAIN = {"gamma": None, "beta": None, "center": False, "scale": False}
 

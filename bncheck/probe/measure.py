@@ -756,13 +756,20 @@ def _metric(
 def _batch_dependence(
     runner: Runner, batch: Batch, whole: Any, outputs: dict[str, OutputSums]
 ) -> list[str]:
-    # The same compiled call as the whole batch's (its training pass is not used).
-    return _half_alone(
-        batch,
-        whole.outputs,
-        lambda inputs: runner.run(inputs, STORED, TRAINING)[0].outputs,
-        outputs,
-    )
+    fixed = getattr(runner, "fixed_batch", None)
+
+    def run(halves: list[np.ndarray]) -> Sequence[tuple[str, np.ndarray]]:
+        if fixed is not None:
+            # A graph that takes one batch size only: the first half with other companions
+            # (itself again) in a batch of the same size, where inference must not tell the
+            # difference.
+            halves = [
+                np.concatenate([half, half, half[: batch.size - 2 * len(half)]]) for half in halves
+            ]
+        # The same compiled call as the whole batch's (its training pass is not used).
+        return runner.run(halves, STORED, TRAINING)[0].outputs
+
+    return _half_alone(batch, whole.outputs, run, outputs)
 
 
 def _half_alone(
@@ -778,6 +785,7 @@ def _half_alone(
         return ["a batch of one sample cannot show batch-dependent inference (BN016)"]
     alone = run([array[:count] for array in batch.inputs])
     for (name, whole), (_, by_itself) in zip(within, alone, strict=True):
+        by_itself = by_itself[:count]
         outputs[name].half_dependence = _ratio(
             _squared_norm(by_itself - whole[:count]), _squared_norm(whole[:count])
         )

@@ -92,3 +92,6 @@ class ProbeOptions:
     """``--probe-timeout``: seconds the whole probe of one model may take; ``None``: no limit."""
     memory_mib: int | None = DEFAULT_MEMORY_MIB
     """``--probe-memory``: resident memory the probe's process may use; ``None``: no limit."""
+    labels_needed_by: str | None = None
+    """The option that measures a metric (``--fail-under``): data without labels cannot be
+    measured against it, a usage error."""

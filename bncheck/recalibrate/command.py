@@ -76,6 +76,9 @@ class Plan:
     include_untouched: bool = False
     settings: Settings = field(default_factory=Settings)
     """BN015's limits decide whether an unlabelled result is verified."""
+    whole: bool = False
+    """Only full batches (a model that takes no other batch size): a short last one is left
+    out."""
 
     @classmethod
     def of(cls, options: RecalibrateOptions) -> Plan:
@@ -249,7 +252,7 @@ def _estimate_with_runner(
     runner, specs = runtimes.open_runner(path, options)
     dataset = probe_data.open_data(source, specs)
     validation = _validation(options, dataset.specs)
-    plan = Plan.of(options)
+    plan = runtimes.fitted(Plan.of(options), runner, progress)
     targets, kept = runtimes.choose(
         description, runner.layers, plan.include_frozen, plan.include_untouched
     )
@@ -263,7 +266,7 @@ def _estimate_with_runner(
         total = _batch_count(dataset, plan.batch_size, plan.samples)
         sums, batches, samples = estimate(
             sweeper,  # type: ignore[arg-type]  # the runner swept as Passes sweeps
-            dataset.batches(plan.batch_size, plan.seed, plan.samples),
+            dataset.batches(plan.batch_size, plan.seed, plan.samples, plan.whole),
             lambda done, seen: progress.batch(done, total, seen),
         )
         if batches == 0:
@@ -437,7 +440,7 @@ def verify(
     samples = 0
     total = None if dataset.available is None else -(-dataset.available // plan.batch_size)
     steps = passes.sweep(
-        dataset.batches(plan.batch_size, plan.seed, None, whole=False), STORED, ESTIMATED
+        dataset.batches(plan.batch_size, plan.seed, None, whole=plan.whole), STORED, ESTIMATED
     )
     for number, step in enumerate(steps, 1):
         stored, estimated = step.results
@@ -472,8 +475,7 @@ def _refusal(check: Verification, settings: Settings) -> str | None:
     """Why the output must not be written without ``--force``; ``None`` when it may."""
     metric = check.metric
     if metric is not None:
-        gain = metric.gain()
-        assert gain is not None and metric.reestimated is not None
+        assert metric.reestimated is not None
         verb = "rise" if metric.reestimated > metric.stored else "fall"
         moved = (
             f"{metric.name} on {check.described} would {verb} from "
@@ -483,13 +485,16 @@ def _refusal(check: Verification, settings: Settings) -> str | None:
             moved = (
                 f"{metric.name} on {check.described} would stay at {metric.format(metric.stored)}"
             )
+        # BN015's rule (``verdict.metric_advice``): written only what the data shows to be
+        # better; no change, or one the interval cannot tell from none, is no evidence.
+        advice = verdict.metric_advice(metric, settings.rules[verdict.EFFECT_RULE].options)
+        if advice is verdict.Advice.RECALIBRATE:
+            return None
         if metric.change is not None:
-            # A CI gate writes only what the data shows to be better: no change, or one the
-            # interval cannot tell from none, is no evidence for the new statistics.
-            if not metric.change.excludes_zero:
-                return f"{moved} ({metric.describe_change()}): {verdict.inconclusive_on(metric)}"
             moved += f" ({metric.describe_change()})"
-        return moved if gain < 0 else None
+        if advice is verdict.Advice.KEEP:
+            return moved
+        return f"{moved}: {verdict.inconclusive_on(metric)}"
     limits = settings.rules["BN015"].options
     if check.changed_predictions is not None:
         if check.changed_predictions > limits["max_changed_predictions"]:

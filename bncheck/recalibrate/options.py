@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bncheck.probe.options import DEFAULT_MEMORY_MIB, DatasetFunction, RecordOptions
+from bncheck.probe.options import (
+    DEFAULT_MEMORY_MIB,
+    DEFAULT_TIMEOUT,
+    DatasetFunction,
+    RecordOptions,
+)
 from bncheck.settings import Settings
 
 
@@ -56,7 +61,8 @@ class RecalibrateOptions:
     """``--strategy``: ``mirrored`` or ``multi-worker``; ``None`` for one device."""
     devices: tuple[str, ...] = ()
     """``--devices`` for ``mirrored``; empty for every local GPU."""
-    timeout: float | None = None
-    """``--probe-timeout``: seconds loading and estimating may take; ``None``: no limit."""
+    timeout: float | None = DEFAULT_TIMEOUT
+    """``--probe-timeout``: seconds loading and estimating may take (600 by default, as for the
+    probe); ``None``: no limit."""
     memory_mib: int | None = DEFAULT_MEMORY_MIB
     """``--probe-memory``: resident memory the process that runs the model may use."""

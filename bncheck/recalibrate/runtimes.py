@@ -20,7 +20,8 @@ change only their bytes in a copy of MODEL.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +34,10 @@ from bncheck.probe.runtime import LayerInfo, Runner
 from bncheck.readers import detect
 from bncheck.recalibrate.options import RecalibrateOptions
 from bncheck.recalibrate.results import FROZEN, NOT_LOADED, UNTOUCHED
+
+if TYPE_CHECKING:
+    from bncheck.progress import Progress
+    from bncheck.recalibrate.command import Plan
 
 #: MODEL formats written through a runner, and whether MODEL runs itself.
 RUNS_ITSELF = {
@@ -122,6 +127,20 @@ def _open_savedmodel(
     import_keras()
     runner, specs = savedmodel_runner.open_runner(path, read_model(path))
     return runner, specs
+
+
+def fitted(plan: Plan, runner: Runner, progress: Progress) -> Plan:
+    """``plan`` for a runner whose model takes one batch size only (an ONNX export without a
+    dynamic batch dimension): whole batches of that size, as the probe runs it, and said."""
+    size = getattr(runner, "fixed_batch", None)
+    if size is None:
+        return plan
+    if size != plan.batch_size:
+        progress.step(
+            f"the model's inputs have a fixed batch dimension of {size}: running whole batches "
+            f"of {size} instead of --batch-size {plan.batch_size}"
+        )
+    return replace(plan, batch_size=size, whole=True)
 
 
 def choose(

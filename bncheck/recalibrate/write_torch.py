@@ -27,7 +27,7 @@ from bncheck import formats
 from bncheck.readers.framework_signatures import LEGACY_MAGIC, data_pickle_member
 from bncheck.readers.pytorch import torch_archive
 from bncheck.readers.pytorch import torch_files as pytorch
-from bncheck.readers.pytorch.pickle_vm import PickledObject, TensorRef
+from bncheck.readers.pytorch.pickle_vm import PickledObject, StorageRef, TensorRef
 from bncheck.recalibrate.splice import (
     Patch,
     Statistics,
@@ -131,6 +131,12 @@ def _refuse_shared(
                 f"{what}: its storage {tensor.storage.key} also holds {other!r}, which writing "
                 "it would change too; not written"
             )
+    for storage in _bare_storages(torch_file.root):
+        if storage.key in by_storage:
+            raise WriteError(
+                f"{by_storage[storage.key][0][2]}: its storage {storage.key} is also held by the "
+                "pickle as a storage of its own, which writing it would change too; not written"
+            )
     for key, views in by_storage.items():
         if len(views) > 1:
             raise WriteError(f"{views[0][2]} and {views[1][2]} share storage {key}; not written")
@@ -153,6 +159,22 @@ def _tensors(top: Any) -> Iterator[TensorRef]:
             continue
         seen.add(id(node))
         if isinstance(node, TensorRef):
+            yield node
+        else:
+            pending.extend(_children(node))
+
+
+def _bare_storages(top: Any) -> Iterator[StorageRef]:
+    """Every storage the pickle holds outside a tensor (``tensor.storage()`` saved as such):
+    another view of the bytes of the tensors that share it."""
+    seen: set[int] = set()
+    pending = [top]
+    while pending:
+        node = pending.pop()
+        if id(node) in seen or isinstance(node, TensorRef):
+            continue
+        seen.add(id(node))
+        if isinstance(node, StorageRef):
             yield node
         else:
             pending.extend(_children(node))

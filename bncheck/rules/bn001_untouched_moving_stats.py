@@ -57,7 +57,7 @@ OPTIONS: Mapping[str, float] = {"tolerance": 1e-6}
 
 
 def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
-    if verdict.momentum_holds_statistics(layer.keras_momentum):
+    if verdict.layer_momentum_holds_statistics(layer):
         return  # BN008: a momentum that cannot move them explains the initial values
     trained = untouched_while_trained(layer, options["tolerance"])
     if not trained:

@@ -28,6 +28,12 @@ was raised after training, or after compiling and never reached the train step, 
 re-estimated since), inference uses them as they are and
 the finding is information only: whether they fit is BN014's question, with data.
 
+An ONNX graph's momentum of exactly 1.0 is not reported: an exported inference graph records
+nothing about how training ran, and PyTorch's exporter writes ``1 - momentum``, so 1.0 for
+``BatchNorm2d(momentum=None)``, the cumulative average, under which the statistics do change.
+Whether they fit is BN014's question, with data; statistics still at their initial values are
+BN001's.
+
 Passing: momentum 0.99.
 Failing: momentum 1.0.
 """
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+from bncheck import verdict
 from bncheck.findings import Escalation, Problem, Severity
 from bncheck.model import BNLayer
 from bncheck.rules._arrays import at_initial, untouched_while_trained
@@ -51,6 +58,8 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
     kept = layer.keras_momentum
     if layer.momentum is None or kept is None or kept < 1.0:
         return
+    if not verdict.layer_momentum_holds_statistics(layer) and kept == 1.0:
+        return  # an ONNX graph's 1.0 says nothing about training (PyTorch's momentum=None)
     effect = "never change" if kept == 1.0 else "diverge"
     words = layer.vocabulary
     convention = ""

@@ -25,12 +25,15 @@ fixed seed: the same data gives the same interval): "raise accuracy from 90.0% t
 points, 95% interval -0.8 to +7.0)". Advice is given only when the interval excludes no change;
 otherwise the finding is information that says "inconclusive on N samples: give more data" (on
 112 samples a regression model's error rose 26% with re-estimated statistics, yet recalibrating
-from its whole training data lowered it). A gain above ``max_metric_gain`` is a warning (above
-``severe_metric_gain`` an error); a smaller gain is information that does not call for a repair
-(statistics estimated from a few hundred samples are that noisy: a model just recalibrated from
-other data measures so); a loss is information that says not to recalibrate, and why when the
-cause is known. The same measurement settles BN001 and BN002 on the layers whose statistics
-never moved (see ``bncheck.verdict``): a measured loss makes them information. Without labels,
+from its whole training data lowered it). A gain the interval shows, whatever its size, is the
+advice to recalibrate, and is what ``bncheck recalibrate`` and ``bncheck.torch.recalibrate``
+write: one rule (``bncheck.verdict.metric_advice``) decides both, so inspect never calls a
+change too small that recalibrate writes, nor advises one that recalibrate refuses. The gain is
+a warning, and above ``max_metric_gain`` an error that fails the gate (5.6 points lost by stale
+statistics, shown by the interval, is a broken model, as BN014's severe staleness is); a loss
+is information that says not to recalibrate, and why when the cause is known. The same
+measurement settles BN001 and BN002 on the layers whose statistics never moved (see
+``bncheck.verdict``): a measured loss makes them information. Without labels,
 the share of samples whose top-1 class would change (classifiers) or the relative change of the
 outputs decides, and the finding says that labels would tell whether the change is for the
 better.
@@ -50,10 +53,13 @@ Options:
   max_relative_change: without labels, a larger relative change of a non-classifier output is
     reported.
   severe_relative_change: without labels, a larger relative change escalates the finding.
-  min_metric_change: with labels, a smaller change of the metric is not reported (accuracy as a
-    fraction; for the mean squared error, relative to its stored value).
-  max_metric_gain: with labels, a larger gain is a warning, a smaller one information.
-  severe_metric_gain: with labels, a larger gain escalates the finding (error).
+  min_metric_change: with labels, a smaller change that the interval cannot tell from none is
+    not reported (accuracy as a fraction; for the mean squared error, relative to its stored
+    value).
+  max_metric_gain: with labels, a larger gain the interval shows is an error; where the layers
+    are out of sight (a SavedModel), a larger gain of training mode over inference is reported.
+  severe_metric_gain: where the layers are out of sight, a larger gain of training mode over
+    inference escalates the finding (error).
 
 Passing: a 10-class digit CNN fit for 20 epochs with a decaying learning rate: 0.1% of top-1
 classes change, accuracy on its training digits 99.8% either way.
@@ -206,19 +212,10 @@ def _measured(
             details=details,
             escalation=Escalation.MITIGATED,
         )
-    if advice is verdict.Advice.SMALL_GAIN:
-        # Within what the noise of statistics estimated from a few hundred samples can give
-        # (a model just recalibrated from other data measures like this): no call to repair.
-        return Problem(
-            message=(
-                f"{where}re-estimating the statistics from the data would {change}{training}: "
-                "a change this small does not call for recalibrating"
-            ),
-            details=details,
-            escalation=Escalation.MITIGATED,
-        )
     relative = verdict.relative_gain(metric)
-    escalation = Escalation.SEVERE if relative > options["severe_metric_gain"] else None
+    # A loss the data shows, by the stored statistics, beyond max_metric_gain fails the gate,
+    # as statistics measured that far off do for BN014.
+    escalation = Escalation.SEVERE if relative > options["max_metric_gain"] else None
     # Untouched layers keep their statistics unless asked: the repair needs the flag.
     flag = " --include-untouched" if untrained else ""
     return Problem(

@@ -4,8 +4,18 @@ A pre-deployment gate: ``bncheck inspect MODEL --data HELD_OUT --fail-under accu
 (exit 1) when the accuracy the deployed model gives (inference mode, the statistics stored in the
 file) is below 90% on the labelled data; ``--fail-under mse=0.5`` when its mean squared error is
 above 0.5. The metric is the probe's (BN015's): accuracy for classifiers, the mean squared error
-otherwise. Data without labels, or a model whose metric is the other one, fails the gate too: it
-measured nothing to pass it with.
+otherwise. A bound that cannot be measured is a mistake in the command, not a failing model:
+``--fail-under`` without ``--data``, with ``--probe`` alone (synthetic data) or with data that
+has no labels is a usage error (one line, exit 2), like any other. A bound set in a
+configuration file instead is judged when labelled data comes; with unlabelled data, or for a
+model whose metric is the other one, it fails the gate (exit 1): nothing was measured to pass
+it with.
+
+The bound is judged on the value measured on the data given (the point estimate, as the report
+prints it), not on an end of its 95% interval: a gate promises that the model as deployed scored
+this on the held-out set, the figure a release note quotes, and judging by the interval would
+let a model pass or fail by the size of the set rather than by its score. Hold the model to a
+margin (``accuracy=0.92`` for a 90% promise), or give more data, where the difference matters.
 
 The bounds are this rule's options, so a configuration file can set them as well
 (``[tool.bncheck.rules.BN023] min_accuracy = 0.9``); the defaults (0 and infinity) never fail.

@@ -29,11 +29,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from bncheck.errors import UsageError
 from bncheck.model import BNLayer, ModelDescription
+from bncheck.probe import uncertainty
 from bncheck.probe.measure import MetricSums, OutputSums
 from bncheck.probe.results import Metric, Population
 from bncheck.recalibrate import command
@@ -296,6 +298,10 @@ class _Check:
     labelled: int
     metric_name: str | None
     custom: bool
+    paired: tuple[np.ndarray, np.ndarray]
+    """The metric's paired values with the stored and with the new statistics, for the
+    interval of the change: one per sample (accuracy, mean squared error), or one per batch (a
+    ``metric`` function gives a batch's mean)."""
 
 
 def _verify(
@@ -312,6 +318,7 @@ def _verify(
     totals = OutputSums()
     before, after = MetricSums(), MetricSums()
     custom = [0.0, 0.0, 0]
+    custom_values: tuple[list[float], list[float]] = ([], [])
     samples = 0
     modes = [(child, child.training) for child in root.modules()]
     stored = {
@@ -343,9 +350,12 @@ def _verify(
                     if metric is not None:
                         target = labels.to(first.device)
                         size = len(labels)
-                        custom[0] += float(metric(first, target)) * size
-                        custom[1] += float(metric(second, target)) * size
+                        values = float(metric(first, target)), float(metric(second, target))
+                        custom[0] += values[0] * size
+                        custom[1] += values[1] * size
                         custom[2] += size
+                        custom_values[0].append(values[0])
+                        custom_values[1].append(values[1])
                     else:
                         truth = as_numpy(labels)
                         before.add(ahead, truth)
@@ -359,11 +369,21 @@ def _verify(
         name: str | None = getattr(metric, "__name__", "metric")
         labelled = int(custom[2])
         first_total, second_total = custom[0], custom[1]
+        paired = (np.asarray(custom_values[0]), np.asarray(custom_values[1]))
     else:
         name, labelled = before.name, before.samples
         first_total, second_total = before.total, after.total
+        paired = (before.values(), after.values())
     return _checked(
-        totals, first_total, second_total, labelled, name, metric is not None, held_out, samples
+        totals,
+        first_total,
+        second_total,
+        labelled,
+        name,
+        metric is not None,
+        held_out,
+        samples,
+        paired,
     )
 
 
@@ -376,11 +396,15 @@ def _checked(
     custom: bool,
     held_out: bool,
     samples: int,
+    paired: tuple[np.ndarray, np.ndarray],
 ) -> _Check:
     measured = None
     if name is not None and labelled > 0:
         kind = Score if custom else Metric
-        measured = kind(name, before / labelled, after / labelled, None)
+        # The interval the CLI's verification computes (``command.verify``), so that the one
+        # rule (``command._refusal``) judges the same evidence.
+        change = uncertainty.paired_change(*paired)
+        measured = kind(name, before / labelled, after / labelled, None, change)
     figures = totals.measurement("output", trained=False, estimated=True, metric=measured)
     verification = Verification(
         on="validate" if held_out else "the loader",
@@ -394,7 +418,7 @@ def _checked(
         ),
         relative_change=figures.reestimated_relative_error or 0.0,
     )
-    return _Check(verification, totals, before, after, labelled, name, custom)
+    return _Check(verification, totals, before, after, labelled, name, custom, paired)
 
 
 def _combined(check: _Check, device: torch.device) -> _Check:
@@ -432,6 +456,19 @@ def _combined(check: _Check, device: torch.device) -> _Check:
         check.custom,
         check.verification.held_out,
         int(samples),
+        _gathered(check.paired),
+    )
+
+
+def _gathered(paired: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Every rank's paired values, rank by rank, on every rank."""
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, paired)
+    return (
+        np.concatenate([part[0] for part in parts]),
+        np.concatenate([part[1] for part in parts]),
     )
 
 

@@ -166,6 +166,27 @@ def test_an_onnx_loop_that_never_ends_stops_at_the_probe_timeout(tmp_path: Path)
     assert '"format": "onnx"' in done.stdout  # the static report of the model stays
 
 
+def test_recalibrate_stops_an_endless_onnx_loop_at_its_default_probe_timeout(
+    tmp_path: Path,
+) -> None:
+    """Recalibrate's load-and-estimate worker has the probe's default time limit, so a hostile
+    graph cannot hang it; a small ``--probe-timeout`` shows the one line it ends with."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    argv, home = _case(probe_limits.onnx_loop_forever, tmp_path)
+    model = Path(argv[1])
+    np.save(tmp_path / "data.npy", np.random.default_rng(0).normal(size=(64, 4)).astype("f4"))
+    out = tmp_path / "out.onnx"
+    recalibrate = ["recalibrate", str(model), "--data", str(tmp_path / "data.npy"), "-o", str(out)]
+    shown = _bncheck([*recalibrate, "--help"], home)
+    assert shown.returncode == 0, shown.stderr
+    assert "(0: no limit). [default: 600.0;" in " ".join(shown.stdout.split()), shown.stdout
+    done = _bncheck([*recalibrate, "--include-untouched", "--probe-timeout", "3"], home)
+    _one_line(done, model, "recalibrate: took longer than 3 s (--probe-timeout)")
+    assert not out.exists()
+
+
 def test_an_onnx_tensor_of_gigabytes_stops_at_the_probe_memory(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     argv, home = _case(probe_limits.onnx_constant_of_shape_bomb, tmp_path)

@@ -249,6 +249,32 @@ def test_a_storage_shared_with_another_tensor_is_refused(saved: Path, tmp_path: 
     assert message.startswith("5 running_mean: its storage") and "'5.bias'" in message
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".pth"])
+def test_a_statistic_whose_storage_the_pickle_also_holds_bare_is_refused(
+    saved: Path, tmp_path: Path, suffix: str
+) -> None:
+    """``tensor.storage()`` saved beside the state dict is a second view of the same bytes:
+    writing the statistic would change it too."""
+    state = torch.load(saved / "state_dict.pt", weights_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TypedStorage is deprecated, and still saved
+        aliased = {**state, "5.mean_buffer": state["5.running_mean"].storage()}
+        torch.save(aliased, tmp_path / f"aliased{suffix}")
+    message = _refused(tmp_path / f"aliased{suffix}", tmp_path / f"out{suffix}")
+    assert message.startswith("5 running_mean: its storage")
+    assert "also held by the pickle as a storage of its own" in message
+    assert not (tmp_path / f"out{suffix}").exists()
+    # A bare storage of another tensor changes nothing written: the file is written.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        apart = {**state, "5.bias_buffer": state["5.bias"].storage()}
+        torch.save(apart, tmp_path / f"apart{suffix}")
+    write_statistics(
+        str(tmp_path / f"apart{suffix}"), str(tmp_path / f"out{suffix}"), _new_statistics(4)
+    )
+    assert (tmp_path / f"out{suffix}").exists()
+
+
 def test_a_legacy_pytorch_file_is_refused(saved: Path, tmp_path: Path) -> None:
     state = torch.load(saved / "state_dict.pt", weights_only=True)
     torch.save(state, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)

@@ -1,3 +1,7 @@
+from pathlib import Path
+
+import pytest
+
 from bncheck.findings import Escalation
 from bncheck.rules import bn001_untouched_moving_stats as bn001
 from bncheck.rules import bn008_momentum_never_updates as rule
@@ -53,3 +57,29 @@ def test_pytorch_momentum_zero_never_updates() -> None:
     assert "never change" in problem.message
     assert problems(rule, layer(momentum=1.0, framework="pytorch")) == []
     assert problems(rule, layer(momentum=0.1, framework="pytorch")) == []
+
+
+def test_an_onnx_momentum_of_one_says_nothing_about_training() -> None:
+    """PyTorch's exporter writes 1 - momentum: 1.0 for momentum=None, the cumulative average,
+    under which the statistics do change. The graph cannot tell, so nothing is claimed; initial
+    statistics that never moved are still BN001's."""
+    assert problems(rule, layer(momentum=1.0, framework="onnx")) == []
+    assert len(problems(rule, layer(momentum=1.5, framework="onnx"))) == 1
+    untouched = layer(momentum=1.0, framework="onnx", moving_mean=[0] * 4, moving_variance=[1] * 4)
+    assert problems(rule, untouched) == []
+    [finding] = problems(bn001, untouched)
+    assert finding.layer == "model/bn"
+
+
+def test_a_pytorch_export_with_cumulative_momentum_gets_no_bn008(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("torch")
+    from bncheck.readers import read_model
+    from tests import torch_nets
+
+    data = torch_nets.digits()
+    net = torch_nets.train(torch_nets.Net(momentum=None), data, lambda n: n.train(), epochs=1)
+    model = read_model(str(torch_nets.export_onnx(net, tmp_path / "cumulative.onnx")))
+    assert [bn.momentum for bn in model.layers] == [1.0, 1.0]  # what the exporter wrote
+    for bn in model.layers:
+        assert problems(rule, bn) == [] and problems(bn001, bn) == []

@@ -70,3 +70,43 @@ def test_a_bound_without_data_is_a_usage_error(capsys: pytest.CaptureFixture[str
         main(["inspect", str(model), "--fail-under", "accuracy=0.9"])
     assert exit_.value.code == 2
     assert "--fail-under needs labelled --data" in capsys.readouterr().err
+
+
+def _onnx_model(folder: Path) -> Path:
+    """A BatchNormalization over (N, 4) inputs: enough for the probe to open data for."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    stats = [numpy_helper.from_array(np.ones(4, np.float32), name) for name in ("g", "b", "v")]
+    stats.append(numpy_helper.from_array(np.zeros(4, np.float32), "m"))
+    graph = helper.make_graph(
+        [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], name="bn")],
+        "bn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        stats,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(folder / "model.onnx"))
+    np.save(folder / "x.npy", np.random.default_rng(0).normal(size=(64, 4)).astype("float32"))
+    return folder / "model.onnx"
+
+
+@pytest.mark.parametrize("source", ["unlabelled", "synthetic"])
+def test_a_bound_that_cannot_be_measured_is_a_usage_error(
+    source: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Unlabelled data measures no metric, as no data does: both are a mistake in the command
+    (exit 2, one line), never a failing model (exit 1)."""
+    model = _onnx_model(tmp_path)
+    data = ["--data", str(tmp_path / "x.npy")] if source == "unlabelled" else ["--probe"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["inspect", str(model), *data, "--fail-under", "accuracy=0.9"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("bncheck: error: --fail-under needs lab")
+    if source == "unlabelled":
+        assert f"{tmp_path / 'x.npy'} has none: give --labels FILE.npy" in err

@@ -17,12 +17,26 @@ SweepProgress = Callable[[str, int], None]
 class BatchPlan:
     """The batches a probe runs: real data (capped at ``--samples``) or one synthetic batch."""
 
-    def __init__(self, specs: Sequence[probe_data.InputSpec] | None, options: ProbeOptions) -> None:
+    def __init__(
+        self,
+        specs: Sequence[probe_data.InputSpec] | None,
+        options: ProbeOptions,
+        whole: bool = False,
+    ) -> None:
+        """``whole``: only full batches of ``options.batch_size`` (a model that takes no other
+        size); a short last batch is left out."""
         self.options = options
+        self.whole = whole
         self.dataset: probe_data.Dataset | None = None
         source = probe_data.chosen_source(options)
         if source is not None:
             self.dataset = probe_data.open_data(source, specs)
+            if options.labels_needed_by is not None and not self.dataset.labelled:
+                raise UsageError(
+                    f"{options.labels_needed_by} needs labels to measure the metric on, and "
+                    f"{self.dataset.source} has none: give --labels FILE.npy, an .npz holding "
+                    f"'{probe_data.LABELS_KEY}', or a folder of class subfolders"
+                )
             self.specs = self.dataset.specs
             self._synthetic: probe_data.Batch | None = None
         else:
@@ -46,6 +60,8 @@ class BatchPlan:
         if self.dataset.available is None:
             return None
         count = min(self.dataset.available, self.options.samples)
+        if self.whole:
+            return max(1, count // self.options.batch_size)
         return max(1, -(-count // self.options.batch_size))
 
     def batches(self) -> Iterator[probe_data.Batch]:
@@ -54,7 +70,7 @@ class BatchPlan:
             yield self._synthetic
             return
         yield from self.dataset.batches(
-            self.options.batch_size, self.options.seed, self.options.samples
+            self.options.batch_size, self.options.seed, self.options.samples, self.whole
         )
 
     def describe(self, samples: int, batches: int) -> ProbeData:

@@ -23,6 +23,7 @@ inside, as in Keras models. The watched activations are held in memory for the w
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +79,60 @@ def probe(
     notes = list(runner.notes)
     if not runner.layers:
         notes.append("no BatchNormalization nodes: there is no training mode to compare with")
+    whole = runner.fixed_batch is not None
+    if runner.fixed_batch is not None:
+        notes.append(fixed_batch_note(runner.fixed_batch, options.batch_size))
+        options = replace(options, batch_size=runner.fixed_batch)
     step("running the graph with onnxruntime")
     found = measure.ProbeFound(path, LOADER, content, options.unsafe)
-    return measure.probe_result(runner, BatchPlan(specs, options), found, untouched, step, notes)
+    plan = BatchPlan(specs, options, whole=whole)
+    return measure.probe_result(runner, plan, found, untouched, step, notes)
+
+
+def _momentum(recorded: float) -> float | None:
+    """The momentum that governed training, where the graph tells: ``None`` for exactly 1.0,
+    which PyTorch's exporter writes for ``momentum=None`` (a cumulative average that moves), so
+    it cannot mean statistics held still (``verdict.layer_momentum_holds_statistics``)."""
+    return None if recorded == 1.0 else recorded
+
+
+def fixed_batch(model: Any) -> int | None:
+    """The batch size the graph's inputs are declared with (an export without a dynamic batch
+    dimension), or ``None`` where it takes any. onnxruntime refuses a batch of another size, and
+    the training-mode pass needs at least two samples to take statistics over."""
+    dimensions = [_batch_dimension(value) for value in _graph_inputs(model)]
+    sizes = {size for size in dimensions if size is not None}
+    if not dimensions or len(sizes) < len(set(dimensions)):
+        return None
+    if len(sizes) > 1:
+        raise ModelReadError(
+            f"its inputs are declared with different fixed batch sizes ({sorted(sizes)}): "
+            "export it with a dynamic batch dimension"
+        )
+    [size] = sizes
+    if size < 2:
+        raise ModelReadError(
+            "its inputs have a fixed batch dimension of 1, and batch statistics need at least "
+            "2 samples: export it with a dynamic batch dimension (torch.onnx.export(..., "
+            "dynamic_axes={INPUT: {0: 'batch'}, ...}))"
+        )
+    return size
+
+
+def fixed_batch_note(size: int, asked: int) -> str:
+    """What a report says of a model that takes batches of one size only."""
+    instead = "" if asked == size else f" instead of --batch-size {asked}"
+    return (
+        f"the model's inputs have a fixed batch dimension of {size}: it ran whole batches of "
+        f"{size}{instead} (a short last batch is left out)"
+    )
+
+
+def _batch_dimension(value: Any) -> int | None:
+    dims = value.type.tensor_type.shape.dim
+    if not dims or dims[0].dim_value <= 0:
+        return None
+    return int(dims[0].dim_value)
 
 
 class OnnxRunner:
@@ -101,6 +153,8 @@ class OnnxRunner:
         self.model = model
         self.nodes = onnx_graph.batchnorm_nodes(model.graph)
         self.names = [value.name for value in _graph_inputs(model)]
+        self.fixed_batch = fixed_batch(model)
+        """The only batch size the graph takes; ``None`` for any."""
         self.values = onnx_graph.Values(model.graph, directory)
         self.stored: dict[str, tuple[np.ndarray, ...]] = {}
         self._layers: list[LayerInfo] = []
@@ -118,7 +172,7 @@ class OnnxRunner:
                         self.values.tensor(name) is not None for name in bn.node.input[3:5]
                     ),
                     epsilon=bn.attribute("epsilon", onnx_graph.DEFAULT_EPSILON),
-                    momentum=bn.attribute("momentum", onnx_graph.DEFAULT_MOMENTUM),
+                    momentum=_momentum(bn.attribute("momentum", onnx_graph.DEFAULT_MOMENTUM)),
                     moving_mean=mean,
                     moving_variance=variance,
                 )
@@ -141,6 +195,14 @@ class OnnxRunner:
         self._estimated = None
 
     def run(self, inputs: Sequence[np.ndarray], *modes: str) -> list[PassResult]:
+        size = len(inputs[0]) if inputs else None
+        if self.fixed_batch is not None and size != self.fixed_batch:
+            raise ModelReadError(
+                f"the model takes batches of exactly {self.fixed_batch} samples (a fixed batch "
+                f"dimension), and this run needs one of {size}: give at least "
+                f"{2 * self.fixed_batch} samples, or export the model with a dynamic batch "
+                "dimension"
+            )
         results = []
         for mode in modes:
             if mode == STORED:
