@@ -756,7 +756,7 @@ def _metric(
 def _batch_dependence(
     runner: Runner, batch: Batch, whole: Any, outputs: dict[str, OutputSums]
 ) -> list[str]:
-    fixed = getattr(runner, "fixed_batch", None)
+    fixed = runner.fixed_batch
 
     def run(halves: list[np.ndarray]) -> Sequence[tuple[str, np.ndarray]]:
         if fixed is not None:

@@ -103,6 +103,10 @@ class LayerInfo:
 class Runner(Protocol):
     """One loaded model the measurement runs (see the module's docstring)."""
 
+    fixed_batch: int | None
+    """The one batch size the model takes (an ONNX export without a dynamic batch dimension);
+    ``None`` when it takes any."""
+
     @property
     def layers(self) -> Sequence[LayerInfo]:
         """The model's BatchNorm layers, in the order they run."""

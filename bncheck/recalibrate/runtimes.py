@@ -132,7 +132,7 @@ def _open_savedmodel(
 def fitted(plan: Plan, runner: Runner, progress: Progress) -> Plan:
     """``plan`` for a runner whose model takes one batch size only (an ONNX export without a
     dynamic batch dimension): whole batches of that size, as the probe runs it, and said."""
-    size = getattr(runner, "fixed_batch", None)
+    size = runner.fixed_batch
     if size is None:
         return plan
     if size != plan.batch_size:

@@ -26,6 +26,8 @@ def layer_info(path: str, layer: Any) -> LayerInfo:
 class KerasRunner:
     """A live Keras model's BatchNorm layers run through ``Passes``."""
 
+    fixed_batch: int | None = None  # any batch size runs
+
     def __init__(
         self, model: Any, layers: Sequence[tuple[str, Any]], force: Iterable[str] = ()
     ) -> None:

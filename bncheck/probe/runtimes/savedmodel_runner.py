@@ -97,6 +97,8 @@ class SavedModelRunner:
     """The runner protocol (``runtime.Runner``) over a SavedModel's serving signature (see the
     module's docstring)."""
 
+    fixed_batch: int | None = None  # any batch size runs
+
     def __init__(
         self,
         tf: Any,

@@ -88,6 +88,8 @@ class TorchScriptRunner:
     The buffers are put back after every pass, and the module left in ``eval()``.
     """
 
+    fixed_batch: int | None = None  # any batch size runs
+
     def __init__(self, torch: Any, module: Any) -> None:
         self.torch = torch
         self.module = module
