@@ -199,6 +199,11 @@ class _GraphScan:
             _node_name(saver.save_tensor_name),
             _node_name(saver.restore_op_name),
         } - {""}
+        self.interfaces: dict[str, list[str]] = {}
+        for name, function in self.functions.items():
+            interface = _interface(function)
+            if interface:
+                self.interfaces.setdefault(interface, []).append(name)
         self.object_graph = meta_graph.object_graph_def
         self.gradients = graph.library
         self.found: dict[tuple[str, str], None] = {}
@@ -216,6 +221,9 @@ class _GraphScan:
                     self._check(GRAPH, called, _PURE_OPS)
         saver_reach = self._reachable(saver_calls)
         other_calls.extend(name for name in self.functions if name not in saver_reach)
+        # A function TensorFlow may run in place of another (its graph optimiser swaps a call
+        # for any function implementing the same interface) is never the saver's alone.
+        other_calls.extend(name for name in self.functions if _interface(self.functions[name]))
         saver_only = saver_reach - self._reachable(other_calls)
         for name, function in self.functions.items():
             allowed = _SAVER_OPS if name in saver_only else _PURE_OPS
@@ -245,6 +253,9 @@ class _GraphScan:
             if name in reached:
                 continue
             reached.add(name)
+            interface = _interface(self.functions[name])
+            if interface:
+                queue.extend(self.interfaces.get(interface, ()))
             for node in self.functions[name].node_def:
                 for called in (node.op, *_called_functions(node)):
                     if called in self.functions and called not in reached:
@@ -256,6 +267,22 @@ class _GraphScan:
         op (a node's op, or an attribute naming a registered op) must be allowed."""
         if called not in self.functions and called not in allowed:
             self.found[(where, called)] = None
+
+
+#: Function attributes by which TensorFlow's graph optimiser may run one function in place of
+#: another: its implementation selector swaps a call for any library function with the same
+#: ``api_implements`` (as Keras 2 chose its recurrent kernels by device).
+_INTERFACES = ("api_implements", "_implements")
+
+
+def _interface(function: Any) -> str:
+    """The interfaces ``function`` says it implements, one string; empty when none."""
+    named = sorted(
+        f"{entry.key}={entry.value.s!r}{entry.value.func.name}"
+        for entry in function.attr
+        if entry.key in _INTERFACES
+    )
+    return ";".join(named)
 
 
 def _called_functions(node: Any) -> Iterator[str]:

@@ -73,6 +73,7 @@ _MESSAGES: Table = {
     # ``list`` and ``func``: the functions a node calls (the probe checks each one's ops).
     "AttrValue": (
         (1, "list", "AttrListValue"),
+        (2, "s", "bytes"),
         (8, "tensor", "TensorProto"),
         (10, "func", "NameAttrList"),
     ),
@@ -86,7 +87,11 @@ _MESSAGES: Table = {
         (5, "attr", "repeated AttrEntry"),
     ),
     "OpDef": ((1, "name", "string"),),
-    "FunctionDef": ((1, "signature", "OpDef"), (3, "node_def", "repeated NodeDef")),
+    "FunctionDef": (
+        (1, "signature", "OpDef"),
+        (3, "node_def", "repeated NodeDef"),
+        (5, "attr", "repeated AttrEntry"),
+    ),
     "GradientDef": ((1, "function_name", "string"), (2, "gradient_func", "string")),
     "RegisteredGradient": ((1, "gradient_func", "string"),),
     "FunctionDefLibrary": (

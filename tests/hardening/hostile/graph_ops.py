@@ -28,6 +28,7 @@ SAVEDMODEL_OPS = {
     "savedmodel-unknown-op": "BncheckUnheardOfOp",
     "savedmodel-save-v2-laundered-through-saver": "SaveV2",
     "savedmodel-merge-checkpoints-laundered-through-saver": "MergeV2Checkpoints",
+    "savedmodel-save-v2-swapped-in-by-the-implementation-selector": "SaveV2",
 }
 #: Empty nodes appended to a healthy ``saved_model.pb`` by the graph bomb: 2 bytes each on the
 #: wire, many times that parsed.
@@ -150,6 +151,54 @@ def laundered_through_saver(
     return build
 
 
+def implementation_swap(folder: Path) -> Sequence[str]:
+    """A module whose serving function calls a pure function tagged as one implementation of an
+    interface (``api_implements``, preferred on GPU), with a second implementation (preferred on
+    CPU) that also saves a checkpoint, named only by an attribute of the saver's save node. A
+    scan that judged the second function the saver's would let it run: TensorFlow's graph
+    optimiser swaps the serving call for it on a CPU."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    spec = tf.TensorSpec([None, 4], tf.float32)
+    interface = {"api_implements": "bncheck_hostile_double"}
+
+    @tf.function(experimental_attributes={**interface, "api_preferred_device": "GPU"})
+    def double(x: Any) -> Any:
+        return x * 2.0
+
+    @tf.function(experimental_attributes={**interface, "api_preferred_device": "CPU"})
+    def double_and_save(x: Any) -> Any:
+        with tf.control_dependencies([_save_v2(x, folder)]):
+            return tf.identity(x * 2.0)
+
+    class Module(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = tf.Variable(1.0)
+
+        @tf.function(input_signature=[spec])
+        def __call__(self, x: Any) -> Any:
+            return {"y": double(x) * self.scale}
+
+    module = Module()
+    path = folder / "model"
+    tf.saved_model.save(module, str(path), signatures=module.__call__)
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((path / "saved_model.pb").read_bytes())
+    meta = saved.meta_graphs[0]
+    swapped = double_and_save.get_concrete_function(spec).function_def
+    meta.graph_def.library.function.add().CopyFrom(swapped)
+    save_node = next(
+        node
+        for node in meta.graph_def.node
+        if node.name == meta.saver_def.save_tensor_name.split(":")[0]
+    )
+    save_node.attr["_extra"].func.name = swapped.signature.name
+    (path / "saved_model.pb").write_bytes(saved.SerializeToString())
+    return _probe(path)
+
+
 def graph_bomb(folder: Path) -> Sequence[str]:
     """A healthy Keras export whose ``saved_model.pb`` gains a second meta graph of
     ``BOMB_NODES`` empty nodes: 10 MB on disk, over 100 bytes each once parsed."""
@@ -269,6 +318,13 @@ CASES: list[HostileCase] = [
             ("savedmodel-save-v2-laundered-through-saver", _save_v2),
             ("savedmodel-merge-checkpoints-laundered-through-saver", _merge_checkpoints),
         )
+    ),
+    HostileCase(
+        "savedmodel-save-v2-swapped-in-by-the-implementation-selector",
+        implementation_swap,
+        frozenset({1}),
+        "tensorflow",
+        TF_RSS_MIB,
     ),
     HostileCase("savedmodel-graph-bomb", graph_bomb, frozenset({3}), "tensorflow", TF_RSS_MIB),
     HostileCase("onnx-contrib-domain-op", onnx_contrib_op, frozenset({1}), "onnxruntime"),
