@@ -136,6 +136,15 @@ def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
             f"-o {options.output} exists: a SavedModel is written to a new folder OUT, never "
             "over one"
         )
+    if description.format in FOLDERS and options.output:
+        inside = os.path.commonpath(
+            [os.path.realpath(options.model), os.path.realpath(options.output)]
+        )
+        if inside == os.path.realpath(options.model):
+            raise UsageError(
+                f"-o {options.output} is inside {options.model}: write the new SavedModel "
+                "outside the one it is made from"
+            )
     output = output_path(options.model, options.output, options.in_place, _written_as(description))
     assert output is not None  # the command always writes
     _refuse_overwriting_inputs(options, output)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import struct
 from dataclasses import dataclass
 from math import prod
@@ -98,20 +99,48 @@ def write_savedmodel(source: str, target: str, statistics: Statistics) -> None:
                 raise WriteError(f"{source} changed while {target} was written; nothing written")
 
 
+#: The most files and folders a SavedModel written back may hold.
+MAX_ENTRIES = 100_000
+#: A file larger than this must have most of its bytes on disk: a sparse file would be written
+#: out in full, however little the input takes.
+_SPARSE_ABOVE = 1 << 20
+
+
 def _files(root: Path) -> list[str]:
-    """Every file of the SavedModel, relative to it; refused when it holds a link or anything
-    but files and folders."""
+    """Every file of the SavedModel, relative to it; refused when it holds a link (symbolic, or
+    a file another path also names), a sparse file, or anything but files and folders."""
     found = []
+    entries = 0
     for folder, directories, names in os.walk(root):
         for name in [*directories, *names]:
+            entries += 1
+            if entries > MAX_ENTRIES:
+                raise WriteError(f"{root} holds more than {MAX_ENTRIES} files and folders")
             path = Path(folder, name)
-            if path.is_symlink():
+            status = path.lstat()
+            if stat.S_ISLNK(status.st_mode):
                 raise WriteError(f"{path} is a symbolic link; bncheck copies no link")
-            if not (path.is_dir() or path.is_file()):
+            if stat.S_ISDIR(status.st_mode):
+                continue
+            if not stat.S_ISREG(status.st_mode):
                 raise WriteError(f"{path} is neither a file nor a folder")
-            if path.is_file():
-                found.append(str(path.relative_to(root)))
+            if status.st_nlink > 1:
+                raise WriteError(
+                    f"{path} is a hard link, a file other paths also name; bncheck copies no link"
+                )
+            stored = getattr(status, "st_blocks", None)
+            if stored is not None and _sparse(status.st_size, stored * 512):
+                raise WriteError(
+                    f"{path} declares {status.st_size} bytes but stores {stored * 512} (a sparse "
+                    "file); bncheck copies no sparse file"
+                )
+            found.append(str(path.relative_to(root)))
     return sorted(found)
+
+
+def _sparse(size: int, stored: int) -> bool:
+    """Whether a file of ``size`` bytes with ``stored`` bytes on disk is mostly holes."""
+    return size > _SPARSE_ABOVE and stored < size // 2
 
 
 def _groups(description: ModelDescription) -> list[tuple[str, str]]:

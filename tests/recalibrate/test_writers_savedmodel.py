@@ -169,3 +169,24 @@ def test_an_unknown_layer_is_refused(saved: Path, tmp_path: Path) -> None:
     message = _refused(saved / "tf_keras_saved", tmp_path / "out", {"bn9": (np.zeros(6),) * 2})
     assert "no BatchNorm layer 'bn9'" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_hard_links_and_sparse_files_are_refused(saved: Path, tmp_path: Path) -> None:
+    """A file another path also names would carry that file's bytes into OUT; a sparse file
+    would be written out in full, however little of the disk the input takes."""
+    model = tmp_path / "model"
+    shutil.copytree(saved / "keras3_export", model)
+    statistics = _statistics(model, 3)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not the model's")
+    (model / "assets").mkdir(exist_ok=True)
+    os.link(secret, model / "assets" / "readme.txt")
+    assert "hard link" in _refused(model, tmp_path / "out", statistics)
+    (model / "assets" / "readme.txt").unlink()
+    with (model / "assets" / "big.bin").open("wb") as handle:
+        handle.truncate(1 << 30)  # a 1 GiB hole
+    assert "sparse file" in _refused(model, tmp_path / "out", statistics)
+    assert not (tmp_path / "out").exists()
+    (model / "assets" / "big.bin").unlink()
+    write_statistics(str(model), str(tmp_path / "out"), statistics)  # the model itself is fine
+    assert (tmp_path / "out" / "saved_model.pb").is_file()
