@@ -133,8 +133,12 @@ def metric_advice(metric: Metric, options: Mapping[str, float]) -> Advice:
 
 
 def inconclusive_on(metric: Metric) -> str:
-    """``inconclusive on N samples: give more data``."""
-    samples = metric.change.samples if metric.change is not None else 0
+    """``inconclusive on N samples: give more data``; where not one sample's result changed,
+    more data would not help and the text says so."""
+    change = metric.change
+    if change is not None and change.low == 0.0 == change.high:
+        return f"not one of the {change.samples} samples changes: nothing to gain"
+    samples = change.samples if change is not None else 0
     return f"inconclusive on {samples} samples: give more data"
 
 

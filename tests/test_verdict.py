@@ -81,6 +81,10 @@ def test_recalibrate_refuses_what_it_cannot_show_to_be_better() -> None:
     assert refusal(labelled(0.20, 0.95, 0.70, 0.80, 112)) is None
     worse = refusal(labelled(0.95, 0.60, -0.40, -0.30, 112))
     assert worse is not None and "would fall from 95.0% to 60.0%" in worse
+    # Not one prediction changes: more data would not make the case, and the refusal says so.
+    unchanged = refusal(labelled(0.99, 0.99, 0.0, 0.0, 397))
+    assert unchanged is not None and "would stay at 99.0%" in unchanged
+    assert unchanged.endswith("not one of the 397 samples changes: nothing to gain")
 
 
 @pytest.mark.parametrize(
