@@ -7,7 +7,6 @@ import contextvars
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import IO, Any
 
 import h5py
@@ -51,16 +50,19 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 NO_LINKS = "bncheck follows no links, so it refuses a file that holds one where it reads"
 
 
-@dataclass
 class _FileBudget:
-    """What has been spent on one open HDF5 file."""
+    """What has been spent on one open HDF5 file (a plain class: a dataclass costs more to
+    create, at import, than bncheck's static path spends on most of its work)."""
 
-    links: int = 0
-    read_bytes: int = 0
-    arrays: dict[int, tuple[str, np.ndarray]] = field(default_factory=dict)
-    """Each dataset read, by object address: the name it was read by, and its values."""
-    file_size: int | None = None
-    """The file's size in bytes, once asked."""
+    __slots__ = ("links", "read_bytes", "arrays", "file_size")
+
+    def __init__(self) -> None:
+        self.links = 0
+        self.read_bytes = 0
+        self.arrays: dict[int, tuple[str, np.ndarray]] = {}
+        """Each dataset read, by object address: the name it was read by, and its values."""
+        self.file_size: int | None = None
+        """The file's size in bytes, once asked."""
 
 
 _BUDGETS: contextvars.ContextVar[dict[int, _FileBudget] | None] = contextvars.ContextVar(
@@ -404,15 +406,34 @@ def open_path(gid: ObjectID, segments: tuple[str, ...], where: str = "") -> Obje
     return current
 
 
-def link_names(gid: ObjectID) -> list[str]:
-    """The names of the links ``gid`` holds, in name order, none followed yet."""
-    names: list[str] = []
+#: A link as ``links_of`` lists it: its name, its kind (``h5py.h5l.TYPE_HARD``, ...) and, for
+#: a hard link, the address of the object it leads to.
+Link = tuple[str, int, int]
 
-    def collect(name: bytes) -> None:
-        names.append(name.decode("utf-8", "surrogateescape"))
 
-    gid.links.iterate(collect)
-    return names
+def links_of(gid: ObjectID) -> list[Link]:
+    """The links ``gid`` holds, in name order; none followed yet."""
+    links: list[Link] = []
+
+    def collect(name: bytes, info: Any) -> None:
+        # h5py hands every call the same information object: copy what it says now.
+        links.append((name.decode("utf-8", "surrogateescape"), info.type, int(info.u)))
+
+    gid.links.iterate(collect, info=True)
+    return links
+
+
+def open_listed(gid: ObjectID, link: Link, where: str) -> tuple[ObjectID, int]:
+    """``open_hard`` for a link ``links_of`` listed: the object and its address."""
+    name, kind, address = link
+    budget = _budget_of(gid)
+    budget.links += 1
+    if budget.links > MAX_LINKS:
+        raise ModelReadError(f"the file holds more than {MAX_LINKS} links to visit")
+    if kind != h5py.h5l.TYPE_HARD:
+        reason = _link_kind(h5py.Group(gid), name, kind)
+        raise ModelReadError(f"{joined(where, name) or '/'} {reason}; {NO_LINKS}")
+    return h5py.h5o.open(gid, name.encode("utf-8", "surrogateescape")), address
 
 
 def hard_links(gid: ObjectID, where: str) -> list[tuple[str, int]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -22,9 +22,10 @@ from bncheck.readers.codecs.h5util import (
     ObjectID,
     enter_group,
     hard_links,
-    link_names,
+    links_of,
     open_group,
     open_hard,
+    open_listed,
     open_path,
     read_bn_array_id,
     text_attr_id,
@@ -69,16 +70,18 @@ def variables_of(vars_group: ObjectID, where: str) -> dict[int, Variable]:
     """The datasets of the ``vars`` group of the layer at ``where``, by index."""
     if not isinstance(vars_group, h5py.h5g.GroupID):
         raise ModelReadError(f"{where}/vars is not a group")
-    keys = link_names(vars_group)
-    if not all(key.isdigit() and key == str(int(key)) for key in keys):
-        raise ModelReadError(f"{where}/vars has unexpected variable names {sorted(keys)[:8]}")
+    links = links_of(vars_group)
+    if not all(key.isdigit() and key == str(int(key)) for key, _, _ in links):
+        keys = sorted(key for key, _, _ in links)
+        raise ModelReadError(f"{where}/vars has unexpected variable names {keys[:8]}")
     datasets = {}
     vars_where = f"{where}/vars"
-    for key in keys:
-        found = open_hard(vars_group, key, vars_where)
-        if found is None or not isinstance(found[0], h5py.h5d.DatasetID):
+    for link in links:
+        key = link[0]
+        dataset, address = open_listed(vars_group, link, vars_where)
+        if not isinstance(dataset, h5py.h5d.DatasetID):
             raise ModelReadError(f"{vars_where}/{key} is not a dataset")
-        datasets[int(key)] = (found[0], found[1], f"{vars_where}/{key}")
+        datasets[int(key)] = (dataset, address, f"{vars_where}/{key}")
     return datasets
 
 
@@ -126,8 +129,7 @@ def check_shapes(arrays: Mapping[str, np.ndarray], where: str) -> None:
         raise ModelReadError(f"{where}: BatchNorm arrays disagree in shape ({described})")
 
 
-@dataclass(frozen=True)
-class KnownLayer:
+class KnownLayer(NamedTuple):
     """A layer whose place in the weights file is known from the configuration."""
 
     path: tuple[str, ...]
