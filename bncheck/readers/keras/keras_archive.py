@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import struct
 import tempfile
@@ -68,6 +69,7 @@ MAX_WEIGHTS_COMPRESSION = 100
 #: compression (deflate64) or encryption.
 ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
 _COPY_CHUNK = 1 << 20
+_HDF5_BUFFER = 16 << 10
 
 
 def read(path: str) -> ModelDescription:
@@ -348,8 +350,11 @@ def _open_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> 
             yield inflated
         return
     raw = open(path, "rb")  # noqa: SIM115 - closed by FileWindow.close
-    with FileWindow(raw, _data_offset(raw, info), info.file_size) as window:
-        yield window  # type: ignore[misc]
+    window = FileWindow(raw, _data_offset(raw, info), info.file_size)
+    # libhdf5 reads the metadata of neighbouring objects in many small pieces: a buffer serves
+    # most of them without a call back into the window.
+    with io.BufferedReader(window, buffer_size=_HDF5_BUFFER) as buffered:
+        yield buffered
 
 
 def _data_offset(raw: IO[bytes], info: zipfile.ZipInfo) -> int:
