@@ -415,11 +415,14 @@ def links_of(gid: ObjectID) -> list[Link]:
     """The links ``gid`` holds, in name order; none followed yet."""
     links: list[Link] = []
 
-    def collect(name: bytes, info: Any) -> None:
+    def collect(name: bytes, info: Any) -> bool:
         # h5py hands every call the same information object: copy what it says now.
         links.append((name.decode("utf-8", "surrogateescape"), info.type, int(info.u)))
+        return len(links) > MAX_LINKS  # stops the iteration
 
     gid.links.iterate(collect, info=True)
+    if len(links) > MAX_LINKS:
+        raise ModelReadError(f"the file holds more than {MAX_LINKS} links to visit")
     return links
 
 
@@ -443,15 +446,16 @@ def hard_links(gid: ObjectID, where: str) -> list[tuple[str, int]]:
     found: list[tuple[str, int]] = []
     refused: list[tuple[str, int]] = []
 
-    def collect(name: bytes, info: Any) -> None:
+    def collect(name: bytes, info: Any) -> bool:
         text = name.decode("utf-8", "surrogateescape")
         if info.type == h5py.h5l.TYPE_HARD:
             found.append((text, int(info.u)))
         elif not refused:
             refused.append((text, info.type))
+        budget.links += 1
+        return budget.links > MAX_LINKS  # stops the iteration
 
     gid.links.iterate(collect, info=True)
-    budget.links += len(found) + len(refused)
     if budget.links > MAX_LINKS:
         raise ModelReadError(f"the file holds more than {MAX_LINKS} links to visit")
     if refused:
