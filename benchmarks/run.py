@@ -109,9 +109,12 @@ def interleaved(
     commands: dict[str, tuple[str, list[str]]], repeat: int
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Median wall and CPU times of each ``(code, args)``, the commands taking turns in every
-    round so that a change in the machine's load touches them all alike."""
+    round so that a change in the machine's load touches them all alike. One untimed round
+    first fills the bytecode cache and the page cache."""
     wall: dict[str, list[float]] = {name: [] for name in commands}
     cpu: dict[str, list[float]] = {name: [] for name in commands}
+    for code, args in commands.values():
+        run_python_cpu(code, *args)
     for _ in range(repeat):
         for name, (code, args) in commands.items():
             elapsed, used, _ = run_python_cpu(code, *args)
@@ -1026,12 +1029,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the generated models here and reuse them in later runs (default: a "
+        "temporary directory, removed afterwards)",
+    )
     args = parser.parse_args()
     targets: list[Target] = []
     with tempfile.TemporaryDirectory(prefix="bncheck-bench-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        # Every timed command runs from byte-compiled modules, as an installed package does (pip
+        # compiles them when it installs), whatever PYTHONDONTWRITEBYTECODE says here: the
+        # commands share a bytecode cache of their own, filled by their first run.
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        os.environ["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
         for name in args.only or BENCHMARKS:
             print(f"running {name} ...", file=sys.stderr, flush=True)
-            targets += BENCHMARKS[name](Path(tmp), args.repeat)
+            targets += BENCHMARKS[name](workdir, args.repeat)
     print(f"{'target':<22} {'ratio':>8} {'threshold':>10}  result  medians")
     for target in targets:
         sign = ">=" if target.higher_is_better else "<="

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from bncheck.errors import ModelReadError, UsageError
 
@@ -93,7 +93,7 @@ def read_all(
             timeout = max(0.0, min(task.deadline for task in busy.values()) - time.monotonic())
             for conn in wait(list(busy), timeout):
                 task = busy.pop(conn)
-                outcomes[task.index] = task.worker.receive(limits)
+                outcomes[task.position] = task.worker.receive(limits)
                 if task.worker.alive:
                     _POOL.give_back(task.worker, limits)
             now = time.monotonic()
@@ -101,7 +101,7 @@ def read_all(
                 if task.deadline <= now:
                     del busy[conn]
                     task.worker.kill()
-                    outcomes[task.index] = ModelReadError(
+                    outcomes[task.position] = ModelReadError(
                         f"reading took longer than {limits.seconds:g} s"
                     )
     finally:
@@ -110,10 +110,10 @@ def read_all(
     return [outcomes[index] for index in range(len(paths))]
 
 
-@dataclass
-class _Task:
+class _Task(NamedTuple):
     worker: _Worker
-    index: int
+    position: int
+    """Of its path in the paths read."""
     deadline: float
 
 

@@ -42,9 +42,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from bncheck.findings import Problem, Severity
-from bncheck.probe.results import TRAINING, LayerMeasurement, OutputMeasurement, ProbeResult
+
+if TYPE_CHECKING:  # the probe's types stay off the static path
+    from bncheck.probe.results import LayerMeasurement, OutputMeasurement, ProbeResult
 
 ID = "BN013"
 NAME = "inference-collapse"
@@ -54,6 +57,8 @@ OPTIONS: Mapping[str, float] = {"max_spread_ratio": 0.01, "max_growth": 100.0}
 
 
 def check(result: ProbeResult, options: Mapping[str, float]) -> Iterator[Problem]:
+    from bncheck.probe.results import TRAINING
+
     if TRAINING not in result.modes:
         return
     ratio, growth = options["max_spread_ratio"], options["max_growth"]

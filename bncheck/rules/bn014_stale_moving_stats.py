@@ -51,12 +51,15 @@ learning rate 0.01, when the momentum-0.99 averages had not caught up).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bncheck import verdict
 from bncheck.findings import Escalation, Problem, Severity
-from bncheck.probe.results import ProbeResult
+
+if TYPE_CHECKING:  # the probe's types stay off the static path
+    from bncheck.probe.results import ProbeResult
 
 ID = "BN014"
 NAME = "stale-moving-stats"

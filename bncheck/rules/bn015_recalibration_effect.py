@@ -70,10 +70,13 @@ accuracy from 9.5% to 95.3% (90% of top-1 classes change).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from bncheck import verdict
 from bncheck.findings import Escalation, Problem, Severity
-from bncheck.probe.results import Metric, OutputMeasurement, ProbeResult
+
+if TYPE_CHECKING:  # the probe's types stay off the static path
+    from bncheck.probe.results import Metric, OutputMeasurement, ProbeResult
 
 ID = "BN015"
 NAME = "recalibration-effect"

@@ -32,9 +32,12 @@ graph calls its first BatchNorm layer as ``bn1(x, training=True)``).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from bncheck.findings import Problem, Severity
-from bncheck.probe.results import ProbeResult
+
+if TYPE_CHECKING:  # the probe's types stay off the static path
+    from bncheck.probe.results import ProbeResult
 
 ID = "BN016"
 NAME = "batch-dependent-inference"

@@ -34,9 +34,12 @@ function calls ``tf.print(x, output_stream="file:///tmp/log")``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from bncheck.findings import Escalation, Problem, Severity
-from bncheck.probe.results import ProbeResult
+
+if TYPE_CHECKING:  # the probe's types stay off the static path
+    from bncheck.probe.results import ProbeResult
 
 ID = "BN017"
 NAME = "unsafe-model-content"

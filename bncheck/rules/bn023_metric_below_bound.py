@@ -38,9 +38,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from bncheck.findings import Problem, Severity
-from bncheck.probe.results import ProbeResult
+
+if TYPE_CHECKING:  # the probe's types stay off the static path
+    from bncheck.probe.results import ProbeResult
 
 ID = "BN023"
 NAME = "metric-below-bound"

@@ -7,7 +7,6 @@ import contextvars
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import IO, Any
 
 import h5py
@@ -51,14 +50,19 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 NO_LINKS = "bncheck follows no links, so it refuses a file that holds one where it reads"
 
 
-@dataclass
 class _FileBudget:
-    """What has been spent on one open HDF5 file."""
+    """What has been spent on one open HDF5 file (a plain class: a dataclass costs more to
+    create, at import, than bncheck's static path spends on most of its work)."""
 
-    links: int = 0
-    read_bytes: int = 0
-    arrays: dict[int, tuple[str, np.ndarray]] = field(default_factory=dict)
-    """Each dataset read, by object address: the name it was read by, and its values."""
+    __slots__ = ("links", "read_bytes", "arrays", "file_size")
+
+    def __init__(self) -> None:
+        self.links = 0
+        self.read_bytes = 0
+        self.arrays: dict[int, tuple[str, np.ndarray]] = {}
+        """Each dataset read, by object address: the name it was read by, and its values."""
+        self.file_size: int | None = None
+        """The file's size in bytes, once asked."""
 
 
 _BUDGETS: contextvars.ContextVar[dict[int, _FileBudget] | None] = contextvars.ContextVar(
@@ -78,10 +82,18 @@ def budgeted() -> Iterator[None]:
 
 
 def _budget(obj: h5py.HLObject) -> _FileBudget:
+    return _budget_of(obj.id)
+
+
+def _budget_of(oid: Any) -> _FileBudget:
     budgets = _BUDGETS.get()
     if budgets is None:
         return _FileBudget()  # outside `budgeted`: each call on its own
-    return budgets.setdefault(obj.id.fileno, _FileBudget())
+    fileno = oid.fileno
+    budget = budgets.get(fileno)
+    if budget is None:
+        budget = budgets[fileno] = _FileBudget()
+    return budget
 
 
 def address(obj: h5py.HLObject) -> int:
@@ -208,11 +220,12 @@ def read_values(node: object, what: str) -> np.ndarray:
         raise ModelReadError(f"{what} has non-numeric type {node.dtype}")
     budget = _budget(node)
     here = address(node)
+    name = (node.name or "").lstrip("/")
     if here in budget.arrays:
-        name, values = budget.arrays[here]
-        if name != node.name:
+        first, values = budget.arrays[here]
+        if first != name:
             raise ModelReadError(
-                f"{what} is the same dataset as {name.lstrip('/')} (a hard link); bncheck "
+                f"{what} is the same dataset as {first} (a hard link); bncheck "
                 "reads files in which each array has one name"
             )
         return values
@@ -225,7 +238,7 @@ def read_values(node: object, what: str) -> np.ndarray:
             "BatchNorm arrays are far smaller"
         )
     values = np.asarray(node[()])
-    budget.arrays[here] = (node.name, values)
+    budget.arrays[here] = (name, values)
     return values
 
 
@@ -334,6 +347,265 @@ def names_attr(obj: h5py.HLObject, key: str) -> list[str] | None:
     return names if chunk else None
 
 
+# --- The same checks on h5py's low-level objects -------------------------------------------
+#
+# A reader that knows what it looks for (the Keras 3 archive, guided by its configuration) works
+# on h5py's object identifiers: a lookup costs one link query and one open, where h5py's
+# high-level objects build a property list, a name and a wrapper for each.
+
+#: An open HDF5 object: h5py's ``GroupID``, ``DatasetID`` or ``TypeID`` (``h5py.h5o.open``).
+ObjectID = Any
+
+
+def joined(where: str, name: str) -> str:
+    """``name`` below the group at ``where`` ("" for the root), as messages show paths."""
+    return f"{where}/{name}" if where else name
+
+
+def open_hard(gid: ObjectID, name: str, where: str) -> tuple[ObjectID, int] | None:
+    """The object the group ``gid`` (at ``where``) holds as ``name`` (one component) and its
+    address, when it is a hard link; ``None`` when there is none. Any other link is refused,
+    as ``child`` refuses it."""
+    budget = _budget_of(gid)
+    budget.links += 1
+    if budget.links > MAX_LINKS:
+        raise ModelReadError(f"the file holds more than {MAX_LINKS} links to visit")
+    if "/" in name or name in ("", ".") or "\0" in name:
+        return None
+    encoded = name.encode("utf-8", "surrogateescape")
+    links = gid.links
+    if not links.exists(encoded):
+        return None
+    info = links.get_info(encoded)
+    if info.type != h5py.h5l.TYPE_HARD:
+        group = h5py.Group(gid)
+        raise ModelReadError(
+            f"{joined(where, name) or '/'} {_link_kind(group, name, info.type)}; {NO_LINKS}"
+        )
+    return h5py.h5o.open(gid, encoded), int(info.u)
+
+
+def open_group(gid: ObjectID, name: str, where: str) -> ObjectID | None:
+    """The group ``gid`` holds as ``name`` through a hard link; ``None`` when there is none or
+    it is no group."""
+    found = open_hard(gid, name, where)
+    if found is None or not isinstance(found[0], h5py.h5g.GroupID):
+        return None
+    return found[0]
+
+
+def open_path(gid: ObjectID, segments: tuple[str, ...], where: str = "") -> ObjectID | None:
+    """The group at ``segments`` below ``gid``, component by component through hard links
+    only; ``None`` when some component is missing or no group."""
+    current = gid
+    for segment in segments:
+        current = open_group(current, segment, where)
+        if current is None:
+            return None
+        where = joined(where, segment)
+    return current
+
+
+#: A link as ``links_of`` lists it: its name, its kind (``h5py.h5l.TYPE_HARD``, ...) and, for
+#: a hard link, the address of the object it leads to.
+Link = tuple[str, int, int]
+
+
+def links_of(gid: ObjectID) -> list[Link]:
+    """The links ``gid`` holds, in name order; none followed yet."""
+    links: list[Link] = []
+
+    def collect(name: bytes, info: Any) -> bool:
+        # h5py hands every call the same information object: copy what it says now.
+        links.append((name.decode("utf-8", "surrogateescape"), info.type, int(info.u)))
+        return len(links) > MAX_LINKS  # stops the iteration
+
+    gid.links.iterate(collect, info=True)
+    if len(links) > MAX_LINKS:
+        raise ModelReadError(f"the file holds more than {MAX_LINKS} links to visit")
+    return links
+
+
+def open_listed(gid: ObjectID, link: Link, where: str) -> tuple[ObjectID, int]:
+    """``open_hard`` for a link ``links_of`` listed: the object and its address."""
+    name, kind, address = link
+    budget = _budget_of(gid)
+    budget.links += 1
+    if budget.links > MAX_LINKS:
+        raise ModelReadError(f"the file holds more than {MAX_LINKS} links to visit")
+    if kind != h5py.h5l.TYPE_HARD:
+        reason = _link_kind(h5py.Group(gid), name, kind)
+        raise ModelReadError(f"{joined(where, name) or '/'} {reason}; {NO_LINKS}")
+    return h5py.h5o.open(gid, name.encode("utf-8", "surrogateescape")), address
+
+
+def hard_links(gid: ObjectID, where: str) -> list[tuple[str, int]]:
+    """The names and addresses of what ``gid`` holds, in name order, every one a hard link (any
+    other link is refused, as ``children`` refuses it); nothing is opened."""
+    budget = _budget_of(gid)
+    found: list[tuple[str, int]] = []
+    refused: list[tuple[str, int]] = []
+
+    def collect(name: bytes, info: Any) -> bool:
+        text = name.decode("utf-8", "surrogateescape")
+        if info.type == h5py.h5l.TYPE_HARD:
+            found.append((text, int(info.u)))
+        elif not refused:
+            refused.append((text, info.type))
+        budget.links += 1
+        return budget.links > MAX_LINKS  # stops the iteration
+
+    gid.links.iterate(collect, info=True)
+    if budget.links > MAX_LINKS:
+        raise ModelReadError(f"the file holds more than {MAX_LINKS} links to visit")
+    if refused:
+        name, kind = refused[0]
+        reason = _link_kind(h5py.Group(gid), name, kind)
+        raise ModelReadError(f"{joined(where, name) or '/'} {reason}; {NO_LINKS}")
+    return found
+
+
+def enter_group(visited: set[int], address: int, depth: int, where: str) -> None:
+    """``Walk.enter`` by address: each group of a walk once, no deeper than ``MAX_DEPTH``."""
+    if address in visited:
+        raise ModelReadError(
+            f"{where or '/'} is a group reached by a second name (a hard link); "
+            "bncheck reads files in which each group has one name"
+        )
+    visited.add(address)
+    if depth > MAX_DEPTH:
+        raise ModelReadError(f"groups are nested deeper than {MAX_DEPTH} levels")
+
+
+def has_attr_id(oid: ObjectID, key: str) -> bool:
+    return bool(h5py.h5a.exists(oid, key.encode()))
+
+
+def text_attr_id(oid: ObjectID, key: str) -> str | None:
+    """``text_attr`` on an object identifier."""
+    if not h5py.h5a.exists(oid, key.encode()):
+        return None
+    value = attr_value_id(oid, key)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        return value
+    raise ModelReadError(f"attribute {key!r} is not text")
+
+
+def attr_value_id(oid: ObjectID, key: str) -> Any:
+    """``attr_value`` on an object identifier: the value as h5py's attribute manager reads it,
+    once its size is known to be modest and present in the file."""
+    attribute = h5py.h5a.open(oid, key.encode())
+    space = attribute.get_space()
+    count = space.get_simple_extent_npoints()
+    if count > MAX_ATTR_VALUES:
+        raise ModelReadError(f"attribute {key!r} claims {count} values, more than bncheck reads")
+    try:
+        stored = attribute.get_storage_size()
+    except RuntimeError:  # HDF5 reports an empty attribute's size as an error
+        stored = 0
+    if stored > _file_size(oid):
+        raise ModelReadError(f"attribute {key!r} claims more bytes than the file holds")
+    shape = attribute.shape
+    dtype = attribute.dtype
+    if shape is None:
+        return h5py.Empty(dtype)
+    memory_type = h5py.h5t.py_create(dtype)
+    if dtype.subdtype is not None:
+        dtype, inner = dtype.subdtype
+        shape = shape + inner
+    values = np.zeros(shape, dtype=dtype, order="C")
+    attribute.read(values, mtype=memory_type)
+    string = h5py.check_string_dtype(dtype)
+    if string is not None and string.length is None:
+        values = np.array(
+            [item.decode("utf-8", "surrogateescape") for item in values.flat], dtype=dtype
+        ).reshape(values.shape)
+    return values[()] if values.ndim == 0 else values
+
+
+def _file_size(oid: ObjectID) -> int:
+    budget = _budget_of(oid)
+    if budget.file_size is None:
+        budget.file_size = int(h5py.h5i.get_file_id(oid).get_filesize())
+    return budget.file_size
+
+
+def read_values_id(
+    dataset: ObjectID, address: int, name: str, what: str | None = None
+) -> np.ndarray:
+    """``read_values`` on a dataset identifier opened by ``name`` (its path from the file's
+    root), whose address its link gave; ``what`` names it in messages (``name`` by default)."""
+    what = name if what is None else what
+    if not isinstance(dataset, h5py.h5d.DatasetID):
+        raise ModelReadError(f"{what} is not a dataset")
+    space = dataset.get_space()
+    count = space.get_simple_extent_npoints()
+    if space.get_simple_extent_type() == h5py.h5s.NULL or count == 0:
+        raise ModelReadError(f"{what} is empty")
+    if count > MAX_BN_VALUES:
+        raise ModelReadError(f"{what} claims {count} values, too many for a BatchNorm array")
+    plist = dataset.get_create_plist()
+    if plist.get_external_count() > 0 or plist.get_layout() == h5py.h5d.VIRTUAL:
+        raise ModelReadError(
+            f"{what} stores its values in another file; only the given file is read"
+        )
+    dtype = dataset.dtype
+    if dtype.kind not in "fiu" and not is_bfloat16_id(dataset):
+        raise ModelReadError(f"{what} has non-numeric type {dtype}")
+    budget = _budget_of(dataset)
+    if address in budget.arrays:
+        first, values = budget.arrays[address]
+        if first != name:
+            raise ModelReadError(
+                f"{what} is the same dataset as {first} (a hard link); bncheck "
+                "reads files in which each array has one name"
+            )
+        return values
+    declared = count * dtype.itemsize
+    stored = dataset.get_storage_size()
+    file_size = _file_size(dataset)
+    if stored > file_size:
+        raise ModelReadError(f"{what} claims {stored} stored bytes in a file of {file_size}")
+    filtered = plist.get_nfilters() > 0
+    limit = stored * (MAX_COMPRESSION if filtered else 1) + _SLACK_BYTES
+    if declared > limit:
+        how = f"compressed more than {MAX_COMPRESSION}:1" if filtered else "not stored"
+        raise ModelReadError(
+            f"{what} declares {declared} bytes of values but the file stores {stored} bytes "
+            f"for it ({how}); refused before reading"
+        )
+    budget.read_bytes += declared
+    if budget.read_bytes > MAX_READ_BYTES:
+        raise ModelReadError(
+            f"the file's arrays add up to more than {MAX_READ_BYTES >> 20} MiB; "
+            "BatchNorm arrays are far smaller"
+        )
+    values = np.empty(space.shape, dtype=dtype)
+    dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values)
+    budget.arrays[address] = (name, values)
+    return values
+
+
+def is_bfloat16_id(dataset: ObjectID) -> bool:
+    """``is_bfloat16`` on a dataset identifier."""
+    return bool(dataset.dtype.itemsize == 2 and text_attr_id(dataset, "dtype") == "bfloat16")
+
+
+def read_bn_array_id(
+    dataset: ObjectID, address: int, name: str, what: str | None = None
+) -> np.ndarray:
+    """``read_bn_array`` on a dataset identifier (``read_values_id``)."""
+    values = read_values_id(dataset, address, name, what)
+    if is_bfloat16_id(dataset):
+        raw = np.frombuffer(values.tobytes(), dtype="<u2")
+        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(values.shape)
+    if values.dtype.kind != "f":
+        return values.astype(np.float32)
+    return values
+
+
 def parse_json_config(text: str | bytes, what: str) -> dict[str, Any]:
     """A Keras JSON configuration, within ``MAX_JSON_BYTES`` and ``MAX_JSON_DEPTH``."""
     if len(text) > MAX_JSON_BYTES:
@@ -350,17 +622,23 @@ def parse_json_config(text: str | bytes, what: str) -> dict[str, Any]:
 
 
 def json_depth(value: object) -> int:
-    """How deeply JSON containers nest in ``value``, walked without recursion."""
+    """How deeply JSON containers nest in ``value``, walked without recursion; only containers
+    are stacked (a configuration is mostly scalars)."""
+    if not isinstance(value, (dict, list)):
+        return 0
     deepest = 0
-    stack: list[tuple[object, int]] = [(value, 1)]
+    stack: list[tuple[dict[str, object] | list[object], int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict):
-            node = list(node.values())
-        if isinstance(node, list):
-            deepest = max(deepest, depth)
-            if depth <= MAX_JSON_DEPTH:
-                stack.extend((item, depth + 1) for item in node)
+        if depth > deepest:
+            deepest = depth
+        if depth > MAX_JSON_DEPTH:
+            continue
+        items = node.values() if isinstance(node, dict) else node
+        below = depth + 1
+        for item in items:
+            if isinstance(item, (dict, list)):
+                stack.append((item, below))
     return deepest
 
 

@@ -11,14 +11,25 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import h5py
 import numpy as np
 
 from bncheck.errors import ModelReadError
 from bncheck.model import BNLayer
-from bncheck.readers.codecs.h5util import Walk, children, lookup, read_bn_array, text_attr
+from bncheck.readers.codecs.h5util import (
+    ObjectID,
+    enter_group,
+    hard_links,
+    links_of,
+    open_group,
+    open_hard,
+    open_listed,
+    open_path,
+    read_bn_array_id,
+    text_attr_id,
+)
 
 #: Group names Keras 3 derives from the BatchNorm classes (``batch_normalization_3``).
 _BN_GROUP = re.compile(r"^(sync_)?batch_normalization(_v[12])?(_\d+)?$")
@@ -42,27 +53,39 @@ def bn_roles(center: bool, scale: bool, renorm: bool) -> list[str | None]:
     return roles
 
 
-def indexed_variables(group: h5py.Group, where: str) -> dict[int, h5py.Dataset] | None:
+#: A saved variable: its dataset, the dataset's address (its identity) and its path.
+Variable = tuple[ObjectID, int, str]
+
+
+def indexed_variables(group: ObjectID, where: str) -> dict[int, Variable] | None:
     """The datasets of ``group/vars`` by index, missing ones left out; ``None`` when there is no
-    ``vars`` group."""
-    vars_group = lookup(group, "vars")
-    if vars_group is None:
+    ``vars`` group. ``group`` is the layer's group, at ``where``."""
+    found = open_hard(group, "vars", where)
+    if found is None:
         return None
-    if not isinstance(vars_group, h5py.Group):
+    return variables_of(found[0], where)
+
+
+def variables_of(vars_group: ObjectID, where: str) -> dict[int, Variable]:
+    """The datasets of the ``vars`` group of the layer at ``where``, by index."""
+    if not isinstance(vars_group, h5py.h5g.GroupID):
         raise ModelReadError(f"{where}/vars is not a group")
-    keys = list(vars_group.keys())
-    if not all(key.isdigit() and key == str(int(key)) for key in keys):
-        raise ModelReadError(f"{where}/vars has unexpected variable names {sorted(keys)[:8]}")
+    links = links_of(vars_group)
+    if not all(key.isdigit() and key == str(int(key)) for key, _, _ in links):
+        keys = sorted(key for key, _, _ in links)
+        raise ModelReadError(f"{where}/vars has unexpected variable names {keys[:8]}")
     datasets = {}
-    for key in keys:
-        dataset = lookup(vars_group, key)
-        if not isinstance(dataset, h5py.Dataset):
-            raise ModelReadError(f"{where}/vars/{key} is not a dataset")
-        datasets[int(key)] = dataset
+    vars_where = f"{where}/vars"
+    for link in links:
+        key = link[0]
+        dataset, address = open_listed(vars_group, link, vars_where)
+        if not isinstance(dataset, h5py.h5d.DatasetID):
+            raise ModelReadError(f"{vars_where}/{key} is not a dataset")
+        datasets[int(key)] = (dataset, address, f"{vars_where}/{key}")
     return datasets
 
 
-def saved_variables(group: h5py.Group, where: str) -> list[h5py.Dataset] | None:
+def saved_variables(group: ObjectID, where: str) -> list[Variable] | None:
     """The datasets of ``group/vars`` in index order; ``None`` when there is no ``vars`` group."""
     indexed = indexed_variables(group, where)
     if indexed is None:
@@ -72,12 +95,10 @@ def saved_variables(group: h5py.Group, where: str) -> list[h5py.Dataset] | None:
     return [indexed[index] for index in range(len(indexed))]
 
 
-def saved_name(group: h5py.Group) -> str | None:
+def saved_name(group: ObjectID, where: str) -> str | None:
     """The layer name Keras 3.15+ records on ``vars``; ``None`` in older files."""
-    vars_group = lookup(group, "vars")
-    if isinstance(vars_group, h5py.Group):
-        return text_attr(vars_group, "name")
-    return None
+    vars_group = open_group(group, "vars", where)
+    return None if vars_group is None else text_attr_id(vars_group, "name")
 
 
 def role_locations(roles: list[str | None], where: str) -> dict[str, str]:
@@ -86,16 +107,16 @@ def role_locations(roles: list[str | None], where: str) -> dict[str, str]:
 
 
 def read_roles(
-    datasets: list[h5py.Dataset], roles: list[str | None], where: str
+    datasets: list[Variable], roles: list[str | None], where: str
 ) -> dict[str, np.ndarray]:
     if len(datasets) != len(roles):
         raise ModelReadError(
             f"{where} holds {len(datasets)} variables where its configuration implies {len(roles)}"
         )
     arrays = {}
-    for index, (dataset, role) in enumerate(zip(datasets, roles, strict=True)):
+    for (dataset, address, name), role in zip(datasets, roles, strict=True):
         if role is not None:
-            arrays[role] = read_bn_array(dataset, f"{where}/vars/{index}")
+            arrays[role] = read_bn_array_id(dataset, address, name)
     check_shapes(arrays, where)
     return arrays
 
@@ -108,8 +129,7 @@ def check_shapes(arrays: Mapping[str, np.ndarray], where: str) -> None:
         raise ModelReadError(f"{where}: BatchNorm arrays disagree in shape ({described})")
 
 
-@dataclass(frozen=True)
-class KnownLayer:
+class KnownLayer(NamedTuple):
     """A layer whose place in the weights file is known from the configuration."""
 
     path: tuple[str, ...]
@@ -117,9 +137,10 @@ class KnownLayer:
 
 
 def scan_for_batchnorm(
-    root: h5py.Group,
+    root: ObjectID,
     claimed: frozenset[tuple[str, ...]],
     known: Mapping[tuple[str, ...], KnownLayer],
+    leaves: frozenset[tuple[str, ...]] = frozenset(),
 ) -> Iterator[BNLayer]:
     """Find BatchNorm layers no configuration told us about.
 
@@ -130,14 +151,20 @@ def scan_for_batchnorm(
     per-channel arrays and either its names say so (``self.bn``, ``norm1``, a layer named
     ``batch_normalization_3``) or the last array, a variance, is nowhere negative. A BatchNorm
     whose variance went negative is thus still found, and judged, when its names tell what it is.
+
+    ``leaves`` are the groups of layers of Keras's own classes that hold no other layer (a
+    ``Conv2D``, a ``BatchNormalization``): Keras loads nothing below them but their own
+    variables, so the walk does not open them.
     """
-    for segments, group in _layer_groups(root, (), Walk()):
+    root_address = int(h5py.h5o.get_info(root).addr)
+    for segments, group in _layer_groups(root, (), root_address, set(), leaves):
         if not segments or segments in claimed or segments in known:
             continue
         class_named = len(segments) >= 2 and _is_container(segments[-2])
         if class_named and not _BN_GROUP.match(segments[-1]):
             continue  # named after another class: decided without reading it
-        datasets = saved_variables(group, "/".join(segments))
+        where = "/".join(segments)
+        datasets = saved_variables(group, where)
         if not datasets:
             continue
         if class_named:
@@ -146,11 +173,10 @@ def scan_for_batchnorm(
                 continue
             class_name = INFERRED_BY_GROUP
         else:
-            if not _looks_like_batchnorm(datasets, segments[-1], saved_name(group)):
+            if not _looks_like_batchnorm(datasets, segments[-1], saved_name(group, where)):
                 continue
             roles = bn_roles(center=True, scale=True, renorm=False)
             class_name = INFERRED_BY_ARRAYS
-        where = "/".join(segments)
         arrays = read_roles(datasets, roles, where)
         path = _layer_path(root, segments, known)
         ancestor = _nearest_known(segments, known)
@@ -166,19 +192,28 @@ def scan_for_batchnorm(
 
 
 def _layer_groups(
-    group: h5py.Group, segments: tuple[str, ...], walk: Walk
-) -> Iterator[tuple[tuple[str, ...], h5py.Group]]:
+    group: ObjectID,
+    segments: tuple[str, ...],
+    address: int,
+    visited: set[int],
+    leaves: frozenset[tuple[str, ...]],
+) -> Iterator[tuple[tuple[str, ...], ObjectID]]:
     """Every group that may be a layer, depth first, in Keras counter order within a level;
-    each once (``Walk``)."""
-    walk.enter(group, len(segments))
+    each once (``enter_group``); the groups of ``leaves`` and below them are not opened."""
+    where = "/".join(segments)
+    enter_group(visited, address, len(segments), where)
     yield segments, group
     below = sorted(
-        ((key, found) for key, found in children(group) if key != "vars"),
+        ((key, found) for key, found in hard_links(group, where) if key != "vars"),
         key=lambda item: _natural_key(item[0]),
     )
     for key, found in below:
-        if isinstance(found, h5py.Group):
-            yield from _layer_groups(found, (*segments, key), walk)
+        path = (*segments, key)
+        if path in leaves:
+            continue
+        opened = h5py.h5o.open(group, key.encode("utf-8", "surrogateescape"))
+        if isinstance(opened, h5py.h5g.GroupID):
+            yield from _layer_groups(opened, path, found, visited, leaves)
 
 
 def _natural_key(name: str) -> tuple[str, int]:
@@ -191,7 +226,7 @@ def _is_container(segment: str) -> bool:
     return segment == "layers" or segment.startswith("container")
 
 
-def _roles_from_count(datasets: list[h5py.Dataset]) -> list[str | None] | None:
+def _roles_from_count(datasets: list[Variable]) -> list[str | None] | None:
     """Roles of a class-named BN group without configuration, from its variable count."""
     count = len(datasets)
     if count == 4:
@@ -203,7 +238,7 @@ def _roles_from_count(datasets: list[h5py.Dataset]) -> list[str | None] | None:
     if count == 3:
         # center=False or scale=False: the one affine array is gamma (starts at 1) or beta
         # (starts at 0); its values tell which is the likelier.
-        first = read_bn_array(datasets[0], "first variable")
+        first = read_bn_array_id(*datasets[0], "first variable")
         finite = first[np.isfinite(first)]
         is_gamma = finite.size > 0 and abs(float(finite.mean()) - 1.0) < abs(float(finite.mean()))
         return bn_roles(center=not is_gamma, scale=is_gamma, renorm=False)
@@ -215,18 +250,18 @@ def _roles_from_count(datasets: list[h5py.Dataset]) -> list[str | None] | None:
 _BATCHNORM_WORDS = frozenset({"bn", "norm", "batchnorm", "batch", "batchnormalization"})
 
 
-def _looks_like_batchnorm(datasets: list[h5py.Dataset], *names: str | None) -> bool:
+def _looks_like_batchnorm(datasets: list[Variable], *names: str | None) -> bool:
     if len(datasets) != 4:
         return False
-    shapes = {dataset.shape for dataset in datasets}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+    shapes = {dataset.shape for dataset, _, _ in datasets}
+    if len(shapes) != 1 or len(next(iter(shapes)) or ()) != 1:
         return False
-    if any(dataset.dtype.kind != "f" for dataset in datasets):
+    if any(dataset.dtype.kind != "f" for dataset, _, _ in datasets):
         return False
     words = {word for name in names if name for word in re.findall(r"[a-z]+", name.lower())}
     if words & _BATCHNORM_WORDS:
         return True
-    variance = read_bn_array(datasets[3], "fourth variable")
+    variance = read_bn_array_id(*datasets[3], "fourth variable")
     return bool(np.all(variance[np.isfinite(variance)] >= 0))
 
 
@@ -240,7 +275,7 @@ def _nearest_known(
 
 
 def _layer_path(
-    root: h5py.Group, segments: tuple[str, ...], known: Mapping[tuple[str, ...], KnownLayer]
+    root: ObjectID, segments: tuple[str, ...], known: Mapping[tuple[str, ...], KnownLayer]
 ) -> tuple[str, ...]:
     """Name a group after the nearest known layer, then as ``layer_paths`` names a live model's
     layers: a model's layers (under a container group) and a wrapper's ``layer`` by their saved
@@ -263,7 +298,7 @@ def _layer_path(
         described = described and (after_container or segment == "layer")
         name = None
         if described:
-            group = lookup(root, "/".join(segments[:end]))
-            name = saved_name(group) if isinstance(group, h5py.Group) else None
+            group = open_path(root, segments[:end])
+            name = None if group is None else saved_name(group, "/".join(segments[:end]))
         path.append(name or segment)
     return tuple(path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import struct
 import tempfile
@@ -32,12 +33,15 @@ from bncheck.model import BNLayer, IncompleteLayer, ModelDescription
 from bncheck.readers.codecs.h5util import (
     MAX_JSON_BYTES,
     FileWindow,
+    ObjectID,
     budgeted,
-    child,
-    children,
-    lookup,
+    hard_links,
+    joined,
+    open_group,
+    open_hard,
     parse_json_config,
     read_capped,
+    text_attr_id,
 )
 from bncheck.readers.keras import keras3_layout
 from bncheck.readers.keras.keras3_layout import KnownLayer
@@ -45,6 +49,7 @@ from bncheck.readers.keras.keras_config import (
     BN_CLASSES,
     LayerConfig,
     bn_settings,
+    holds_no_layer,
     renorm,
     walk_layers,
 )
@@ -64,6 +69,7 @@ MAX_WEIGHTS_COMPRESSION = 100
 #: compression (deflate64) or encryption.
 ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
 _COPY_CHUNK = 1 << 20
+_HDF5_BUFFER = 16 << 10
 
 
 def read(path: str) -> ModelDescription:
@@ -172,8 +178,6 @@ def _read(path: str) -> ModelDescription:
             budgeted(),
         ):
             layers, incomplete = describe(h5, config, notes)
-    # Keras 3 (the only writer of .keras archives) averages the biased batch variance.
-    layers = [dataclasses.replace(layer, variance_estimator="biased") for layer in layers]
     return ModelDescription(
         path=path,
         format="keras",
@@ -187,28 +191,36 @@ def describe(
     h5: h5py.File, config: dict[str, object], notes: list[str]
 ) -> tuple[list[BNLayer], list[IncompleteLayer]]:
     """Map a Keras 3 configuration onto its weights file and read every BN layer's arrays; the
-    layers whose arrays the file lacks in part are returned apart."""
+    layers whose arrays the file lacks in part are returned apart.
+
+    The configuration says where each layer's variables are, so only the groups on the way to
+    the BatchNorm layers are opened, and the scan for BatchNorm layers it does not describe
+    passes by the layers of Keras's own classes that hold no other layer."""
+    root = h5.id
     layers: list[BNLayer] = []
     incomplete: list[IncompleteLayer] = []
     claimed: set[tuple[str, ...]] = set()
     known: dict[tuple[str, ...], KnownLayer] = {}
+    leaves: set[tuple[str, ...]] = set()
     relocated = []
-    saved_names: dict[tuple[str, ...], dict[str, tuple[str, h5py.Group]]] = {}
+    groups = _Groups(root)
     for layer in walk_layers(config):
         known[layer.saving_path] = KnownLayer(layer.path, layer.trainable)
+        if layer.saving_path and holds_no_layer(layer):
+            leaves.add(layer.saving_path)
         if layer.class_name not in BN_CLASSES:
             continue
-        found = _layer_group(h5, layer, saved_names)
+        found = _layer_group(groups, layer)
         if found is None:
             notes.append(
                 f"{'/'.join(layer.path)} has no saved variables (the layer was never built)"
             )
             continue
-        segments, group = found
+        segments, vars_group = found
         if segments != layer.saving_path:
             relocated.append("/".join(layer.path))
         claimed.add(segments)
-        read = _bn_layer(layer, segments, group)
+        read = _bn_layer(layer, segments, vars_group)
         if isinstance(read, IncompleteLayer):
             incomplete.append(read)
         else:
@@ -218,7 +230,10 @@ def describe(
             f"{len(relocated)} layer(s) found by their saved name, not where Keras's group naming "
             f"puts them: {', '.join(relocated[:3])}"
         )
-    extra = list(keras3_layout.scan_for_batchnorm(h5, frozenset(claimed), known))
+    extra = list(
+        keras3_layout.scan_for_batchnorm(root, frozenset(claimed), known, frozenset(leaves))
+    )
+    extra = [dataclasses.replace(layer, variance_estimator="biased") for layer in extra]
     if extra:
         notes.append(
             f"{len(extra)} BatchNorm layer(s) found by their variables inside layers the "
@@ -227,50 +242,79 @@ def describe(
     return layers + extra, incomplete
 
 
-def _layer_group(
-    h5: h5py.File,
-    layer: LayerConfig,
-    saved_names: dict[tuple[str, ...], dict[str, tuple[str, h5py.Group]]],
-) -> tuple[tuple[str, ...], h5py.Group] | None:
-    """The weights group of ``layer``: Keras's naming scheme, checked against the saved name.
-    ``saved_names`` caches, per parent group, its children by saved name, so that many layers
-    found by name cost one pass over each parent."""
+class _Groups:
+    """The groups of one weights file by path, each opened once through hard links only, and
+    the children of a group by the layer name saved on them."""
+
+    def __init__(self, root: ObjectID) -> None:
+        self._open: dict[tuple[str, ...], ObjectID | None] = {(): root}
+        self._saved_names: dict[tuple[str, ...], dict[str, tuple[str, ObjectID]]] = {}
+
+    def group(self, segments: tuple[str, ...]) -> ObjectID | None:
+        if segments not in self._open:
+            parent = self.group(segments[:-1])
+            where = "/".join(segments[:-1])
+            self._open[segments] = (
+                None if parent is None else open_group(parent, segments[-1], where)
+            )
+        return self._open[segments]
+
+    def by_saved_name(self, parent_path: tuple[str, ...]) -> dict[str, tuple[str, ObjectID]]:
+        """The ``vars`` groups below the group at ``parent_path`` by the layer name Keras 3.15+
+        saved on them (the first of a name wins); one pass over each parent."""
+        if parent_path not in self._saved_names:
+            parent = self.group(parent_path)
+            named: dict[str, tuple[str, ObjectID]] = {}
+            if parent is not None:
+                where = "/".join(parent_path)
+                for key, _ in hard_links(parent, where):
+                    sibling = open_group(parent, key, where)
+                    if sibling is None:
+                        continue
+                    vars_group = open_group(sibling, "vars", joined(where, key))
+                    name = None if vars_group is None else text_attr_id(vars_group, "name")
+                    if name is not None and name not in named:
+                        named[name] = (key, vars_group)
+            self._saved_names[parent_path] = named
+        return self._saved_names[parent_path]
+
+
+def _layer_group(groups: _Groups, layer: LayerConfig) -> tuple[tuple[str, ...], ObjectID] | None:
+    """The ``vars`` group of ``layer`` and the path of its layer group: Keras's naming scheme,
+    checked against the saved name; ``None`` when the layer's group has no ``vars``."""
     segments = layer.saving_path
-    group = lookup(h5, "/".join(segments))
-    if isinstance(group, h5py.Group):
-        recorded = keras3_layout.saved_name(group)
+    group = groups.group(segments)
+    if group is not None:
+        where = "/".join(segments)
+        found = open_hard(group, "vars", where)
+        if found is None:
+            return None
+        vars_group = found[0]
+        if not isinstance(vars_group, h5py.h5g.GroupID):
+            return (segments, vars_group)  # refused as no group when its variables are read
+        recorded = text_attr_id(vars_group, "name")
         if recorded is None or recorded == layer.name:
-            return (segments, group) if child(group, "vars") is not None else None
+            return (segments, vars_group)
     # The recorded name disagrees (or the group is missing): look for the sibling that Keras
     # 3.15+ labelled with this layer's name.
     parent_path = segments[:-1]
-    if parent_path not in saved_names:
-        parent = lookup(h5, "/".join(parent_path))
-        named: dict[str, tuple[str, h5py.Group]] = {}
-        if isinstance(parent, h5py.Group):
-            for key, sibling in children(parent):
-                if isinstance(sibling, h5py.Group):
-                    name = keras3_layout.saved_name(sibling)
-                    if name is not None:
-                        named.setdefault(name, (key, sibling))
-        saved_names[parent_path] = named
-    if layer.name in saved_names[parent_path]:
-        key, sibling = saved_names[parent_path][layer.name]
-        return (*parent_path, key), sibling
+    named = groups.by_saved_name(parent_path)
+    if layer.name in named:
+        key, vars_group = named[layer.name]
+        return (*parent_path, key), vars_group
     raise ModelReadError(
         f"cannot find the weights of {'/'.join(layer.path)} (expected group {'/'.join(segments)})"
     )
 
 
 def _bn_layer(
-    layer: LayerConfig, segments: tuple[str, ...], group: h5py.Group
+    layer: LayerConfig, segments: tuple[str, ...], vars_group: ObjectID
 ) -> BNLayer | IncompleteLayer:
     """The layer's arrays by their index in ``vars``; a layer missing some index is incomplete,
     the index telling which array is gone (Keras numbers a layer's variables in creation order)."""
     where = "/".join(segments)
     settings = bn_settings(layer)
-    datasets = keras3_layout.indexed_variables(group, where)
-    assert datasets is not None  # _layer_group only returns groups with vars
+    datasets = keras3_layout.variables_of(vars_group, where)
     roles = keras3_layout.bn_roles(settings["center"], settings["scale"], renorm(layer))
     if datasets and max(datasets) >= len(roles):
         raise ModelReadError(
@@ -289,6 +333,8 @@ def _bn_layer(
         class_name=layer.class_name,
         source=f"{where}/vars",
         locations=keras3_layout.role_locations(roles, where),
+        # Keras 3 (the only writer of .keras archives) averages the biased batch variance.
+        variance_estimator="biased",
         **settings,
     )
 
@@ -304,8 +350,11 @@ def _open_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> 
             yield inflated
         return
     raw = open(path, "rb")  # noqa: SIM115 - closed by FileWindow.close
-    with FileWindow(raw, _data_offset(raw, info), info.file_size) as window:
-        yield window  # type: ignore[misc]
+    window = FileWindow(raw, _data_offset(raw, info), info.file_size)
+    # libhdf5 reads the metadata of neighbouring objects in many small pieces: a buffer serves
+    # most of them without a call back into the window.
+    with io.BufferedReader(window, buffer_size=_HDF5_BUFFER) as buffered:
+        yield buffered
 
 
 def _data_offset(raw: IO[bytes], info: zipfile.ZipInfo) -> int:

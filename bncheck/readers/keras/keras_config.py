@@ -8,6 +8,7 @@ order of ``model.layers`` (``keras/src/saving/saving_lib.py``: ``_save_container
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -20,6 +21,30 @@ MODEL_CLASSES = frozenset({"Functional", "Model", "Sequential"})
 BN_CLASSES = frozenset(
     {"BatchNormalization", "SyncBatchNormalization", "BatchNormalizationV1", "BatchNormalizationV2"}
 )
+
+#: Keras 3's own layer classes that hold no other layer, so that nothing below a layer of one in
+#: a weights file is loaded but its own variables.
+LEAF_CLASSES = BN_CLASSES | frozenset(
+    {
+        "InputLayer", "Dense", "EinsumDense", "Embedding", "Identity", "Masking", "Lambda",
+        "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
+        "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
+        "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax",
+        "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot",
+        "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+        "GaussianDropout", "GaussianNoise", "AlphaDropout", "ActivityRegularization",
+        "Flatten", "Reshape", "Permute", "RepeatVector",
+        "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+        "Cropping1D", "Cropping2D", "Cropping3D",
+        "UpSampling1D", "UpSampling2D", "UpSampling3D",
+        "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
+        "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+        "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+        "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+        "LayerNormalization", "GroupNormalization", "UnitNormalization",
+        "Rescaling", "Resizing", "CenterCrop",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -41,6 +66,8 @@ class LayerConfig:
     wrapper: str | None = None
     """Name of the wrapper (``TimeDistributed``, ...) holding this layer; Keras 2 scopes the
     wrapped layer's variables by the wrapper's name."""
+    module: str | None = None
+    """The module Keras 3 records for the layer's class (``keras.layers`` for its own)."""
 
     @property
     def variable_scopes(self) -> tuple[str, ...]:
@@ -48,6 +75,12 @@ class LayerConfig:
         return (self.name,) if self.wrapper is None else (self.name, self.wrapper)
 
 
+def holds_no_layer(layer: LayerConfig) -> bool:
+    """Whether ``layer`` is of one of Keras 3's own classes that hold no other layer."""
+    return layer.class_name in LEAF_CLASSES and layer.module == "keras.layers"
+
+
+@functools.lru_cache(maxsize=1024)
 def to_snake_case(name: str) -> str:
     """Keras's ``keras.src.utils.naming.to_snake_case``."""
     name = re.sub(r"\W+", "", name)
@@ -117,6 +150,7 @@ def _child(
         saving_path=(*parent.saving_path, *saving_suffix),
         trainable=parent.trainable and config.get("trainable", True) is not False,
         call_kwargs=tuple(_call_kwargs(entry.get("inbound_nodes"))),
+        module=module if isinstance(module := entry.get("module"), str) else None,
     )
 
 

@@ -89,11 +89,11 @@ def _read(path: str, h5: h5py.File) -> ModelDescription:
 
 
 def _keras3_layers(h5: h5py.File) -> list[BNLayer]:
-    top_name = keras3_layout.saved_name(h5)
+    top_name = keras3_layout.saved_name(h5.id, "")
     known: dict[tuple[str, ...], KnownLayer] = (
         {(): KnownLayer((top_name,), None)} if top_name else {}
     )
-    return list(keras3_layout.scan_for_batchnorm(h5, frozenset(), known))
+    return list(keras3_layout.scan_for_batchnorm(h5.id, frozenset(), known))
 
 
 def _named_entries(h5: h5py.File) -> Iterator[tuple[tuple[str, ...], str, str]]:

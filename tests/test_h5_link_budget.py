@@ -1,0 +1,41 @@
+"""The low-level HDF5 lookups stop listing a group once the file's link budget is spent, and
+refuse the file in one line, before holding every name of a group of millions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from bncheck.errors import ModelReadError
+from bncheck.readers import read_model
+from bncheck.readers.codecs import h5util
+
+
+def _weights_file(path: Path, layers: int, variables: int) -> Path:
+    """A Keras 3 weights file: ``layers`` BatchNorm groups, the first with ``variables``
+    datasets in its ``vars`` group."""
+    with h5py.File(path, "w") as h5:
+        for index in range(layers):
+            name = "batch_normalization" + (f"_{index}" if index else "")
+            group = h5.create_group(f"layers/{name}/vars")
+            for variable in range(variables if index == 0 else 4):
+                group[str(variable)] = np.ones(4, "float32")
+    return path
+
+
+def test_a_file_within_the_link_budget_reads(tmp_path: Path) -> None:
+    description = read_model(str(_weights_file(tmp_path / "m.weights.h5", 3, 4)))
+    assert len(description.layers) == 3
+
+
+@pytest.mark.parametrize(("layers", "variables"), [(1, 40), (40, 4)])
+def test_a_group_past_the_link_budget_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layers: int, variables: int
+) -> None:
+    path = _weights_file(tmp_path / "m.weights.h5", layers, variables)
+    monkeypatch.setattr(h5util, "MAX_LINKS", 30)
+    with pytest.raises(ModelReadError, match="more than 30 links to visit"):
+        read_model(str(path))
