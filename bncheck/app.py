@@ -180,4 +180,8 @@ def run_recalibrate(
     finally:
         progress.done()
     click.echo(recalibration.render(result, render), nl=False)
+    # The written model's report, as inspect's: an input it could not read is named on stderr.
+    for model in () if result.report is None else result.report.models:
+        if model.error is not None:
+            click.echo(f"bncheck: error: {shown(model.path)}: {shown(model.error)}", err=True)
     return int(result.exit_code)

@@ -250,3 +250,34 @@ def test_unknown_rule_in_a_flag_is_a_usage_error(run_cli: Run) -> None:
     result = run_cli("inspect", HEALTHY, "--ignore", "BN999")
     assert result.code == 2
     assert result.err == "bncheck: error: unknown rule 'BN999' (see 'bncheck rules')\n"
+
+
+def test_recalibrate_names_a_written_model_it_could_not_inspect_on_stderr(
+    run_cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Exit code 3 always comes with its line on stderr: here the inspection of the written
+    model failed, after the repair was written."""
+    from bncheck.findings import FailOn, ModelResult
+    from bncheck.recalibrate import command
+    from bncheck.recalibrate.results import Recalibration
+
+    out = tmp_path / "out.onnx"
+
+    def written(options: object, progress: object) -> Recalibration:
+        result = Recalibration(
+            model="model.onnx",
+            output=str(out),
+            data="data.npy",
+            batches=1,
+            samples=4,
+            layers=(),
+            verification=None,
+            refusal=None,
+            fail_on=FailOn.ERROR,
+        )
+        return result.written(str(out), ModelResult(str(out), "onnx", error="probe: it broke"))
+
+    monkeypatch.setattr(command, "recalibrate", written)
+    result = run_cli("recalibrate", FIXTURES / "keras3/untouched_stats.keras", "-o", out)
+    assert result.code == 3
+    assert result.err.strip().splitlines() == [f"bncheck: error: {out}: probe: it broke"]
