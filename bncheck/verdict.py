@@ -180,8 +180,28 @@ def settle(findings: Sequence[Finding], probe: ProbeResult, settings: Settings) 
             continue  # part of the layer's static finding
         if finding.rule in SUSPICION_RULES and finding.layer is not None:
             finding = _refined(finding, stale.get(finding.layer), metric, advice, settings)
+        elif finding.rule == STALENESS_RULE and metric is not None and advice is Advice.KEEP:
+            # The statistics differ from the data's, and the network works with them: measured,
+            # re-estimating them would cost; the finding must not advise what BN015 forbids.
+            finding = replace(
+                finding,
+                message=finding.message + _keep(metric),
+                details={**finding.details, "measured_advice": advice.value},
+                severity=settings.severity_for(finding.rule, Escalation.MITIGATED),
+            )
         settled.append(finding)
     return settled
+
+
+def _keep(metric: Metric) -> str:
+    """What the labelled measurement says of statistics the network works with."""
+    samples = metric.change.samples if metric.change is not None else None
+    where = f"measured on {samples} labelled samples" if samples else "measured"
+    return (
+        f"; {where}, the network works with these statistics ({metric.name} "
+        f"{metric.format(metric.stored)}) and re-estimating them would "
+        f"{metric.change_with_interval()}: keep them ({EFFECT_RULE}: do not recalibrate)"
+    )
 
 
 def _refined(
@@ -208,11 +228,7 @@ def _refined(
         samples = metric.change.samples if metric.change is not None else None
         where = f"measured on {samples} labelled samples" if samples else "measured"
         if advice is Advice.KEEP:
-            message += (
-                f"; {where}, the network works with these statistics ({metric.name} "
-                f"{metric.format(metric.stored)}) and re-estimating them would "
-                f"{metric.change_with_interval()}: keep them ({EFFECT_RULE}: do not recalibrate)"
-            )
+            message += _keep(metric)
             severity = settings.severity_for(finding.rule, Escalation.MITIGATED)
         elif advice is Advice.RECALIBRATE:
             message += (

@@ -199,3 +199,34 @@ def test_identical_findings_across_layers_are_one_line_of_the_text_report() -> N
     ]
     # JSON keeps one entry per layer.
     assert REPORTERS["json"](report, PLAIN).count('"BN002"') == 53
+
+
+def stale_layer_findings(metric: Metric) -> list[Finding]:
+    """A layer whose statistics trained (no static suspicion) but sit far from the data's."""
+    settings = Settings()
+    static = layer(path="m/bn", moving_mean=[0.5] * 4, moving_variance=[2.0] * 4)
+    description = ModelDescription("m.keras", "keras", (static,))
+    probe = probe_result(
+        (
+            measured_layer(
+                path="m/bn",
+                moving_mean=np.full(4, 0.5),
+                moving_variance=np.full(4, 2.0),
+                population=population([3.0] * 4, [0.05] * 4),
+                untouched=False,
+            ),
+        ),
+        (measured_output(metric=metric, reestimated_top1_agreement=0.6),),
+    )
+    findings = static_findings(description, settings) + probe_findings(probe, settings)
+    return [f for f in verdict.settle(findings, probe, settings) if f.rule == "BN014"]
+
+
+def test_staleness_the_network_works_with_is_information_that_says_keep() -> None:
+    """BN014 does not advise what BN015 forbids: a network fine-tuned with its statistics held
+    (PyTorch's eval()) is off the data's statistics and worse re-estimated."""
+    [kept] = stale_layer_findings(labelled(0.952, 0.918, -0.058, -0.012, 400))
+    assert kept.severity is Severity.INFO
+    assert "keep them (BN015: do not recalibrate)" in kept.message
+    [stale] = stale_layer_findings(labelled(0.20, 0.95, 0.70, 0.80, 400))
+    assert stale.severity >= Severity.WARNING and "keep them" not in stale.message

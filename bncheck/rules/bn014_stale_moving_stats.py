@@ -22,7 +22,10 @@ Layers whose statistics were never updated while gamma and beta trained (or that
 those statistics, so the population estimate is not the reference there) and BN008 (momentum
 1.0); BN015 measures what replacing them would do, and that measurement settles their finding.
 Frozen layers (``trainable=False``) are reported as information only: the layers after them
-learned with their stored statistics.
+learned with their stored statistics. So is any stale layer where labelled data shows that
+re-estimating would measurably lower the metric (BN015 "do not recalibrate"): the network works
+with those statistics, as one fine-tuned with them held (PyTorch's ``eval()``) does, and the
+finding says to keep them.
 
 Why it happens: the moving averages lag the weights (training too short for the momentum, a
 last epoch with a high learning rate, momentum 1.0), or the data at inference differs from the
