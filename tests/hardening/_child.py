@@ -3,7 +3,7 @@
     python _child.py ARGS...             one run under a memory cap; one JSON object
     python _child.py --batch CASES.json  each argument list of the file in turn, in one process;
                                          one JSON line per run, flushed, so a crash names the
-                                         case it hit
+                                         case it hit; each run's peak memory is its own
     python _child.py --static-batch CASES.json
                                          the same, under the memory cap
 
@@ -37,9 +37,20 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def reset_peak_rss() -> None:
+    """Start this process's ``VmHWM`` afresh, so that each run of a batch reports its own peak
+    (Linux: writing 5 to ``clear_refs`` resets it to the resident memory now)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pass
+
+
 def run(argv: list[str]) -> dict[str, Any]:
     from bncheck.cli import main as bncheck
 
+    reset_peak_rss()
     out, err = io.StringIO(), io.StringIO()
     start = time.perf_counter()
     code: object = None

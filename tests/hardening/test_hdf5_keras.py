@@ -38,29 +38,45 @@ def digests(folder: Path) -> dict[str, str]:
     }
 
 
-def run_case(case: HostileCase, folder: Path) -> dict[str, Any]:
-    """Build the case and run it in a child process: its outcome, and the folder's files
-    before and after."""
-    folder.mkdir()
-    argv = list(case.build(folder))
-    before = digests(folder)
-    if case.needs == "core":
-        command = [sys.executable, str(CHILD), *argv]
-    else:  # TensorFlow reserves more address space than the child's cap allows
-        command = [sys.executable, "-m", "bncheck", *argv]
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=HANG_SECONDS, cwd=REPO, check=False
-    )
-    if case.needs == "core":
-        assert done.returncode == 0, done.stderr[-2000:]
-        outcome: dict[str, Any] = json.loads(done.stdout)
-    else:
-        outcome = {"code": done.returncode, "out": done.stdout, "err": done.stderr}
-        outcome["err"] = "\n".join(
-            line for line in done.stderr.splitlines() if line.startswith("bncheck")
-        ) + ("\nTraceback" if "Traceback" in done.stderr else "")
-    outcome["before"], outcome["after"] = before, digests(folder)
-    return outcome
+def run_cases(cases: list[HostileCase], root: Path) -> dict[str, dict[str, Any]]:
+    """Build each case in a folder of its own and run them all in one child process (under the
+    memory cap where no framework is needed: TensorFlow reserves more address space than it
+    allows): each case's outcome, with its folder's files before and after. A crash or a hang
+    of the child names the case it was running."""
+    static = all(case.needs == "core" for case in cases)
+    folders = [root / case.name for case in cases]
+    argvs, befores = [], []
+    for case, folder in zip(cases, folders, strict=True):
+        folder.mkdir(parents=True)
+        argvs.append([str(arg) for arg in case.build(folder)])
+        befores.append(digests(folder))
+    listing = root / "cases.json"
+    listing.write_text(json.dumps(argvs))
+    command = [sys.executable, str(CHILD), "--static-batch" if static else "--batch", str(listing)]
+    try:
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=HANG_SECONDS * len(cases),
+            cwd=REPO,
+            check=False,
+        )
+        lines = done.stdout.splitlines()
+    except subprocess.TimeoutExpired as stopped:
+        out = stopped.stdout or b""
+        lines = (out.decode() if isinstance(out, bytes) else out).splitlines()
+        done = None
+    outcomes: dict[str, dict[str, Any]] = {}
+    for case, folder, before, line in zip(cases, folders, befores, lines, strict=False):
+        outcome: dict[str, Any] = json.loads(line)
+        assert outcome["seconds"] < HANG_SECONDS, f"{case.name} hung"
+        outcome["before"], outcome["after"] = before, digests(folder)
+        outcomes[case.name] = outcome
+    if len(outcomes) < len(cases):
+        why = "hung" if done is None else f"died ({done.returncode}): {done.stderr[-2000:]}"
+        pytest.fail(f"the child {why} on {cases[len(outcomes)].name}")
+    return outcomes
 
 
 def refused_in_one_line(outcome: dict[str, Any], codes: frozenset[int]) -> str:
@@ -73,13 +89,24 @@ def refused_in_one_line(outcome: dict[str, Any], codes: frozenset[int]) -> str:
 
 
 CORE = [case for case in CASES if case.needs == "core"]
+TENSORFLOW = [case for case in CASES if case.needs == "tensorflow"]
+
+
+@pytest.fixture(scope="module")
+def core_outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    return run_cases(CORE, tmp_path_factory.mktemp("core"))
+
+
+@pytest.fixture(scope="module")
+def tensorflow_outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    return run_cases(TENSORFLOW, tmp_path_factory.mktemp("tensorflow"))
 
 
 @pytest.mark.parametrize("case", CORE, ids=[case.name for case in CORE])
 def test_hostile_files_are_refused_in_one_line_within_memory(
-    case: HostileCase, tmp_path: Path
+    case: HostileCase, core_outcomes: dict[str, dict[str, Any]]
 ) -> None:
-    outcome = run_case(case, tmp_path / "case")
+    outcome = core_outcomes[case.name]
     refused_in_one_line(outcome, case.codes)
     assert "Traceback" not in outcome["err"]
     assert outcome["after"] == outcome["before"]
@@ -104,19 +131,16 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_each_refusal_says_why(name: str, tmp_path: Path) -> None:
-    [case] = [case for case in CASES if case.name == name]
-    line = refused_in_one_line(run_case(case, tmp_path / "case"), frozenset({3}))
+def test_each_refusal_says_why(name: str, core_outcomes: dict[str, dict[str, Any]]) -> None:
+    line = refused_in_one_line(core_outcomes[name], frozenset({3}))
     assert EXPECTED[name] in line
 
 
-TENSORFLOW = [case for case in CASES if case.needs == "tensorflow"]
-
-
 @pytest.mark.parametrize("case", TENSORFLOW, ids=[case.name for case in TENSORFLOW])
-def test_recalibrate_writes_nothing_for_hostile_files(case: HostileCase, tmp_path: Path) -> None:
-    pytest.importorskip("tensorflow")
-    outcome = run_case(case, tmp_path / "case")
+def test_recalibrate_writes_nothing_for_hostile_files(
+    case: HostileCase, tensorflow_outcomes: dict[str, dict[str, Any]]
+) -> None:
+    outcome = tensorflow_outcomes[case.name]
     line = refused_in_one_line(outcome, case.codes)
     assert "Traceback" not in outcome["err"]
     # The input, the file an external link named and the data keep their bytes; no OUT.

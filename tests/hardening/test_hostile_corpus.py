@@ -14,6 +14,7 @@ import os
 import pkgutil
 import re
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,9 +176,21 @@ def _runnable(case: HostileCase) -> bool:
     return needed is None or importlib.util.find_spec(needed) is not None
 
 
-def test_every_hostile_case_keeps_every_promise(tmp_path: Path) -> None:
-    cases = [case for case in CASES if _runnable(case)]
-    missing = sorted({case.needs for case in CASES} - {case.needs for case in cases})
+#: The cases whose command loads TensorFlow start it in a process each, seconds apiece: they run
+#: with the tests marked slow, the others by default.
+GROUPS = [
+    pytest.param(lambda case: case.needs != "tensorflow", id="without-tensorflow"),
+    pytest.param(lambda case: case.needs == "tensorflow", id="tensorflow", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_hostile_case_keeps_every_promise(
+    group: Callable[[HostileCase], bool], tmp_path: Path
+) -> None:
+    chosen = [case for case in CASES if group(case)]
+    cases = [case for case in chosen if _runnable(case)]
+    missing = sorted({case.needs for case in chosen} - {case.needs for case in cases})
     # The test extra installs every framework: a case that cannot run is a broken install.
     assert not missing, f"cannot run the cases that need {missing}"
     if not cases:

@@ -3,7 +3,8 @@ and the broken ones flagged every time.
 
 Each model is loaded once and probed on its labelled training digits with seeds 0-9 and batch
 sizes 8, 32 and 128, through the same functions ``bncheck inspect --data`` runs (static findings
-plus the probe rules, with default settings).
+plus the probe rules, with default settings). The default run probes each model with every batch
+size once (a seed each); the whole sweep is marked slow and runs in CI.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from tests.probe import training_only
 MODELS = FIXTURES / "calibration"
 DATA = str(MODELS / "digits_train.npz")
 SWEEP = list(itertools.product(range(10), (8, 32, 128)))
+#: Every batch size, each with a seed of its own.
+QUICK = [(0, 8), (1, 32), (2, 128)]
+#: The plans each sweep test runs: the quick one by default, the whole one with ``-m slow``.
+PLANS = [pytest.param(QUICK, id="quick"), pytest.param(SWEEP, id="sweep", marks=pytest.mark.slow)]
 
 
 def sweep(name: str | Path, plan: list[tuple[int, int]] = SWEEP) -> list[list[Finding]]:
@@ -52,9 +57,10 @@ def serious(findings: list[Finding]) -> list[tuple[str, str | None, str]]:
     return [(f.rule, f.layer, f.message) for f in findings if f.severity > Severity.INFO]
 
 
+@pytest.mark.parametrize("plans", PLANS)
 @pytest.mark.parametrize("name", ["healthy_cnn", "healthy_mlp"])
-def test_healthy_models_raise_no_warning_or_error(name: str) -> None:
-    alarms = {plan: serious(found) for plan, found in zip(SWEEP, sweep(name), strict=True)}
+def test_healthy_models_raise_no_warning_or_error(name: str, plans: list[tuple[int, int]]) -> None:
+    alarms = {plan: serious(found) for plan, found in zip(plans, sweep(name, plans), strict=True)}
     assert {plan: found for plan, found in alarms.items() if found} == {}
 
 
@@ -80,8 +86,9 @@ def rules_of(findings: list[Finding]) -> Counter[tuple[str, str]]:
     return Counter((f.rule, str(f.severity)) for f in findings)
 
 
-def test_stale_statistics_are_flagged_in_every_run() -> None:
-    for plan, found in zip(SWEEP, sweep("stale_cnn"), strict=True):
+@pytest.mark.parametrize("plans", PLANS)
+def test_stale_statistics_are_flagged_in_every_run(plans: list[tuple[int, int]]) -> None:
+    for plan, found in zip(plans, sweep("stale_cnn", plans), strict=True):
         counted = rules_of(found)
         assert counted[("BN015", "error")] == 1, plan
         assert sum(n for (rule, _), n in counted.items() if rule == "BN014") >= 2, plan
@@ -94,9 +101,16 @@ def test_stale_statistics_are_flagged_in_every_run() -> None:
 COLLAPSE_SWEEP = [(seed, 32) for seed in range(10)] + [(0, 8), (0, 128)]
 
 
-def test_a_collapsed_network_is_flagged_in_every_run() -> None:
-    found_by_plan = sweep("no_training_flag_deep", COLLAPSE_SWEEP)
-    for plan, found in zip(COLLAPSE_SWEEP, found_by_plan, strict=True):
+@pytest.mark.parametrize(
+    "plans",
+    [
+        pytest.param(QUICK, id="quick"),
+        pytest.param(COLLAPSE_SWEEP, id="sweep", marks=pytest.mark.slow),
+    ],
+)
+def test_a_collapsed_network_is_flagged_in_every_run(plans: list[tuple[int, int]]) -> None:
+    found_by_plan = sweep("no_training_flag_deep", plans)
+    for plan, found in zip(plans, found_by_plan, strict=True):
         counted = rules_of(found)
         assert counted[("BN013", "error")] == 1, plan
         assert counted[("BN001", "error")] == 20, plan
@@ -104,10 +118,16 @@ def test_a_collapsed_network_is_flagged_in_every_run() -> None:
         assert "retrain with training=True" in collapse.message, plan
 
 
-def test_a_small_network_that_learned_without_batch_statistics_is_not_called_stale() -> None:
+@pytest.mark.parametrize(
+    "plans",
+    [pytest.param(QUICK, id="quick"), pytest.param(SWEEP[::3], id="sweep", marks=pytest.mark.slow)],
+)
+def test_a_small_network_that_learned_without_batch_statistics_is_not_called_stale(
+    plans: list[tuple[int, int]],
+) -> None:
     """Point 1 of the measurements: BN001 fires; nothing claims training mode is the truth,
     and the measured advice is not to recalibrate."""
-    for plan, found in zip(SWEEP[::3], sweep("no_training_flag_small", SWEEP[::3]), strict=True):
+    for plan, found in zip(plans, sweep("no_training_flag_small", plans), strict=True):
         assert {f.rule for f in found} == {"BN001", "BN015"}, plan
         [effect] = [f for f in found if f.rule == "BN015"]
         assert effect.severity == Severity.INFO, plan

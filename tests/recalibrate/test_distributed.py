@@ -7,6 +7,9 @@ Equal means: every variance within 1e-5 of the single-device one, relative; ever
 1e-5 of the channel's scale (its standard deviation, or the mean itself when larger), since a
 mean near zero has no relative precision of its own. What is left is float32 rounding: the
 replicas sum their moments in another order than one device does.
+
+Two logical devices run by default; four, and the two-worker cluster, are marked slow (each a
+group of processes that imports TensorFlow) and run in CI.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ def run_group(commands: Sequence[list[str]], envs: Sequence[Mapping[str, str]]) 
     return outputs
 
 
-@pytest.mark.parametrize("replicas", [2, 4])
+@pytest.mark.parametrize("replicas", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_logical_devices_give_the_single_device_statistics(
     replicas: int, workdir: Path, tmp_path: Path
 ) -> None:
@@ -141,6 +144,7 @@ def cluster(ports: Sequence[int]) -> list[dict[str, str]]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_single_device_statistics(workdir: Path, tmp_path: Path) -> None:
     outs = [tmp_path / f"worker{index}.npz" for index in range(2)]
     with free_ports(2) as ports:
@@ -157,6 +161,7 @@ def test_two_workers_give_the_single_device_statistics(workdir: Path, tmp_path: 
             assert_equal_statistics(found, single, (f"{case}/replicas", f"{case}/single"))
 
 
+@pytest.mark.slow
 def test_the_chief_writes_and_the_other_worker_says_so(
     run_cli: Callable[..., CliResult], tmp_path: Path
 ) -> None:
