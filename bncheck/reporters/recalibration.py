@@ -50,9 +50,11 @@ def _row(change: LayerChange) -> list[str]:
 def _verified(check: Verification) -> str:
     metric = check.metric
     if metric is not None and metric.reestimated is not None:
+        interval = f" ({metric.describe_change()})" if metric.change is not None else ""
         return (
             f"verified on {shown(check.described)}: {metric.name} {metric.format(metric.stored)} "
-            f"with the stored statistics, {metric.format(metric.reestimated)} with the new ones"
+            f"with the stored statistics, {metric.format(metric.reestimated)} with the new "
+            f"ones{interval}"
         )
     if check.changed_predictions is not None:
         changed = f"the top-1 class of {check.changed_predictions:.1%} of the samples changes"

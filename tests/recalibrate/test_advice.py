@@ -46,8 +46,9 @@ def test_stale_statistics_are_repaired_and_the_repair_is_verified(
     # What it printed is what Keras measures.
     assert (
         f"verified on {TEST} (held-out data, 397 samples): accuracy {before:.1%} with the stored "
-        f"statistics, {after:.1%} with the new ones"
+        f"statistics, {after:.1%} with the new ones ("
     ) in result.out
+    assert "95% interval" in result.out
     assert f"wrote {out}" in result.out
     assert result.out.rstrip().splitlines()[-1].startswith("OK: 0 errors, 0 warnings")
     # The written model is judged on the held-out data, which its statistics were not made from.
