@@ -278,3 +278,20 @@ def test_recalibrate_says_what_to_do_with_sharded_weights(
     assert result.code == 2
     [line] = result.err.strip().splitlines()
     assert "save_weights to one .weights.h5 file, and recalibrate that with --architecture" in line
+
+
+def test_a_misfit_names_the_layer_and_keras_s_reason() -> None:
+    """Keras's message for weights that do not fit, as Keras 3.15 words a layer whose variables
+    differ in number (an architecture with biases, weights without), read down to one line."""
+    from bncheck.probe.runtimes.keras_model import _misfit
+
+    message = (
+        "A total of 3 objects could not be loaded. Example error message for object "
+        "<Conv2D name=c1, built=True>:\n\nLayer 'c1' expected 2 variables, but received 1 "
+        "variables during loading. Expected: ['kernel', 'bias']\n\nList of objects that could "
+        "not be loaded:\n[<Conv2D name=c1, built=True>, <Dense name=head, built=True>]"
+    )
+    assert _misfit(ValueError(message)) == (
+        "layer c1 (Conv2D): Layer 'c1' expected 2 variables, but received 1 variables during "
+        "loading. Expected: ['kernel', 'bias']"
+    )

@@ -90,7 +90,7 @@ def load_model(path: str, unsafe: bool, custom_objects: dict[str, Any]) -> Any:
 
 
 #: Where Keras's message names the object whose weights did not load, and how they differ.
-_FAILED_OBJECT = re.compile(r"for object <(\w+) name=([^,>]+)")
+_FAILED_OBJECT = re.compile(r"for object <(\w+) name=([^,>]+)[^>]*>")
 _SHAPES = re.compile(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))")
 #: The name Keras loads sharded weights from: it finds the shards beside the index.
 SHARDS_SUFFIX = ".weights.json"
