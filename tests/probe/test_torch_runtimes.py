@@ -281,3 +281,23 @@ def test_a_traced_archive_says_how_to_export_it(run_cli: Run, nets: dict[str, An
     result = run_cli("inspect", traced, "--unsafe", "--data", nets["heldout"], "--format", "json")
     error = result.json()["models"][0]["error"]
     assert result.code == 3 and "traced archive" in error and "torch.jit.script" in error
+
+
+def test_an_error_inside_torchscript_is_reported_by_its_own_message() -> None:
+    """The interpreter's tracebacks of the archive's code come first; the error is the last
+    line (data in the wrong layout, here)."""
+    from bncheck.probe.runtimes.torchscript_model import _one_line
+
+    message = (
+        "The following operation failed in the TorchScript interpreter.\n"
+        "Traceback of TorchScript, serialized code (most recent call last):\n"
+        '  File "code/__torch__.py", line 15, in forward\n'
+        "    _0 = (bn1).forward((conv1).forward(x, ), )\n"
+        "                        ~~~~~~~~~~~~~~ <--- HERE\n"
+        "RuntimeError: Given groups=1, weight of size [16, 1, 3, 3], expected input[4, 8, 8, 1] "
+        "to have 1 channels, but got 8 channels instead\n"
+    )
+    assert _one_line(RuntimeError(message)) == (
+        "RuntimeError: Given groups=1, weight of size [16, 1, 3, 3], expected input[4, 8, 8, 1] "
+        "to have 1 channels, but got 8 channels instead"
+    )

@@ -253,5 +253,11 @@ def _run(torch: Any, module: Any, batch: Sequence[np.ndarray]) -> Outputs:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """The error's own message: for an error raised inside TorchScript, the last line, which
+    names the error after the interpreter's tracebacks of the archive's code."""
+    text = str(exc)
+    if "Traceback of TorchScript" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        text = lines[-1] if lines else text
+    text = " ".join(text.split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
