@@ -573,6 +573,14 @@ def _assemble(
             + ", ".join(silent[:5])
         )
     metric = _metric(sweep.metrics, list(sweep.outputs), notes)
+    if not runner.layers:
+        notes.append(
+            "no BatchNorm layer, so no training mode to compare with (an export may fold them "
+            "into the layers before them): nothing here depends on moving statistics; "
+            "--fail-under METRIC=VALUE gates on the metric"
+        )
+        if metric is not None:
+            metric = replace(metric, training=None)  # no batch-statistics mode to run
     return Measured(
         split_batch=split,
         # Without BatchNorm layers there is no batch-statistics mode to compare with.

@@ -69,6 +69,12 @@ def test_a_folded_model_runs_in_inference_mode_only(run_cli: Run) -> None:
     model, rules, code = probed(run_cli, "healthy_folded.onnx", "--probe")
     assert model["probe"]["modes"] == ["inference"] and rules == set() and code == 0
     assert any("no training mode" in note for note in model["probe"]["notes"])
+    # With labels, the one figure there is: no training mode is made up beside it.
+    labels = FIXTURES / "data/digits_nchw_heldout_labels.npy"
+    model, _, _ = probed(run_cli, "healthy_folded.onnx", "--data", DATA, "--labels", labels)
+    metric = model["probe"]["outputs"][0]["metric"]
+    assert metric["stored"] > 0.9 and metric["training_mode"] is None
+    assert any("--fail-under" in note for note in model["probe"]["notes"])
 
 
 @pytest.mark.parametrize(

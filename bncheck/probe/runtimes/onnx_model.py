@@ -77,8 +77,6 @@ def probe(
         return ProbeResult(path, None, content, options.unsafe, skipped=safety.refusal(content))
     runner, specs = open_runner(path, model)
     notes = list(runner.notes)
-    if not runner.layers:
-        notes.append("no BatchNormalization nodes: there is no training mode to compare with")
     whole = runner.fixed_batch is not None
     if runner.fixed_batch is not None:
         notes.append(fixed_batch_note(runner.fixed_batch, options.batch_size))

@@ -65,8 +65,6 @@ def probe(
     runner = open_runner(path)
     source = BatchPlan(input_specs(options.data, options.input_shapes), options)
     notes = [*NOTES, *runner.notes]
-    if not runner.layers:
-        notes.append("no BatchNorm modules: there is no training mode to compare with")
     step("running the archive with PyTorch")
     found = measure.ProbeFound(path, LOADER, (CODE,), True)
     return measure.probe_result(runner, source, found, untouched, step, notes)
