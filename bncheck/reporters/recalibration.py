@@ -74,4 +74,11 @@ def _outcome(result: Recalibration) -> str:
             f"{shown(str(result.output))} anyway"
         )
     forced = f" although {shown(result.refusal)} (--force)" if result.refusal is not None else ""
+    check = result.verification
+    if not forced and check is not None and check.metric is None:
+        # Few changed predictions are no evidence that the new ones are right.
+        forced = (
+            ", unverified: without labels bncheck cannot tell whether it is better (--validate "
+            "HELD_OUT with labels measures it)"
+        )
     return f"wrote {shown(str(result.output))}{forced}"

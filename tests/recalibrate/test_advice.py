@@ -157,6 +157,8 @@ def test_without_labels_many_changed_predictions_are_unverified(
     healthy = run_cli("recalibrate", MODELS / "healthy_cnn.keras", "--data", images, "-o", out)
     assert healthy.code == 0, healthy.out
     assert out.exists()
+    # Written, and said to be unverified: few changed predictions are no proof they are right.
+    assert f"wrote {out}, unverified: without labels bncheck cannot tell" in healthy.out
 
 
 @pytest.mark.parametrize(
