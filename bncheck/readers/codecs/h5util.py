@@ -65,6 +65,20 @@ class _FileBudget:
         """The file's size in bytes, once asked."""
 
 
+def _read_before(budget: _FileBudget, address: int, name: str, what: str) -> np.ndarray | None:
+    """The values of the dataset at ``address`` if it was read before, by the same name; a file
+    whose dataset is read under two names (a hard link) is refused."""
+    if address not in budget.arrays:
+        return None
+    first, values = budget.arrays[address]
+    if first != name:
+        raise ModelReadError(
+            f"{what} is the same dataset as {first} (a hard link); bncheck reads files in which "
+            "each array has one name"
+        )
+    return values
+
+
 _BUDGETS: contextvars.ContextVar[dict[int, _FileBudget] | None] = contextvars.ContextVar(
     "bncheck_h5_budgets", default=None
 )
@@ -221,14 +235,9 @@ def read_values(node: object, what: str) -> np.ndarray:
     budget = _budget(node)
     here = address(node)
     name = (node.name or "").lstrip("/")
-    if here in budget.arrays:
-        first, values = budget.arrays[here]
-        if first != name:
-            raise ModelReadError(
-                f"{what} is the same dataset as {first} (a hard link); bncheck "
-                "reads files in which each array has one name"
-            )
-        return values
+    known = _read_before(budget, here, name, what)
+    if known is not None:
+        return known
     declared = node.size * node.dtype.itemsize
     _check_storage(node, declared, what)
     budget.read_bytes += declared
@@ -555,14 +564,9 @@ def read_values_id(
     if dtype.kind not in "fiu" and not is_bfloat16_id(dataset):
         raise ModelReadError(f"{what} has non-numeric type {dtype}")
     budget = _budget_of(dataset)
-    if address in budget.arrays:
-        first, values = budget.arrays[address]
-        if first != name:
-            raise ModelReadError(
-                f"{what} is the same dataset as {first} (a hard link); bncheck "
-                "reads files in which each array has one name"
-            )
-        return values
+    known = _read_before(budget, address, name, what)
+    if known is not None:
+        return known
     declared = count * dtype.itemsize
     stored = dataset.get_storage_size()
     file_size = _file_size(dataset)
