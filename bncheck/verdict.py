@@ -180,17 +180,48 @@ def settle(findings: Sequence[Finding], probe: ProbeResult, settings: Settings) 
             continue  # part of the layer's static finding
         if finding.rule in SUSPICION_RULES and finding.layer is not None:
             finding = _refined(finding, stale.get(finding.layer), metric, advice, settings)
-        elif finding.rule == STALENESS_RULE and metric is not None and advice is Advice.KEEP:
-            # The statistics differ from the data's, and the network works with them: measured,
-            # re-estimating them would cost; the finding must not advise what BN015 forbids.
-            finding = replace(
-                finding,
-                message=finding.message + _keep(metric),
-                details={**finding.details, "measured_advice": advice.value},
-                severity=settings.severity_for(finding.rule, Escalation.MITIGATED),
-            )
+        elif finding.rule == STALENESS_RULE and metric is not None and advice is not None:
+            finding = _measured_staleness(finding, metric, advice, settings)
         settled.append(finding)
     return settled
+
+
+def _measured_staleness(
+    finding: Finding, metric: Metric, advice: Advice, settings: Settings
+) -> Finding:
+    """A stale layer's finding as labelled data settles it: the statistics differ from the
+    data's, and the network works with them (re-estimating would measurably cost), or does as
+    well with them (the interval bounds any effect within BN015's ``max_metric_gain``). Either
+    way the finding is information and advises nothing BN015 does not."""
+    if advice is Advice.KEEP:
+        message = _keep(metric)
+    elif advice in (Advice.NO_CHANGE, Advice.INCONCLUSIVE) and _bounded(
+        metric, settings.rules[EFFECT_RULE].options["max_metric_gain"]
+    ):
+        assert metric.change is not None
+        message = (
+            f"; measured on {metric.change.samples} labelled samples, re-estimating them would "
+            f"change {metric.name} by no more than the interval ({metric.describe_change()}): "
+            f"the network does as well with these statistics ({EFFECT_RULE})"
+        )
+    else:
+        return finding
+    return replace(
+        finding,
+        message=finding.message + message,
+        details={**finding.details, "measured_advice": advice.value},
+        severity=settings.severity_for(finding.rule, Escalation.MITIGATED),
+    )
+
+
+def _bounded(metric: Metric, margin: float) -> bool:
+    """Whether the 95% interval of the change lies within ``margin`` either way (accuracy
+    points as a fraction; a mean squared error relative to its stored value)."""
+    change = metric.change
+    if change is None:
+        return False
+    scale = 1.0 if metric.higher_is_better else max(abs(metric.stored), 1e-12)
+    return max(abs(change.low), abs(change.high)) / scale <= margin
 
 
 def _keep(metric: Metric) -> str:

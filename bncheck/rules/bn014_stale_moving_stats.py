@@ -25,7 +25,9 @@ Frozen layers (``trainable=False``) are reported as information only: the layers
 learned with their stored statistics. So is any stale layer where labelled data shows that
 re-estimating would measurably lower the metric (BN015 "do not recalibrate"): the network works
 with those statistics, as one fine-tuned with them held (PyTorch's ``eval()``) does, and the
-finding says to keep them.
+finding says to keep them. And so is one where the 95% interval of that change lies within
+BN015's ``max_metric_gain`` either way: the statistics differ from the data's (Dropout before a
+BatchNorm shifts what it sees in training), but the network does as well with them.
 
 Why it happens: the moving averages lag the weights (training too short for the momentum, a
 last epoch with a high learning rate, momentum 1.0), or the data at inference differs from the
