@@ -767,7 +767,7 @@ def _batch_dependence(
     fixed = runner.fixed_batch
 
     def run(halves: list[np.ndarray]) -> Sequence[tuple[str, np.ndarray]]:
-        if fixed is not None:
+        if fixed is not None and len(halves[0]) < batch.size:
             # A graph that takes one batch size only: the first half with other companions
             # (itself again) in a batch of the same size, where inference must not tell the
             # difference.
@@ -797,6 +797,22 @@ def _half_alone(
         outputs[name].half_dependence = _ratio(
             _squared_norm(by_itself - whole[:count]), _squared_norm(whole[:count])
         )
+    # The same batch again: a model that draws random numbers at inference differs from itself,
+    # and the comparison above measures that too.
+    again = run(list(batch.inputs))
+    drift = max(
+        (
+            _ratio(_squared_norm(second - first), _squared_norm(first))
+            for (_, first), (_, second) in zip(within, again, strict=True)
+        ),
+        default=0.0,
+    )
+    if drift > 1e-6:
+        return [
+            f"two runs of the same batch give outputs {drift:.3g} apart (relative): the model "
+            "draws random numbers at inference (augmentation or dropout left on, in an export?), "
+            "and batch dependence (BN016) includes that randomness"
+        ]
     return []
 
 

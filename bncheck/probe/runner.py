@@ -223,7 +223,11 @@ def probe_savedmodel(
         return ProbeResult(path, None, content, options.unsafe, skipped=refused)
     step("loading with TensorFlow")
     description = read_model(path)
-    opened = savedmodel_runner.open_serving(path, description)
+    why_not = "no BatchNorm op of the serving signature was found reading the layers' statistics"
+    try:
+        opened = savedmodel_runner.open_serving(path, description)
+    except savedmodel_runner.NotRewritten as exc:
+        opened, why_not = None, str(exc)
     if opened is not None and opened[0].layers:
         runner, specs = opened
         step("running the serving signature with TensorFlow")
@@ -240,8 +244,8 @@ def probe_savedmodel(
     source = BatchPlan(subject.specs, options)
     measured = measure.measure_savedmodel(subject, source.batches, sweep_progress(step, source))
     notes = [
-        "no BatchNorm op of the serving signature was found reading the layers' statistics: "
-        "per-layer measurements (BN014, BN015, where BN013 starts) need the .keras or .h5 file"
+        f"{why_not}: per-layer measurements (BN014, BN015, where BN013 starts) need the .keras "
+        "or .h5 file"
     ]
     if subject.can_train:
         notes.append("training mode switches every layer, Dropout included, not BatchNorm alone")

@@ -42,3 +42,25 @@ def test_the_comparison_runs_only_when_asked() -> None:
     values = np.ones((2, 2), np.float32)
     assert figures(values, values * 2, compare=False)[3] == -1.0
     assert figures(values, values * 2, compare=True)[3] == pytest.approx(1.0)
+
+
+def test_a_model_drawing_random_numbers_at_inference_is_told_apart() -> None:
+    """BN016 runs half a batch alone; a model that draws random numbers at inference (an export
+    that left its augmentation on) differs from itself too, and the probe says so."""
+    from bncheck.probe.data.specs import Batch
+    from bncheck.probe.measure import OutputSums, _half_alone
+
+    batch = Batch([np.arange(64, dtype=np.float32).reshape(32, 2)])
+    rng = np.random.default_rng(0)
+
+    def steady(inputs: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
+        return [("y", inputs[0] * 2.0)]
+
+    def noisy(inputs: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
+        return [("y", inputs[0] * 2.0 + rng.normal(size=inputs[0].shape))]
+
+    outputs = {"y": OutputSums()}
+    assert _half_alone(batch, steady(batch.inputs), steady, outputs) == []
+    assert outputs["y"].half_dependence == 0.0
+    [note] = _half_alone(batch, noisy(batch.inputs), noisy, outputs)
+    assert "draws random numbers at inference" in note

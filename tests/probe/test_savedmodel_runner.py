@@ -210,3 +210,28 @@ def test_recalibrating_a_stale_export_writes_a_new_folder_serving_what_was_verif
     again = recalibrated(run_cli, out, out / "stale", target)
     assert again.code == 2 and len(again.err.splitlines()) == 1
     assert "a SavedModel is written to a new folder OUT" in again.err
+
+
+def test_an_export_whose_graph_cannot_be_rewritten_is_measured_by_its_outputs(
+    run_cli: Run, exported: dict[str, Any], tmp_path: Path
+) -> None:
+    """Augmentation layers inside a model leave random-number state in its export that the
+    serving graph assigns, so TensorFlow cannot freeze it to rewrite its BatchNorm ops. The
+    probe measures what the signature serves instead, says why, and says that the export draws
+    random numbers at inference, as this one does: its static report is kept (no exit 3)."""
+    import keras
+
+    trained = exported["model"]
+    augmented = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.RandomFlip("horizontal", seed=1), trained]
+    )
+    augmented.export(str(tmp_path / "augmented"), verbose=False)
+    code, model = inspect(run_cli, tmp_path / "augmented", exported["out"] / "held_out.npz")
+    assert code != 3 and model["error"] is None
+    assert len(model["layers"]) == 3  # the static report is kept
+    notes = " ".join(model["probe"]["notes"])
+    assert "cannot freeze it" in notes
+    images = np.load(exported["out"] / "held_out.npz")["x"][:8]
+    first, second = (served(tmp_path / "augmented", images) for _ in "ab")
+    if not np.array_equal(first, second):  # the export applies its augmentation when served
+        assert "draws random numbers at inference" in notes

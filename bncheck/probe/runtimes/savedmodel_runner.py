@@ -289,6 +289,11 @@ def _signature_specs(function: Any) -> list[Any]:
     return [structure[name] for name in sorted(structure)]
 
 
+class NotRewritten(ModelReadError):
+    """A serving graph bncheck cannot rewrite (its variables cannot all be frozen: a random
+    layer's state the graph assigns, say); it still runs as TensorFlow serves it."""
+
+
 def open_runner(
     path: str, description: ModelDescription
 ) -> tuple[SavedModelRunner, list[InputSpec]]:
@@ -323,8 +328,9 @@ def open_serving(
     try:
         frozen = convert_variables_to_constants_v2(function)
     except Exception as exc:  # a graph the freezer cannot inline
-        raise ModelReadError(
-            f"the serving graph cannot be frozen ({describe_error(exc)})"
+        raise NotRewritten(
+            f"bncheck cannot rewrite the serving graph to measure its BatchNorm ops: TensorFlow "
+            f"cannot freeze it ({describe_error(exc)})"
         ) from None
     placeholders = {id(outer): inner.op.name for outer, inner in function.graph.captures}
     layers: list[LayerInfo] = []
