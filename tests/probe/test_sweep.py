@@ -74,11 +74,18 @@ def test_healthy_models_with_training_only_layers_raise_no_warning_or_error(
     name: str, tmp_path: Path
 ) -> None:
     """Dropout, noise and augmentation inside the model are off at inference, as in
-    ``model.predict``: they make no healthy model look batch-dependent or stale."""
+    ``model.predict``: they make no healthy model look batch-dependent or stale. The augmented
+    CNN's statistics fit the augmented batches it trained on, and on clean digits re-estimated
+    ones measurably do better: BN015 may say so, raising accuracy, and nothing else."""
     path = tmp_path / f"{name}.keras"
     training_only.trained(training_only.MODELS[name]).save(path)
     found = sweep(path, TRAINED_SWEEP)
     alarms = {plan: serious(f) for plan, f in zip(TRAINED_SWEEP, found, strict=True)}
+    if name == "augmented_cnn":
+        alarms = {
+            plan: [a for a in found if not (a[0] == "BN015" and "would raise" in a[2])]
+            for plan, found in alarms.items()
+        }
     assert {plan: f for plan, f in alarms.items() if f} == {}
 
 
