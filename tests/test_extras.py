@@ -81,6 +81,8 @@ def test_static_inspect_needs_no_extra(
         # Formats nothing runs say why, with no extra at all.
         (PYTORCH / "healthy.safetensors", None),
         (PYTORCH / "healthy.pt", None),
+        # Weights that run with --architecture: the probe asked for and not run fails the gate
+        # (BN024), before any extra is needed.
         (FIXTURES / "eras/keras3_sharded.weights.json", None),
     ],
 )
@@ -93,6 +95,9 @@ def test_a_probe_needs_only_its_runtimes_extra(
     missing = {"tensorflow", "keras", "onnxruntime", "torch"} - {installed}
     monkeypatch.setattr(extras, "find_spec", without(*missing))
     result = run_cli("inspect", model, "--probe", "--input-shape", "1,8,8", "--format", "json")
-    assert result.code == 0, result.err
     [report] = result.json()["models"]
-    assert report["error"] is None
+    assert report["error"] is None and result.err == ""
+    needs_architecture = model.name.endswith(".weights.json")
+    assert result.code == (1 if needs_architecture else 0)
+    rules = {finding["rule"] for finding in report["findings"]}
+    assert ("BN024" in rules) == needs_architecture
