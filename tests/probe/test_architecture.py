@@ -62,10 +62,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     keras.utils.set_random_seed(0)
     # Named as Keras names them in a fresh process: in one that built other layers before,
     # Keras's defaults (batch_normalization_57, ...) would name the checkpoint's layers too.
-    names = ("batch_normalization", "batch_normalization_1")
-    model = _build(8, names)
+    layer_names = ("batch_normalization", "batch_normalization_1")
+    model = _build(8, layer_names)
     model.save(root / "arch.keras")  # before training, as a project keeps it
-    _build(12, names).save(root / "wide.keras")
+    _build(12, layer_names).save(root / "wide.keras")
     # The same network, its BatchNorm layers named in the other order: Keras 3 loads weights by
     # position, so the names pair each layer with the other's statistics.
     _build(8, ("batch_normalization_1", "batch_normalization")).save(root / "swapped.keras")
