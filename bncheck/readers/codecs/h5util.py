@@ -276,10 +276,15 @@ def read_bn_array(node: object, what: str) -> np.ndarray:
     """Read a small numeric dataset (one BN array) into memory as a float array."""
     values = read_values(node, what)
     assert isinstance(node, h5py.Dataset)
-    if is_bfloat16(node):
+    return _as_float(values, is_bfloat16(node))
+
+
+def _as_float(values: np.ndarray, bfloat16: bool) -> np.ndarray:
+    """A BN array's stored values as floats."""
+    if bfloat16:
         # Keras 3 stores bfloat16 as raw 16-bit words; they are the top half of a float32.
         raw = np.frombuffer(values.tobytes(), dtype="<u2")
-        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(node.shape)
+        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(values.shape)
     if values.dtype.kind != "f":
         return values.astype(np.float32)
     return values
@@ -602,12 +607,7 @@ def read_bn_array_id(
 ) -> np.ndarray:
     """``read_bn_array`` on a dataset identifier (``read_values_id``)."""
     values = read_values_id(dataset, address, name, what)
-    if is_bfloat16_id(dataset):
-        raw = np.frombuffer(values.tobytes(), dtype="<u2")
-        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(values.shape)
-    if values.dtype.kind != "f":
-        return values.astype(np.float32)
-    return values
+    return _as_float(values, is_bfloat16_id(dataset))
 
 
 def parse_json_config(text: str | bytes, what: str) -> dict[str, Any]:
