@@ -14,14 +14,22 @@ fresh interpreter that has imported the readers (numpy, h5py) once.
 
 A model run (the probe, recalibrate's estimate) loads the model with its framework in a fresh
 worker of its own (``run_contained``), under a wall-time and a resident-memory limit: this
-process never imports TensorFlow, torch or onnxruntime for it, and stays forkable.
+process never imports TensorFlow, torch or onnxruntime for it, and stays forkable. On Linux the
+worker is forked from a warm server (``_WarmServer``): a fresh interpreter that has imported the
+framework once and runs nothing, so that a command probing a folder of Keras models, or
+recalibrating and then probing what it wrote, imports TensorFlow once (about 7 s of CPU), not
+once per run, and every run still starts from the same untouched state.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import faulthandler
 import multiprocessing
 import os
+import pickle
+import re
 import resource
 import signal
 import sys
@@ -30,8 +38,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from bncheck.errors import ModelReadError, UsageError
 
@@ -291,6 +300,7 @@ def run_contained(
     args: tuple[Any, ...],
     limits: RunLimits,
     on_report: Reporter,
+    imports: tuple[str, ...] = (),
 ) -> T:
     """``function(report, *args)`` in a fresh worker process, which alone imports the
     framework it needs, and whose ``report(message)`` calls reach ``on_report`` here. Over
@@ -298,6 +308,10 @@ def run_contained(
     the caller prefixes with what was running, ``probe:``):
     ``UsageError`` stays ``UsageError``, anything else is ``ModelReadError``. ``function`` must
     be a module-level function and its result picklable.
+
+    ``imports`` names the modules the run will import (its framework's, as
+    ``bncheck.extras.EXTRAS`` lists them): on Linux the worker is forked from a warm server that
+    imported them, and the next run that names them forks from the same server.
 
     The worker's standard output and error (TensorFlow's C++ logging, onnxruntime's logger,
     Python warnings, all of which quote names from the file raw) go to a file that only the
@@ -309,29 +323,57 @@ def run_contained(
     import tempfile
 
     scratch = tempfile.mkdtemp(prefix="bncheck-run-")
-    context = _POOL._start()
-    conn, child = context.Pipe()
-    process: BaseProcess = context.Process(  # type: ignore[attr-defined]
-        target=_run,
-        args=(child, function, args, scratch, os.getcwd(), dict(os.environ)),
-        daemon=True,
-    )
+    task = (function, args, scratch, os.getcwd(), dict(os.environ))
     try:
-        process.start()
-        child.close()
+        conn, process = _start_run(task, imports)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    try:
         return _watch(conn, process, limits, on_report, scratch)
     finally:
         conn.close()
-        if process.exitcode is None and process.pid is not None:
+        if process.exitcode is None:
             process.kill()
-        if process.pid is not None:
-            process.join()
+        process.join()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _start_run(task: tuple[Any, ...], imports: tuple[str, ...]) -> tuple[Connection, _RunProcess]:
+    """A worker running ``_run(conn, *task)``, and ``conn``'s other end: forked by the warm
+    server of ``imports`` where there is one, otherwise a process of its own."""
+    server = _warm_server(imports) if imports else None
+    if server is not None:
+        try:
+            return server.fork(pickle.dumps(task))
+        except (EOFError, OSError):  # the server died (killed from outside): start afresh
+            _forget(server)
+    context = _POOL._start()
+    conn, child = context.Pipe()
+    process = context.Process(target=_run, args=(child, *task), daemon=True)  # type: ignore[attr-defined]
+    process.start()
+    child.close()
+    return conn, process
+
+
+class _RunProcess(Protocol):
+    """What ``_watch`` needs of a run's worker: a ``multiprocessing`` process, or one forked
+    by a warm server (``_Forked``)."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def exitcode(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
 
 
 def _watch(
     conn: Connection,
-    process: BaseProcess,
+    process: _RunProcess,
     limits: RunLimits,
     on_report: Reporter,
     scratch: str,
@@ -410,6 +452,222 @@ def _run(
         conn.send(outcome)
     except Exception as exc:  # an unpicklable result: a bug, still one line
         conn.send(("error", f"cannot return the result ({type(exc).__name__}: {exc})"))
+
+
+#: Environment variables a framework may read when it is imported (TensorFlow's, Keras's
+#: backend and home, CUDA's devices, the thread pools'): a warm server serves the runs of a
+#: command whose values of them are those it imported under. Other variables reach each run as
+#: the command has them when the run starts.
+_READ_AT_IMPORT = re.compile(
+    r"(TF|KERAS|CUDA|XLA|TPU|JAX|TORCH|PYTORCH|ORT|OMP|MKL|KMP|OPENBLAS|NVIDIA|HIP|ROCM|LD)_"
+    r"|PYTHON|HOME$|TMPDIR$|PATH$"
+)
+
+#: Warm servers kept at once; the one used longest ago ends when another starts.
+_WARM_SERVERS = 2
+
+
+class _WarmServer:
+    """A fresh interpreter that has imported a framework and does nothing but fork: each run is
+    a child of it, started in milliseconds from the same untouched state (no model loaded, no
+    graph built, no random number drawn), instead of an interpreter that spends seconds
+    importing TensorFlow. Linux only: forking is how it serves, and elsewhere a process that
+    loaded a framework may not fork."""
+
+    def __init__(self, imports: tuple[str, ...]) -> None:
+        import json
+        import socket
+        import subprocess
+        import tempfile
+
+        self.scratch = tempfile.mkdtemp(prefix="bncheck-warm-")
+        ours, theirs = socket.socketpair()
+        self.conn = Connection(ours.detach())
+        # A fresh interpreter, not multiprocessing's spawn, which would import the command's
+        # main module (a user's script) in it.
+        code = (
+            "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+            "from bncheck.isolation import _serve_warm; "
+            "_serve_warm(int(sys.argv[2]), sys.argv[3], tuple(sys.argv[4:]))"
+        )
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", code, json.dumps(sys.path), str(theirs.fileno())]
+                + [self.scratch, *imports],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+            )
+        finally:
+            theirs.close()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def fork(self, task: bytes) -> tuple[Connection, _Forked]:
+        """A child running the pickled ``task`` (``_run``'s arguments after its connection),
+        and the connection it answers on."""
+        ours, theirs = multiprocessing.Pipe()
+        try:
+            self.conn.send(("run", task))
+            reduction.send_handle(self.conn, theirs.fileno(), self.process.pid)
+            pid = self.conn.recv()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return ours, _Forked(self, pid)
+
+    def status(self, pid: int, block: bool) -> int | None:
+        """The exit code of child ``pid`` as ``multiprocessing`` gives it (minus the signal
+        that ended it), once it ended; ``None`` while it runs. Asked once it ended, the server
+        forgets it."""
+        self.conn.send(("wait" if block else "poll", pid))
+        code: int | None = self.conn.recv()
+        return code
+
+    def close(self) -> None:
+        import shutil
+        import subprocess
+
+        self.conn.close()  # the server ends when its connection closes
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+class _Forked:
+    """A run forked by a warm server: its pid, killed by signal, its end learnt from the
+    server that is its parent."""
+
+    def __init__(self, server: _WarmServer, pid: int) -> None:
+        self.server = server
+        self.pid = pid
+        self.exitcode: int | None = None
+
+    def kill(self) -> None:
+        if self.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)  # still the child: unreaped until asked
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.exitcode is None:
+            try:
+                self.exitcode = self.server.status(self.pid, block=deadline is None)
+            except (EOFError, OSError):  # the server is gone, and the child with it
+                self.exitcode = -signal.SIGKILL
+            if deadline is not None and self.exitcode is None:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(_POLL_SECONDS)
+
+
+_SERVERS: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], _WarmServer] = {}
+
+
+def _warm_server(imports: tuple[str, ...]) -> _WarmServer | None:
+    """The warm server of ``imports`` for this environment, started if need be; ``None`` where
+    runs cannot fork from one (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    environment = tuple(
+        sorted((name, value) for name, value in os.environ.items() if _READ_AT_IMPORT.match(name))
+    )
+    key = (imports, environment)
+    server = _SERVERS.pop(key, None)
+    if server is not None and not server.alive():
+        server.close()
+        server = None
+    if server is None:
+        while len(_SERVERS) >= _WARM_SERVERS:
+            _SERVERS.pop(next(iter(_SERVERS))).close()
+        if not _SERVERS:
+            atexit.register(close_warm_servers)  # before multiprocessing's own exit handler
+        server = _WarmServer(imports)
+    _SERVERS[key] = server  # the most recently used last
+    return server
+
+
+def _forget(server: _WarmServer) -> None:
+    for key, kept in list(_SERVERS.items()):
+        if kept is server:
+            del _SERVERS[key]
+    server.close()
+
+
+def close_warm_servers() -> None:
+    """End the warm servers (they end with this process anyway)."""
+    while _SERVERS:
+        _SERVERS.popitem()[1].close()
+
+
+def _serve_warm(fd: int, scratch: str, imports: tuple[str, ...]) -> None:
+    """A warm server's loop: import ``imports`` once, with the frameworks' caches in
+    ``scratch``; then fork a run for each task received on connection ``fd``, and say how each
+    ended when asked."""
+    import importlib
+
+    conn = Connection(fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's and its runs'
+    os.environ.setdefault("KERAS_HOME", os.path.join(scratch, "keras"))
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(scratch, "matplotlib"))
+    os.environ.setdefault("XDG_CACHE_HOME", os.path.join(scratch, "cache"))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for module in imports:
+        with contextlib.suppress(Exception):  # the run imports it again, and says why not
+            importlib.import_module(module)
+    try:
+        while True:
+            try:
+                kind, value = conn.recv()
+            except (EOFError, OSError):
+                return
+            if kind == "run":
+                answer = reduction.recv_handle(conn)  # the run's connection to the command
+                pid = os.fork()
+                if pid == 0:
+                    conn.close()
+                    _run_forked(Connection(answer), value)
+                os.close(answer)
+                conn.send(pid)
+            else:
+                pid, status = os.waitpid(value, 0 if kind == "wait" else os.WNOHANG)
+                conn.send(os.waitstatus_to_exitcode(status) if pid else None)
+    finally:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_forked(conn: Connection, task: bytes) -> None:
+    """A run in a child of a warm server: ends with the server, and never returns."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _die_with_parent()
+        _run(conn, *pickle.loads(task))
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _die_with_parent() -> None:
+    """SIGKILL when the warm server ends (it ends with the command), so that a run never
+    outlives the command."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def one_line(text: str, limit: int = _MESSAGE_CHARS) -> str:

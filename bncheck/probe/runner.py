@@ -14,7 +14,7 @@ from typing import Any
 
 from bncheck import formats
 from bncheck.errors import ModelReadError, UsageError
-from bncheck.extras import require
+from bncheck.extras import EXTRAS, require
 from bncheck.probe import safety
 from bncheck.probe.data.batches import BatchPlan, data_notes, sweep_progress
 from bncheck.probe.options import ProbeOptions, StepReporter
@@ -61,10 +61,15 @@ def run_probe_contained(
     if found is None:
         return _not_run(path, options)
     # A missing extra is a usage error said here, before any worker starts.
-    require(formats.RUNTIMES[found].extra, _purpose(options))
+    extra = formats.RUNTIMES[found].extra
+    require(extra, _purpose(options))
     limits = RunLimits(options.timeout, options.memory_mib)
     result: ProbeResult = run_contained(
-        _probe_in_worker, (path, options, dict(untouched or {})), limits, step
+        _probe_in_worker,
+        (path, options, dict(untouched or {})),
+        limits,
+        step,
+        imports=EXTRAS[extra][1],
     )
     return result
 

@@ -30,6 +30,7 @@ from typing import Any
 from bncheck import formats, verdict
 from bncheck.engine import inspect_path
 from bncheck.errors import ModelReadError, UsageError
+from bncheck.extras import EXTRAS, require
 from bncheck.isolation import Reporter, RunLimits, read_contained, run_contained
 from bncheck.model import BNLayer, ModelDescription, with_loaded_settings
 from bncheck.probe import data as probe_data
@@ -149,7 +150,6 @@ def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
     assert output is not None  # the command always writes
     _refuse_overwriting_inputs(options, output)
     if description.format not in (*WRITABLE, WEIGHTS):
-        from bncheck.extras import require
         from bncheck.recalibrate import runtimes
 
         if os.path.realpath(output) == os.path.realpath(options.model):
@@ -159,16 +159,16 @@ def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
             )
         if options.strategy is not None:
             raise UsageError("--strategy runs Keras models; this model runs in one process")
-        require(runtimes.extra(runtimes.runnable_path(options, description)), "recalibrate")
+        extra = runtimes.extra(runtimes.runnable_path(options, description))
+        require(extra, "recalibrate")
     elif options.runnable is not None:
         raise UsageError(
             "--runnable is for a model that holds no architecture (.pt, .pth, .safetensors); a "
             ".keras or .h5 model runs itself"
         )
     else:
-        from bncheck.extras import require
-
-        require("tensorflow", "bncheck recalibrate")
+        extra = "tensorflow"
+        require(extra, "bncheck recalibrate")
     if probe_data.chosen_source(options) is None:
         raise UsageError("recalibrate needs data: --data, --tfrecord or --dataset-fn")
 
@@ -178,7 +178,11 @@ def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
         limits = RunLimits(options.timeout, options.memory_mib)
         try:
             return run_contained(
-                _estimate, (options, description, output), limits, lambda m: _relay(progress, m)
+                _estimate,
+                (options, description, output),
+                limits,
+                lambda m: _relay(progress, m),
+                imports=EXTRAS[extra][1],
             )
         except ModelReadError as exc:
             raise ModelReadError(f"recalibrate: {exc}") from None

@@ -29,6 +29,13 @@ NO_LIMITS = RunLimits(None, None)
 GENEROUS = 120.0
 
 
+@pytest.fixture(params=[(), ("json",)], ids=["own-process", "warm-server"])
+def imports(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """Each run in a process of its own, and (on Linux) forked from a warm server that imported
+    a module for it: the limits and messages are the same."""
+    return tuple(request.param)
+
+
 def _sleep(report: Callable[[Any], None], seconds: float) -> None:
     report("sleeping")
     time.sleep(seconds)
@@ -60,28 +67,32 @@ def _crash(report: Callable[[Any], None], text: str) -> None:
     os.kill(os.getpid(), signal.SIGSEGV)
 
 
-def test_a_run_over_its_time_is_killed_and_one_line() -> None:
+def test_a_run_over_its_time_is_killed_and_one_line(imports: tuple[str, ...]) -> None:
     started = time.monotonic()
     with pytest.raises(ModelReadError) as raised:
-        run_contained(_sleep, (GENEROUS,), RunLimits(seconds=2.0, memory_mib=None), print)
+        run_contained(
+            _sleep, (GENEROUS,), RunLimits(seconds=2.0, memory_mib=None), print, imports=imports
+        )
     assert str(raised.value) == "took longer than 2 s (--probe-timeout)"
     assert time.monotonic() - started < GENEROUS / 2
 
 
-def test_a_run_over_its_memory_is_killed_and_one_line() -> None:
+def test_a_run_over_its_memory_is_killed_and_one_line(imports: tuple[str, ...]) -> None:
     limits = RunLimits(seconds=GENEROUS, memory_mib=200)
     started = time.monotonic()
     with pytest.raises(ModelReadError) as raised:
-        run_contained(_allocate, (400,), limits, print)
+        run_contained(_allocate, (400,), limits, print, imports=imports)
     assert str(raised.value) == "needed more than 200 MiB (--probe-memory)"
     assert time.monotonic() - started < GENEROUS / 2
 
 
 def test_within_its_limits_a_run_returns_its_result_and_relays_its_reports(
-    capfd: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str], imports: tuple[str, ...]
 ) -> None:
     reports: list[Any] = []
-    caches = run_contained(_noisy, (probe_limits.EVIL,), RunLimits(60.0, 1024), reports.append)
+    caches = run_contained(
+        _noisy, (probe_limits.EVIL,), RunLimits(60.0, 1024), reports.append, imports=imports
+    )
     assert reports == ["one", "two", "three"]
     # The worker's own output (a framework's logging) never reaches this process's streams.
     out, err = capfd.readouterr()
@@ -93,10 +104,10 @@ def test_within_its_limits_a_run_returns_its_result_and_relays_its_reports(
 
 
 def test_caches_the_user_placed_stay_where_the_user_placed_them(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, imports: tuple[str, ...]
 ) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    caches = run_contained(_noisy, ("",), NO_LIMITS, lambda _: None)
+    caches = run_contained(_noisy, ("",), NO_LIMITS, lambda _: None, imports=imports)
     assert caches["KERAS_HOME"] == str(tmp_path)
 
 
@@ -110,22 +121,56 @@ def test_caches_the_user_placed_stay_where_the_user_placed_them(
     ],
 )
 def test_every_exception_of_a_run_is_one_short_line(
-    error: Exception, raised: type[Exception], message: str
+    error: Exception, raised: type[Exception], message: str, imports: tuple[str, ...]
 ) -> None:
     with pytest.raises(raised) as caught:
-        run_contained(_fail, (error,), NO_LIMITS, print)
+        run_contained(_fail, (error,), NO_LIMITS, print, imports=imports)
     text = str(caught.value)
     assert text.startswith(message)
     assert "\n" not in text
     assert len(text) <= 300
 
 
-def test_a_crash_is_one_line_quoting_the_last_output() -> None:
+def test_a_crash_is_one_line_quoting_the_last_output(imports: tuple[str, ...]) -> None:
     with pytest.raises(ModelReadError) as raised:
-        run_contained(_crash, ("first\nF0000 check failed: x\n",), NO_LIMITS, print)
+        run_contained(
+            _crash, ("first\nF0000 check failed: x\n",), NO_LIMITS, print, imports=imports
+        )
     assert str(raised.value) == (
         "crashed (signal 11: SIGSEGV); its last output: F0000 check failed: x"
     )
+
+
+def _state(report: Callable[[Any], None]) -> tuple[int, int, int]:
+    """How many runs changed the imported module before this one; this run's pid, its
+    parent's."""
+    import json
+
+    runs: int = getattr(json, "runs_seen", 0)
+    json.runs_seen = runs + 1  # type: ignore[attr-defined]
+    return runs, os.getpid(), os.getppid()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm servers fork: Linux")
+def test_runs_forked_by_one_warm_server_each_start_from_its_untouched_state() -> None:
+    first = run_contained(_state, (), NO_LIMITS, print, imports=("json",))
+    second = run_contained(_state, (), NO_LIMITS, print, imports=("json",))
+    assert (first[0], second[0]) == (0, 0)  # the first run's change did not reach the second
+    assert first[1] != second[1] and first[2] == second[2]  # two children of one server
+    assert first[2] != os.getpid()
+    other = run_contained(_state, (), NO_LIMITS, print, imports=("json", "csv"))
+    assert other[2] != first[2]  # other imports: another server
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm servers fork: Linux")
+def test_a_run_ends_with_its_warm_server() -> None:
+    from bncheck import isolation
+
+    pid = run_contained(_state, (), NO_LIMITS, print, imports=("json",))[2]
+    isolation.close_warm_servers()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not isolation._SERVERS
 
 
 def _bncheck(argv: Sequence[str], home: Path) -> subprocess.CompletedProcess[str]:
