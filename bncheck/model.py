@@ -279,6 +279,15 @@ class BNLayer:
             **fields,
         )
 
+    def configured_as(self, other: BNLayer) -> BNLayer:
+        """This layer's stored arrays in ``other``'s place and with its configuration (name,
+        class, axis, momentum, epsilon, flags, initial values, calls): a weights-only file's
+        layer as the architecture it loads into describes it."""
+        return replace(
+            self,
+            **{name: getattr(other, name) for name in CONFIGURATION_FIELDS},
+        )
+
     @property
     def keras_momentum(self) -> float | None:
         """``momentum`` in Keras's convention (the weight the old statistics keep), whatever the
@@ -462,6 +471,22 @@ class PickledCall:
     where: str
     """Where the pickle asks for it, e.g. ``archive/data.pkl, byte 1234``."""
 
+
+#: The fields of a ``BNLayer`` that its configuration decides, not its stored arrays.
+CONFIGURATION_FIELDS = (
+    "path",
+    "name",
+    "class_name",
+    "axis",
+    "momentum",
+    "epsilon",
+    "center",
+    "scale",
+    "trainable",
+    "synchronized",
+    "initial",
+    "call_kwargs",
+)
 
 #: The class of a layer recognised by its variables' names alone (TF1 scopes, weights-only files).
 INFERRED_BY_NAMES = "BatchNormalization (by variable names)"

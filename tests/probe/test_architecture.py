@@ -298,3 +298,39 @@ def test_a_misfit_names_the_layer_and_keras_s_reason() -> None:
         "layer c1 (Conv2D): Layer 'c1' expected 2 variables, but received 1 variables during "
         "loading. Expected: ['kernel', 'bias']"
     )
+
+
+def test_each_weights_layer_takes_its_architecture_layer_s_configuration() -> None:
+    """The weights' arrays stay; where the layer sits and how it is configured come from the
+    architecture's layer, matched by path here."""
+    from bncheck.model import CONFIGURATION_FIELDS, BNLayer, InitialValues, ModelDescription
+    from bncheck.probe.runtimes.architecture import paired
+
+    def layer(name: str, value: float, **fields: Any) -> BNLayer:
+        array = np.full(4, value, dtype="float32")
+        fields.setdefault("class_name", "BatchNormalization")
+        return BNLayer(f"net/{name}", name, moving_mean=array, moving_variance=array + 1, **fields)
+
+    stored = layer("bn", 0.5, source="layers/bn/vars", locations={"moving_mean": "a/0"})
+    configured = layer(
+        "bn",
+        9.0,
+        class_name="SyncBatchNormalization",
+        axis=(1,),
+        momentum=0.999,
+        epsilon=1e-5,
+        center=False,
+        scale=True,
+        trainable=False,
+        synchronized=True,
+        initial=InitialValues(moving_variance=2.0),
+        call_kwargs=({"training": True},),
+    )
+    weights = ModelDescription("w.weights.h5", "keras3_weights", (stored,))
+    architecture = ModelDescription("net.keras", "keras3", (configured,))
+    [result] = paired(weights, architecture).layers
+    for name in CONFIGURATION_FIELDS:
+        assert getattr(result, name) == getattr(configured, name), name
+    assert result.moving_mean.tolist() == [0.5] * 4
+    assert result.moving_variance.tolist() == [1.5] * 4
+    assert (result.source, result.locations) == (stored.source, stored.locations)

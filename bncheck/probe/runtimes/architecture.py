@@ -79,23 +79,7 @@ def paired(weights: ModelDescription, architecture: ModelDescription) -> ModelDe
                 f"layer {target.path} has {target.channels} channels in the architecture, "
                 f"{stored.channels} in the weights: they are not the same network"
             )
-        layers.append(
-            replace(
-                stored,
-                path=target.path,
-                name=target.name,
-                class_name=target.class_name,
-                axis=target.axis,
-                momentum=target.momentum,
-                epsilon=target.epsilon,
-                center=target.center,
-                scale=target.scale,
-                trainable=target.trainable,
-                synchronized=target.synchronized,
-                initial=target.initial,
-                call_kwargs=target.call_kwargs,
-            )
-        )
+        layers.append(stored.configured_as(target))
     notes = tuple(note for note in weights.notes if note != NO_CONFIG_NOTE)
     note = (
         f"weights-only file run in the architecture of {architecture.path} (--architecture): "
