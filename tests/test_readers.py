@@ -249,3 +249,37 @@ def test_layers_a_custom_layer_creates_have_the_same_paths_in_the_file_and_the_l
     assert sorted(found for found, _, _ in batchnorm_layers(model)) == sorted(expected)
     loaded = keras.models.load_model(path)
     assert sorted(found for found, _, _ in batchnorm_layers(loaded)) == sorted(expected)
+
+
+@pytest.mark.parametrize("saved", ["model.keras", "model.weights.h5"])
+def test_bfloat16_statistics_read_as_keras_holds_them(tmp_path: Path, saved: str) -> None:
+    """Keras 3 writes a bfloat16 variable as raw 16-bit words marked ``dtype="bfloat16"``;
+    read as floats they are exactly the values Keras holds."""
+    keras = pytest.importorskip("keras")
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.BatchNormalization(dtype="bfloat16", name="bn")]
+    )
+    layer = model.get_layer("bn")
+    layer.moving_mean.assign(np.array([0.1, -2.5, 3.3], "float32"))
+    layer.moving_variance.assign(np.array([1.7, 0.01, 123.4], "float32"))
+    path = tmp_path / saved
+    if saved.endswith(".keras"):
+        model.save(path)
+    else:
+        model.save_weights(path)
+    with h5py.File(path if saved.endswith(".h5") else io.BytesIO(_member(path)), "r") as h5:
+        assert h5["layers/batch_normalization/vars/2"].attrs["dtype"] == "bfloat16"
+
+    def held(variable: object) -> list[float]:
+        return keras.ops.convert_to_numpy(keras.ops.cast(variable, "float32")).tolist()
+
+    [read] = read_model(str(path)).layers
+    assert read.moving_mean.dtype == np.float32
+    assert read.moving_mean.tolist() == held(layer.moving_mean) == [0.10009765625, -2.5, 3.296875]
+    assert read.moving_variance.tolist() == held(layer.moving_variance)
+    assert read.moving_variance.tolist() != [1.7, 0.01, 123.4]  # bfloat16 rounded them
+
+
+def _member(archive: Path) -> bytes:
+    with zipfile.ZipFile(archive) as bundle:
+        return bundle.read("model.weights.h5")
