@@ -414,6 +414,46 @@ def containment(workdir: Path, repeat: int) -> list[Target]:
     ]
 
 
+#: Models in the folder that `warm_runs` probes.
+WARM_MODELS = 4
+
+
+def warm_runs(workdir: Path, repeat: int) -> list[Target]:
+    """`bncheck inspect --probe FOLDER` over 4 small Keras models, against the same models each
+    probed by a command of its own: the folder's runs fork from one server that imported
+    TensorFlow once, where each command imports it for its run."""
+    model = Path(__file__).resolve().parents[1] / "fixtures" / "probe" / "stale_stats.keras"
+    folder = workdir / "warm"
+    folder.mkdir()
+    paths = [folder / f"model_{i}.keras" for i in range(WARM_MODELS)]
+    for path in paths:
+        shutil.copy(model, path)
+    run_python_cpu(INSPECT, str(paths[0]), "--probe")  # fills the bytecode and page caches
+    folder_wall, folder_cpu, each_wall, each_cpu = [], [], [], []
+    for _ in range(repeat):
+        wall, cpu, _ = run_python_cpu(INSPECT, str(folder), "--probe")
+        folder_wall.append(wall)
+        folder_cpu.append(cpu)
+        runs = [run_python_cpu(INSPECT, str(path), "--probe") for path in paths]
+        each_wall.append(sum(wall for wall, _, _ in runs))
+        each_cpu.append(sum(cpu for _, cpu, _ in runs))
+    ours, theirs = statistics.median(folder_wall), statistics.median(each_wall)
+    return [
+        Target(
+            "warm-runs",
+            f"{WARM_MODELS} small Keras models: `bncheck inspect --probe FOLDER` over one "
+            "command per model (wall time)",
+            ratio=ours / theirs,
+            threshold=0.6,
+            higher_is_better=False,
+            medians={
+                "folder": f"{ours:.2f} s ({statistics.median(folder_cpu):.2f} s CPU)",
+                "one command each": f"{theirs:.2f} s ({statistics.median(each_cpu):.2f} s CPU)",
+            },
+        )
+    ]
+
+
 # The probe over N samples of real data (after loading: both sweeps, the comparison with
 # re-estimated statistics, the rules) against the least a user could run to see both modes on the
 # same samples: one compiled inference pass and one compiled training-mode pass. Each repeat loads
@@ -1003,6 +1043,7 @@ BENCHMARKS: dict[str, Callable[[Path, int], list[Target]]] = {
     "folder": folder_scan,
     "containment": containment,
     "probe": probe_cost,
+    "warm": warm_runs,
     "runtimes": runtime_cost,
     "recalibrate": recalibrate_vs_forward,
     "pytorch": pytorch_vs_torch_load,
