@@ -622,6 +622,8 @@ def _serve_warm(fd: int, scratch: str, imports: tuple[str, ...]) -> None:
     for module in imports:
         with contextlib.suppress(Exception):  # the run imports it again, and says why not
             importlib.import_module(module)
+    if "tensorflow" in sys.modules:  # quiet, as bncheck's own import of it leaves it
+        sys.modules["tensorflow"].get_logger().setLevel("ERROR")
     try:
         while True:
             try:

@@ -69,9 +69,16 @@ def run_probe_contained(
         (path, options, dict(untouched or {})),
         limits,
         step,
-        imports=EXTRAS[extra][1],
+        imports=worker_imports(extra),
     )
     return result
+
+
+def worker_imports(extra: str) -> tuple[str, ...]:
+    """What a contained run of a model imports (``run_contained``'s warm server imports it
+    once for all the runs of a command): the framework of ``extra``, and bncheck's probe and
+    recalibration."""
+    return (*EXTRAS[extra][1], "bncheck.probe.measure", __name__, "bncheck.recalibrate.command")
 
 
 def runtime_of(path: str, options: ProbeOptions) -> str | None:

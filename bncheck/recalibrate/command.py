@@ -30,14 +30,14 @@ from typing import Any
 from bncheck import formats, verdict
 from bncheck.engine import inspect_path
 from bncheck.errors import ModelReadError, UsageError
-from bncheck.extras import EXTRAS, require
+from bncheck.extras import require
 from bncheck.isolation import Reporter, RunLimits, read_contained, run_contained
 from bncheck.model import BNLayer, ModelDescription, with_loaded_settings
 from bncheck.probe import data as probe_data
 from bncheck.probe import safety
 from bncheck.probe.options import ProbeOptions
 from bncheck.probe.results import Metric
-from bncheck.probe.runner import scan_keras_config
+from bncheck.probe.runner import scan_keras_config, worker_imports
 from bncheck.progress import Progress
 from bncheck.readers import detect, read_model
 from bncheck.recalibrate.distribute import is_chief, make_strategy
@@ -182,7 +182,7 @@ def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
                 (options, description, output),
                 limits,
                 lambda m: _relay(progress, m),
-                imports=EXTRAS[extra][1],
+                imports=worker_imports(extra),
             )
         except ModelReadError as exc:
             raise ModelReadError(f"recalibrate: {exc}") from None
