@@ -32,6 +32,7 @@ import pickle
 import re
 import resource
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -468,42 +469,41 @@ _WARM_SERVERS = 2
 
 
 class _WarmServer:
-    """A fresh interpreter that has imported a framework and does nothing but fork: each run is
-    a child of it, started in milliseconds from the same untouched state (no model loaded, no
-    graph built, no random number drawn), instead of an interpreter that spends seconds
-    importing TensorFlow. Linux only: forking is how it serves, and elsewhere a process that
-    loaded a framework may not fork."""
+    """A process that has imported a framework and does nothing but fork: each run is a child
+    of it, started in milliseconds from the same untouched state (no model loaded, no graph
+    built, no random number drawn), instead of a process that spends seconds importing
+    TensorFlow. Forked from the command while it has no other thread and no framework (so
+    that a single run costs what a worker of its own did), otherwise a fresh interpreter. Linux
+    only: forking is how it serves, and elsewhere a process that loaded a framework may not
+    fork."""
 
     def __init__(self, imports: tuple[str, ...]) -> None:
-        import json
         import socket
-        import subprocess
         import tempfile
 
         self.scratch = tempfile.mkdtemp(prefix="bncheck-warm-")
         ours, theirs = socket.socketpair()
         self.conn = Connection(ours.detach())
-        # A fresh interpreter, not multiprocessing's spawn, which would import the command's
-        # main module (a user's script) in it.
-        code = (
-            "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
-            "from bncheck.isolation import _serve_warm; "
-            "_serve_warm(int(sys.argv[2]), sys.argv[3], tuple(sys.argv[4:]))"
-        )
+        self.process: BaseProcess | subprocess.Popen[bytes]
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", code, json.dumps(sys.path), str(theirs.fileno())]
-                + [self.scratch, *imports],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
-            )
+            if _forkable():
+                self.process = multiprocessing.get_context("fork").Process(
+                    target=_serve_forked,
+                    args=(self.conn.fileno(), theirs.fileno(), self.scratch, imports),
+                    daemon=True,
+                )
+                self.process.start()
+            else:
+                self.process = _interpreter(theirs.fileno(), self.scratch, imports)
         finally:
             theirs.close()
+        assert self.process.pid is not None
+        self.pid: int = self.process.pid
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        if isinstance(self.process, subprocess.Popen):
+            return self.process.poll() is None
+        return self.process.is_alive()
 
     def fork(self, task: bytes) -> tuple[Connection, _Forked]:
         """A child running the pickled ``task`` (``_run``'s arguments after its connection),
@@ -511,7 +511,7 @@ class _WarmServer:
         ours, theirs = multiprocessing.Pipe()
         try:
             self.conn.send(("run", task))
-            reduction.send_handle(self.conn, theirs.fileno(), self.process.pid)
+            reduction.send_handle(self.conn, theirs.fileno(), self.pid)
             pid = self.conn.recv()
         except BaseException:
             ours.close()
@@ -530,15 +530,46 @@ class _WarmServer:
 
     def close(self) -> None:
         import shutil
-        import subprocess
 
         self.conn.close()  # the server ends when its connection closes
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if isinstance(self.process, subprocess.Popen):
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        else:
+            self.process.join(5)
+            if self.process.exitcode is None:
+                self.process.kill()
+                self.process.join()
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _serve_forked(ours: int, fd: int, scratch: str, imports: tuple[str, ...]) -> None:
+    """``_serve_warm`` in a fork of the command, without the command's end of the connection
+    (the server ends when the command closes it)."""
+    os.close(ours)
+    _serve_warm(fd, scratch, imports)
+
+
+def _interpreter(fd: int, scratch: str, imports: tuple[str, ...]) -> subprocess.Popen[bytes]:
+    """A warm server in a fresh interpreter, serving on connection ``fd``; not multiprocessing's
+    spawn, which would import the command's main module (a user's script) in it."""
+    import json
+
+    code = (
+        "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+        "from bncheck.isolation import _serve_warm; "
+        "_serve_warm(int(sys.argv[2]), sys.argv[3], tuple(sys.argv[4:]))"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(sys.path), str(fd), scratch, *imports],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        pass_fds=(fd,),
+    )
 
 
 class _Forked:
@@ -615,6 +646,10 @@ def _serve_warm(fd: int, scratch: str, imports: tuple[str, ...]) -> None:
 
     conn = Connection(fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's and its runs'
+    quiet = os.open(os.devnull, os.O_RDWR)  # a server forked from the command: not its terminal
+    for stream in (0, 1, 2):
+        os.dup2(quiet, stream)
+    os.close(quiet)
     os.environ.setdefault("KERAS_HOME", os.path.join(scratch, "keras"))
     os.environ.setdefault("MPLCONFIGDIR", os.path.join(scratch, "matplotlib"))
     os.environ.setdefault("XDG_CACHE_HOME", os.path.join(scratch, "cache"))

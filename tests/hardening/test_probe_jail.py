@@ -173,6 +173,36 @@ def test_a_run_ends_with_its_warm_server() -> None:
     assert not isolation._SERVERS
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm servers fork: Linux")
+def test_a_server_forked_from_the_command_ends_when_the_command_lets_it_go() -> None:
+    """A command without a framework forks its warm server from itself; the server must not
+    keep the command's end of their connection, or it would never see it close (and would be
+    killed after a wait)."""
+    code = (
+        "import os, sys, threading\n"
+        "from bncheck import isolation\n"
+        "from tests.hardening.test_probe_jail import NO_LIMITS, _state\n"
+        "assert isolation._forkable()\n"
+        "runs = [isolation.run_contained(_state, (), NO_LIMITS, print, imports=('json',))\n"
+        "        for _ in range(2)]\n"
+        "[server] = isolation._SERVERS.values()\n"
+        "assert not hasattr(server.process, 'poll')  # forked, not a fresh interpreter\n"
+        "isolation.close_warm_servers()\n"
+        "print([run[0] for run in runs], runs[0][2] == runs[1][2], server.process.exitcode)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        cwd=REPO,
+        timeout=GENEROUS,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[0, 0] True 0\n"  # exit code 0: it ended, it was not killed
+
+
 def _bncheck(argv: Sequence[str], home: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, HOME=str(home), PYTHONPATH=str(REPO))
     for name in ("KERAS_HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME"):
