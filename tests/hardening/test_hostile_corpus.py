@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import os
 import pkgutil
 import re
@@ -93,7 +94,16 @@ def broken_promises(case: HostileCase, root: Path) -> list[str]:
     # the case's own folder must stay as it was, and no canary may appear anywhere.
     annotations = "github" in argv  # --format github: the reporter's own commands start lines
     canary = any(root.rglob(CANARY))
-    return judge(case, outcome, before, snapshot(folder), canary=canary, annotations=annotations)
+    report = "json" in argv
+    return judge(
+        case,
+        outcome,
+        before,
+        snapshot(folder),
+        canary=canary,
+        annotations=annotations,
+        report=report,
+    )
 
 
 def judge(
@@ -103,10 +113,12 @@ def judge(
     after: dict[str, str],
     canary: bool,
     annotations: bool = False,
+    report: bool = False,
 ) -> list[str]:
     """Every promise ``outcome`` broke, given the case folder's files before and after. With
     ``annotations``, stdout may hold the GitHub reporter's own commands, whose properties cannot
-    hold a colon; any other line starting with ``::`` came from a file."""
+    hold a colon; any other line starting with ``::`` came from a file. With ``report`` (a JSON
+    report asked for), a run that refused nothing reports every model as read."""
     if outcome.code is None:
         return [f"hung for {HANG_SECONDS:g} s"]
     broken = []
@@ -137,6 +149,14 @@ def judge(
         broken.append("the canary was written: code from the file ran or wrote")
     if outcome.peak_rss_mib > case.max_rss_mib:
         broken.append(f"peak memory {outcome.peak_rss_mib:.0f} MiB > {case.max_rss_mib:g}")
+    if report and outcome.code in (0, 1):
+        try:
+            errors = [model["error"] for model in json.loads(outcome.out)["models"]]
+        except (ValueError, KeyError, TypeError):
+            broken.append(f"stdout is not a JSON report: {outcome.out[:200]!r}")
+        else:
+            if any(error is not None for error in errors):
+                broken.append(f"exit code {outcome.code} with a model not read: {errors}")
     return broken
 
 
@@ -168,6 +188,15 @@ def test_the_judge_sees_every_broken_promise() -> None:
     ]
     hung = Outcome(None, "", "", HANG_SECONDS, 0.0)
     assert judge(case, hung, {}, {}, canary=False) == [f"hung for {HANG_SECONDS:g} s"]
+    read = Outcome(1, '{"models": [{"error": null}]}', "", 0.1, 80.0)
+    unread = Outcome(1, '{"models": [{"error": "x"}]}', "", 0.1, 80.0)
+    assert judge(case, read, {}, {}, canary=False, report=True) == ["exit code 1 (expected [3])"]
+    assert judge(case, unread, {}, {}, canary=False, report=True)[1:] == [
+        "exit code 1 with a model not read: ['x']"
+    ]
+    assert judge(case, Outcome(1, "", "", 0.1, 80.0), {}, {}, canary=False, report=True)[1:] == [
+        "stdout is not a JSON report: ''"
+    ]
 
 
 def _runnable(case: HostileCase) -> bool:
@@ -196,7 +225,8 @@ def test_every_hostile_case_keeps_every_promise(
     if not cases:
         pytest.skip("the hostile corpus is empty")
     roots = [tmp_path / f"{index:03d}" for index in range(len(cases))]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    # Twice the cores: some cases only wait (a hang stopped at a time limit).
+    with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 2)) as pool:
         results = list(pool.map(broken_promises, cases, roots))
     failures = [
         f"{case.name}: {'; '.join(broken)}"
