@@ -7,7 +7,9 @@ import dataclasses
 import functools
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import IO, Any, TypeVar
@@ -639,8 +641,19 @@ def recalibrate(**params: Any) -> int:
     return run_recalibrate(options, _config(params), render)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, met as Ctrl-C is: what the command started ends, and its temporary files go."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every user error is one line on stderr and an exit code, never a traceback."""
+    on_term = None
+    if threading.current_thread() is threading.main_thread():
+        on_term = signal.signal(signal.SIGTERM, _terminate)
     try:
         code: Any = cli.main(args=argv, prog_name="bncheck", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
@@ -654,13 +667,23 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as exc:
         click.echo(f"bncheck: error: {shown(str(exc))}", err=True)
         code = ExitCode.USAGE
-    except click.exceptions.Abort:
-        click.echo("bncheck: interrupted", err=True)
-        code = 130
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__ or exc.__context__, _Terminated):
+            click.echo("bncheck: terminated", err=True)
+            code = 128 + signal.SIGTERM
+        else:
+            click.echo("bncheck: interrupted", err=True)
+            code = 130
+    except _Terminated:  # outside the command's own code
+        click.echo("bncheck: terminated", err=True)
+        code = 128 + signal.SIGTERM
     except Exception as exc:  # a bug: still one line, escaped (it may quote a file)
         from bncheck.isolation import one_line
 
         problem = shown(one_line(f"{type(exc).__name__}: {exc}"))
         click.echo(f"bncheck: error: internal error: {problem}; please report it", err=True)
         code = ExitCode.UNREADABLE
+    finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
     sys.exit(int(code or 0))

@@ -32,12 +32,13 @@ import pickle
 import re
 import resource
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
@@ -232,6 +233,9 @@ def close_idle_workers() -> None:
 def _serve(conn: Connection, memory: int) -> None:
     """A worker's loop: read what the parent sends until the pipe closes."""
     faulthandler.disable()  # a crash is the parent's one line, not a dump of this process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's: it ends the workers
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the command's handler, if forked from it
+    _keep_only(conn.fileno())
     if memory:
         hard = resource.getrlimit(resource.RLIMIT_AS)[1]
         limit = _address_space() + memory
@@ -259,6 +263,22 @@ def _serve(conn: Connection, memory: int) -> None:
             conn.send(("memory", None))
         except Exception as exc:  # an unpicklable result or exception is a bug too
             conn.send(("bug", RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+def _keep_only(*fds: int) -> None:
+    """Close every descriptor of this forked process above the standard streams but ``fds``. A
+    fork holds copies of the command's descriptors: the command's ends of its other workers'
+    and servers' connections among them, whose closing those processes wait for to end (when
+    the command ends, or is killed)."""
+    keep = {fd for fd in fds if fd > 2}
+    try:
+        open_now = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: every descriptor up to the limit
+        open_now = list(range(3, min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 65536)))
+    for fd in open_now:
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):  # the listing's own, closed already
+                os.close(fd)
 
 
 def _address_space() -> int:
@@ -302,6 +322,7 @@ def run_contained(
     limits: RunLimits,
     on_report: Reporter,
     imports: tuple[str, ...] = (),
+    environment: Mapping[str, str] | None = None,
 ) -> T:
     """``function(report, *args)`` in a fresh worker process, which alone imports the
     framework it needs, and whose ``report(message)`` calls reach ``on_report`` here. Over
@@ -313,6 +334,7 @@ def run_contained(
     ``imports`` names the modules the run will import (its framework's, as
     ``bncheck.extras.EXTRAS`` lists them): on Linux the worker is forked from a warm server that
     imported them, and the next run that names them forks from the same server.
+    ``environment`` sets variables for the run (and its server) over the command's.
 
     The worker's standard output and error (TensorFlow's C++ logging, onnxruntime's logger,
     Python warnings, all of which quote names from the file raw) go to a file that only the
@@ -324,7 +346,7 @@ def run_contained(
     import tempfile
 
     scratch = tempfile.mkdtemp(prefix="bncheck-run-")
-    task = (function, args, scratch, os.getcwd(), dict(os.environ))
+    task = (function, args, scratch, os.getcwd(), {**os.environ, **(environment or {})})
     try:
         conn, process = _start_run(task, imports)
     except BaseException:
@@ -333,17 +355,20 @@ def run_contained(
     try:
         return _watch(conn, process, limits, on_report, scratch)
     finally:
-        conn.close()
-        if process.exitcode is None:
-            process.kill()
-        process.join()
-        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            conn.close()
+            if process.exitcode is None:
+                process.kill()
+            process.join()
+        finally:  # even when Ctrl-C comes meanwhile
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _start_run(task: tuple[Any, ...], imports: tuple[str, ...]) -> tuple[Connection, _RunProcess]:
     """A worker running ``_run(conn, *task)``, and ``conn``'s other end: forked by the warm
-    server of ``imports`` where there is one, otherwise a process of its own."""
-    server = _warm_server(imports) if imports else None
+    server of ``imports`` (imported in the run's environment, ``task[-1]``) where there is one,
+    otherwise a process of its own."""
+    server = _warm_server(imports, task[-1]) if imports else None
     if server is not None:
         try:
             return server.fork(pickle.dumps(task))
@@ -355,6 +380,50 @@ def _start_run(task: tuple[Any, ...], imports: tuple[str, ...]) -> tuple[Connect
     process.start()
     child.close()
     return conn, process
+
+
+#: The largest message a run may send (its result): more is refused, not buffered.
+_MAX_MESSAGE = 256 << 20
+
+
+class _Inbox:
+    """The messages of a run, framed as ``Connection.send`` frames them, read only as far as the
+    bytes have arrived: a run that sends part of a message, or claims a huge one, cannot stop
+    the command from watching its limits."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.buffer = bytearray()
+
+    def next(self, timeout: float) -> Any:
+        """The next whole message, or ``None`` if none is whole within ``timeout``; raises
+        ``EOFError`` when the run closed its end."""
+        message = self._whole()
+        if message is not None or not wait([self.conn], timeout):
+            return message
+        chunk = os.read(self.conn.fileno(), 1 << 20)
+        if not chunk:
+            raise EOFError
+        self.buffer += chunk
+        return self._whole()
+
+    def _whole(self) -> Any:
+        if len(self.buffer) < 4:
+            return None
+        [size] = struct.unpack("!i", self.buffer[:4])
+        start = 4
+        if size == -1:  # a message of 2 GiB or more: an 8-byte size follows
+            if len(self.buffer) < 12:
+                return None
+            [size] = struct.unpack("!Q", self.buffer[4:12])
+            start = 12
+        if size < 0 or size > _MAX_MESSAGE:
+            raise ModelReadError(f"sent a message of {size} bytes, more than its result can be")
+        if len(self.buffer) < start + size:
+            return None
+        data = bytes(self.buffer[start : start + size])
+        del self.buffer[: start + size]
+        return pickle.loads(data)
 
 
 class _RunProcess(Protocol):
@@ -381,23 +450,26 @@ def _watch(
 ) -> Any:
     deadline = None if limits.seconds is None else time.monotonic() + limits.seconds
     memory = None if limits.memory_mib is None else limits.memory_mib << 20
+    inbox = _Inbox(conn)
     while True:
-        if conn.poll(_POLL_SECONDS):
-            try:
-                kind, value = conn.recv()
-            except (EOFError, OSError):
-                process.join(1)
-                raise ModelReadError(_died(process.exitcode, scratch)) from None
-            if kind == "report":
-                on_report(value)
-                continue
+        try:
+            message = inbox.next(_POLL_SECONDS)
+        except (EOFError, OSError):
+            process.join(1)
+            raise ModelReadError(_died(process.exitcode, scratch)) from None
+        if message is not None:
+            if not (isinstance(message, tuple) and len(message) == 2):
+                raise ModelReadError("sent a message that is not one of bncheck's")
+            kind, value = message
             if kind == "ok":
                 return value
             if kind == "usage":
-                raise UsageError(value)
+                raise UsageError(str(value))
             if kind == "memory":
                 raise ModelReadError("ran out of memory")
-            raise ModelReadError(value)
+            if kind != "report":
+                raise ModelReadError(str(value))
+            on_report(value)  # then the limits, however fast the reports come
         if memory is not None and process.pid is not None and _resident(process.pid) > memory:
             process.kill()
             raise ModelReadError(f"needed more than {limits.memory_mib} MiB (--probe-memory)")
@@ -416,6 +488,8 @@ def _run(
 ) -> None:
     """A contained run's worker: quiet, with its caches in ``scratch``; sends the outcome."""
     faulthandler.disable()  # a crash is the parent's one line, not a dump of this process
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the command's handler, if forked from it
+    _keep_only(conn.fileno())
     os.chdir(cwd)
     # The command's environment as it is now: a worker from the fork server would otherwise
     # have the server's, as it was when the server started.
@@ -477,7 +551,7 @@ class _WarmServer:
     only: forking is how it serves, and elsewhere a process that loaded a framework may not
     fork."""
 
-    def __init__(self, imports: tuple[str, ...]) -> None:
+    def __init__(self, imports: tuple[str, ...], environment: dict[str, str]) -> None:
         import socket
         import tempfile
 
@@ -489,12 +563,12 @@ class _WarmServer:
             if _forkable():
                 self.process = multiprocessing.get_context("fork").Process(
                     target=_serve_forked,
-                    args=(self.conn.fileno(), theirs.fileno(), self.scratch, imports),
+                    args=(theirs.fileno(), self.scratch, imports, environment),
                     daemon=True,
                 )
                 self.process.start()
             else:
-                self.process = _interpreter(theirs.fileno(), self.scratch, imports)
+                self.process = _interpreter(theirs.fileno(), self.scratch, imports, environment)
         finally:
             theirs.close()
         assert self.process.pid is not None
@@ -528,6 +602,14 @@ class _WarmServer:
         code: int | None = self.conn.recv()
         return code
 
+    def kill(self) -> None:
+        """End the server now (and, with it, its runs)."""
+        import shutil
+
+        self.conn.close()
+        self.process.kill()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
     def close(self) -> None:
         import shutil
 
@@ -546,14 +628,21 @@ class _WarmServer:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def _serve_forked(ours: int, fd: int, scratch: str, imports: tuple[str, ...]) -> None:
-    """``_serve_warm`` in a fork of the command, without the command's end of the connection
-    (the server ends when the command closes it)."""
-    os.close(ours)
+def _serve_forked(
+    fd: int, scratch: str, imports: tuple[str, ...], environment: dict[str, str]
+) -> None:
+    """``_serve_warm`` in a fork of the command, in ``environment``, without the command's end
+    of the connection (the server ends when the command closes it) or any other descriptor of
+    the command's."""
+    _keep_only(fd)
+    os.environ.clear()
+    os.environ.update(environment)
     _serve_warm(fd, scratch, imports)
 
 
-def _interpreter(fd: int, scratch: str, imports: tuple[str, ...]) -> subprocess.Popen[bytes]:
+def _interpreter(
+    fd: int, scratch: str, imports: tuple[str, ...], environment: dict[str, str]
+) -> subprocess.Popen[bytes]:
     """A warm server in a fresh interpreter, serving on connection ``fd``; not multiprocessing's
     spawn, which would import the command's main module (a user's script) in it."""
     import json
@@ -569,6 +658,7 @@ def _interpreter(fd: int, scratch: str, imports: tuple[str, ...]) -> subprocess.
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         pass_fds=(fd,),
+        env=environment,
     )
 
 
@@ -602,15 +692,15 @@ class _Forked:
 _SERVERS: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], _WarmServer] = {}
 
 
-def _warm_server(imports: tuple[str, ...]) -> _WarmServer | None:
-    """The warm server of ``imports`` for this environment, started if need be; ``None`` where
-    runs cannot fork from one (not Linux)."""
+def _warm_server(imports: tuple[str, ...], environment: dict[str, str]) -> _WarmServer | None:
+    """The warm server of ``imports`` for the runs of ``environment``, started if need be;
+    ``None`` where runs cannot fork from one (not Linux)."""
     if not sys.platform.startswith("linux"):
         return None
-    environment = tuple(
-        sorted((name, value) for name, value in os.environ.items() if _READ_AT_IMPORT.match(name))
+    read = tuple(
+        sorted((name, value) for name, value in environment.items() if _READ_AT_IMPORT.match(name))
     )
-    key = (imports, environment)
+    key = (imports, read)
     server = _SERVERS.pop(key, None)
     if server is not None and not server.alive():
         server.close()
@@ -620,7 +710,7 @@ def _warm_server(imports: tuple[str, ...]) -> _WarmServer | None:
             _SERVERS.pop(next(iter(_SERVERS))).close()
         if not _SERVERS:
             atexit.register(close_warm_servers)  # before multiprocessing's own exit handler
-        server = _WarmServer(imports)
+        server = _WarmServer(imports, environment)
     _SERVERS[key] = server  # the most recently used last
     return server
 
@@ -635,7 +725,14 @@ def _forget(server: _WarmServer) -> None:
 def close_warm_servers() -> None:
     """End the warm servers (they end with this process anyway)."""
     while _SERVERS:
-        _SERVERS.popitem()[1].close()
+        server = _SERVERS.popitem()[1]
+        try:
+            server.close()
+        except KeyboardInterrupt:  # Ctrl-C while the command ends: end the rest at once
+            server.kill()
+            for rest in _SERVERS.values():
+                rest.kill()
+            _SERVERS.clear()
 
 
 def _serve_warm(fd: int, scratch: str, imports: tuple[str, ...]) -> None:
@@ -646,6 +743,7 @@ def _serve_warm(fd: int, scratch: str, imports: tuple[str, ...]) -> None:
 
     conn = Connection(fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's and its runs'
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the command's handler, if forked from it
     quiet = os.open(os.devnull, os.O_RDWR)  # a server forked from the command: not its terminal
     for stream in (0, 1, 2):
         os.dup2(quiet, stream)

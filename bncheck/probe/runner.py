@@ -70,8 +70,15 @@ def run_probe_contained(
         limits,
         step,
         imports=worker_imports(extra),
+        environment=worker_environment(extra),
     )
     return result
+
+
+def worker_environment(extra: str) -> dict[str, str]:
+    """What a contained run of a model sets in its environment: Keras on TensorFlow, which the
+    probe and recalibration run it with, whatever ``KERAS_BACKEND`` the user's own code uses."""
+    return {"KERAS_BACKEND": "tensorflow"} if extra == "tensorflow" else {}
 
 
 def worker_imports(extra: str) -> tuple[str, ...]:

@@ -37,7 +37,7 @@ from bncheck.probe import data as probe_data
 from bncheck.probe import safety
 from bncheck.probe.options import ProbeOptions
 from bncheck.probe.results import Metric
-from bncheck.probe.runner import scan_keras_config, worker_imports
+from bncheck.probe.runner import scan_keras_config, worker_environment, worker_imports
 from bncheck.progress import Progress
 from bncheck.readers import detect, read_model
 from bncheck.recalibrate.distribute import is_chief, make_strategy
@@ -183,6 +183,7 @@ def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
                 limits,
                 lambda m: _relay(progress, m),
                 imports=worker_imports(extra),
+                environment=worker_environment(extra),
             )
         except ModelReadError as exc:
             raise ModelReadError(f"recalibrate: {exc}") from None

@@ -7,8 +7,10 @@ runs bncheck, in its own process with a ``HOME`` of its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -141,6 +143,49 @@ def test_a_crash_is_one_line_quoting_the_last_output(imports: tuple[str, ...]) -
     )
 
 
+def _to_the_command(header: bytes, then: Callable[[], None]) -> None:
+    """Write ``header`` on every descriptor this run holds beyond the standard streams (its
+    connection to the command is the only one), then ``then()``."""
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            with contextlib.suppress(OSError):  # the listing's own
+                os.write(int(name), header)
+    then()
+
+
+def _half_a_message(report: Callable[[Any], None]) -> None:
+    _to_the_command(struct.pack("!i", 1000), lambda: time.sleep(GENEROUS))
+
+
+def _a_huge_message(report: Callable[[Any], None]) -> None:
+    _to_the_command(struct.pack("!i", 2**31 - 1), lambda: time.sleep(GENEROUS))
+
+
+def _flood(report: Callable[[Any], None]) -> None:
+    while True:
+        report("x" * 1000)
+
+
+def test_a_run_that_sends_half_a_message_still_stops_at_its_time(
+    imports: tuple[str, ...],
+) -> None:
+    with pytest.raises(ModelReadError) as raised:
+        run_contained(_half_a_message, (), RunLimits(2.0, None), print, imports=imports)
+    assert str(raised.value) == "took longer than 2 s (--probe-timeout)"
+
+
+def test_a_run_that_claims_a_huge_message_is_refused(imports: tuple[str, ...]) -> None:
+    with pytest.raises(ModelReadError) as raised:
+        run_contained(_a_huge_message, (), RunLimits(GENEROUS, None), print, imports=imports)
+    assert str(raised.value) == ("sent a message of 2147483647 bytes, more than its result can be")
+
+
+def test_a_run_that_floods_reports_still_stops_at_its_time(imports: tuple[str, ...]) -> None:
+    with pytest.raises(ModelReadError) as raised:
+        run_contained(_flood, (), RunLimits(2.0, None), lambda _: None, imports=imports)
+    assert str(raised.value) == "took longer than 2 s (--probe-timeout)"
+
+
 def _state(report: Callable[[Any], None]) -> tuple[int, int, int]:
     """How many runs changed the imported module before this one; this run's pid, its
     parent's."""
@@ -203,6 +248,52 @@ def test_a_server_forked_from_the_command_ends_when_the_command_lets_it_go() -> 
     assert done.stdout == "[0, 0] True 0\n"  # exit code 0: it ended, it was not killed
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm servers fork: Linux")
+def test_a_killed_command_leaves_no_worker_and_no_server(tmp_path: Path) -> None:
+    """A command killed outright (SIGKILL: no clean-up runs) leaves nothing running: its reading
+    worker and its warm server see their connections close, and a run ends with its server;
+    even a reading worker forked after the server, which holds copies of the command's
+    descriptors until it drops them."""
+    code = (
+        "import os, sys, time\n"
+        "from bncheck import isolation\n"
+        "from bncheck.readers import read_model\n"
+        "from tests.hardening.test_probe_jail import NO_LIMITS, _state\n"
+        "server = isolation.run_contained(_state, (), NO_LIMITS, print, imports=('json',))[2]\n"
+        "isolation.read_contained(read_model, sys.argv[1])\n"
+        "[worker] = [w for ws in isolation._POOL._idle.values() for w in ws]\n"
+        "print(server, worker.process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    command = subprocess.Popen(
+        [sys.executable, "-c", code, str(FIXTURES / "probe" / "stale_stats.keras")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        cwd=REPO,
+    )
+    assert command.stdout is not None
+    pids = [int(pid) for pid in command.stdout.readline().split()]
+    assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+    command.kill()
+    command.wait()
+    deadline = time.monotonic() + GENEROUS
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in pids if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "still running after the command was killed"
+
+
 def _bncheck(argv: Sequence[str], home: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, HOME=str(home), PYTHONPATH=str(REPO))
     for name in ("KERAS_HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME"):
@@ -260,6 +351,39 @@ def test_recalibrate_stops_an_endless_onnx_loop_at_its_default_probe_timeout(
     done = _bncheck([*recalibrate, "--include-untouched", "--probe-timeout", "3"], home)
     _one_line(done, model, "recalibrate: took longer than 3 s (--probe-timeout)")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["term", "int"])
+def test_a_command_stopped_by_a_signal_ends_its_runs_and_leaves_no_files(
+    tmp_path: Path, signum: int
+) -> None:
+    """SIGTERM (a CI job cancelled) and SIGINT (Ctrl-C) end the command, its warm server and
+    the run in progress, each in one line, with their temporary folders removed."""
+    pytest.importorskip("onnxruntime")
+    argv, home = _case(probe_limits.onnx_loop_forever, tmp_path)
+    argv[argv.index("--probe-timeout") + 1] = "0"  # no limit: only the signal ends it
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = dict(os.environ, HOME=str(home), PYTHONPATH=str(REPO), TMPDIR=str(temporary))
+    code = "import sys; from bncheck.cli import main; main(sys.argv[1:])"
+    command = subprocess.Popen(
+        [sys.executable, "-c", code, *argv], stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + GENEROUS
+    while not list(temporary.glob("bncheck-run-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the run has started
+    assert list(temporary.glob("bncheck-run-*")), "the run never started"
+    time.sleep(1.0)
+    command.send_signal(signum)
+    _, err = command.communicate(timeout=GENEROUS)
+    expected = {signal.SIGTERM: (143, "terminated"), signal.SIGINT: (130, "interrupted")}
+    assert (command.returncode, err.strip()) == (
+        expected[signum][0],
+        f"bncheck: {expected[signum][1]}",
+    )
+    while list(temporary.glob("bncheck-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the server removes its folder as it ends
+    assert not list(temporary.glob("bncheck-*"))  # (onnxruntime leaves a file of its own)
 
 
 def test_an_onnx_tensor_of_gigabytes_stops_at_the_probe_memory(tmp_path: Path) -> None:

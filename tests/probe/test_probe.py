@@ -417,3 +417,17 @@ def keras_3_load_error(tmp_path: Path) -> str:
     except ModelReadError as exc:
         return str(exc)
     raise AssertionError("a class nobody registered loaded")
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_probe_runs_keras_on_tensorflow_whatever_keras_backend_says(
+    run_cli: Run, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """``KERAS_BACKEND`` set for the user's own code (to a backend that is not installed, or
+    that cannot run the probe's TensorFlow passes) leaves the probe as it is."""
+    model = FIXTURES / "calibration" / "stale_cnn.keras"
+    data = FIXTURES / "calibration" / "digits_train.npz"
+    expected = report(run_cli, model, "--data", data)
+    monkeypatch.setenv("KERAS_BACKEND", backend)
+    assert report(run_cli, model, "--data", data) == expected
+    assert expected[0] == 1 and expected[1]["probe"]["ran"]
