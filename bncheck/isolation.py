@@ -345,33 +345,51 @@ def run_contained(
     import shutil
     import tempfile
 
+    deadline = None if limits.seconds is None else time.monotonic() + limits.seconds
     scratch = tempfile.mkdtemp(prefix="bncheck-run-")
     task = (function, args, scratch, os.getcwd(), {**os.environ, **(environment or {})})
     try:
-        conn, process = _start_run(task, imports)
+        conn, process = _start_run(task, imports, deadline, limits)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     try:
-        return _watch(conn, process, limits, on_report, scratch)
+        return _watch(conn, process, limits, on_report, scratch, deadline)
     finally:
         try:
             conn.close()
             if process.exitcode is None:
                 process.kill()
+            _end_group(process.pid)
             process.join()
         finally:  # even when Ctrl-C comes meanwhile
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _start_run(task: tuple[Any, ...], imports: tuple[str, ...]) -> tuple[Connection, _RunProcess]:
+def _end_group(pid: int | None) -> None:
+    """Kill what the run started and left behind: its process group (a run leads its own).
+    A model's code (``--unsafe``) can still leave the group, as any program of the user's can."""
+    if pid is not None:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _start_run(
+    task: tuple[Any, ...], imports: tuple[str, ...], deadline: float | None, limits: RunLimits
+) -> tuple[Connection, _RunProcess]:
     """A worker running ``_run(conn, *task)``, and ``conn``'s other end: forked by the warm
     server of ``imports`` (imported in the run's environment, ``task[-1]``) where there is one,
-    otherwise a process of its own."""
+    otherwise a process of its own. A server still importing at ``deadline`` is killed: the
+    import is part of the run's time."""
     server = _warm_server(imports, task[-1]) if imports else None
     if server is not None:
         try:
-            return server.fork(pickle.dumps(task))
+            return server.fork(pickle.dumps(task), task[2], deadline)
+        except TimeoutError:
+            _forget(server, kill=True)
+            raise ModelReadError(
+                f"took longer than {limits.seconds:g} s (--probe-timeout)"
+            ) from None
         except (EOFError, OSError):  # the server died (killed from outside): start afresh
             _forget(server)
     context = _POOL._start()
@@ -447,8 +465,8 @@ def _watch(
     limits: RunLimits,
     on_report: Reporter,
     scratch: str,
+    deadline: float | None,
 ) -> Any:
-    deadline = None if limits.seconds is None else time.monotonic() + limits.seconds
     memory = None if limits.memory_mib is None else limits.memory_mib << 20
     inbox = _Inbox(conn)
     while True:
@@ -490,6 +508,8 @@ def _run(
     faulthandler.disable()  # a crash is the parent's one line, not a dump of this process
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the command's handler, if forked from it
     _keep_only(conn.fileno())
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)  # what the run starts, the command kills with it (``_end_group``)
     os.chdir(cwd)
     # The command's environment as it is now: a worker from the fork server would otherwise
     # have the server's, as it was when the server started.
@@ -579,13 +599,18 @@ class _WarmServer:
             return self.process.poll() is None
         return self.process.is_alive()
 
-    def fork(self, task: bytes) -> tuple[Connection, _Forked]:
+    def fork(self, task: bytes, scratch: str, deadline: float | None) -> tuple[Connection, _Forked]:
         """A child running the pickled ``task`` (``_run``'s arguments after its connection),
-        and the connection it answers on."""
+        and the connection it answers on; ``scratch``, its folder, is the server's to remove
+        if the command ends without doing so. ``TimeoutError`` when the server has not forked
+        it by ``deadline`` (it is still importing)."""
         ours, theirs = multiprocessing.Pipe()
         try:
-            self.conn.send(("run", task))
+            self.conn.send(("run", (task, scratch)))
             reduction.send_handle(self.conn, theirs.fileno(), self.pid)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not wait([self.conn], left):
+                raise TimeoutError
             pid = self.conn.recv()
         except BaseException:
             ours.close()
@@ -715,11 +740,14 @@ def _warm_server(imports: tuple[str, ...], environment: dict[str, str]) -> _Warm
     return server
 
 
-def _forget(server: _WarmServer) -> None:
+def _forget(server: _WarmServer, kill: bool = False) -> None:
     for key, kept in list(_SERVERS.items()):
         if kept is server:
             del _SERVERS[key]
-    server.close()
+    if kill:
+        server.kill()
+    else:
+        server.close()
 
 
 def close_warm_servers() -> None:
@@ -752,11 +780,17 @@ def _serve_warm(fd: int, scratch: str, imports: tuple[str, ...]) -> None:
     os.environ.setdefault("MPLCONFIGDIR", os.path.join(scratch, "matplotlib"))
     os.environ.setdefault("XDG_CACHE_HOME", os.path.join(scratch, "cache"))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    parent = os.getppid()
+    _die_with_parent()  # an import that hangs cannot see the command go: die with it
     for module in imports:
         with contextlib.suppress(Exception):  # the run imports it again, and says why not
             importlib.import_module(module)
     if "tensorflow" in sys.modules:  # quiet, as bncheck's own import of it leaves it
         sys.modules["tensorflow"].get_logger().setLevel("ERROR")
+    _die_with_parent(0)  # from now on the closed connection says so, and this cleans up
+    if os.getppid() != parent:
+        os._exit(0)  # the command went during the imports
+    runs: dict[int, str] = {}  # the folder of each run not yet reaped
     try:
         while True:
             try:
@@ -764,19 +798,28 @@ def _serve_warm(fd: int, scratch: str, imports: tuple[str, ...]) -> None:
             except (EOFError, OSError):
                 return
             if kind == "run":
+                task, runs_scratch = value
                 answer = reduction.recv_handle(conn)  # the run's connection to the command
                 pid = os.fork()
                 if pid == 0:
                     conn.close()
-                    _run_forked(Connection(answer), value)
+                    _run_forked(Connection(answer), task)
                 os.close(answer)
+                runs[pid] = runs_scratch
                 conn.send(pid)
             else:
                 pid, status = os.waitpid(value, 0 if kind == "wait" else os.WNOHANG)
+                if pid:
+                    runs.pop(pid, None)  # the command removes its folder
                 conn.send(os.waitstatus_to_exitcode(status) if pid else None)
     finally:
         import shutil
 
+        for pid, folder in runs.items():  # the command ended without reaping them
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -793,14 +836,14 @@ def _run_forked(conn: Connection, task: bytes) -> None:
         os._exit(code)
 
 
-def _die_with_parent() -> None:
-    """SIGKILL when the warm server ends (it ends with the command), so that a run never
-    outlives the command."""
+def _die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """``signum`` when the parent ends (a run's is the warm server, which ends with the command;
+    the server's is the command), so that nothing outlives the command; 0: no longer."""
     import ctypes
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signum)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 

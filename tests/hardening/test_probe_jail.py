@@ -257,32 +257,35 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm servers fork: Linux")
-def test_a_killed_command_leaves_no_worker_and_no_server(tmp_path: Path) -> None:
+def test_a_killed_command_leaves_no_worker_no_server_and_no_folder(tmp_path: Path) -> None:
     """A command killed outright (SIGKILL: no clean-up runs) leaves nothing running: its reading
-    worker and its warm server see their connections close, and a run ends with its server;
-    even a reading worker forked after the server, which holds copies of the command's
-    descriptors until it drops them."""
+    worker and its warm server see their connections close, and the run in progress ends with
+    its server, which removes its folder; even a reading worker forked after the server, which
+    holds copies of the command's descriptors until it drops them."""
     code = (
         "import os, sys, time\n"
         "from bncheck import isolation\n"
         "from bncheck.readers import read_model\n"
-        "from tests.hardening.test_probe_jail import NO_LIMITS, _state\n"
+        "from tests.hardening.test_probe_jail import NO_LIMITS, _sleep, _state\n"
         "server = isolation.run_contained(_state, (), NO_LIMITS, print, imports=('json',))[2]\n"
         "isolation.read_contained(read_model, sys.argv[1])\n"
         "[worker] = [w for ws in isolation._POOL._idle.values() for w in ws]\n"
         "print(server, worker.process.pid, flush=True)\n"
-        "time.sleep(600)\n"
+        "isolation.run_contained(_sleep, (600,), NO_LIMITS, print, imports=('json',))\n"
     )
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
     command = subprocess.Popen(
         [sys.executable, "-c", code, str(FIXTURES / "probe" / "stale_stats.keras")],
         stdout=subprocess.PIPE,
         text=True,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        env=dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(temporary)),
         cwd=REPO,
     )
     assert command.stdout is not None
     pids = [int(pid) for pid in command.stdout.readline().split()]
     assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+    assert command.stdout.readline() == "sleeping\n"  # the run has started: it reports so
     command.kill()
     command.wait()
     deadline = time.monotonic() + GENEROUS
@@ -292,6 +295,39 @@ def test_a_killed_command_leaves_no_worker_and_no_server(tmp_path: Path) -> None
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, "still running after the command was killed"
+    while list(temporary.glob("bncheck-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not list(temporary.glob("bncheck-*")), list(temporary.iterdir())
+
+
+def _leave_a_child(report: Callable[[Any], None]) -> int:
+    return subprocess.Popen(["sleep", "600"]).pid
+
+
+def test_what_a_run_leaves_running_ends_with_it(imports: tuple[str, ...]) -> None:
+    child = run_contained(_leave_a_child, (), NO_LIMITS, print, imports=imports)
+    deadline = time.monotonic() + GENEROUS
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = _alive(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm servers fork: Linux")
+def test_a_framework_import_that_hangs_stops_at_the_time_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's import of the framework is part of the run's time."""
+    (tmp_path / "hangs_on_import.py").write_text("import time\ntime.sleep(600)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelReadError) as raised:
+        run_contained(_state, (), RunLimits(3.0, None), print, imports=("hangs_on_import",))
+    assert str(raised.value) == "took longer than 3 s (--probe-timeout)"
+    from bncheck import isolation
+
+    assert not [key for key in isolation._SERVERS if key[0] == ("hangs_on_import",)]
 
 
 def _bncheck(argv: Sequence[str], home: Path) -> subprocess.CompletedProcess[str]:
