@@ -15,10 +15,11 @@ fresh interpreter that has imported the readers (numpy, h5py) once.
 A model run (the probe, recalibrate's estimate) loads the model with its framework in a fresh
 worker of its own (``run_contained``), under a wall-time and a resident-memory limit: this
 process never imports TensorFlow, torch or onnxruntime for it, and stays forkable. On Linux the
-worker is forked from a warm server (``_WarmServer``): a fresh interpreter that has imported the
-framework once and runs nothing, so that a command probing a folder of Keras models, or
-recalibrating and then probing what it wrote, imports TensorFlow once (about 7 s of CPU), not
-once per run, and every run still starts from the same untouched state.
+worker is forked from a warm server (``_WarmServer``): a process that has imported the
+framework once and runs nothing (forked from the command, or a fresh interpreter), so that a
+command probing a folder of Keras models, or recalibrating and then probing what it wrote,
+imports TensorFlow once (about 7 s of CPU), not once per run, and every run still starts from
+the same untouched state.
 """
 
 from __future__ import annotations
@@ -394,7 +395,9 @@ def _start_run(
             _forget(server)
     context = _POOL._start()
     conn, child = context.Pipe()
-    process = context.Process(target=_run, args=(child, *task), daemon=True)  # type: ignore[attr-defined]
+    process = context.Process(  # type: ignore[attr-defined]
+        target=_run, args=(child, *task), daemon=True
+    )
     process.start()
     child.close()
     return conn, process
