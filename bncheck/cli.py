@@ -129,7 +129,24 @@ _ignore_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Stopped(Exception):
+    """Ctrl-C or SIGTERM while a command ran, carried past click, which would answer it with a
+    blank line of its own before bncheck's one line."""
+
+    def __init__(self, terminated: bool) -> None:
+        super().__init__()
+        self.terminated = terminated
+
+
+class _Commands(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Stopped(isinstance(exc, _Terminated)) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bncheck")
 def cli() -> None:
     """Check the BatchNormalization layers of saved TensorFlow/Keras models.
@@ -667,16 +684,13 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as exc:
         click.echo(f"bncheck: error: {shown(str(exc))}", err=True)
         code = ExitCode.USAGE
-    except click.exceptions.Abort as exc:
-        if isinstance(exc.__cause__ or exc.__context__, _Terminated):
-            click.echo("bncheck: terminated", err=True)
-            code = 128 + signal.SIGTERM
-        else:
-            click.echo("bncheck: interrupted", err=True)
-            code = 130
-    except _Terminated:  # outside the command's own code
-        click.echo("bncheck: terminated", err=True)
-        code = 128 + signal.SIGTERM
+    except (_Stopped, click.exceptions.Abort, KeyboardInterrupt) as exc:
+        terminated = isinstance(exc, _Stopped) and exc.terminated
+        terminated = terminated or isinstance(exc.__cause__ or exc.__context__ or exc, _Terminated)
+        if sys.stderr.isatty():
+            click.echo(err=True)  # after the terminal's ^C
+        click.echo(f"bncheck: {'terminated' if terminated else 'interrupted'}", err=True)
+        code = 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except Exception as exc:  # a bug: still one line, escaped (it may quote a file)
         from bncheck.isolation import one_line
 
