@@ -129,6 +129,14 @@ _ignore_option = click.option(
 )
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, met as Ctrl-C is: what the command started ends, and its temporary files go."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 class _Stopped(Exception):
     """Ctrl-C or SIGTERM while a command ran, carried past click, which would answer it with a
     blank line of its own before bncheck's one line."""
@@ -656,14 +664,6 @@ def recalibrate(**params: Any) -> int:
         color=use_color(None, sys.stdout, os.environ), width=_text_width(sys.stdout)
     )
     return run_recalibrate(options, _config(params), render)
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, met as Ctrl-C is: what the command started ends, and its temporary files go."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise _Terminated
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -94,7 +94,7 @@ def broken_promises(case: HostileCase, root: Path) -> list[str]:
     # the case's own folder must stay as it was, and no canary may appear anywhere.
     annotations = "github" in argv  # --format github: the reporter's own commands start lines
     canary = any(root.rglob(CANARY))
-    report = "json" in argv
+    report = "json" in argv  # a single file's JSON report: a refusal names it in one line
     return judge(
         case,
         outcome,
@@ -102,7 +102,7 @@ def broken_promises(case: HostileCase, root: Path) -> list[str]:
         snapshot(folder),
         canary=canary,
         annotations=annotations,
-        report=report,
+        report=argv[1] if report else None,
     )
 
 
@@ -113,12 +113,13 @@ def judge(
     after: dict[str, str],
     canary: bool,
     annotations: bool = False,
-    report: bool = False,
+    report: str | None = None,
 ) -> list[str]:
     """Every promise ``outcome`` broke, given the case folder's files before and after. With
     ``annotations``, stdout may hold the GitHub reporter's own commands, whose properties cannot
-    hold a colon; any other line starting with ``::`` came from a file. With ``report`` (a JSON
-    report asked for), a run that refused nothing reports every model as read."""
+    hold a colon; any other line starting with ``::`` came from a file. With ``report`` (the file
+    whose JSON report was asked for), a run that refused nothing reports every model as read,
+    and a refusal is one line naming that file."""
     if outcome.code is None:
         return [f"hung for {HANG_SECONDS:g} s"]
     broken = []
@@ -149,7 +150,13 @@ def judge(
         broken.append("the canary was written: code from the file ran or wrote")
     if outcome.peak_rss_mib > case.max_rss_mib:
         broken.append(f"peak memory {outcome.peak_rss_mib:.0f} MiB > {case.max_rss_mib:g}")
-    if report and outcome.code in (0, 1):
+    if "MemoryError" in outcome.out + outcome.err:
+        broken.append("a MemoryError was shown")
+    if report is not None and outcome.code == 3:
+        lines = outcome.err.strip().splitlines()
+        if len(lines) != 1 or not lines[0].startswith(f"bncheck: error: {report}: "):
+            broken.append(f"not one line naming {report}: {outcome.err[:300]!r}")
+    if report is not None and outcome.code in (0, 1):
         try:
             errors = [model["error"] for model in json.loads(outcome.out)["models"]]
         except (ValueError, KeyError, TypeError):
@@ -190,12 +197,22 @@ def test_the_judge_sees_every_broken_promise() -> None:
     assert judge(case, hung, {}, {}, canary=False) == [f"hung for {HANG_SECONDS:g} s"]
     read = Outcome(1, '{"models": [{"error": null}]}', "", 0.1, 80.0)
     unread = Outcome(1, '{"models": [{"error": "x"}]}', "", 0.1, 80.0)
-    assert judge(case, read, {}, {}, canary=False, report=True) == ["exit code 1 (expected [3])"]
-    assert judge(case, unread, {}, {}, canary=False, report=True)[1:] == [
+    assert judge(case, read, {}, {}, canary=False, report="m.pt") == ["exit code 1 (expected [3])"]
+    assert judge(case, unread, {}, {}, canary=False, report="m.pt")[1:] == [
         "exit code 1 with a model not read: ['x']"
     ]
-    assert judge(case, Outcome(1, "", "", 0.1, 80.0), {}, {}, canary=False, report=True)[1:] == [
+    assert judge(case, Outcome(1, "", "", 0.1, 80.0), {}, {}, canary=False, report="m.pt")[1:] == [
         "stdout is not a JSON report: ''"
+    ]
+    named = Outcome(3, "", "bncheck: error: m.pt: refused\n", 0.1, 80.0)
+    assert judge(case, named, {}, {}, canary=False, report="m.pt") == []
+    other = Outcome(
+        3, "", "bncheck: error: x.pt: refused\nbncheck: error: MemoryError\n", 0.1, 80.0
+    )
+    assert judge(case, other, {}, {}, canary=False, report="m.pt") == [
+        "a MemoryError was shown",
+        "not one line naming m.pt: "
+        "'bncheck: error: x.pt: refused\\nbncheck: error: MemoryError\\n'",
     ]
 
 
