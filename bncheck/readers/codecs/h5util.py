@@ -157,7 +157,15 @@ def child(group: h5py.Group, name: str) -> object | None:
     kind = links.get_info(encoded).type
     if kind != h5py.h5l.TYPE_HARD:
         raise ModelReadError(f"{_where(group, name)} {_link_kind(group, name, kind)}; {NO_LINKS}")
-    return group[name]
+    # What ``group[name]`` returns, without its per-call name and property-list handling.
+    found = h5py.h5o.open(group.id, encoded)
+    if isinstance(found, h5py.h5g.GroupID):
+        return h5py.Group(found)
+    if isinstance(found, h5py.h5d.DatasetID):
+        return h5py.Dataset(found)
+    if isinstance(found, h5py.h5t.TypeID):
+        return h5py.Datatype(found)
+    raise ModelReadError(f"{_where(group, name)} is no group, dataset or named type")
 
 
 def _link_kind(group: h5py.Group, name: str, kind: int) -> str:
@@ -219,52 +227,14 @@ def _where(group: h5py.Group, name: str) -> str:
 
 def read_values(node: object, what: str) -> np.ndarray:
     """A small numeric dataset's values as stored, read once per file (``budgeted``), after its
-    declared size was checked against the bytes the file holds for it."""
+    declared size was checked against the bytes the file holds for it (``read_values_id``)."""
     if not isinstance(node, h5py.Dataset):
         raise ModelReadError(f"{what} is not a dataset")
-    if node.shape is None or node.size == 0:
-        raise ModelReadError(f"{what} is empty")
-    if node.size > MAX_BN_VALUES:
-        raise ModelReadError(f"{what} claims {node.size} values, too many for a BatchNorm array")
-    if node.external or node.is_virtual:
-        raise ModelReadError(
-            f"{what} stores its values in another file; only the given file is read"
-        )
-    if node.dtype.kind not in "fiu" and not is_bfloat16(node):
-        raise ModelReadError(f"{what} has non-numeric type {node.dtype}")
-    budget = _budget(node)
-    here = address(node)
-    name = (node.name or "").lstrip("/")
-    known = _read_before(budget, here, name, what)
-    if known is not None:
-        return known
-    declared = node.size * node.dtype.itemsize
-    _check_storage(node, declared, what)
-    budget.read_bytes += declared
-    if budget.read_bytes > MAX_READ_BYTES:
-        raise ModelReadError(
-            f"the file's arrays add up to more than {MAX_READ_BYTES >> 20} MiB; "
-            "BatchNorm arrays are far smaller"
-        )
-    values = np.asarray(node[()])
-    budget.arrays[here] = (name, values)
-    return values
+    return _read_values(node.id, address(node), _name_of(node), what, False)[0]
 
 
-def _check_storage(node: h5py.Dataset, declared: int, what: str) -> None:
-    """Refuse a dataset that declares more values than the bytes stored for it can hold."""
-    stored = node.id.get_storage_size()
-    file_size = node.file.id.get_filesize()
-    if stored > file_size:
-        raise ModelReadError(f"{what} claims {stored} stored bytes in a file of {file_size}")
-    filtered = node.id.get_create_plist().get_nfilters() > 0
-    limit = stored * (MAX_COMPRESSION if filtered else 1) + _SLACK_BYTES
-    if declared > limit:
-        how = f"compressed more than {MAX_COMPRESSION}:1" if filtered else "not stored"
-        raise ModelReadError(
-            f"{what} declares {declared} bytes of values but the file stores {stored} bytes "
-            f"for it ({how}); refused before reading"
-        )
+def _name_of(node: h5py.Dataset) -> str:
+    return (node.name or "").lstrip("/")
 
 
 def is_bfloat16(node: h5py.Dataset) -> bool:
@@ -274,9 +244,10 @@ def is_bfloat16(node: h5py.Dataset) -> bool:
 
 def read_bn_array(node: object, what: str) -> np.ndarray:
     """Read a small numeric dataset (one BN array) into memory as a float array."""
-    values = read_values(node, what)
-    assert isinstance(node, h5py.Dataset)
-    return _as_float(values, is_bfloat16(node))
+    if not isinstance(node, h5py.Dataset):
+        raise ModelReadError(f"{what} is not a dataset")
+    values, bfloat16 = _read_values(node.id, address(node), _name_of(node), what, True)
+    return _as_float(values, bfloat16)
 
 
 def _as_float(values: np.ndarray, bfloat16: bool) -> np.ndarray:
@@ -539,8 +510,8 @@ def attr_value_id(oid: ObjectID, key: str) -> Any:
     return values[()] if values.ndim == 0 else values
 
 
-def _file_size(oid: ObjectID) -> int:
-    budget = _budget_of(oid)
+def _file_size(oid: ObjectID, budget: _FileBudget | None = None) -> int:
+    budget = budget or _budget_of(oid)
     if budget.file_size is None:
         budget.file_size = int(h5py.h5i.get_file_id(oid).get_filesize())
     return budget.file_size
@@ -551,7 +522,15 @@ def read_values_id(
 ) -> np.ndarray:
     """``read_values`` on a dataset identifier opened by ``name`` (its path from the file's
     root), whose address its link gave; ``what`` names it in messages (``name`` by default)."""
-    what = name if what is None else what
+    return _read_values(dataset, address, name, name if what is None else what, False)[0]
+
+
+def _read_values(
+    dataset: ObjectID, address: int, name: str, what: str, bn: bool
+) -> tuple[np.ndarray, bool]:
+    """``read_values_id``'s values and, for a BN array (``bn``), whether they are Keras's
+    bfloat16 words. Each property is asked of HDF5 once: a ResNet's 212 arrays are read on
+    every inspection."""
     if not isinstance(dataset, h5py.h5d.DatasetID):
         raise ModelReadError(f"{what} is not a dataset")
     space = dataset.get_space()
@@ -566,15 +545,20 @@ def read_values_id(
             f"{what} stores its values in another file; only the given file is read"
         )
     dtype = dataset.dtype
-    if dtype.kind not in "fiu" and not is_bfloat16_id(dataset):
+    bfloat16 = (
+        dtype.itemsize == 2
+        and (bn or dtype.kind not in "fiu")
+        and text_attr_id(dataset, "dtype") == "bfloat16"
+    )
+    if dtype.kind not in "fiu" and not bfloat16:
         raise ModelReadError(f"{what} has non-numeric type {dtype}")
     budget = _budget_of(dataset)
     known = _read_before(budget, address, name, what)
     if known is not None:
-        return known
+        return known, bfloat16
     declared = count * dtype.itemsize
     stored = dataset.get_storage_size()
-    file_size = _file_size(dataset)
+    file_size = _file_size(dataset, budget)
     if stored > file_size:
         raise ModelReadError(f"{what} claims {stored} stored bytes in a file of {file_size}")
     filtered = plist.get_nfilters() > 0
@@ -594,20 +578,15 @@ def read_values_id(
     values = np.empty(space.shape, dtype=dtype)
     dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values)
     budget.arrays[address] = (name, values)
-    return values
-
-
-def is_bfloat16_id(dataset: ObjectID) -> bool:
-    """``is_bfloat16`` on a dataset identifier."""
-    return bool(dataset.dtype.itemsize == 2 and text_attr_id(dataset, "dtype") == "bfloat16")
+    return values, bfloat16
 
 
 def read_bn_array_id(
     dataset: ObjectID, address: int, name: str, what: str | None = None
 ) -> np.ndarray:
     """``read_bn_array`` on a dataset identifier (``read_values_id``)."""
-    values = read_values_id(dataset, address, name, what)
-    return _as_float(values, is_bfloat16_id(dataset))
+    values, bfloat16 = _read_values(dataset, address, name, name if what is None else what, True)
+    return _as_float(values, bfloat16)
 
 
 def parse_json_config(text: str | bytes, what: str) -> dict[str, Any]:
