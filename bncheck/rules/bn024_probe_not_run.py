@@ -21,9 +21,12 @@ Failing: ``bncheck inspect ckpt.weights.h5 --data held_out.npz``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from bncheck.findings import Problem, Severity
-from bncheck.probe.results import ProbeResult
+
+if TYPE_CHECKING:
+    from bncheck.probe.results import ProbeResult
 
 ID = "BN024"
 NAME = "probe-not-run"
