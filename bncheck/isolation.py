@@ -555,8 +555,10 @@ def _run(
 #: Environment variables a framework may read when it is imported (TensorFlow's, Keras's
 #: backend and home, CUDA's devices, the thread pools'): a warm server serves the runs of a
 #: command whose values of them are those it imported under. Other variables reach each run as
-#: the command has them when the run starts.
+#: the command has them when the run starts. ``TF_CONFIG`` is not one: TensorFlow reads it when
+#: a multi-worker strategy or cluster resolver is created, in the run.
 _READ_AT_IMPORT = re.compile(
+    r"(?!TF_CONFIG$)"
     r"(TF|KERAS|CUDA|XLA|TPU|JAX|TORCH|PYTORCH|ORT|OMP|MKL|KMP|OPENBLAS|NVIDIA|HIP|ROCM|LD)_"
     r"|PYTHON|HOME$|TMPDIR$|PATH$"
 )

@@ -208,6 +208,24 @@ def test_runs_forked_by_one_warm_server_each_start_from_its_untouched_state() ->
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm servers fork: Linux")
+def test_runs_share_a_warm_server_unless_a_variable_read_at_import_differs() -> None:
+    """A server serves the runs whose environment the frameworks would import alike:
+    ``TF_CONFIG`` is read when a strategy is created, in the run; TensorFlow's log level is read
+    at import."""
+    base = {name: value for name, value in os.environ.items() if not name.startswith("TF_")}
+
+    def server_of(**environment: str) -> int:
+        return run_contained(
+            _state, (), NO_LIMITS, print, imports=("json",), environment={**base, **environment}
+        )[2]
+
+    cluster = '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 0}}'
+    first = server_of(TF_CONFIG="{}")
+    assert server_of(TF_CONFIG=cluster) == first
+    assert server_of(TF_CPP_MIN_LOG_LEVEL="1") != first
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm servers fork: Linux")
 def test_a_run_ends_with_its_warm_server() -> None:
     from bncheck import isolation
 
