@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Literal, overload
 
 from bncheck import verdict
-from bncheck.errors import ModelReadError
+from bncheck.errors import ModelReadError, UsageError
 from bncheck.findings import Finding, ModelResult, Problem, Report
 from bncheck.isolation import read_all, read_contained
 from bncheck.model import BNLayer, CheckpointContents, ModelDescription, with_loaded_settings
@@ -68,7 +68,7 @@ def _inspect_all(
     # Probes run here, one at a time: each loads a model with TensorFlow, which already uses
     # every core, and reports progress to this process's terminal.
     if probe is not None:
-        return [inspect_path(path, settings, probe, step) for path in paths]
+        return _probe_each(paths, settings, probe, step)
     # Each file is read in a worker process (processes, not threads: h5py serialises all HDF5
     # calls behind one global lock), where a crash fails only that file.
     outcomes = read_all(read_model, paths, jobs)
@@ -78,6 +78,26 @@ def _inspect_all(
         else judged(path, outcome, settings)
         for path, outcome in zip(paths, outcomes, strict=True)
     ]
+
+
+def _probe_each(
+    paths: list[str], settings: Settings, probe: ProbeOptions, step: StepReporter | None
+) -> list[ModelResult]:
+    """``inspect_path`` of each model with the probe. Options that fit some models and not
+    another (an ``--input-shape`` that a TorchScript archive needs and a Keras model in the same
+    folder refuses) fail that model alone, its static report kept; a mistake that fits no model
+    stays the usage error it is."""
+    results: list[ModelResult] = []
+    misfits: list[UsageError] = []
+    for path in paths:
+        try:
+            results.append(inspect_path(path, settings, probe, step))
+        except UsageError as exc:
+            misfits.append(exc)
+            results.append(replace(inspect_path(path, settings), error=f"probe: {exc}"))
+    if misfits and len(misfits) == len(paths):
+        raise misfits[0]
+    return results
 
 
 def inspect_path(

@@ -4,9 +4,11 @@ TensorFlow are never imported for them."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -187,3 +189,39 @@ def test_recalibrating_onnx_needs_neither_tensorflow_nor_torch(tmp_path: Any) ->
     )
     assert "EXIT 0" in done.stderr or "EXIT 1" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "re-estimated" in done.stdout, done.stdout
+
+
+def test_options_that_fit_one_model_of_a_folder_fail_only_the_others(
+    run_cli: Run, tmp_path: Path
+) -> None:
+    """A TorchScript archive needs --input-shape, which a Keras model refuses: in one folder the
+    Keras model fails alone, its static report kept, and the archive is probed."""
+    pytest.importorskip("torch", reason="running TorchScript needs the torch extra")
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for source in (PYTORCH / "healthy_torchscript.pt", FIXTURES / "probe/stale_stats.keras"):
+        shutil.copy(source, folder)
+    result = run_cli(
+        "inspect", folder, "--probe", "--unsafe", "--input-shape", "1,8,8", "--format", "json"
+    )
+    assert result.code == 3
+    models = {Path(model["path"]).name: model for model in result.json()["models"]}
+    archive, keras = models["healthy_torchscript.pt"], models["stale_stats.keras"]
+    assert archive["error"] is None and archive["probe"]["ran"] is True
+    assert keras["error"].startswith("probe: --input-shape 1,8,8 does not fit input 'image'")
+    assert keras["layers"] and keras["probe"] is None
+    [line] = result.err.strip().splitlines()
+    assert line.startswith("bncheck: error: ") and "stale_stats.keras: probe: --input-shape" in line
+
+
+def test_options_that_fit_no_model_of_a_folder_stay_a_usage_error(
+    run_cli: Run, tmp_path: Path
+) -> None:
+    folder = tmp_path / "keras"
+    folder.mkdir()
+    for name in ("stale_stats.keras", "stale_stats.h5"):
+        shutil.copy(FIXTURES / "probe" / name, folder)
+    result = run_cli("inspect", folder, "--probe", "--input-shape", "1,8,8", "--format", "json")
+    assert result.code == 2 and result.out == ""
+    [line] = result.err.strip().splitlines()
+    assert line.startswith("bncheck: error: --input-shape 1,8,8 does not fit input 'image'")
