@@ -200,23 +200,35 @@ FLOOR = "import numpy, h5py, click, tabulate"
 
 
 def static_floor(workdir: Path, repeat: int) -> list[Target]:
-    resnet = workdir / "resnet50.keras"
-    make_model("resnet50", resnet)
-    medians, cpu = interleaved({"inspect": (INSPECT, [str(resnet)]), "floor": (FLOOR, [])}, repeat)
+    """ResNet50 as ``.keras`` and ``.h5`` and a ResNet-50 state dict as ``.pt`` and
+    ``.safetensors``, each inspected against the floor, all taking turns in every round."""
+    models = {
+        "keras": workdir / "resnet50.keras",
+        "h5": workdir / "resnet50.h5",
+        "pt": workdir / "resnet50.pt",
+        "safetensors": workdir / "resnet50.safetensors",
+    }
+    make_model("resnet50", models["keras"])
+    make_model("resnet50", models["h5"])
+    make_resnet50_state(models["pt"], models["safetensors"])
+    commands = {suffix: (INSPECT, [str(path)]) for suffix, path in models.items()}
+    medians, cpu = interleaved({**commands, "floor": (FLOOR, [])}, repeat)
     return [
         Target(
-            "static-floor",
-            "ResNet50 .keras: bncheck inspect end to end, over starting Python and importing "
+            "static-floor" if suffix == "keras" else f"static-floor-{suffix}",
+            f"ResNet50 .{suffix}: bncheck inspect end to end, over starting Python and importing "
             "numpy, h5py, click and tabulate",
-            ratio=medians["inspect"] / medians["floor"],
+            ratio=medians[suffix] / medians["floor"],
             threshold=1.3,
             higher_is_better=False,
             medians={
-                "bncheck inspect": f"{medians['inspect']:.2f} s",
+                "bncheck inspect": f"{medians[suffix]:.2f} s",
                 "floor": f"{medians['floor']:.2f} s",
-                "CPU": f"{cpu['inspect']:.2f} s vs {cpu['floor']:.2f} s",
+                "CPU": f"{cpu[suffix]:.2f} s vs {cpu['floor']:.2f} s "
+                f"({cpu[suffix] / cpu['floor']:.2f})",
             },
         )
+        for suffix in models
     ]
 
 
@@ -645,6 +657,19 @@ MAKE_RESNET50_STATE = textwrap.dedent(
     """
 )
 
+
+def make_resnet50_state(pt: Path, safetensors: Path) -> None:
+    """The ResNet-50 state dict as ``.pt`` and ``.safetensors``, unless an earlier benchmark
+    of this run made them."""
+    if pt.exists() and safetensors.exists():
+        return
+    subprocess.run(
+        [sys.executable, "-c", MAKE_RESNET50_STATE, str(pt), str(safetensors)],
+        check=True,
+        capture_output=True,
+    )
+
+
 # What a PyTorch user would do without bncheck: import torch and load the file safely.
 TORCH_LOAD = textwrap.dedent(
     """
@@ -669,11 +694,7 @@ def pytorch_vs_torch_load(workdir: Path, repeat: int) -> list[Target]:
     """Static inspection of a ResNet-50 state dict, as .pt and as .safetensors, against importing
     PyTorch and loading the same file (safetensors: through its PyTorch loader)."""
     pt, safetensors = workdir / "resnet50.pt", workdir / "resnet50.safetensors"
-    subprocess.run(
-        [sys.executable, "-c", MAKE_RESNET50_STATE, str(pt), str(safetensors)],
-        check=True,
-        capture_output=True,
-    )
+    make_resnet50_state(pt, safetensors)
     targets = []
     for path, theirs_code, what in (
         (pt, TORCH_LOAD, "torch.load(weights_only=True)"),
