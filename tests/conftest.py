@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +17,23 @@ from bncheck.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
+
+# The processes the suite starts (its workers, the commands it runs in subprocesses, warm
+# servers, each case of the hostile corpus) run bncheck from byte-compiled modules, as an
+# installed package does, cached in a folder of this session's own: where the environment sets
+# PYTHONDONTWRITEBYTECODE, each of them would otherwise compile bncheck's sources again.
+_PYCACHE: str | None = None
+"""The cache this session made (and removes), if it made one."""
+if (
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None
+    and "PYTHONPYCACHEPREFIX" not in os.environ
+):
+    _PYCACHE = os.environ["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="bncheck-pycache-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _PYCACHE is not None and not hasattr(config, "workerinput"):  # the session, not a worker
+        shutil.rmtree(_PYCACHE, ignore_errors=True)
 
 
 @dataclass(frozen=True)
