@@ -242,3 +242,16 @@ def test_staleness_that_changes_nothing_measurable_is_information() -> None:
     assert "the network does as well with these statistics (BN015)" in bounded.message
     [wide] = stale_layer_findings(labelled(0.80, 0.85, -0.10, 0.20, 40))
     assert wide.severity >= Severity.WARNING and "does as well" not in wide.message
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "shown"),
+    [
+        (0.0004, 0.07, "95% interval +0.04 to +7.0"),
+        (-0.00004, 0.07, "95% interval -0.004 to +7.0"),
+        (0.0, 0.0, "(0.0 points, 95% interval 0.0 to 0.0)"),
+    ],
+)
+def test_an_interval_bound_near_zero_shows_its_side(low: float, high: float, shown: str) -> None:
+    reestimated = 0.90 if high == 0 else 0.931
+    assert shown in f"({labelled(0.90, reestimated, low, high, 400).describe_change()})"

@@ -139,9 +139,20 @@ class Metric:
         return moved if self.change is None else f"{moved} ({self.describe_change()})"
 
     def _signed(self, value: float, unit: bool = True) -> str:
+        """``value`` with its sign: a change of accuracy in points to one decimal, or to two
+        significant digits when it is too small for one (an interval bound of +0.04 points
+        excludes no change, and "+0.0" would hide on which side of it it lies); no change at all
+        is ``0.0``."""
         if self.higher_is_better:
-            return f"{value * 100:+.1f}" + (" points" if unit else "")
-        return f"{value:+.4g}"
+            points = value * 100
+            if points == 0:
+                text = "0.0"
+            elif abs(points) < 0.05:
+                text = f"{points:+.2g}"
+            else:
+                text = f"{points:+.1f}"
+            return text + (" points" if unit else "")
+        return f"{value:+.4g}" if value != 0 else "0"
 
 
 @dataclass(frozen=True)
