@@ -83,7 +83,8 @@ class ModelResult:
     description: ModelDescription | None = None
     findings: tuple[Finding, ...] = ()
     error: str | None = None
-    """One-line reason the input could not be read; ``None`` on success."""
+    """One-line reason the input could not be read, or, with its description kept, why its probe
+    failed; ``None`` on success."""
     probe: ProbeResult | None = None
     """What the probe measured, or why it was skipped; ``None`` when no probe was asked for."""
 
@@ -116,7 +117,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
     """Bad command line or configuration."""
     UNREADABLE = 3
-    """An input could not be read."""
+    """An input could not be read, or a model's probe could not finish."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +139,18 @@ class Report:
     @property
     def unreadable_count(self) -> int:
         """Inputs that could not be read."""
-        return sum(1 for model in self.models if model.error is not None)
+        return sum(1 for m in self.models if m.error is not None and m.description is None)
+
+    @property
+    def probe_failed_count(self) -> int:
+        """Models that were read and whose probe failed: their static report stands, and their
+        error says why the probe did not finish."""
+        return sum(1 for m in self.models if m.error is not None and m.description is not None)
 
     @property
     def model_count(self) -> int:
         """Inputs that were read: the models the findings come from."""
-        return len(self.models) - self.unreadable_count
+        return sum(1 for model in self.models if model.description is not None)
 
     @property
     def layer_count(self) -> int:
@@ -156,7 +163,8 @@ class Report:
 
     @property
     def exit_code(self) -> ExitCode:
-        """The worst outcome over all inputs: unreadable, then failing findings, then OK."""
+        """The worst outcome over all inputs: unreadable or not probed as asked, then failing
+        findings, then OK."""
         if any(m.error is not None for m in self.models):
             return ExitCode.UNREADABLE
         if self.failing():

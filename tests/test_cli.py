@@ -63,6 +63,7 @@ def test_several_paths_report_together_and_take_the_worst_code(run_cli: Run) -> 
         "warnings": 0,
         "infos": 0,
         "unreadable": 0,
+        "probe_failed": 0,
     }
 
 

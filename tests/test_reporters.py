@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -115,3 +116,33 @@ def test_table_leaves_read_errors_to_standard_error() -> None:
         "ERROR: 1 of 2 inputs could not be read: 2 errors, 0 warnings, 0 infos in 1 model, "
         "2 BatchNorm layers (fail-on: error)"
     )
+
+
+def test_a_model_whose_probe_failed_keeps_its_report_and_is_counted_apart() -> None:
+    """A model read whose probe failed is no unreadable input: every reporter keeps its static
+    report and says the probe failed; only an input that could not be read is unreadable."""
+    from bncheck.reporters import markdown
+
+    [read] = report_for("keras3/untouched_stats.keras").models
+    failed = replace(read, error="probe: took longer than 600 s (--probe-timeout)")
+    unreadable = ModelResult("x.h5", None, error="the file is empty")
+    report = Report((failed, unreadable), FailOn.ERROR)
+    assert (report.model_count, report.unreadable_count, report.probe_failed_count) == (1, 1, 1)
+    assert int(report.exit_code) == 3
+    text = table.render(report)
+    assert "  error: probe: took longer than 600 s (--probe-timeout)" in text
+    assert "cnn/bn1" in text  # the static report stands
+    assert (
+        text.rstrip()
+        .splitlines()[-1]
+        .startswith(
+            "ERROR: 1 of 2 inputs could not be read; 1 of 2 inputs could not be probed: 2 errors"
+        )
+    )
+    summary = json.loads(json_format.render(report))["summary"]
+    assert (summary["models"], summary["unreadable"], summary["probe_failed"]) == (1, 1, 1)
+    assert summary["layers"] == 2
+    document = markdown.render(report)
+    assert "### Could not be read\n\n- `x.h5`: the file is empty" in document
+    assert "### Could not be probed\n\n- `" in document
+    assert "| probe failed |" in document

@@ -38,6 +38,7 @@ def as_dict(report: Report) -> dict[str, Any]:
             "warnings": report.count(Severity.WARNING),
             "infos": report.count(Severity.INFO),
             "unreadable": report.unreadable_count,
+            "probe_failed": report.probe_failed_count,
         },
         "fail_on": report.fail_on.value,
         "exit_code": int(report.exit_code),

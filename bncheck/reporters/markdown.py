@@ -47,21 +47,24 @@ def render(report: Report, options: RenderOptions = PLAIN) -> str:
                 ],
             )
         )
-    unreadable = [model for model in report.models if model.error is not None]
-    if unreadable:
-        parts.append("### Could not be read")
-        parts.append("\n".join(f"- {_code(m.path)}: {_text(m.error or '')}" for m in unreadable))
+    failed = [model for model in report.models if model.error is not None]
+    for heading, read in (("Could not be read", False), ("Could not be probed", True)):
+        listed = [m for m in failed if (m.description is not None) == read]
+        if listed:
+            parts.append(f"### {heading}")
+            parts.append("\n".join(f"- {_code(m.path)}: {_text(m.error or '')}" for m in listed))
     return "\n\n".join(parts) + "\n"
 
 
 def _model_row(model: ModelResult, report: Report) -> list[str]:
-    if model.error is not None:
+    if model.error is not None and model.description is None:
         return ["unreadable", _code(model.path), "", "", "", "", ""]
     layers = len(model.description.layers) if model.description else 0
     counts = [sum(1 for f in model.findings if f.severity == s) for s in _SEVERITIES]
     failing = any(report.fail_on.fails(f.severity) for f in model.findings)
+    status = "probe failed" if model.error is not None else "FAIL" if failing else "ok"
     return [
-        "FAIL" if failing else "ok",
+        status,
         _code(model.path),
         model.format or "",
         str(layers),

@@ -36,8 +36,8 @@ _STYLE: dict[str, tuple[str, bool]] = {
 def render(report: Report, options: RenderOptions = PLAIN) -> str:
     """Each readable model's block, then the verdict. An unreadable input has its one line on
     standard error (``app.finish``), not here; when no input could be read, there is nothing
-    more to say."""
-    blocks = [_model_block(model, options) for model in report.models if model.error is None]
+    more to say. A model read whose probe failed keeps its block, the error in it."""
+    blocks = [_model_block(model, options) for model in report.models if model.description]
     if not blocks:
         return ""
     return "\n\n".join(blocks + [verdict(report, options)]) + "\n"
@@ -50,6 +50,8 @@ def _model_block(model: ModelResult, options: RenderOptions) -> str:
         f"{shown(model.path)} ({description.format}): "
         f"{_count(description.layer_count, 'BatchNorm layer')}"
     ]
+    if model.error is not None:
+        lines.append(f"  error: {shown(model.error)}")
     lines += [f"  note: {shown(note)}" for note in description.notes]
     if description.layers:
         rows = [_row(layer) for layer in description.layers]
@@ -269,9 +271,12 @@ def _paint(word: str, options: RenderOptions) -> str:
 
 
 def verdict(report: Report, options: RenderOptions = PLAIN) -> str:
-    """One line: the outcome, the findings by severity, and how many models (inputs that could
-    be read) and BatchNorm layers they came from."""
-    unreadable = report.unreadable_count
+    """One line: the outcome (how many inputs could not be read or probed, if any), the findings
+    by severity, and how many models (inputs that could be read) and BatchNorm layers they came
+    from."""
+    inputs = _count(len(report.models), "input")
+    failed = {"read": report.unreadable_count, "probed": report.probe_failed_count}
+    failures = [f"{n} of {inputs} could not be {what}" for what, n in failed.items() if n]
     counts = ", ".join(
         _count(report.count(severity), str(severity))
         for severity in (Severity.ERROR, Severity.WARNING, Severity.INFO)
@@ -279,9 +284,8 @@ def verdict(report: Report, options: RenderOptions = PLAIN) -> str:
     scope = (
         f"{_count(report.model_count, 'model')}, {_count(report.layer_count, 'BatchNorm layer')}"
     )
-    if unreadable:
-        inputs = _count(len(report.models), "input")
-        status = f"{_paint('ERROR', options)}: {unreadable} of {inputs} could not be read"
+    if failures:
+        status = f"{_paint('ERROR', options)}: {'; '.join(failures)}"
     elif report.failing():
         status = _paint("FAIL", options)
     else:

@@ -210,6 +210,8 @@ def test_options_that_fit_one_model_of_a_folder_fail_only_the_others(
     assert archive["error"] is None and archive["probe"]["ran"] is True
     assert keras["error"].startswith("probe: --input-shape 1,8,8 does not fit input 'image'")
     assert keras["layers"] and keras["probe"] is None
+    summary = result.json()["summary"]
+    assert (summary["models"], summary["unreadable"], summary["probe_failed"]) == (2, 0, 1)
     [line] = result.err.strip().splitlines()
     assert line.startswith("bncheck: error: ") and "stale_stats.keras: probe: --input-shape" in line
 
