@@ -39,7 +39,8 @@ STATE_DICT_NOTE = (
 )
 TORCHSCRIPT_NOTE = (
     "TorchScript archive: its compiled code is not read; momentum and eps are constants of that "
-    "code, so PyTorch's eps 1e-5 is assumed; inspect --probe --unsafe runs the model with PyTorch"
+    "code, so PyTorch's eps 1e-5 is assumed; inspect --probe --unsafe runs a scripted archive "
+    "(torch.jit.script) with PyTorch, and a traced one (torch.jit.trace) cannot be probed"
 )
 LEGACY_NOTE = "PyTorch legacy format (torch.save before PyTorch 1.6, or without the zip format)"
 _LISTED_CLASSES = 5
