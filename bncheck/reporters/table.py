@@ -37,7 +37,9 @@ def render(report: Report, options: RenderOptions = PLAIN) -> str:
     """Each readable model's block, then the verdict. An unreadable input has its one line on
     standard error (``app.finish``), not here; when no input could be read, there is nothing
     more to say. A model read whose probe failed keeps its block, the error in it."""
-    blocks = [_model_block(model, options) for model in report.models if model.description]
+    blocks = [
+        _model_block(model, options) for model in report.models if model.description is not None
+    ]
     if not blocks:
         return ""
     return "\n\n".join(blocks + [verdict(report, options)]) + "\n"
