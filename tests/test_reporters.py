@@ -146,3 +146,24 @@ def test_a_model_whose_probe_failed_keeps_its_report_and_is_counted_apart() -> N
     assert "### Could not be read\n\n- `x.h5`: the file is empty" in document
     assert "### Could not be probed\n\n- `" in document
     assert "| probe failed |" in document
+
+
+def test_junit_and_github_tell_a_failed_probe_from_an_unreadable_input() -> None:
+    from xml.etree import ElementTree
+
+    from bncheck.reporters import github, junit
+
+    [read] = report_for("keras3/untouched_stats.keras").models
+    failed = replace(read, error="probe: took longer than 600 s (--probe-timeout)")
+    unreadable = ModelResult("x.h5", None, error="the file is empty")
+    report = Report((failed, unreadable), FailOn.ERROR)
+    suites = ElementTree.fromstring(junit.render(report).split("?>", 1)[1]).findall("testsuite")
+    cases = [(case.get("name"), [(e.tag, e.get("type")) for e in case]) for case in suites[0]]
+    assert ("(probe)", [("error", "probe failed")]) in cases
+    assert sum(1 for name, _ in cases if name in ("cnn/bn1", "cnn/bn2")) == 2  # layers judged
+    assert [(c.get("name"), c[0].get("type")) for c in suites[1].findall("testcase")] == [
+        ("(model)", "unreadable")
+    ]
+    lines = github.render(report).splitlines()
+    assert any(line.startswith("::error ") and "title=probe failed::" in line for line in lines)
+    assert any("file=x.h5,title=unreadable model::" in line for line in lines)

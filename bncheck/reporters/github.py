@@ -1,4 +1,5 @@
-"""GitHub Actions workflow commands: one annotation per finding and per unreadable input.
+"""GitHub Actions workflow commands: one annotation per finding, per unreadable input and per
+model whose probe failed.
 
 Annotations appear on the workflow run and the pull request; the verdict line closes the log.
 """
@@ -17,7 +18,8 @@ def render(report: Report, options: RenderOptions = PLAIN) -> str:
     lines = []
     for model in report.models:
         if model.error is not None:
-            lines.append(_command("error", model.path, "unreadable model", model.error))
+            title = "unreadable model" if model.description is None else "probe failed"
+            lines.append(_command("error", model.path, title, model.error))
         for finding in model.findings:
             where = f"{finding.layer}: " if finding.layer else ""
             lines.append(

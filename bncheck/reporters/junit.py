@@ -3,7 +3,8 @@
 A test suite per model and a test case per BatchNorm layer. A layer with findings at or above
 ``--fail-on`` fails, with every such finding in its failure text; milder findings are listed in
 the test case's ``system-out``. Findings about the model as a whole, and an input that could not
-be read (an error), belong to an extra ``(model)`` test case.
+be read (an error), belong to an extra ``(model)`` test case; a model read whose probe failed
+keeps its layers' test cases and errs in a ``(probe)`` one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from bncheck.text import shown
 
 MODEL_CASE = "(model)"
 """Name of the test case for model-level findings and read errors."""
+PROBE_CASE = "(probe)"
+"""Name of the test case that errs when a model was read and its probe failed."""
 
 # Characters XML 1.0 cannot carry, even escaped; names read from a file may contain them.
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -38,13 +41,16 @@ def _suite(model: ModelResult, fail_on: FailOn) -> ET.Element:
     if model.format is not None:
         properties = ET.SubElement(suite, "properties")
         ET.SubElement(properties, "property", name="format", value=model.format)
-    if model.error is not None:
+    if model.error is not None and model.description is None:
         case = _case(suite, model.path, MODEL_CASE)
         ET.SubElement(case, "error", type="unreadable", message=_xml(model.error))
     else:
         for layer in _case_names(model):
             found = [f for f in model.findings if (f.layer or MODEL_CASE) == layer]
             _judge(_case(suite, model.path, layer), found, fail_on)
+        if model.error is not None:  # read, its layers judged statically, but not probed
+            case = _case(suite, model.path, PROBE_CASE)
+            ET.SubElement(case, "error", type="probe failed", message=_xml(model.error))
     cases = suite.findall("testcase")
     suite.set("tests", str(len(cases)))
     suite.set("failures", str(sum(case.find("failure") is not None for case in cases)))
