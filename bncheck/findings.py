@@ -88,6 +88,16 @@ class ModelResult:
     probe: ProbeResult | None = None
     """What the probe measured, or why it was skipped; ``None`` when no probe was asked for."""
 
+    @property
+    def unreadable(self) -> bool:
+        """The input could not be read: there is only its error."""
+        return self.error is not None and self.description is None
+
+    @property
+    def probe_failed(self) -> bool:
+        """The model was read and judged statically, and its probe failed (``error`` says why)."""
+        return self.error is not None and self.description is not None
+
 
 class FailOn(enum.Enum):
     """The lowest severity that fails the run (``--fail-on``)."""
@@ -139,13 +149,13 @@ class Report:
     @property
     def unreadable_count(self) -> int:
         """Inputs that could not be read."""
-        return sum(1 for m in self.models if m.error is not None and m.description is None)
+        return sum(1 for model in self.models if model.unreadable)
 
     @property
     def probe_failed_count(self) -> int:
         """Models that were read and whose probe failed: their static report stands, and their
         error says why the probe did not finish."""
-        return sum(1 for m in self.models if m.error is not None and m.description is not None)
+        return sum(1 for model in self.models if model.probe_failed)
 
     @property
     def model_count(self) -> int:

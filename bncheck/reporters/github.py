@@ -18,7 +18,7 @@ def render(report: Report, options: RenderOptions = PLAIN) -> str:
     lines = []
     for model in report.models:
         if model.error is not None:
-            title = "unreadable model" if model.description is None else "probe failed"
+            title = "probe failed" if model.probe_failed else "unreadable model"
             lines.append(_command("error", model.path, title, model.error))
         for finding in model.findings:
             where = f"{finding.layer}: " if finding.layer else ""

@@ -41,16 +41,16 @@ def _suite(model: ModelResult, fail_on: FailOn) -> ET.Element:
     if model.format is not None:
         properties = ET.SubElement(suite, "properties")
         ET.SubElement(properties, "property", name="format", value=model.format)
-    if model.error is not None and model.description is None:
+    if model.unreadable:
         case = _case(suite, model.path, MODEL_CASE)
-        ET.SubElement(case, "error", type="unreadable", message=_xml(model.error))
+        ET.SubElement(case, "error", type="unreadable", message=_xml(model.error or ""))
     else:
         for layer in _case_names(model):
             found = [f for f in model.findings if (f.layer or MODEL_CASE) == layer]
             _judge(_case(suite, model.path, layer), found, fail_on)
-        if model.error is not None:  # read, its layers judged statically, but not probed
+        if model.probe_failed:
             case = _case(suite, model.path, PROBE_CASE)
-            ET.SubElement(case, "error", type="probe failed", message=_xml(model.error))
+            ET.SubElement(case, "error", type="probe failed", message=_xml(model.error or ""))
     cases = suite.findall("testcase")
     suite.set("tests", str(len(cases)))
     suite.set("failures", str(sum(case.find("failure") is not None for case in cases)))

@@ -47,9 +47,10 @@ def render(report: Report, options: RenderOptions = PLAIN) -> str:
                 ],
             )
         )
-    failed = [model for model in report.models if model.error is not None]
-    for heading, read in (("Could not be read", False), ("Could not be probed", True)):
-        listed = [m for m in failed if (m.description is not None) == read]
+    for heading, listed in (
+        ("Could not be read", [m for m in report.models if m.unreadable]),
+        ("Could not be probed", [m for m in report.models if m.probe_failed]),
+    ):
         if listed:
             parts.append(f"### {heading}")
             parts.append("\n".join(f"- {_code(m.path)}: {_text(m.error or '')}" for m in listed))
@@ -57,12 +58,12 @@ def render(report: Report, options: RenderOptions = PLAIN) -> str:
 
 
 def _model_row(model: ModelResult, report: Report) -> list[str]:
-    if model.error is not None and model.description is None:
+    if model.unreadable:
         return ["unreadable", _code(model.path), "", "", "", "", ""]
     layers = len(model.description.layers) if model.description else 0
     counts = [sum(1 for f in model.findings if f.severity == s) for s in _SEVERITIES]
     failing = any(report.fail_on.fails(f.severity) for f in model.findings)
-    status = "probe failed" if model.error is not None else "FAIL" if failing else "ok"
+    status = "probe failed" if model.probe_failed else "FAIL" if failing else "ok"
     return [
         status,
         _code(model.path),

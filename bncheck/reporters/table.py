@@ -52,7 +52,7 @@ def _model_block(model: ModelResult, options: RenderOptions) -> str:
         f"{shown(model.path)} ({description.format}): "
         f"{_count(description.layer_count, 'BatchNorm layer')}"
     ]
-    if model.error is not None:
+    if model.error is not None:  # drawn with its description: its probe failed
         lines.append(f"  error: {shown(model.error)}")
     lines += [f"  note: {shown(note)}" for note in description.notes]
     if description.layers:
