@@ -9,14 +9,13 @@ import os
 import shutil
 import signal
 import sys
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import IO, Any, TypeVar
 
 import click
 
-from bncheck import __version__
+from bncheck import __version__, interrupts
 from bncheck.app import (
     CheckpointOptions,
     InspectOptions,
@@ -32,6 +31,7 @@ from bncheck.app import (
 from bncheck.config import ConfigOptions
 from bncheck.errors import UsageError
 from bncheck.findings import ExitCode, FailOn
+from bncheck.interrupts import Terminated
 from bncheck.probe.options import (
     DEFAULT_MEMORY_MIB,
     DEFAULT_SAMPLES,
@@ -129,14 +129,6 @@ _ignore_option = click.option(
 )
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, met as Ctrl-C is: what the command started ends, and its temporary files go."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise _Terminated
-
-
 class _Stopped(Exception):
     """Ctrl-C or SIGTERM while a command ran, carried past click, which would answer it with a
     blank line of its own before bncheck's one line."""
@@ -151,7 +143,7 @@ class _Commands(click.Group):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as exc:
-            raise _Stopped(isinstance(exc, _Terminated)) from None
+            raise _Stopped(isinstance(exc, Terminated)) from None
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -668,11 +660,15 @@ def recalibrate(**params: Any) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every user error is one line on stderr and an exit code, never a traceback."""
-    on_term = None
-    if threading.current_thread() is threading.main_thread():
-        on_term = signal.signal(signal.SIGTERM, _terminate)
+    with interrupts.handled():
+        code = _main(argv)
+    sys.exit(int(code or 0))
+
+
+def _main(argv: list[str] | None) -> Any:
     try:
         code: Any = cli.main(args=argv, prog_name="bncheck", standalone_mode=False)
+        interrupts.check()  # a signal swallowed where the command could not see it
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
         code = ExitCode.USAGE
@@ -685,8 +681,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"bncheck: error: {shown(str(exc))}", err=True)
         code = ExitCode.USAGE
     except (_Stopped, click.exceptions.Abort, KeyboardInterrupt) as exc:
+        interrupts.answered()
         terminated = isinstance(exc, _Stopped) and exc.terminated
-        terminated = terminated or isinstance(exc.__cause__ or exc.__context__ or exc, _Terminated)
+        terminated = terminated or isinstance(exc.__cause__ or exc.__context__ or exc, Terminated)
         if sys.stderr.isatty():
             click.echo(err=True)  # after the terminal's ^C
         click.echo(f"bncheck: {'terminated' if terminated else 'interrupted'}", err=True)
@@ -697,7 +694,4 @@ def main(argv: list[str] | None = None) -> None:
         problem = shown(one_line(f"{type(exc).__name__}: {exc}"))
         click.echo(f"bncheck: error: internal error: {problem}; please report it", err=True)
         code = ExitCode.UNREADABLE
-    finally:
-        if on_term is not None:
-            signal.signal(signal.SIGTERM, on_term)
-    sys.exit(int(code or 0))
+    return code

@@ -45,6 +45,7 @@ from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
+from bncheck import interrupts
 from bncheck.errors import ModelReadError, UsageError
 
 if TYPE_CHECKING:
@@ -103,11 +104,12 @@ def read_all(
                 task.worker.send((reader, path, os.getcwd()))
                 busy[task.worker.conn] = task
             timeout = max(0.0, min(task.deadline for task in busy.values()) - time.monotonic())
-            for conn in wait(list(busy), timeout):
+            for conn in wait(list(busy), min(timeout, _CHECK_SECONDS)):
                 task = busy.pop(conn)
                 outcomes[task.position] = task.worker.receive(limits)
                 if task.worker.alive:
                     _POOL.give_back(task.worker, limits)
+            interrupts.check()
             now = time.monotonic()
             for conn, task in list(busy.items()):
                 if task.deadline <= now:
@@ -310,6 +312,10 @@ class RunLimits:
 #: as the kernel hands them out gets about this long past the limit.
 _POLL_SECONDS = 0.02
 
+#: How long a reading pool waits on its workers before it looks for a Ctrl-C that code running
+#: at that moment swallowed (``interrupts.check``).
+_CHECK_SECONDS = 0.25
+
 #: Where a contained run's messages stop: one line, not a framework's whole error.
 _MESSAGE_CHARS = 300
 
@@ -473,6 +479,7 @@ def _watch(
     memory = None if limits.memory_mib is None else limits.memory_mib << 20
     inbox = _Inbox(conn)
     while True:
+        interrupts.check()
         try:
             message = inbox.next(_POLL_SECONDS)
         except (EOFError, OSError):
@@ -594,6 +601,15 @@ class _WarmServer:
                 self.process.start()
             else:
                 self.process = _interpreter(theirs.fileno(), self.scratch, imports, environment)
+        except BaseException:  # Ctrl-C as it starts: neither the server nor its folder stays
+            import shutil
+
+            self.conn.close()
+            started = getattr(self, "process", None)
+            if started is not None and started.pid is not None:
+                started.kill()
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            raise
         finally:
             theirs.close()
         assert self.process.pid is not None

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from bncheck import interrupts
 from bncheck.errors import ModelReadError, UsageError
 from bncheck.isolation import RunLimits, run_contained
 from tests.hardening.hostile import probe_limits
@@ -438,6 +439,32 @@ def test_a_command_stopped_by_a_signal_ends_its_runs_and_leaves_no_files(
     while list(temporary.glob("bncheck-*")) and time.monotonic() < deadline:
         time.sleep(0.1)  # the server removes its folder as it ends
     assert not list(temporary.glob("bncheck-*"))  # (onnxruntime leaves a file of its own)
+
+
+def test_a_ctrl_c_swallowed_as_a_run_starts_still_ends_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Python raises KeyboardInterrupt in whatever code runs when Ctrl-C comes, and the code that
+    runs as ``os.fork`` returns in the parent (logging's lock) swallows it. The command must
+    still end the run, not wait for it: here for a run with no time limit."""
+    armed = [True]
+
+    def swallow() -> None:  # as logging's callback after a fork: the signal arrives in it
+        if armed[0]:
+            armed[0] = False
+            signal.raise_signal(signal.SIGINT)
+
+    swallowed: list[type[BaseException] | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: swallowed.append(info.exc_type))
+    os.register_at_fork(after_in_parent=swallow)
+    started = time.monotonic()
+    try:
+        with interrupts.handled(), pytest.raises(KeyboardInterrupt):
+            run_contained(_sleep, (GENEROUS,), NO_LIMITS, lambda message: None)
+    finally:
+        armed[0] = False  # the callback stays registered: it must not fire again
+    assert swallowed == [KeyboardInterrupt]
+    assert time.monotonic() - started < GENEROUS / 2
 
 
 def test_an_onnx_tensor_of_gigabytes_stops_at_the_probe_memory(tmp_path: Path) -> None:
