@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -13,7 +14,13 @@ from bncheck.errors import UsageError
 
 def run_user_file(path: str, option: str) -> ModuleType:
     """Run a Python file of the user's, named by ``option`` (``--custom-objects``,
-    ``--dataset-fn``): the user's own code, trusted explicitly. Any failure is one line."""
+    ``--dataset-fn``): the user's own code, trusted explicitly. Any failure is one line.
+
+    From then on this process writes no bytecode: Python would otherwise leave a
+    ``__pycache__`` folder beside the file and each module it imports, in folders that are the
+    user's, not the command's to write. (It runs in a contained run, which ends with the
+    command.)"""
+    sys.dont_write_bytecode = True
     target = Path(path)
     if not target.is_file():
         raise UsageError(f"{option} {path}: no such file")

@@ -3,6 +3,7 @@ matched to the inputs and re-batched; every problem a one-line usage error."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +267,30 @@ def test_tfrecord_problems_are_one_line(tmp_path: Path) -> None:
         list(opened("junk.tfrecord", PIXELS, specs=[IMAGE]).batches(2, 0, None))
     assert str(raised.value).startswith(f"--tfrecord {tmp_path / 'junk.tfrecord'}: ")
     assert "\n" not in str(raised.value)
+
+
+def test_the_users_files_get_no_bytecode_beside_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folders of --dataset-fn and --custom-objects files are the user's: Python would
+    write __pycache__ beside the file and each module it imports, even at call time."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    monkeypatch.setattr(sys, "pycache_prefix", None)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "helpers_for_bncheck_test.py").write_text("SIZE = 2\n")
+    (tmp_path / "data.py").write_text(
+        "import numpy as np\n"
+        "def make():\n"
+        "    from helpers_for_bncheck_test import SIZE\n"
+        "    x = np.zeros((SIZE, 4, 4, 1), 'float32')\n"
+        "    return iter([(x, np.arange(SIZE))])\n"
+    )
+    data = open_data(DatasetFunction(str(tmp_path / "data.py"), "make"), [IMAGE])
+    assert len(list(data.batches(2, 0, None))) == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "data.py",
+        "helpers_for_bncheck_test.py",
+    ]
 
 
 def test_dataset_functions_run_the_users_file(tmp_path: Path) -> None:
