@@ -200,6 +200,26 @@ def test_unknown_dimensions_need_input_shape() -> None:
 
 
 @pytest.mark.parametrize(
+    ("shapes", "message"),
+    [
+        ({"imgae": (8, 8, 1)}, "--input-shape imgae=8,8,1: the model has no input named 'imgae' "
+         "(its inputs: 'image', 'rows')"),
+        ({None: (8, 8, 1)}, "--input-shape 8,8,1 names no input, and the model has 2 "
+         "('image', 'rows'): give NAME=D1,D2,... for each input it is for"),
+    ],
+)  # fmt: skip
+def test_an_input_shape_that_fits_no_input_is_a_usage_error(
+    shapes: dict[str | None, tuple[int, ...]], message: str
+) -> None:
+    """Left unused, it would pass unseen: the declared shapes are used instead."""
+    with pytest.raises(UsageError) as raised:
+        synthetic_batch([IMAGE, ROWS], 4, seed=0, shapes=shapes)
+    assert str(raised.value) == message
+    named = synthetic_batch([IMAGE, ROWS], 4, seed=0, shapes={"image": (8, 8, 1)})
+    assert named.inputs[0].shape == (4, 8, 8, 1)
+
+
+@pytest.mark.parametrize(
     ("text", "parsed"), [("8,8,1", (None, (8, 8, 1))), ("image=32,32,3", ("image", (32, 32, 3)))]
 )
 def test_parse_input_shape(text: str, parsed: tuple) -> None:

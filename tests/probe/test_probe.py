@@ -293,6 +293,7 @@ def test_model_keras_cannot_load_is_unreadable(run_cli: Run, tmp_path: Path) -> 
         (["--data", "missing.npy"], "--data missing.npy: no such file"),
         (["--probe", "--custom-objects", "missing.py"], "--custom-objects missing.py: no such"),
         (["--probe", "--input-shape", "8,x"], "--input-shape '8,x'"),
+        (["--probe", "--input-shape", "imgae=8,8,1"], "no input named 'imgae' (its inputs: "),
     ],
 )
 def test_probe_usage_errors(run_cli: Run, args: list[str], message: str) -> None:

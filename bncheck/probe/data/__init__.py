@@ -425,6 +425,7 @@ def synthetic_batch(
     specs: Sequence[InputSpec], samples: int, seed: int, shapes: InputShapes
 ) -> Batch:
     """Standard-normal values in the shape of each input, for float inputs only."""
+    check_shape_names(specs, shapes)
     rng = np.random.default_rng(seed)
     arrays = []
     for spec in specs:
@@ -436,6 +437,25 @@ def synthetic_batch(
         dims = resolve_shape(spec, shapes, single=len(specs) == 1)
         arrays.append(rng.standard_normal((samples, *dims)).astype(spec.dtype))
     return Batch(arrays)
+
+
+def check_shape_names(specs: Sequence[InputSpec], shapes: InputShapes) -> None:
+    """Every ``--input-shape`` names an input of the model, or is the only input's: one that
+    would otherwise be left unused is a mistake to say, not to pass over."""
+    names = [spec.name for spec in specs]
+    listed = ", ".join(repr(name) for name in names)
+    for name, dims in shapes.items():
+        given = ",".join(str(dim) for dim in dims)
+        if name is None and len(specs) > 1:
+            raise UsageError(
+                f"--input-shape {given} names no input, and the model has {len(specs)} "
+                f"({listed}): give NAME=D1,D2,... for each input it is for"
+            )
+        if name is not None and name not in names:
+            raise UsageError(
+                f"--input-shape {name}={given}: the model has no input named {name!r} "
+                f"(its inputs: {listed})"
+            )
 
 
 def resolve_shape(spec: InputSpec, shapes: InputShapes, single: bool) -> tuple[int, ...]:
