@@ -99,10 +99,7 @@ def open_runner(
     from bncheck.probe.runtimes import torchscript_model
 
     if not options.unsafe:
-        raise UsageError(
-            f"{path}: the archive holds compiled code; pass --unsafe to run it if you trust the "
-            "file"
-        )
+        raise UsageError(f"{path}: {torchscript_model.COMPILED_CODE}")
     from bncheck.readers import read_model
 
     if read_model(path).pickled_calls:

@@ -86,7 +86,12 @@ def test_a_folded_model_runs_in_inference_mode_only(run_cli: Run) -> None:
         ("healthy.safetensors", "tensors only, no architecture", 0),
         ("healthy_model.pt", "a pickled model needs its classes' code", 0),
         # A model bncheck could run when told to: BN017 fails the gate until it is.
-        ("healthy_torchscript.pt", "pass --unsafe to run it", 1),
+        (
+            "healthy_torchscript.pt",
+            "pass --unsafe to run it if you trust the file and it was "
+            "scripted (torch.jit.script): a traced archive (torch.jit.trace) cannot be measured",
+            1,
+        ),
     ],
 )
 def test_files_that_cannot_be_run_say_why(

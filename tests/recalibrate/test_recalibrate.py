@@ -264,6 +264,9 @@ def test_samples_limit_the_data(run_cli: Run, tmp_path: Path) -> None:
          "pass --architecture MODEL"),
         ("probe/missing.keras", ["--data", str(DIGITS), "-o", "{tmp}/o.keras"], 3,
          "no such file or directory"),
+        ("pytorch/healthy_torchscript.pt", ["--data", str(DIGITS), "-o", "{tmp}/o.pt"], 2,
+         "holds compiled code; pass --unsafe to run it if you trust the file and it was scripted"
+         " (torch.jit.script): a traced archive (torch.jit.trace) cannot be measured"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line(

@@ -50,6 +50,13 @@ NOTES = (
 )
 
 
+#: Why an archive does not run without ``--unsafe``, and what ``--unsafe`` cannot change.
+COMPILED_CODE = (
+    "the archive holds compiled code; pass --unsafe to run it if you trust the file and it was "
+    "scripted (torch.jit.script): a traced archive (torch.jit.trace) cannot be measured"
+)
+
+
 def probe(
     path: str, options: ProbeOptions, step: StepReporter, untouched: Mapping[str, bool]
 ) -> ProbeResult:
@@ -59,8 +66,7 @@ def probe(
         skipped = "its pickle asks for calls (BN019), so bncheck does not hand it to PyTorch"
         return ProbeResult(path, None, (CODE,), options.unsafe, skipped=skipped)
     if not options.unsafe:
-        skipped = "the archive holds compiled code; pass --unsafe to run it if you trust the file"
-        return ProbeResult(path, None, (CODE,), options.unsafe, skipped=skipped)
+        return ProbeResult(path, None, (CODE,), options.unsafe, skipped=COMPILED_CODE)
     step("loading with torch.jit")
     runner = open_runner(path)
     source = BatchPlan(input_specs(options.data, options.input_shapes), options)
