@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import os
 import shutil
-import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -659,13 +658,16 @@ def recalibrate(**params: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: every user error is one line on stderr and an exit code, never a traceback."""
+    """Run bncheck with ``argv`` (the command line's by default) and exit with its code."""
     with interrupts.handled():
-        code = _main(argv)
-    sys.exit(int(code or 0))
+        code = run(argv)
+    sys.exit(code)
 
 
-def _main(argv: list[str] | None) -> Any:
+def run(argv: list[str] | None = None) -> int:
+    """Run bncheck with ``argv`` and return its exit code: every user error is one line on
+    stderr and an exit code, never a traceback. The caller answers Ctrl-C and SIGTERM with
+    ``interrupts``' handlers (``main`` and the console script do)."""
     try:
         code: Any = cli.main(args=argv, prog_name="bncheck", standalone_mode=False)
         interrupts.check()  # a signal swallowed where the command could not see it
@@ -681,17 +683,13 @@ def _main(argv: list[str] | None) -> Any:
         click.echo(f"bncheck: error: {shown(str(exc))}", err=True)
         code = ExitCode.USAGE
     except (_Stopped, click.exceptions.Abort, KeyboardInterrupt) as exc:
-        interrupts.answered()
         terminated = isinstance(exc, _Stopped) and exc.terminated
         terminated = terminated or isinstance(exc.__cause__ or exc.__context__ or exc, Terminated)
-        if sys.stderr.isatty():
-            click.echo(err=True)  # after the terminal's ^C
-        click.echo(f"bncheck: {'terminated' if terminated else 'interrupted'}", err=True)
-        code = 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+        code = interrupts.answered(terminated)
     except Exception as exc:  # a bug: still one line, escaped (it may quote a file)
         from bncheck.isolation import one_line
 
         problem = shown(one_line(f"{type(exc).__name__}: {exc}"))
         click.echo(f"bncheck: error: internal error: {problem}; please report it", err=True)
         code = ExitCode.UNREADABLE
-    return code
+    return int(code or 0)

@@ -24,10 +24,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import Any
 
-from bncheck import formats, verdict
+from bncheck import formats, interrupts, verdict
 from bncheck.engine import inspect_path
 from bncheck.errors import ModelReadError, UsageError
 from bncheck.extras import require
@@ -53,7 +53,9 @@ from bncheck.recalibrate.results import (
 )
 from bncheck.recalibrate.runtimes import RUNS_ITSELF
 from bncheck.recalibrate.write import NewStatistics, write_model
+from bncheck.records import record
 from bncheck.settings import Settings
+from bncheck.text import shown
 
 #: The formats recalibration writes back with Keras; the others are written by their bytes
 #: (``runtimes``), weights-only Keras files not at all.
@@ -64,7 +66,7 @@ WEIGHTS = "weights-h5"
 FOLDERS = ("savedmodel",)
 
 
-@dataclass(frozen=True)
+@record
 class Plan:
     """How to estimate and verify, whichever way the model and the data came (the command
     line, or ``bncheck.recalibrate`` from Python)."""
@@ -93,7 +95,7 @@ class Plan:
         )
 
 
-@dataclass(frozen=True)
+@record
 class Job:
     """One recalibration, however it was asked for: how to estimate and where the result goes."""
 
@@ -200,6 +202,7 @@ def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
                 output,
                 {path: (pop.mean, pop.variance) for path, pop in result.statistics.items()},
             )
+        interrupts.written(shown(output))  # stopped from here on, the command says so
         repaired = inspect_path(output, options.settings, _probe_options(options), progress.step)
         return result.written(output, repaired)
 
@@ -684,7 +687,7 @@ def _written_as(description: ModelDescription) -> str:
     return "weights.h5" if tops <= {"layers", "vars"} else "h5"
 
 
-@dataclass(frozen=True)
+@record
 class Spelling:
     """How the messages name the output and the permission to overwrite: flags on the command
     line, arguments in Python."""

@@ -386,3 +386,23 @@ def test_the_loaded_model_gives_the_settings_no_configuration_records(
         "recalibrate", path, "--data", DIGITS, "-o", output, "--custom-objects", source, "--force"
     )
     assert re.search(r"held/block/bn\s+recalibrated", repaired.out), repaired.out
+
+
+def test_stopped_after_writing_the_output_says_it_was_written(
+    run_cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal while the written model is being inspected: OUT is whole, and the one line
+    says so, instead of leaving the user to think nothing was written."""
+    from bncheck import interrupts
+    from bncheck.recalibrate import command
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise interrupts.Terminated
+
+    monkeypatch.setattr(command, "inspect_path", stopped)
+    out = tmp_path / "out.keras"
+    model = PROBE / "stale_stats.keras"
+    result = run_cli("recalibrate", model, "--data", DIGITS, "--force", "-o", out)
+    assert (result.code, result.err) == (143, f"bncheck: terminated after writing {out}\n")
+    assert result.out == ""
+    assert read_model(str(out)).layers  # whole: it reads
