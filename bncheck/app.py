@@ -5,7 +5,7 @@ The command line (``cli.py``) only turns flags into these option objects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ from bncheck.extras import require
 from bncheck.findings import ExitCode, Report
 from bncheck.probe.options import ProbeOptions
 from bncheck.progress import Progress
+from bncheck.records import record
 from bncheck.reporters import REPORTERS
 from bncheck.reporters.options import PLAIN as PLAIN_RENDER
 from bncheck.reporters.options import RenderOptions
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from bncheck.recalibrate.options import RecalibrateOptions
 
 
-@dataclass(frozen=True)
+@record
 class OutputOptions:
     """Where and how to write a report."""
 
@@ -39,7 +40,7 @@ class OutputOptions:
     render: RenderOptions = RenderOptions()
 
 
-@dataclass(frozen=True)
+@record
 class InspectOptions:
     paths: tuple[str, ...]
     config: ConfigOptions
@@ -50,7 +51,7 @@ class InspectOptions:
     """How to run the models; ``None`` for static inspection only."""
 
 
-@dataclass(frozen=True)
+@record
 class PlotOptions:
     model: str
     output: str
@@ -63,7 +64,7 @@ class PlotOptions:
 PLOT_SUFFIXES = (".png", ".svg")
 
 
-@dataclass(frozen=True)
+@record
 class CheckpointOptions:
     path: str
     model: str | None

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from pathlib import Path
 from typing import Any
 
 from bncheck.errors import UsageError
 from bncheck.findings import FailOn
+from bncheck.records import record
 from bncheck.settings import Settings
 
 BNCHECK_TOML = "bncheck.toml"
@@ -25,7 +26,7 @@ KEYS = ("fail-on", "select", "ignore", "rules", "per-layer-ignores")
 """Every key a configuration may set."""
 
 
-@dataclass(frozen=True)
+@record
 class ConfigOptions:
     """The command-line flags that choose the configuration and apply on top of it."""
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 from bncheck.model import ModelDescription
+from bncheck.records import record
 
 if TYPE_CHECKING:
     from bncheck.probe.results import ProbeResult
@@ -45,7 +46,7 @@ class Escalation(enum.Enum):
     """Information only: something else in the model neutralises the problem."""
 
 
-@dataclass(frozen=True)
+@record
 class Problem:
     """What a rule yields: a fact about a layer or model, without rule ID or severity."""
 
@@ -59,7 +60,7 @@ class Problem:
     """Whether this occurrence is worse or milder than the rule's usual case."""
 
 
-@dataclass(frozen=True)
+@record
 class Finding:
     """A problem stamped by the runner with its rule and configured severity."""
 
@@ -73,7 +74,7 @@ class Finding:
     details: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
+@record
 class ModelResult:
     """The outcome for one input path: a description and findings, or a read error."""
 
@@ -130,7 +131,7 @@ class ExitCode(enum.IntEnum):
     """An input could not be read, or a model's probe could not finish."""
 
 
-@dataclass(frozen=True)
+@record
 class Report:
     """Everything one run found, ready to render."""
 

@@ -17,12 +17,12 @@ import re
 import struct
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from bncheck.errors import ModelReadError
+from bncheck.records import record
 
 #: HDF5 allows a user block before the superblock: the signature sits at 0, 512, 1024, 2048, ...
 _HDF5_OFFSETS = (0, *(512 << k for k in range(12)))
@@ -154,7 +154,7 @@ class Candidate:
 Predicate = Callable[[Candidate], bool]
 
 
-@dataclass(frozen=True)
+@record
 class Runtime:
     """What runs a model for the probe, and the optional part of bncheck that it needs."""
 
@@ -169,7 +169,7 @@ class Runtime:
     ProbeResult``."""
 
 
-@dataclass(frozen=True)
+@record
 class Format:
     """One format bncheck reads."""
 

@@ -18,7 +18,6 @@ is the noise a comparison has to beat.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -27,6 +26,7 @@ from bncheck import verdict
 from bncheck.errors import BncheckError
 from bncheck.findings import Finding, Report
 from bncheck.model import KERAS_WORDS, BNLayer, Vocabulary
+from bncheck.records import record
 
 #: A layer's moving mean and moving variance.
 MovingStats = tuple[np.ndarray, np.ndarray]
@@ -73,7 +73,7 @@ class BatchNormWarning(UserWarning):
     ``warnings`` module like any other warning."""
 
 
-@dataclass(frozen=True)
+@record
 class GuardResult:
     """What one check of the guard found."""
 
@@ -175,7 +175,7 @@ class GuardResult:
         return groups
 
 
-@dataclass(frozen=True)
+@record
 class MomentumChange:
     """A change of a layer's ``momentum`` attribute, seen by the guard during training."""
 
@@ -188,7 +188,7 @@ class MomentumChange:
     against."""
 
 
-@dataclass(frozen=True)
+@record
 class IgnoredMomentum:
     """A layer whose statistics contradict its configured momentum."""
 
@@ -212,7 +212,7 @@ class IgnoredMomentum:
 Cause = Literal["warm-up", "lag", "not updated"]
 
 
-@dataclass(frozen=True)
+@record
 class Staleness:
     """How well one layer's moving statistics fit the inputs of recent training batches."""
 
@@ -522,7 +522,7 @@ def _ignored_lines(ignored: Sequence[IgnoredMomentum]) -> list[str]:
     return lines
 
 
-@dataclass(frozen=True)
+@record
 class GuardWords:
     """How a guard's messages name things in its framework."""
 

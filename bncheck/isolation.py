@@ -40,13 +40,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from bncheck import interrupts
 from bncheck.errors import ModelReadError, UsageError
+from bncheck.records import record
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@record
 class Limits:
     """What one reading may use."""
 
@@ -296,7 +296,7 @@ def _address_space() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10  # a lower bound: fine
 
 
-@dataclass(frozen=True)
+@record
 class RunLimits:
     """What one contained run of a model (a probe, a recalibration) may use; ``None``: no
     limit. The commands take them from ``--probe-timeout`` and ``--probe-memory``."""

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
+from bncheck.records import record
+
 #: The four arrays of a BatchNormalization layer, in the order Keras creates them.
 ARRAY_NAMES = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
-@dataclass(frozen=True)
+@record
 class Vocabulary:
     """How one framework names a BatchNorm layer's arrays, modes and momentum, for messages and
     ``bncheck explain``. bncheck's own names (the JSON keys among them) are Keras's; a report
@@ -142,7 +144,7 @@ VOCABULARIES: Mapping[str, Vocabulary] = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class InitialValues:
     """The constant each array starts from, from the layer's configured initializers.
 
@@ -166,7 +168,7 @@ class InitialValues:
         return value
 
 
-@dataclass(frozen=True)
+@record
 class ArraySummary:
     """Summary statistics of one array, over its finite values."""
 
@@ -189,7 +191,7 @@ class ArraySummary:
         return cls(float(finite.min()), float(finite.max()), float(finite.mean()), nonfinite)
 
 
-@dataclass(frozen=True)
+@record
 class BNLayer:
     """One BatchNormalization layer as saved in a model file.
 
@@ -323,7 +325,7 @@ class BNLayer:
         return out
 
 
-@dataclass(frozen=True)
+@record
 class BatchMoments:
     """A batch normalisation a TensorFlow graph computes op by op: the batch moments of a 4-D
     or 5-D input (``Mean``, ``SquaredDifference``, ``Mean``), as ``tf.nn.moments`` makes them."""
@@ -343,7 +345,7 @@ class BatchMoments:
         return f"{self.scope} in {self.function}" if self.scope else self.function
 
 
-@dataclass(frozen=True)
+@record
 class IncompleteLayer:
     """A BatchNorm layer the file describes but whose arrays are not all there.
 
@@ -361,7 +363,7 @@ class IncompleteLayer:
     """Where the layer's arrays were looked for."""
 
 
-@dataclass(frozen=True)
+@record
 class BatchStatisticsLayer:
     """A BatchNorm layer that keeps no running statistics (PyTorch's
     ``track_running_stats=False``, or an ONNX node fed the batch's own mean and variance): it
@@ -389,7 +391,7 @@ class BatchStatisticsLayer:
         return VOCABULARIES.get(self.words or self.framework, KERAS_WORDS)
 
 
-@dataclass(frozen=True)
+@record
 class ModelDescription:
     """Everything bncheck knows about a model file without running it."""
 
@@ -460,7 +462,7 @@ def with_loaded_settings(
     return replace(description, layers=tuple(filled), notes=(*description.notes, note))
 
 
-@dataclass(frozen=True)
+@record
 class PickledCall:
     """A call a pickle asks for when it is loaded; bncheck never makes it."""
 
@@ -495,7 +497,7 @@ INFERRED_BY_NAMES = "BatchNormalization (by variable names)"
 MOVING_STATS = ("moving_mean", "moving_variance")
 
 
-@dataclass(frozen=True)
+@record
 class CheckpointGroup:
     """The BatchNorm variables one layer left in a checkpoint, found by their names or owner."""
 
@@ -523,7 +525,7 @@ class CheckpointGroup:
         return (self.path, *self.aliases)
 
 
-@dataclass(frozen=True)
+@record
 class LayerMatch:
     """Where a model's BatchNorm layer finds its variables in a checkpoint."""
 
@@ -557,7 +559,7 @@ class LayerMatch:
         )
 
 
-@dataclass(frozen=True)
+@record
 class Coverage:
     """How many BatchNorm layers a checkpoint restores completely."""
 
@@ -567,7 +569,7 @@ class Coverage:
     """Of those, how many have both moving statistics (of the right shape) in the checkpoint."""
 
 
-@dataclass(frozen=True)
+@record
 class CheckpointContents:
     """The BatchNorm side of a checkpoint (or a SavedModel's variables): the subject of the
     ``checkpoint`` rules."""

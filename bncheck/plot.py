@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,6 +25,7 @@ import numpy as np
 from bncheck import verdict
 from bncheck.findings import Finding, ModelResult, Severity
 from bncheck.model import BNLayer
+from bncheck.records import record
 from bncheck.rules import bn005_dead_channels, bn013_inference_collapse
 from bncheck.text import shown
 
@@ -45,7 +45,7 @@ NAMED_LAYERS = 40
 NAMED_FLAGGED = 60
 
 
-@dataclass(frozen=True)
+@record
 class ProbeOverlay:
     """Per-layer measurements of a probe run, drawn over the static panels."""
 
@@ -59,7 +59,7 @@ class ProbeOverlay:
     batch, as BN013 found it; ``None`` when it found none."""
 
 
-@dataclass(frozen=True)
+@record
 class Spread:
     """Percentiles of one array over a layer's channels (finite values only)."""
 

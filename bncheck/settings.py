@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from fnmatch import fnmatchcase
 
 from bncheck.errors import UsageError
 from bncheck.findings import Escalation, FailOn, Severity
+from bncheck.records import record
 from bncheck.rules import RULES, by_name_or_id
 
 
-@dataclass(frozen=True)
+@record
 class RuleSettings:
     """One rule's configuration."""
 
@@ -22,7 +23,7 @@ class RuleSettings:
     """Every option of the rule, defaults filled in."""
 
 
-@dataclass(frozen=True)
+@record
 class LayerIgnore:
     """Rules turned off for the layers whose path matches a glob."""
 
@@ -39,7 +40,7 @@ def _rule_defaults() -> dict[str, RuleSettings]:
     }
 
 
-@dataclass(frozen=True)
+@record
 class Settings:
     """Everything configuration can change about a run."""
 

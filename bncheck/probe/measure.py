@@ -52,6 +52,7 @@ from bncheck.probe.runtime import (
 )
 from bncheck.probe.runtimes import keras_model
 from bncheck.probe.runtimes.savedmodel import SavedModelSubject
+from bncheck.records import record
 
 if TYPE_CHECKING:
     from bncheck.probe.data.batches import BatchPlan
@@ -63,7 +64,7 @@ BatchSource = Callable[[], Iterable[Batch]]
 Progress = Callable[[str, int], None]
 
 
-@dataclass(frozen=True)
+@record
 class Measured:
     """The measurements of one probe run."""
 
@@ -405,7 +406,7 @@ def probe_result(
     )
 
 
-@dataclass(frozen=True)
+@record
 class ProbeFound:
     """What a runtime's probe reports of the file beside the measurements."""
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from bncheck.records import record
 
 #: Reports a probe step ("loading", "inference pass", ...) to whoever shows progress.
 StepReporter = Callable[[str], None]
@@ -23,7 +25,7 @@ DEFAULT_MEMORY_MIB = 8192
 DEFAULT_SAMPLES = 2048
 
 
-@dataclass(frozen=True)
+@record
 class FeatureSpec:
     """One feature of the ``tf.train.Example`` records in TFRecord files: ``--feature
     image:float32:224,224,3`` or ``--label class:int64``."""
@@ -35,7 +37,7 @@ class FeatureSpec:
     """Dimensions of one sample's value, without the batch; ``()`` for a scalar."""
 
 
-@dataclass(frozen=True)
+@record
 class RecordOptions:
     """TFRecord files of ``tf.train.Example`` records: ``--tfrecord``, ``--feature``,
     ``--label``."""
@@ -47,7 +49,7 @@ class RecordOptions:
     label: FeatureSpec | None = None
 
 
-@dataclass(frozen=True)
+@record
 class DatasetFunction:
     """``--dataset-fn FILE.py:NAME``: the user's own function that returns a dataset."""
 
@@ -58,7 +60,7 @@ class DatasetFunction:
         return f"{self.path}:{self.name}"
 
 
-@dataclass(frozen=True)
+@record
 class ProbeOptions:
     """How to probe, from ``--probe``, ``--data`` and friends."""
 

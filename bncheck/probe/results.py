@@ -13,18 +13,17 @@ mean| / sqrt(reference variance + epsilon)``, in standard deviations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from bncheck.probe.uncertainty import LEVEL, Interval
+from bncheck.records import record
 
 #: The two modes the probe runs a model in.
 INFERENCE = "inference"
 TRAINING = "training"
 
 
-@dataclass(frozen=True)
+@record
 class CodeReference:
     """Something in a model file that would run code, or needs code, when the model is loaded."""
 
@@ -53,7 +52,7 @@ _KIND_LABELS = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class ProbeData:
     """The data the model was run on."""
 
@@ -79,7 +78,7 @@ class ProbeData:
     (BN015 judges it; with more batches, halves of the batches do the same)."""
 
 
-@dataclass(frozen=True)
+@record
 class Metric:
     """A model's quality on the labelled data, with three sets of BatchNorm statistics."""
 
@@ -155,7 +154,7 @@ class Metric:
         return f"{value:+.4g}" if value != 0 else "0"
 
 
-@dataclass(frozen=True)
+@record
 class OutputMeasurement:
     """One model output, compared across modes, statistics and batches, over all the data."""
 
@@ -191,7 +190,7 @@ class OutputMeasurement:
     """The output's quality on labelled data; ``None`` without labels."""
 
 
-@dataclass(frozen=True)
+@record
 class Population:
     """A layer's population statistics, estimated from the data: the average of its per-batch
     input mean and variance (with Bessel's correction) with every BatchNorm layer in training
@@ -209,7 +208,7 @@ class Population:
     """Calls of the layer the estimate averages over."""
 
 
-@dataclass(frozen=True)
+@record
 class Staleness:
     """How far a layer's stored statistics are from its population statistics, beyond the
     estimate's noise."""
@@ -270,7 +269,7 @@ def _beyond_noise(values: np.ndarray, noise: np.ndarray) -> float:
     return float(np.sqrt(max(0.0, float(np.mean(values**2) - np.mean(noise**2)))))
 
 
-@dataclass(frozen=True)
+@record
 class LayerMeasurement:
     """One BatchNormalization layer, seen from inside the model while it ran."""
 
@@ -322,7 +321,7 @@ class LayerMeasurement:
         return verdict.measured_learned_without_batch_statistics(self)
 
 
-@dataclass(frozen=True)
+@record
 class ProbeResult:
     """Everything the probe found for one model, including why it did not run."""
 

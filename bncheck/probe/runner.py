@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from bncheck import formats
@@ -19,6 +18,7 @@ from bncheck.probe import safety
 from bncheck.probe.data.batches import BatchPlan, data_notes, sweep_progress
 from bncheck.probe.options import ProbeOptions, StepReporter
 from bncheck.probe.results import CodeReference, ProbeResult
+from bncheck.records import record
 from bncheck.text import shown
 
 #: A runtime's probe (``formats.Runtime.probe``): the file, the options, where to report
@@ -282,7 +282,7 @@ def probe_savedmodel(
     )
 
 
-@dataclass(frozen=True)
+@record
 class ContentScan:
     """The safety check's outcome for one Keras model file."""
 

@@ -21,10 +21,11 @@ This module imports no framework.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from bncheck.records import record
 
 STORED = "stored"
 TRAINING = "training"
@@ -34,7 +35,7 @@ ESTIMATED = "estimated"
 Statistics = Mapping[str, tuple[np.ndarray, np.ndarray]]
 
 
-@dataclass(frozen=True)
+@record
 class CallFigures:
     """What one call of a BatchNorm layer did to one batch."""
 
@@ -47,7 +48,7 @@ class CallFigures:
     """Stored mode only: ``|output - moving-statistics normalisation| / |output|``."""
 
 
-@dataclass(frozen=True)
+@record
 class Moments:
     """One layer's per-channel input statistics in one training-mode pass, pooled over all its
     calls in the pass (a layer inside TimeDistributed, a recurrent cell or a custom layer calling
@@ -74,7 +75,7 @@ class Moments:
         return self.variance * (self.values / max(self.values - 1, 1))
 
 
-@dataclass(frozen=True)
+@record
 class PassResult:
     """One model call: its outputs and what each BatchNorm call recorded. A runtime that cannot
     see inside a layer on every call records fewer ``figures`` (the measurement averages those
@@ -85,7 +86,7 @@ class PassResult:
     moments: list[Moments]
 
 
-@dataclass(frozen=True)
+@record
 class LayerInfo:
     """One BatchNorm layer as its runner sees it, before anything ran."""
 

@@ -10,9 +10,9 @@ gives the same interval on every run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+
+from bncheck.records import record
 
 #: Resamples of the bootstrap: enough that a 95% interval's ends move by well under a tenth of
 #: its width from one seed to another.
@@ -23,7 +23,7 @@ LEVEL = 0.95
 _CHUNK_VALUES = 1 << 22
 
 
-@dataclass(frozen=True)
+@record
 class Interval:
     """A 95% interval of a mean change, in the metric's own units."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from bncheck.probe.options import (
     DEFAULT_MEMORY_MIB,
@@ -10,10 +10,11 @@ from bncheck.probe.options import (
     DatasetFunction,
     RecordOptions,
 )
+from bncheck.records import record
 from bncheck.settings import Settings
 
 
-@dataclass(frozen=True)
+@record
 class RecalibrateOptions:
     """Everything ``bncheck recalibrate`` was asked to do."""
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 
 import numpy as np
 
 from bncheck.findings import ExitCode, FailOn, ModelResult, Report
 from bncheck.probe.results import Metric, Population, staleness
+from bncheck.records import record
 
 RECALIBRATED = "recalibrated"
 FROZEN = "kept (frozen)"
@@ -29,7 +30,7 @@ KEPT_BECAUSE = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class LayerChange:
     """How far one layer's statistics moved (or why they did not), in the probe's vocabulary
     (``bncheck.probe.results``) with the old statistics as stored and the new as reference."""
@@ -69,7 +70,7 @@ class LayerChange:
         )
 
 
-@dataclass(frozen=True)
+@record
 class Verification:
     """The model with its stored statistics against the model with the new ones, in inference
     mode, on held-out or calibration data."""
@@ -92,7 +93,7 @@ class Verification:
         return f"{self.on} ({which} data, {self.samples} samples)"
 
 
-@dataclass(frozen=True)
+@record
 class Recalibration:
     """Everything a recalibration did, ready to render: the per-layer changes, the verification
     (the metric before and after where the data has labels, otherwise how many predictions

@@ -22,13 +22,13 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from bncheck.errors import ModelReadError
 from bncheck.model import BNLayer
 from bncheck.recalibrate.write import WriteError, _atomic_target, _compare, _sha256
+from bncheck.records import record
 
 #: The statistics to write, by layer path: ``(mean, variance)`` as the framework stores them.
 Statistics = Mapping[str, tuple[np.ndarray, np.ndarray]]
@@ -37,7 +37,7 @@ Statistics = Mapping[str, tuple[np.ndarray, np.ndarray]]
 _FLOAT_TYPES = {"float64": "f8", "float32": "f4", "float16": "f2", "bfloat16": "u2"}
 
 
-@dataclass(frozen=True)
+@record
 class Patch:
     """Bytes of the copy to replace."""
 
@@ -120,7 +120,7 @@ def compare_outside(source: str, written: str, spans: Sequence[tuple[int, int]],
         _compare(original, copy, list(spans), what)
 
 
-@dataclass(frozen=True)
+@record
 class Stored:
     """The bytes written for one array, and how they decode."""
 
@@ -223,7 +223,7 @@ def atomic_folder(source: str, target: str) -> Iterator[str]:
 VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
 
 
-@dataclass(frozen=True)
+@record
 class WireField:
     """One field of a serialized protocol buffer message, where it lies in the bytes."""
 

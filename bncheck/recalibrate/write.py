@@ -34,7 +34,6 @@ import stat
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -49,6 +48,7 @@ from bncheck.readers.keras.keras_archive import (
     inflate,
     members_by_name,
 )
+from bncheck.records import record
 
 _COPY_CHUNK = 1 << 20
 
@@ -58,7 +58,7 @@ class WriteError(ModelReadError):
     line, exit code 3, and nothing written."""
 
 
-@dataclass(frozen=True)
+@record
 class NewStatistics:
     """The statistics to write for one layer, and where they go."""
 

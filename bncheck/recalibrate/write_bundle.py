@@ -23,7 +23,6 @@ import os
 import shutil
 import stat
 import struct
-from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 
@@ -49,6 +48,7 @@ from bncheck.recalibrate.splice import (
     wire_fields,
 )
 from bncheck.recalibrate.write import WriteError, _sha256
+from bncheck.records import record
 
 _ARRAYS = ("moving_mean", "moving_variance")
 #: ``BundleEntryProto.crc32c``.
@@ -56,7 +56,7 @@ _CRC_FIELD = 6
 _UNCOMPRESSED = 0
 
 
-@dataclass(frozen=True)
+@record
 class IndexEntry:
     """One entry of the index, where its value lies in the file."""
 

@@ -6,13 +6,13 @@ or the environment themselves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bncheck.records import record
 
 DEFAULT_WIDTH = 100
 """The columns of text written anywhere but a terminal: files, pipes, CI logs."""
 
 
-@dataclass(frozen=True)
+@record
 class RenderOptions:
     """Presentation choices that are not part of the report."""
 

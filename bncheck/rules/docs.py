@@ -26,9 +26,9 @@ import inspect
 import re
 import textwrap
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from bncheck.model import KERAS_WORDS, Vocabulary
+from bncheck.records import record
 from bncheck.rules import Needs, Rule
 
 SECTIONS = ("Why it happens", "How to fix", "Options", "Passing", "Failing")
@@ -48,7 +48,7 @@ _LABEL = re.compile(rf"^({'|'.join(map(re.escape, SECTIONS))}):\s*(.*)$")
 _OPTION = re.compile(r"^\s+([A-Za-z_][A-Za-z0-9_]*):\s*(.*)$")
 
 
-@dataclass(frozen=True)
+@record
 class RuleDoc:
     """The parts of a rule's docstring."""
 

@@ -26,7 +26,6 @@ import os
 import sys
 import warnings
 from collections import deque
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
@@ -50,6 +49,7 @@ from bncheck.guard import (
     stale_lines,
 )
 from bncheck.model import PYTORCH_WORDS
+from bncheck.records import record
 from bncheck.torch.modules import (
     TRACKING,
     BatchNormModule,
@@ -71,7 +71,7 @@ TORCH_GUARD_WORDS = GuardWords(
 )
 
 
-@dataclass(frozen=True)
+@record
 class TorchGuardResult(GuardResult):
     """What one check of the PyTorch guard found; ``stuck`` are the modules trained in eval
     mode, ``fixed_by_momentum`` those with ``momentum=0``."""

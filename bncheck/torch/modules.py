@@ -9,8 +9,6 @@ a live module exactly as they judge its file. Wrappers (``DataParallel``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
@@ -18,6 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from bncheck.model import BatchStatisticsLayer, BNLayer, InitialValues, ModelDescription
 from bncheck.readers.pytorch.torch_layers import SYNCHRONIZED_CLASSES, pre_041_note
+from bncheck.records import record
 
 #: ``ModelDescription.format`` of a model described in memory, as for live Keras models.
 LIVE_FORMAT = "live"
@@ -37,7 +36,7 @@ LAZY = "lazy"
 """A ``LazyBatchNorm`` that has not run yet: no statistics to judge."""
 
 
-@dataclass(frozen=True)
+@record
 class BatchNormModule:
     """One BatchNorm module of a live model."""
 

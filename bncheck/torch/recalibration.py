@@ -25,7 +25,7 @@ import os
 import tempfile
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from bncheck.recalibrate.results import (
     Recalibration,
     Verification,
 )
+from bncheck.records import record
 from bncheck.torch.modules import (
     FROZEN,
     TRACKING,
@@ -68,7 +69,7 @@ SAFETENSORS_SUFFIX = ".safetensors"
 MetricFunction = Callable[[torch.Tensor, torch.Tensor], float]
 
 
-@dataclass(frozen=True)
+@record
 class Score(Metric):
     """A metric given by the user: higher is better, shown as a plain number."""
 
@@ -287,7 +288,7 @@ def _record(sums: dict[str, LayerSums], path: str, _: nn.Module, args: tuple[Any
         sums.setdefault(path, LayerSums()).add(args[0])
 
 
-@dataclass(frozen=True)
+@record
 class _Check:
     """A verification with the totals it came from, to combine across ranks."""
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +32,7 @@ from bncheck.probe.data.specs import (
 )
 from bncheck.probe.options import DatasetFunction, RecordOptions
 from bncheck.probe.results import ProbeData
+from bncheck.records import record
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ACCEPTED = (
@@ -41,7 +41,7 @@ _ACCEPTED = (
 )
 
 
-@dataclass(frozen=True)
+@record
 class DataOptions:
     """Where real data comes from: ``--data`` and the options that shape it."""
 

@@ -5,12 +5,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from bncheck.errors import UsageError
 from bncheck.probe.results import ProbeData
+from bncheck.records import record
 
 #: The array of an ``.npz`` file that holds labels rather than an input.
 LABELS_KEY = "y"
@@ -18,7 +18,7 @@ LABELS_KEY = "y"
 INPUTS_KEY = "x"
 
 
-@dataclass(frozen=True)
+@record
 class InputSpec:
     """One input of a model, as the model declares it."""
 
@@ -42,7 +42,7 @@ class InputSpec:
 InputShapes = Mapping[str | None, tuple[int, ...]]
 
 
-@dataclass(frozen=True)
+@record
 class Batch:
     """One batch: an array per model input, in input order, and the labels if there are any."""
 

@@ -17,7 +17,6 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from bncheck.errors import ModelReadError
 from bncheck.probe.data import InputSpec
 from bncheck.probe.foreign import describe_error, run_user_file
 from bncheck.readers import detect
+from bncheck.records import record
 
 #: Called after each BatchNorm call with the layer's path, the layer, its input and its output.
 CallObserver = Callable[[str, Any, Any, Any], None]
@@ -266,7 +266,7 @@ def reduction_axes(layer: Any, rank: int) -> list[int]:
     return [index for index in range(rank) if index != axis]
 
 
-@dataclass(frozen=True)
+@record
 class CallFigures:
     """What one call of a BatchNorm layer did, reduced to a few numbers per channel."""
 

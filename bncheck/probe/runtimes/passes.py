@@ -31,7 +31,6 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,13 +47,14 @@ from bncheck.probe.runtime import (
     Statistics,
 )
 from bncheck.probe.runtimes import keras_model
+from bncheck.records import record
 
 #: Figures of one call's output: root mean square, mean standard deviation across the batch,
 #: non-finite values, and (stored mode) the distance from the moving statistics' normalisation.
 _FIGURES = ("rms", "deviation", "nonfinite", "error")
 
 
-@dataclass(frozen=True)
+@record
 class Step:
     """One batch through ``Passes.sweep``: its size, its labels, each mode's result."""
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from bncheck.errors import ModelReadError
 from bncheck.model import InitialValues
+from bncheck.records import record
 
 MODEL_CLASSES = frozenset({"Functional", "Model", "Sequential"})
 BN_CLASSES = frozenset(
@@ -47,7 +48,7 @@ LEAF_CLASSES = BN_CLASSES | frozenset(
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
+@record
 class LayerConfig:
     """One layer of a configuration, placed in the model tree."""
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from bncheck.readers.keras.keras_config import (
     BN_CLASSES,
@@ -35,6 +34,7 @@ from bncheck.readers.keras.keras_config import (
     renorm,
 )
 from bncheck.readers.tensorflow.varnames import is_uniquified, keras1_name, split_name
+from bncheck.records import record
 
 
 class Generation(enum.Enum):
@@ -57,7 +57,7 @@ def generation(keras_version: str | None) -> Generation:
     return Generation.KERAS2
 
 
-@dataclass(frozen=True)
+@record
 class Variable:
     """One entry of a layer group's flat weight list."""
 

@@ -15,7 +15,6 @@ convolutions: such a graph has no BatchNorm left to check, and says so in a note
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from bncheck.errors import ModelReadError
 from bncheck.model import BatchStatisticsLayer, BNLayer, ModelDescription
 from bncheck.readers.codecs import tensor_bytes
 from bncheck.readers.onnx import onnx_proto
+from bncheck.records import record
 
 BATCHNORM = "BatchNormalization"
 _ONNX_DOMAINS = ("", "ai.onnx")
@@ -45,7 +45,7 @@ _CONVOLUTIONS = frozenset({"Conv", "ConvTranspose"})
 _PASS_THROUGH = frozenset({"Identity", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Cast"})
 
 
-@dataclass(frozen=True)
+@record
 class BatchNormNode:
     """One BatchNormalization node of the main graph."""
 

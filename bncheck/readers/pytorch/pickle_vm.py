@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bncheck.errors import ModelReadError
+from bncheck.records import record
 
 #: Names Python 2 pickles use for modules that Python 3 renamed (pickle protocol 2 writes them).
 _RENAMED_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
@@ -50,7 +51,7 @@ _RENAMED_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 _MAX_ARGUMENTS_TEXT = 80
 
 
-@dataclass(frozen=True)
+@record
 class GlobalRef:
     """A module attribute a pickle names (a class or function); never imported."""
 
@@ -89,7 +90,7 @@ class PickledObject:
         return state if isinstance(state, dict) else {}
 
 
-@dataclass(frozen=True)
+@record
 class StorageRef:
     """A tensor storage as the pickle's persistent id describes it; its bytes are elsewhere."""
 
@@ -130,7 +131,7 @@ class StateDict(dict[Any, Any]):
         self.attributes: dict[Any, Any] = {}
 
 
-@dataclass(frozen=True)
+@record
 class CallRecord:
     """A call a normal unpickler would make; bncheck made none."""
 
@@ -172,7 +173,7 @@ class PickleLog:
             self.calls.append(CallRecord(target, arguments(), position))
 
 
-@dataclass(frozen=True)
+@record
 class Budget:
     """How much work one pickle may ask for. PyTorch's pickles of the largest state dicts
     (about 100,000 tensors) stay well inside each limit; a few MB of crafted opcodes would

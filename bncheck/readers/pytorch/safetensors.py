@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from bncheck.model import ModelDescription
 from bncheck.readers.codecs import tensor_bytes
 from bncheck.readers.framework_signatures import MAX_SAFETENSORS_HEADER
 from bncheck.readers.pytorch import torch_layers
+from bncheck.records import record
 
 #: safetensors element types bncheck reads, by their names in the header.
 DTYPES = {
@@ -58,7 +58,7 @@ NOTE = (
 )
 
 
-@dataclass(frozen=True)
+@record
 class Entry:
     """One tensor of the header."""
 

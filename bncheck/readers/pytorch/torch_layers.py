@@ -16,6 +16,7 @@ import numpy as np
 
 from bncheck.errors import ModelReadError
 from bncheck.model import BatchStatisticsLayer, BNLayer, InitialValues
+from bncheck.records import record
 
 #: PyTorch's name of each array -> bncheck's (Keras's) name.
 ARRAYS = {
@@ -33,7 +34,7 @@ PRE_041_NOTE = (
 )
 
 
-@dataclass(frozen=True)
+@record
 class ModuleInfo:
     """What a pickled module object says about itself (full-model pickles, TorchScript)."""
 

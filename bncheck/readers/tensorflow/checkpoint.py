@@ -15,7 +15,7 @@ import glob
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from math import prod
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from bncheck.readers.tensorflow.checkpoint_layout import (
 )
 from bncheck.readers.tensorflow.tensor_bundle import INDEX_SUFFIX, TensorBundle
 from bncheck.readers.tensorflow.tf_protos import message_class
+from bncheck.records import record
 
 STATE_FILE = "checkpoint"
 _DATA_SHARD = re.compile(r"^(.*)\.data-(\d{5})-of-(\d{5})$")
@@ -70,7 +71,7 @@ def no_config_note(format_name: str) -> str:
     )
 
 
-@dataclass(frozen=True)
+@record
 class LayerSettings:
     """What a layer's configuration says about it, where something records it."""
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from bncheck.errors import ModelReadError
@@ -25,6 +24,7 @@ from bncheck.readers.tensorflow.varnames import (
     group_by_scope,
     split_name,
 )
+from bncheck.records import record
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -69,7 +69,7 @@ def name_scope_groups(shapes: Mapping[str, Sequence[int]]) -> list[CheckpointGro
     ]
 
 
-@dataclass(frozen=True)
+@record
 class GraphVariable:
     """A variable of an object-based checkpoint."""
 

@@ -12,7 +12,7 @@ buffers and the BatchNorm variables are read: the graph is never loaded or run.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from bncheck.readers.tensorflow.checkpoint_layout import (
 )
 from bncheck.readers.tensorflow.tensor_bundle import INDEX_SUFFIX
 from bncheck.readers.tensorflow.tf_protos import WireError, length_delimited, message_class
+from bncheck.records import record
 
 KERAS_METADATA = "keras_metadata.pb"
 VARIABLES_PREFIX = ("variables", "variables")
@@ -59,7 +60,7 @@ NO_VARIABLES_NOTE = (
 )
 
 
-@dataclass(frozen=True)
+@record
 class KerasNode:
     """One Keras object of a tf.keras SavedModel, as its metadata describes it."""
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from bncheck.errors import ModelReadError
 from bncheck.readers.codecs.crc32c import crc32c, crc32c_many, unmask
 from bncheck.readers.tensorflow import sstable
 from bncheck.readers.tensorflow.tf_protos import message_class
+from bncheck.records import record
 
 INDEX_SUFFIX = ".index"
 #: Largest index bncheck reads: tens of bytes per variable.
@@ -48,7 +48,7 @@ DT_STRING = 7
 DT_BFLOAT16 = 14
 
 
-@dataclass(frozen=True)
+@record
 class DataType:
     """One of TensorFlow's ``DataType`` values."""
 
@@ -88,7 +88,7 @@ DTYPES = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class BundleEntry:
     """Where and how one tensor is stored."""
 
