@@ -16,14 +16,18 @@ def run_user_file(path: str, option: str) -> ModuleType:
     """Run a Python file of the user's, named by ``option`` (``--custom-objects``,
     ``--dataset-fn``): the user's own code, trusted explicitly. Any failure is one line.
 
-    From then on this process writes no bytecode: Python would otherwise leave a
-    ``__pycache__`` folder beside the file and each module it imports, in folders that are the
-    user's, not the command's to write. (It runs in a contained run, which ends with the
-    command.)"""
+    The file's folder comes first on the module search path, as ``python FILE.py`` puts it, so
+    that the file imports the modules beside it. From then on this process writes no bytecode:
+    Python would otherwise leave a ``__pycache__`` folder beside the file and each module it
+    imports, in folders that are the user's, not the command's to write. (It runs in a
+    contained run, which ends with the command.)"""
     sys.dont_write_bytecode = True
     target = Path(path)
     if not target.is_file():
         raise UsageError(f"{option} {path}: no such file")
+    folder = str(target.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     digest = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:12]
     module_name = f"bncheck_{option.strip('-').replace('-', '_')}_{digest}"
     spec = importlib.util.spec_from_file_location(module_name, target)

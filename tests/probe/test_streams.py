@@ -269,17 +269,19 @@ def test_tfrecord_problems_are_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(raised.value)
 
 
-def test_the_users_files_get_no_bytecode_beside_them(
+def test_the_users_files_import_their_neighbours_and_get_no_bytecode_beside_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The folders of --dataset-fn and --custom-objects files are the user's: Python would
-    write __pycache__ beside the file and each module it imports, even at call time."""
+    """A --dataset-fn or --custom-objects file imports the modules beside it, as ``python
+    FILE.py`` lets it; their folder is the user's: Python would write __pycache__ beside the
+    file and each module it imports, even at call time."""
     monkeypatch.setattr(sys, "dont_write_bytecode", False)
     monkeypatch.setattr(sys, "pycache_prefix", None)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "path", list(sys.path))
     (tmp_path / "helpers_for_bncheck_test.py").write_text("SIZE = 2\n")
     (tmp_path / "data.py").write_text(
         "import numpy as np\n"
+        "import helpers_for_bncheck_test\n"
         "def make():\n"
         "    from helpers_for_bncheck_test import SIZE\n"
         "    x = np.zeros((SIZE, 4, 4, 1), 'float32')\n"
@@ -291,6 +293,20 @@ def test_the_users_files_get_no_bytecode_beside_them(
         "data.py",
         "helpers_for_bncheck_test.py",
     ]
+
+
+def test_x_and_y_arrays_side_by_side_are_a_mistake_said_in_one_line() -> None:
+    """``return x, y`` (Keras's fit(x, y) habit) reads as two batches, the second of labels."""
+    x, y = np.zeros((6, 4, 4, 1), "float32"), np.arange(6)
+    with pytest.raises(UsageError) as raised:
+        StreamData((x, y), [IMAGE], "--dataset-fn data.py:make")
+    assert str(raised.value) == (
+        "--dataset-fn data.py:make gives a tuple of arrays shaped (6, 4, 4, 1) and (6,), read as "
+        "batches one after another: for (x, y) arrays give zip(x, y) or "
+        "tf.data.Dataset.from_tensor_slices((x, y))"
+    )
+    zipped = StreamData(zip(x, y, strict=True), [IMAGE], "zipped")
+    assert len(list(zipped.batches(3, 0, None))) == 2
 
 
 def test_dataset_functions_run_the_users_file(tmp_path: Path) -> None:

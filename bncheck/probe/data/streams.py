@@ -139,6 +139,17 @@ class StreamData(Dataset):
                 f"{self.source} is a {type(data).__name__}: give arrays, (x, y) pairs, a "
                 "tf.data.Dataset or an iterable of batches"
             ) from None
+        if (
+            isinstance(data, (tuple, list))
+            and all(isinstance(item, np.ndarray) for item in data)
+            and len({np.ndim(item) for item in data}) > 1
+        ):
+            shapes = " and ".join(str(item.shape) for item in data[:3])
+            raise UsageError(
+                f"{self.source} gives a {type(data).__name__} of arrays shaped {shapes}, read "
+                "as batches one after another: for (x, y) arrays give zip(x, y) or "
+                "tf.data.Dataset.from_tensor_slices((x, y))"
+            )
         self._one_shot = elements is data
         first = next(elements, None)
         if first is None:
