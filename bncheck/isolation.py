@@ -529,6 +529,7 @@ def _run(
     os.environ.setdefault("MPLCONFIGDIR", os.path.join(scratch, "matplotlib"))
     os.environ.setdefault("XDG_CACHE_HOME", os.path.join(scratch, "cache"))  # onnxruntime's
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _temporary_files_in(scratch)
     sys.stdout.flush()
     sys.stderr.flush()
     log = os.open(os.path.join(scratch, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -801,6 +802,7 @@ def _serve_warm(fd: int, scratch: str, imports: tuple[str, ...]) -> None:
     os.environ.setdefault("MPLCONFIGDIR", os.path.join(scratch, "matplotlib"))
     os.environ.setdefault("XDG_CACHE_HOME", os.path.join(scratch, "cache"))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _temporary_files_in(scratch)  # onnxruntime writes a file there as it is imported
     parent = os.getppid()
     _die_with_parent()  # an import that hangs cannot see the command go: die with it
     for module in imports:
@@ -842,6 +844,18 @@ def _serve_warm(fd: int, scratch: str, imports: tuple[str, ...]) -> None:
                 os.waitpid(pid, 0)
             shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _temporary_files_in(scratch: str) -> None:
+    """The temporary files of this process (Python's ``tempfile``, and ``TMPDIR`` for the
+    libraries that read it: TensorFlow's autograph sources, onnxruntime's session file) go in
+    ``scratch``, which is removed when the run or server ends, not in the user's folder."""
+    import tempfile
+
+    temporary = os.path.join(scratch, "tmp")
+    os.makedirs(temporary, exist_ok=True)
+    os.environ["TMPDIR"] = temporary
+    tempfile.tempdir = temporary
 
 
 def _run_forked(conn: Connection, task: bytes) -> None:
