@@ -111,7 +111,7 @@ class TorchScriptRunner:
                 continue  # track_running_stats=False: BN022 says it statically
             if not hasattr(child, "momentum") or not hasattr(child, "eps"):
                 raise ModelReadError(
-                    f"layer {name}: a traced archive (torch.jit.trace) cannot be probed: "
+                    f"layer {name}: a traced archive (torch.jit.trace) cannot be measured: "
                     "tracing fixed its BatchNorm layers in the mode they were traced in and kept "
                     "no momentum or eps, which reading the batch statistics back needs; script "
                     "it (torch.jit.script) or export it to ONNX"

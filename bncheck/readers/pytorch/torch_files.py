@@ -38,9 +38,8 @@ STATE_DICT_NOTE = (
     "bias 0, running_mean 0, running_var 1) and eps 1e-5 are assumed"
 )
 TORCHSCRIPT_NOTE = (
-    "TorchScript archive: its compiled code is not read; momentum and eps are constants of that "
-    "code, so PyTorch's eps 1e-5 is assumed; inspect --probe --unsafe runs a scripted archive "
-    "(torch.jit.script) with PyTorch, and a traced one (torch.jit.trace) cannot be probed"
+    "TorchScript archive: momentum and eps live in its compiled code, which is not read "
+    "(eps 1e-5 assumed); --probe --unsafe runs a scripted archive, not a traced one"
 )
 LEGACY_NOTE = "PyTorch legacy format (torch.save before PyTorch 1.6, or without the zip format)"
 _LISTED_CLASSES = 5
