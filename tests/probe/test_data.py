@@ -195,8 +195,11 @@ def test_unknown_dimensions_need_input_shape() -> None:
         resolve_shape(open_image, {}, single=True)
     assert resolve_shape(open_image, {"image": (32, 32, 3)}, single=False) == (32, 32, 3)
     assert resolve_shape(open_image, {None: (16, 16, 3)}, single=True) == (16, 16, 3)
-    with pytest.raises(UsageError, match="does not fit"):
+    with pytest.raises(UsageError) as raised:
         resolve_shape(open_image, {None: (16, 16, 1)}, single=True)
+    assert str(raised.value).endswith("it takes 3 dimensions after the batch (D,D,3)")
+    with pytest.raises(UsageError, match=r"3 dimensions after the batch \(D,D,3\)"):
+        resolve_shape(open_image, {None: (16, 16)}, single=True)
 
 
 @pytest.mark.parametrize(

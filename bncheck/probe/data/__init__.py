@@ -473,7 +473,11 @@ def resolve_shape(spec: InputSpec, shapes: InputShapes, single: bool) -> tuple[i
         want is not None and want != got for want, got in zip(declared, given, strict=True)
     ):
         shown = ",".join(str(dim) for dim in given)
-        raise UsageError(f"--input-shape {shown} does not fit input {spec.describe()}")
+        pattern = ",".join("D" if dim is None else str(dim) for dim in declared)
+        raise UsageError(
+            f"--input-shape {shown} does not fit input {spec.describe()}: it takes "
+            f"{len(declared)} dimensions after the batch ({pattern})"
+        )
     return given
 
 
