@@ -574,6 +574,9 @@ _READ_AT_IMPORT = re.compile(
 #: Warm servers kept at once; the one used longest ago ends when another starts.
 _WARM_SERVERS = 2
 
+#: How long a closed warm server has to end before it is killed.
+_CLOSE_GRACE_SECONDS = 0.5
+
 
 class _WarmServer:
     """A process that has imported a framework and does nothing but fork: each run is a child
@@ -658,17 +661,24 @@ class _WarmServer:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     def close(self) -> None:
+        """End the server: it ends when its connection closes, at once if it is waiting for a
+        task; one still importing its framework (seconds, for TensorFlow) is killed after a
+        short grace, as the command ending has nothing to wait for."""
         import shutil
 
-        self.conn.close()  # the server ends when its connection closes
+        self.conn.close()
         if isinstance(self.process, subprocess.Popen):
             try:
-                self.process.wait(5)
+                self.process.wait(_CLOSE_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
         else:
-            self.process.join(5)
+            # Not join(timeout): the server closed the pipe multiprocessing waits on for that
+            # (``_keep_only``), and join would wait for the end itself.
+            deadline = time.monotonic() + _CLOSE_GRACE_SECONDS
+            while self.process.exitcode is None and time.monotonic() < deadline:
+                time.sleep(_POLL_SECONDS)
             if self.process.exitcode is None:
                 self.process.kill()
                 self.process.join()

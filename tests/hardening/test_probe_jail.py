@@ -462,6 +462,25 @@ def test_a_ctrl_c_swallowed_while_a_run_is_watched_still_ends_the_run() -> None:
     assert time.monotonic() - started < GENEROUS / 2
 
 
+def test_a_server_still_importing_its_framework_ends_without_waiting_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command stopped while its server imports TensorFlow (seconds) ends at once: closing
+    the server does not wait for the import to finish."""
+    from bncheck import isolation
+
+    (tmp_path / "slow_framework_for_bncheck_test.py").write_text(
+        f"import time\ntime.sleep({GENEROUS * 2})\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    server = isolation._WarmServer(("slow_framework_for_bncheck_test",), dict(os.environ))
+    time.sleep(0.5)  # importing
+    started = time.monotonic()
+    server.close()
+    assert time.monotonic() - started < GENEROUS / 2
+    assert not server.alive() and not os.path.exists(server.scratch)
+
+
 def test_an_onnx_tensor_of_gigabytes_stops_at_the_probe_memory(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     argv, home = _case(probe_limits.onnx_constant_of_shape_bomb, tmp_path)
