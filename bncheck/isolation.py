@@ -38,8 +38,9 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
@@ -139,7 +140,8 @@ class _Worker:
         self.process: BaseProcess = context.Process(  # type: ignore[attr-defined]
             target=_serve, args=(child, limits.memory_mib << 20), daemon=True
         )
-        self.process.start()
+        with _main_module_unseen():
+            self.process.start()
         child.close()
         self.alive = True
 
@@ -214,6 +216,22 @@ class _Pool:
         server = multiprocessing.get_context("forkserver")
         server.set_forkserver_preload(PRELOAD)
         return server
+
+
+@contextlib.contextmanager
+def _main_module_unseen() -> Iterator[None]:
+    """Start a worker without the program's main module: multiprocessing's fork server and
+    spawn import it again in each new process (and in the server, to preload), which runs a
+    user's script that calls bncheck from its top level, without Python's
+    ``if __name__ == "__main__"`` guard, once more in each worker. bncheck's workers need
+    nothing from it."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 def _forkable() -> bool:
@@ -404,7 +422,8 @@ def _start_run(
     process = context.Process(  # type: ignore[attr-defined]
         target=_run, args=(child, *task), daemon=True
     )
-    process.start()
+    with _main_module_unseen():
+        process.start()
     child.close()
     return conn, process
 

@@ -129,3 +129,27 @@ def test_the_public_names_are_listed_and_others_are_not() -> None:
     assert set(bncheck.__all__) <= set(dir(bncheck))
     with pytest.raises(AttributeError, match="no attribute 'inspekt'"):
         bncheck.inspekt  # noqa: B018
+
+
+UNGUARDED = """
+import threading, time
+print("top level ran")
+# A thread, as TensorFlow's: the reading workers then come from multiprocessing's fork server.
+threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+import bncheck
+report = bncheck.inspect({paths!r})
+print(int(report.exit_code), [model.error for model in report.models])
+"""
+
+
+def test_a_script_without_a_main_guard_runs_once(tmp_path: Path) -> None:
+    """multiprocessing's fork server imports the main module again in each worker: a script
+    that calls bncheck at its top level, without ``if __name__ == "__main__"``, ran again in
+    every reading worker and failed them. bncheck's workers do without it."""
+    script = tmp_path / "script.py"
+    script.write_text(UNGUARDED.format(paths=[str(path) for path in BOTH]))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.splitlines() == ["top level ran", "1 [None, None]"], done.stderr
+    assert "Traceback" not in done.stderr
