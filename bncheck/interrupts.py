@@ -30,7 +30,7 @@ _received: int | None = None
 """The signal received and not yet raised by ``check`` or answered by the command."""
 
 _held = False
-"""Signals are recorded, not raised, until ``release``."""
+"""Signals are recorded only, not raised: the command has ended (``hold``)."""
 
 _written: list[str] = []
 """What the command has written so far (recalibrate's output), as the user is shown it."""
