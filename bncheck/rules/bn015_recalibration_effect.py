@@ -13,7 +13,8 @@ network that learned without batch statistics (BN001) disagrees with them by des
 batch is too noisy to judge. One batch of data is re-estimated in its two halves, each with
 the other's statistics; a batch of fewer than 32 samples is not judged, and the report says so.
 
-Where the layers are out of sight (a SavedModel) nothing can be re-estimated. With labels, the
+Where the layers are out of sight (a SavedModel in which no BatchNorm op is found, or whose
+serving graph cannot be frozen) nothing can be re-estimated. With labels, the
 rule then compares inference with training mode, in one direction only: inference with the stored
 statistics far worse than training mode (by the same thresholds) means they do not fit the data.
 
@@ -57,7 +58,8 @@ Options:
     not reported (accuracy as a fraction; for the mean squared error, relative to its stored
     value).
   max_metric_gain: with labels, a larger gain the interval shows is an error; where the layers
-    are out of sight (a SavedModel), a larger gain of training mode over inference is reported.
+    are out of sight (a SavedModel without BatchNorm ops found), a larger gain of training mode
+    over inference is reported.
   severe_metric_gain: where the layers are out of sight, a larger gain of training mode over
     inference escalates the finding (error).
 
@@ -101,8 +103,9 @@ def check(result: ProbeResult, options: Mapping[str, float]) -> Iterator[Problem
     for output in result.outputs:
         if output.reestimated_relative_error is None:
             if not result.layers and output.metric is not None:
-                # The layers are out of sight (a SavedModel): training mode, each batch with its
-                # own statistics, is what there is to compare with.
+                # The layers are out of sight (a SavedModel whose BatchNorm ops were not found):
+                # training mode, each batch with its own statistics, is what there is to
+                # compare with.
                 gap = _training_mode_gap(output, output.metric, options)
                 if gap is not None:
                     yield gap
