@@ -74,11 +74,13 @@ def write_savedmodel(source: str, target: str, statistics: Statistics) -> None:
             raise WriteError(f"{source} or {target} is a symbolic link; bncheck writes no link")
         if os.path.exists(target) and os.path.samefile(source, target):
             raise WriteError(f"refusing to overwrite {source} (the model itself): name another OUT")
-        files = _files(Path(source))
+        files, folders = _entries(Path(source))
         before = {name: _sha256(os.path.join(source, name)) for name in files}
         written: dict[str, tuple[Stored, Stored]] = {}
         patches = _patches(source, statistics, written)
         with atomic_folder(source, target) as temporary:
+            for name in folders:  # empty ones too (a SavedModel's assets/)
+                os.makedirs(os.path.join(temporary, name), exist_ok=True)
             for name in files:
                 copy = os.path.join(temporary, name)
                 os.makedirs(os.path.dirname(copy), exist_ok=True)
@@ -106,10 +108,12 @@ MAX_ENTRIES = 100_000
 _SPARSE_ABOVE = 1 << 20
 
 
-def _files(root: Path) -> list[str]:
-    """Every file of the SavedModel, relative to it; refused when it holds a link (symbolic, or
-    a file another path also names), a sparse file, or anything but files and folders."""
+def _entries(root: Path) -> tuple[list[str], list[str]]:
+    """Every file and every folder of the SavedModel, relative to it; refused when it holds a
+    link (symbolic, or a file another path also names), a sparse file, or anything but files
+    and folders."""
     found = []
+    folders = []
     entries = 0
     for folder, directories, names in os.walk(root):
         for name in [*directories, *names]:
@@ -121,6 +125,7 @@ def _files(root: Path) -> list[str]:
             if stat.S_ISLNK(status.st_mode):
                 raise WriteError(f"{path} is a symbolic link; bncheck copies no link")
             if stat.S_ISDIR(status.st_mode):
+                folders.append(str(path.relative_to(root)))
                 continue
             if not stat.S_ISREG(status.st_mode):
                 raise WriteError(f"{path} is neither a file nor a folder")
@@ -135,7 +140,7 @@ def _files(root: Path) -> list[str]:
                     "file); bncheck copies no sparse file"
                 )
             found.append(str(path.relative_to(root)))
-    return sorted(found)
+    return sorted(found), sorted(folders)
 
 
 def _sparse(size: int, stored: int) -> bool:

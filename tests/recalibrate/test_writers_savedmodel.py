@@ -119,6 +119,10 @@ def test_tensorflow_reads_the_new_statistics_and_every_other_variable_unchanged(
     for path in model.rglob("*"):
         if path.is_file() and not path.name.startswith("variables."):
             assert (out / path.relative_to(model)).read_bytes() == path.read_bytes()
+    # Every folder too, the empty ones (assets/) among them.
+    folders = sorted(p.relative_to(model) for p in model.rglob("*") if p.is_dir())
+    assert any(not any((model / folder).iterdir()) for folder in folders)
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_dir()) == folders
 
 
 def test_the_exported_model_serves_with_the_new_statistics(saved: Path, tmp_path: Path) -> None:
