@@ -57,10 +57,13 @@ class BatchNormNode:
     """The ``NodeProto``."""
 
     def attribute(self, name: str, default: float) -> float:
+        """A number attribute of the node. A float is stored as float32: the number it was
+        written from is the shortest decimal that rounds to it (momentum 0.999, not
+        0.9990000128746033, which PyTorch's words would show as 0.000999987)."""
         for attribute in self.node.attribute:
             if attribute.name == name:
                 if attribute.HasField("f"):
-                    return float(attribute.f)
+                    return float(np.format_float_positional(np.float32(attribute.f), trim="-"))
                 return float(attribute.i)
         return default
 
