@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bncheck.model import ModelDescription
 from bncheck.readers.codecs.crc32c import crc32c, mask
+from bncheck.readers.codecs.farmhash import fingerprint64
 from bncheck.readers.tensorflow import savedmodel
 from bncheck.readers.tensorflow.sstable import FOOTER_BYTES, read_table, varint
 from bncheck.readers.tensorflow.tensor_bundle import INDEX_SUFFIX, TensorBundle, data_shard_name
@@ -93,12 +94,40 @@ def write_savedmodel(source: str, target: str, statistics: Statistics) -> None:
                 compare_outside(
                     os.path.join(source, name), os.path.join(temporary, name), spans, name
                 )
+            _refresh_fingerprint(temporary)
             description = savedmodel.read(temporary)
             check_read_back(description.layers, written)
             keys = [key for group in _groups(description) for key in group]
             TensorBundle(os.path.join(temporary, *savedmodel.VARIABLES_PREFIX)).read_arrays(keys)
             if any(_sha256(os.path.join(source, name)) != before[name] for name in files):
                 raise WriteError(f"{source} changed while {target} was written; nothing written")
+
+
+#: A SavedModel's fingerprint (TensorFlow 2.12 on), its name and the most bytes it may take: it
+#: is a handful of numbers.
+FINGERPRINT = "fingerprint.pb"
+_MAX_FINGERPRINT = 1 << 16
+
+
+def _refresh_fingerprint(folder: str) -> None:
+    """Write ``fingerprint.pb`` anew: among hashes of the graph, which is unchanged, it holds
+    TensorFlow's Fingerprint64 of the checkpoint's index file, which the new statistics change
+    (the index holds each tensor's CRC-32C). Every other field stays as it was."""
+    path = os.path.join(folder, FINGERPRINT)
+    if not os.path.isfile(path):
+        return  # written before TensorFlow 2.12
+    if os.path.getsize(path) > _MAX_FINGERPRINT:
+        raise WriteError(f"{FINGERPRINT} holds more than {_MAX_FINGERPRINT} bytes")
+    from google.protobuf.message import DecodeError
+
+    fingerprint = message_class("FingerprintDef")()
+    try:
+        fingerprint.ParseFromString(Path(path).read_bytes())
+    except DecodeError:
+        raise WriteError(f"{FINGERPRINT} is not a SavedModel fingerprint") from None
+    index = os.path.join(folder, *savedmodel.VARIABLES_PREFIX) + INDEX_SUFFIX
+    fingerprint.checkpoint_hash = fingerprint64(Path(index).read_bytes())
+    Path(path).write_bytes(fingerprint.SerializeToString(deterministic=True))
 
 
 #: The most files and folders a SavedModel written back may hold.

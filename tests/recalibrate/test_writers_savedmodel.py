@@ -22,6 +22,7 @@ from bncheck.recalibrate.writers import write_statistics
 pytest.importorskip("tensorflow", reason="the SavedModels are made with TensorFlow")
 MODELS = ("keras3_export", "tf_keras_saved")
 PREFIX = ("variables", "variables")
+FINGERPRINT = "fingerprint.pb"
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
@@ -85,6 +86,20 @@ def _checkpoint(folder: Path) -> dict[str, Any]:
     return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()}
 
 
+def _fingerprint(path: Path) -> Any:
+    """``fingerprint.pb`` as stored at ``path``, or as TensorFlow computes it of the
+    SavedModel folder ``path``."""
+    from tensorflow.core.protobuf import fingerprint_pb2
+    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+
+    message = fingerprint_pb2.FingerprintDef()
+    if path.is_dir():
+        message.ParseFromString(fingerprinting.CreateFingerprintDef(str(path)))
+    else:
+        message.ParseFromString(path.read_bytes())
+    return message
+
+
 def _bytes(value: Any) -> bytes:
     return value.tobytes() if isinstance(value, np.ndarray) else bytes(value)
 
@@ -117,8 +132,19 @@ def test_tensorflow_reads_the_new_statistics_and_every_other_variable_unchanged(
         assert layer.moving_mean.tobytes() == statistics[layer.path][0].astype("f4").tobytes()
         assert layers[layer.path].moving_mean.tobytes() != layer.moving_mean.tobytes()
     for path in model.rglob("*"):
-        if path.is_file() and not path.name.startswith("variables."):
+        if path.is_file() and not path.name.startswith("variables.") and path.name != FINGERPRINT:
             assert (out / path.relative_to(model)).read_bytes() == path.read_bytes()
+    # The fingerprint is TensorFlow's own of OUT: only the checkpoint's hash changed.
+    old_fingerprint, new_fingerprint = (
+        _fingerprint(model / FINGERPRINT),
+        _fingerprint(out / FINGERPRINT),
+    )
+    computed = _fingerprint(out)
+    computed.uuid = new_fingerprint.uuid  # TensorFlow draws one for each computation
+    assert new_fingerprint == computed
+    assert new_fingerprint.checkpoint_hash != old_fingerprint.checkpoint_hash
+    new_fingerprint.checkpoint_hash = old_fingerprint.checkpoint_hash
+    assert new_fingerprint == old_fingerprint  # its uuid too
     # Every folder too, the empty ones (assets/) among them.
     folders = sorted(p.relative_to(model) for p in model.rglob("*") if p.is_dir())
     assert any(not any((model / folder).iterdir()) for folder in folders)
@@ -167,6 +193,22 @@ def test_an_existing_out_the_model_itself_and_links_are_refused(
     assert "symbolic link" in _refused(model, tmp_path / "out", statistics)
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "taken"]  # nothing left
+
+
+def test_a_fingerprint_that_is_no_fingerprint_is_refused(saved: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(saved / "keras3_export", model)
+    statistics = _statistics(model, 3)
+    (model / FINGERPRINT).write_bytes(b"\xff" * 12)
+    assert f"{FINGERPRINT} is not a SavedModel fingerprint" in _refused(
+        model, tmp_path / "out", statistics
+    )
+    (model / FINGERPRINT).write_bytes(b"\x08\x01" * 40_000)
+    assert "more than 65536 bytes" in _refused(model, tmp_path / "out", statistics)
+    assert not (tmp_path / "out").exists()
+    (model / FINGERPRINT).unlink()  # written before TensorFlow 2.12: nothing to refresh
+    write_statistics(str(model), str(tmp_path / "out"), statistics)
+    assert not (tmp_path / "out" / FINGERPRINT).exists()
 
 
 def test_an_unknown_layer_is_refused(saved: Path, tmp_path: Path) -> None:

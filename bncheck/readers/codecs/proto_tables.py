@@ -15,7 +15,7 @@ from typing import Any
 #: Message name -> its fields as (number, name, type).
 Table = Mapping[str, Sequence[tuple[int, str, str]]]
 
-SCALARS = ("int32", "int64", "fixed32", "bool", "float", "double", "string", "bytes")
+SCALARS = ("int32", "int64", "uint64", "fixed32", "bool", "float", "double", "string", "bytes")
 
 
 def message_classes(file_name: str, package: str, syntax: str, table: Table) -> dict[str, Any]:

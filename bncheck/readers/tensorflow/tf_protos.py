@@ -25,6 +25,16 @@ _MESSAGES: Table = {
         (2, "min_consumer", "int32"),
         (3, "bad_consumers", "repeated int32"),
     ),
+    # A SavedModel's fingerprint.pb, which recalibrate writes anew
+    # (``tensorflow/core/protobuf/fingerprint.proto``).
+    "FingerprintDef": (
+        (1, "saved_model_checksum", "uint64"),
+        (2, "graph_def_program_hash", "uint64"),
+        (3, "signature_def_hash", "uint64"),
+        (4, "saved_object_graph_hash", "uint64"),
+        (5, "checkpoint_hash", "uint64"),
+        (6, "version", "VersionDef"),
+    ),
     "TensorShapeDim": ((1, "size", "int64"),),
     "TensorShapeProto": ((2, "dim", "repeated TensorShapeDim"), (3, "unknown_rank", "bool")),
     # Only counted: a partitioned variable's full entry lists its slices.
