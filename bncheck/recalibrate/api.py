@@ -144,6 +144,12 @@ def recalibrate(
     if source is not None:
         try:
             description = command.writable_description(source)
+            if description.format not in command.WRITABLE:
+                raise UsageError(
+                    f"{source}: bncheck.recalibrate runs Keras models (.keras, .h5, or a live "
+                    f"model); recalibrate a {description.format} input with the command line, "
+                    f"bncheck recalibrate {source} --data ... -o OUT"
+                )
             target = command.output_path(
                 source, options.output, in_place, description.format, arguments
             )

@@ -201,6 +201,15 @@ def test_mistakes_are_usage_errors(tmp_path: Path) -> None:
     for arguments, message in cases:
         with pytest.raises(UsageError, match=message):
             bncheck.recalibrate(model, **arguments)
+    for other in ("probe/tf_keras_savedmodel", "pytorch/healthy.onnx"):
+        path = FIXTURES / other
+        with pytest.raises(UsageError) as raised:
+            bncheck.recalibrate(path, (X, Y), output=tmp_path / "out")
+        assert str(raised.value).startswith(
+            f"{path}: bncheck.recalibrate runs Keras models (.keras, .h5, or a live model); "
+            f"recalibrate a {'savedmodel' if 'saved' in other else 'onnx'} input with the "
+            f"command line, bncheck recalibrate {path}"
+        )
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     with pytest.raises(UsageError, match=r"not created under strategy.scope\(\)"):
         bncheck.recalibrate(model, (X, Y), strategy=strategy)
