@@ -37,8 +37,23 @@ def run_user_file(path: str, option: str) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's file may fail in any way; report it on one line
-        raise UsageError(f"{option} {path} failed ({describe_error(exc)})") from None
+        place = raised_in(exc, path)
+        raise UsageError(f"{option} {path} failed ({describe_error(exc)}{place})") from None
     return module
+
+
+def raised_in(exc: BaseException, path: str) -> str:
+    """Where in the user's files (``path`` and the modules beside it) ``exc`` was last on its
+    way: ``"; FILE.py line N"``, or nothing when it never passed through them."""
+    folder = Path(path).resolve().parent
+    found = ""
+    frame = exc.__traceback__
+    while frame is not None:
+        filename = Path(frame.tb_frame.f_code.co_filename)
+        if filename.parent == folder or filename.resolve().parent == folder:
+            found = f"; {filename.name} line {frame.tb_lineno}"
+        frame = frame.tb_next
+    return found
 
 
 def describe_error(exc: BaseException, limit: int = 300) -> str:

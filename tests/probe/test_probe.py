@@ -308,7 +308,9 @@ def test_failing_custom_objects_file_is_one_line(run_cli: Run, tmp_path: Path) -
     bad.write_text("raise RuntimeError('nope')\n")
     result = run_cli("inspect", PROBE / "custom_layer.keras", "--probe", "--custom-objects", bad)
     assert result.code == 2
-    assert result.err == f"bncheck: error: --custom-objects {bad} failed (RuntimeError: nope)\n"
+    assert result.err == (
+        f"bncheck: error: --custom-objects {bad} failed (RuntimeError: nope; bad.py line 1)\n"
+    )
 
 
 def test_weights_only_file_without_its_architecture_fails_the_probe(run_cli: Run) -> None:

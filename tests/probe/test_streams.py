@@ -326,12 +326,16 @@ def test_dataset_functions_run_the_users_file(tmp_path: Path) -> None:
     # A generator is read once: the function is called again for the second pass.
     for _ in range(2):
         assert numbers(list(data.batches(3, 0, None))) == [[0, 1, 2], [3, 4, 5]]
-    with pytest.raises(UsageError, match=r":broken failed \(RuntimeError: no data today\)"):
+    with pytest.raises(
+        UsageError, match=r":broken failed \(RuntimeError: no data today; data.py line 8\)"
+    ):
         open_data(DatasetFunction(str(script), "broken"), [IMAGE])
     with pytest.raises(UsageError, match="defines no function 'other'"):
         open_data(DatasetFunction(str(script), "other"), [IMAGE])
     with pytest.raises(UsageError, match="--dataset-fn missing.py: no such file"):
         open_data(DatasetFunction("missing.py", "make"), [IMAGE])
     (tmp_path / "bad.py").write_text("raise ImportError('needs a package')\n")
-    with pytest.raises(UsageError, match=r"bad.py failed \(ImportError: needs a package\)"):
+    with pytest.raises(
+        UsageError, match=r"bad.py failed \(ImportError: needs a package; bad.py line 1\)"
+    ):
         open_data(DatasetFunction(str(tmp_path / "bad.py"), "make"), [IMAGE])

@@ -153,7 +153,7 @@ def test_inspect_runs_tfrecords(run_cli: Run, shards: Path) -> None:
         (["--dataset-fn", "{tmp}/missing.py:make"], "no such file"),
         (["--dataset-fn", "{tmp}/pipeline.py:other"], "defines no function 'other'"),
         (["--dataset-fn", "{tmp}/pipeline.py:broken"],
-         "pipeline.py:broken failed (OSError: no such bucket)"),
+         "pipeline.py:broken failed (OSError: no such bucket; pipeline.py line 3)"),
         (["--dataset-fn", "{tmp}/pipeline.py:text"], "the values for 'image' are not numeric"),
         (["--dataset-fn", "pipeline.py"], "expected FILE.py:FUNCTION"),
         ([], "recalibrate needs data: --data, --tfrecord or --dataset-fn"),

@@ -511,7 +511,7 @@ def open_dataset_fn(function: DatasetFunction, specs: Sequence[InputSpec] | None
     """Run the user's ``--dataset-fn`` file (their own code, trusted explicitly like
     ``--custom-objects``; the model file never is) and stream what its function returns. A
     function returning an iterator is called again for each pass over the data."""
-    from bncheck.probe.foreign import describe_error, run_user_file
+    from bncheck.probe.foreign import describe_error, raised_in, run_user_file
 
     where = f"--dataset-fn {function.describe()}"
     make = getattr(run_user_file(function.path, "--dataset-fn"), function.name, None)
@@ -522,6 +522,7 @@ def open_dataset_fn(function: DatasetFunction, specs: Sequence[InputSpec] | None
         try:
             return make()
         except Exception as exc:  # the user's code may fail in any way: one line
-            raise UsageError(f"{where} failed ({describe_error(exc)})") from None
+            place = raised_in(exc, function.path)
+            raise UsageError(f"{where} failed ({describe_error(exc)}{place})") from None
 
     return StreamData(call(), specs, where, again=call)
