@@ -199,11 +199,12 @@ def test_recalibrating_a_stale_export_writes_a_new_folder_serving_what_was_verif
     assert accuracy(target, out / "held_out.npz") == pytest.approx(after, abs=0.0006)
     assert after > stored + 0.1
     assert digest(out / "stale") == before
-    # Only the variables bundle changed.
+    # Only the variables bundle changed, and the fingerprint's hash of it.
     written = digest(target)
     assert sorted(written) == sorted(before)
     assert {name for name in before if written[name] != before[name]} <= {
         "variables/variables.index",
+        "fingerprint.pb",
         *(name for name in before if name.startswith("variables/variables.data")),
     }
     # OUT is a new folder, never one that exists.
