@@ -365,7 +365,8 @@ def run_contained(
     Python warnings, all of which quote names from the file raw) go to a file that only the
     message of a crash quotes from, escaped like any other message. Keras, matplotlib and
     onnxruntime keep their caches in a temporary folder, removed afterwards, instead of the home
-    folder, unless the user chose where (``KERAS_HOME``, ``MPLCONFIGDIR``, ``XDG_CACHE_HOME``).
+    folder, unless the user chose where (``KERAS_HOME``, ``MPLCONFIGDIR``, ``XDG_CACHE_HOME``);
+    the run's temporary files (``TMPDIR``, Python's ``tempfile``) go there too, always.
     """
     import shutil
     import tempfile
@@ -625,13 +626,7 @@ class _WarmServer:
             else:
                 self.process = _interpreter(theirs.fileno(), self.scratch, imports, environment)
         except BaseException:  # Ctrl-C as it starts: neither the server nor its folder stays
-            import shutil
-
-            self.conn.close()
-            started = getattr(self, "process", None)
-            if started is not None and started.pid is not None:
-                started.kill()
-            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.kill()
             raise
         finally:
             theirs.close()
@@ -672,11 +667,13 @@ class _WarmServer:
         return code
 
     def kill(self) -> None:
-        """End the server now (and, with it, its runs)."""
+        """End the server now (and, with it, its runs), if it started at all."""
         import shutil
 
         self.conn.close()
-        self.process.kill()
+        started = getattr(self, "process", None)
+        if started is not None and started.pid is not None:
+            started.kill()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     def close(self) -> None:
