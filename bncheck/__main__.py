@@ -23,7 +23,27 @@ def main() -> None:
     except KeyboardInterrupt as exc:  # before the command could answer it
         code = interrupts.answered(isinstance(exc, interrupts.Terminated))
     interrupts.ignore()
-    sys.exit(code)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """End the process with ``code`` once every exit handler has run and the standard streams
+    are flushed, without tearing the interpreter down object by object, which costs a static
+    inspection about a tenth of its CPU. A thread still running, or a stream that cannot be
+    flushed, takes the interpreter's own way out."""
+    import atexit
+    import os
+    import threading
+
+    if threading.active_count() > 1:
+        sys.exit(code)
+    atexit._run_exitfuncs()  # the handlers the interpreter would run: workers, servers, files
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: the interpreter says so as it always does
+        sys.exit(code)
+    os._exit(code)
 
 
 if __name__ == "__main__":

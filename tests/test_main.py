@@ -1,0 +1,83 @@
+"""The command line's process (``bncheck``, ``python -m bncheck``) ends as the interpreter would:
+its exit handlers run, its output is flushed and its exit code kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from tests.conftest import FIXTURES
+
+#: A child process that leaves work for the exit: buffered output, an exit handler and, when
+#: asked, a thread still running, then ends through the command line's own exit.
+CHILD = textwrap.dedent(
+    """
+    import atexit, sys, threading, time
+    from pathlib import Path
+    from bncheck.__main__ import _exit
+
+    marker = Path(sys.argv[1])
+    atexit.register(lambda: marker.with_suffix(".atexit").write_text("ran"))
+    if sys.argv[2] == "thread":
+        def late():
+            time.sleep(0.3)
+            marker.with_suffix(".thread").write_text("done")
+        threading.Thread(target=late).start()
+    sys.stdout.write("buffered, not yet written")
+    _exit(3)
+    """
+)
+
+
+#: Output to a pipe is buffered, as it is where PYTHONUNBUFFERED is not set.
+BUFFERED = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+
+
+def run_child(tmp_path: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path / "marker"), mode],
+        env=BUFFERED,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_exit_runs_the_exit_handlers_and_flushes_the_output(tmp_path: Path) -> None:
+    done = run_child(tmp_path, "alone")
+    assert (done.returncode, done.stdout, done.stderr) == (3, "buffered, not yet written", "")
+    assert (tmp_path / "marker.atexit").read_text() == "ran"
+
+
+def test_a_thread_still_running_is_waited_for(tmp_path: Path) -> None:
+    done = run_child(tmp_path, "thread")
+    assert (done.returncode, done.stdout, done.stderr) == (3, "buffered, not yet written", "")
+    assert (tmp_path / "marker.thread").read_text() == "done"
+    assert (tmp_path / "marker.atexit").read_text() == "ran"
+
+
+def test_a_report_written_to_a_pipe_arrives_whole() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bncheck",
+            "inspect",
+            str(FIXTURES / "keras3" / "untouched_stats.keras"),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == ""
+    [model] = json.loads(done.stdout)["models"]
+    assert model["error"] is None and model["layers"]
