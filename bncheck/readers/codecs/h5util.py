@@ -285,17 +285,7 @@ MAX_ATTR_VALUES = 1 << 18
 
 def attr_value(obj: h5py.HLObject, key: str) -> Any:
     """An attribute's value, once its size is known to be modest and present in the file."""
-    attribute = h5py.h5a.open(obj.id, key.encode())
-    count = attribute.get_space().get_simple_extent_npoints()
-    if count > MAX_ATTR_VALUES:
-        raise ModelReadError(f"attribute {key!r} claims {count} values, more than bncheck reads")
-    try:
-        stored = attribute.get_storage_size()
-    except RuntimeError:  # HDF5 reports an empty attribute's size as an error
-        stored = 0
-    if stored > obj.file.id.get_filesize():
-        raise ModelReadError(f"attribute {key!r} claims more bytes than the file holds")
-    return obj.attrs[key]
+    return attr_value_id(obj.id, key)
 
 
 def text_list_attr(obj: h5py.HLObject, key: str) -> list[str] | None:
@@ -389,6 +379,31 @@ def open_path(gid: ObjectID, segments: tuple[str, ...], where: str = "") -> Obje
             return None
         where = joined(where, segment)
     return current
+
+
+def lookup_id(
+    gid: ObjectID,
+    path: str,
+    where: str,
+    groups: dict[tuple[str, ...], ObjectID | None] | None = None,
+) -> tuple[ObjectID, int] | None:
+    """``lookup`` on the group ``gid`` (at ``where``): the object at ``path`` below it and its
+    address, through hard links only; ``None`` when there is none. ``groups`` keeps the groups
+    opened on the way, so that the next path below the same groups opens them once."""
+    parts = name_parts(path, where or "/")
+    current, here = gid, where
+    for depth, part in enumerate(parts[:-1]):
+        key = tuple(parts[: depth + 1])
+        if groups is not None and key in groups:
+            found = groups[key]
+        else:
+            found = open_group(current, part, here)
+            if groups is not None:
+                groups[key] = found
+        if found is None:
+            return None
+        current, here = found, joined(here, part)
+    return open_hard(current, parts[-1], here)
 
 
 #: A link as ``links_of`` lists it: its name, its kind (``h5py.h5l.TYPE_HARD``, ...) and, for

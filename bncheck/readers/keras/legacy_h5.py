@@ -22,11 +22,13 @@ import numpy as np
 from bncheck.errors import ModelReadError
 from bncheck.model import BNLayer, IncompleteLayer, ModelDescription
 from bncheck.readers.codecs.h5util import (
+    ObjectID,
     budgeted,
     lookup,
+    lookup_id,
     names_attr,
     parse_json_config,
-    read_bn_array,
+    read_bn_array_id,
     text_attr,
 )
 from bncheck.readers.keras.keras3_layout import bn_roles, check_shapes
@@ -147,8 +149,10 @@ class _Reading:
         expected = [role for role in bn_roles(settings["center"], settings["scale"], False) if role]
         path = "/".join(layer.path)
         # A name the group lists without a dataset behind it is as missing as an unlisted one.
+        # The arrays are looked up on HDF5's identifiers, each group on the way opened once.
+        opened: dict[tuple[str, ...], ObjectID | None] = {}
         datasets = {
-            role: lookup(group, names[roles[role]])
+            role: lookup_id(group.id, names[roles[role]], where, opened)
             for role in expected
             if role in roles and group is not None
         }
@@ -159,7 +163,10 @@ class _Reading:
             self.incomplete.append(IncompleteLayer(path, tuple(found), missing, source))
             return
         arrays: dict[str, np.ndarray] = {
-            role: read_bn_array(node, f"{path}/{role}") for role, node in found.items()
+            role: read_bn_array_id(
+                dataset, address, f"{where}/{names[roles[role]]}", f"{path}/{role}"
+            )
+            for role, (dataset, address) in found.items()
         }
         check_shapes(arrays, path)
         self.layers.append(
