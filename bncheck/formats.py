@@ -233,12 +233,16 @@ def _is_checkpoint(candidate: Candidate) -> bool:
 
 def _is_keras_shards_index(candidate: Candidate) -> bool:
     """a `.json` file whose `weight_map` lists the shards"""
+    if not candidate.name.endswith(".json"):
+        return False  # decided without importing the reader, and h5py, for every other file
     from bncheck.readers.keras import keras3_shards
 
     return keras3_shards.is_index(candidate.path)
 
 
 def _is_keras_shard(path: Path) -> bool:
+    if not path.name.endswith(".weights.h5"):
+        return False
     from bncheck.readers.keras import keras3_shards
 
     return keras3_shards.index_of_shard(path) is not None

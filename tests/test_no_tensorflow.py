@@ -1,5 +1,5 @@
 """Reading a model never imports TensorFlow, Keras or matplotlib: importing them costs seconds.
-Checkpoints and SavedModels need protobuf, and only they import it."""
+Checkpoints and SavedModels need protobuf, and only they import it; only HDF5 files need h5py."""
 
 from __future__ import annotations
 
@@ -71,3 +71,22 @@ def test_checkpoint_against_a_model_does_not_import_tensorflow() -> None:
         "--model",
         str(checkpoints / "keras3_cnn.keras"),
     )
+
+
+READ = """
+import sys
+from bncheck.readers import read_model
+read_model(sys.argv[1])
+print(sorted({m.split(".")[0] for m in sys.modules} & {"h5py", "torch", "onnx", "tensorflow"}))
+"""
+
+
+@pytest.mark.parametrize(
+    "fixture",
+    ["pytorch/healthy.pt", "pytorch/healthy.safetensors", "pytorch/healthy.onnx"],
+)
+def test_pytorch_and_onnx_files_are_read_without_h5py(fixture: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", READ, str(FIXTURES / fixture)], capture_output=True, text=True
+    )
+    assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
