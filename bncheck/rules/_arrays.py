@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bncheck.model import BNLayer
+from bncheck.model import ArraySummary, BNLayer
 
 
 def at_initial(layer: BNLayer, array_name: str, tolerance: float) -> bool | None:
@@ -18,8 +18,14 @@ def at_initial(layer: BNLayer, array_name: str, tolerance: float) -> bool | None
         return None
     # Compare with the constant as the array's own precision stores it (0.1 is inexact in float32).
     reference = float(np.asarray(initial, dtype=np.asarray(array).dtype))
-    values = np.asarray(array, dtype=np.float64)
-    return bool(np.all(np.abs(values - reference) <= tolerance))
+    # Every value is within ``tolerance`` of it when the smallest and the largest are: the
+    # layer's summary, computed once, holds them (a NaN or an infinity never is within).
+    summary = layer.summaries[array_name] or ArraySummary.of(array)
+    if summary.nonfinite:
+        return False
+    if summary.min is None or summary.max is None:
+        return True  # no values at all
+    return max(abs(summary.min - reference), abs(summary.max - reference)) <= tolerance
 
 
 def untouched_while_trained(layer: BNLayer, tolerance: float = 1e-6) -> list[str]:

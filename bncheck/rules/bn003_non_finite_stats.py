@@ -30,6 +30,8 @@ OPTIONS: Mapping[str, float] = {}
 
 
 def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
+    if not any(summary.nonfinite for summary in layer.summaries.values() if summary is not None):
+        return
     counts = {}
     for name, array in layer.arrays().items():
         values = np.asarray(array, dtype=np.float64)
