@@ -305,7 +305,8 @@ def _stream_options(command: Callable[..., int]) -> Callable[..., int]:
             "--dataset-fn",
             metavar="FILE.py:NAME",
             help="Your own function returning a tf.data.Dataset (or an iterable) of x or (x, y) "
-            "elements; the file is run, as --custom-objects is (the model file never is).",
+            "elements, or arrays x or (x, y); the file is run, as --custom-objects is (the model "
+            "file never is).",
         ),
     ]
     for decorator in reversed(decorators):

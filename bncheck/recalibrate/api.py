@@ -220,12 +220,12 @@ def _open(
     rescale: float | None,
 ) -> Dataset:
     """``data`` in any form the API takes, matched to the model's inputs."""
-    from bncheck.probe.data import ArrayData, DataOptions, open_data
+    from bncheck.probe.data import ArrayData, DataOptions, arrays_of, open_data
     from bncheck.probe.data.streams import StreamData
 
     if isinstance(data, (str, os.PathLike)):
         return open_data(DataOptions(os.fspath(data), None, image_size, rescale, where), specs)
-    arrays = _arrays(data, specs)
+    arrays = arrays_of(data, specs)
     if arrays is not None:
         return ArrayData(DataOptions("arrays", option=where), specs, arrays)
     return StreamData(data, specs, f"{where} ({_kind(data)})")
@@ -237,26 +237,6 @@ def _kind(data: Any) -> str:
     if module.startswith("tensorflow") and hasattr(data, "element_spec"):
         return "tf.data dataset"
     return type(data).__name__
-
-
-def _arrays(data: Any, specs: Sequence[InputSpec] | None) -> dict[str | None, Any] | None:
-    """NumPy arrays of samples by input name (``None``: the only input), the labels as
-    ``"y"``; ``None`` for data that is not arrays."""
-    import numpy as np
-
-    from bncheck.probe.data import LABELS_KEY
-
-    if isinstance(data, np.ndarray):
-        return {None: data}
-    if isinstance(data, Mapping) and all(isinstance(v, np.ndarray) for v in data.values()):
-        return dict(data)
-    if not (isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], np.ndarray)):
-        return None
-    inputs, labels = data
-    if isinstance(inputs, (list, tuple)) and specs is not None and len(inputs) == len(specs):
-        inputs = {spec.name: array for spec, array in zip(specs, inputs, strict=True)}
-    found = _arrays(inputs, specs)
-    return None if found is None or LABELS_KEY in found else {**found, LABELS_KEY: labels}
 
 
 def _assign(model: Any, statistics: Mapping[str, Population]) -> None:

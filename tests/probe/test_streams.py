@@ -309,6 +309,31 @@ def test_x_and_y_arrays_side_by_side_are_a_mistake_said_in_one_line() -> None:
     assert len(list(zipped.batches(3, 0, None))) == 2
 
 
+def test_a_dataset_function_may_return_arrays_as_the_api_takes_them(tmp_path: Path) -> None:
+    """``return x, y`` is samples and their labels, as ``bncheck.recalibrate(model, (x, y))``
+    reads them; a dict by input name and a lone ``x`` too."""
+    (tmp_path / "data.py").write_text(
+        "import numpy as np\n"
+        "x = np.arange(6, dtype='float32').reshape(6, 1, 1, 1) * np.ones((1, 4, 4, 1), 'f')\n"
+        "def pair():\n"
+        "    return x, np.arange(6)\n"
+        "def named():\n"
+        "    return {'image': x, 'y': np.arange(6)}\n"
+        "def alone():\n"
+        "    return x\n"
+    )
+    for name, labelled in (("pair", True), ("named", True), ("alone", False)):
+        data = open_data(DatasetFunction(str(tmp_path / "data.py"), name), [IMAGE])
+        assert data.labelled is labelled, name
+        batches = list(data.batches(3, 0, None))
+        assert [len(batch.inputs[0]) for batch in batches] == [3, 3], name
+        seen = np.concatenate([batch.inputs[0][:, 0, 0, 0] for batch in batches])
+        assert sorted(seen.tolist()) == [0, 1, 2, 3, 4, 5], name
+        if labelled:
+            labels = np.concatenate([batch.labels for batch in batches])
+            assert labels.tolist() == seen.tolist(), name  # each sample keeps its label
+
+
 def test_dataset_functions_run_the_users_file(tmp_path: Path) -> None:
     script = tmp_path / "data.py"
     script.write_text(

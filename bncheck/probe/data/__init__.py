@@ -222,6 +222,23 @@ def _full_batches(count: int, batch_size: int) -> int:
     return count if count < batch_size else count - count % batch_size
 
 
+def arrays_of(data: Any, specs: Sequence[InputSpec] | None) -> dict[str | None, Any] | None:
+    """NumPy arrays of samples by input name (``None``: the only input), the labels as
+    ``"y"``: one array, an ``(x, y)`` tuple (``x`` a tuple by input position, or a dict by
+    input name) or a dict; ``None`` for data that is not arrays."""
+    if isinstance(data, np.ndarray):
+        return {None: data}
+    if isinstance(data, Mapping) and all(isinstance(v, np.ndarray) for v in data.values()):
+        return dict(data)
+    if not (isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], np.ndarray)):
+        return None
+    inputs, labels = data
+    if isinstance(inputs, (list, tuple)) and specs is not None and len(inputs) == len(specs):
+        inputs = {spec.name: array for spec, array in zip(specs, inputs, strict=True)}
+    found = arrays_of(inputs, specs)
+    return None if found is None or LABELS_KEY in found else {**found, LABELS_KEY: labels}
+
+
 def load_arrays(path: str, option: str) -> dict[str | None, np.ndarray]:
     """The arrays of a ``.npy`` (key ``None``) or ``.npz`` file, refusing pickled objects."""
     target = Path(path)
