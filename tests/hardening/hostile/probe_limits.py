@@ -23,8 +23,11 @@ from tests.hardening.hostile import HostileCase
 EVIL = (
     "x\n::error title=forged::all models verified OK\n::add-mask::secret\n\x1b]0;pwned\x07\x1b[2J"
 )
-#: The hang cases' ``--probe-timeout``, in seconds.
+#: The hang cases' ``--probe-timeout``, in seconds: TensorFlow's start takes seconds of it.
 HANG_TIMEOUT = "20"
+#: The ONNX hang's: an endless loop spins a core until it is stopped, and onnxruntime starts in
+#: well under a second.
+ONNX_HANG_TIMEOUT = "5"
 #: The bombs' ``--probe-memory``, in MiB: above TensorFlow's own 700 MiB, below each bomb.
 BOMB_MEMORY = "1536"
 #: Peak memory of a whole bomb run: the limit, the parent, and the poll's overshoot.
@@ -214,7 +217,7 @@ def onnx_loop_forever(folder: Path) -> Sequence[str]:
         numpy_helper.from_array(np.array(True), "yes"),
         numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
     ]
-    return _probe(_onnx(folder, nodes, constants), "--probe-timeout", HANG_TIMEOUT)
+    return _probe(_onnx(folder, nodes, constants), "--probe-timeout", ONNX_HANG_TIMEOUT)
 
 
 def onnx_constant_of_shape_bomb(folder: Path) -> Sequence[str]:
