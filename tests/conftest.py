@@ -60,6 +60,17 @@ def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
     return run
 
 
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every process of this test session sees (with pytest-xdist, the workers'
+    common temporary root), for what costs seconds to make and may be made once: trained
+    models, keyed by their recipe."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's root; each worker's basetemp is one of its folders
+    return root / "shared-cache"
+
+
 def fixture_manifest() -> dict[str, dict[str, Any]]:
     """Every fixture with its declared expectations, from the generators' manifests."""
     entries: dict[str, dict[str, Any]] = {}

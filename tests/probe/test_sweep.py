@@ -10,6 +10,7 @@ size once (a seed each); the whole sweep is marked slow and runs in CI.
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -71,14 +72,14 @@ TRAINED_SWEEP = [(seed, (8, 32, 128)[seed % 3]) for seed in range(6)]
 
 @pytest.mark.parametrize("name", sorted(training_only.MODELS))
 def test_healthy_models_with_training_only_layers_raise_no_warning_or_error(
-    name: str, tmp_path: Path
+    name: str, tmp_path: Path, shared_cache: Path
 ) -> None:
     """Dropout, noise and augmentation inside the model are off at inference, as in
     ``model.predict``: they make no healthy model look batch-dependent or stale. The augmented
     CNN's statistics fit the augmented batches it trained on, and on clean digits re-estimated
     ones measurably do better: BN015 may say so, raising accuracy, and nothing else."""
     path = tmp_path / f"{name}.keras"
-    training_only.trained(training_only.MODELS[name]).save(path)
+    shutil.copyfile(training_only.trained_file(name, shared_cache), path)
     found = sweep(path, TRAINED_SWEEP)
     alarms = {plan: serious(f) for plan, f in zip(TRAINED_SWEEP, found, strict=True)}
     if name == "augmented_cnn":

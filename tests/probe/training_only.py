@@ -4,7 +4,10 @@ on the calibration digits, all 10 classes."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -78,3 +81,18 @@ def trained(build: Callable[[], keras.Model], epochs: int = 12) -> keras.Model:
     model.compile(optimizer=keras.optimizers.Adam(rate), loss="sparse_categorical_crossentropy")
     model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, shuffle=True)
     return model
+
+
+def trained_file(name: str, cache: Path, epochs: int = 12) -> Path:
+    """``trained(MODELS[name], epochs)`` saved as ``.keras`` in ``cache``, trained once for all
+    the test processes that share ``cache`` (the first trains it, under a lock, and the others
+    read what it saved). Tests copy it before use, as a user's file."""
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"{name}-{epochs}-epochs-keras-{keras.__version__}.keras"
+    with open(cache / f"{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            partial = path.with_name(f"{path.stem}-partial.keras")
+            trained(MODELS[name], epochs).save(partial)
+            os.replace(partial, path)
+    return path
