@@ -130,7 +130,13 @@ def open_data(source: DataSource, specs: Sequence[InputSpec] | None) -> Dataset:
 
         if isinstance(source, RecordOptions):
             return streams.TFRecordData(source, specs)
-        return streams.open_dataset_fn(source, specs)
+        # A function returning an iterator is called again for each pass over the data. NumPy
+        # arrays (x, (x, y), a dict by input name) are samples, as the Python API takes them.
+        data, again = streams.call_dataset_fn(source)
+        arrays = arrays_of(data, specs)
+        if arrays is not None:
+            return ArrayData(DataOptions(source.describe(), option="--dataset-fn"), specs, arrays)
+        return streams.StreamData(data, specs, f"--dataset-fn {source.describe()}", again=again)
     options = source
     target = Path(options.path)
     if target.is_dir():

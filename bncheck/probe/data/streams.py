@@ -507,12 +507,10 @@ class TFRecordData(Dataset):
         )
 
 
-def open_dataset_fn(function: DatasetFunction, specs: Sequence[InputSpec] | None) -> Dataset:
+def call_dataset_fn(function: DatasetFunction) -> tuple[Any, Callable[[], Any]]:
     """Run the user's ``--dataset-fn`` file (their own code, trusted explicitly like
-    ``--custom-objects``; the model file never is) and stream what its function returns. A
-    function returning an iterator is called again for each pass over the data. NumPy arrays
-    (``x``, ``(x, y)``, a dict by input name) are samples, as the Python API takes them."""
-    from bncheck.probe.data import ArrayData, DataOptions, arrays_of
+    ``--custom-objects``; the model file never is) and call its function: what it returns, and
+    a way to call it again (for a second pass over an iterator)."""
     from bncheck.probe.foreign import describe_error, raised_in, run_user_file
 
     where = f"--dataset-fn {function.describe()}"
@@ -527,8 +525,4 @@ def open_dataset_fn(function: DatasetFunction, specs: Sequence[InputSpec] | None
             place = raised_in(exc, function.path)
             raise UsageError(f"{where} failed ({describe_error(exc)}{place})") from None
 
-    data = call()
-    arrays = arrays_of(data, specs)
-    if arrays is not None:
-        return ArrayData(DataOptions(function.describe(), option="--dataset-fn"), specs, arrays)
-    return StreamData(data, specs, where, again=call)
+    return call(), call
