@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from bncheck import isolation
 from bncheck.config import ConfigOptions, resolve_settings
 from bncheck.engine import check_checkpoint, inspect_path, inspect_paths
 from bncheck.errors import ModelReadError, UsageError
@@ -49,6 +50,8 @@ class InspectOptions:
     """How many models to read at once, each in its own process."""
     probe: ProbeOptions | None = None
     """How to run the models; ``None`` for static inspection only."""
+    read_timeout: float = isolation.DEFAULT_LIMITS.seconds
+    """Seconds one file's reading may take."""
 
 
 @record
@@ -71,13 +74,22 @@ class CheckpointOptions:
     """The model whose BatchNorm layers the checkpoint must restore (``--model``)."""
     config: ConfigOptions
     output: OutputOptions
+    read_timeout: float = isolation.DEFAULT_LIMITS.seconds
+    """Seconds one file's reading may take."""
 
 
 def run_inspect(options: InspectOptions) -> int:
     settings = resolve_settings(options.config, Path.cwd())
     progress = Progress()
     try:
-        report = inspect_paths(options.paths, settings, options.jobs, options.probe, progress.step)
+        report = inspect_paths(
+            options.paths,
+            settings,
+            options.jobs,
+            options.probe,
+            progress.step,
+            replace(isolation.DEFAULT_LIMITS, seconds=options.read_timeout),
+        )
     finally:
         progress.done()
     return finish(report, options.output)
@@ -85,7 +97,8 @@ def run_inspect(options: InspectOptions) -> int:
 
 def run_checkpoint(options: CheckpointOptions) -> int:
     settings = resolve_settings(options.config, Path.cwd())
-    return finish(check_checkpoint(options.path, options.model, settings), options.output)
+    limits = replace(isolation.DEFAULT_LIMITS, seconds=options.read_timeout)
+    return finish(check_checkpoint(options.path, options.model, settings, limits), options.output)
 
 
 def finish(report: Report, output: OutputOptions) -> int:

@@ -31,6 +31,7 @@ from bncheck.config import ConfigOptions
 from bncheck.errors import UsageError
 from bncheck.findings import ExitCode, FailOn
 from bncheck.interrupts import Terminated
+from bncheck.isolation import DEFAULT_LIMITS
 from bncheck.probe.options import (
     DEFAULT_MEMORY_MIB,
     DEFAULT_SAMPLES,
@@ -118,6 +119,14 @@ _select_option = click.option(
     callback=_rule_list,
     metavar="RULES",
     help="Run only these rules (IDs or names, comma-separated), whatever the configuration says.",
+)
+_read_timeout_option = click.option(
+    "--read-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_LIMITS.seconds,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up reading a file (it is read in a process of its own) that takes longer.",
 )
 _ignore_option = click.option(
     "--ignore",
@@ -418,6 +427,7 @@ def _text_width(output: IO[str]) -> int:
 @_config_option
 @_select_option
 @_ignore_option
+@_read_timeout_option
 @click.option(
     "--jobs",
     "-j",
@@ -476,6 +486,7 @@ def inspect(**params: Any) -> int:
 @_config_option
 @_select_option
 @_ignore_option
+@_read_timeout_option
 def checkpoint(**params: Any) -> int:
     """Verify that a checkpoint keeps every BatchNorm layer's moving statistics.
 

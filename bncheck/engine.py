@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal, overload
 from bncheck import verdict
 from bncheck.errors import ModelReadError, UsageError
 from bncheck.findings import Finding, ModelResult, Problem, Report
-from bncheck.isolation import read_all, read_contained
+from bncheck.isolation import Limits, read_all, read_contained
 from bncheck.model import BNLayer, CheckpointContents, ModelDescription, with_loaded_settings
 from bncheck.probe.options import ProbeOptions, StepReporter
 from bncheck.readers import detect, read_checkpoint, read_model
@@ -37,12 +37,13 @@ def inspect_paths(
     jobs: int = 1,
     probe: ProbeOptions | None = None,
     step: StepReporter | None = None,
+    limits: Limits | None = None,
 ) -> Report:
     """Inspect every path, searching folders for models, and probe each model when asked; an
     unreadable input becomes a result with an error. With ``jobs`` > 1, static inspection runs in
     that many processes (each file is read in a worker process either way, where a crash or a
-    hang fails only that file); the report's order is the same either way: inputs as given, each
-    folder's models sorted."""
+    hang fails only that file, ``limits`` saying how long and how much memory it may take); the
+    report's order is the same either way: inputs as given, each folder's models sorted."""
     inputs: list[str | ModelResult] = []
     for path in paths:
         if not os.path.isdir(path) or detect.is_model_directory(path):
@@ -53,7 +54,7 @@ def inspect_paths(
             except ModelReadError as exc:
                 inputs.append(ModelResult(path, None, error=str(exc)))
     models = [i for i in inputs if isinstance(i, str)]
-    results = iter(_inspect_all(models, settings, jobs, probe, step))
+    results = iter(_inspect_all(models, settings, jobs, probe, step, limits))
     found = tuple(i if isinstance(i, ModelResult) else next(results) for i in inputs)
     return Report(models=found, fail_on=settings.fail_on)
 
@@ -64,14 +65,15 @@ def _inspect_all(
     jobs: int,
     probe: ProbeOptions | None,
     step: StepReporter | None,
+    limits: Limits | None = None,
 ) -> list[ModelResult]:
     # Probes run here, one at a time: each loads a model with TensorFlow, which already uses
     # every core, and reports progress to this process's terminal.
     if probe is not None:
-        return _probe_each(paths, settings, probe, step)
+        return _probe_each(paths, settings, probe, step, limits)
     # Each file is read in a worker process (processes, not threads: h5py serialises all HDF5
     # calls behind one global lock), where a crash fails only that file.
-    outcomes = read_all(read_model, paths, jobs)
+    outcomes = read_all(read_model, paths, jobs, limits)
     return [
         ModelResult(path=path, format=None, error=str(outcome))
         if isinstance(outcome, ModelReadError)
@@ -81,7 +83,11 @@ def _inspect_all(
 
 
 def _probe_each(
-    paths: list[str], settings: Settings, probe: ProbeOptions, step: StepReporter | None
+    paths: list[str],
+    settings: Settings,
+    probe: ProbeOptions,
+    step: StepReporter | None,
+    limits: Limits | None,
 ) -> list[ModelResult]:
     """``inspect_path`` of each model with the probe. Options that fit some models and not
     another (an ``--input-shape`` that a TorchScript archive needs and a Keras model in the same
@@ -91,10 +97,11 @@ def _probe_each(
     misfits: list[UsageError] = []
     for path in paths:
         try:
-            results.append(inspect_path(path, settings, probe, step))
+            results.append(inspect_path(path, settings, probe, step, limits))
         except UsageError as exc:
             misfits.append(exc)
-            results.append(replace(inspect_path(path, settings), error=f"probe: {exc}"))
+            unprobed = inspect_path(path, settings, limits=limits)
+            results.append(replace(unprobed, error=f"probe: {exc}"))
     if misfits and len(misfits) == len(paths):
         raise misfits[0]
     return results
@@ -105,10 +112,11 @@ def inspect_path(
     settings: Settings,
     probe: ProbeOptions | None = None,
     step: StepReporter | None = None,
+    limits: Limits | None = None,
 ) -> ModelResult:
     """Read and judge one model; with ``probe``, also run it and judge the measurements."""
     try:
-        description = read_contained(read_model, path)
+        description = read_contained(read_model, path, limits)
     except ModelReadError as exc:
         return ModelResult(path=path, format=None, error=str(exc))
     # The probe loads the file with its framework in a worker process under time and memory
@@ -158,17 +166,19 @@ def inspect_path(
     return replace(result, findings=tuple(findings), probe=measured)
 
 
-def check_checkpoint(path: str, model_path: str | None, settings: Settings) -> Report:
+def check_checkpoint(
+    path: str, model_path: str | None, settings: Settings, limits: Limits | None = None
+) -> Report:
     """Check a checkpoint's BatchNorm variables, against the BatchNorm layers of ``model_path``
     when given. An unreadable checkpoint or model becomes the report's only result."""
     from bncheck.matching import match_layers
 
     try:
-        description = read_contained(read_checkpoint, path)
+        description = read_contained(read_checkpoint, path, limits)
         contents = description.checkpoint
         if model_path is not None and contents is not None:
             try:
-                model = read_contained(read_model, model_path)
+                model = read_contained(read_model, model_path, limits)
             except ModelReadError as exc:
                 failed = ModelResult(path=model_path, format=None, error=str(exc))
                 return Report(models=(failed,), fail_on=settings.fail_on)

@@ -81,7 +81,7 @@ def test_the_command_reports_the_other_inputs(
     monkeypatch.setattr(engine, "read_model", faulty_read_model)
     monkeypatch.setattr(isolation, "DEFAULT_LIMITS", QUICK)
     paths = inputs(tmp_path, "crash", "hang", "hog")
-    result = run_cli("inspect", *paths, "--jobs", jobs, "--format", "json")
+    result = run_cli("inspect", *paths, "--jobs", jobs, "--format", "json", "--read-timeout", "3")
     assert result.code == 3
     errors = result.err.splitlines()
     assert errors == [
@@ -108,15 +108,28 @@ def test_a_real_libhdf5_segfault_fails_only_its_file(
     assert [m["error"] is None for m in models] == [True, False, True]
 
 
-def test_a_real_libhdf5_hang_ends_at_the_time_limit(
-    run_cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(isolation, "DEFAULT_LIMITS", QUICK)
+def test_a_real_libhdf5_hang_ends_at_the_time_limit(run_cli: Run, tmp_path: Path) -> None:
     hanging = hang_h5(tmp_path)
-    result = run_cli("inspect", hanging, HEALTHY)
+    result = run_cli("inspect", hanging, HEALTHY, "--read-timeout", "3")
     assert result.code == 3
     assert result.err == f"bncheck: error: {hanging}: reading took longer than 3 s\n"
     assert f"{HEALTHY} (" in result.out
+
+
+@pytest.mark.parametrize("command", ["inspect", "checkpoint"])
+def test_a_read_timeout_must_be_positive(run_cli: Run, command: str) -> None:
+    result = run_cli(command, HEALTHY, "--read-timeout", "0")
+    assert result.code == 2
+    assert result.err.startswith("bncheck: error: Invalid value for '--read-timeout': 0")
+    assert len(result.err.splitlines()) == 1
+
+
+def test_checkpoint_stops_a_hanging_model_at_its_read_timeout(run_cli: Run, tmp_path: Path) -> None:
+    hanging = hang_h5(tmp_path)
+    checkpoint = FIXTURES / "checkpoints/tf1_saver_all"
+    result = run_cli("checkpoint", checkpoint, "--model", hanging, "--read-timeout", "2")
+    assert result.code == 3
+    assert result.err == f"bncheck: error: {hanging}: reading took longer than 2 s\n"
 
 
 def test_checkpoint_reads_its_model_contained(run_cli: Run, tmp_path: Path) -> None:
