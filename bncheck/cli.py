@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import shutil
 import sys
@@ -120,9 +121,32 @@ _select_option = click.option(
     metavar="RULES",
     help="Run only these rules (IDs or names, comma-separated), whatever the configuration says.",
 )
+
+
+class _Seconds(click.ParamType):
+    """A finite number of seconds: above 0 (``positive``), or at least 0."""
+
+    name = "seconds"
+
+    def __init__(self, positive: bool) -> None:
+        self.positive = positive
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not (math.isfinite(seconds) and (seconds > 0 if self.positive else seconds >= 0)):
+            least = "above 0" if self.positive else "0 or more"
+            self.fail(f"{value!r} is not a finite number of seconds {least}", param, ctx)
+        return seconds
+
+
 _read_timeout_option = click.option(
     "--read-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_Seconds(positive=True),
     default=DEFAULT_LIMITS.seconds,
     show_default=True,
     metavar="SECONDS",
@@ -217,7 +241,7 @@ def _add_limit_options(command: Callable[..., int], timeout: float) -> Callable[
     return click.option(
         "--probe-timeout",
         "timeout",
-        type=click.FloatRange(min=0),
+        type=_Seconds(positive=False),
         default=timeout,
         show_default=True,
         metavar="SECONDS",
@@ -242,8 +266,8 @@ class _Fraction(click.ParamType):
             number = float(numerator) / float(denominator or 1)
         except (ValueError, ZeroDivisionError):
             self.fail(f"{value!r} is not a number or a fraction like 1/255", param, ctx)
-        if not number > 0:
-            self.fail(f"{value!r} is not positive", param, ctx)
+        if not (number > 0 and math.isfinite(number)):
+            self.fail(f"{value!r} is not a positive finite number", param, ctx)
         return number
 
 

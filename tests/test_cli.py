@@ -181,6 +181,28 @@ def test_usage_errors_exit_two_with_one_line(run_cli: Run, args: list[str]) -> N
     assert result.err.startswith("bncheck: error: ")
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "ten"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["inspect", str(HEALTHY), "--read-timeout"],
+        ["checkpoint", str(HEALTHY), "--read-timeout"],
+        ["inspect", str(HEALTHY), "--probe", "--probe-timeout"],
+        ["recalibrate", str(HEALTHY), "--data", str(HEALTHY), "--probe-timeout"],
+        ["inspect", str(HEALTHY), "--probe", "--rescale"],
+    ],
+    ids=["read-timeout", "checkpoint-read-timeout", "probe-timeout", "recalibrate", "rescale"],
+)
+def test_a_limit_or_factor_that_is_no_finite_number_is_a_usage_error(
+    run_cli: Run, args: list[str], value: str
+) -> None:
+    """A NaN limit would never be reached and an infinite one is none: both are refused."""
+    result = run_cli(*args, value)
+    assert result.code == 2
+    [line] = result.err.splitlines()
+    assert line.startswith(f"bncheck: error: Invalid value for '{args[-1]}': '{value}' is not a")
+
+
 def test_model_is_recognised_by_content_not_extension(run_cli: Run, tmp_path: Path) -> None:
     disguised = tmp_path / "model.bin"
     shutil.copy(UNTOUCHED, disguised)
