@@ -120,7 +120,10 @@ def test_a_real_libhdf5_hang_ends_at_the_time_limit(run_cli: Run, tmp_path: Path
 def test_a_read_timeout_must_be_positive(run_cli: Run, command: str) -> None:
     result = run_cli(command, HEALTHY, "--read-timeout", "0")
     assert result.code == 2
-    assert result.err.startswith("bncheck: error: Invalid value for '--read-timeout': 0")
+    assert result.err.startswith(
+        "bncheck: error: Invalid value for '--read-timeout': '0' is not a finite number of "
+        "seconds above 0"
+    )
     assert len(result.err.splitlines()) == 1
 
 
