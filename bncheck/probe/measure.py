@@ -12,7 +12,9 @@ For a Keras model (``measure_keras``), two sweeps over the same batches:
    outputs (kept in memory, or computed again in the same call when they are too many). The
    statistics are cross-fitted: the even batches run with those estimated from the odd ones and
    the odd with the even's (a lone batch: each half with the other half's), since statistics
-   measured on the data they were estimated from fit it by construction.
+   measured on the data they were estimated from fit it by construction. A batch that is not
+   the first sweep's (a dataset that reshuffles on every pass) is compared with its own
+   stored-statistics outputs, computed again, and the report says so.
 
 Every figure is summed over all batches, so a verdict rests on all the data given, not on one
 batch. The model's variables are the same afterwards as before (``Passes`` restores them).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -479,6 +482,8 @@ class _Sweep:
         default_factory=lambda: ({}, {})
     )
     kept: list[list[np.ndarray]] | None = field(default_factory=list)
+    fingerprints: list[int] = field(default_factory=list)
+    """Of each batch's inputs, to tell whether a second pass over the data gives it again."""
     notes: list[str] = field(default_factory=list)
     count: int = 0
     samples: int = 0
@@ -506,6 +511,7 @@ def _first_sweep(runner: Runner, batches: BatchSource, progress: Progress) -> _S
             totals.add_inference(inferred)
             totals.add_training(inferred, trained)
         sweep.kept = _keep(sweep.kept, stored_pass.outputs)
+        sweep.fingerprints.append(_fingerprint(batch))
         if sweep.count == 0:
             sweep.notes += _batch_dependence(runner, batch, stored_pass, sweep.outputs)
         _add_metrics(sweep.metrics, STORED, stored_pass, batch)
@@ -527,11 +533,18 @@ def _reestimated_sweep(
     """Inference with re-estimated statistics, cross-fitted, compared with the first sweep's
     stored-statistics outputs (kept, or computed again when they were too many)."""
     done = 0
+    moved = 0
     lone = sweep.batch if split else None
     for half, estimates in _cross_fitted(targets, sweep.halves, 2 if split else sweep.count):
         runner.use_estimates({path: (e.mean, e.variance) for path, e in estimates.items()})
         for number, rows, batch in _batches_for(half, batches, lone):
-            if sweep.kept is not None:
+            # The same batch as the first sweep's, or the data gave another this time.
+            same = lone is not None or (
+                number < len(sweep.fingerprints)
+                and sweep.fingerprints[number] == _fingerprint(batch)
+            )
+            moved += not same
+            if sweep.kept is not None and same:
                 [estimated] = runner.run(batch.inputs, ESTIMATED)
                 before = [values[rows] for values in sweep.kept[number]]
             else:
@@ -542,6 +555,21 @@ def _reestimated_sweep(
             _add_metrics(sweep.metrics, ESTIMATED, estimated, batch)
             done += 1
             progress("re-estimated statistics", done)
+    if moved:
+        sweep.notes.append(
+            f"the data gave other batches on its second pass ({moved} of {done}: a dataset that "
+            "reshuffles on every pass): each was compared with its own stored-statistics "
+            "outputs, but its samples may have helped estimate the statistics it ran with, so "
+            "what re-estimating would change (BN015) may be overstated"
+        )
+
+
+def _fingerprint(batch: Batch) -> int:
+    """A checksum of a batch's inputs: the same batch, given again, has the same."""
+    found = 0
+    for array in batch.inputs:
+        found = zlib.crc32(np.ascontiguousarray(array).tobytes(), found)
+    return found
 
 
 def _assemble(
