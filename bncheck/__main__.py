@@ -39,8 +39,9 @@ def _exit(code: int) -> None:
         sys.exit(code)
     atexit._run_exitfuncs()  # the handlers the interpreter would run: workers, servers, files
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: the process started with the stream closed
+                stream.flush()
     except (OSError, ValueError):  # a closed pipe: the interpreter says so as it always does
         sys.exit(code)
     os._exit(code)

@@ -44,10 +44,11 @@ from bncheck.reporters.options import DEFAULT_WIDTH, RenderOptions
 from bncheck.text import shown
 
 
-def use_color(output: str | None, stream: IO[str], environ: Mapping[str, str]) -> bool:
+def use_color(output: str | None, stream: IO[str] | None, environ: Mapping[str, str]) -> bool:
     """Colour only on a terminal, never into a file, and not when ``NO_COLOR`` is set to
-    anything (https://no-color.org)."""
-    return output is None and not environ.get("NO_COLOR") and stream.isatty()
+    anything (https://no-color.org). ``stream`` is ``None`` when the process started with it
+    closed."""
+    return output is None and not environ.get("NO_COLOR") and stream is not None and stream.isatty()
 
 
 _T = TypeVar("_T")
@@ -437,10 +438,11 @@ def _output(params: Mapping[str, Any]) -> OutputOptions:
     return options_from(OutputOptions, params, render=RenderOptions(color=color, width=width))
 
 
-def _text_width(output: IO[str]) -> int:
+def _text_width(output: IO[str] | None) -> int:
     """The columns text wraps to: the terminal's, or ``DEFAULT_WIDTH`` in a file or a pipe,
     whose readers (CI logs, saved reports) have no width of their own."""
-    return shutil.get_terminal_size().columns if output.isatty() else DEFAULT_WIDTH
+    terminal = output is not None and output.isatty()
+    return shutil.get_terminal_size().columns if terminal else DEFAULT_WIDTH
 
 
 @cli.command()

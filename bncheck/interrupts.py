@@ -115,8 +115,11 @@ def answered(terminated: bool) -> int:
     if _written:
         line += f" after writing {', '.join(_written)}"
     _written.clear()
-    if sys.stderr.isatty():
-        sys.stderr.write("\n")  # after the terminal's ^C
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
+    stream = sys.stderr
+    if stream is None:  # the process started with stderr closed: there is no one to tell
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    if stream.isatty():
+        stream.write("\n")  # after the terminal's ^C
+    stream.write(line + "\n")
+    stream.flush()
     return 128 + (signal.SIGTERM if terminated else signal.SIGINT)

@@ -14,7 +14,8 @@ class Progress:
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream if stream is not None else sys.stderr
-        self.enabled = self._stream.isatty()
+        # No stream at all when the process started with stderr closed.
+        self.enabled = self._stream is not None and self._stream.isatty()
         self._width = 0
         self._started = time.perf_counter()
         self._label = ""

@@ -81,3 +81,40 @@ def test_a_report_written_to_a_pipe_arrives_whole() -> None:
     assert done.stderr == ""
     [model] = json.loads(done.stdout)["models"]
     assert model["error"] is None and model["layers"]
+
+
+def test_a_command_started_with_a_standard_stream_closed_keeps_its_exit_code(
+    tmp_path: Path,
+) -> None:
+    """``bncheck ... >&-`` or ``2>&-``: Python has no stream to write to there, and the command
+    still writes what it can, says nothing it cannot, and exits with its own code."""
+    report = tmp_path / "report.json"
+    model = str(FIXTURES / "keras3" / "untouched_stats.keras")
+    closed_stdout = subprocess.run(
+        [sys.executable, "-m", "bncheck", "inspect", model, "--format", "json", "-o", str(report)],
+        preexec_fn=lambda: os.close(1),
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (closed_stdout.returncode, closed_stdout.stderr) == (1, "")
+    assert json.loads(report.read_text())["models"][0]["error"] is None
+    closed_stderr = subprocess.run(
+        [sys.executable, "-m", "bncheck", "inspect", str(tmp_path / "missing.h5")],
+        preexec_fn=lambda: os.close(2),
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert closed_stderr.returncode == 3
+    table = subprocess.run(
+        [sys.executable, "-m", "bncheck", "inspect", model],
+        preexec_fn=lambda: os.close(1),
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (table.returncode, table.stderr) == (1, "")
