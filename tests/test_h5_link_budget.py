@@ -39,3 +39,21 @@ def test_a_group_past_the_link_budget_is_refused(
     monkeypatch.setattr(h5util, "MAX_LINKS", 30)
     with pytest.raises(ModelReadError, match="more than 30 links to visit"):
         read_model(str(path))
+
+
+def test_a_path_deeper_than_the_walks_limit_is_refused_before_any_lookup(tmp_path: Path) -> None:
+    """A weight name of thousands of components through a group that links to itself would
+    open (and keep) a group per component: refused at the depth a walk is refused at."""
+    path = tmp_path / "loop.h5"
+    with h5py.File(path, "w") as h5:
+        group = h5.create_group("bn")
+        group["a"] = group  # a hard link back to itself
+        group["a"].create_dataset("gamma", data=np.ones(4, "f"))
+    deep = "/".join(["a"] * (h5util.MAX_DEPTH + 1) + ["gamma"])
+    with h5py.File(path, "r") as h5, h5util.budgeted():
+        bn = h5util.open_group(h5.id, "bn", "")
+        found = h5util.lookup_id(bn, "/".join(["a"] * 3 + ["gamma"]), "bn")
+        assert found is not None  # a few components are looked up
+        with pytest.raises(ModelReadError) as raised:
+            h5util.lookup_id(bn, deep, "bn")
+    assert str(raised.value) == f"bn names a path deeper than {h5util.MAX_DEPTH} levels"

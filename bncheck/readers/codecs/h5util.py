@@ -391,6 +391,8 @@ def lookup_id(
     address, through hard links only; ``None`` when there is none. ``groups`` keeps the groups
     opened on the way, so that the next path below the same groups opens them once."""
     parts = name_parts(path, where or "/")
+    if len(parts) > MAX_DEPTH:
+        raise ModelReadError(f"{where or '/'} names a path deeper than {MAX_DEPTH} levels")
     current, here = gid, where
     for depth, part in enumerate(parts[:-1]):
         key = tuple(parts[: depth + 1])
