@@ -73,10 +73,18 @@ def statistics_never_moved(layer: BNLayer, tolerance: float = 1e-6) -> list[str]
 def learned_without_batch_statistics(layer: BNLayer, tolerance: float = 1e-6) -> bool:
     """The static verdict: statistics at their initial values although the momentum would have
     moved them, in a layer that trained (or has nothing else to train). The network then learned
-    with those statistics; re-estimating them can break it, so only measurement may say to."""
-    if layer_momentum_holds_statistics(layer):
+    with those statistics; re-estimating them can break it, so only measurement may say to. Not
+    a PyTorch layer that counted training batches: it normalised them with their statistics, so
+    the network learned with batch statistics, whose averages a momentum of 0 never kept."""
+    if layer_momentum_holds_statistics(layer) or ran_with_batch_statistics(layer):
         return False
     return bool(statistics_never_moved(layer, tolerance))
+
+
+def ran_with_batch_statistics(layer: BNLayer) -> bool:
+    """Whether the file shows the layer normalised training batches with their own statistics:
+    PyTorch's ``num_batches_tracked`` counts them."""
+    return layer.framework == "pytorch" and bool(layer.num_batches_tracked)
 
 
 def measured_learned_without_batch_statistics(layer: LayerMeasurement) -> bool:

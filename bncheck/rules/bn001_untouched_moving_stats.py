@@ -18,6 +18,9 @@ never did. What that means for the model depends on how it trained, and only a m
 
 In PyTorch files, ``num_batches_tracked`` is the strongest evidence: 0 means the layer never ran
 in training mode (trained in ``eval()`` mode, or with frozen BatchNorm), and the finding says so.
+Above 0, the layer normalised that many training batches with their own statistics and kept
+none of them (``momentum=0``): the network learned with batch statistics, re-estimating them
+repairs it, and ``bncheck recalibrate`` re-estimates such a layer by default.
 A layer without the counter is reported as information only: FrozenBatchNorm layers (detectron2,
 timm) have none, and backbones converted to them keep mean 0 and variance 1 on purpose, with the
 statistics folded into weight and bias. A counter of 0 with moved statistics is not reported:
@@ -68,8 +71,7 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
             f"moving_mean and moving_variance are still at their initial values "
             f"({layer.initial.moving_mean:g} and {layer.initial.moving_variance:g}) in all "
             f"{layer.channels} channels, but {' and '.join(trained)} trained: the statistics "
-            f"were never updated{_cause(layer)}; measure with labelled --data before "
-            "recalibrating, which can make such a model worse"
+            f"were never updated{_cause(layer)}"
         ),
         layer=layer.path,
         details={
@@ -82,7 +84,18 @@ def check(layer: BNLayer, options: Mapping[str, float]) -> Iterator[Problem]:
     )
 
 
+#: What to do when the cause does not say whether the network learned with batch statistics.
+MEASURE_FIRST = (
+    "; measure with labelled --data before recalibrating, which can make such a model worse"
+)
+
+
 def _cause(layer: BNLayer) -> str:
+    """Why the statistics did not move, and what to do."""
+    return _why(layer) + ("" if verdict.ran_with_batch_statistics(layer) else MEASURE_FIRST)
+
+
+def _why(layer: BNLayer) -> str:
     if layer.framework != "pytorch":
         if layer.class_name == INFERRED_BY_NAMES:
             # Found by variable names (TF1 code): UPDATE_OPS is the usual way to lose updates.
@@ -105,4 +118,9 @@ def _cause(layer: BNLayer) -> str:
         )
     if layer.num_batches_tracked == 0:
         return "; num_batches_tracked is 0: the layer never ran in training mode"
-    return f"; num_batches_tracked is {layer.num_batches_tracked}, so momentum must have been 0"
+    return (
+        f"; num_batches_tracked is {layer.num_batches_tracked}: the layer ran in training mode, "
+        "normalising with batch statistics, and momentum must have been 0, so their averages "
+        "never moved. The network learned with batch statistics: re-estimating them from data "
+        "repairs it (bncheck recalibrate, verified on --validate data)"
+    )

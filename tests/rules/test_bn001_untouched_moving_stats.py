@@ -1,3 +1,4 @@
+from bncheck import verdict
 from bncheck.findings import Escalation
 from bncheck.model import InitialValues
 from bncheck.rules import bn001_untouched_moving_stats as rule
@@ -93,6 +94,19 @@ def test_pytorch_counter_of_zero_with_moved_statistics_passes() -> None:
     assert problems(rule, layer(framework="pytorch", num_batches_tracked=0)) == []
 
 
-def test_pytorch_counter_above_zero_points_at_momentum() -> None:
-    [problem] = problems(rule, layer(framework="pytorch", num_batches_tracked=300, **UNTOUCHED))
-    assert "num_batches_tracked is 300, so momentum must have been 0" in problem.message
+def test_pytorch_counter_above_zero_points_at_momentum_and_the_repair() -> None:
+    """The layer normalised 300 training batches with their statistics: the network learned
+    with batch statistics, and re-estimating their averages repairs it (recalibrate takes the
+    layer by default). A counter of 0 says nothing of the kind: measure first."""
+    counted = layer(framework="pytorch", num_batches_tracked=300, **UNTOUCHED)
+    [problem] = problems(rule, counted)
+    assert "num_batches_tracked is 300: the layer ran in training mode" in problem.message
+    assert "momentum must have been 0" in problem.message
+    assert "re-estimating them from data repairs it" in problem.message
+    assert "can make such a model worse" not in problem.message
+    assert not verdict.learned_without_batch_statistics(counted)
+    never = layer(framework="pytorch", num_batches_tracked=0, **UNTOUCHED)
+    [problem] = problems(rule, never)
+    assert "never ran in training mode" in problem.message
+    assert "can make such a model worse" in problem.message
+    assert verdict.learned_without_batch_statistics(never)
