@@ -14,7 +14,7 @@ from bncheck.recalibrate.results import UNTOUCHED
 from bncheck.recalibrate.runtimes import choose
 
 
-def network() -> torch.nn.Module:
+def network() -> torch.nn.Sequential:
     torch.manual_seed(0)
     return torch.nn.Sequential(
         torch.nn.Conv2d(1, 4, 3, padding=1),
@@ -25,7 +25,7 @@ def network() -> torch.nn.Module:
     )
 
 
-def trained(path: Path) -> torch.nn.Module:
+def trained(path: Path) -> torch.nn.Sequential:
     """Some training steps: batch statistics normalise every batch, and momentum 0 keeps none
     of them; the counter counts the batches."""
     net = network()
