@@ -106,7 +106,7 @@ def check(result: ProbeResult, options: Mapping[str, float]) -> Iterator[Problem
                 # The layers are out of sight (a SavedModel whose BatchNorm ops were not found):
                 # training mode, each batch with its own statistics, is what there is to
                 # compare with.
-                gap = _training_mode_gap(output, output.metric, options)
+                gap = _training_mode_gap(output, output.metric, options, result.loader)
                 if gap is not None:
                     yield gap
             continue
@@ -125,8 +125,12 @@ def check(result: ProbeResult, options: Mapping[str, float]) -> Iterator[Problem
             yield problem
 
 
+#: The probe's loaders of other frameworks' files (``ProbeResult.loader``): ONNX and TorchScript.
+_OTHER_FRAMEWORKS = ("onnxruntime", "torch.jit")
+
+
 def _training_mode_gap(
-    output: OutputMeasurement, metric: Metric, options: Mapping[str, float]
+    output: OutputMeasurement, metric: Metric, options: Mapping[str, float], loader: str | None
 ) -> Problem | None:
     """Inference with the stored statistics far worse than training mode, where nothing could
     be re-estimated. The other way round is no finding: a network that learned in inference mode
@@ -143,9 +147,14 @@ def _training_mode_gap(
             f"output {output.name!r}: {metric.name} {metric.format(metric.stored)} in inference "
             f"mode against {metric.format(metric.training)} in training mode, where each batch "
             "is normalised with its own statistics: the stored statistics do not fit the data. "
-            "The layers of this format cannot be re-estimated here: bncheck recalibrate the "
-            ".keras or .h5 model it came from (a tf.keras SavedModel loads with "
-            "tf_keras.models.load_model and saves as .h5)"
+            + (
+                "None of its BatchNorm layers could be seen running (see the notes), so none was "
+                "re-estimated; bncheck recalibrate says what it needs"
+                if loader in _OTHER_FRAMEWORKS
+                else "The layers of this format cannot be re-estimated here: bncheck recalibrate "
+                "the .keras or .h5 model it came from (a tf.keras SavedModel loads with "
+                "tf_keras.models.load_model and saves as .h5)"
+            )
         ),
         details={
             "output": output.name,

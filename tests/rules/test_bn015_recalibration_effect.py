@@ -161,6 +161,12 @@ def test_out_of_sight_layers_are_judged_by_training_mode_one_way_only() -> None:
     assert stale.escalation is Escalation.SEVERE
     assert "accuracy 10.7% in inference mode against 83.6% in training mode" in stale.message
     assert "cannot be re-estimated here" in stale.message
+    # A TorchScript or ONNX model whose layers were not seen is no Keras model's export.
+    for loader in ("torch.jit", "onnxruntime"):
+        other = probe_result(outputs=savedmodel(0.107, 0.836), loader=loader)
+        [unseen] = judge(rule, other)
+        assert "could be seen running" in unseen.message
+        assert ".keras" not in unseen.message and "tf_keras" not in unseen.message
     [mild] = judge(rule, probe_result(outputs=savedmodel(0.80, 0.87)))
     assert mild.escalation is None
     assert judge(rule, probe_result(outputs=savedmodel(0.924, 0.64))) == []
