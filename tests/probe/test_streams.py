@@ -325,6 +325,7 @@ def test_a_dataset_function_may_return_arrays_as_the_api_takes_them(tmp_path: Pa
     for name, labelled in (("pair", True), ("named", True), ("alone", False)):
         data = open_data(DatasetFunction(str(tmp_path / "data.py"), name), [IMAGE])
         assert data.labelled is labelled, name
+        assert data.source == f"--dataset-fn {tmp_path / 'data.py'}:{name}"
         batches = list(data.batches(3, 0, None))
         assert [len(batch.inputs[0]) for batch in batches] == [3, 3], name
         seen = np.concatenate([batch.inputs[0][:, 0, 0, 0] for batch in batches])

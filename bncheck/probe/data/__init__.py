@@ -133,10 +133,13 @@ def open_data(source: DataSource, specs: Sequence[InputSpec] | None) -> Dataset:
         # A function returning an iterator is called again for each pass over the data. NumPy
         # arrays (x, (x, y), a dict by input name) are samples, as the Python API takes them.
         data, again = streams.call_dataset_fn(source)
+        where = f"--dataset-fn {source.describe()}"
         arrays = arrays_of(data, specs)
-        if arrays is not None:
-            return ArrayData(DataOptions(source.describe(), option="--dataset-fn"), specs, arrays)
-        return streams.StreamData(data, specs, f"--dataset-fn {source.describe()}", again=again)
+        if arrays is None:
+            return streams.StreamData(data, specs, where, again=again)
+        found = ArrayData(DataOptions(source.describe(), option="--dataset-fn"), specs, arrays)
+        found.source = where  # as reports name a stream from the same option
+        return found
     options = source
     target = Path(options.path)
     if target.is_dir():
