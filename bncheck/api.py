@@ -29,6 +29,7 @@ def inspect(
     select: RuleKeys = None,
     ignore: RuleKeys = None,
     config: PathLike | None = None,
+    read_timeout: float = 30.0,
 ) -> Report:
     """Inspect saved models, checkpoints, SavedModels and folders of models without running
     them, like ``bncheck inspect``.
@@ -41,25 +42,37 @@ def inspect(
         config: a ``bncheck.toml`` or ``pyproject.toml`` to read the settings from. Without it,
             the configuration is found from the working directory upward, as the command line
             finds it.
+        read_timeout: seconds one file's reading may take (each is read in a process of its
+            own); like ``--read-timeout``.
 
     Returns:
         The ``Report`` the command line renders. An input that cannot be read is a result with
         ``error`` set (``report.exit_code`` is then ``ExitCode.UNREADABLE``), never an exception.
 
     Raises:
-        UsageError: an unknown rule, or a configuration file that is missing or invalid.
+        UsageError: an unknown rule, a configuration file that is missing or invalid, or a
+            ``read_timeout`` that is not a finite number of seconds above 0.
     """
+    import math
+    from dataclasses import replace
+
     from bncheck.engine import inspect_paths
+    from bncheck.errors import UsageError
+    from bncheck.isolation import DEFAULT_LIMITS
 
     if isinstance(path_or_paths, (str, os.PathLike)):
         paths = [os.fspath(path_or_paths)]
     else:
         paths = [os.fspath(path) for path in path_or_paths]
     if not paths:
-        from bncheck.errors import UsageError
-
         raise UsageError("inspect needs at least one path")
-    return inspect_paths(paths, resolve(select, ignore, config))
+    number = isinstance(read_timeout, (int, float)) and not isinstance(read_timeout, bool)
+    if not (number and math.isfinite(read_timeout)):
+        raise UsageError(f"read_timeout={read_timeout!r}: give a finite number of seconds")
+    if read_timeout <= 0:
+        raise UsageError(f"read_timeout={read_timeout!r}: give a number of seconds above 0")
+    limits = replace(DEFAULT_LIMITS, seconds=float(read_timeout))
+    return inspect_paths(paths, resolve(select, ignore, config), limits=limits)
 
 
 def check_model(

@@ -153,3 +153,19 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path: Path) -> None:
     )
     assert done.stdout.splitlines() == ["top level ran", "1 [None, None]"], done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_read_timeout_fails_a_file_that_reads_longer(tmp_path: Path) -> None:
+    from tests.hardening.hostile.containment_output import hang_h5
+
+    hanging = hang_h5(tmp_path)
+    healthy = FIXTURES / "keras3" / "nested.keras"
+    report = bncheck.inspect([hanging, healthy], read_timeout=2)
+    assert [model.error for model in report.models] == ["reading took longer than 2 s", None]
+    assert report.exit_code == ExitCode.UNREADABLE
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan"), float("inf"), True, "5"])
+def test_a_read_timeout_that_is_no_finite_number_above_0_is_a_usage_error(value: object) -> None:
+    with pytest.raises(bncheck.UsageError, match="read_timeout="):
+        bncheck.inspect(FIXTURES / "keras3" / "nested.keras", read_timeout=value)  # type: ignore[arg-type]
