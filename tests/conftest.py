@@ -31,6 +31,14 @@ if (
     _PYCACHE = os.environ["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="bncheck-pycache-")
 
 
+# Each pytest-xdist worker gets one core's worth of threads: TensorFlow's, torch's and OpenMP's
+# pools would otherwise each take every core, and the workers' pools (and those of the processes
+# they start) would contend for the same cores. Set before either framework is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(_name, "1")
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _PYCACHE is not None and not hasattr(config, "workerinput"):  # the session, not a worker
         shutil.rmtree(_PYCACHE, ignore_errors=True)
