@@ -47,3 +47,26 @@ def test_at_initial_agrees_with_comparing_every_value(initial: float, tolerance:
         assert at_initial(subject, "moving_mean", tolerance) is expected, (values, initial)
         checked += expected
     assert checked, "no case at its initial value: the comparison was never true"
+
+
+def test_a_layers_summaries_are_each_arrays_own() -> None:
+    """Summarised together or one by one, every figure is the same to the last bit."""
+    from bncheck.model import ArraySummary
+
+    rng = np.random.default_rng(1)
+    compared = 0
+    for channels in (1, 7, 64, 129, 513, 2048):
+        for dtype in ("float16", "float32", "float64"):
+            arrays = {
+                name: (rng.normal(size=channels) * rng.uniform(0.1, 100)).astype(dtype)
+                for name in ("gamma", "beta", "moving_mean", "moving_variance")
+            }
+            broken = dict(arrays, moving_variance=arrays["moving_variance"].copy())
+            broken["moving_variance"][0] = np.nan
+            for fields in (arrays, broken, dict(arrays, gamma=None, beta=None)):
+                subject = layer(**fields)
+                for name, summary in subject.summaries.items():
+                    value = fields[name]
+                    assert summary == (None if value is None else ArraySummary.of(value))
+                    compared += value is not None
+    assert compared == 6 * 3 * 10
