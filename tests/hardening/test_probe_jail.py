@@ -402,7 +402,7 @@ def test_recalibrate_stops_an_endless_onnx_loop_at_its_default_probe_timeout(
     recalibrate = ["recalibrate", str(model), "--data", str(tmp_path / "data.npy"), "-o", str(out)]
     shown = _bncheck([*recalibrate, "--help"], home)
     assert shown.returncode == 0, shown.stderr
-    assert "(0: no limit). [default: 600.0;" in " ".join(shown.stdout.split()), shown.stdout
+    assert "(0: no limit). [default: 600.0]" in " ".join(shown.stdout.split()), shown.stdout
     done = _bncheck([*recalibrate, "--include-untouched", "--probe-timeout", "3"], home)
     _one_line(done, model, "recalibrate: took longer than 3 s (--probe-timeout)")
     assert not out.exists()
