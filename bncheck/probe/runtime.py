@@ -99,6 +99,11 @@ class LayerInfo:
     """In the framework's own convention; ``None`` where it has none (a cumulative average)."""
     moving_mean: np.ndarray
     moving_variance: np.ndarray
+    gamma: np.ndarray | None = None
+    """The layer's scale, where the runner reads it (ONNX, TorchScript): with ``beta``, what
+    tells a runnable export of a model from another network's when the statistics cannot (all
+    at their initial values)."""
+    beta: np.ndarray | None = None
 
 
 class Runner(Protocol):

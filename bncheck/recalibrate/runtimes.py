@@ -170,6 +170,10 @@ def choose(
             continue
         _same_statistics(stored.moving_mean, layer.moving_mean, layer.path)
         _same_statistics(stored.moving_variance, layer.moving_variance, layer.path)
+        for ours, theirs in ((stored.gamma, layer.gamma), (stored.beta, layer.beta)):
+            # Statistics that never moved are the same in every network: the weights are not.
+            if ours is not None and theirs is not None:
+                _same_statistics(ours, theirs, layer.path, "weights")
         if not layer.trainable and not include_frozen:
             kept[layer.path] = FROZEN
         elif verdict.learned_without_batch_statistics(stored) and not include_untouched:
@@ -189,7 +193,7 @@ def choose(
     return targets, kept
 
 
-def _same_statistics(in_model: Any, in_runner: Any, path: str) -> None:
+def _same_statistics(in_model: Any, in_runner: Any, path: str, what: str = "statistics") -> None:
     """A runnable twin exported from MODEL holds MODEL's statistics: otherwise it is another
     network (or another checkpoint of it), whose estimates would be written into MODEL and its
     accuracy reported as MODEL's."""
@@ -197,7 +201,7 @@ def _same_statistics(in_model: Any, in_runner: Any, path: str) -> None:
     theirs = np.asarray(in_runner, dtype=np.float64).ravel()
     if not np.allclose(ours, theirs, rtol=1e-5, atol=1e-7, equal_nan=True):
         raise UsageError(
-            f"the runnable file's {path} holds other statistics than MODEL's: it is not an "
+            f"the runnable file's {path} holds other {what} than MODEL's: it is not an "
             "export of MODEL (give the ONNX or TorchScript file exported from these very "
             "weights)"
         )

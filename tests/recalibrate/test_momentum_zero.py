@@ -14,21 +14,21 @@ from bncheck.recalibrate.results import UNTOUCHED
 from bncheck.recalibrate.runtimes import choose
 
 
-def network() -> torch.nn.Sequential:
-    torch.manual_seed(0)
+def network(seed: int = 0, momentum: float = 0.0) -> torch.nn.Sequential:
+    torch.manual_seed(seed)
     return torch.nn.Sequential(
         torch.nn.Conv2d(1, 4, 3, padding=1),
-        torch.nn.BatchNorm2d(4, momentum=0.0),
+        torch.nn.BatchNorm2d(4, momentum=momentum),
         torch.nn.ReLU(),
         torch.nn.Flatten(),
         torch.nn.Linear(4 * 8 * 8, 10),
     )
 
 
-def trained(path: Path) -> torch.nn.Sequential:
+def trained(path: Path, seed: int = 0) -> torch.nn.Sequential:
     """Some training steps: batch statistics normalise every batch, and momentum 0 keeps none
     of them; the counter counts the batches."""
-    net = network()
+    net = network(seed)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     rng = np.random.default_rng(0)
     net.train()
@@ -86,4 +86,33 @@ def test_a_scripted_export_with_momentum_0_says_how_to_make_one_that_works(
     [line] = result.err.splitlines()
     assert "momentum is 0, which TorchScript compiles in" in line
     assert "script the network again with momentum=0.1" in line
+    assert not (tmp_path / "fixed.pt").exists()
+
+
+def test_another_networks_export_is_refused_though_its_statistics_are_the_same(
+    run_cli: Any, tmp_path: Path
+) -> None:
+    """Two networks trained with momentum 0 both hold the initial statistics: their weights
+    tell them apart, and an export of the other one is no runnable twin of MODEL."""
+    trained(tmp_path / "state.pt", seed=0)
+    other = trained(tmp_path / "other.pt", seed=1)
+    twin = network(seed=1, momentum=0.1)
+    twin.load_state_dict(other.state_dict())
+    torch.jit.script(twin.eval()).save(str(tmp_path / "other-scripted.pt"))
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "data.npz", x=rng.normal(1.0, 2.0, (64, 1, 8, 8)).astype("f"))
+    result = run_cli(
+        "recalibrate",
+        tmp_path / "state.pt",
+        "--runnable",
+        tmp_path / "other-scripted.pt",
+        "--unsafe",
+        "--data",
+        tmp_path / "data.npz",
+        "-o",
+        tmp_path / "fixed.pt",
+    )
+    assert result.code == 2, result.err
+    [line] = result.err.splitlines()
+    assert "holds other weights than MODEL's: it is not an export of MODEL" in line
     assert not (tmp_path / "fixed.pt").exists()

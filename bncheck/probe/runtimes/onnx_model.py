@@ -173,6 +173,8 @@ class OnnxRunner:
                     momentum=_momentum(bn.attribute("momentum", onnx_graph.DEFAULT_MOMENTUM)),
                     moving_mean=mean,
                     moving_variance=variance,
+                    gamma=gamma,
+                    beta=beta,
                 )
             )
         self._inference = _Session(ort, model, self.names)

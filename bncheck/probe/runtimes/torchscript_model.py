@@ -126,6 +126,8 @@ class TorchScriptRunner:
                     momentum=None if momentum is None else float(momentum),
                     moving_mean=mean.detach().cpu().numpy().astype(np.float64),
                     moving_variance=variance.detach().cpu().numpy().astype(np.float64),
+                    gamma=_array(getattr(child, "weight", None)),
+                    beta=_array(getattr(child, "bias", None)),
                 )
             )
         self._saved = {name: _buffers(child) for name, child in self.batchnorms}
@@ -198,6 +200,11 @@ class TorchScriptRunner:
             for buffer, value in zip(_live(child), self._saved[name], strict=True):
                 if buffer is not None and value is not None:
                     buffer.copy_(value)
+
+
+def _array(parameter: Any) -> np.ndarray | None:
+    """A layer's weight or bias as an array; ``None`` for a layer without (``affine=False``)."""
+    return None if parameter is None else parameter.detach().cpu().numpy().astype(np.float64)
 
 
 def _live(child: Any) -> tuple[Any, ...]:
