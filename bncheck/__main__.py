@@ -12,6 +12,7 @@ from bncheck import interrupts
 
 
 def main() -> None:
+    _open_standard_descriptors()
     interrupts.install()
     try:
         try:
@@ -24,6 +25,22 @@ def main() -> None:
         code = interrupts.answered(isinstance(exc, interrupts.Terminated))
     interrupts.ignore()
     _exit(code)
+
+
+def _open_standard_descriptors() -> None:
+    """Open ``/dev/null`` on each standard descriptor the process started without (``>&-``):
+    otherwise the pipes to bncheck's workers would take those numbers, and whatever a worker
+    or a framework writes to its standard streams would go into them."""
+    import os
+
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
 
 
 def _exit(code: int) -> None:

@@ -5,6 +5,7 @@ The command line (``cli.py``) only turns flags into these option objects.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -169,7 +170,16 @@ def run_plot(options: PlotOptions) -> int:
 
 def write_report(text: str, output: OutputOptions) -> None:
     if output.output is None:
-        click.echo(text, nl=False)
+        if sys.stdout is None:  # the command started with it closed (``>&-``)
+            raise UsageError("cannot write the report: standard output is closed; give --output")
+        try:
+            click.echo(text, nl=False)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise  # a reader that stopped reading (``| head``): the interpreter's own way out
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise UsageError(f"cannot write the report to standard output: {reason}") from None
         return
     try:
         with open(output.output, "w", encoding="utf-8") as handle:

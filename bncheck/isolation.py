@@ -257,6 +257,7 @@ def _serve(conn: Connection, memory: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's: it ends the workers
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the command's handler, if forked from it
     _keep_only(conn.fileno())
+    _standard_streams()
     if memory:
         hard = resource.getrlimit(resource.RLIMIT_AS)[1]
         limit = _address_space() + memory
@@ -284,6 +285,16 @@ def _serve(conn: Connection, memory: int) -> None:
             conn.send(("memory", None))
         except Exception as exc:  # an unpicklable result or exception is a bug too
             conn.send(("bug", RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+def _standard_streams() -> None:
+    """Python streams on the standard descriptors of a process forked from a command that
+    started without them (``>&-``: Python then has ``None`` for ``sys.stdout``; the command
+    opened ``/dev/null`` there), so that code writing to them (a framework's log, a progress
+    bar) does not fail."""
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - the process's own
 
 
 def _keep_only(*fds: int) -> None:
@@ -824,6 +835,7 @@ def _serve_warm(fd: int, scratch: str, imports: tuple[str, ...]) -> None:
     for stream in (0, 1, 2):
         os.dup2(quiet, stream)
     os.close(quiet)
+    _standard_streams()
     os.environ.setdefault("KERAS_HOME", os.path.join(scratch, "keras"))
     os.environ.setdefault("MPLCONFIGDIR", os.path.join(scratch, "matplotlib"))
     os.environ.setdefault("XDG_CACHE_HOME", os.path.join(scratch, "cache"))

@@ -109,12 +109,55 @@ def test_a_command_started_with_a_standard_stream_closed_keeps_its_exit_code(
         check=False,
     )
     assert closed_stderr.returncode == 3
-    table = subprocess.run(
-        [sys.executable, "-m", "bncheck", "inspect", model],
+
+
+def closed_stdout(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bncheck", *args],
         preexec_fn=lambda: os.close(1),
         stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
-    assert (table.returncode, table.stderr) == (1, "")
+
+
+def test_a_report_with_nowhere_to_go_is_one_line_as_a_full_disk_is() -> None:
+    model = str(FIXTURES / "keras3" / "untouched_stats.keras")
+    closed = closed_stdout("inspect", model)
+    assert (closed.returncode, closed.stderr) == (
+        2,
+        "bncheck: error: cannot write the report: standard output is closed; give --output\n",
+    )
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "bncheck", "inspect", model],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert (done.returncode, done.stderr) == (
+        2,
+        "bncheck: error: cannot write the report to standard output: No space left on device\n",
+    )
+
+
+def test_a_probe_runs_with_the_standard_streams_closed(tmp_path: Path) -> None:
+    """The workers' pipes do not take the numbers of the closed streams, and their Python has
+    streams to write to: the probe measures as it does with them open."""
+    report = tmp_path / "report.json"
+    done = closed_stdout(
+        "inspect",
+        str(FIXTURES / "pytorch" / "healthy.onnx"),
+        "--data",
+        str(FIXTURES / "data" / "digits_nchw_heldout.npy"),
+        "--format",
+        "json",
+        "-o",
+        str(report),
+    )
+    assert done.returncode in (0, 1), done.stderr
+    [model] = json.loads(report.read_text())["models"]
+    assert model["error"] is None and model["probe"]["data"]["samples"] > 0
