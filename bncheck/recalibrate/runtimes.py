@@ -110,14 +110,7 @@ def open_runner(
     runner = torchscript_model.open_runner(path)
     fixed = [layer.path for layer in runner.layers if layer.momentum == 0.0]
     if fixed:
-        more = f" (and {len(fixed) - 1} more layers')" if len(fixed) > 1 else ""
-        raise UsageError(
-            f"{path}: {fixed[0]}'s momentum{more} is 0, "
-            "which TorchScript compiles in, and bncheck reads each layer's batch statistics back "
-            "through its momentum: script the network again with momentum=0.1 on its BatchNorm "
-            "layers (the estimate does not depend on it), or export it to ONNX, its BatchNorm "
-            "nodes kept (do_constant_folding=False)"
-        )
+        raise UsageError(f"{path}: {torchscript_model.momentum_zero(fixed)}")
     return runner, torchscript_model.input_specs(options.data, {})
 
 

@@ -84,9 +84,18 @@ def test_a_scripted_export_with_momentum_0_says_how_to_make_one_that_works(
     )
     assert result.code == 2, result.err
     [line] = result.err.splitlines()
-    assert "momentum is 0, which TorchScript compiles in" in line
+    assert "has momentum 0, which TorchScript compiles in" in line
     assert "script the network again with momentum=0.1" in line
     assert not (tmp_path / "fixed.pt").exists()
+    # The probe of the same archive says so too, beside what it measured.
+    probed = run_cli(
+        "inspect", tmp_path / "scripted.pt", "--unsafe", "--data", tmp_path / "data.npz",
+        "--format", "json",
+    )  # fmt: skip
+    [model] = probed.json()["models"]
+    [note] = [note for note in model["probe"]["notes"] if "has momentum 0" in note]
+    assert note.startswith("layer 1 has momentum 0, which TorchScript compiles in")
+    assert "so it is not re-estimated here: script the network again" in note
 
 
 def test_another_networks_export_is_refused_though_its_statistics_are_the_same(

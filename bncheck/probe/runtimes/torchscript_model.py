@@ -130,6 +130,9 @@ class TorchScriptRunner:
                     beta=_array(getattr(child, "bias", None)),
                 )
             )
+        fixed = [layer.path for layer in self._layers if layer.momentum == 0.0]
+        if fixed:
+            self.notes.append(momentum_zero(fixed, ", so it is not re-estimated here"))
         self._saved = {name: _buffers(child) for name, child in self.batchnorms}
         self._estimates: Statistics = {}
 
@@ -200,6 +203,19 @@ class TorchScriptRunner:
             for buffer, value in zip(_live(child), self._saved[name], strict=True):
                 if buffer is not None and value is not None:
                     buffer.copy_(value)
+
+
+def momentum_zero(paths: Sequence[str], consequence: str = "") -> str:
+    """What to say of scripted layers at momentum 0 (and ``consequence``), and how to get an
+    archive that works."""
+    others = len(paths) - 1
+    more = f" (and {others} more layer{'s' if others > 1 else ''})" if others else ""
+    return (
+        f"layer {paths[0]}{more} has momentum 0, which TorchScript compiles in, and bncheck "
+        f"reads each layer's batch statistics back through its momentum{consequence}: script "
+        "the network again with momentum=0.1 on its BatchNorm layers (the estimate does not "
+        "depend on it), or export it to ONNX, its BatchNorm nodes kept (do_constant_folding=False)"
+    )
 
 
 def _array(parameter: Any) -> np.ndarray | None:
