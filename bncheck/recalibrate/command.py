@@ -148,17 +148,25 @@ def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
                 f"-o {options.output} is inside {options.model}: write the new SavedModel "
                 "outside the one it is made from"
             )
+    other_framework = description.format not in (*WRITABLE, WEIGHTS)
+    if other_framework and (
+        options.in_place
+        or (
+            options.output is not None
+            and os.path.realpath(options.output) == os.path.realpath(options.model)
+        )
+    ):
+        # Said before OUT is checked, which would offer --in-place.
+        raise UsageError(
+            f"{options.model}: a {description.format} file is written to a new OUT, never "
+            "in place: give -o OUT"
+        )
     output = output_path(options.model, options.output, options.in_place, _written_as(description))
     assert output is not None  # the command always writes
     _refuse_overwriting_inputs(options, output)
-    if description.format not in (*WRITABLE, WEIGHTS):
+    if other_framework:
         from bncheck.recalibrate import runtimes
 
-        if os.path.realpath(output) == os.path.realpath(options.model):
-            raise UsageError(
-                f"{options.model}: a {description.format} file is written to a new OUT, never "
-                "in place: give -o OUT"
-            )
         if options.strategy is not None:
             raise UsageError("--strategy runs Keras models; this model runs in one process")
         extra = runtimes.extra(runtimes.runnable_path(options, description))

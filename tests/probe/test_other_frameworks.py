@@ -165,10 +165,21 @@ def test_recalibrate_asks_for_a_runnable_export_of_a_state_dict(
     assert not output.exists()
 
 
-def test_recalibrate_writes_onnx_to_a_new_file_only(run_cli: Run) -> None:
-    model = PYTORCH / "healthy.onnx"
-    result = run_cli("recalibrate", model, "--data", DATA, "--in-place")
-    assert result.code == 2 and "never in place" in result.err
+@pytest.mark.parametrize("fixture", ["healthy.onnx", "healthy.pt"])
+@pytest.mark.parametrize("over", ["--in-place", "-o"], ids=["in-place", "output-is-model"])
+def test_recalibrate_writes_other_frameworks_to_a_new_file_only(
+    run_cli: Run, fixture: str, over: str
+) -> None:
+    """Asked to write over MODEL, one way or the other, the answer is the same, and offers no
+    --in-place that would be refused in turn."""
+    model = PYTORCH / fixture
+    how = ["--in-place"] if over == "--in-place" else ["-o", model]
+    result = run_cli("recalibrate", model, "--data", DATA, *how)
+    assert result.code == 2
+    assert result.err == (
+        f"bncheck: error: {model}: a {'onnx' if fixture.endswith('onnx') else 'pytorch'} file "
+        "is written to a new OUT, never in place: give -o OUT\n"
+    )
 
 
 BLOCKED = """
