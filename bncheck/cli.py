@@ -100,7 +100,11 @@ _format_option = click.option(
     help="Report format.",
 )
 _output_option = click.option(
-    "--output", "-o", "output", metavar="FILE", help="Write the report to FILE instead of stdout."
+    "--output",
+    "-o",
+    "output",
+    metavar="FILE",
+    help="Write the report to FILE instead of stdout ('-': stdout).",
 )
 _fail_on_option = click.option(
     "--fail-on",
@@ -431,11 +435,13 @@ def _config(params: Mapping[str, Any]) -> ConfigOptions:
 
 
 def _output(params: Mapping[str, Any]) -> OutputOptions:
-    color = use_color(params["output"], sys.stdout, os.environ)
+    report = None if params["output"] == "-" else params["output"]  # "-": stdout, as usual
+    color = use_color(report, sys.stdout, os.environ)
     # The text report wraps to the terminal it is read on; a file or pipe has no width of its
     # own, and a fixed one keeps what CI logs and saved reports show the same everywhere.
-    width = _text_width(sys.stdout) if params["output"] is None else DEFAULT_WIDTH
-    return options_from(OutputOptions, params, render=RenderOptions(color=color, width=width))
+    width = _text_width(sys.stdout) if report is None else DEFAULT_WIDTH
+    render = RenderOptions(color=color, width=width)
+    return options_from(OutputOptions, params, output=report, render=render)
 
 
 def _text_width(output: IO[str] | None) -> int:

@@ -203,6 +203,16 @@ def test_a_limit_or_factor_that_is_no_finite_number_is_a_usage_error(
     assert line.startswith(f"bncheck: error: Invalid value for '{args[-1]}': '{value}' is not a")
 
 
+def test_an_output_of_dash_is_stdout(
+    run_cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("inspect", HEALTHY, "--format", "json", "-o", "-")
+    assert result.code == 0, result.err
+    assert result.json()["models"][0]["error"] is None
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_model_is_recognised_by_content_not_extension(run_cli: Run, tmp_path: Path) -> None:
     disguised = tmp_path / "model.bin"
     shutil.copy(UNTOUCHED, disguised)
