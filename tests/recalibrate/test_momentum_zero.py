@@ -42,6 +42,21 @@ def trained(path: Path, seed: int = 0) -> torch.nn.Sequential:
     return net
 
 
+def refusal(run_cli: Any, tmp_path: Path, runnable: Path) -> str:
+    """``recalibrate state.pt --runnable RUNNABLE``, on random data, refused before any work:
+    its one line; nothing is written."""
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "data.npz", x=rng.normal(1.0, 2.0, (64, 1, 8, 8)).astype("f"))
+    result = run_cli(
+        "recalibrate", tmp_path / "state.pt", "--runnable", runnable, "--unsafe",
+        "--data", tmp_path / "data.npz", "-o", tmp_path / "fixed.pt",
+    )  # fmt: skip
+    assert result.code == 2, result.err
+    assert not (tmp_path / "fixed.pt").exists()
+    [line] = result.err.splitlines()
+    return str(line)
+
+
 def test_the_layer_is_re_estimated_by_default(tmp_path: Path) -> None:
     net = trained(tmp_path / "state.pt")
     description = read_model(str(tmp_path / "state.pt"))
@@ -69,24 +84,9 @@ def test_a_scripted_export_with_momentum_0_says_how_to_make_one_that_works(
 ) -> None:
     net = trained(tmp_path / "state.pt")
     torch.jit.script(net.eval()).save(str(tmp_path / "scripted.pt"))
-    rng = np.random.default_rng(1)
-    np.savez(tmp_path / "data.npz", x=rng.normal(1.0, 2.0, (64, 1, 8, 8)).astype("f"))
-    result = run_cli(
-        "recalibrate",
-        tmp_path / "state.pt",
-        "--runnable",
-        tmp_path / "scripted.pt",
-        "--unsafe",
-        "--data",
-        tmp_path / "data.npz",
-        "-o",
-        tmp_path / "fixed.pt",
-    )
-    assert result.code == 2, result.err
-    [line] = result.err.splitlines()
+    line = refusal(run_cli, tmp_path, tmp_path / "scripted.pt")
     assert "has momentum 0, which TorchScript compiles in" in line
     assert "script the network again with momentum=0.1" in line
-    assert not (tmp_path / "fixed.pt").exists()
     # The probe of the same archive says so too, beside what it measured.
     probed = run_cli(
         "inspect", tmp_path / "scripted.pt", "--unsafe", "--data", tmp_path / "data.npz",
@@ -108,20 +108,5 @@ def test_another_networks_export_is_refused_though_its_statistics_are_the_same(
     twin = network(seed=1, momentum=0.1)
     twin.load_state_dict(other.state_dict())
     torch.jit.script(twin.eval()).save(str(tmp_path / "other-scripted.pt"))
-    rng = np.random.default_rng(1)
-    np.savez(tmp_path / "data.npz", x=rng.normal(1.0, 2.0, (64, 1, 8, 8)).astype("f"))
-    result = run_cli(
-        "recalibrate",
-        tmp_path / "state.pt",
-        "--runnable",
-        tmp_path / "other-scripted.pt",
-        "--unsafe",
-        "--data",
-        tmp_path / "data.npz",
-        "-o",
-        tmp_path / "fixed.pt",
-    )
-    assert result.code == 2, result.err
-    [line] = result.err.splitlines()
+    line = refusal(run_cli, tmp_path, tmp_path / "other-scripted.pt")
     assert "holds other weights than MODEL's: it is not an export of MODEL" in line
-    assert not (tmp_path / "fixed.pt").exists()
