@@ -318,8 +318,8 @@ class BNLayer:
     @cached_property
     def summaries(self) -> Mapping[str, ArraySummary | None]:
         """Summary of each of the four arrays; ``None`` for an array the layer does not have.
-        Arrays of one length, all finite (a healthy layer's), are summarised together, in one
-        pass of each reduction: the same values as one by one, a fifth of the cost."""
+        Arrays of one length, all finite (a healthy layer's), are summarised together, one pass
+        of each reduction over all of them: the same values as one by one, in fewer calls."""
         out: dict[str, ArraySummary | None] = dict.fromkeys(ARRAY_NAMES)
         present = {
             name: np.asarray(value, dtype=np.float64).ravel()
