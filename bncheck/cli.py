@@ -610,7 +610,11 @@ def plot(**params: Any) -> int:
 @_labels_option
 @_stream_options
 @click.option("--output", "-o", metavar="OUT", help="Where to write the repaired model.")
-@click.option("--in-place", is_flag=True, help="Allow OUT to be MODEL itself (or omit -o).")
+@click.option(
+    "--in-place",
+    is_flag=True,
+    help="Allow OUT to be MODEL itself (or omit -o); Keras files and SavedModels only.",
+)
 @click.option(
     "--validate",
     metavar="FILE_OR_DIR",

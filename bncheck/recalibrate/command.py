@@ -157,9 +157,12 @@ def command_job(options: RecalibrateOptions, progress: Progress) -> Job:
         )
     ):
         # Said before OUT is checked, which would offer --in-place.
+        from bncheck import formats
+
+        called = formats.FORMATS[description.format].called
         raise UsageError(
-            f"{options.model}: a {description.format} file is written to a new OUT, never "
-            "in place: give -o OUT"
+            f"{options.model}: {called} is written to a new file, never over itself: give "
+            "-o OUT naming another file"
         )
     output = output_path(options.model, options.output, options.in_place, _written_as(description))
     assert output is not None  # the command always writes
@@ -278,9 +281,12 @@ def _estimate_with_runner(
     dataset = probe_data.open_data(source, specs)
     validation = _validation(options, dataset.specs)
     plan = runtimes.fitted(Plan.of(options), runner, progress)
-    targets, kept = runtimes.choose(
-        description, runner.layers, plan.include_frozen, plan.include_untouched
-    )
+    try:
+        targets, kept = runtimes.choose(
+            description, runner.layers, plan.include_frozen, plan.include_untouched
+        )
+    except UsageError as exc:  # the runnable file is not MODEL's twin: named first
+        raise UsageError(f"{path}: {exc}") from None
     if not targets:
         return _nothing_to_do(
             options.model, output, dataset.source, description, kept, plan.settings

@@ -176,9 +176,10 @@ def test_recalibrate_writes_other_frameworks_to_a_new_file_only(
     how = ["--in-place"] if over == "--in-place" else ["-o", model]
     result = run_cli("recalibrate", model, "--data", DATA, *how)
     assert result.code == 2
+    called = "an ONNX model" if fixture.endswith("onnx") else "a PyTorch file"
     assert result.err == (
-        f"bncheck: error: {model}: a {'onnx' if fixture.endswith('onnx') else 'pytorch'} file "
-        "is written to a new OUT, never in place: give -o OUT\n"
+        f"bncheck: error: {model}: {called} is written to a new file, never over itself: give "
+        "-o OUT naming another file\n"
     )
 
 

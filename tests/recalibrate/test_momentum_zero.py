@@ -109,4 +109,5 @@ def test_another_networks_export_is_refused_though_its_statistics_are_the_same(
     twin.load_state_dict(other.state_dict())
     torch.jit.script(twin.eval()).save(str(tmp_path / "other-scripted.pt"))
     line = refusal(run_cli, tmp_path, tmp_path / "other-scripted.pt")
+    assert line.startswith(f"bncheck: error: {tmp_path / 'other-scripted.pt'}: the runnable file's")
     assert "holds other weights than MODEL's: it is not an export of MODEL" in line
